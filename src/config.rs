@@ -1,0 +1,476 @@
+//! `net-conf.json`: flannel's network configuration, parsed and checked with flannel's
+//! rules (`pkg/subnet/config.go`), with errors that name the field, the value and the rule.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::wire::vxlan;
+
+/// The backend weft runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// Userspace VXLAN, wire-compatible with the kernel's `flannel.1`.
+    Vxlan {
+        /// VXLAN network identifier (flannel default 1).
+        vni: u32,
+        /// Destination UDP port (flannel leaves 0, so the kernel's 8472).
+        port: u16,
+        /// Underlay MTU override (flannel's `MTU` key), if set.
+        mtu: Option<u32>,
+    },
+    /// flannel's udp backend format.
+    Udp {
+        /// UDP port, both ends (default 8285).
+        port: u16,
+    },
+}
+
+impl BackendConfig {
+    /// flannel's type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Vxlan { .. } => crate::lease::backend_type::VXLAN,
+            BackendConfig::Udp { .. } => crate::lease::backend_type::UDP,
+        }
+    }
+
+    /// Bytes of encapsulation in front of each inner packet.
+    pub fn overhead(&self) -> u32 {
+        match self {
+            BackendConfig::Vxlan { .. } => crate::encap::VXLAN_OVERHEAD as u32,
+            BackendConfig::Udp { .. } => crate::encap::UDP_OVERHEAD as u32,
+        }
+    }
+
+    /// The UDP port the backend listens and sends on.
+    pub fn port(&self) -> u16 {
+        match *self {
+            BackendConfig::Vxlan { port, .. } | BackendConfig::Udp { port } => port,
+        }
+    }
+
+    /// The pod MTU for an underlay of `underlay_mtu` bytes (flannel's `FLANNEL_MTU`).
+    /// The vxlan `MTU` key, when set, replaces the underlay MTU, as in flannel.
+    pub fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
+        let base = match *self {
+            BackendConfig::Vxlan { mtu: Some(m), .. } => m,
+            _ => underlay_mtu,
+        };
+        base.saturating_sub(self.overhead())
+    }
+}
+
+/// A checked network configuration, every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The cluster network.
+    pub network: Ipv4Net,
+    /// Prefix length of each node's subnet.
+    pub subnet_len: u8,
+    /// The lowest subnet address handed out.
+    pub subnet_min: Ipv4Addr,
+    /// The highest subnet address handed out.
+    pub subnet_max: Ipv4Addr,
+    /// The backend.
+    pub backend: BackendConfig,
+    /// flannel's `EnableNFTables` (accepted; masquerading is a later issue).
+    pub enable_nftables: bool,
+    /// Non-fatal notes about the input (normalised values), for the log.
+    pub warnings: Vec<String>,
+}
+
+/// A refused configuration. The message names the field, the value and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("net-conf.json: {0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawConfig {
+    network: Option<String>,
+    #[serde(rename = "EnableIPv4")]
+    enable_ipv4: Option<bool>,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: Option<bool>,
+    #[serde(rename = "IPv6Network")]
+    ipv6_network: Option<String>,
+    #[serde(rename = "EnableNFTables")]
+    enable_nftables: Option<bool>,
+    subnet_len: Option<i64>,
+    subnet_min: Option<String>,
+    subnet_max: Option<String>,
+    backend: Option<RawBackend>,
+}
+
+#[derive(Deserialize)]
+struct RawBackend {
+    #[serde(rename = "Type")]
+    backend_type: Option<String>,
+    #[serde(rename = "VNI")]
+    vni: Option<i64>,
+    #[serde(rename = "Port")]
+    port: Option<i64>,
+    #[serde(rename = "MTU")]
+    mtu: Option<i64>,
+    #[serde(rename = "GBP")]
+    gbp: Option<bool>,
+    #[serde(rename = "DirectRouting")]
+    direct_routing: Option<bool>,
+    #[serde(rename = "Learning")]
+    learning: Option<bool>,
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
+    s.parse().or_else(|_| {
+        err(format!(
+            "{field} {s:?} is not an IPv4 address (e.g. \"10.244.1.0\")"
+        ))
+    })
+}
+
+impl NetConfig {
+    /// Parses and checks a `net-conf.json` document.
+    pub fn parse(json: &str) -> Result<NetConfig, ConfigError> {
+        let raw: RawConfig = serde_json::from_str(json).or_else(|e| {
+            err(format!("not valid JSON for a flannel network config ({e}); expected e.g. {{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}"))
+        })?;
+        let mut warnings = Vec::new();
+
+        if raw.enable_ipv6 == Some(true) {
+            return err(format!(
+                "EnableIPv6 is true (IPv6Network {:?}): IPv6 pod networks are not supported by weft yet; set EnableIPv6 to false",
+                raw.ipv6_network.as_deref().unwrap_or("")
+            ));
+        }
+        if raw.enable_ipv4 == Some(false) {
+            return err("EnableIPv4 is false: weft needs an IPv4 Network; set EnableIPv4 to true (the default)");
+        }
+
+        let net_s = match raw.network.as_deref() {
+            None | Some("") => return err("Network is missing: set it to the cluster CIDR, e.g. \"Network\": \"10.244.0.0/16\""),
+            Some(s) => s,
+        };
+        let given: Ipv4Net = net_s.parse().or_else(|_| {
+            err(format!(
+                "Network {net_s:?} is not an IPv4 CIDR (e.g. \"10.244.0.0/16\")"
+            ))
+        })?;
+        let network = given.trunc();
+        if network != given {
+            // flannel's IP4Net parsing masks host bits silently; keep its behaviour but say so.
+            warnings.push(format!(
+                "Network {net_s:?} has host bits set; using {network}"
+            ));
+        }
+        let plen = network.prefix_len();
+
+        let subnet_len = match raw.subnet_len {
+            Some(l) if l != 0 => {
+                if !(0..=32).contains(&l) {
+                    return err(format!("SubnetLen {l} is not a prefix length (0-32)"));
+                }
+                let l = l as u8;
+                if l > 30 {
+                    return err(format!(
+                        "SubnetLen {l} is too long: it must be at most 30, so each node has room for its bridge and pods"
+                    ));
+                }
+                if l < plen + 2 {
+                    return err(format!(
+                        "SubnetLen {l} is too short for Network {network}: it must be at least {} so the network holds four subnets",
+                        plen + 2
+                    ));
+                }
+                l
+            }
+            _ => {
+                if plen > 28 {
+                    return err(format!(
+                        "Network {network} is too small: the smallest useful flannel network is a /28"
+                    ));
+                } else if plen <= 22 {
+                    24
+                } else {
+                    plen + 2
+                }
+            }
+        };
+
+        let size = 1u64 << (32 - subnet_len);
+        let net_lo = u32::from(network.network()) as u64;
+        let net_hi = net_lo + (1u64 << (32 - plen)); // exclusive
+        let mask = u32::MAX << (32 - subnet_len);
+        let bound = |field: &str,
+                     v: &Option<String>,
+                     default: u64|
+         -> Result<Ipv4Addr, ConfigError> {
+            match v.as_deref() {
+                None | Some("") | Some("0.0.0.0") => Ok(Ipv4Addr::from(default as u32)),
+                Some(s) => {
+                    let a = parse_addr(field, s)?;
+                    if !network.contains(&a) {
+                        return err(format!("{field} {a} is outside Network {network}: it must be a subnet address inside it"));
+                    }
+                    if u32::from(a) & mask != u32::from(a) {
+                        return err(format!(
+                            "{field} {a} is not on a SubnetLen (/{subnet_len}) boundary: use {}",
+                            Ipv4Addr::from(u32::from(a) & mask)
+                        ));
+                    }
+                    Ok(a)
+                }
+            }
+        };
+        let subnet_min = bound("SubnetMin", &raw.subnet_min, net_lo + size)?;
+        let subnet_max = bound("SubnetMax", &raw.subnet_max, net_hi - size)?;
+        if subnet_min > subnet_max {
+            return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet could be allocated"));
+        }
+
+        let backend = Self::backend(raw.backend)?;
+        Ok(NetConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+            enable_nftables: raw.enable_nftables.unwrap_or(false),
+            warnings,
+        })
+    }
+
+    fn backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
+        let Some(b) = raw else {
+            // flannel's code defaults to udp but its documentation (and its manifest) to
+            // vxlan; weft follows the documentation, as operators expect.
+            return Ok(BackendConfig::Vxlan {
+                vni: 1,
+                port: vxlan::PORT_LINUX,
+                mtu: None,
+            });
+        };
+        let port = |default: u16| -> Result<u16, ConfigError> {
+            match b.port {
+                None | Some(0) => Ok(default),
+                Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
+                Some(p) => err(format!(
+                    "Backend.Port {p} is not a UDP port (1-65535, or 0 for the default {default})"
+                )),
+            }
+        };
+        match b.backend_type.as_deref().unwrap_or("vxlan") {
+            "vxlan" => {
+                let vni = match b.vni {
+                    None | Some(0) => 1,
+                    Some(v) if (1..=vxlan::VNI_MAX as i64).contains(&v) => v as u32,
+                    Some(v) => {
+                        return err(format!(
+                            "Backend.VNI {v} is out of range: a VNI is 24 bits (1-16777215)"
+                        ))
+                    }
+                };
+                if b.gbp == Some(true) {
+                    return err("Backend.GBP is true: VXLAN group-based policy is not supported by weft; remove it or set it to false");
+                }
+                if b.direct_routing == Some(true) {
+                    return err("Backend.DirectRouting is true: direct routing is not supported by weft yet; set it to false");
+                }
+                if b.learning == Some(true) {
+                    return err("Backend.Learning is true: weft's VTEP has no MAC learning; set it to false (flannel's default)");
+                }
+                let mtu = match b.mtu {
+                    None | Some(0) => None,
+                    Some(m) if (68 + 50..=65535).contains(&m) => Some(m as u32),
+                    Some(m) => {
+                        return err(format!(
+                            "Backend.MTU {m} is out of range: it is the underlay MTU, 118-65535"
+                        ))
+                    }
+                };
+                Ok(BackendConfig::Vxlan {
+                    vni,
+                    port: port(vxlan::PORT_LINUX)?,
+                    mtu,
+                })
+            }
+            "udp" => Ok(BackendConfig::Udp {
+                port: port(crate::encap::udp::PORT_FLANNEL)?,
+            }),
+            other => err(format!(
+                "Backend.Type {other:?} is not supported by weft: use \"vxlan\" or \"udp\""
+            )),
+        }
+    }
+
+    /// The number of subnets between SubnetMin and SubnetMax.
+    pub fn subnet_count(&self) -> u64 {
+        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) as u64 >> (32 - self.subnet_len))
+            + 1
+    }
+
+    /// True if `sn` may be a node subnet under this config (flannel's `isSubnetConfigCompat`).
+    pub fn is_compatible(&self, sn: Ipv4Net) -> bool {
+        sn.prefix_len() == self.subnet_len
+            && sn.network() == sn.addr()
+            && sn.addr() >= self.subnet_min
+            && sn.addr() <= self.subnet_max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConfig, ConfigError> {
+        NetConfig::parse(s)
+    }
+
+    #[test]
+    fn defaults_like_flannel() {
+        let c = parse(
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vxlan {
+                vni: 1,
+                port: 8472,
+                mtu: None
+            }
+        );
+        assert_eq!(c.backend.pod_mtu(1500), 1450);
+        assert_eq!(c.subnet_count(), 255);
+
+        // Smaller than /22: prefix + 2.
+        let c = parse(r#"{"Network":"10.10.0.0/24"}"#).unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 10, 0, 64));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 10, 0, 192));
+        // /22 itself gets /24.
+        assert_eq!(
+            parse(r#"{"Network":"10.10.0.0/22"}"#).unwrap().subnet_len,
+            24
+        );
+        // No Backend: vxlan (flannel's documented default).
+        assert_eq!(c.backend.type_name(), "vxlan");
+
+        let u = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert_eq!(u.backend, BackendConfig::Udp { port: 8285 });
+        assert_eq!(u.backend.pod_mtu(1500), 1472);
+        let v = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"MTU":9000}}"#).unwrap();
+        assert_eq!(
+            v.backend,
+            BackendConfig::Vxlan {
+                vni: 42,
+                port: 4789,
+                mtu: Some(9000)
+            }
+        );
+        assert_eq!(v.backend.pod_mtu(1500), 8950);
+    }
+
+    #[test]
+    fn explicit_bounds() {
+        let c = parse(r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.16.0.0","SubnetMax":"10.32.0.0"}"#).unwrap();
+        assert_eq!(c.subnet_len, 20);
+        assert_eq!(c.subnet_count(), 257); // 10.16.0.0 ..= 10.32.0.0 in /20 steps
+        assert!(c.is_compatible("10.16.0.0/20".parse().unwrap()));
+        assert!(!c.is_compatible("10.16.0.0/24".parse().unwrap()));
+        assert!(!c.is_compatible("10.48.0.0/20".parse().unwrap()));
+    }
+
+    #[test]
+    fn host_bits_are_masked_with_a_warning() {
+        let c = parse(r#"{"Network":"10.244.3.7/16"}"#).unwrap();
+        assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_field_value_and_rule() {
+        let cases = [
+            ("", "JSON"),
+            ("{}", "Network is missing"),
+            (
+                r#"{"Network":"10.244.0.0/33"}"#,
+                "Network \"10.244.0.0/33\"",
+            ),
+            (r#"{"Network":"fd00::/64"}"#, "not an IPv4 CIDR"),
+            (
+                r#"{"Network":"10.244.0.0/29"}"#,
+                "smallest useful flannel network is a /28",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
+                "SubnetLen 31 is too long",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#,
+                "SubnetLen 17 is too short",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#,
+                "SubnetMin 10.245.0.0 is outside Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.5"}"#,
+                "SubnetMax 10.244.3.5 is not on a SubnetLen (/24) boundary: use 10.244.3.0",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"banana"}"#,
+                "SubnetMin \"banana\" is not an IPv4 address",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.8.0"}"#,
+                "SubnetMin 10.244.9.0 is above SubnetMax",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+                "Backend.Type \"host-gw\"",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+                "Backend.VNI 16777216",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":70000}}"#,
+                "Backend.Port 70000",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#,
+                "Backend.GBP",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+                "not supported by weft yet",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
+                "EnableIPv4",
+            ),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#, "JSON"),
+        ];
+        for (input, want) in cases {
+            let e = parse(input).expect_err(input).to_string();
+            assert!(e.contains(want), "{input}: {e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_disabled_is_accepted() {
+        assert!(parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":false,"IPv6Network":"fd00::/56"}"#
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,286 @@
+//! Leases as flanneld stores them, the lock-free lease table the packet path reads, and
+//! subnet allocation.
+
+pub mod alloc;
+pub mod table;
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::MacAddr;
+
+pub use table::{LeaseTable, Peer, Snapshot};
+
+/// flannel's backend type names.
+pub mod backend_type {
+    /// The vxlan backend.
+    pub const VXLAN: &str = "vxlan";
+    /// The udp backend.
+    pub const UDP: &str = "udp";
+}
+
+/// The value flanneld stores under `<prefix>/subnets/<key>` (`pkg/lease/lease.go`
+/// `LeaseAttrs`). Field names and their JSON spelling are flannel's; unknown fields are
+/// ignored on read, as Go's `encoding/json` does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    /// The node's underlay address.
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    /// The node's IPv6 underlay address; flanneld writes `null` when it has none.
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// `vxlan`, `udp`, `host-gw`, ...; omitted when empty.
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    /// Backend-specific data, kept verbatim (for vxlan: [`VxlanBackendData`]).
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
+    pub backend_data: serde_json::Value,
+    /// Backend data of the IPv6 side, kept verbatim.
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
+    pub backend_v6_data: serde_json::Value,
+}
+
+/// The vxlan backend's `BackendData` (flannel's `vxlanLeaseAttrs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanBackendData {
+    /// The VNI the node's VTEP uses.
+    #[serde(rename = "VNI")]
+    pub vni: u32,
+    /// The node's VTEP MAC address.
+    #[serde(rename = "VtepMAC")]
+    pub vtep_mac: MacAddr,
+}
+
+impl LeaseAttrs {
+    /// Attributes of a vxlan node.
+    pub fn vxlan(public_ip: Ipv4Addr, data: VxlanBackendData) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type::VXLAN.into(),
+            // Serializing two plain fields into a Value cannot fail.
+            backend_data: serde_json::to_value(data).unwrap_or_default(),
+            backend_v6_data: serde_json::Value::Null,
+        }
+    }
+
+    /// Attributes of a udp-backend node (flanneld publishes no BackendData for it).
+    pub fn udp(public_ip: Ipv4Addr) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type::UDP.into(),
+            backend_data: serde_json::Value::Null,
+            backend_v6_data: serde_json::Value::Null,
+        }
+    }
+
+    /// Parses the JSON value of a lease key.
+    pub fn from_json(s: &str) -> Result<LeaseAttrs, LeaseError> {
+        serde_json::from_str(s).map_err(|e| LeaseError::Json(e.to_string()))
+    }
+
+    /// The JSON value flanneld would store, e.g.
+    /// `{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}`.
+    pub fn to_json(&self) -> String {
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The typed vxlan data, if the backend is vxlan and its data is well formed.
+    pub fn vxlan_data(&self) -> Result<VxlanBackendData, LeaseError> {
+        serde_json::from_value(self.backend_data.clone())
+            .map_err(|e| LeaseError::BackendData(e.to_string()))
+    }
+}
+
+/// One node's lease: its subnet, its attributes, and when it expires (`None` for a
+/// reservation, a key without a TTL, which never expires).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack key, if any.
+    pub ipv6_subnet: Option<Ipv6Net>,
+    /// What the node published.
+    pub attrs: LeaseAttrs,
+    /// Expiry; `None` marks a reservation.
+    pub expiration: Option<SystemTime>,
+}
+
+impl Lease {
+    /// True if the lease has expired at `now` (reservations never do).
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        matches!(self.expiration, Some(t) if t <= now)
+    }
+
+    /// The store key: `10.244.1.0-24` (or `10.244.1.0-24&fd00::-64` for dual stack).
+    pub fn key(&self) -> String {
+        subnet_key(self.subnet, self.ipv6_subnet)
+    }
+}
+
+/// Why a lease could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// The value is not flannel's lease JSON.
+    #[error("lease JSON is invalid: {0}")]
+    Json(String),
+    /// The key is not `a.b.c.d-len`.
+    #[error("lease key {0:?} is not a subnet key like 10.244.1.0-24")]
+    Key(String),
+    /// BackendData does not fit the backend type.
+    #[error("lease BackendData is invalid: {0}")]
+    BackendData(String),
+}
+
+/// flannel's `MakeSubnetKey`: `10.244.1.0-24`, with `&<v6>-<len>` appended for dual stack.
+pub fn subnet_key(v4: Ipv4Net, v6: Option<Ipv6Net>) -> String {
+    match v6 {
+        None => format!("{}-{}", v4.addr(), v4.prefix_len()),
+        Some(v6) => format!(
+            "{}-{}&{}-{}",
+            v4.addr(),
+            v4.prefix_len(),
+            v6.addr(),
+            v6.prefix_len()
+        ),
+    }
+}
+
+/// Parses a subnet key (the last path element of a lease key). The address must be the
+/// network address of the subnet: flannel never writes host bits.
+pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseError> {
+    let err = || LeaseError::Key(key.to_string());
+    let (v4, v6) = match key.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (key, None),
+    };
+    let v4 = {
+        let (a, l) = v4.rsplit_once('-').ok_or_else(err)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| err())?;
+        let len: u8 = l.parse().map_err(|_| err())?;
+        let net = Ipv4Net::new(addr, len).map_err(|_| err())?;
+        if net.network() != addr {
+            return Err(err());
+        }
+        net
+    };
+    let v6 = match v6 {
+        None => None,
+        Some(s) => {
+            let (a, l) = s.rsplit_once('-').ok_or_else(err)?;
+            let addr: Ipv6Addr = a.parse().map_err(|_| err())?;
+            let len: u8 = l.parse().map_err(|_| err())?;
+            Some(Ipv6Net::new(addr, len).map_err(|_| err())?)
+        }
+    };
+    Ok((v4, v6))
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.key(), self.attrs.to_json())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_json_round_trip() {
+        let a = LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 0, 2, 2),
+            VxlanBackendData {
+                vni: 1,
+                vtep_mac: "aa:bb:cc:dd:ee:ff".parse().unwrap(),
+            },
+        );
+        let s = a.to_json();
+        assert_eq!(
+            s,
+            r#"{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#
+        );
+        assert_eq!(LeaseAttrs::from_json(&s).unwrap(), a);
+        assert_eq!(a.vxlan_data().unwrap().vni, 1);
+    }
+
+    #[test]
+    fn reads_what_flanneld_and_older_versions_write() {
+        // The issue's form (no PublicIPv6), an unknown field, and a dual-stack lease.
+        let a = LeaseAttrs::from_json(
+            r#"{"PublicIP":"192.0.2.2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"Extra":5}"#,
+        )
+        .unwrap();
+        assert_eq!(a.public_ipv6, None);
+        assert_eq!(
+            a.vxlan_data().unwrap().vtep_mac.to_string(),
+            "aa:bb:cc:dd:ee:ff"
+        );
+        let b = LeaseAttrs::from_json(
+            r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:01:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:01:02"}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.public_ipv6, Some("2001:db8::3".parse().unwrap()));
+        assert!(!b.backend_v6_data.is_null());
+        let u = LeaseAttrs::from_json(r#"{"PublicIP":"192.0.2.4","BackendType":"udp"}"#).unwrap();
+        assert_eq!(u, LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 4)));
+        assert_eq!(
+            u.to_json(),
+            r#"{"PublicIP":"192.0.2.4","PublicIPv6":null,"BackendType":"udp"}"#
+        );
+    }
+
+    #[test]
+    fn rejects_bad_json() {
+        for bad in [
+            "",
+            "{}",
+            r#"{"PublicIP":"300.0.0.1"}"#,
+            r#"{"PublicIP":"fd00::1"}"#,
+            r#"{"PublicIP":"192.0.2.1","BackendType":3}"#,
+        ] {
+            assert!(LeaseAttrs::from_json(bad).is_err(), "{bad}");
+        }
+        let a = LeaseAttrs::from_json(r#"{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"bad"}}"#).unwrap();
+        assert!(a.vxlan_data().is_err());
+    }
+
+    #[test]
+    fn subnet_keys() {
+        let (n, v6) = parse_subnet_key("10.244.1.0-24").unwrap();
+        assert_eq!(n, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(v6, None);
+        assert_eq!(subnet_key(n, None), "10.244.1.0-24");
+        let (n, v6) = parse_subnet_key("10.5.52.0-24&fc00::-64").unwrap();
+        assert_eq!(subnet_key(n, v6), "10.5.52.0-24&fc00::-64");
+        for bad in [
+            "10.244.1.0",
+            "10.244.1.0-33",
+            "10.244.1.1-24",
+            "x-24",
+            "10.244.1.0-24&zz-64",
+            "",
+        ] {
+            assert!(parse_subnet_key(bad).is_err(), "{bad}");
+        }
+    }
+}

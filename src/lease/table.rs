@@ -1,0 +1,441 @@
+//! The lock-free lease table: subnet -> peer, read by every packet.
+//!
+//! Readers load an immutable [`Snapshot`] through `arc-swap` (a few atomic operations, no
+//! lock, no allocation); a writer builds a whole new snapshot and publishes it with one
+//! atomic swap, so a reader sees either the old table or the new one, never a mix.
+//!
+//! Lookup is O(1) in the usual case, where every lease has the same prefix length (flannel
+//! gives each node one `SubnetLen` subnet): the destination's offset in the cluster
+//! network, shifted by the host bits, indexes a flat array. Otherwise (mixed lengths, after
+//! a SubnetLen change, or reservations of other sizes) it is a longest-prefix match over
+//! one hash map per distinct prefix length, longest first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use ipnet::Ipv4Net;
+
+use super::{backend_type, Lease, LeaseError};
+use crate::wire::MacAddr;
+
+/// The largest direct-index array (in slots) before the table falls back to hash maps.
+const MAX_DIRECT_SLOTS: usize = 1 << 20;
+const NO_PEER: u32 = u32::MAX;
+
+/// The backend a peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// VXLAN (kernel or weft).
+    Vxlan,
+    /// flannel's udp format.
+    Udp,
+    /// Anything else (host-gw, wireguard, ...): weft cannot reach it.
+    Other,
+}
+
+/// What the packet path needs to know about one remote subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// The node's underlay address.
+    pub public_ip: Ipv4Addr,
+    /// Its backend.
+    pub backend: BackendKind,
+    /// Its VNI (vxlan only; 0 otherwise).
+    pub vni: u32,
+    /// Its VTEP MAC (vxlan only; zero otherwise).
+    pub vtep_mac: MacAddr,
+}
+
+impl Peer {
+    /// The peer a lease describes. A vxlan lease must carry valid `BackendData`.
+    pub fn from_lease(lease: &Lease) -> Result<Peer, LeaseError> {
+        let a = &lease.attrs;
+        let (backend, vni, vtep_mac) = match a.backend_type.as_str() {
+            backend_type::VXLAN => {
+                let d = a.vxlan_data()?;
+                (BackendKind::Vxlan, d.vni, d.vtep_mac)
+            }
+            backend_type::UDP => (BackendKind::Udp, 0, MacAddr::default()),
+            _ => (BackendKind::Other, 0, MacAddr::default()),
+        };
+        Ok(Peer {
+            subnet: lease.subnet,
+            public_ip: a.public_ip,
+            backend,
+            vni,
+            vtep_mac,
+        })
+    }
+}
+
+/// A multiply-shift hasher for u32 keys: the keys are masked addresses, not attacker-chosen
+/// strings in a way that matters (the set of keys is the lease set, written by nodes).
+#[derive(Default)]
+struct U32Hasher(u64);
+
+impl Hasher for U32Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 16 ^ v as u64;
+    }
+}
+
+type U32Map = HashMap<u32, u32, BuildHasherDefault<U32Hasher>>;
+
+#[derive(Debug)]
+enum Index {
+    /// Every peer has prefix length `len` inside `network`: slot = offset >> (32 - len).
+    Direct {
+        base: u32,
+        net_mask: u32,
+        shift: u32,
+        slots: Box<[u32]>,
+    },
+    /// Longest-prefix match: (prefix length, masked address -> peer), longest first.
+    ByLen(Vec<(u8, U32Map)>),
+}
+
+/// One published, immutable version of the table.
+#[derive(Debug)]
+pub struct Snapshot {
+    generation: u64,
+    peers: Vec<Peer>,
+    index: Index,
+    by_public_ip: U32Map,
+}
+
+impl Snapshot {
+    /// Builds a snapshot of `peers` for a cluster `network`. When two peers have the same
+    /// subnet the later one wins.
+    pub fn build(
+        network: Ipv4Net,
+        peers: impl IntoIterator<Item = Peer>,
+        generation: u64,
+    ) -> Snapshot {
+        let mut by_subnet: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+        for p in peers {
+            by_subnet.insert(p.subnet, p);
+        }
+        let peers: Vec<Peer> = by_subnet.into_values().collect();
+        let index = Self::direct_index(network, &peers).unwrap_or_else(|| {
+            let mut lens: BTreeMap<u8, U32Map> = BTreeMap::new();
+            for (i, p) in peers.iter().enumerate() {
+                lens.entry(p.subnet.prefix_len())
+                    .or_default()
+                    .insert(u32::from(p.subnet.network()), i as u32);
+            }
+            Index::ByLen(lens.into_iter().rev().collect())
+        });
+        let mut by_public_ip = U32Map::default();
+        for (i, p) in peers.iter().enumerate() {
+            by_public_ip
+                .entry(u32::from(p.public_ip))
+                .or_insert(i as u32);
+        }
+        Snapshot {
+            generation,
+            peers,
+            index,
+            by_public_ip,
+        }
+    }
+
+    fn direct_index(network: Ipv4Net, peers: &[Peer]) -> Option<Index> {
+        let len = peers
+            .first()
+            .map_or(network.prefix_len().clamp(24, 32), |p| {
+                p.subnet.prefix_len()
+            });
+        if len < network.prefix_len() {
+            return None;
+        }
+        let bits = (len - network.prefix_len()) as u32;
+        if bits > 20 || (1usize << bits) > MAX_DIRECT_SLOTS {
+            return None;
+        }
+        let mut slots = vec![NO_PEER; 1 << bits].into_boxed_slice();
+        let base = u32::from(network.network());
+        let shift = 32 - len as u32;
+        for (i, p) in peers.iter().enumerate() {
+            if p.subnet.prefix_len() != len || !network.contains(&p.subnet) {
+                return None;
+            }
+            let off = u32::from(p.subnet.network()) - base;
+            slots[(off.checked_shr(shift).unwrap_or(0)) as usize] = i as u32;
+        }
+        Some(Index::Direct {
+            base,
+            net_mask: u32::from(network.netmask()),
+            shift,
+            slots,
+        })
+    }
+
+    /// The peer whose subnet holds `dst` (longest prefix wins).
+    #[inline]
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
+        let d = u32::from(dst);
+        let i = match &self.index {
+            Index::Direct {
+                base,
+                net_mask,
+                shift,
+                slots,
+            } => {
+                if d & net_mask != *base {
+                    return None;
+                }
+                let slot = (d - base).checked_shr(*shift).unwrap_or(0) as usize;
+                *slots.get(slot)?
+            }
+            Index::ByLen(maps) => {
+                let mut found = NO_PEER;
+                for (len, m) in maps {
+                    let mask = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
+                    if let Some(&i) = m.get(&(d & mask)) {
+                        found = i;
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        self.peers.get(i as usize)
+    }
+
+    /// A peer whose lease carries `public_ip` (the one with the lowest subnet, if several).
+    #[inline]
+    pub fn by_public_ip(&self, public_ip: Ipv4Addr) -> Option<&Peer> {
+        let i = *self.by_public_ip.get(&u32::from(public_ip))?;
+        self.peers.get(i as usize)
+    }
+
+    /// All peers, ordered by subnet.
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// How many peers the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True when there are no peers.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// The publish counter of this snapshot (0 for the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True when lookups use the flat array (all prefix lengths equal).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.index, Index::Direct { .. })
+    }
+}
+
+/// The shared table: lock-free for readers, serialized for writers.
+#[derive(Debug)]
+pub struct LeaseTable {
+    network: Ipv4Net,
+    current: ArcSwap<Snapshot>,
+    /// The writers' working copy. Only writers take this lock; readers never see it.
+    pending: Mutex<BTreeMap<Ipv4Net, Peer>>,
+}
+
+impl LeaseTable {
+    /// An empty table for the cluster `network`.
+    pub fn new(network: Ipv4Net) -> LeaseTable {
+        LeaseTable {
+            network,
+            current: ArcSwap::from_pointee(Snapshot::build(network, [], 0)),
+            pending: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The current snapshot, for the packet path: no lock, no allocation.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc` (for long-lived readers).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The cluster network the table serves.
+    pub fn network(&self) -> Ipv4Net {
+        self.network
+    }
+
+    /// Replaces the whole table (after a full list from the store) and publishes it.
+    pub fn replace_all(&self, peers: impl IntoIterator<Item = Peer>) -> u64 {
+        let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        w.clear();
+        w.extend(peers.into_iter().map(|p| (p.subnet, p)));
+        self.publish(&w)
+    }
+
+    /// Adds or changes one peer and publishes; returns the new generation.
+    pub fn upsert(&self, peer: Peer) -> u64 {
+        let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        w.insert(peer.subnet, peer);
+        self.publish(&w)
+    }
+
+    /// Removes the peer of `subnet` and publishes; returns the new generation.
+    pub fn remove(&self, subnet: Ipv4Net) -> u64 {
+        let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        w.remove(&subnet);
+        self.publish(&w)
+    }
+
+    fn publish(&self, w: &BTreeMap<Ipv4Net, Peer>) -> u64 {
+        let generation = self.current.load().generation + 1;
+        let snap = Snapshot::build(self.network, w.values().copied(), generation);
+        self.current.store(Arc::new(snap));
+        generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(subnet: &str, host: u8) -> Peer {
+        Peer {
+            subnet: subnet.parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, host),
+            backend: BackendKind::Vxlan,
+            vni: 1,
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, host, 1]),
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn direct_lookup() {
+        let net: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let s = Snapshot::build(
+            net,
+            [peer("10.244.1.0/24", 1), peer("10.244.255.0/24", 2)],
+            0,
+        );
+        assert!(s.is_direct());
+        assert_eq!(
+            s.lookup(ip("10.244.1.77")).unwrap().public_ip,
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            s.lookup(ip("10.244.255.255")).unwrap().public_ip,
+            ip("192.0.2.2")
+        );
+        assert!(s.lookup(ip("10.244.2.1")).is_none());
+        assert!(s.lookup(ip("10.245.1.1")).is_none());
+        assert!(s.lookup(ip("0.0.0.0")).is_none());
+        assert!(s.lookup(ip("255.255.255.255")).is_none());
+    }
+
+    #[test]
+    fn longest_prefix_match_with_mixed_lengths() {
+        let net: Ipv4Net = "10.0.0.0/8".parse().unwrap();
+        let s = Snapshot::build(
+            net,
+            [
+                peer("10.1.0.0/16", 1),
+                peer("10.1.2.0/24", 2),
+                peer("10.1.2.128/25", 3),
+                peer("10.9.0.0/24", 4),
+            ],
+            0,
+        );
+        assert!(!s.is_direct());
+        assert_eq!(
+            s.lookup(ip("10.1.2.200")).unwrap().public_ip,
+            ip("192.0.2.3")
+        );
+        assert_eq!(s.lookup(ip("10.1.2.5")).unwrap().public_ip, ip("192.0.2.2"));
+        assert_eq!(s.lookup(ip("10.1.3.5")).unwrap().public_ip, ip("192.0.2.1"));
+        assert_eq!(s.lookup(ip("10.9.0.9")).unwrap().public_ip, ip("192.0.2.4"));
+        assert!(s.lookup(ip("10.2.0.1")).is_none());
+    }
+
+    #[test]
+    fn lpm_agrees_with_linear_scan() {
+        // Pseudo-random mixed-length tables checked against a brute-force scan.
+        let net: Ipv4Net = "10.0.0.0/8".parse().unwrap();
+        let mut x: u32 = 12345;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..20 {
+            let mut peers = Vec::new();
+            for i in 0..50 {
+                let len = [16u8, 20, 24, 26, 30][(next() % 5) as usize];
+                let a = Ipv4Addr::from(0x0a00_0000 | (next() & 0x00ff_ffff));
+                let subnet = Ipv4Net::new(a, len).unwrap().trunc();
+                peers.push(Peer {
+                    subnet,
+                    ..peer("10.0.0.0/24", i)
+                });
+            }
+            let s = Snapshot::build(net, peers.clone(), round);
+            for _ in 0..2000 {
+                let d = Ipv4Addr::from(0x0a00_0000 | (next() & 0x00ff_ffff));
+                // Later duplicates win, as in build().
+                let mut best: Option<&Peer> = None;
+                for p in peers.iter() {
+                    if p.subnet.contains(&d)
+                        && best.is_none_or(|b| p.subnet.prefix_len() >= b.subnet.prefix_len())
+                    {
+                        best = Some(p);
+                    }
+                }
+                assert_eq!(s.lookup(d).map(|p| p.subnet), best.map(|p| p.subnet), "{d}");
+            }
+        }
+    }
+
+    #[test]
+    fn table_publishes_generations() {
+        let t = LeaseTable::new("10.244.0.0/16".parse().unwrap());
+        assert!(t.load().is_empty());
+        assert_eq!(t.upsert(peer("10.244.1.0/24", 1)), 1);
+        let old = t.snapshot();
+        t.upsert(peer("10.244.1.0/24", 9));
+        assert_eq!(
+            old.lookup(ip("10.244.1.1")).unwrap().public_ip,
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            t.load().lookup(ip("10.244.1.1")).unwrap().public_ip,
+            ip("192.0.2.9")
+        );
+        t.remove("10.244.1.0/24".parse().unwrap());
+        assert!(t.load().lookup(ip("10.244.1.1")).is_none());
+        assert_eq!(t.load().generation(), 3);
+        t.replace_all([peer("10.244.7.0/24", 7)]);
+        assert_eq!(t.load().len(), 1);
+    }
+}

@@ -1,0 +1,14 @@
+//! weft: a flannel-compatible pod-network agent with a userspace VXLAN/UDP dataplane.
+//!
+//! This crate's pure core (no I/O, no root): [`wire`] header views and emitters, the
+//! sans-IO [`encap`] core, flannel-compatible [`lease`]s with the lock-free lease table and
+//! subnet allocation, [`config`] (net-conf.json) and [`subnet_env`].
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod encap;
+pub mod lease;
+pub mod subnet_env;
+pub mod wire;
