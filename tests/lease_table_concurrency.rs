@@ -19,7 +19,7 @@ fn subnet(i: u32) -> Ipv4Net {
 }
 
 fn present(i: u32, generation: u64) -> bool {
-    (i as u64 + generation) % 3 != 0
+    !(i as u64 + generation).is_multiple_of(3)
 }
 
 fn peer(i: u32, tag: u32) -> Peer {
