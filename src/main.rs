@@ -1,1 +1,290 @@
-fn main() {}
+//! The `weft` command line: a thin layer over the library.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use weft::config::{BackendConfig, NetConfig};
+use weft::encap::{DropReason, Format, Inbound, Node, Outbound, HEADROOM, LINUX_SRC_PORTS};
+use weft::lease::alloc::allocate;
+use weft::lease::{Lease, LeaseAttrs, LeaseTable, Peer, VxlanBackendData};
+use weft::subnet_env::SubnetEnv;
+use weft::wire::udp::ChecksumMode;
+use weft::wire::MacAddr;
+
+/// weft: a flannel-compatible pod-network agent with a userspace VXLAN/UDP dataplane.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a net-conf.json and print it with flannel's defaults filled in.
+    CheckConfig {
+        /// The file (flannel's net-conf.json).
+        file: PathBuf,
+    },
+    /// Run the pure core for a simulated cluster: allocate leases, write subnet.env files,
+    /// encapsulate and decapsulate real packets, and show the drops. No root, no devices.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=50))]
+        nodes: u8,
+        /// A net-conf.json to use instead of {"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write each node's subnet.env.
+        #[arg(long, default_value = "target/demo")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Demo { nodes, config, dir } => demo(nodes, config, &dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_config(file: &std::path::Path) -> Result<NetConfig, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    NetConfig::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn check_config(file: &std::path::Path) -> Result<(), String> {
+    let c = read_config(file)?;
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
+    println!("Network    {}", c.network);
+    println!("SubnetLen  {}", c.subnet_len);
+    println!("SubnetMin  {}", c.subnet_min);
+    println!(
+        "SubnetMax  {}  ({} subnets)",
+        c.subnet_max,
+        c.subnet_count()
+    );
+    match c.backend {
+        BackendConfig::Vxlan { vni, port, mtu } => {
+            println!(
+                "Backend    vxlan VNI {vni} port {port}{}",
+                mtu.map(|m| format!(" MTU {m}")).unwrap_or_default()
+            )
+        }
+        BackendConfig::Udp { port } => println!("Backend    udp port {port}"),
+    }
+    println!(
+        "pod MTU    {} on a 1500-byte underlay",
+        c.backend.pod_mtu(1500)
+    );
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(), String> {
+    let cfg = match config {
+        Some(f) => read_config(&f)?,
+        None => NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .map_err(|e| e.to_string())?,
+    };
+    println!("== weft demo: the pure core, {nodes} simulated nodes (no devices; `weft run` is the daemon, next issue)");
+    let now = SystemTime::now();
+    let seed = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let mut leases: Vec<Lease> = Vec::new();
+    let mut local: Vec<Node> = Vec::new();
+    for i in 1..=nodes {
+        let public_ip = Ipv4Addr::new(192, 0, 2, i);
+        let a = allocate(
+            &cfg,
+            &leases,
+            public_ip,
+            None,
+            now,
+            seed.rotate_left(i as u32 * 7),
+        )
+        .map_err(|e| e.to_string())?;
+        let mac = MacAddr::local_unicast([0x0e, 0x57, 0x45, 0x46, 0x54, i]);
+        let attrs = match cfg.backend {
+            BackendConfig::Vxlan { vni, .. } => {
+                LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac: mac })
+            }
+            BackendConfig::Udp { .. } => LeaseAttrs::udp(public_ip),
+        };
+        let lease = Lease {
+            subnet: a.subnet,
+            ipv6_subnet: None,
+            attrs,
+            expiration: Some(now + Duration::from_secs(86400)),
+        };
+        println!("node{i} {public_ip}: lease {} ({:?})", lease, a.source);
+        let env = SubnetEnv {
+            network: cfg.network,
+            subnet: a.subnet,
+            mtu: cfg.backend.pod_mtu(1500),
+            ipmasq: false,
+        };
+        let path = dir.join(format!("node{i}/subnet.env"));
+        env.write(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let format = match cfg.backend {
+            BackendConfig::Vxlan { vni, port, .. } => Format::Vxlan {
+                vni,
+                port,
+                mac,
+                src_ports: LINUX_SRC_PORTS,
+            },
+            BackendConfig::Udp { port } => Format::Udp { port },
+        };
+        local.push(Node {
+            public_ip,
+            subnet: a.subnet,
+            mtu: cfg.backend.pod_mtu(1500) as usize,
+            format,
+            udp_checksum: ChecksumMode::Full,
+            hash_seed: seed,
+        });
+        leases.push(lease);
+    }
+    println!(
+        "subnet.env of node1 ({}):\n{}",
+        dir.join("node1/subnet.env").display(),
+        SubnetEnv::read(&dir.join("node1/subnet.env"))
+            .map_err(|e| e.to_string())?
+            .render()
+    );
+
+    let table = LeaseTable::new(cfg.network);
+    table.replace_all(leases.iter().filter_map(|l| Peer::from_lease(l).ok()));
+    let (n1, n2) = (&local[0], &local[1]);
+    let host = |n: &Node, h: u32| Ipv4Addr::from(u32::from(n.subnet.network()) + h);
+    let mut drops = [0u64; DropReason::COUNT];
+
+    // A ping from a pod on node1 to a pod on node2.
+    let ping = icmp_echo(host(n1, 2), host(n2, 2), 56, true);
+    let mut buf = vec![0u8; HEADROOM + 2048];
+    buf[HEADROOM..HEADROOM + ping.len()].copy_from_slice(&ping);
+    let snap = table.load();
+    let Outbound::Send(t) = n1.outbound(&snap, &mut buf, HEADROOM, ping.len(), 1) else {
+        return Err("the ping was not encapsulated".into());
+    };
+    println!(
+        "ping {} -> {}: {} bytes to {} (udp src port {})",
+        host(n1, 2),
+        host(n2, 2),
+        t.datagram.len(),
+        t.dst,
+        t.src_port
+    );
+    println!("  on the wire: {}", hex(&buf[t.datagram.clone()]));
+    let from = SocketAddrV4::new(n1.public_ip, t.src_port);
+    let p = t.udp_payload();
+    match n2.inbound(&snap, from, &mut buf, p.start, p.len(), 0) {
+        Inbound::Deliver(r) if buf[r.clone()] == ping[..] => {
+            println!("  node2 delivers the original {} bytes to its TUN", r.len())
+        }
+        other => return Err(format!("node2 did not deliver the ping: {other:?}")),
+    }
+
+    // Too big with DF, and to a subnet nobody leases.
+    for (what, pkt) in [
+        (
+            "1451-byte DF packet",
+            icmp_echo(host(n1, 2), host(n2, 2), n1.mtu - 27, true),
+        ),
+        (
+            "packet to an unleased subnet",
+            icmp_echo(
+                host(n1, 2),
+                Ipv4Addr::from(u32::from(cfg.subnet_max) + 9),
+                8,
+                false,
+            ),
+        ),
+    ] {
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        match n1.outbound(&snap, &mut buf, HEADROOM, pkt.len(), 2) {
+            Outbound::Reply { packet, reason } => {
+                let icmp = &buf[packet.start + 20..packet.end];
+                println!(
+                    "{what}: ICMP type {} code {} mtu {} back to the pod ({})",
+                    icmp[0],
+                    icmp[1],
+                    u16::from_be_bytes([icmp[6], icmp[7]]),
+                    reason.as_str()
+                );
+            }
+            other => println!("{what}: {other:?}"),
+        }
+    }
+
+    // A spoofed packet: node1's tunnel carrying a source from node2's subnet.
+    let spoof = icmp_echo(host(n2, 7), host(n2, 2), 8, false);
+    buf[HEADROOM..HEADROOM + spoof.len()].copy_from_slice(&spoof);
+    let peer2 = *snap.lookup(host(n2, 2)).ok_or("no lease for node2")?;
+    if let Outbound::Send(t) = n1.encap(&mut buf, HEADROOM, spoof.len(), &peer2, 3) {
+        let p = t.udp_payload();
+        if let Inbound::Drop(r) = n2.inbound(&snap, from, &mut buf, p.start, p.len(), 0) {
+            drops[r.index()] += 1;
+        }
+    }
+    let mut garbage = [0x08u8, 0, 0, 0, 0, 0, 2, 0, 1, 2, 3];
+    if let Inbound::Drop(r) = n2.inbound(
+        &snap,
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9),
+        &mut garbage,
+        0,
+        11,
+        0,
+    ) {
+        drops[r.index()] += 1;
+    }
+    println!("node2 drop counters after a spoofed and a garbage datagram:");
+    for r in DropReason::ALL.iter().filter(|r| drops[r.index()] > 0) {
+        println!("  {:<16} {}", r.as_str(), drops[r.index()]);
+    }
+    Ok(())
+}
+
+/// An ICMP echo request with a valid checksum.
+fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, payload: usize, df: bool) -> Vec<u8> {
+    use weft::wire::{checksum, ipv4};
+    let mut v = vec![0u8; 20 + 8 + payload];
+    ipv4::Repr {
+        src,
+        dst,
+        protocol: ipv4::PROTO_ICMP,
+        payload_len: 8 + payload,
+        ttl: 64,
+        tos: 0,
+        ident: 1,
+        dont_frag: df,
+    }
+    .emit(&mut v);
+    v[20] = 8;
+    for (i, b) in v[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let c = checksum::checksum(&v[20..]);
+    v[22..24].copy_from_slice(&c.to_be_bytes());
+    v
+}
