@@ -8,7 +8,12 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod daemon;
+pub mod dataplane;
 pub mod encap;
+pub mod health;
 pub mod lease;
+pub mod netlink;
+pub mod store;
 pub mod subnet_env;
 pub mod wire;

@@ -1,0 +1,164 @@
+//! Per-worker counters: each worker bumps its own cache line with relaxed atomics (no lock,
+//! no sharing); readers sum them.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::encap::DropReason;
+
+/// One worker's counters, alone on its cache lines.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Inner packets read from the TUN and sent to a peer.
+    pub tx_packets: AtomicU64,
+    /// Their inner bytes.
+    pub tx_bytes: AtomicU64,
+    /// Inner packets received from a peer and written to the TUN.
+    pub rx_packets: AtomicU64,
+    /// Their inner bytes.
+    pub rx_bytes: AtomicU64,
+    /// ICMP errors written back to the TUN.
+    pub icmp_sent: AtomicU64,
+    /// Underlay sends that failed (buffer full, no route).
+    pub send_errors: AtomicU64,
+    /// TUN writes that failed.
+    pub tun_write_errors: AtomicU64,
+    /// Drops by reason, indexed by [`DropReason::index`].
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerCounters {
+    /// Counts one drop.
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        self.drops[r.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+}
+
+/// Summed values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// See [`WorkerCounters::tx_packets`].
+    pub tx_packets: u64,
+    /// See [`WorkerCounters::tx_bytes`].
+    pub tx_bytes: u64,
+    /// See [`WorkerCounters::rx_packets`].
+    pub rx_packets: u64,
+    /// See [`WorkerCounters::rx_bytes`].
+    pub rx_bytes: u64,
+    /// See [`WorkerCounters::icmp_sent`].
+    pub icmp_sent: u64,
+    /// See [`WorkerCounters::send_errors`].
+    pub send_errors: u64,
+    /// See [`WorkerCounters::tun_write_errors`].
+    pub tun_write_errors: u64,
+    /// Drops by reason.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+/// All workers' counters.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    workers: Vec<Arc<WorkerCounters>>,
+}
+
+impl Counters {
+    /// A new set for one more worker.
+    pub fn add_worker(&mut self) -> Arc<WorkerCounters> {
+        let c = Arc::new(WorkerCounters::default());
+        self.workers.push(c.clone());
+        c
+    }
+
+    /// The sum over workers.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for w in &self.workers {
+            t.tx_packets += w.tx_packets.load(Relaxed);
+            t.tx_bytes += w.tx_bytes.load(Relaxed);
+            t.rx_packets += w.rx_packets.load(Relaxed);
+            t.rx_bytes += w.rx_bytes.load(Relaxed);
+            t.icmp_sent += w.icmp_sent.load(Relaxed);
+            t.send_errors += w.send_errors.load(Relaxed);
+            t.tun_write_errors += w.tun_write_errors.load(Relaxed);
+            for (d, s) in t.drops.iter_mut().zip(&w.drops) {
+                *d += s.load(Relaxed);
+            }
+        }
+        t
+    }
+}
+
+impl Totals {
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn prometheus(&self, leases: usize) -> String {
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(s, "{name}{labels} {v}");
+            }
+        };
+        let dir = |d: &str| format!("{{direction=\"{d}\"}}");
+        metric(
+            "weft_packets_total",
+            "counter",
+            "Inner packets forwarded: tx = TUN to underlay, rx = underlay to TUN.",
+            &[(dir("tx"), self.tx_packets), (dir("rx"), self.rx_packets)],
+        );
+        metric(
+            "weft_bytes_total",
+            "counter",
+            "Inner bytes forwarded.",
+            &[(dir("tx"), self.tx_bytes), (dir("rx"), self.rx_bytes)],
+        );
+        let drops: Vec<_> = DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.as_str()),
+                    self.drops[r.index()],
+                )
+            })
+            .collect();
+        metric(
+            "weft_drops_total",
+            "counter",
+            "Packets dropped, by reason.",
+            &drops,
+        );
+        metric(
+            "weft_icmp_sent_total",
+            "counter",
+            "ICMP errors sent back to pods.",
+            &[(String::new(), self.icmp_sent)],
+        );
+        metric(
+            "weft_send_errors_total",
+            "counter",
+            "Failed underlay sends.",
+            &[(String::new(), self.send_errors)],
+        );
+        metric(
+            "weft_tun_write_errors_total",
+            "counter",
+            "Failed TUN writes.",
+            &[(String::new(), self.tun_write_errors)],
+        );
+        metric(
+            "weft_leases",
+            "gauge",
+            "Leases in the forwarding table.",
+            &[(String::new(), leases as u64)],
+        );
+        s
+    }
+}

@@ -1,0 +1,232 @@
+//! Link, address and route programming through rtnetlink (never by running `ip`).
+//!
+//! rtnetlink is asynchronous; weft drives it from a private current-thread tokio runtime,
+//! only at start-up and shutdown, so the packet path never sees it.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// A netlink connection with its runtime.
+pub struct Netlink {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Kernel index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+}
+
+fn nl_err(what: &str, e: rtnetlink::Error) -> io::Error {
+    io::Error::other(format!("netlink: {what}: {e}"))
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the current network namespace.
+    pub fn new() -> io::Result<Netlink> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let handle = rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(conn);
+            Ok::<_, io::Error>(handle)
+        })?;
+        Ok(Netlink { rt, handle })
+    }
+
+    fn links(&self) -> io::Result<Vec<Link>> {
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            let mut s = self.handle.link().get().execute();
+            while let Some(m) = s.try_next().await.map_err(|e| nl_err("list links", e))? {
+                let mut l = Link {
+                    index: m.header.index,
+                    name: String::new(),
+                    mtu: 0,
+                };
+                for a in m.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => l.name = n,
+                        LinkAttribute::Mtu(v) => l.mtu = v,
+                        _ => {}
+                    }
+                }
+                out.push(l);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The interface called `name`.
+    pub fn link_by_name(&self, name: &str) -> io::Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// The interface with index `index`.
+    pub fn link_by_index(&self, index: u32) -> io::Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.index == index))
+    }
+
+    /// Every IPv4 address with the index of its interface.
+    pub fn ipv4_addrs(&self) -> io::Result<Vec<(u32, Ipv4Addr)>> {
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            let mut s = self.handle.address().get().execute();
+            while let Some(m) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list addresses", e))?
+            {
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                    _ => None,
+                });
+                let addr = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                    _ => None,
+                });
+                if let Some(a) = local.or(addr) {
+                    out.push((m.header.index, a));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The interface of the IPv4 default route (the lowest-metric one), if any.
+    pub fn default_route_link(&self) -> io::Result<Option<u32>> {
+        self.rt.block_on(async {
+            let mut best: Option<(u32, u32)> = None;
+            let mut s = self
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
+                if m.header.destination_prefix_length != 0 || m.header.table != 254 {
+                    continue;
+                }
+                let oif = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let prio = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Priority(p) => Some(*p),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                if let Some(i) = oif {
+                    if best.is_none_or(|(_, p)| prio < p) {
+                        best = Some((i, prio));
+                    }
+                }
+            }
+            Ok(best.map(|(i, _)| i))
+        })
+    }
+
+    /// Sets an interface's MTU and transmit queue length and brings it up.
+    pub fn set_mtu_up(&self, index: u32, mtu: u32, txqueuelen: u32) -> io::Result<()> {
+        self.rt.block_on(async {
+            let msg = LinkUnspec::new_with_index(index)
+                .mtu(mtu)
+                .txqueuelen(txqueuelen)
+                .up()
+                .build();
+            self.handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| nl_err("set link mtu/up", e))
+        })
+    }
+
+    /// Adds (or replaces) an IPv4 address with a prefix length.
+    pub fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        self.rt.block_on(async {
+            self.handle
+                .address()
+                .add(index, IpAddr::V4(addr), prefix)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err("add address", e))
+        })
+    }
+
+    /// Adds (or replaces) a route to `dst` out of interface `index`.
+    pub fn replace_route(&self, dst: Ipv4Net, index: u32) -> io::Result<()> {
+        self.rt.block_on(async {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .output_interface(index)
+                .build();
+            self.handle
+                .route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err("add route", e))
+        })
+    }
+
+    /// Deletes the route to `dst` out of interface `index`, if present.
+    pub fn del_route(&self, dst: Ipv4Net, index: u32) -> io::Result<()> {
+        self.rt.block_on(async {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .output_interface(index)
+                .build();
+            match self.handle.route().del(msg).execute().await {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+                Err(e) => Err(nl_err("delete route", e)),
+            }
+        })
+    }
+
+    /// Deletes an interface.
+    pub fn del_link(&self, index: u32) -> io::Result<()> {
+        self.rt.block_on(async {
+            match self.handle.link().del(index).execute().await {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+                Err(e) => Err(nl_err("delete link", e)),
+            }
+        })
+    }
+
+    /// True when a route to exactly `dst` exists (for checks after start-up).
+    pub fn has_route(&self, dst: Ipv4Net) -> io::Result<bool> {
+        self.rt.block_on(async {
+            let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+            while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
+                if m.header.destination_prefix_length == dst.prefix_len()
+                    && m.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == dst.network()))
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+}

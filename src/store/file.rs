@@ -1,0 +1,486 @@
+//! The embedded lease store: a directory that mirrors flannel's etcd layout so a person
+//! can inspect it with `cat`, and several weft processes on one host can share it.
+//!
+//! ```text
+//! DIR/config                  net-conf.json
+//! DIR/subnets/10.244.1.0-24   {"PublicIP":...}        <- the etcd value, byte for byte
+//!                             expiration=2026-11-24T10:45:12Z   <- absent: a reservation
+//! DIR/.lock                   flock(2)ed around allocation
+//! ```
+//! A lease is created by writing a temporary file and hard-linking it to its name, which
+//! fails if the name exists: create-exclusive with the whole content at once, so readers
+//! never see half a lease. Renewals replace the file with a rename.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use ipnet::Ipv4Net;
+
+use super::{Acquired, LeaseStore, StoreError, LEASE_TTL};
+use crate::config::NetConfig;
+use crate::lease::alloc::{allocate, Source};
+use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
+
+/// How many times `acquire` retries when another node wins a race (flanneld: 10).
+pub const RACE_RETRIES: usize = 10;
+const EXPIRATION_PREFIX: &str = "expiration=";
+
+/// The directory store.
+pub struct FileStore {
+    dir: PathBuf,
+    /// Parsed leases by file name, keyed on (mtime, size, inode) to skip unchanged files.
+    cache: HashMap<String, (FileKey, Option<Lease>)>,
+}
+
+type FileKey = (i64, i64, u64, u64);
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Renders a lease file: the etcd value, then the expiration line unless a reservation.
+pub fn render(lease: &Lease) -> String {
+    let mut s = lease.attrs.to_json();
+    s.push('\n');
+    if let Some(t) = lease.expiration {
+        s.push_str(EXPIRATION_PREFIX);
+        s.push_str(&humantime::format_rfc3339_seconds(t).to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// Parses a lease file named `key` (e.g. `10.244.1.0-24`).
+pub fn parse(key: &str, text: &str) -> Result<Lease, String> {
+    let (subnet, ipv6_subnet) = parse_subnet_key(key).map_err(|e| e.to_string())?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let json = lines.next().ok_or("empty lease file")?;
+    let attrs = LeaseAttrs::from_json(json).map_err(|e| e.to_string())?;
+    let mut expiration = None;
+    for l in lines {
+        match l.strip_prefix(EXPIRATION_PREFIX) {
+            Some(t) => {
+                expiration = Some(humantime::parse_rfc3339(t).map_err(|e| {
+                    format!("bad expiration {t:?}: {e}; expected e.g. 2026-11-24T10:45:12Z")
+                })?)
+            }
+            None => {
+                return Err(format!(
+                    "unexpected line {l:?}; expected expiration=<RFC 3339 time>"
+                ))
+            }
+        }
+    }
+    Ok(Lease {
+        subnet,
+        ipv6_subnet,
+        attrs,
+        expiration,
+    })
+}
+
+impl FileStore {
+    /// Opens (and creates, if needed) a store directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore, StoreError> {
+        let dir = dir.into();
+        let subnets = dir.join("subnets");
+        fs::create_dir_all(&subnets).map_err(io_err(&subnets))?;
+        Ok(FileStore {
+            dir,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn subnets(&self) -> PathBuf {
+        self.dir.join("subnets")
+    }
+
+    /// The path of a lease's file.
+    pub fn lease_path(&self, lease: &Lease) -> PathBuf {
+        self.subnets().join(lease.key())
+    }
+
+    /// Writes `DIR/config` (for tools and tests; weft itself only reads it).
+    pub fn write_config(&self, json: &str) -> Result<(), StoreError> {
+        let p = self.dir.join("config");
+        write_atomic(&p, json.as_bytes()).map_err(io_err(&p))
+    }
+
+    /// Writes a lease as another node (or a person) would: replace or create.
+    pub fn put(&self, lease: &Lease) -> Result<(), StoreError> {
+        let p = self.lease_path(lease);
+        write_atomic(&p, render(lease).as_bytes()).map_err(io_err(&p))
+    }
+
+    fn create_exclusive(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let p = self.lease_path(lease);
+        let tmp = self
+            .subnets()
+            .join(format!(".{}.new.{}", lease.key(), std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(render(lease).as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(io_err(&tmp))?;
+        let linked = fs::hard_link(&tmp, &p);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        let p = self.dir.join(".lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        f.lock().map_err(io_err(&p))?;
+        Ok(f)
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
+impl LeaseStore for FileStore {
+    fn config(&self) -> Result<NetConfig, StoreError> {
+        let p = self.dir.join("config");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        NetConfig::parse(&text).map_err(|source| StoreError::Config { path: p, source })
+    }
+
+    fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        let dir = self.subnets();
+        let mut seen = HashMap::with_capacity(self.cache.len());
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(md) = entry.metadata() else { continue }; // deleted meanwhile
+            if !md.is_file() {
+                continue;
+            }
+            let key: FileKey = (md.mtime(), md.mtime_nsec(), md.ino(), md.len());
+            let parsed = match self.cache.remove(&name) {
+                Some((k, l)) if k == key => l,
+                _ => {
+                    let path = entry.path();
+                    match fs::read_to_string(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| parse(&name, &t))
+                    {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            eprintln!("weft: warning: skipping lease file {}: {e}", path.display());
+                            None
+                        }
+                    }
+                }
+            };
+            seen.insert(name, (key, parsed));
+        }
+        self.cache = seen;
+        let mut out: Vec<Lease> = self.cache.values().filter_map(|(_, l)| l.clone()).collect();
+        out.sort_by_key(|l| l.subnet);
+        Ok(out)
+    }
+
+    fn acquire(
+        &mut self,
+        cfg: &NetConfig,
+        public_ip: Ipv4Addr,
+        previous: Option<Ipv4Net>,
+        now: SystemTime,
+        random: u64,
+        attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
+    ) -> Result<Acquired, StoreError> {
+        // The lock serializes weft nodes sharing the directory; create-exclusive still guards
+        // against anything that writes leases without it.
+        let _lock = self.lock()?;
+        // Names we failed to create (a file we cannot read holds them): taken, for us.
+        let mut blocked: Vec<Lease> = Vec::new();
+        for attempt in 0..RACE_RETRIES {
+            let mut leases = self.leases()?;
+            leases.extend(blocked.iter().cloned());
+            let a = allocate(
+                cfg,
+                &leases,
+                public_ip,
+                previous,
+                now,
+                random.wrapping_add(attempt as u64),
+            )?;
+            for stale in &a.stale {
+                let p = self.subnets().join(crate::lease::subnet_key(*stale, None));
+                eprintln!("weft: deleting our lease {stale}: it no longer fits the network config");
+                let _ = fs::remove_file(p);
+            }
+            let mine = leases.iter().find(|l| {
+                l.subnet == a.subnet && l.attrs.public_ip == public_ip && !l.is_expired(now)
+            });
+            let lease = Lease {
+                subnet: a.subnet,
+                ipv6_subnet: None,
+                attrs: attrs(mine),
+                expiration: match a.source {
+                    Source::ExistingLease { reservation: true } => None,
+                    _ => Some(now + LEASE_TTL),
+                },
+            };
+            match a.source {
+                Source::ExistingLease { .. } => {
+                    self.put(&lease)?;
+                    return Ok(Acquired {
+                        lease,
+                        source: a.source,
+                    });
+                }
+                Source::Previous | Source::Fresh => {
+                    // An expired lease file still holds the name: remove it first.
+                    if let Some(old) = leases
+                        .iter()
+                        .find(|l| l.subnet == a.subnet && l.is_expired(now))
+                    {
+                        let _ = fs::remove_file(self.lease_path(old));
+                    }
+                    if self.create_exclusive(&lease)? {
+                        return Ok(Acquired {
+                            lease,
+                            source: a.source,
+                        });
+                    }
+                    let attrs = LeaseAttrs::udp(Ipv4Addr::UNSPECIFIED); // never ours
+                    blocked.push(Lease {
+                        expiration: None,
+                        attrs,
+                        ..lease
+                    });
+                }
+            }
+        }
+        Err(StoreError::Contention(RACE_RETRIES))
+    }
+
+    fn renew(&mut self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError> {
+        let p = self.lease_path(lease);
+        let _lock = self.lock()?;
+        match fs::read_to_string(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&p)(e)),
+            Ok(text) => match parse(&lease.key(), &text) {
+                Ok(cur) if cur.attrs.public_ip == lease.attrs.public_ip => {}
+                // Someone else owns (or has broken) the subnet now: treat as revoked.
+                _ => return Ok(None),
+            },
+        }
+        let renewed = Lease {
+            expiration: lease.expiration.map(|_| now + LEASE_TTL),
+            ..lease.clone()
+        };
+        self.put(&renewed)?;
+        Ok(Some(renewed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lease::VxlanBackendData;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("weft-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn attrs(ip: Ipv4Addr) -> impl Fn(Option<&Lease>) -> LeaseAttrs {
+        move |old| {
+            let mac = old
+                .and_then(|l| l.attrs.vxlan_data().ok())
+                .map(|d| d.vtep_mac);
+            let mac = mac.unwrap_or(crate::wire::MacAddr([0x0e, 0, 0, 0, ip.octets()[3], 9]));
+            LeaseAttrs::vxlan(
+                ip,
+                VxlanBackendData {
+                    vni: 1,
+                    vtep_mac: mac,
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn file_format_is_the_etcd_value_plus_expiration() {
+        let l = Lease {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 1)),
+            expiration: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+        };
+        let text = render(&l);
+        assert_eq!(text, "{\"PublicIP\":\"192.0.2.1\",\"PublicIPv6\":null,\"BackendType\":\"udp\"}\nexpiration=2026-11-18T11:06:40Z\n");
+        assert_eq!(parse("10.244.1.0-24", &text).unwrap(), l);
+        let reservation = Lease {
+            expiration: None,
+            ..l
+        };
+        assert_eq!(
+            parse("10.244.1.0-24", &render(&reservation))
+                .unwrap()
+                .expiration,
+            None
+        );
+        for bad in [
+            "",
+            "{",
+            "{\"PublicIP\":\"192.0.2.1\"}\nexpiration=yesterday",
+            "{\"PublicIP\":\"192.0.2.1\"}\nfoo",
+        ] {
+            assert!(parse("10.244.1.0-24", bad).is_err(), "{bad:?}");
+        }
+        assert!(parse("not-a-key", "{\"PublicIP\":\"192.0.2.1\"}").is_err());
+    }
+
+    #[test]
+    fn acquire_reuse_renew_and_revoke() {
+        let dir = tmpdir("acq");
+        let mut s = FileStore::open(&dir).unwrap();
+        s.write_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        let cfg = s.config().unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let ip = Ipv4Addr::new(192, 0, 2, 1);
+        let a = s.acquire(&cfg, ip, None, now, 5, &attrs(ip)).unwrap();
+        assert_eq!(a.source, Source::Fresh);
+        assert!(s.lease_path(&a.lease).exists());
+        // A restart reuses the subnet and the VTEP MAC.
+        let b = s.acquire(&cfg, ip, None, now, 77, &attrs(ip)).unwrap();
+        assert_eq!(b.lease.subnet, a.lease.subnet);
+        assert_eq!(
+            b.lease.attrs.vxlan_data().unwrap(),
+            a.lease.attrs.vxlan_data().unwrap()
+        );
+        assert_eq!(b.source, Source::ExistingLease { reservation: false });
+        let later = now + Duration::from_secs(3600);
+        let r = s.renew(&b.lease, later).unwrap().unwrap();
+        assert_eq!(r.expiration, Some(later + LEASE_TTL));
+        assert_eq!(s.leases().unwrap(), vec![r.clone()]);
+        fs::remove_file(s.lease_path(&r)).unwrap();
+        assert_eq!(s.renew(&r, later).unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_files_are_skipped_and_expired_names_reused() {
+        let dir = tmpdir("corrupt");
+        let mut s = FileStore::open(&dir).unwrap();
+        s.write_config(r#"{"Network":"10.10.0.0/28"}"#).unwrap(); // /30s: .4 .8 .12
+        fs::write(dir.join("subnets/10.10.0.4-30"), "garbage").unwrap();
+        fs::write(dir.join("subnets/README"), "not a lease").unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let old = Lease {
+            subnet: "10.10.0.8/30".parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 9)),
+            expiration: Some(now - Duration::from_secs(1)),
+        };
+        s.put(&old).unwrap();
+        let res = Lease {
+            subnet: "10.10.0.12/30".parse().unwrap(),
+            expiration: None,
+            ..old.clone()
+        };
+        s.put(&res).unwrap();
+        assert_eq!(s.leases().unwrap().len(), 2);
+        let cfg = s.config().unwrap();
+        // The expired .8 is free to reuse as the previous subnet.
+        let ip = Ipv4Addr::new(192, 0, 2, 1);
+        let a = s
+            .acquire(
+                &cfg,
+                ip,
+                Some("10.10.0.8/30".parse().unwrap()),
+                now,
+                0,
+                &attrs(ip),
+            )
+            .unwrap();
+        assert_eq!(a.lease.subnet, "10.10.0.8/30".parse().unwrap());
+        assert_eq!(a.source, Source::Previous);
+        // .4 holds a corrupt file: not a lease, but its name cannot be created, so the next
+        // node is refused cleanly rather than looping on it (.12 is reserved).
+        let ip2 = Ipv4Addr::new(192, 0, 2, 2);
+        let e = s.acquire(&cfg, ip2, None, now, 0, &attrs(ip2)).unwrap_err();
+        assert!(e.to_string().contains("out of subnets"), "{e}");
+        assert!(dir.join("subnets/10.10.0.4-30").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_acquires_never_share_a_subnet() {
+        let dir = tmpdir("race");
+        let s = FileStore::open(&dir).unwrap();
+        s.write_config(r#"{"Network":"10.244.0.0/24"}"#).unwrap(); // /26: 3 subnets
+        let cfg = s.config().unwrap();
+        let handles: Vec<_> = (1..=6u8)
+            .map(|i| {
+                let (dir, cfg) = (dir.clone(), cfg.clone());
+                std::thread::spawn(move || {
+                    let mut s = FileStore::open(&dir).unwrap();
+                    let ip = Ipv4Addr::new(192, 0, 2, i);
+                    s.acquire(&cfg, ip, None, SystemTime::now(), 0, &attrs(ip))
+                        .ok()
+                        .map(|a| a.lease.subnet)
+                })
+            })
+            .collect();
+        let got: Vec<_> = handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
+        let mut uniq = got.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(uniq.len(), 3, "{got:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
