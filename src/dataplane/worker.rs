@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use tun_rs::SyncDevice;
 
 use super::counters::WorkerCounters;
-use crate::encap::{DropReason, Inbound, Node, Outbound, HEADROOM};
+use crate::encap::{gso, DropReason, Inbound, Node, Outbound, HEADROOM};
 use crate::lease::LeaseTable;
 use crate::wire::ipv4;
 
@@ -57,6 +57,7 @@ impl Worker {
             .register(&mut self.sock, UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
         let mut buf = vec![0u8; BUF_LEN];
+        let mut scratch = vec![0u8; BUF_LEN];
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = poll.poll(&mut events, Some(POLL_TIMEOUT)) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -67,7 +68,7 @@ impl Worker {
             // Drain both sides until neither has anything left (edge-triggered).
             loop {
                 let a = self.tun_to_underlay(&mut buf);
-                let b = self.underlay_to_tun(&mut buf);
+                let b = self.underlay_to_tun(&mut buf, &mut scratch);
                 if a < BATCH && b < BATCH {
                     break;
                 }
@@ -113,7 +114,7 @@ impl Worker {
     }
 
     /// Handles up to BATCH datagrams from the underlay; returns how many were read.
-    fn underlay_to_tun(&mut self, buf: &mut [u8]) -> usize {
+    fn underlay_to_tun(&mut self, buf: &mut [u8], scratch: &mut [u8]) -> usize {
         let c = &*self.counters;
         for n in 0..BATCH {
             let (len, from) = match self.sock.recv_from(&mut buf[HEADROOM..]) {
@@ -129,6 +130,25 @@ impl Worker {
             let snap = self.table.load();
             // The outer ECN bits are not read from the socket yet (IP_RECVTOS): 0.
             match self.node.inbound(&snap, from, buf, HEADROOM, len, 0) {
+                Inbound::Deliver(r) if r.len() > self.node.mtu => {
+                    // A TSO super-packet from a kernel vxlan peer on a veth: segment it.
+                    let inner = &buf[r];
+                    let tun = &self.tun;
+                    let split = gso::mss_for(inner, self.node.mtu)
+                        .ok_or(DropReason::TooBig)
+                        .and_then(|mss| {
+                            gso::split_tcp4(inner, mss, scratch, |seg| match tun.send(seg) {
+                                Ok(_) => {
+                                    WorkerCounters::add(&c.rx_packets, 1);
+                                    WorkerCounters::add(&c.rx_bytes, seg.len() as u64);
+                                }
+                                Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
+                            })
+                        });
+                    if split.is_err() {
+                        c.drop(DropReason::TooBig);
+                    }
+                }
                 Inbound::Deliver(r) => {
                     // A kernel peer on a veth leaves inner TCP/UDP checksums partial
                     // (CHECKSUM_PARTIAL); a TUN without a virtio-net header cannot say so,

@@ -8,6 +8,7 @@
 //! no payload copy, no allocation. ICMP errors are built in place too, over the offending
 //! packet's headroom, quoting its first bytes where they already are.
 
+pub mod gso;
 pub mod udp;
 pub mod vxlan;
 
@@ -235,7 +236,7 @@ pub struct Node {
     /// Our underlay address (outer source).
     pub public_ip: Ipv4Addr,
     /// Our pod subnet (inbound destinations must lie in it); its network address is the
-    /// TUN address and the source of the ICMP errors we originate.
+    /// TUN address.
     pub subnet: Ipv4Net,
     /// The inner MTU budget: underlay MTU minus overhead (1450 for vxlan on 1500).
     pub mtu: usize,
@@ -391,11 +392,16 @@ impl Node {
         {
             return Outbound::Drop(reason);
         }
-        let src_of_offender = ipv4::Packet::new_unchecked(&buf[start..start + len]).src();
+        let offender = ipv4::Packet::new_unchecked(&buf[start..start + len]);
+        let (src_of_offender, dst_of_offender) = (offender.src(), offender.dst());
         let q = icmpv4::DestUnreachable::quote_len(len);
         let msg = start - icmpv4::DestUnreachable::QUOTE_OFFSET..start + q;
+        // The error's source is the offender's destination, not our TUN address: a packet
+        // that enters the node from the TUN with one of the node's own addresses as source
+        // is a martian and the kernel drops it (flannel's udp proxy has that bug). The
+        // destination is routed through the TUN and not local, so it passes rp_filter.
         icmpv4::DestUnreachable {
-            src: self.subnet.network(),
+            src: dst_of_offender,
             dst: src_of_offender,
             code,
             next_hop_mtu: mtu,

@@ -1,0 +1,750 @@
+//! A cluster of network namespaces on one host, for weft's integration tests and demo.
+//!
+//! ```text
+//!  <p>-u            underlay namespace: bridge br0 (192.0.2.0/24, no address)
+//!   |- u<i>  <->  eth0 in <p>-n<i>   node i: 192.0.2.<i>/24, weft (or kernel vxlan),
+//!                                     cni0 bridge at FLANNEL_SUBNET with FLANNEL_MTU
+//!                   vp<j> <-> eth0 in <p>-n<i>p<j>   pod j: FLANNEL_SUBNET + 10 + j
+//! ```
+//! Every name starts with `wt<pid>x<seq>` so parallel runs never collide, and namespaces left
+//! by a run that died (its pid is gone) are deleted by the next one. `Drop` stops every
+//! process and deletes every namespace and file, on success, failure or panic. The
+//! harness itself uses `ip` and friends; only weft is forbidden that.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::Ipv4Net;
+use weft::lease::{Lease, LeaseAttrs, VxlanBackendData};
+use weft::store::file::FileStore;
+use weft::store::LeaseStore;
+use weft::subnet_env::SubnetEnv;
+use weft::wire::MacAddr;
+
+/// One cluster at a time on this host: clusters are cheap to build but iperf3 on two cores
+/// is not, and figures from overlapping runs would mean nothing.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, returning its output whatever the exit status.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn sh(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs `args` inside namespace `ns`.
+pub fn ns_run(ns: &str, args: &[&str]) -> Output {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+/// Runs `args` inside `ns`; it must succeed.
+pub fn ns_sh(ns: &str, args: &[&str]) -> String {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// Polls `f` until it returns `Some` or `limit` passes. Deadlines are generous: they bound
+/// a hang, they do not measure speed.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails unless we are root with the tools the tests need.
+pub fn require_root() {
+    let uid = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "the netns tests need root (ip netns, veth, TUN): run them as root, as CI does"
+    );
+    for tool in ["ip", "ping", "iperf3", "python3", "bridge"] {
+        assert!(
+            run(&["sh", "-c", &format!("command -v {tool}")])
+                .status
+                .success(),
+            "{tool} is not installed: run ./scripts/test, which installs it"
+        );
+    }
+}
+
+/// Deletes namespaces left behind by runs whose process has died.
+fn reap_stale() {
+    let list = sh(&["ip", "netns", "list"]);
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix("wt") else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if pid.is_empty() || !rest[pid.len()..].starts_with('x') {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_ns_processes(name);
+            let _ = run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+fn kill_ns_processes(ns: &str) {
+    let pids = run(&["ip", "netns", "pids", ns]);
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = run(&["kill", "-9", pid]);
+    }
+}
+
+/// What runs on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `weft run`.
+    Weft,
+    /// The kernel's vxlan, programmed exactly as flanneld programs `flannel.1`.
+    KernelVxlan,
+}
+
+/// A pod: a namespace behind a node's cni0.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// A node namespace.
+pub struct Node {
+    /// Its namespace.
+    pub ns: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    /// What runs there.
+    pub kind: Kind,
+    /// The weft process, while running.
+    pub child: Option<Child>,
+    /// Where weft's output goes.
+    pub log: PathBuf,
+    /// The subnet.env weft writes.
+    pub subnet_file: PathBuf,
+    /// Its pods.
+    pub pods: Vec<Pod>,
+    /// Its healthz port.
+    pub healthz: u16,
+}
+
+/// The cluster.
+pub struct Cluster {
+    /// Name prefix of everything this cluster creates.
+    pub prefix: String,
+    /// The lease directory (shared by all nodes) and logs.
+    pub dir: PathBuf,
+    /// The weft binary.
+    pub weft: PathBuf,
+    /// Nodes, index 0 is node 1 (192.0.2.1).
+    pub nodes: Vec<Node>,
+    namespaces: Vec<String>,
+    _one: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Builds the underlay and a lease directory holding `net_conf`.
+    pub fn new(weft: &Path, net_conf: &str) -> Cluster {
+        let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        require_root();
+        reap_stale();
+        let prefix = format!(
+            "wt{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut c = Cluster {
+            prefix,
+            dir,
+            weft: weft.to_path_buf(),
+            nodes: Vec::new(),
+            namespaces: Vec::new(),
+            _one: one,
+        };
+        FileStore::open(c.lease_dir())
+            .unwrap()
+            .write_config(net_conf)
+            .unwrap();
+        let u = c.add_ns("u");
+        sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &u, "link", "set", "br0", "up"]);
+        c
+    }
+
+    /// The shared lease directory.
+    pub fn lease_dir(&self) -> PathBuf {
+        self.dir.join("leases")
+    }
+
+    fn add_ns(&mut self, suffix: &str) -> String {
+        let ns = format!("{}-{suffix}", self.prefix);
+        sh(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Adds a namespace on the underlay bridge with address 192.0.2.`host`/24 and returns it.
+    pub fn add_host(&mut self, name: &str, host: u8) -> String {
+        let ns = self.add_ns(name);
+        let u = format!("{}-u", self.prefix);
+        let port = format!("u{host}");
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+            &u,
+        ]);
+        sh(&["ip", "-n", &u, "link", "set", &port, "master", "br0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("192.0.2.{host}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// Adds node namespace number `nodes.len() + 1`, not yet running anything.
+    pub fn add_node(&mut self, kind: Kind) -> usize {
+        let i = self.nodes.len() + 1;
+        let ns = self.add_host(&format!("n{i}"), i as u8);
+        ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        self.nodes.push(Node {
+            ns,
+            ip: Ipv4Addr::new(192, 0, 2, i as u8),
+            kind,
+            child: None,
+            log: self.dir.join(format!("n{i}.log")),
+            subnet_file: self.dir.join(format!("n{i}/subnet.env")),
+            pods: Vec::new(),
+            healthz: 9100,
+        });
+        i - 1
+    }
+
+    /// Starts weft on node `i` with extra flags, waits for its subnet.env, and sets up cni0.
+    pub fn start_weft(&mut self, i: usize, extra: &[&str]) -> SubnetEnv {
+        let n = &mut self.nodes[i];
+        assert!(n.child.is_none(), "weft already runs on node {}", i + 1);
+        let _ = fs::remove_file(&n.subnet_file);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let port = n.healthz.to_string();
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            n.ns.clone(),
+            self.weft.display().to_string(),
+            "run".into(),
+            "--iface".into(),
+            "eth0".into(),
+            "--lease-dir".into(),
+            self.dir.join("leases").display().to_string(),
+            "--subnet-file".into(),
+            n.subnet_file.display().to_string(),
+            "--healthz-port".into(),
+            port,
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start weft");
+        n.child = Some(child);
+        let (file, logp) = (n.subnet_file.clone(), n.log.clone());
+        let env = wait_for(
+            &format!("weft on node {} to write subnet.env", i + 1),
+            Duration::from_secs(20),
+            || {
+                if let Some(Ok(Some(st))) = self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+                    panic!(
+                        "weft on node {} exited ({st}):\n{}",
+                        i + 1,
+                        fs::read_to_string(&logp).unwrap_or_default()
+                    );
+                }
+                SubnetEnv::read(&file).ok()
+            },
+        );
+        self.ensure_cni0(i, &env);
+        wait_for("the healthz endpoint", Duration::from_secs(10), || {
+            self.http(i, "/healthz").filter(|b| b == "ok\n")
+        });
+        env
+    }
+
+    /// As flannel's CNI plugin (bridge + host-local) would: cni0 at FLANNEL_SUBNET, FLANNEL_MTU.
+    fn ensure_cni0(&self, i: usize, env: &SubnetEnv) {
+        let ns = &self.nodes[i].ns;
+        if !ns_run(ns, &["ip", "link", "show", "cni0"]).status.success() {
+            sh(&["ip", "-n", ns, "link", "add", "cni0", "type", "bridge"]);
+        }
+        let gw = format!(
+            "{}/{}",
+            Ipv4Addr::from(u32::from(env.subnet.network()) + 1),
+            env.subnet.prefix_len()
+        );
+        sh(&["ip", "-n", ns, "addr", "replace", &gw, "dev", "cni0"]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "set",
+            "cni0",
+            "mtu",
+            &env.mtu.to_string(),
+            "up",
+        ]);
+    }
+
+    /// Stops weft on node `i` with SIGTERM and returns whether it exited cleanly.
+    pub fn stop_weft(&mut self, i: usize) -> bool {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            return true;
+        };
+        // `ip netns exec` execs weft, so the child's pid is weft's.
+        let _ = run(&["kill", "-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for weft on node `i` to exit by itself and returns (success, log).
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> (bool, String) {
+        let mut child = self.nodes[i].child.take().expect("weft is not running");
+        let st = wait_for("weft to exit", limit, || child.try_wait().ok().flatten());
+        (
+            st.success(),
+            fs::read_to_string(&self.nodes[i].log).unwrap_or_default(),
+        )
+    }
+
+    /// The node's current subnet (from its subnet.env, or its kernel lease).
+    pub fn subnet(&self, i: usize) -> Ipv4Net {
+        SubnetEnv::read(&self.nodes[i].subnet_file)
+            .expect("no subnet.env")
+            .subnet
+    }
+
+    /// Adds a pod to node `i` (whose cni0 must exist). `mtu` overrides FLANNEL_MTU.
+    pub fn add_pod(&mut self, i: usize, mtu: Option<u32>) -> Pod {
+        let env = SubnetEnv::read(&self.nodes[i].subnet_file).expect("node has no subnet.env");
+        let j = self.nodes[i].pods.len() + 1;
+        let ns = self.add_ns(&format!("n{}p{j}", i + 1));
+        let node_ns = self.nodes[i].ns.clone();
+        let port = format!("vp{j}");
+        let mtu = mtu.unwrap_or(env.mtu).to_string();
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name",
+            &port, "mtu", &mtu, "netns", &node_ns,
+        ]);
+        sh(&[
+            "ip", "-n", &node_ns, "link", "set", &port, "master", "cni0", "up",
+        ]);
+        let ip = Ipv4Addr::from(u32::from(env.subnet.network()) + 10 + j as u32);
+        let gw = Ipv4Addr::from(u32::from(env.subnet.network()) + 1);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/{}", env.subnet.prefix_len()),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
+        let pod = Pod { ns, ip };
+        self.nodes[i].pods.push(pod.clone());
+        pod
+    }
+
+    /// GET `path` from node `i`'s healthz port, from inside its namespace.
+    pub fn http(&self, i: usize, path: &str) -> Option<String> {
+        let code = format!(
+            "import urllib.request,sys\ntry:\n  sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{}{path}', timeout=2).read().decode())\nexcept Exception as e:\n  sys.exit(1)",
+            self.nodes[i].healthz
+        );
+        let o = ns_run(&self.nodes[i].ns, &["python3", "-c", &code]);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Node `i`'s metrics, as `name{labels}` -> value.
+    pub fn metrics(&self, i: usize) -> HashMap<String, u64> {
+        let text = self.http(i, "/metrics").expect("no /metrics");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            })
+            .collect()
+    }
+
+    /// The subnets in node `i`'s forwarding table.
+    pub fn table(&self, i: usize) -> Vec<Ipv4Net> {
+        let text = self.http(i, "/leases").unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until every weft node's table lists exactly the leases in the directory.
+    pub fn wait_converged(&self) {
+        let want: Vec<Ipv4Net> = self.leases().iter().map(|l| l.subnet).collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.kind == Kind::Weft && n.child.is_some() {
+                wait_for(
+                    &format!("node {} to see leases {want:?}", i + 1),
+                    Duration::from_secs(10),
+                    || (self.table(i) == want).then_some(()),
+                );
+            }
+        }
+    }
+
+    /// The leases in the directory.
+    pub fn leases(&self) -> Vec<Lease> {
+        let mut s = FileStore::open(self.lease_dir()).unwrap();
+        let mut l = s.leases().unwrap();
+        l.retain(|l| !l.is_expired(SystemTime::now()));
+        l
+    }
+
+    /// Sets node `i` up as "stock flannel": a kernel vxlan `flannel.1` configured as
+    /// flanneld configures it, its lease (`subnet`) written as flanneld writes it, cni0.
+    pub fn start_kernel_node(&mut self, i: usize, subnet: Ipv4Net) {
+        let n = &self.nodes[i];
+        let mac = MacAddr([0x0e, 0, 0, 0, n.ip.octets()[3], 1]);
+        let lease = Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::vxlan(
+                n.ip,
+                VxlanBackendData {
+                    vni: 1,
+                    vtep_mac: mac,
+                },
+            ),
+            expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
+        };
+        FileStore::open(self.lease_dir())
+            .unwrap()
+            .put(&lease)
+            .unwrap();
+        let ns = n.ns.clone();
+        let ip = n.ip.to_string();
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "flannel.1",
+            "address",
+            &mac.to_string(),
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &ip,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "flannel.1", "mtu", "1450"]);
+        // flanneld sets accept_ra=0 (an IPv6 setting: absent where IPv6 is off).
+        let _ = ns_run(
+            &ns,
+            &["sysctl", "-qw", "net.ipv6.conf.flannel/1.accept_ra=0"],
+        );
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/32", subnet.network()),
+            "dev",
+            "flannel.1",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "flannel.1", "up"]);
+        let network = weft::daemon::store_config(&self.lease_dir())
+            .unwrap()
+            .network;
+        let env = SubnetEnv {
+            network,
+            subnet,
+            mtu: 1450,
+            ipmasq: false,
+        };
+        env.write(&self.nodes[i].subnet_file).unwrap();
+        self.ensure_cni0(i, &env);
+    }
+
+    /// Programs the kernel node `i` for every other lease, as flanneld's vxlan backend does
+    /// for each remote lease: ARP entry, FDB entry, then the onlink route.
+    pub fn program_kernel_peers(&self, i: usize) {
+        let ns = &self.nodes[i].ns;
+        for l in self.leases() {
+            if l.attrs.public_ip == self.nodes[i].ip {
+                continue;
+            }
+            let mac = l
+                .attrs
+                .vxlan_data()
+                .expect("vxlan lease")
+                .vtep_mac
+                .to_string();
+            let gw = l.subnet.network().to_string();
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &gw,
+                "dev",
+                "flannel.1",
+                "lladdr",
+                &mac,
+                "nud",
+                "permanent",
+            ]);
+            sh(&[
+                "bridge",
+                "-n",
+                ns,
+                "fdb",
+                "append",
+                &mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &l.attrs.public_ip.to_string(),
+                "self",
+                "permanent",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "replace",
+                &l.subnet.to_string(),
+                "via",
+                &gw,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ]);
+        }
+    }
+
+    /// Every pod in the cluster.
+    pub fn pods(&self) -> Vec<Pod> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().cloned())
+            .collect()
+    }
+
+    /// Pings every pod from every other pod (`count` each) and returns the failures.
+    pub fn ping_all(&self) -> Vec<String> {
+        let pods = self.pods();
+        let mut failed = Vec::new();
+        for a in &pods {
+            for b in &pods {
+                if a.ip != b.ip {
+                    let o = ns_run(
+                        &a.ns,
+                        &["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.ip.to_string()],
+                    );
+                    if !o.status.success() {
+                        failed.push(format!(
+                            "{} -> {}: {}",
+                            a.ip,
+                            b.ip,
+                            String::from_utf8_lossy(&o.stdout)
+                        ));
+                    }
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// iperf3's summary of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    /// Received bits per second.
+    pub bps: f64,
+    /// Bytes received.
+    pub bytes: f64,
+    /// Retransmits (TCP) or lost percent (UDP).
+    pub loss: f64,
+}
+
+/// Runs iperf3 from pod `from` to pod `to` for `secs` seconds; `udp` is (bitrate, length).
+pub fn iperf3(from: &Pod, to: &Pod, secs: u32, udp: Option<(&str, u32)>) -> Iperf {
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &to.ns,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &to.ip.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start iperf3 -s");
+    // Wait for the server's port.
+    wait_for("iperf3 server", Duration::from_secs(10), || {
+        let o = ns_run(&to.ns, &["ss", "-Hltn", "sport = :5201"]);
+        (!o.stdout.is_empty()).then_some(())
+    });
+    let t = secs.to_string();
+    let mut args = vec!["iperf3", "-c", &to.ip.to_string(), "-t", &t, "-J"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    if let Some((rate, len)) = udp {
+        args.extend([
+            "-u".into(),
+            "-b".into(),
+            rate.into(),
+            "-l".into(),
+            len.to_string(),
+        ]);
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ns_run(&from.ns, &argv);
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 {} -> {} failed: {text}",
+        from.ip,
+        to.ip
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("iperf3 -J output");
+    let end = &v["end"];
+    if udp.is_some() {
+        let s = &end["sum"];
+        Iperf {
+            bps: s["bits_per_second"].as_f64().unwrap_or(0.0),
+            bytes: s["bytes"].as_f64().unwrap_or(0.0),
+            loss: s["lost_percent"].as_f64().unwrap_or(100.0),
+        }
+    } else {
+        Iperf {
+            bps: end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0),
+            bytes: end["sum_received"]["bytes"].as_f64().unwrap_or(0.0),
+            loss: end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_weft(i);
+        }
+        for ns in self.namespaces.iter().rev() {
+            kill_ns_processes(ns);
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        if std::env::var_os("WEFT_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

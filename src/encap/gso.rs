@@ -1,0 +1,200 @@
+//! Software segmentation of TCP/IPv4 super-packets (what the kernel's GSO does), for the
+//! inner packets a kernel vxlan peer sends over a veth: its TSO segments cross the veth
+//! whole (`SKB_GSO_UDP_TUNNEL`), a plain UDP socket hands them up as one datagram, and the
+//! inner packet is then far larger than the pod MTU. Splitting it here gives the pod the
+//! segments the sender meant, each with complete checksums.
+
+use super::DropReason;
+use crate::wire::{be16, checksum, ipv4, put16};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+
+/// Splits the TCP/IPv4 packet `pkt` into segments carrying at most `mss` payload bytes.
+/// Each segment is built in `scratch` (headers copied, then one payload slice) and passed
+/// to `emit`. Per segment, as GSO does: IP total length and checksum, IP ID + index, TCP
+/// sequence + offset, FIN and PSH only on the last segment, CWR only on the first, and the
+/// TCP checksum computed in full. Returns the number of segments.
+pub fn split_tcp4(
+    pkt: &[u8],
+    mss: usize,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, DropReason> {
+    let ip = ipv4::Packet::new_checked(pkt).map_err(|_| DropReason::MalformedInner)?;
+    if ip.protocol() != ipv4::PROTO_TCP || ip.more_frags() || ip.frag_offset() != 0 {
+        return Err(DropReason::MalformedInner);
+    }
+    let ihl = ip.header_len();
+    let tcp = ip.payload();
+    if tcp.len() < 20 {
+        return Err(DropReason::Truncated);
+    }
+    let thl = ((tcp[12] >> 4) as usize) * 4;
+    if thl < 20 || thl > tcp.len() {
+        return Err(DropReason::MalformedInner);
+    }
+    let hdrs = ihl + thl;
+    if mss == 0 || scratch.len() < hdrs + mss {
+        return Err(DropReason::NoRoom);
+    }
+    let (src, dst) = (ip.src(), ip.dst());
+    let (id, seq0, flags) = (
+        ip.ident(),
+        u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        tcp[13],
+    );
+    let payload = &tcp[thl..];
+    let n = payload.len().div_ceil(mss).max(1);
+    for (i, chunk) in payload
+        .chunks(mss)
+        .chain((payload.is_empty()).then_some(&[][..]))
+        .enumerate()
+    {
+        let len = hdrs + chunk.len();
+        let seg = &mut scratch[..len];
+        seg[..hdrs].copy_from_slice(&pkt[..hdrs]);
+        seg[hdrs..].copy_from_slice(chunk);
+        put16(seg, 2, len as u16);
+        put16(seg, 4, id.wrapping_add(i as u16));
+        put16(seg, 10, 0);
+        let c = checksum::checksum(&seg[..ihl]);
+        put16(seg, 10, c);
+        let t = &mut seg[ihl..];
+        t[4..8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
+        let mut f = flags;
+        if i + 1 < n {
+            f &= !(TCP_FIN | TCP_PSH);
+        }
+        if i > 0 {
+            f &= !TCP_CWR;
+        }
+        t[13] = f;
+        put16(t, 16, 0);
+        let ph = checksum::pseudo_header_v4(src, dst, ipv4::PROTO_TCP, t.len() as u16);
+        let c = !checksum::fold(checksum::sum(t, ph));
+        put16(t, 16, c);
+        debug_assert_eq!(be16(t, 16), c);
+        emit(seg);
+    }
+    Ok(n)
+}
+
+/// The MSS that makes TCP/IPv4 segments of `pkt` fit `mtu`, from its own header lengths.
+pub fn mss_for(pkt: &[u8], mtu: usize) -> Option<usize> {
+    let ip = ipv4::Packet::new_checked(pkt).ok()?;
+    let tcp = ip.payload();
+    let thl = ((*tcp.get(12)? >> 4) as usize) * 4;
+    mtu.checked_sub(ip.header_len() + thl).filter(|&m| m > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn big_tcp(payload: usize, flags: (bool, bool, bool)) -> Vec<u8> {
+        let mut b = etherparse::PacketBuilder::ipv4([10, 244, 200, 11], [10, 244, 70, 11], 64)
+            .tcp(54388, 5201, 4_294_967_000, 500) // sequence wraps during the split
+            .ack(77);
+        if flags.0 {
+            b = b.fin();
+        }
+        if flags.1 {
+            b = b.psh();
+        }
+        if flags.2 {
+            b = b.cwr();
+        }
+        let data: Vec<u8> = (0..payload).map(|i| (i * 13 + 5) as u8).collect();
+        let mut v = Vec::new();
+        b.write(&mut v, &data).unwrap();
+        v
+    }
+
+    #[test]
+    fn splits_like_gso_with_valid_checksums() {
+        let pkt = big_tcp(6990, (true, true, true));
+        let mss = mss_for(&pkt, 1450).unwrap();
+        assert_eq!(mss, 1410);
+        let mut scratch = vec![0u8; 2048];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let n = split_tcp4(&pkt, mss, &mut scratch, |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(n, 5);
+        let mut data = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert!(s.len() <= 1450);
+            let p = etherparse::SlicedPacket::from_ip(s).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                panic!()
+            };
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            assert_eq!(
+                h.identification,
+                ipv4::Packet::new_checked(&pkt[..])
+                    .unwrap()
+                    .ident()
+                    .wrapping_add(i as u16)
+            );
+            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                panic!()
+            };
+            let th = t.to_header();
+            assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, t.payload()).unwrap());
+            assert_eq!(
+                th.sequence_number,
+                4_294_967_000u32.wrapping_add((i * mss) as u32)
+            );
+            let last = i == n - 1;
+            assert_eq!(
+                (th.fin, th.psh, th.cwr),
+                (last, last, i == 0),
+                "segment {i}"
+            );
+            assert_eq!(th.acknowledgment_number, 77);
+            data.extend_from_slice(t.payload());
+        }
+        assert_eq!(&data[..], &pkt[40..]);
+    }
+
+    #[test]
+    fn small_and_empty_packets_pass_as_one_segment() {
+        for len in [0usize, 1, 1410] {
+            let pkt = big_tcp(len, (false, true, false));
+            let mut scratch = vec![0u8; 2048];
+            let mut segs = Vec::new();
+            assert_eq!(
+                split_tcp4(&pkt, 1410, &mut scratch, |s| segs.push(s.to_vec())).unwrap(),
+                1
+            );
+            assert_eq!(segs[0], pkt, "len {len}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_split() {
+        let mut scratch = vec![0u8; 64];
+        let pkt = big_tcp(3000, (false, false, false));
+        assert_eq!(
+            split_tcp4(&pkt, 1410, &mut scratch, |_| {}),
+            Err(DropReason::NoRoom)
+        );
+        assert_eq!(
+            split_tcp4(&pkt, 0, &mut [0u8; 4096], |_| {}),
+            Err(DropReason::NoRoom)
+        );
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ipv4([1, 1, 1, 1], [2, 2, 2, 2], 5)
+            .udp(1, 2)
+            .write(&mut udp, &[0; 3000])
+            .unwrap();
+        assert_eq!(
+            split_tcp4(&udp, 1400, &mut [0u8; 4096], |_| {}),
+            Err(DropReason::MalformedInner)
+        );
+        for cut in [0, 10, 25, 45] {
+            assert!(split_tcp4(&pkt[..cut], 1400, &mut [0u8; 4096], |_| {}).is_err());
+        }
+    }
+}
