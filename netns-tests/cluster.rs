@@ -25,12 +25,13 @@ fn out(o: &std::process::Output) -> String {
     )
 }
 
-/// Three weft nodes with two pods each.
+/// Three weft nodes with two pods each; node 2 runs two workers (a multi-queue TUN and two
+/// SO_REUSEPORT sockets), the others one.
 fn three_nodes(conf: &str) -> Cluster {
     let mut c = Cluster::new(weft(), conf);
     for i in 0..3 {
         c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
+        c.start_weft(i, if i == 1 { &["--workers", "2"] } else { &[] });
         c.add_pod(i, None);
         c.add_pod(i, None);
     }
@@ -85,13 +86,13 @@ fn forwarding_cluster(conf: &str, budget: u32, label: &str) {
     assert!(tcp.bytes > 0.0);
     let udp = iperf3(&a, &b, 3, Some(("300M", 1400)));
     assert!(udp.bytes > 0.0);
-    eprintln!(
-        "[figures] {label}: iperf3 TCP {:.2} Gbit/s ({} retransmits); UDP 1400 B at 300 Mbit/s offered: {:.2} Gbit/s, {:.2}% lost",
+    harness::figure(&format!(
+        "{label}: iperf3 TCP {:.2} Gbit/s ({} retransmits); UDP 1400 B at 300 Mbit/s offered: {:.2} Gbit/s, {:.2}% lost",
         tcp.bps / 1e9,
         tcp.loss,
         udp.bps / 1e9,
         udp.loss
-    );
+    ));
     let m = c.metrics(0);
     assert!(
         m["weft_packets_total{direction=\"tx\"}"] > 0
@@ -162,29 +163,103 @@ fn restart_keeps_subnet_and_vtep_mac_and_removes_the_tun() {
     );
 }
 
+/// Waits until nodes 1 and 2 agree that `pred` holds for their tables; returns how long.
+fn until_tables(c: &Cluster, what: &str, pred: impl Fn(&str) -> bool) -> Duration {
+    let start = Instant::now();
+    for i in 0..2 {
+        harness::wait_for(what, Duration::from_secs(10), || {
+            pred(&c.http(i, "/leases").unwrap_or_default()).then_some(())
+        });
+    }
+    start.elapsed()
+}
+
 #[test]
-fn a_deleted_lease_leaves_every_table_and_its_node_stops() {
+fn lease_changes_reach_every_table_and_a_revoked_node_stops() {
     let mut c = three_nodes(VXLAN);
+    let store = weft::store::file::FileStore::open(c.lease_dir()).unwrap();
+    let subnets = c.lease_dir().join("subnets");
+
+    // Addition, change and deletion of a lease written by someone else (a reservation).
+    let mut extra = weft::lease::Lease {
+        subnet: "10.244.250.0/24".parse().unwrap(),
+        ipv6_subnet: None,
+        attrs: weft::lease::LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 0, 2, 99),
+            weft::lease::VxlanBackendData {
+                vni: 1,
+                vtep_mac: "0e:00:00:00:63:01".parse().unwrap(),
+            },
+        ),
+        expiration: None,
+    };
+    store.put(&extra).unwrap();
+    let added = until_tables(&c, "an added lease", |t| {
+        t.contains("10.244.250.0/24 192.0.2.99 vxlan vni=1 mac=0e:00:00:00:63:01")
+    });
+    extra.attrs = weft::lease::LeaseAttrs::vxlan(
+        Ipv4Addr::new(192, 0, 2, 99),
+        weft::lease::VxlanBackendData {
+            vni: 1,
+            vtep_mac: "0e:00:00:00:63:02".parse().unwrap(),
+        },
+    );
+    store.put(&extra).unwrap();
+    let changed = until_tables(&c, "a changed lease", |t| {
+        t.contains("mac=0e:00:00:00:63:02")
+    });
+    std::fs::remove_file(subnets.join(extra.key())).unwrap();
+    let deleted = until_tables(&c, "a deleted lease", |t| !t.contains("10.244.250.0/24"));
+    harness::figure(&format!(
+        "lease directory to every table: added in {added:?}, changed in {changed:?}, deleted in {deleted:?}"
+    ));
+
+    // A corrupt lease file is skipped with a warning naming it; nothing crashes.
+    std::fs::write(subnets.join("10.244.251.0-24"), "{not json").unwrap();
+    harness::wait_for(
+        "a warning about the corrupt file",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&c.nodes[0].log)
+                .ok()
+                .filter(|l| l.contains("10.244.251.0-24"))
+                .map(|_| ())
+        },
+    );
+    assert!(
+        c.nodes
+            .iter_mut()
+            .all(|n| matches!(n.child.as_mut().map(|ch| ch.try_wait()), Some(Ok(None)))),
+        "a node died"
+    );
+
+    // A store outage (the directory unreadable) leaves forwarding on the last leases.
+    let aside = c.lease_dir().join("subnets.away");
+    std::fs::rename(&subnets, &aside).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let during = c.ping_all();
+    std::fs::rename(&aside, &subnets).unwrap();
+    assert!(
+        during.is_empty(),
+        "pings failed during the store outage:\n{}",
+        during.join("\n")
+    );
+    std::fs::remove_file(subnets.join("10.244.251.0-24")).unwrap();
+    c.wait_converged();
+
+    // Deleting node 3's lease: the others drop it and answer with net unreachable, and
+    // node 3 stops, as flanneld does when its lease is revoked.
     let victim = c
         .leases()
         .into_iter()
         .find(|l| l.attrs.public_ip == c.nodes[2].ip)
         .unwrap();
-    let gone = victim.subnet;
+    let gone = victim.subnet.to_string();
     let target = c.nodes[2].pods[0].ip.to_string();
-    let start = Instant::now();
-    std::fs::remove_file(c.lease_dir().join("subnets").join(victim.key())).unwrap();
-    for i in 0..2 {
-        harness::wait_for(
-            "the deleted lease to leave the table",
-            Duration::from_secs(10),
-            || (!c.table(i).contains(&gone)).then_some(()),
-        );
-    }
-    eprintln!(
-        "[figures] lease deletion reached both tables in {:?}",
-        start.elapsed()
-    );
+    std::fs::remove_file(subnets.join(victim.key())).unwrap();
+    until_tables(&c, "the revoked lease to leave the tables", |t| {
+        !t.contains(&gone)
+    });
     let o = ns_run(
         &c.nodes[0].pods[0].ns,
         &["ping", "-c", "1", "-W", "2", &target],
@@ -313,12 +388,12 @@ fn injected_and_spoofed_packets_never_reach_a_pod() {
         before + 1,
         "an injected packet reached the pod"
     );
-    eprintln!(
-        "[figures] injection drops on node 2: unknown_sender +{}, wrong_vni +{}, spoofed_source +{}",
+    harness::figure(&format!(
+        "injection drops on node 2: unknown_sender +{}, wrong_vni +{}, spoofed_source +{}",
         after[0] - base[0],
         after[1] - base[1],
         after[2] - base[2]
-    );
+    ));
 }
 
 #[test]
@@ -343,13 +418,13 @@ fn interop_with_a_kernel_vxlan_node_configured_as_flanneld_does() {
     let from_kernel = iperf3(&kp, &w, 3, None);
     assert!(to_kernel.bytes > 0.0 && from_kernel.bytes > 0.0);
     // Kernel vxlan to kernel vxlan is not part of this cluster; weft to weft is above.
-    eprintln!(
-        "[figures] interop iperf3 TCP: weft pod -> kernel-vxlan pod {:.2} Gbit/s ({} retr), kernel-vxlan pod -> weft pod {:.2} Gbit/s ({} retr)",
+    harness::figure(&format!(
+        "interop iperf3 TCP: weft pod -> kernel-vxlan pod {:.2} Gbit/s ({} retr), kernel-vxlan pod -> weft pod {:.2} Gbit/s ({} retr)",
         to_kernel.bps / 1e9,
         to_kernel.loss,
         from_kernel.bps / 1e9,
         from_kernel.loss
-    );
+    ));
 }
 
 #[test]

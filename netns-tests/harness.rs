@@ -656,6 +656,24 @@ impl Cluster {
     }
 }
 
+/// Prints a measured figure and appends it to `target/tmp/figures.txt`, which
+/// `scripts/test` prints at the end (cargo hides a passing test's output).
+pub fn figure(line: &str) {
+    eprintln!("[figures] {line}");
+    // Integration tests have CARGO_TARGET_TMPDIR; the demo example does not.
+    let Some(dir) = option_env!("CARGO_TARGET_TMPDIR") else {
+        return;
+    };
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(dir).join("figures.txt"))
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// iperf3's summary of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Iperf {
