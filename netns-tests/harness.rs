@@ -659,6 +659,9 @@ impl Cluster {
 /// Prints a measured figure and appends it to `target/tmp/figures.txt`, which
 /// `scripts/test` prints at the end (cargo hides a passing test's output).
 pub fn figure(line: &str) {
+    // scripts/test runs the suite a second time with every offload off, through weft's env.
+    let off = std::env::var("WEFT_TUN_OFFLOAD").is_ok_and(|v| v == "false");
+    let line = format!("{}{line}", if off { "[offloads off] " } else { "" });
     eprintln!("[figures] {line}");
     // Integration tests have CARGO_TARGET_TMPDIR; the demo example does not.
     let Some(dir) = option_env!("CARGO_TARGET_TMPDIR") else {

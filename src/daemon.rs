@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::Ipv4Net;
 
 use crate::config::{BackendConfig, NetConfig};
-use crate::dataplane::{open_tun, Dataplane};
+use crate::dataplane::{open_tun, Dataplane, Offloads};
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};
 use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer, VxlanBackendData};
 use crate::netlink::Netlink;
@@ -60,6 +60,16 @@ pub struct RunArgs {
     /// Forwarding threads (each with its own TUN queue and UDP socket).
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
+    /// TUN offloads: a virtio-net header with TSO and checksum offload, so one TUN read or
+    /// write moves up to 64 KB (`--tun-offload=false` to switch off).
+    #[arg(long, env = "WEFT_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tun_offload: bool,
+    /// UDP GSO: send a super-packet's datagrams in one syscall (`UDP_SEGMENT`).
+    #[arg(long, env = "WEFT_UDP_GSO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub udp_gso: bool,
+    /// UDP GRO: receive a flow's datagrams in one syscall (`UDP_GRO`).
+    #[arg(long, env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub udp_gro: bool,
     /// Renew the lease this many minutes before it expires (flanneld's flag; 1-1439).
     #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1439))]
     pub subnet_lease_renew_margin: u32,
@@ -218,7 +228,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut last_peers = refresh(&mut store, &table, &[])?;
 
     // The TUN device, its address and the cluster route.
-    let queues = open_tun(&args.tun_name, args.workers as usize).map_err(|e| {
+    let mut offloads = Offloads {
+        tun: args.tun_offload,
+        gso: args.udp_gso,
+        gro: args.udp_gro,
+    };
+    let queues = match open_tun(&args.tun_name, args.workers as usize, offloads.tun) {
+        Err(e) if offloads.tun => {
+            // Probe: a kernel without TUN offloads still gets a working, slower dataplane.
+            eprintln!("weft: warning: TUN offloads unavailable ({e}); continuing without them");
+            offloads.tun = false;
+            open_tun(&args.tun_name, args.workers as usize, false)
+        }
+        r => r,
+    }
+    .map_err(|e| {
         format!(
             "cannot create TUN device {}: {e} (is /dev/net/tun there, and are you root?)",
             args.tun_name
@@ -261,7 +285,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         ));
     }
 
-    let dp = match Dataplane::start(node, queues, table.clone(), stop.clone(), random_u64()) {
+    let dp = match Dataplane::start(
+        node,
+        queues,
+        table.clone(),
+        stop.clone(),
+        random_u64(),
+        offloads,
+    ) {
         Ok(dp) => dp,
         Err(e) => {
             teardown(&nl);
@@ -278,11 +309,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "weft: forwarding {} via {} (MTU {pod_mtu}, {} backend, {} worker(s)); subnet.env at {}",
+        "weft: forwarding {} via {} (MTU {pod_mtu}, {} backend, {} worker(s), offloads {:?}); subnet.env at {}",
         cfg.network,
         args.tun_name,
         cfg.backend.type_name(),
         args.workers,
+        offloads,
         args.subnet_file.display()
     );
 

@@ -23,17 +23,20 @@ use tun_rs::{DeviceBuilder, SyncDevice};
 use crate::encap::Node;
 use crate::lease::LeaseTable;
 use counters::Counters;
+pub use worker::Offloads;
 use worker::Worker;
 
 /// Underlay socket buffer size, each way.
 pub const SOCKET_BUFFER: i32 = 4 << 20;
 
 /// Creates the TUN device `name` with `queues` queues (multi-queue when more than one),
-/// non-blocking. Returns one handle per queue.
-pub fn open_tun(name: &str, queues: usize) -> io::Result<Vec<SyncDevice>> {
+/// non-blocking, with the virtio-net header and TSO/checksum offloads when `offload`.
+/// Returns one handle per queue.
+pub fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<SyncDevice>> {
     let first = DeviceBuilder::new()
         .name(name)
         .multi_queue(queues > 1)
+        .offload(offload)
         .build_sync()?;
     let mut out = Vec::with_capacity(queues);
     for _ in 1..queues {
@@ -47,14 +50,17 @@ pub fn open_tun(name: &str, queues: usize) -> io::Result<Vec<SyncDevice>> {
 }
 
 /// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (so each worker has one),
-/// DF clear on sends, and large buffers.
-pub fn open_socket(addr: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
+/// DF clear on sends, large buffers, and `UDP_GRO` when `gro`.
+pub fn open_socket(addr: SocketAddrV4, gro: bool) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     sys::set_pmtudisc_dont(&s)?;
     if let Err(e) = sys::force_buffers(&s, SOCKET_BUFFER) {
         eprintln!("weft: warning: cannot size socket buffers: {e}");
+    }
+    if gro {
+        sys::enable_udp_gro(&s)?;
     }
     s.bind(&addr.into()).map_err(|e| {
         io::Error::new(
@@ -80,6 +86,7 @@ impl Dataplane {
         table: Arc<LeaseTable>,
         stop: Arc<AtomicBool>,
         seed: u64,
+        offloads: Offloads,
     ) -> io::Result<Dataplane> {
         let mut counters = Counters::default();
         let mut threads = Vec::new();
@@ -87,17 +94,19 @@ impl Dataplane {
         // Bind every socket before starting any worker, so a port clash fails start-up.
         let socks = tun_queues
             .iter()
-            .map(|_| open_socket(bind))
+            .map(|_| open_socket(bind, offloads.gro))
             .collect::<io::Result<Vec<_>>>()?;
         for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
             let w = Worker {
                 tun,
-                sock: mio::net::UdpSocket::from_std(sock),
+                sock,
                 node,
                 table: table.clone(),
                 counters: counters.add_worker(),
                 stop: stop.clone(),
                 ip_id: (seed >> (i * 16 % 48)) as u16,
+                offloads,
+                send_error_logged: false,
             };
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))

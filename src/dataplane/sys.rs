@@ -44,3 +44,114 @@ pub fn force_buffers(fd: &impl AsRawFd, bytes: i32) -> io::Result<()> {
         .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes));
     r.and(s)
 }
+
+/// `UDP_GRO`: let the kernel coalesce a flow's datagrams into one read, reporting the
+/// segment size in a control message (Linux 5.0+; getsockopt since 5.12).
+pub fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+fn sockaddr_v4(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Sends the concatenation of `iov` to `dst` in one `sendmsg`. With `segment`, the kernel
+/// splits it into datagrams of that many bytes (`UDP_SEGMENT`, Linux 4.18+; every one but
+/// the last exactly that long), so one syscall carries a whole TSO super-packet.
+pub fn send_segments(
+    fd: &impl AsRawFd,
+    dst: std::net::SocketAddrV4,
+    iov: &[io::IoSlice<'_>],
+    segment: Option<u16>,
+) -> io::Result<usize> {
+    let mut addr = sockaddr_v4(dst);
+    // u64 storage keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; zeroed is a valid "no name, no iov, no control" value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    if let Some(seg) = segment {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the control buffer (32 bytes) holds
+        // one cmsghdr plus a u16 (CMSG_SPACE(2) = 24 on 64-bit), and CMSG_FIRSTHDR returns a
+        // pointer into it because msg_controllen is set first. The u16 is written unaligned.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+        }
+    }
+    // SAFETY: every pointer in msg refers to live locals or to `iov`, all outliving the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One `recvmsg`: returns the bytes read, the sender, and the GRO segment size (0 when the
+/// read is a single datagram). A datagram cut short by the buffer is an error.
+pub fn recv_segments(
+    fd: &impl AsRawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, std::net::SocketAddrV4, usize)> {
+    // SAFETY: sockaddr_in and msghdr are plain data; zeroed values are valid.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at live locals and at `buf`, which the kernel fills up to its length.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram larger than the receive buffer",
+        ));
+    }
+    let mut gso = 0usize;
+    // SAFETY: the kernel wrote msg_controllen bytes of well-formed cmsgs into `control`; the
+    // CMSG_* macros walk them within that length, and the int payload is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                gso = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()).max(0)
+                    as usize;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    );
+    Ok((n as usize, from, gso))
+}

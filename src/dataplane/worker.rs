@@ -1,38 +1,69 @@
 //! One forwarding worker: a mio poll loop over its own TUN queue and its own UDP socket,
-//! with its own buffer. Reads are drained in bounded batches (mio is edge-triggered); the
+//! with its own buffers. Reads are drained in bounded batches (mio is edge-triggered); the
 //! loop takes no lock and allocates nothing per packet.
+//!
+//! With offloads (the default) a unit of work is a super-packet, not a packet:
+//! - TUN -> underlay: one TUN read returns up to 64 KB of TCP (TSO, virtio-net header), which
+//!   tun-rs splits into MTU-sized segments with complete checksums, each in its own buffer
+//!   with headroom; each is encapsulated in place and the equal-sized datagrams to one peer
+//!   leave in one `sendmsg` with `UDP_SEGMENT` (scatter-gather: no copy).
+//! - underlay -> TUN: one `recvmsg` with `UDP_GRO` returns a flow's datagrams back to back
+//!   with their stride; each is decapsulated and checked in place, copied into a TUN buffer,
+//!   and tun-rs coalesces consecutive TCP segments into one write with a GSO header.
+//!
+//! Without them every step is one packet, one syscall.
 
-use std::io::{self, ErrorKind};
-use std::net::SocketAddr;
+use std::io::{self, ErrorKind, IoSlice};
+use std::net::{SocketAddrV4, UdpSocket};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use tun_rs::SyncDevice;
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::counters::WorkerCounters;
+use super::sys;
 use crate::encap::{gso, DropReason, Inbound, Node, Outbound, HEADROOM};
 use crate::lease::LeaseTable;
 use crate::wire::ipv4;
 
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
-/// Packets handled per source before looking at the other one.
-const BATCH: usize = 64;
+/// Segments per TUN read and TUN write batch (tun-rs's IDEAL_BATCH_SIZE).
+const BATCH: usize = 128;
+/// Reads per source before looking at the other one.
+const READS_PER_ROUND: usize = 16;
+/// The most datagrams one `UDP_SEGMENT` send may carry (the kernel's UDP_MAX_SEGMENTS).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// The most a UDP/IPv4 datagram (and so one GSO send) can carry.
+const MAX_UDP_PAYLOAD: usize = 65535 - 20 - 8;
 /// How long a poll waits before re-checking the stop flag.
 const POLL_TIMEOUT: Duration = Duration::from_millis(200);
-/// Room for the largest IPv4 packet after the headroom.
-const BUF_LEN: usize = HEADROOM + 65536;
+/// The largest IPv4 packet.
+const MAX_PACKET: usize = 65536;
+
+/// Which offloads a worker uses (each can be switched off: some kernels have had
+/// regressions in each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// TUN with a virtio-net header and TSO/checksum offload (TUN reads and writes of up to
+    /// 64 KB).
+    pub tun: bool,
+    /// `UDP_SEGMENT` sends.
+    pub gso: bool,
+    /// `UDP_GRO` receives.
+    pub gro: bool,
+}
 
 /// What a worker owns.
 pub struct Worker {
     /// This worker's TUN queue.
     pub tun: SyncDevice,
-    /// This worker's UDP socket (SO_REUSEPORT with its siblings).
+    /// This worker's UDP socket (SO_REUSEPORT with its siblings), non-blocking.
     pub sock: UdpSocket,
     /// This node.
     pub node: Node,
@@ -44,20 +75,63 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// First outer IP identification.
     pub ip_id: u16,
+    /// Offloads in use; `gso` is turned off at run time if the kernel refuses it.
+    pub offloads: Offloads,
+    /// Whether a send error has been logged (they are counted, and logged once).
+    pub send_error_logged: bool,
 }
+
+/// A worker's buffers, allocated once.
+struct Buffers {
+    /// Raw TUN reads (virtio-net header + up to 64 KB).
+    tun_read: Vec<u8>,
+    /// Segments from one TUN read, each at HEADROOM.
+    tx: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    /// Encapsulated datagrams waiting to be sent: (buffer index, UDP payload, peer).
+    sends: Vec<(usize, Range<usize>, SocketAddrV4)>,
+    /// One UDP read (possibly many datagrams).
+    rx: Vec<u8>,
+    /// Inner packets waiting for a TUN write, each at VIRTIO_NET_HDR_LEN.
+    out: Vec<Vec<u8>>,
+    n_out: usize,
+    gro: GROTable,
+    /// Segments of an oversized inner packet.
+    scratch: Vec<u8>,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            tun_read: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            tx: (0..BATCH).map(|_| vec![0; HEADROOM + MAX_PACKET]).collect(),
+            sizes: vec![0; BATCH],
+            sends: Vec::with_capacity(BATCH),
+            rx: vec![0; HEADROOM + MAX_PACKET],
+            out: (0..BATCH)
+                .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + MAX_PACKET))
+                .collect(),
+            n_out: 0,
+            gro: GROTable::default(),
+            scratch: vec![0; MAX_PACKET],
+        }
+    }
+}
+
+/// Was the source drained (it said WouldBlock)?
+type Drained = bool;
 
 impl Worker {
     /// Runs until `stop` is set. Returns an error only if polling itself fails.
     pub fn run(mut self) -> io::Result<()> {
         let mut poll = Poll::new()?;
-        let tun_fd = self.tun.as_raw_fd();
+        let (tun_fd, sock_fd) = (self.tun.as_raw_fd(), self.sock.as_raw_fd());
         poll.registry()
             .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
         poll.registry()
-            .register(&mut self.sock, UDP, Interest::READABLE)?;
+            .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
-        let mut buf = vec![0u8; BUF_LEN];
-        let mut scratch = vec![0u8; BUF_LEN];
+        let mut b = Buffers::new();
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = poll.poll(&mut events, Some(POLL_TIMEOUT)) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -65,107 +139,244 @@ impl Worker {
                 }
                 return Err(e);
             }
-            // Drain both sides until neither has anything left (edge-triggered).
-            loop {
-                let a = self.tun_to_underlay(&mut buf);
-                let b = self.underlay_to_tun(&mut buf, &mut scratch);
-                if a < BATCH && b < BATCH {
-                    break;
-                }
+            // Drain both sides until each has said WouldBlock (edge-triggered).
+            let (mut tun_done, mut udp_done) = (false, false);
+            while !(tun_done && udp_done) {
+                tun_done = self.tun_to_underlay(&mut b);
+                udp_done = self.underlay_to_tun(&mut b);
             }
         }
         Ok(())
     }
 
-    /// Handles up to BATCH packets from the TUN; returns how many were read.
-    fn tun_to_underlay(&mut self, buf: &mut [u8]) -> usize {
-        let c = &*self.counters;
-        for n in 0..BATCH {
-            let len = match self.tun.recv(&mut buf[HEADROOM..]) {
-                Ok(l) => l,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+    fn tun_to_underlay(&mut self, b: &mut Buffers) -> Drained {
+        let counters = self.counters.clone();
+        let c = &*counters;
+        for _ in 0..READS_PER_ROUND {
+            let n = match self
+                .tun
+                .recv_multiple(&mut b.tun_read, &mut b.tx, &mut b.sizes, HEADROOM)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return n,
+                // A super-packet tun-rs could not split (bad virtio-net header): drop it.
+                Err(_) => {
+                    c.drop(DropReason::MalformedInner);
+                    continue;
+                }
             };
-            self.ip_id = self.ip_id.wrapping_add(1);
             let snap = self.table.load();
-            match self.node.outbound(&snap, buf, HEADROOM, len, self.ip_id) {
-                Outbound::Send(t) => {
-                    let dst = SocketAddr::V4(t.dst);
-                    match self.sock.send_to(&buf[t.udp_payload()], dst) {
-                        Ok(_) => {
-                            WorkerCounters::add(&c.tx_packets, 1);
-                            WorkerCounters::add(&c.tx_bytes, len as u64);
+            b.sends.clear();
+            for i in 0..n {
+                self.ip_id = self.ip_id.wrapping_add(1);
+                let len = b.sizes[i];
+                match self
+                    .node
+                    .outbound(&snap, &mut b.tx[i], HEADROOM, len, self.ip_id)
+                {
+                    Outbound::Send(t) => {
+                        WorkerCounters::add(&c.tx_packets, 1);
+                        WorkerCounters::add(&c.tx_bytes, len as u64);
+                        b.sends.push((i, t.udp_payload(), t.dst));
+                    }
+                    Outbound::Reply { packet, reason } => {
+                        c.drop(reason);
+                        match self.write_tun_one(&mut b.tx[i], packet) {
+                            Ok(_) => WorkerCounters::add(&c.icmp_sent, 1),
+                            Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
                         }
-                        Err(_) => WorkerCounters::add(&c.send_errors, 1),
                     }
+                    Outbound::Drop(r) => c.drop(r),
                 }
-                Outbound::Reply { packet, reason } => {
-                    c.drop(reason);
-                    match self.tun.send(&buf[packet]) {
-                        Ok(_) => WorkerCounters::add(&c.icmp_sent, 1),
-                        Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
-                    }
-                }
-                Outbound::Drop(r) => c.drop(r),
             }
+            self.flush_sends(b);
         }
-        BATCH
+        false
     }
 
-    /// Handles up to BATCH datagrams from the underlay; returns how many were read.
-    fn underlay_to_tun(&mut self, buf: &mut [u8], scratch: &mut [u8]) -> usize {
-        let c = &*self.counters;
-        for n in 0..BATCH {
-            let (len, from) = match self.sock.recv_from(&mut buf[HEADROOM..]) {
-                Ok(v) => v,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return n,
-            };
-            let SocketAddr::V4(from) = from else {
-                c.drop(DropReason::UnknownSender);
-                continue;
-            };
-            let snap = self.table.load();
-            // The outer ECN bits are not read from the socket yet (IP_RECVTOS): 0.
-            match self.node.inbound(&snap, from, buf, HEADROOM, len, 0) {
-                Inbound::Deliver(r) if r.len() > self.node.mtu => {
-                    // A TSO super-packet from a kernel vxlan peer on a veth: segment it.
-                    let inner = &buf[r];
-                    let tun = &self.tun;
-                    let split = gso::mss_for(inner, self.node.mtu)
-                        .ok_or(DropReason::TooBig)
-                        .and_then(|mss| {
-                            gso::split_tcp4(inner, mss, scratch, |seg| match tun.send(seg) {
-                                Ok(_) => {
-                                    WorkerCounters::add(&c.rx_packets, 1);
-                                    WorkerCounters::add(&c.rx_bytes, seg.len() as u64);
-                                }
-                                Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
-                            })
-                        });
-                    if split.is_err() {
-                        c.drop(DropReason::TooBig);
+    /// Writes one packet at `buf[r]` to the TUN, with a zero virtio-net header in front of
+    /// it when the TUN has one (the headroom always leaves room for it).
+    fn write_tun_one(&self, buf: &mut [u8], r: Range<usize>) -> io::Result<usize> {
+        if self.offloads.tun && r.start >= VIRTIO_NET_HDR_LEN {
+            let s = r.start - VIRTIO_NET_HDR_LEN;
+            buf[s..r.start].fill(0);
+            self.tun.send(&buf[s..r.end])
+        } else {
+            self.tun.send(&buf[r])
+        }
+    }
+
+    /// Sends the encapsulated datagrams: runs of equal-sized datagrams to one peer (the last
+    /// may be shorter) go out in one `UDP_SEGMENT` sendmsg, the rest one by one.
+    fn flush_sends(&mut self, b: &mut Buffers) {
+        let counters = self.counters.clone();
+        let c = &*counters;
+        let mut j = 0;
+        while j < b.sends.len() {
+            let (_, ref first, dst) = b.sends[j];
+            let seg = first.len();
+            let mut k = j + 1;
+            if self.offloads.gso {
+                let mut total = seg;
+                while k < b.sends.len() && k - j < MAX_GSO_SEGMENTS && b.sends[k].2 == dst {
+                    let l = b.sends[k].1.len();
+                    // All but the last exactly `seg` long, and the whole no more than one
+                    // UDP datagram could carry (EMSGSIZE otherwise).
+                    if l > seg || total + l > MAX_UDP_PAYLOAD {
+                        break;
+                    }
+                    total += l;
+                    k += 1;
+                    if l < seg {
+                        break;
                     }
                 }
-                Inbound::Deliver(r) => {
-                    // A kernel peer on a veth leaves inner TCP/UDP checksums partial
-                    // (CHECKSUM_PARTIAL); a TUN without a virtio-net header cannot say so,
-                    // and the pod would drop them. Complete them here.
-                    ipv4::fill_transport_checksum(&mut buf[r.clone()]);
-                    let l = r.len() as u64;
-                    match self.tun.send(&buf[r]) {
-                        Ok(_) => {
-                            WorkerCounters::add(&c.rx_packets, 1);
-                            WorkerCounters::add(&c.rx_bytes, l);
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_GSO_SEGMENTS];
+            for (slot, (i, r, _)) in iov.iter_mut().zip(&b.sends[j..k]) {
+                *slot = IoSlice::new(&b.tx[*i][r.clone()]);
+            }
+            let group = &iov[..k - j];
+            let gso = (group.len() > 1).then_some(seg as u16);
+            match sys::send_segments(&self.sock, dst, group, gso) {
+                Ok(_) => {}
+                Err(e)
+                    if gso.is_some()
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                {
+                    // No checksum offload on the route, or a kernel that refuses: fall back
+                    // to one datagram per send for good, and say so once.
+                    eprintln!("weft: UDP GSO refused by the kernel ({e}); sending one datagram per syscall");
+                    self.offloads.gso = false;
+                    for s in group {
+                        if sys::send_segments(&self.sock, dst, std::slice::from_ref(s), None)
+                            .is_err()
+                        {
+                            WorkerCounters::add(&c.send_errors, 1);
                         }
-                        Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
                     }
                 }
-                Inbound::Drop(r) => c.drop(r),
+                Err(e) => {
+                    if !self.send_error_logged {
+                        self.send_error_logged = true;
+                        eprintln!("weft: underlay send to {dst} failed: {e} (counted in weft_send_errors_total; logged once)");
+                    }
+                    WorkerCounters::add(&c.send_errors, group.len() as u64)
+                }
+            }
+            j = k;
+        }
+        b.sends.clear();
+    }
+
+    fn underlay_to_tun(&mut self, b: &mut Buffers) -> Drained {
+        let (c, tun, mtu) = (&*self.counters, &self.tun, self.node.mtu);
+        let mut drained = false;
+        for _ in 0..READS_PER_ROUND {
+            let (len, from, stride) = match sys::recv_segments(&self.sock, &mut b.rx[HEADROOM..]) {
+                Ok(v) => v,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    c.drop(DropReason::Truncated);
+                    continue;
+                }
+            };
+            let stride = if stride == 0 { len } else { stride };
+            let snap = self.table.load();
+            let mut at = 0;
+            while at < len {
+                let n = stride.min(len - at);
+                let verdict = self
+                    .node
+                    .inbound(&snap, from, &mut b.rx, HEADROOM + at, n, 0);
+                let Buffers {
+                    rx,
+                    scratch,
+                    out,
+                    n_out,
+                    gro,
+                    ..
+                } = &mut *b;
+                match verdict {
+                    Inbound::Deliver(r) if r.len() > mtu => {
+                        // A TSO super-packet from a kernel vxlan peer: segment it as GSO would.
+                        let inner = &rx[r];
+                        let res =
+                            gso::mss_for(inner, mtu)
+                                .ok_or(DropReason::TooBig)
+                                .and_then(|mss| {
+                                    gso::split_tcp4(inner, mss, scratch, |seg| {
+                                        queue(tun, c, out, n_out, gro, seg)
+                                    })
+                                });
+                        if let Err(reason) = res {
+                            c.drop(reason);
+                        }
+                    }
+                    Inbound::Deliver(r) => {
+                        // A kernel peer on a veth leaves inner TCP/UDP checksums partial
+                        // (CHECKSUM_PARTIAL). Complete them: an uncoalesced TUN write cannot
+                        // say "partial".
+                        ipv4::fill_transport_checksum(&mut rx[r.clone()]);
+                        queue(tun, c, out, n_out, gro, &rx[r]);
+                    }
+                    Inbound::Drop(reason) => c.drop(reason),
+                }
+                at += n;
             }
         }
-        BATCH
+        let Buffers {
+            out, n_out, gro, ..
+        } = b;
+        flush(tun, c, out, n_out, gro);
+        drained
     }
+}
+
+/// Queues an inner packet for the TUN (copied after room for a virtio-net header), writing
+/// the batch when it is full.
+fn queue(
+    tun: &SyncDevice,
+    c: &WorkerCounters,
+    out: &mut [Vec<u8>],
+    n_out: &mut usize,
+    gro: &mut GROTable,
+    pkt: &[u8],
+) {
+    let o = &mut out[*n_out];
+    o.clear();
+    o.extend_from_slice(&[0u8; VIRTIO_NET_HDR_LEN]);
+    o.extend_from_slice(pkt);
+    *n_out += 1;
+    WorkerCounters::add(&c.rx_packets, 1);
+    WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+    if *n_out == out.len() {
+        flush(tun, c, out, n_out, gro);
+    }
+}
+
+/// Writes the queued packets; with a virtio-net header, tun-rs coalesces consecutive TCP
+/// segments of a flow into one GSO write.
+fn flush(
+    tun: &SyncDevice,
+    c: &WorkerCounters,
+    out: &mut [Vec<u8>],
+    n_out: &mut usize,
+    gro: &mut GROTable,
+) {
+    if *n_out == 0 {
+        return;
+    }
+    if tun
+        .send_multiple(gro, &mut out[..*n_out], VIRTIO_NET_HDR_LEN)
+        .is_err()
+    {
+        WorkerCounters::add(&c.tun_write_errors, 1);
+    }
+    *n_out = 0;
 }
