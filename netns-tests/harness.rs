@@ -140,6 +140,8 @@ pub enum Kind {
     Weft,
     /// The kernel's vxlan, programmed exactly as flanneld programs `flannel.1`.
     KernelVxlan,
+    /// Plain routes between nodes (flannel's host-gw).
+    HostGw,
 }
 
 /// A pod: a namespace behind a node's cni0.
@@ -563,6 +565,56 @@ impl Cluster {
         self.ensure_cni0(i, &env);
     }
 
+    /// Sets node `i` up as a host-gw node: no encapsulation, the pod subnet on cni0 at the
+    /// underlay MTU, its lease recorded (BackendType host-gw) so peers can route to it.
+    pub fn start_hostgw_node(&mut self, i: usize, subnet: Ipv4Net) {
+        let n = &self.nodes[i];
+        let lease = Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                backend_type: "host-gw".into(),
+                ..LeaseAttrs::udp(n.ip)
+            },
+            expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
+        };
+        FileStore::open(self.lease_dir())
+            .unwrap()
+            .put(&lease)
+            .unwrap();
+        let network = weft::daemon::store_config(&self.lease_dir())
+            .unwrap()
+            .network;
+        let env = SubnetEnv {
+            network,
+            subnet,
+            mtu: 1500,
+            ipmasq: false,
+        };
+        env.write(&self.nodes[i].subnet_file).unwrap();
+        self.ensure_cni0(i, &env);
+    }
+
+    /// host-gw routing on node `i`: each other lease's subnet via that node's address.
+    pub fn program_hostgw_routes(&self, i: usize) {
+        let ns = &self.nodes[i].ns;
+        for l in self.leases() {
+            if l.attrs.public_ip != self.nodes[i].ip {
+                let via = l.attrs.public_ip.to_string();
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "route",
+                    "replace",
+                    &l.subnet.to_string(),
+                    "via",
+                    &via,
+                ]);
+            }
+        }
+    }
+
     /// Programs the kernel node `i` for every other lease, as flanneld's vxlan backend does
     /// for each remote lease: ARP entry, FDB entry, then the onlink route.
     pub fn program_kernel_peers(&self, i: usize) {
@@ -688,8 +740,9 @@ pub struct Iperf {
     pub loss: f64,
 }
 
-/// Runs iperf3 from pod `from` to pod `to` for `secs` seconds; `udp` is (bitrate, length).
-pub fn iperf3(from: &Pod, to: &Pod, secs: u32, udp: Option<(&str, u32)>) -> Iperf {
+/// Runs iperf3 from pod `from` to pod `to` with client `args` (plus `-J`), and returns its
+/// JSON report, or why it failed.
+pub fn iperf3_json(from: &Pod, to: &Pod, args: &[&str]) -> Result<serde_json::Value, String> {
     let mut server = Command::new("ip")
         .args([
             "netns",
@@ -704,17 +757,33 @@ pub fn iperf3(from: &Pod, to: &Pod, secs: u32, udp: Option<(&str, u32)>) -> Iper
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("cannot start iperf3 -s");
-    // Wait for the server's port.
-    wait_for("iperf3 server", Duration::from_secs(10), || {
+        .map_err(|e| format!("cannot start iperf3 -s: {e}"))?;
+    let ready = (0..200).any(|_| {
         let o = ns_run(&to.ns, &["ss", "-Hltn", "sport = :5201"]);
-        (!o.stdout.is_empty()).then_some(())
+        let up = !o.stdout.is_empty();
+        if !up {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        up
     });
+    let dst = to.ip.to_string();
+    let mut argv = vec!["iperf3", "-c", dst.as_str(), "-J"];
+    argv.extend_from_slice(args);
+    let out = ready.then(|| ns_run(&from.ns, &argv));
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.ok_or("iperf3 server did not start")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("iperf3 {} -> {} failed: {text}", from.ip, to.ip));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("iperf3 -J output: {e}"))
+}
+
+/// Runs iperf3 from pod `from` to pod `to` for `secs` seconds; `udp` is (bitrate, length).
+pub fn iperf3(from: &Pod, to: &Pod, secs: u32, udp: Option<(&str, u32)>) -> Iperf {
     let t = secs.to_string();
-    let mut args = vec!["iperf3", "-c", &to.ip.to_string(), "-t", &t, "-J"]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut args = vec!["-t".to_string(), t];
     if let Some((rate, len)) = udp {
         args.extend([
             "-u".into(),
@@ -725,32 +794,29 @@ pub fn iperf3(from: &Pod, to: &Pod, secs: u32, udp: Option<(&str, u32)>) -> Iper
         ]);
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = ns_run(&from.ns, &argv);
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "iperf3 {} -> {} failed: {text}",
-        from.ip,
-        to.ip
-    );
-    let v: serde_json::Value = serde_json::from_str(&text).expect("iperf3 -J output");
-    let end = &v["end"];
-    if udp.is_some() {
-        let s = &end["sum"];
-        Iperf {
-            bps: s["bits_per_second"].as_f64().unwrap_or(0.0),
-            bytes: s["bytes"].as_f64().unwrap_or(0.0),
-            loss: s["lost_percent"].as_f64().unwrap_or(100.0),
-        }
-    } else {
-        Iperf {
-            bps: end["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap_or(0.0),
-            bytes: end["sum_received"]["bytes"].as_f64().unwrap_or(0.0),
-            loss: end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
+    let v = iperf3_json(from, to, &argv).unwrap_or_else(|e| panic!("{e}"));
+    Iperf::from_json(&v, udp.is_some())
+}
+
+impl Iperf {
+    /// The summary of an iperf3 `-J` report.
+    pub fn from_json(v: &serde_json::Value, udp: bool) -> Iperf {
+        let end = &v["end"];
+        if udp {
+            let s = &end["sum"];
+            Iperf {
+                bps: s["bits_per_second"].as_f64().unwrap_or(0.0),
+                bytes: s["bytes"].as_f64().unwrap_or(0.0),
+                loss: s["lost_percent"].as_f64().unwrap_or(100.0),
+            }
+        } else {
+            Iperf {
+                bps: end["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                bytes: end["sum_received"]["bytes"].as_f64().unwrap_or(0.0),
+                loss: end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
+            }
         }
     }
 }

@@ -1,0 +1,386 @@
+//! The throughput bench: one two-node topology per mode (plain routing as flannel's host-gw,
+//! kernel vxlan configured as flanneld does, weft vxlan, weft udp), measured in one run with
+//! iperf3 and ping, each figure the median of repeated runs, weft's as ratios to kernel
+//! vxlan and host-gw from the same run. Writes a table, `bench …` lines, JSON and an SVG
+//! chart. Run as root: `netns-tests/bench` (see `--help`).
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use harness::{iperf3_json, ns_run, Cluster, Iperf, Kind, Pod};
+
+const MODES: [&str; 4] = ["host-gw", "kernel-vxlan", "weft-vxlan", "weft-udp"];
+
+/// (key, label, unit, higher is better)
+const METRICS: [(&str, &str, &str, bool); 8] = [
+    ("tcp1_gbps", "TCP 1 stream", "Gbit/s", true),
+    ("tcp4_gbps", "TCP 4 streams", "Gbit/s", true),
+    ("udp1400_gbps", "UDP 1400 B, full rate", "Gbit/s", true),
+    ("udp1400_loss_pct", "UDP 1400 B loss", "%", false),
+    ("udp64_kpps", "UDP 64 B rate", "kpps", true),
+    ("udp64_loss_pct", "UDP 64 B loss", "%", false),
+    ("rtt_us", "ping RTT", "µs", false),
+    ("cpu_s_per_gb", "CPU per GB (TCP 1)", "s/GB", false),
+];
+
+struct Opts {
+    repeats: usize,
+    seconds: u32,
+    out: PathBuf,
+    modes: Vec<String>,
+    weft_args: Vec<String>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..] [--weft-args '...'] [--out DIR]\n\
+         modes: {}; defaults: 3 repeats of 5 s, out target/bench",
+        MODES.join(",")
+    );
+    std::process::exit(2)
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        repeats: 3,
+        seconds: 5,
+        out: PathBuf::from("target/bench"),
+        modes: MODES.iter().map(|s| s.to_string()).collect(),
+        weft_args: Vec::new(),
+    };
+    let mut a = std::env::args().skip(1);
+    while let Some(arg) = a.next() {
+        let mut val = || a.next().unwrap_or_else(|| usage());
+        match arg.as_str() {
+            "--quick" => {
+                o.repeats = 1;
+                o.seconds = 2;
+            }
+            "--repeats" => o.repeats = val().parse().unwrap_or_else(|_| usage()),
+            "--seconds" => o.seconds = val().parse().unwrap_or_else(|_| usage()),
+            "--out" => o.out = val().into(),
+            "--modes" => o.modes = val().split(',').map(String::from).collect(),
+            "--weft-args" => o.weft_args = val().split_whitespace().map(String::from).collect(),
+            _ => usage(),
+        }
+    }
+    if o.repeats == 0 || o.seconds == 0 || o.modes.iter().any(|m| !MODES.contains(&m.as_str())) {
+        usage();
+    }
+    o
+}
+
+/// Busy CPU seconds of the whole machine so far (all CPUs), from /proc/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .take(6)
+        .map(|(_, x)| x)
+        .sum();
+    busy / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, Pod, Pod) {
+    let backend = if mode == "weft-udp" { "udp" } else { "vxlan" };
+    let conf = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#);
+    let mut c = Cluster::new(weft, &conf);
+    let args: Vec<&str> = weft_args.iter().map(String::as_str).collect();
+    match mode {
+        "host-gw" => {
+            for i in 0..2 {
+                c.add_node(Kind::HostGw);
+                c.start_hostgw_node(i, format!("10.244.{}.0/24", i + 1).parse().unwrap());
+            }
+            for i in 0..2 {
+                c.program_hostgw_routes(i);
+            }
+        }
+        "kernel-vxlan" => {
+            for i in 0..2 {
+                c.add_node(Kind::KernelVxlan);
+                c.start_kernel_node(i, format!("10.244.{}.0/24", i + 1).parse().unwrap());
+            }
+            for i in 0..2 {
+                c.program_kernel_peers(i);
+            }
+        }
+        _ => {
+            for i in 0..2 {
+                c.add_node(Kind::Weft);
+                c.start_weft(i, &args);
+            }
+            c.wait_converged();
+        }
+    }
+    let a = c.add_pod(0, None);
+    let b = c.add_pod(1, None);
+    // Warm up ARP and the path.
+    let _ = ns_run(
+        &a.ns,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", &b.ip.to_string()],
+    );
+    (c, a, b)
+}
+
+fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> BTreeMap<&'static str, f64> {
+    let (c, a, b) = build(mode, weft, &o.weft_args);
+    let t = o.seconds.to_string();
+    let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut push = |k: &'static str, v: f64| samples.entry(k).or_default().push(v);
+    let run = |args: &[&str]| -> Option<serde_json::Value> {
+        match iperf3_json(&a, &b, args) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("bench: {mode}: {e}");
+                None
+            }
+        }
+    };
+    for r in 0..o.repeats {
+        eprintln!("bench: {mode}: run {}/{}", r + 1, o.repeats);
+        let cpu0 = cpu_seconds();
+        if let Some(v) = run(&["-t", &t, "-O", "1"]) {
+            let cpu = cpu_seconds() - cpu0;
+            let s = Iperf::from_json(&v, false);
+            push("tcp1_gbps", s.bps / 1e9);
+            // All bytes moved, including the omitted first second, against all CPU time.
+            let moved = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
+                + v["intervals"].as_array().map_or(0.0, |iv| {
+                    iv.iter()
+                        .filter(|i| i["sum"]["omitted"].as_bool() == Some(true))
+                        .filter_map(|i| i["sum"]["bytes"].as_f64())
+                        .sum()
+                });
+            if moved > 0.0 {
+                push("cpu_s_per_gb", cpu / (moved / 1e9));
+            }
+        }
+        if let Some(v) = run(&["-t", &t, "-O", "1", "-P", "4"]) {
+            push("tcp4_gbps", Iperf::from_json(&v, false).bps / 1e9);
+        }
+        if let Some(v) = run(&["-t", &t, "-u", "-b", "0", "-l", "1400"]) {
+            let s = Iperf::from_json(&v, true);
+            push("udp1400_gbps", s.bps / 1e9 * (1.0 - s.loss / 100.0));
+            push("udp1400_loss_pct", s.loss);
+        }
+        if let Some(v) = run(&["-t", &t, "-u", "-b", "0", "-l", "64"]) {
+            let s = Iperf::from_json(&v, true);
+            let sent_pps = v["end"]["sum"]["packets"].as_f64().unwrap_or(0.0) / o.seconds as f64;
+            push("udp64_kpps", sent_pps * (1.0 - s.loss / 100.0) / 1e3);
+            push("udp64_loss_pct", s.loss);
+        }
+        let p = ns_run(
+            &a.ns,
+            &["ping", "-c", "20", "-i", "0.05", "-q", &b.ip.to_string()],
+        );
+        let text = String::from_utf8_lossy(&p.stdout);
+        if let Some(avg) = text
+            .split(" = ")
+            .nth(1)
+            .and_then(|s| s.split('/').nth(1))
+            .and_then(|s| s.parse::<f64>().ok())
+        {
+            push("rtt_us", avg * 1000.0);
+        }
+    }
+    drop(c);
+    samples.into_iter().map(|(k, v)| (k, median(v))).collect()
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn svg(results: &BTreeMap<String, BTreeMap<&'static str, f64>>, modes: &[String]) -> String {
+    // Grouped bars for the throughput metrics, each group scaled to its own maximum.
+    let groups: Vec<(&str, &str, &str)> = METRICS
+        .iter()
+        .filter(|m| m.3 && m.0 != "udp64_kpps")
+        .map(|m| (m.0, m.1, m.2))
+        .chain([("udp64_kpps", "UDP 64 B rate", "kpps")])
+        .collect();
+    let colors = ["#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e"];
+    let (w, h, top, bottom, left) = (900.0, 420.0, 50.0, 80.0, 40.0);
+    let gw = (w - left * 2.0) / groups.len() as f64;
+    let bw = gw * 0.8 / modes.len() as f64;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="24" font-size="16" text-anchor="middle">weft vs kernel vxlan vs host-gw (medians; each group scaled to its best)</text>"#,
+        w / 2.0
+    );
+    for (gi, (key, label, unit)) in groups.iter().enumerate() {
+        let max = modes
+            .iter()
+            .filter_map(|m| results.get(m).and_then(|r| r.get(key)))
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let x0 = left + gi as f64 * gw + gw * 0.1;
+        for (mi, m) in modes.iter().enumerate() {
+            let v = results
+                .get(m)
+                .and_then(|r| r.get(key))
+                .copied()
+                .unwrap_or(f64::NAN);
+            let frac = if max > 0.0 && v.is_finite() {
+                v / max
+            } else {
+                0.0
+            };
+            let bh = frac * (h - top - bottom);
+            let x = x0 + mi as f64 * bw;
+            let y = h - bottom - bh;
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/>"#,
+                bw * 0.9,
+                colors[mi % colors.len()]
+            );
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+                x + bw * 0.45,
+                y - 4.0,
+                fmt(v)
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text><text x="{:.1}" y="{:.1}" text-anchor="middle" fill="gray">{unit}</text>"#,
+            x0 + gw * 0.4,
+            h - bottom + 18.0,
+            x0 + gw * 0.4,
+            h - bottom + 32.0
+        );
+    }
+    for (mi, m) in modes.iter().enumerate() {
+        let x = left + mi as f64 * 200.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{m}</text>"#,
+            h - 30.0,
+            colors[mi % colors.len()],
+            x + 18.0,
+            h - 20.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() {
+    let o = opts();
+    let exe = std::env::current_exe().expect("current exe");
+    let weft: PathBuf = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("weft"))
+        .expect("target dir");
+    assert!(weft.exists(), "build weft first: cargo build --release");
+    let mut results: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
+    for m in &o.modes {
+        results.insert(m.clone(), measure(m, &o, &weft));
+    }
+    let get = |m: &str, k: &str| {
+        results
+            .get(m)
+            .and_then(|r| r.get(k))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+
+    println!(
+        "\n== bench: {} repeat(s) of {} s, medians; weft args: {:?}",
+        o.repeats, o.seconds, o.weft_args
+    );
+    print!("{:<24}", "metric");
+    for m in &o.modes {
+        print!("{m:>14}");
+    }
+    println!("{:>16}{:>16}", "weft-vxlan/kern", "weft-vxlan/hgw");
+    for (k, label, unit, _) in METRICS {
+        print!("{:<24}", format!("{label} ({unit})"));
+        for m in &o.modes {
+            print!("{:>14}", fmt(get(m, k)));
+        }
+        println!(
+            "{:>16}{:>16}",
+            fmt(get("weft-vxlan", k) / get("kernel-vxlan", k)),
+            fmt(get("weft-vxlan", k) / get("host-gw", k))
+        );
+    }
+    println!();
+    for m in &o.modes {
+        for (k, ..) in METRICS {
+            let v = get(m, k);
+            println!(
+                "bench mode={m} metric={k} value={} vs_kernel_vxlan={} vs_host_gw={}",
+                fmt(v),
+                fmt(v / get("kernel-vxlan", k)),
+                fmt(v / get("host-gw", k))
+            );
+        }
+    }
+    std::fs::create_dir_all(&o.out).expect("cannot create the output directory");
+    let json = serde_json::json!({
+        "repeats": o.repeats,
+        "seconds": o.seconds,
+        "weft_args": o.weft_args,
+        "results": results
+            .iter()
+            .map(|(m, r)| {
+                let row = r
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null }))
+                    .collect::<serde_json::Map<String, serde_json::Value>>();
+                (m.clone(), serde_json::Value::Object(row))
+            })
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+    });
+    let jp = o.out.join("bench.json");
+    std::fs::write(&jp, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
+    let sp = o.out.join("bench.svg");
+    std::fs::write(&sp, svg(&results, &o.modes)).expect("write svg");
+    println!("wrote {} and {}", jp.display(), sp.display());
+}
