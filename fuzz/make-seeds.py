@@ -65,3 +65,18 @@ leases = [
 ]
 for i, l in enumerate(leases):
     write("lease_json", "lease-%d" % i, l.encode())
+
+# gro_datagrams: a little-endian u16 stride, then a UDP_GRO read (kernel payloads to node B).
+# virtio_split: a virtio-net header, then a TUN read (plain, and TSO headers over TCP).
+import struct
+full = frames("kernel-vxlan-full-checksums.hex") + frames("kernel-vxlan-partial-checksums.hex")
+to_b = [f[14 + 28:] for f in full if f[14 + 16:14 + 20] == bytes([192, 0, 2, 2])]
+for i, p in enumerate(to_b):
+    write("gro_datagrams", "single-%d" % i, struct.pack("<H", 0) + p)
+    write("gro_datagrams", "double-%d" % i, struct.pack("<H", len(p)) + p + p)
+for i, f in enumerate(full):
+    inner = f[14 + 50:]
+    write("virtio_split", "plain-%d" % i, bytes(10) + inner)
+    if inner[9] == 6:
+        thl = (inner[32] >> 4) * 4
+        write("virtio_split", "tso-%d" % i, struct.pack("<BBHHHH", 1, 1, 20 + thl, 8, 20, 16) + inner)

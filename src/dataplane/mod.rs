@@ -110,7 +110,7 @@ impl Dataplane {
             };
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
-                .spawn(move || w.run())?;
+                .spawn(move || w.run(i))?;
             threads.push(t);
         }
         Ok(Dataplane { threads, counters })

@@ -27,6 +27,7 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::counters::WorkerCounters;
 use super::sys;
+use crate::encap::gro::{self, Coalescer};
 use crate::encap::{gso, DropReason, Inbound, Node, Outbound, HEADROOM};
 use crate::lease::LeaseTable;
 use crate::wire::ipv4;
@@ -57,6 +58,10 @@ pub struct Offloads {
     pub gso: bool,
     /// `UDP_GRO` receives.
     pub gro: bool,
+    /// Pin worker i to CPU i.
+    pub pin: bool,
+    /// Microseconds to keep polling without sleeping after the last packet (0: never spin).
+    pub busy_poll_us: u32,
 }
 
 /// What a worker owns.
@@ -98,6 +103,8 @@ struct Buffers {
     gro: GROTable,
     /// Segments of an oversized inner packet.
     scratch: Vec<u8>,
+    /// The pending super-packet for a TUN with a virtio-net header.
+    co: Coalescer,
 }
 
 impl Buffers {
@@ -114,6 +121,7 @@ impl Buffers {
             n_out: 0,
             gro: GROTable::default(),
             scratch: vec![0; MAX_PACKET],
+            co: Coalescer::new(),
         }
     }
 }
@@ -123,7 +131,18 @@ type Drained = bool;
 
 impl Worker {
     /// Runs until `stop` is set. Returns an error only if polling itself fails.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(mut self, index: usize) -> io::Result<()> {
+        if self.offloads.pin {
+            let cores = core_affinity::get_core_ids().unwrap_or_default();
+            if let Some(core) = cores.get(index % cores.len().max(1)) {
+                if !core_affinity::set_for_current(*core) {
+                    eprintln!(
+                        "weft: warning: cannot pin worker {index} to CPU {}",
+                        core.id
+                    );
+                }
+            }
+        }
         let mut poll = Poll::new()?;
         let (tun_fd, sock_fd) = (self.tun.as_raw_fd(), self.sock.as_raw_fd());
         poll.registry()
@@ -132,12 +151,24 @@ impl Worker {
             .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
         let mut b = Buffers::new();
+        let busy = Duration::from_micros(self.offloads.busy_poll_us as u64);
+        let mut idle_since: Option<std::time::Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = poll.poll(&mut events, Some(POLL_TIMEOUT)) {
+            // Optionally spin (non-blocking polls) for a while before sleeping: a sleeping
+            // worker costs a wake-up (an IPI and a halt exit on a VM) per burst.
+            let timeout = match idle_since {
+                Some(t) if t.elapsed() < busy => Some(Duration::ZERO),
+                _ => Some(POLL_TIMEOUT),
+            };
+            if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
+            }
+            if events.is_empty() && timeout == Some(Duration::ZERO) {
+                std::hint::spin_loop();
+                continue;
             }
             // Drain both sides until each has said WouldBlock (edge-triggered).
             let (mut tun_done, mut udp_done) = (false, false);
@@ -145,6 +176,7 @@ impl Worker {
                 tun_done = self.tun_to_underlay(&mut b);
                 udp_done = self.underlay_to_tun(&mut b);
             }
+            idle_since = (!busy.is_zero()).then(std::time::Instant::now);
         }
         Ok(())
     }
@@ -286,11 +318,9 @@ impl Worker {
                     continue;
                 }
             };
-            let stride = if stride == 0 { len } else { stride };
             let snap = self.table.load();
-            let mut at = 0;
-            while at < len {
-                let n = stride.min(len - at);
+            for d in gro::datagrams(len, stride) {
+                let (at, n) = (d.start, d.len());
                 let verdict = self
                     .node
                     .inbound(&snap, from, &mut b.rx, HEADROOM + at, n, 0);
@@ -300,9 +330,30 @@ impl Worker {
                     out,
                     n_out,
                     gro,
+                    co,
                     ..
                 } = &mut *b;
                 match verdict {
+                    Inbound::Deliver(r) if self.offloads.tun => {
+                        // Coalesce into a super-packet with a virtio-net header: one copy, no
+                        // checksum pass (the kernel finishes partial checksums if it must).
+                        let pkt = &rx[r];
+                        WorkerCounters::add(&c.rx_packets, 1);
+                        WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+                        if pkt.len() > mtu {
+                            // A peer's TSO segment: the kernel segments it at our MSS.
+                            write_pending(tun, c, co);
+                            match gso::mss_for(pkt, mtu) {
+                                Some(mss) if co.push_oversized(pkt, mss) => {
+                                    write_pending(tun, c, co)
+                                }
+                                _ => c.drop(DropReason::TooBig),
+                            }
+                        } else if !co.push(pkt) {
+                            write_pending(tun, c, co);
+                            co.push(pkt);
+                        }
+                    }
                     Inbound::Deliver(r) if r.len() > mtu => {
                         // A TSO super-packet from a kernel vxlan peer: segment it as GSO would.
                         let inner = &rx[r];
@@ -320,21 +371,34 @@ impl Worker {
                     }
                     Inbound::Deliver(r) => {
                         // A kernel peer on a veth leaves inner TCP/UDP checksums partial
-                        // (CHECKSUM_PARTIAL). Complete them: an uncoalesced TUN write cannot
-                        // say "partial".
+                        // (CHECKSUM_PARTIAL). Complete them: a TUN without a virtio-net
+                        // header cannot say "partial".
                         ipv4::fill_transport_checksum(&mut rx[r.clone()]);
                         queue(tun, c, out, n_out, gro, &rx[r]);
                     }
                     Inbound::Drop(reason) => c.drop(reason),
                 }
-                at += n;
             }
         }
         let Buffers {
-            out, n_out, gro, ..
+            out,
+            n_out,
+            gro,
+            co,
+            ..
         } = b;
+        write_pending(tun, c, co);
         flush(tun, c, out, n_out, gro);
         drained
+    }
+}
+
+/// Writes the coalescer's pending super-packet, if any.
+fn write_pending(tun: &SyncDevice, c: &WorkerCounters, co: &mut Coalescer) {
+    if let Some(bytes) = co.flush() {
+        if tun.send(bytes).is_err() {
+            WorkerCounters::add(&c.tun_write_errors, 1);
+        }
     }
 }
 

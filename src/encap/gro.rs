@@ -1,0 +1,484 @@
+//! Receive coalescing for a TUN with a virtio-net header: consecutive TCP/IPv4 segments of
+//! one flow become one super-packet, written once with `gso_type = TCPV4`, and every TCP or
+//! UDP packet goes out with `NEEDS_CSUM` and only its pseudo-header checksum, which the
+//! kernel finishes only if it must (it never does on a veth). So the receive path copies
+//! each payload once and computes no inner checksum.
+//!
+//! Merge rules follow the kernel's `tcp_gro_receive`: same addresses, ports, IP header
+//! fields (TOS, TTL, DF, no options, no fragments) and TCP header length and options; the
+//! next sequence number; the same ACK number; ACK or ACK|PSH only, and nothing merges after
+//! a PSH or a short segment. The super-packet keeps the first segment's window.
+
+use crate::wire::{be16, checksum, ipv4, put16};
+
+/// Length of `struct virtio_net_hdr` (without `num_buffers`).
+pub const VNET_HDR_LEN: usize = 10;
+/// virtio-net header flag: the L4 checksum at csum_start + csum_offset is partial.
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+/// virtio-net header GSO type: none.
+pub const VNET_GSO_NONE: u8 = 0;
+/// virtio-net header GSO type: TCP over IPv4.
+pub const VNET_GSO_TCPV4: u8 = 1;
+/// The largest IPv4 packet.
+const MAX_LEN: usize = 65535;
+
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+/// A `struct virtio_net_hdr`, in the little-endian layout of a TUN on x86 and arm64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VnetHdr {
+    /// `VNET_F_*`.
+    pub flags: u8,
+    /// `VNET_GSO_*`.
+    pub gso_type: u8,
+    /// Length of the headers before the payload.
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where the checksummed region starts.
+    pub csum_start: u16,
+    /// Offset of the checksum field from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Writes the header into `b[..10]`.
+    pub fn emit(&self, b: &mut [u8]) {
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+    }
+
+    /// Reads a header from `b[..10]`, if it is that long.
+    pub fn parse(b: &[u8]) -> Option<VnetHdr> {
+        let b = b.get(..VNET_HDR_LEN)?;
+        let le = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: le(2),
+            gso_size: le(4),
+            csum_start: le(6),
+            csum_offset: le(8),
+        })
+    }
+}
+
+/// The TCP/IPv4 facts a merge decision needs.
+#[derive(Debug, Clone, Copy)]
+struct Tcp {
+    ihl: usize,
+    thl: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+fn tcp4(pkt: &[u8]) -> Option<Tcp> {
+    let ip = ipv4::Packet::new_checked(pkt).ok()?;
+    if ip.protocol() != ipv4::PROTO_TCP
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+        || ip.total_len() as usize != pkt.len()
+    {
+        return None;
+    }
+    let ihl = ip.header_len();
+    let t = ip.payload();
+    let thl = ((*t.get(12)? >> 4) as usize) * 4;
+    if thl < 20 || thl > t.len() {
+        return None;
+    }
+    Some(Tcp {
+        ihl,
+        thl,
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        flags: t[13],
+        payload: t.len() - thl,
+    })
+}
+
+/// One open super-packet, built in a buffer allocated once.
+pub struct Coalescer {
+    /// virtio-net header space, then the packet.
+    buf: Vec<u8>,
+    /// Packet bytes after the header space.
+    len: usize,
+    segs: usize,
+    /// TCP super-packet state: header lengths, payload per segment, next sequence number.
+    tcp: Option<Tcp>,
+    mss: usize,
+    next_seq: u32,
+    /// No more segments may join (after PSH, a short segment, or a forced GSO packet).
+    closed: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Coalescer {
+    /// An empty coalescer (allocates its 64 KB buffer now, never later).
+    pub fn new() -> Coalescer {
+        Coalescer {
+            buf: vec![0; VNET_HDR_LEN + MAX_LEN],
+            len: 0,
+            segs: 0,
+            tcp: None,
+            mss: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.segs == 0
+    }
+
+    /// Segments merged into the pending packet.
+    pub fn segments(&self) -> usize {
+        self.segs
+    }
+
+    /// Adds a checked IPv4 packet: merged into the pending super-packet, or started as a
+    /// new one if nothing is pending. Returns false (and keeps nothing) when the caller must
+    /// [`flush`](Self::flush) first.
+    pub fn push(&mut self, pkt: &[u8]) -> bool {
+        if pkt.len() > MAX_LEN {
+            return false;
+        }
+        if self.segs == 0 {
+            self.start(pkt);
+            return true;
+        }
+        let (Some(cur), Some(t)) = (self.tcp, tcp4(pkt)) else {
+            return false;
+        };
+        let head = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + cur.ihl + cur.thl];
+        let ok = !self.closed
+            && t.ihl == 20
+            && t.ihl == cur.ihl
+            && t.thl == cur.thl
+            && t.seq == self.next_seq
+            && t.payload > 0
+            && t.payload <= self.mss
+            && self.len + t.payload <= MAX_LEN
+            && (t.flags == TCP_ACK || t.flags == TCP_ACK | TCP_PSH)
+            // TOS, DF/fragment bits, TTL, protocol; addresses; ports; ack number; options.
+            && pkt[1] == head[1]
+            && pkt[6..10] == head[6..10]
+            && pkt[12..20] == head[12..20]
+            && pkt[20..24] == head[20..24]
+            && pkt[28..32] == head[28..32]
+            && pkt[40..20 + t.thl] == head[40..20 + cur.thl];
+        if !ok {
+            return false;
+        }
+        let at = VNET_HDR_LEN + self.len;
+        self.buf[at..at + t.payload].copy_from_slice(&pkt[t.ihl + t.thl..]);
+        self.len += t.payload;
+        self.segs += 1;
+        self.next_seq = self.next_seq.wrapping_add(t.payload as u32);
+        if t.flags & TCP_PSH != 0 {
+            // The super-packet carries PSH on its last segment, as GSO will split it.
+            self.buf[VNET_HDR_LEN + cur.ihl + 13] |= TCP_PSH;
+            self.closed = true;
+        }
+        if t.payload < self.mss {
+            self.closed = true;
+        }
+        true
+    }
+
+    fn start(&mut self, pkt: &[u8]) {
+        self.buf[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(pkt);
+        self.len = pkt.len();
+        self.segs = 1;
+        self.tcp = tcp4(pkt).filter(|t| {
+            t.ihl == 20 && t.payload > 0 && (t.flags == TCP_ACK || t.flags == TCP_ACK | TCP_PSH)
+        });
+        if let Some(t) = self.tcp {
+            self.mss = t.payload;
+            self.next_seq = t.seq.wrapping_add(t.payload as u32);
+            self.closed = t.flags & TCP_PSH != 0;
+        }
+    }
+
+    /// Starts a pending packet from an oversized TCP/IPv4 packet (a peer's TSO segment) to
+    /// be segmented by the kernel at `mss`. Nothing must be pending. Returns false if it is
+    /// not such a packet.
+    pub fn push_oversized(&mut self, pkt: &[u8], mss: usize) -> bool {
+        let Some(t) = tcp4(pkt) else { return false };
+        if self.segs != 0 || mss == 0 || mss > u16::MAX as usize || pkt.len() > MAX_LEN {
+            return false;
+        }
+        self.buf[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(pkt);
+        self.len = pkt.len();
+        self.tcp = Some(t);
+        self.mss = mss;
+        // Forces a GSO header even though it arrived as one packet.
+        self.segs = t.payload.div_ceil(mss).max(2);
+        self.closed = true;
+        true
+    }
+
+    /// Finishes the pending packet and returns the bytes to write to the TUN (virtio-net
+    /// header included); the coalescer is empty afterwards. `None` if nothing is pending.
+    pub fn flush(&mut self) -> Option<&[u8]> {
+        if self.segs == 0 {
+            return None;
+        }
+        let segs = std::mem::take(&mut self.segs);
+        let len = self.len;
+        let pkt = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
+        let mut hdr = VnetHdr::default();
+        match self.tcp.take() {
+            Some(t) if segs > 1 => {
+                put16(pkt, 2, len as u16);
+                put16(pkt, 10, 0);
+                let c = checksum::checksum(&pkt[..t.ihl]);
+                put16(pkt, 10, c);
+                partial_checksum(pkt, t.ihl, ipv4::PROTO_TCP, 16);
+                hdr = VnetHdr {
+                    flags: VNET_F_NEEDS_CSUM,
+                    gso_type: VNET_GSO_TCPV4,
+                    hdr_len: (t.ihl + t.thl) as u16,
+                    gso_size: self.mss as u16,
+                    csum_start: t.ihl as u16,
+                    csum_offset: 16,
+                };
+            }
+            _ => {
+                // One packet: let the kernel finish a TCP or UDP checksum (it may have come
+                // partial from a kernel peer), unless UDP sent none.
+                if let Ok(ip) = ipv4::Packet::new_checked(&*pkt) {
+                    let ihl = ip.header_len();
+                    let l4 = ip.payload();
+                    let first_frag = !ip.more_frags() && ip.frag_offset() == 0;
+                    let off = match ip.protocol() {
+                        ipv4::PROTO_TCP if l4.len() >= 20 => Some(16),
+                        ipv4::PROTO_UDP if l4.len() >= 8 && be16(l4, 6) != 0 => Some(6),
+                        _ => None,
+                    };
+                    if let (Some(off), true) = (off, first_frag) {
+                        let proto = ip.protocol();
+                        partial_checksum(pkt, ihl, proto, off);
+                        hdr = VnetHdr {
+                            flags: VNET_F_NEEDS_CSUM,
+                            gso_type: VNET_GSO_NONE,
+                            hdr_len: 0,
+                            gso_size: 0,
+                            csum_start: ihl as u16,
+                            csum_offset: off as u16,
+                        };
+                    }
+                }
+            }
+        }
+        self.closed = false;
+        self.len = 0;
+        hdr.emit(&mut self.buf[..VNET_HDR_LEN]);
+        Some(&self.buf[..VNET_HDR_LEN + len])
+    }
+}
+
+/// The datagrams of one `UDP_GRO` read of `len` bytes with segment size `stride` (0: one
+/// datagram): back to back, every one `stride` long but the last. A stride that lies
+/// (larger than the read, or zero) yields the whole read as one datagram.
+pub fn datagrams(len: usize, stride: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let stride = if stride == 0 || stride > len {
+        len.max(1)
+    } else {
+        stride
+    };
+    (0..len)
+        .step_by(stride)
+        .map(move |at| at..(at + stride).min(len))
+}
+
+/// Sets the L4 checksum at `ihl + off` to the folded pseudo-header sum: what a
+/// `CHECKSUM_PARTIAL` packet carries for the kernel to finish.
+fn partial_checksum(pkt: &mut [u8], ihl: usize, proto: u8, off: usize) {
+    let src = std::net::Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+    let dst = std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    let l4_len = (pkt.len() - ihl) as u16;
+    let c = checksum::fold(checksum::pseudo_header_v4(src, dst, proto, l4_len));
+    put16(pkt, ihl + off, c);
+}
+
+/// Finishes a `NEEDS_CSUM` packet as the kernel would: the checksum over `csum_start..`
+/// stored at `csum_start + csum_offset`. For tests and for peers without offload.
+pub fn complete_checksum(pkt: &mut [u8], hdr: &VnetHdr) -> bool {
+    let (s, o) = (hdr.csum_start as usize, hdr.csum_offset as usize);
+    if hdr.flags & VNET_F_NEEDS_CSUM == 0 || s + o + 2 > pkt.len() {
+        return false;
+    }
+    let c = !checksum::fold(checksum::sum(&pkt[s..], 0));
+    put16(pkt, s + o, c);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encap::gso::split_tcp4;
+
+    fn segment_stream(payload: usize, mss: usize, psh_last: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut b = etherparse::PacketBuilder::ipv4([10, 244, 200, 11], [10, 244, 70, 11], 64)
+            .tcp(54388, 5201, 4_294_960_000, 500)
+            .ack(77)
+            .options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Timestamp(1, 2),
+            ])
+            .unwrap();
+        if psh_last {
+            b = b.psh();
+        }
+        let data: Vec<u8> = (0..payload).map(|i| (i * 7 + 1) as u8).collect();
+        let mut whole = Vec::new();
+        b.write(&mut whole, &data).unwrap();
+        let mut segs = Vec::new();
+        split_tcp4(&whole, mss, &mut vec![0u8; 4096], |s| segs.push(s.to_vec())).unwrap();
+        (whole, segs)
+    }
+
+    /// Completes the checksum the way the kernel would and checks it with etherparse.
+    fn finish(out: &[u8]) -> (VnetHdr, Vec<u8>) {
+        let hdr = VnetHdr::parse(out).unwrap();
+        let mut pkt = out[VNET_HDR_LEN..].to_vec();
+        complete_checksum(&mut pkt, &hdr);
+        (hdr, pkt)
+    }
+
+    #[test]
+    fn split_then_coalesce_is_the_original() {
+        let (whole, segs) = segment_stream(20_000, 1398, true);
+        assert!(segs.len() > 10);
+        let mut c = Coalescer::new();
+        for s in &segs {
+            assert!(c.push(s));
+        }
+        let (hdr, pkt) = finish(c.flush().unwrap());
+        assert_eq!(hdr.gso_type, VNET_GSO_TCPV4);
+        assert_eq!(hdr.gso_size, 1398);
+        assert_eq!(hdr.hdr_len, 20 + 32);
+        // Byte-exact but for the IP ID (GSO increments it per segment; the super-packet
+        // keeps the first segment's, which is the original's).
+        assert_eq!(pkt, whole);
+        let s = etherparse::SlicedPacket::from_ip(&pkt).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+            panic!()
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        let Some(etherparse::TransportSlice::Tcp(t)) = s.transport else {
+            panic!()
+        };
+        assert_eq!(
+            t.checksum(),
+            t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap()
+        );
+        assert!(c.is_empty());
+        assert!(c.flush().is_none());
+    }
+
+    #[test]
+    fn refuses_what_gro_must_not_merge() {
+        let (_, segs) = segment_stream(5000, 1000, false);
+        let mut c = Coalescer::new();
+        assert!(c.push(&segs[0]));
+        // A gap in the sequence.
+        assert!(!c.push(&segs[2]));
+        assert!(c.push(&segs[1]));
+        // Another flow (destination port changed).
+        let mut other = segs[2].clone();
+        other[23] ^= 1;
+        assert!(!c.push(&other));
+        // A different ACK number.
+        let mut ack = segs[2].clone();
+        ack[31] ^= 1;
+        assert!(!c.push(&ack));
+        // A segment after a short one.
+        let (_, short) = segment_stream(1500, 1000, false);
+        let mut c = Coalescer::new();
+        assert!(c.push(&short[0]));
+        assert!(c.push(&short[1])); // 500 bytes: closes
+        let mut next = short[1].clone();
+        let seq = u32::from_be_bytes([next[24], next[25], next[26], next[27]]) + 500;
+        next[24..28].copy_from_slice(&seq.to_be_bytes());
+        assert!(!c.push(&next));
+        assert_eq!(c.segments(), 2);
+    }
+
+    #[test]
+    fn single_packets_get_a_partial_checksum_the_kernel_can_finish() {
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2)
+            .write(&mut udp, b"hello")
+            .unwrap();
+        let mut c = Coalescer::new();
+        assert!(c.push(&udp));
+        assert!(!c.push(&udp)); // UDP never merges
+        let (hdr, pkt) = finish(c.flush().unwrap());
+        assert_eq!(
+            (hdr.flags, hdr.gso_type, hdr.csum_start, hdr.csum_offset),
+            (VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 20, 6)
+        );
+        assert_eq!(pkt, udp);
+        // ICMP: no offload flags, bytes unchanged.
+        let mut icmp = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut icmp, b"x")
+            .unwrap();
+        assert!(c.push(&icmp));
+        let out = c.flush().unwrap();
+        assert_eq!(VnetHdr::parse(out).unwrap(), VnetHdr::default());
+        assert_eq!(&out[VNET_HDR_LEN..], &icmp[..]);
+    }
+
+    #[test]
+    fn oversized_packets_are_handed_to_kernel_gso() {
+        let (whole, _) = segment_stream(7000, 1398, false);
+        let mut c = Coalescer::new();
+        assert!(c.push_oversized(&whole, 1398));
+        let (hdr, pkt) = finish(c.flush().unwrap());
+        assert_eq!((hdr.gso_type, hdr.gso_size), (VNET_GSO_TCPV4, 1398));
+        assert_eq!(pkt, whole);
+    }
+
+    #[test]
+    fn datagrams_cover_the_read_exactly() {
+        let v: Vec<_> = datagrams(10, 4).collect();
+        assert_eq!(v, vec![0..4, 4..8, 8..10]);
+        assert_eq!(datagrams(10, 0).collect::<Vec<_>>(), vec![0..10]);
+        assert_eq!(datagrams(10, 99).collect::<Vec<_>>(), vec![0..10]);
+        assert_eq!(datagrams(0, 5).count(), 0);
+    }
+
+    #[test]
+    fn vnet_header_round_trip() {
+        let h = VnetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 52,
+            gso_size: 1398,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut b = [0u8; 10];
+        h.emit(&mut b);
+        assert_eq!(VnetHdr::parse(&b), Some(h));
+        assert_eq!(VnetHdr::parse(&b[..9]), None);
+    }
+}
