@@ -60,7 +60,10 @@ pub fn open_socket(addr: SocketAddrV4, gro: bool) -> io::Result<std::net::UdpSoc
         eprintln!("weft: warning: cannot size socket buffers: {e}");
     }
     if gro {
-        sys::enable_udp_gro(&s)?;
+        // Probe: without UDP_GRO (Linux < 5.0) reads simply carry one datagram each.
+        if let Err(e) = sys::enable_udp_gro(&s) {
+            eprintln!("weft: warning: UDP GRO unavailable ({e}); receiving one datagram per read");
+        }
     }
     s.bind(&addr.into()).map_err(|e| {
         io::Error::new(

@@ -36,6 +36,8 @@ const TUN: Token = Token(0);
 const UDP: Token = Token(1);
 /// Segments per TUN read and TUN write batch (tun-rs's IDEAL_BATCH_SIZE).
 const BATCH: usize = 128;
+/// Segment buffers one TUN read may fill (64 KB at the smallest useful MSS, with margin).
+const SEGMENTS_PER_READ: usize = 64;
 /// Reads per source before looking at the other one.
 const READS_PER_ROUND: usize = 16;
 /// The most datagrams one `UDP_SEGMENT` send may carry (the kernel's UDP_MAX_SEGMENTS).
@@ -181,16 +183,30 @@ impl Worker {
         Ok(())
     }
 
+    /// Reads from the TUN into the free segment buffers, encapsulating as it goes, and sends
+    /// what it gathered when the buffers run low, the TUN is drained, or the round ends: so
+    /// datagrams from several reads (a UDP flood, say) still leave in one GSO send.
     fn tun_to_underlay(&mut self, b: &mut Buffers) -> Drained {
         let counters = self.counters.clone();
         let c = &*counters;
+        let mut used = 0;
+        let mut drained = false;
         for _ in 0..READS_PER_ROUND {
-            let n = match self
-                .tun
-                .recv_multiple(&mut b.tun_read, &mut b.tx, &mut b.sizes, HEADROOM)
-            {
+            if BATCH - used < SEGMENTS_PER_READ {
+                self.flush_sends(b);
+                used = 0;
+            }
+            let n = match self.tun.recv_multiple(
+                &mut b.tun_read,
+                &mut b.tx[used..],
+                &mut b.sizes[used..],
+                HEADROOM,
+            ) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // A super-packet tun-rs could not split (bad virtio-net header): drop it.
                 Err(_) => {
@@ -199,8 +215,7 @@ impl Worker {
                 }
             };
             let snap = self.table.load();
-            b.sends.clear();
-            for i in 0..n {
+            for i in used..used + n {
                 self.ip_id = self.ip_id.wrapping_add(1);
                 let len = b.sizes[i];
                 match self
@@ -222,9 +237,10 @@ impl Worker {
                     Outbound::Drop(r) => c.drop(r),
                 }
             }
-            self.flush_sends(b);
+            used += n;
         }
-        false
+        self.flush_sends(b);
+        drained
     }
 
     /// Writes one packet at `buf[r]` to the TUN, with a zero virtio-net header in front of
