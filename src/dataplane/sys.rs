@@ -104,54 +104,87 @@ pub fn send_segments(
     }
 }
 
-/// One `recvmsg`: returns the bytes read, the sender, and the GRO segment size (0 when the
-/// read is a single datagram). A datagram cut short by the buffer is an error.
-pub fn recv_segments(
+/// Most datagrams (or GRO batches) one `recvmmsg` returns.
+pub const RECV_BATCH: usize = 16;
+
+/// What one message of a [`recv_many`] call held.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    /// Bytes read into the buffer (after the offset).
+    pub len: usize,
+    /// The sender.
+    pub from: std::net::SocketAddrV4,
+    /// GRO segment size (0: a single datagram).
+    pub stride: usize,
+    /// The datagram did not fit its buffer (it was cut; drop it).
+    pub truncated: bool,
+}
+
+/// One `recvmmsg` into up to [`RECV_BATCH`] buffers, each filled from `offset`; returns how
+/// many messages arrived, described in `meta`. Each message may itself be a GRO batch.
+pub fn recv_many(
     fd: &impl AsRawFd,
-    buf: &mut [u8],
-) -> io::Result<(usize, std::net::SocketAddrV4, usize)> {
-    // SAFETY: sockaddr_in and msghdr are plain data; zeroed values are valid.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+    bufs: &mut [Vec<u8>],
+    offset: usize,
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let n = bufs.len().min(meta.len()).min(RECV_BATCH);
+    // SAFETY: plain-data C structs; zeroed values are valid (null pointers, zero lengths).
+    let mut addrs: [libc::sockaddr_in; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut control = [[0u64; 8]; RECV_BATCH];
+    let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        let b = &mut bufs[i][offset..];
+        iovs[i] = libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = control[i].as_mut_ptr().cast();
+        h.msg_controllen = std::mem::size_of_val(&control[i]) as _;
+    }
+    // SAFETY: the first n headers point at live locals and at the buffers, which outlive the
+    // call; the kernel writes at most iov_len bytes into each and n headers in all.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            0,
+            std::ptr::null_mut(),
+        )
     };
-    let mut control = [0u64; 8];
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: msg points at live locals and at `buf`, which the kernel fills up to its length.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
+    if got < 0 {
         return Err(io::Error::last_os_error());
     }
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "datagram larger than the receive buffer",
-        ));
-    }
-    let mut gso = 0usize;
-    // SAFETY: the kernel wrote msg_controllen bytes of well-formed cmsgs into `control`; the
-    // CMSG_* macros walk them within that length, and the int payload is read unaligned.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                gso = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()).max(0)
-                    as usize;
+    for i in 0..got as usize {
+        let h = &hdrs[i].msg_hdr;
+        let mut stride = 0usize;
+        // SAFETY: as in recv_segments: walking the cmsgs the kernel wrote into control[i].
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                    stride = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>())
+                        .max(0) as usize;
+                }
+                c = libc::CMSG_NXTHDR(h, c);
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
+        meta[i] = RecvMeta {
+            len: hdrs[i].msg_len as usize,
+            from: std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr)),
+                u16::from_be(addrs[i].sin_port),
+            ),
+            stride,
+            truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+        };
     }
-    let from = std::net::SocketAddrV4::new(
-        std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    );
-    Ok((n as usize, from, gso))
+    Ok(got as usize)
 }

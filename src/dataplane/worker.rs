@@ -97,8 +97,9 @@ struct Buffers {
     sizes: Vec<usize>,
     /// Encapsulated datagrams waiting to be sent: (buffer index, UDP payload, peer).
     sends: Vec<(usize, Range<usize>, SocketAddrV4)>,
-    /// One UDP read (possibly many datagrams).
-    rx: Vec<u8>,
+    /// One `recvmmsg`'s buffers (each message possibly a GRO batch of many datagrams).
+    rxs: Vec<Vec<u8>>,
+    meta: Vec<sys::RecvMeta>,
     /// Inner packets waiting for a TUN write, each at VIRTIO_NET_HDR_LEN.
     out: Vec<Vec<u8>>,
     n_out: usize,
@@ -116,7 +117,18 @@ impl Buffers {
             tx: (0..BATCH).map(|_| vec![0; HEADROOM + MAX_PACKET]).collect(),
             sizes: vec![0; BATCH],
             sends: Vec::with_capacity(BATCH),
-            rx: vec![0; HEADROOM + MAX_PACKET],
+            rxs: (0..sys::RECV_BATCH)
+                .map(|_| vec![0; HEADROOM + MAX_PACKET])
+                .collect(),
+            meta: vec![
+                sys::RecvMeta {
+                    len: 0,
+                    from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                    stride: 0,
+                    truncated: false
+                };
+                sys::RECV_BATCH
+            ],
             out: (0..BATCH)
                 .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + MAX_PACKET))
                 .collect(),
@@ -322,8 +334,8 @@ impl Worker {
         let (c, tun, mtu) = (&*self.counters, &self.tun, self.node.mtu);
         let mut drained = false;
         for _ in 0..READS_PER_ROUND {
-            let (len, from, stride) = match sys::recv_segments(&self.sock, &mut b.rx[HEADROOM..]) {
-                Ok(v) => v,
+            let got = match sys::recv_many(&self.sock, &mut b.rxs, HEADROOM, &mut b.meta) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
                     break;
@@ -335,64 +347,76 @@ impl Worker {
                 }
             };
             let snap = self.table.load();
-            for d in gro::datagrams(len, stride) {
-                let (at, n) = (d.start, d.len());
-                let verdict = self
-                    .node
-                    .inbound(&snap, from, &mut b.rx, HEADROOM + at, n, 0);
-                let Buffers {
-                    rx,
-                    scratch,
-                    out,
-                    n_out,
-                    gro,
-                    co,
-                    ..
-                } = &mut *b;
-                match verdict {
-                    Inbound::Deliver(r) if self.offloads.tun => {
-                        // Coalesce into a super-packet with a virtio-net header: one copy, no
-                        // checksum pass (the kernel finishes partial checksums if it must).
-                        let pkt = &rx[r];
-                        WorkerCounters::add(&c.rx_packets, 1);
-                        WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
-                        if pkt.len() > mtu {
-                            // A peer's TSO segment: the kernel segments it at our MSS.
-                            write_pending(tun, c, co);
-                            match gso::mss_for(pkt, mtu) {
-                                Some(mss) if co.push_oversized(pkt, mss) => {
-                                    write_pending(tun, c, co)
+            for m in 0..got {
+                let sys::RecvMeta {
+                    len,
+                    from,
+                    stride,
+                    truncated,
+                } = b.meta[m];
+                if truncated {
+                    c.drop(DropReason::Truncated);
+                    continue;
+                }
+                for d in gro::datagrams(len, stride) {
+                    let (at, n) = (d.start, d.len());
+                    let verdict =
+                        self.node
+                            .inbound(&snap, from, &mut b.rxs[m], HEADROOM + at, n, 0);
+                    let Buffers {
+                        rxs,
+                        scratch,
+                        out,
+                        n_out,
+                        gro,
+                        co,
+                        ..
+                    } = &mut *b;
+                    let rx = &mut rxs[m];
+                    match verdict {
+                        Inbound::Deliver(r) if self.offloads.tun => {
+                            // Coalesce into a super-packet with a virtio-net header: one copy, no
+                            // checksum pass (the kernel finishes partial checksums if it must).
+                            let pkt = &rx[r];
+                            WorkerCounters::add(&c.rx_packets, 1);
+                            WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+                            if pkt.len() > mtu {
+                                // A peer's TSO segment: the kernel segments it at our MSS.
+                                write_pending(tun, c, co);
+                                match gso::mss_for(pkt, mtu) {
+                                    Some(mss) if co.push_oversized(pkt, mss) => {
+                                        write_pending(tun, c, co)
+                                    }
+                                    _ => c.drop(DropReason::TooBig),
                                 }
-                                _ => c.drop(DropReason::TooBig),
+                            } else if !co.push(pkt) {
+                                write_pending(tun, c, co);
+                                co.push(pkt);
                             }
-                        } else if !co.push(pkt) {
-                            write_pending(tun, c, co);
-                            co.push(pkt);
                         }
-                    }
-                    Inbound::Deliver(r) if r.len() > mtu => {
-                        // A TSO super-packet from a kernel vxlan peer: segment it as GSO would.
-                        let inner = &rx[r];
-                        let res =
-                            gso::mss_for(inner, mtu)
-                                .ok_or(DropReason::TooBig)
-                                .and_then(|mss| {
+                        Inbound::Deliver(r) if r.len() > mtu => {
+                            // A TSO super-packet from a kernel vxlan peer: segment it as GSO would.
+                            let inner = &rx[r];
+                            let res = gso::mss_for(inner, mtu).ok_or(DropReason::TooBig).and_then(
+                                |mss| {
                                     gso::split_tcp4(inner, mss, scratch, |seg| {
                                         queue(tun, c, out, n_out, gro, seg)
                                     })
-                                });
-                        if let Err(reason) = res {
-                            c.drop(reason);
+                                },
+                            );
+                            if let Err(reason) = res {
+                                c.drop(reason);
+                            }
                         }
+                        Inbound::Deliver(r) => {
+                            // A kernel peer on a veth leaves inner TCP/UDP checksums partial
+                            // (CHECKSUM_PARTIAL). Complete them: a TUN without a virtio-net
+                            // header cannot say "partial".
+                            ipv4::fill_transport_checksum(&mut rx[r.clone()]);
+                            queue(tun, c, out, n_out, gro, &rx[r]);
+                        }
+                        Inbound::Drop(reason) => c.drop(reason),
                     }
-                    Inbound::Deliver(r) => {
-                        // A kernel peer on a veth leaves inner TCP/UDP checksums partial
-                        // (CHECKSUM_PARTIAL). Complete them: a TUN without a virtio-net
-                        // header cannot say "partial".
-                        ipv4::fill_transport_checksum(&mut rx[r.clone()]);
-                        queue(tun, c, out, n_out, gro, &rx[r]);
-                    }
-                    Inbound::Drop(reason) => c.drop(reason),
                 }
             }
         }
