@@ -311,13 +311,7 @@ fn svg(results: &BTreeMap<String, BTreeMap<&'static str, f64>>, modes: &[String]
 
 fn main() {
     let o = opts();
-    let exe = std::env::current_exe().expect("current exe");
-    let weft: PathBuf = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("weft"))
-        .expect("target dir");
-    assert!(weft.exists(), "build weft first: cargo build --release");
+    let weft = harness::weft_next_to_exe();
     let mut results: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
     for m in &o.modes {
         results.insert(m.clone(), measure(m, &o, &weft));

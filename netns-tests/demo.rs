@@ -5,21 +5,12 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::path::PathBuf;
-
 use harness::{iperf3, Cluster, Kind};
 
 fn main() {
     let backend = std::env::args().nth(1).unwrap_or_else(|| "vxlan".into());
     let conf = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#);
-    // The weft binary sits next to the examples directory this runs from.
-    let exe = std::env::current_exe().expect("current exe");
-    let weft: PathBuf = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("weft"))
-        .expect("target dir");
-    assert!(weft.exists(), "build weft first: cargo build --release");
+    let weft = harness::weft_next_to_exe();
 
     let mut c = Cluster::new(&weft, &conf);
     println!(

@@ -552,17 +552,7 @@ impl Cluster {
             "flannel.1",
         ]);
         sh(&["ip", "-n", &ns, "link", "set", "flannel.1", "up"]);
-        let network = weft::daemon::store_config(&self.lease_dir())
-            .unwrap()
-            .network;
-        let env = SubnetEnv {
-            network,
-            subnet,
-            mtu: 1450,
-            ipmasq: false,
-        };
-        env.write(&self.nodes[i].subnet_file).unwrap();
-        self.ensure_cni0(i, &env);
+        self.publish_static(i, subnet, 1450);
     }
 
     /// Sets node `i` up as a host-gw node: no encapsulation, the pod subnet on cni0 at the
@@ -582,13 +572,18 @@ impl Cluster {
             .unwrap()
             .put(&lease)
             .unwrap();
+        self.publish_static(i, subnet, 1500);
+    }
+
+    /// For a node without weft: its subnet.env (as its agent would write it) and cni0.
+    fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
         let network = weft::daemon::store_config(&self.lease_dir())
             .unwrap()
             .network;
         let env = SubnetEnv {
             network,
             subnet,
-            mtu: 1500,
+            mtu,
             ipmasq: false,
         };
         env.write(&self.nodes[i].subnet_file).unwrap();
@@ -706,6 +701,18 @@ impl Cluster {
         }
         failed
     }
+}
+
+/// The weft binary next to the running example (target/<profile>/examples/x -> ../weft).
+pub fn weft_next_to_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let weft = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("weft"))
+        .expect("target dir");
+    assert!(weft.exists(), "build weft first: cargo build --release");
+    weft
 }
 
 /// Prints a measured figure and appends it to `target/tmp/figures.txt`, which

@@ -550,6 +550,28 @@ pub fn may_answer_with_error(pkt: &[u8]) -> bool {
     true
 }
 
+/// Writes the outer IPv4 header of an encapsulated datagram (the whole of `frame`): UDP,
+/// TTL 64, DF clear, and the ECN bits of the inner packet's TOS, as kernel vxlan does.
+pub(crate) fn emit_outer_ipv4(
+    frame: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ip_id: u16,
+    inner_tos: u8,
+) {
+    ipv4::Repr {
+        src,
+        dst,
+        protocol: ipv4::PROTO_UDP,
+        payload_len: frame.len() - ipv4::HEADER_LEN,
+        ttl: OUTER_TTL,
+        tos: ecn_encapsulate(inner_tos),
+        ident: ip_id,
+        dont_frag: false,
+    }
+    .emit(frame);
+}
+
 /// The outer ECN bits for an inner TOS byte (RFC 6040 normal mode, as Linux's
 /// `INET_ECN_encapsulate`): copy ECT, and turn CE into ECT(0).
 #[inline]

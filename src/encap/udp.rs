@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
-use super::{ecn_encapsulate, DropReason, OUTER_TTL, UDP_OVERHEAD};
+use super::{emit_outer_ipv4, DropReason, UDP_OVERHEAD};
 use crate::wire::udp::ChecksumMode;
 use crate::wire::{ipv4, udp};
 
@@ -31,17 +31,7 @@ pub fn emit(
         dst_port: port,
     }
     .emit(&mut frame[ipv4::HEADER_LEN..], src, dst, csum);
-    ipv4::Repr {
-        src,
-        dst,
-        protocol: ipv4::PROTO_UDP,
-        payload_len: frame.len() - ipv4::HEADER_LEN,
-        ttl: OUTER_TTL,
-        tos: ecn_encapsulate(inner_tos),
-        ident: ip_id,
-        dont_frag: false,
-    }
-    .emit(frame);
+    emit_outer_ipv4(frame, src, dst, ip_id, inner_tos);
 }
 
 /// Validates a udp-backend payload: exactly one well-formed IPv4 packet (flannel's proxy

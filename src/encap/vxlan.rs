@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
-use super::{ecn_encapsulate, DropReason, OUTER_TTL, VXLAN_OVERHEAD};
+use super::{emit_outer_ipv4, DropReason, VXLAN_OVERHEAD};
 use crate::wire::udp::ChecksumMode;
 use crate::wire::{ethernet, ipv4, udp, vxlan, MacAddr};
 
@@ -56,17 +56,7 @@ impl Headers {
             dst_port: self.dst_port,
         }
         .emit(&mut frame[UDP_AT..], src, dst, csum);
-        ipv4::Repr {
-            src,
-            dst,
-            protocol: ipv4::PROTO_UDP,
-            payload_len: frame.len() - ipv4::HEADER_LEN,
-            ttl: OUTER_TTL,
-            tos: ecn_encapsulate(inner_tos),
-            ident: ip_id,
-            dont_frag: false,
-        }
-        .emit(frame);
+        emit_outer_ipv4(frame, src, dst, ip_id, inner_tos);
     }
 }
 
