@@ -107,7 +107,7 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
         None => NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
             .map_err(|e| e.to_string())?,
     };
-    println!("== weft demo: the pure core, {nodes} simulated nodes (no devices; `weft run` is the daemon, next issue)");
+    println!("== weft demo: the pure core alone, {nodes} simulated nodes, no devices (./scripts/demo runs a real cluster)");
     let now = SystemTime::now();
     let seed = now
         .duration_since(SystemTime::UNIX_EPOCH)
