@@ -441,6 +441,10 @@ impl Node {
         };
         let ip = ipv4::Packet::new_unchecked(&buf[inner.clone()]);
         let (src, dst) = (ip.src(), ip.dst());
+        // A node never tunnels to itself; a datagram claiming our own address is forged.
+        if *from.ip() == self.public_ip {
+            return Inbound::Drop(DropReason::Loop);
+        }
         let Some(sender) = table.by_public_ip(*from.ip()) else {
             return Inbound::Drop(DropReason::UnknownSender);
         };

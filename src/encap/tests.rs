@@ -475,6 +475,15 @@ fn inbound_policy_drops_spoofing_and_strangers() {
         b.inbound_datagram(&t3, &mut d),
         Inbound::Drop(DropReason::NotLocal)
     );
+    // Claiming to come from node B itself (a found fuzz case: B's own lease made it
+    // "known"), with an inner packet between B's own addresses.
+    let mut own = encap_from(&a, &icmp_echo([10, 244, 2, 9], [10, 244, 2, 5], 20, false));
+    own[12..16].copy_from_slice(&B_IP.octets());
+    ipv4::Packet::new_unchecked(&mut own[..]).fill_checksum();
+    assert_eq!(
+        b.inbound_datagram(&table(), &mut own),
+        Inbound::Drop(DropReason::Loop)
+    );
     // From a host without a lease.
     let mut d = good.clone();
     d[12..16].copy_from_slice(&[192, 0, 2, 77]);
