@@ -159,7 +159,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let nl = Netlink::new().map_err(|e| format!("cannot open netlink (are you root?): {e}"))?;
     let underlay = find_underlay(&nl, &args)?;
-    let mut store = FileStore::open(&args.lease_dir).map_err(|e| format!("--lease-dir: {e}"))?;
+    // The daemon talks to its store only through LeaseStore, so another store (etcd) can
+    // take the embedded one's place.
+    let mut store: Box<dyn LeaseStore> =
+        Box::new(FileStore::open(&args.lease_dir).map_err(|e| format!("--lease-dir: {e}"))?);
     let cfg = store.config().map_err(|e| {
         format!("{e}\n  (the embedded store reads the network config from {}/config; write flannel's net-conf.json there)", args.lease_dir.display())
     })?;
@@ -233,7 +236,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
 
     let table = Arc::new(LeaseTable::new(cfg.network));
-    let mut last_peers = refresh(&mut store, &table, &[])?;
+    let mut last_peers = refresh(store.as_mut(), &table, &[])?;
 
     // The TUN device, its address and the cluster route.
     let mut offloads = Offloads {
@@ -333,7 +336,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut outcome = Ok(());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(WATCH_INTERVAL);
-        match refresh(&mut store, &table, &last_peers) {
+        match refresh(store.as_mut(), &table, &last_peers) {
             Ok(p) => last_peers = p,
             // A store outage leaves the dataplane forwarding on the last leases.
             Err(e) => {
@@ -373,7 +376,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 /// Re-reads the store and publishes a new table if the live peers changed.
-fn refresh(store: &mut FileStore, table: &LeaseTable, last: &[Peer]) -> Result<Vec<Peer>> {
+fn refresh(store: &mut dyn LeaseStore, table: &LeaseTable, last: &[Peer]) -> Result<Vec<Peer>> {
     let now = SystemTime::now();
     let network: Ipv4Net = table.network();
     let mut peers: Vec<Peer> = store

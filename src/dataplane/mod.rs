@@ -59,6 +59,9 @@ pub fn open_socket(addr: SocketAddrV4, gro: bool) -> io::Result<std::net::UdpSoc
     if let Err(e) = sys::force_buffers(&s, SOCKET_BUFFER) {
         eprintln!("weft: warning: cannot size socket buffers: {e}");
     }
+    if let Err(e) = sys::enable_recv_tos(&s) {
+        eprintln!("weft: warning: no IP_RECVTOS ({e}); outer ECN marks are not propagated");
+    }
     if gro {
         // Probe: without UDP_GRO (Linux < 5.0) reads simply carry one datagram each.
         if let Err(e) = sys::enable_udp_gro(&s) {

@@ -45,6 +45,11 @@ pub fn force_buffers(fd: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     r.and(s)
 }
 
+/// `IP_RECVTOS`: report each datagram's TOS byte (for the outer ECN bits, RFC 6040).
+pub fn enable_recv_tos(fd: &impl AsRawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+}
+
 /// `UDP_GRO`: let the kernel coalesce a flow's datagrams into one read, reporting the
 /// segment size in a control message (Linux 5.0+; getsockopt since 5.12).
 pub fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
@@ -118,6 +123,8 @@ pub struct RecvMeta {
     pub stride: usize,
     /// The datagram did not fit its buffer (it was cut; drop it).
     pub truncated: bool,
+    /// The outer TOS byte (with `IP_RECVTOS`; 0 otherwise).
+    pub tos: u8,
 }
 
 /// One `recvmmsg` into up to [`RECV_BATCH`] buffers, each filled from `offset`; returns how
@@ -164,14 +171,17 @@ pub fn recv_many(
     }
     for i in 0..got as usize {
         let h = &hdrs[i].msg_hdr;
-        let mut stride = 0usize;
-        // SAFETY: as in recv_segments: walking the cmsgs the kernel wrote into control[i].
+        let (mut stride, mut tos) = (0usize, 0u8);
+        // SAFETY: walking the cmsgs the kernel wrote into control[i], within msg_controllen; the
+        // UDP_GRO payload is an int read unaligned, the IP_TOS payload one byte.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(h);
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
                     stride = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>())
                         .max(0) as usize;
+                } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                    tos = *libc::CMSG_DATA(c);
                 }
                 c = libc::CMSG_NXTHDR(h, c);
             }
@@ -184,6 +194,7 @@ pub fn recv_many(
             ),
             stride,
             truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+            tos,
         };
     }
     Ok(got as usize)

@@ -125,7 +125,8 @@ impl Buffers {
                     len: 0,
                     from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
                     stride: 0,
-                    truncated: false
+                    truncated: false,
+                    tos: 0,
                 };
                 sys::RECV_BATCH
             ],
@@ -353,6 +354,7 @@ impl Worker {
                     from,
                     stride,
                     truncated,
+                    tos,
                 } = b.meta[m];
                 if truncated {
                     c.drop(DropReason::Truncated);
@@ -362,7 +364,7 @@ impl Worker {
                     let (at, n) = (d.start, d.len());
                     let verdict =
                         self.node
-                            .inbound(&snap, from, &mut b.rxs[m], HEADROOM + at, n, 0);
+                            .inbound(&snap, from, &mut b.rxs[m], HEADROOM + at, n, tos & 0x03);
                     let Buffers {
                         rxs,
                         scratch,
