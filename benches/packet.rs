@@ -5,42 +5,11 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use weft::encap::{Format, Inbound, Node, Outbound, HEADROOM, LINUX_SRC_PORTS};
+use weft::encap::{Inbound, Outbound, HEADROOM};
 use weft::lease::table::BackendKind;
-use weft::lease::{LeaseTable, Peer};
+use weft::lease::LeaseTable;
+use weft::testkit;
 use weft::wire::udp::ChecksumMode;
-use weft::wire::MacAddr;
-
-fn peer(i: u8, backend: BackendKind) -> Peer {
-    Peer {
-        subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
-        backend,
-        vni: 1,
-        vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
-    }
-}
-
-fn node(i: u8, vxlan: bool, csum: ChecksumMode) -> Node {
-    let format = if vxlan {
-        Format::Vxlan {
-            vni: 1,
-            port: 8472,
-            mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
-            src_ports: LINUX_SRC_PORTS,
-        }
-    } else {
-        Format::Udp { port: 8285 }
-    };
-    Node {
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
-        subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-        mtu: 1450,
-        format,
-        udp_checksum: csum,
-        hash_seed: 1,
-    }
-}
 
 fn tcp_packet(payload: usize) -> Vec<u8> {
     let mut v = Vec::new();
@@ -59,7 +28,7 @@ fn bench(c: &mut Criterion) {
             BackendKind::Udp
         };
         let table = LeaseTable::new("10.244.0.0/16".parse().unwrap());
-        table.replace_all((1..=250).map(|i| peer(i, backend)));
+        table.replace_all((1..=250).map(|i| testkit::peer(i, backend, 1)));
         let mut g = c.benchmark_group(name);
         for size in [64usize, 1400] {
             let pkt = tcp_packet(size - 40);
@@ -68,7 +37,7 @@ fn bench(c: &mut Criterion) {
                 ("csum_full", ChecksumMode::Full),
                 ("csum_kernel", ChecksumMode::Zero),
             ] {
-                let tx = node(1, vxlan, csum);
+                let tx = testkit::node(1, vxlan, 1, csum);
                 let mut buf = vec![0u8; HEADROOM + pkt.len()];
                 buf[HEADROOM..].copy_from_slice(&pkt);
                 g.bench_function(BenchmarkId::new(format!("encap_{cname}"), size), |b| {
@@ -84,7 +53,7 @@ fn bench(c: &mut Criterion) {
             // Decapsulate what a peer would send, as received from a UDP socket.
             let mut buf = vec![0u8; HEADROOM + pkt.len()];
             buf[HEADROOM..].copy_from_slice(&pkt);
-            let Outbound::Send(t) = node(1, vxlan, ChecksumMode::Full).outbound(
+            let Outbound::Send(t) = testkit::node(1, vxlan, 1, ChecksumMode::Full).outbound(
                 &table.load(),
                 &mut buf,
                 HEADROOM,
@@ -95,7 +64,7 @@ fn bench(c: &mut Criterion) {
             };
             let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), t.src_port);
             let mut payload = buf[t.udp_payload()].to_vec();
-            let rx = node(2, vxlan, ChecksumMode::Full);
+            let rx = testkit::node(2, vxlan, 1, ChecksumMode::Full);
             g.bench_function(BenchmarkId::new("decap", size), |b| {
                 b.iter(|| {
                     let snap = table.load();

@@ -16,4 +16,6 @@ pub mod lease;
 pub mod netlink;
 pub mod store;
 pub mod subnet_env;
+#[doc(hidden)]
+pub mod testkit;
 pub mod wire;

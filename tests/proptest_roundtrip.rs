@@ -7,40 +7,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use proptest::prelude::*;
 use weft::encap::{DropReason, Format, Inbound, Node, Outbound, HEADROOM, LINUX_SRC_PORTS};
 use weft::lease::table::BackendKind;
-use weft::lease::{Peer, Snapshot};
+use weft::lease::Snapshot;
+use weft::testkit;
 use weft::wire::udp::ChecksumMode;
 use weft::wire::MacAddr;
-
-fn peer(i: u8, backend: BackendKind) -> Peer {
-    Peer {
-        subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
-        backend,
-        vni: 7,
-        vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
-    }
-}
-
-fn node(i: u8, vxlan: bool, csum: ChecksumMode) -> Node {
-    let format = if vxlan {
-        Format::Vxlan {
-            vni: 7,
-            port: 8472,
-            mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
-            src_ports: LINUX_SRC_PORTS,
-        }
-    } else {
-        Format::Udp { port: 8285 }
-    };
-    Node {
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
-        subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-        mtu: if vxlan { 1450 } else { 1472 },
-        format,
-        udp_checksum: csum,
-        hash_seed: 3,
-    }
-}
 
 fn table(vxlan: bool) -> Snapshot {
     let b = if vxlan {
@@ -50,7 +20,7 @@ fn table(vxlan: bool) -> Snapshot {
     };
     Snapshot::build(
         "10.244.0.0/16".parse().unwrap(),
-        [peer(1, b), peer(2, b)],
+        [testkit::peer(1, b, 7), testkit::peer(2, b, 7)],
         0,
     )
 }
@@ -80,7 +50,7 @@ prop_compose! {
 fn encap(vxlan: bool, csum: ChecksumMode, p: &[u8]) -> (Vec<u8>, SocketAddrV4) {
     let mut buf = vec![0u8; HEADROOM + p.len()];
     buf[HEADROOM..].copy_from_slice(p);
-    match node(1, vxlan, csum).outbound(&table(vxlan), &mut buf, HEADROOM, p.len(), 9) {
+    match testkit::node(1, vxlan, 7, csum).outbound(&table(vxlan), &mut buf, HEADROOM, p.len(), 9) {
         Outbound::Send(t) => {
             let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), t.src_port);
             (buf[t.datagram].to_vec(), from)
@@ -106,7 +76,7 @@ proptest! {
                 prop_assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv4_raw([192, 0, 2, 1], [192, 0, 2, 2], u.payload()).unwrap());
             }
         }
-        match node(2, vxlan, csum).inbound_datagram(&table(vxlan), &mut d) {
+        match testkit::node(2, vxlan, 7, csum).inbound_datagram(&table(vxlan), &mut d) {
             Inbound::Deliver(r) => prop_assert_eq!(&d[r], &p[..]),
             other => prop_assert!(false, "dropped: {:?}", other),
         }
@@ -115,7 +85,7 @@ proptest! {
     #[test]
     fn every_truncation_is_rejected(p in inner_packet(), vxlan in any::<bool>()) {
         let (d, from) = encap(vxlan, ChecksumMode::Full, &p);
-        let rx = node(2, vxlan, ChecksumMode::Full);
+        let rx = testkit::node(2, vxlan, 7, ChecksumMode::Full);
         let t = table(vxlan);
         for n in 0..d.len() {
             let mut cut = d[..n].to_vec();
@@ -131,7 +101,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), vxlan in any::<bool>()) {
-        let rx = node(2, vxlan, ChecksumMode::Full);
+        let rx = testkit::node(2, vxlan, 7, ChecksumMode::Full);
         let t = table(vxlan);
         let mut b = bytes.clone();
         let _ = rx.inbound_datagram(&t, &mut b);
@@ -153,8 +123,8 @@ proptest! {
         let i = i % d.len();
         d[i] ^= 1 << bit;
         let mac = MacAddr([0x0e, 0, 0, 0, 1, 1]);
-        let rx = Node { format: Format::Vxlan { vni: 1, port: 8472, mac, src_ports: LINUX_SRC_PORTS }, ..node(1, true, ChecksumMode::Full) };
-        let t = Snapshot::build("10.244.0.0/16".parse().unwrap(), [Peer { vni: 1, ..peer(1, BackendKind::Vxlan) }, Peer { vni: 1, ..peer(2, BackendKind::Vxlan) }], 0);
+        let rx = Node { format: Format::Vxlan { vni: 1, port: 8472, mac, src_ports: LINUX_SRC_PORTS }, ..testkit::node(1, true, 7, ChecksumMode::Full) };
+        let t = Snapshot::build("10.244.0.0/16".parse().unwrap(), [testkit::peer(1, BackendKind::Vxlan, 1), testkit::peer(2, BackendKind::Vxlan, 1)], 0);
         let r = rx.inbound_datagram(&t, &mut d);
         // A flip in a field the receiver checks must be caught; flips elsewhere (UDP source
         // port or checksum, VXLAN reserved bits, inner source MAC, inner payload) may pass.

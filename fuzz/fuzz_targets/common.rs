@@ -1,38 +1,20 @@
 //! The two-node setup of the kernel vectors (shared/vectors/README.md), shared by the
 //! decapsulation targets.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
-use weft::encap::{Format, Inbound, Node, Outbound, HEADROOM, LINUX_SRC_PORTS};
+use weft::encap::{Inbound, Node, Outbound, HEADROOM};
 use weft::lease::table::BackendKind;
 use weft::lease::{Peer, Snapshot};
 use weft::wire::udp::ChecksumMode;
-use weft::wire::{ipv4, MacAddr};
+use weft::wire::ipv4;
 
 pub fn peer(i: u8, backend: BackendKind) -> Peer {
-    Peer {
-        subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
-        backend,
-        vni: 1,
-        vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
-    }
+    weft::testkit::peer(i, backend, 1)
 }
 
 pub fn node(i: u8, vxlan: bool) -> Node {
-    let format = if vxlan {
-        Format::Vxlan { vni: 1, port: 8472, mac: MacAddr([0x0e, 0, 0, 0, i, 1]), src_ports: LINUX_SRC_PORTS }
-    } else {
-        Format::Udp { port: 8285 }
-    };
-    Node {
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
-        subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-        mtu: 1450,
-        format,
-        udp_checksum: ChecksumMode::Full,
-        hash_seed: 5,
-    }
+    weft::testkit::node(i, vxlan, 1, ChecksumMode::Full)
 }
 
 /// Feeds `data` to both nodes, as a raw outer datagram and as a socket payload, and checks

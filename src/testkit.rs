@@ -1,0 +1,44 @@
+//! Fixtures shared by weft's benches, integration tests and fuzz targets; not part of weft's
+//! API. Node `i` of a test cluster is 192.0.2.`i` with subnet 10.244.`i`.0/24 and VTEP MAC
+//! 0e:00:00:00:`i`:01, as in the kernel vectors (`tests/data`).
+
+use std::net::Ipv4Addr;
+
+use crate::encap::{Format, Node, LINUX_SRC_PORTS};
+use crate::lease::table::BackendKind;
+use crate::lease::Peer;
+use crate::wire::udp::ChecksumMode;
+use crate::wire::MacAddr;
+
+/// Node `i`'s lease as the table holds it.
+pub fn peer(i: u8, backend: BackendKind, vni: u32) -> Peer {
+    Peer {
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap_or_default(),
+        public_ip: Ipv4Addr::new(192, 0, 2, i),
+        backend,
+        vni,
+        vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
+    }
+}
+
+/// Node `i` itself, vxlan (ports 8472, MTU 1450) or udp (8285, 1472).
+pub fn node(i: u8, vxlan: bool, vni: u32, udp_checksum: ChecksumMode) -> Node {
+    let format = if vxlan {
+        Format::Vxlan {
+            vni,
+            port: 8472,
+            mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
+            src_ports: LINUX_SRC_PORTS,
+        }
+    } else {
+        Format::Udp { port: 8285 }
+    };
+    Node {
+        public_ip: Ipv4Addr::new(192, 0, 2, i),
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap_or_default(),
+        mtu: if vxlan { 1450 } else { 1472 },
+        format,
+        udp_checksum,
+        hash_seed: 1,
+    }
+}
