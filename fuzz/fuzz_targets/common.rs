@@ -1,6 +1,9 @@
 //! The two-node setup of the kernel vectors (shared/vectors/README.md), shared by the
 //! decapsulation targets.
 
+// Each target uses a part of this module.
+#![allow(dead_code)]
+
 use std::net::SocketAddrV4;
 
 use weft::encap::{Inbound, Node, Outbound, HEADROOM};
