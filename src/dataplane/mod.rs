@@ -26,9 +26,6 @@ use counters::Counters;
 pub use worker::Offloads;
 use worker::Worker;
 
-/// Underlay socket buffer size, each way.
-pub const SOCKET_BUFFER: i32 = 4 << 20;
-
 /// Creates the TUN device `name` with `queues` queues (multi-queue when more than one),
 /// non-blocking, with the virtio-net header and TSO/checksum offloads when `offload`.
 /// Returns one handle per queue.
@@ -51,12 +48,12 @@ pub fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<Sync
 
 /// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (so each worker has one),
 /// DF clear on sends, large buffers, and `UDP_GRO` when `gro`.
-pub fn open_socket(addr: SocketAddrV4, gro: bool) -> io::Result<std::net::UdpSocket> {
+pub fn open_socket(addr: SocketAddrV4, gro: bool, buffer: u32) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     sys::set_pmtudisc_dont(&s)?;
-    if let Err(e) = sys::force_buffers(&s, SOCKET_BUFFER) {
+    if let Err(e) = sys::force_buffers(&s, buffer.min(i32::MAX as u32) as i32) {
         eprintln!("weft: warning: cannot size socket buffers: {e}");
     }
     if let Err(e) = sys::enable_recv_tos(&s) {
@@ -100,7 +97,7 @@ impl Dataplane {
         // Bind every socket before starting any worker, so a port clash fails start-up.
         let socks = tun_queues
             .iter()
-            .map(|_| open_socket(bind, offloads.gro))
+            .map(|_| open_socket(bind, offloads.gro, offloads.socket_buffer))
             .collect::<io::Result<Vec<_>>>()?;
         for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
             let w = Worker {

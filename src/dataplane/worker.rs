@@ -64,6 +64,8 @@ pub struct Offloads {
     pub pin: bool,
     /// Microseconds to keep polling without sleeping after the last packet (0: never spin).
     pub busy_poll_us: u32,
+    /// Underlay socket buffer size, each way, in bytes.
+    pub socket_buffer: u32,
 }
 
 /// What a worker owns.
