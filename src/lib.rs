@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod encap;
 pub mod health;
 pub mod lease;
+pub mod masq;
 pub mod netlink;
 pub mod store;
 pub mod subnet_env;

@@ -21,13 +21,11 @@ use std::time::SystemTime;
 
 use ipnet::Ipv4Net;
 
-use super::{Acquired, LeaseStore, StoreError, LEASE_TTL};
+use super::{Acquired, LeaseStore, StoreError, LEASE_TTL, RACE_RETRIES};
 use crate::config::NetConfig;
 use crate::lease::alloc::{allocate, Source};
 use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
 
-/// How many times `acquire` retries when another node wins a race (flanneld: 10).
-pub const RACE_RETRIES: usize = 10;
 const EXPIRATION_PREFIX: &str = "expiration=";
 
 /// The directory store.
@@ -269,6 +267,7 @@ impl LeaseStore for FileStore {
                     return Ok(Acquired {
                         lease,
                         source: a.source,
+                        attempts: attempt + 1,
                     });
                 }
                 Source::Previous | Source::Fresh => {
@@ -283,6 +282,7 @@ impl LeaseStore for FileStore {
                         return Ok(Acquired {
                             lease,
                             source: a.source,
+                            attempts: attempt + 1,
                         });
                     }
                     let attrs = LeaseAttrs::udp(Ipv4Addr::UNSPECIFIED); // never ours
@@ -315,6 +315,10 @@ impl LeaseStore for FileStore {
         };
         self.put(&renewed)?;
         Ok(Some(renewed))
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
     }
 }
 

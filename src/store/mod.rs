@@ -1,6 +1,7 @@
 //! Lease stores. The daemon talks to one through [`LeaseStore`]; the embedded
 //! [`file::FileStore`] is the default, laid out like flannel's etcd keys.
 
+pub mod etcd;
 pub mod file;
 
 use std::net::Ipv4Addr;
@@ -15,6 +16,9 @@ use crate::lease::{Lease, LeaseAttrs};
 
 /// flanneld's lease TTL (`subnetTTL`).
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How many times `acquire` retries when another node wins a race (flanneld: 10).
+pub const RACE_RETRIES: usize = 10;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,17 @@ pub enum StoreError {
     /// No subnet could be allocated.
     #[error(transparent)]
     Alloc(#[from] AllocError),
+    /// A remote store (etcd) failed or could not be reached.
+    #[error("etcd {what}: {detail}")]
+    Remote {
+        /// The operation.
+        what: String,
+        /// The cause, as the client reported it.
+        detail: String,
+    },
+    /// A key the store needs is absent.
+    #[error("{0}")]
+    Missing(String),
     /// Another node kept winning the race for a subnet.
     #[error(
         "could not create a lease after {0} attempts: other nodes kept taking the chosen subnet"
@@ -52,6 +67,8 @@ pub struct Acquired {
     pub lease: Lease,
     /// How the subnet was chosen.
     pub source: crate::lease::alloc::Source,
+    /// Allocation rounds it took (more than 1: another node won a race for a subnet).
+    pub attempts: usize,
 }
 
 /// A place where leases live and are watched.
@@ -78,4 +95,21 @@ pub trait LeaseStore: Send {
     /// Renews `lease` to expire `LEASE_TTL` from `now` (a reservation stays one). Returns
     /// `Ok(None)` if the lease no longer exists: it was revoked.
     fn renew(&mut self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError>;
+
+    /// Waits up to `timeout` for the leases to change (the daemon calls `leases` after).
+    /// Stores that cannot tell just sleep.
+    fn wait_change(&mut self, timeout: Duration) {
+        std::thread::sleep(timeout);
+    }
+
+    /// Where the store lives, for messages.
+    fn describe(&self) -> String;
+}
+
+impl StoreError {
+    /// True for failures that may go away by themselves (an unreachable etcd, a missing
+    /// config key someone has yet to write); false for ones that need a person.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Remote { .. } | StoreError::Missing(_))
+    }
 }

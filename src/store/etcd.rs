@@ -1,0 +1,937 @@
+//! The etcd lease store, in flanneld's v3 layout, so weft nodes and stock flanneld nodes
+//! can share one etcd:
+//!
+//! ```text
+//! <prefix>/config                  net-conf.json
+//! <prefix>/subnets/10.244.1.0-24   {"PublicIP":...}   attached to an etcd lease (TTL 24 h);
+//!                                                     without one, a reservation
+//! ```
+//! Allocation creates the key in a transaction that succeeds only if the key is absent, and
+//! retries on a lost race, as flanneld does. Renewal re-puts the value under a fresh 24 h
+//! lease (flanneld's `updateSubnet`), but only if the key still holds our value: a key that
+//! was deleted or taken over is reported as revoked rather than silently re-created.
+//!
+//! A background task lists `<prefix>/subnets/` and then watches it from the listed revision;
+//! events update a [`LeaseCache`] that `leases()` reads without touching the network. When
+//! the stream breaks (etcd restarted or unreachable) the task re-watches from the last
+//! revision it saw; if etcd compacted that revision away it lists again. Meanwhile the
+//! cache keeps the last leases, so the dataplane forwards on them.
+//!
+//! etcd enforces lease TTLs itself (an expired key is deleted, which the watch reports), so
+//! a key etcd still holds is live: other nodes' leased keys are reported as expiring
+//! [`LEASE_TTL`] from the moment they are read, never earlier.
+//!
+//! The async client runs on a private one-thread tokio runtime; the [`LeaseStore`] calls
+//! block on it with a deadline. Everything that is not I/O ([`LeaseCache`], key and value
+//! decoding) is plain code, unit-tested without etcd.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use ipnet::Ipv4Net;
+
+use super::{Acquired, LeaseStore, StoreError, LEASE_TTL, RACE_RETRIES};
+use crate::config::NetConfig;
+use crate::lease::alloc::{allocate, Source};
+use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
+
+/// flanneld's default `--etcd-endpoints`.
+pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379";
+/// flanneld's default `--etcd-prefix`.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// Deadline for one request (a list of 5,000 leases takes a few milliseconds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to reach etcd again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// How to reach etcd: flanneld's `--etcd-*` flags.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    /// `http://host:port` or `https://host:port` URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix (`/coreos.com/network`).
+    pub prefix: String,
+    /// Client key (PEM), with `certfile`.
+    pub keyfile: Option<PathBuf>,
+    /// Client certificate (PEM), with `keyfile`.
+    pub certfile: Option<PathBuf>,
+    /// CA bundle (PEM) that signed etcd's certificate.
+    pub cafile: Option<PathBuf>,
+    /// etcd user, with `password`.
+    pub username: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+}
+
+impl EtcdOptions {
+    /// Checks the options for mistakes a person must fix; the messages name the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err(
+                "--etcd-endpoints is empty: give one or more URLs such as http://192.0.2.10:2379"
+                    .into(),
+            );
+        }
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .ok_or_else(|| {
+                    format!("--etcd-endpoints {e:?}: an endpoint is a URL, http://HOST:PORT or https://HOST:PORT")
+                })?;
+            if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+                return Err(format!(
+                    "--etcd-endpoints {e:?}: expected http://HOST:PORT or https://HOST:PORT"
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() > 1 && self.prefix.ends_with('/') {
+            return Err(format!(
+                "--etcd-prefix {:?}: a prefix starts with '/' and has no trailing '/', like {DEFAULT_PREFIX}",
+                self.prefix
+            ));
+        }
+        if self.keyfile.is_some() != self.certfile.is_some() {
+            return Err(
+                "--etcd-keyfile and --etcd-certfile go together: give both or neither".into(),
+            );
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(
+                "--etcd-username and --etcd-password go together: give both or neither".into(),
+            );
+        }
+        let tls = self.cafile.is_some() || self.certfile.is_some();
+        if tls && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err("--etcd-cafile/--etcd-certfile are set but an endpoint is http://: use https:// endpoints".into());
+        }
+        Ok(())
+    }
+
+    fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            // HTTP/2 pings notice a peer that vanished without closing the connection.
+            .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            o = o.with_user(u.clone(), p.clone());
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let read = |flag: &str, p: &PathBuf| {
+                std::fs::read(p)
+                    .map_err(|e| StoreError::Missing(format!("{flag} {}: {e}", p.display())))
+            };
+            let mut tls = TlsOptions::new();
+            match &self.cafile {
+                Some(ca) => {
+                    tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-cafile", ca)?))
+                }
+                None => tls = tls.with_native_roots(),
+            }
+            if let (Some(c), Some(k)) = (&self.certfile, &self.keyfile) {
+                tls = tls.identity(Identity::from_pem(
+                    read("--etcd-certfile", c)?,
+                    read("--etcd-keyfile", k)?,
+                ));
+            }
+            o = o.with_tls(tls);
+        }
+        Ok(o)
+    }
+}
+
+/// A lease as the cache holds it.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    lease: Lease,
+    /// The etcd lease the key is attached to (0: none, a reservation).
+    etcd_lease: i64,
+    mod_revision: i64,
+}
+
+/// The leases under `<prefix>/subnets/` as of some revision: what the watch maintains.
+/// No I/O; fed with listed key-values and watch events.
+#[derive(Debug, Clone)]
+pub struct LeaseCache {
+    subnets_prefix: String,
+    entries: BTreeMap<String, Entry>,
+    revision: i64,
+    generation: u64,
+}
+
+/// Decodes one key-value under `subnets_prefix`: flannel's subnet key and lease JSON.
+pub fn decode(
+    subnets_prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    etcd_lease: i64,
+    now: SystemTime,
+) -> Result<Lease, String> {
+    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_string())?;
+    let name = key
+        .strip_prefix(subnets_prefix)
+        .ok_or_else(|| format!("{key}: not under {subnets_prefix}"))?;
+    let (subnet, ipv6_subnet) = parse_subnet_key(name).map_err(|e| e.to_string())?;
+    let json = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_string())?;
+    let attrs = LeaseAttrs::from_json(json).map_err(|e| e.to_string())?;
+    Ok(Lease {
+        subnet,
+        ipv6_subnet,
+        attrs,
+        expiration: (etcd_lease != 0).then_some(now + LEASE_TTL),
+    })
+}
+
+impl LeaseCache {
+    /// An empty cache for the leases under `<prefix>/subnets/`.
+    pub fn new(prefix: &str) -> LeaseCache {
+        LeaseCache {
+            subnets_prefix: format!("{prefix}/subnets/"),
+            entries: BTreeMap::new(),
+            revision: 0,
+            generation: 0,
+        }
+    }
+
+    /// The newest revision applied.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Bumped by every change to the set of leases.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of readable leases.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if no lease is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Replaces everything with a listing taken at `revision`: `(key, value, lease, mod_rev)`.
+    /// Unreadable entries are skipped, each with a warning naming the key.
+    pub fn reset<'a>(
+        &mut self,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64, i64)>,
+        revision: i64,
+    ) {
+        let mut fresh = BTreeMap::new();
+        for (k, v, l, m) in kvs {
+            if let Some((name, e)) = self.entry(k, v, l, m) {
+                fresh.insert(name, e);
+            }
+        }
+        if fresh != self.entries {
+            self.entries = fresh;
+            self.generation += 1;
+        }
+        self.revision = revision;
+    }
+
+    fn entry(&self, k: &[u8], v: &[u8], l: i64, m: i64) -> Option<(String, Entry)> {
+        let name = String::from_utf8_lossy(k).into_owned();
+        match decode(&self.subnets_prefix, k, v, l, SystemTime::now()) {
+            Ok(lease) => Some((
+                name,
+                Entry {
+                    // Expiry is derived on read (see `leases`), so equal values compare equal.
+                    lease: Lease {
+                        expiration: None,
+                        ..lease
+                    },
+                    etcd_lease: l,
+                    mod_revision: m,
+                },
+            )),
+            Err(e) => {
+                eprintln!("weft: warning: skipping etcd key {name}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Applies a put at `mod_revision`. A value that cannot be read removes the key's lease
+    /// (as a corrupt lease file does in the embedded store).
+    pub fn put(&mut self, key: &[u8], value: &[u8], etcd_lease: i64, mod_revision: i64) {
+        let name = String::from_utf8_lossy(key).into_owned();
+        if self
+            .entries
+            .get(&name)
+            .is_some_and(|e| e.mod_revision >= mod_revision)
+        {
+            return; // already applied (acquire records its own writes first)
+        }
+        match self.entry(key, value, etcd_lease, mod_revision) {
+            Some((name, e)) => {
+                let changed = self.entries.get(&name).map(|o| &o.lease) != Some(&e.lease);
+                self.entries.insert(name, e);
+                self.generation += changed as u64;
+            }
+            None => {
+                if self.entries.remove(&name).is_some() {
+                    self.generation += 1;
+                }
+            }
+        }
+        self.revision = self.revision.max(mod_revision);
+    }
+
+    /// Applies a delete (or an expiry) at `revision`.
+    pub fn delete(&mut self, key: &[u8], revision: i64) {
+        let name = String::from_utf8_lossy(key);
+        if let Some(e) = self.entries.get(name.as_ref()) {
+            if e.mod_revision < revision {
+                self.entries.remove(name.as_ref());
+                self.generation += 1;
+            }
+        }
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Notes that the store has reached `revision` with nothing to report for us.
+    pub fn progress(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    /// The readable leases, by subnet.
+    pub fn leases(&self) -> Vec<Lease> {
+        let now = SystemTime::now();
+        let mut v: Vec<Lease> = self
+            .entries
+            .values()
+            .map(|e| Lease {
+                // Refreshed on every read: etcd deletes a key when its lease runs out.
+                expiration: (e.etcd_lease != 0).then_some(now + LEASE_TTL),
+                ..e.lease.clone()
+            })
+            .collect();
+        v.sort_by_key(|l| l.subnet);
+        v
+    }
+}
+
+/// What the watch task and the store share.
+struct Shared {
+    cache: Mutex<Watched>,
+    changed: Condvar,
+}
+
+struct Watched {
+    cache: LeaseCache,
+    /// False while etcd is unreachable (the cache then holds the last leases seen).
+    online: bool,
+    /// True once the first listing arrived.
+    synced: bool,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut Watched)) {
+        let mut w = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let before = w.cache.generation();
+        f(&mut w);
+        if w.cache.generation() != before {
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// The etcd store.
+pub struct EtcdStore {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    prefix: String,
+    endpoints: String,
+    shared: Arc<Shared>,
+    seen_generation: u64,
+    watching: bool,
+}
+
+fn remote(what: &str) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
+    move |e| StoreError::Remote {
+        what: what.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+async fn deadline<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(remote(what)),
+        Err(_) => Err(StoreError::Remote {
+            what: what.to_string(),
+            detail: format!("no answer within {CALL_TIMEOUT:?}"),
+        }),
+    }
+}
+
+impl EtcdStore {
+    /// Prepares a client for `opts` (validated). Connecting is lazy: an etcd that is not up
+    /// yet is retried by the calls, so nodes may start before it.
+    pub fn open(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        opts.validate().map_err(StoreError::Missing)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weft-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Remote {
+                what: "runtime".into(),
+                detail: e.to_string(),
+            })?;
+        let options = opts.connect_options()?;
+        let endpoints = opts.endpoints.clone();
+        let client = rt.block_on(async {
+            // Client::connect builds a balanced, lazily connecting channel.
+            Client::connect(endpoints, Some(options)).await
+        });
+        let client = client.map_err(remote("connect"))?;
+        Ok(EtcdStore {
+            rt,
+            client,
+            prefix: opts.prefix.clone(),
+            endpoints: opts.endpoints.join(","),
+            shared: Arc::new(Shared {
+                cache: Mutex::new(Watched {
+                    cache: LeaseCache::new(&opts.prefix),
+                    online: false,
+                    synced: false,
+                }),
+                changed: Condvar::new(),
+            }),
+            seen_generation: u64::MAX,
+            watching: false,
+        })
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    fn key(&self, lease: &Lease) -> String {
+        format!("{}{}", self.subnets_prefix(), lease.key())
+    }
+
+    /// Reads every lease straight from etcd (not the cache), each with the revision its key
+    /// was created at.
+    fn list(&self) -> Result<Vec<(Lease, i64)>, StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.subnets_prefix();
+        let resp = self.rt.block_on(deadline(
+            "list leases",
+            c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        ))?;
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            match decode(&prefix, kv.key(), kv.value(), kv.lease(), now) {
+                Ok(l) => out.push((l, kv.create_revision())),
+                Err(e) => eprintln!(
+                    "weft: warning: skipping etcd key {}: {e}",
+                    String::from_utf8_lossy(kv.key())
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts the watch task (once): list, then watch from the listed revision.
+    fn start_watch(&mut self) {
+        if self.watching {
+            return;
+        }
+        self.watching = true;
+        let shared = self.shared.clone();
+        let client = self.client.clone();
+        let prefix = self.subnets_prefix();
+        let endpoints = self.endpoints.clone();
+        self.rt.spawn(watch_loop(client, prefix, endpoints, shared));
+    }
+
+    /// Writes `value` at `key` under a fresh lease if `cond` holds; revokes the lease if not.
+    /// Returns the etcd lease and the revision written at, or `None` if `cond` failed.
+    fn put_leased(
+        &self,
+        key: &str,
+        value: &str,
+        cond: Compare,
+        ttl: Option<Duration>,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let mut c = self.client.clone();
+        self.rt.block_on(async {
+            let id = match ttl {
+                Some(ttl) => deadline("grant lease", c.lease_grant(ttl.as_secs() as i64, None))
+                    .await?
+                    .id(),
+                None => 0,
+            };
+            let opts = (id != 0).then(|| PutOptions::new().with_lease(id));
+            let txn = Txn::new()
+                .when([cond])
+                .and_then([TxnOp::put(key, value, opts)]);
+            let resp = deadline("create or update lease", c.txn(txn)).await?;
+            if resp.succeeded() {
+                Ok(Some((id, resp.header().map_or(0, |h| h.revision()))))
+            } else {
+                if id != 0 {
+                    let _ = deadline("revoke lease", c.lease_revoke(id)).await;
+                }
+                Ok(None)
+            }
+        })
+    }
+
+    fn record(&self, key: &str, value: &str, etcd_lease: i64, revision: i64) {
+        self.shared.update(|w| {
+            w.cache
+                .put(key.as_bytes(), value.as_bytes(), etcd_lease, revision)
+        });
+    }
+
+    /// Writes a lease as another node would (for tests and tools): replace or create, under
+    /// a fresh etcd lease unless it is a reservation.
+    pub fn put(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        let key = self.key(lease);
+        let ttl = lease.expiration.map(|t| {
+            t.duration_since(SystemTime::now())
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_secs(1))
+        });
+        let cond = Compare::version(key.clone(), CompareOp::Greater, -1);
+        self.put_leased(&key, &lease.attrs.to_json(), cond, ttl)
+            .map(|_| ())
+    }
+
+    /// Deletes a lease's key (for tests and tools).
+    pub fn delete(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        let key = self.key(lease);
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(deadline("delete lease", c.delete(key, None)))
+            .map(|_| ())
+    }
+
+    /// Writes `<prefix>/config` (for tests and tools).
+    pub fn write_config(&mut self, json: &str) -> Result<(), StoreError> {
+        let key = format!("{}/config", self.prefix);
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(deadline("write config", c.put(key, json, None)))
+            .map(|_| ())
+    }
+
+    /// Blocks until the watch has listed the leases once (or `limit` passes); true if so.
+    pub fn wait_synced(&mut self, limit: Duration) -> bool {
+        self.start_watch();
+        let end = Instant::now() + limit;
+        let mut w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        while !w.synced {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            w = self
+                .shared
+                .changed
+                .wait_timeout(w, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// The cache's size and revision, and whether etcd is reachable (for metrics/benches).
+    pub fn watch_state(&self) -> (usize, i64, bool) {
+        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        (w.cache.len(), w.cache.revision(), w.online)
+    }
+}
+
+/// The watch task: keeps `shared` current until the runtime is dropped.
+async fn watch_loop(mut c: Client, prefix: String, endpoints: String, shared: Arc<Shared>) {
+    let mut need_list = true;
+    let mut warned = false;
+    let offline = |why: String, warned: &mut bool| {
+        let mut w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if w.online || !*warned {
+            eprintln!(
+                "weft: warning: etcd at {endpoints} unreachable ({why}); forwarding on the last {} lease(s) and retrying",
+                w.cache.len()
+            );
+            *warned = true;
+        }
+        w.online = false;
+    };
+    loop {
+        if need_list {
+            match deadline(
+                "list leases",
+                c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await
+            {
+                Ok(resp) => {
+                    let rev = resp.header().map_or(0, |h| h.revision());
+                    shared.update(|w| {
+                        w.cache.reset(
+                            resp.kvs()
+                                .iter()
+                                .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
+                            rev,
+                        );
+                        w.synced = true;
+                    });
+                    shared.changed.notify_all();
+                    need_list = false;
+                }
+                Err(e) => {
+                    offline(e.to_string(), &mut warned);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        }
+        let from = {
+            let w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+            w.cache.revision() + 1
+        };
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut stream = match deadline("watch leases", c.watch(prefix.clone(), Some(opts))).await {
+            Ok(s) => s,
+            Err(e) => {
+                offline(e.to_string(), &mut warned);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.compact_revision() > 0 {
+                        eprintln!(
+                            "weft: etcd compacted revision {from} away (now at {}); listing the leases again",
+                            resp.compact_revision()
+                        );
+                        need_list = true;
+                        break;
+                    }
+                    if resp.canceled() {
+                        offline(
+                            format!("watch canceled: {}", resp.cancel_reason()),
+                            &mut warned,
+                        );
+                        need_list = true;
+                        tokio::time::sleep(RETRY).await;
+                        break;
+                    }
+                    let was_offline = {
+                        let mut w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+                        let was = !w.online;
+                        w.online = true;
+                        was
+                    };
+                    if was_offline && warned {
+                        eprintln!("weft: etcd at {endpoints} reachable again; watching leases from revision {from}");
+                        warned = false;
+                    }
+                    let header_rev = resp.header().map_or(0, |h| h.revision());
+                    shared.update(|w| {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            match ev.event_type() {
+                                etcd_client::EventType::Put => {
+                                    w.cache
+                                        .put(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                                }
+                                etcd_client::EventType::Delete => {
+                                    w.cache.delete(kv.key(), kv.mod_revision())
+                                }
+                            }
+                        }
+                        if resp.events().is_empty() && !resp.created() {
+                            w.cache.progress(header_rev); // a progress notification
+                        }
+                    });
+                }
+                Ok(None) => {
+                    offline("watch stream closed".into(), &mut warned);
+                    tokio::time::sleep(RETRY).await;
+                    break;
+                }
+                Err(e) => {
+                    offline(e.to_string(), &mut warned);
+                    tokio::time::sleep(RETRY).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl LeaseStore for EtcdStore {
+    fn config(&self) -> Result<NetConfig, StoreError> {
+        let key = format!("{}/config", self.prefix);
+        let mut c = self.client.clone();
+        let resp = self
+            .rt
+            .block_on(deadline("read config", c.get(key.clone(), None)))?;
+        let kv = resp.kvs().first().ok_or_else(|| {
+            StoreError::Missing(format!(
+                "etcd has no network config at {key}: write flannel's net-conf.json there, e.g. etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'"
+            ))
+        })?;
+        let text = String::from_utf8_lossy(kv.value());
+        NetConfig::parse(&text).map_err(|source| StoreError::Config {
+            path: PathBuf::from(format!("etcd {key}")),
+            source,
+        })
+    }
+
+    fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        self.start_watch();
+        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if !w.synced {
+            drop(w);
+            // Before the first listing there is nothing to forward on: read directly.
+            return self.list().map(|v| v.into_iter().map(|(l, _)| l).collect());
+        }
+        self.seen_generation = w.cache.generation();
+        Ok(w.cache.leases())
+    }
+
+    fn acquire(
+        &mut self,
+        cfg: &NetConfig,
+        public_ip: Ipv4Addr,
+        previous: Option<Ipv4Net>,
+        now: SystemTime,
+        random: u64,
+        attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
+    ) -> Result<Acquired, StoreError> {
+        for attempt in 0..RACE_RETRIES {
+            let listed = self.list()?;
+            let leases: Vec<Lease> = listed.iter().map(|(l, _)| l.clone()).collect();
+            let a = allocate(
+                cfg,
+                &leases,
+                public_ip,
+                previous,
+                now,
+                random.wrapping_add(attempt as u64),
+            )?;
+            for stale in &a.stale {
+                eprintln!("weft: deleting our lease {stale}: it no longer fits the network config");
+                let key = format!(
+                    "{}{}",
+                    self.subnets_prefix(),
+                    crate::lease::subnet_key(*stale, None)
+                );
+                let mut c = self.client.clone();
+                self.rt
+                    .block_on(deadline("delete stale lease", c.delete(key, None)))?;
+            }
+            let mine = leases
+                .iter()
+                .find(|l| l.subnet == a.subnet && l.attrs.public_ip == public_ip);
+            let mut lease = Lease {
+                subnet: a.subnet,
+                ipv6_subnet: None,
+                attrs: attrs(mine),
+                expiration: None,
+            };
+            let key = self.key(&lease);
+            let value = lease.attrs.to_json();
+            let (cond, ttl) = match a.source {
+                Source::ExistingLease { reservation } => {
+                    // Update in place only if nobody replaced the key since we listed it.
+                    let created = listed
+                        .iter()
+                        .find(|(l, _)| l.subnet == lease.subnet)
+                        .map_or(0, |m| m.1);
+                    (
+                        Compare::create_revision(key.clone(), CompareOp::Equal, created),
+                        (!reservation).then_some(LEASE_TTL),
+                    )
+                }
+                Source::Previous | Source::Fresh => (
+                    Compare::version(key.clone(), CompareOp::Equal, 0),
+                    Some(LEASE_TTL),
+                ),
+            };
+            let started = SystemTime::now();
+            if let Some((id, rev)) = self.put_leased(&key, &value, cond, ttl)? {
+                lease.expiration = ttl.map(|t| started + t);
+                self.record(&key, &value, id, rev);
+                return Ok(Acquired {
+                    lease,
+                    source: a.source,
+                    attempts: attempt + 1,
+                });
+            }
+            // Another node created (or replaced) the key first: list again and retry.
+        }
+        Err(StoreError::Contention(RACE_RETRIES))
+    }
+
+    fn renew(&mut self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError> {
+        let key = self.key(lease);
+        let value = lease.attrs.to_json();
+        // Still ours only if the key holds exactly what we wrote.
+        let cond = Compare::value(key.clone(), CompareOp::Equal, value.clone());
+        let ttl = lease.expiration.map(|_| LEASE_TTL);
+        match self.put_leased(&key, &value, cond, ttl)? {
+            Some((id, rev)) => {
+                self.record(&key, &value, id, rev);
+                Ok(Some(Lease {
+                    expiration: ttl.map(|t| now + t),
+                    ..lease.clone()
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn wait_change(&mut self, timeout: Duration) {
+        self.start_watch();
+        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if w.cache.generation() != self.seen_generation {
+            return;
+        }
+        let seen = self.seen_generation;
+        let _ = self
+            .shared
+            .changed
+            .wait_timeout_while(w, timeout, |w| w.cache.generation() == seen);
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd {} (prefix {})", self.endpoints, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/coreos.com/network";
+    const V1: &str = r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:01:01"}}"#;
+    const V2: &str = r#"{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:02:01"}}"#;
+
+    fn k(s: &str) -> Vec<u8> {
+        format!("{P}/subnets/{s}").into_bytes()
+    }
+
+    fn subnets(c: &LeaseCache) -> Vec<String> {
+        c.leases().iter().map(|l| l.key()).collect()
+    }
+
+    #[test]
+    fn list_then_events() {
+        let mut c = LeaseCache::new(P);
+        let (a, b) = (k("10.244.1.0-24"), k("10.244.2.0-24"));
+        c.reset(
+            [
+                (a.as_slice(), V1.as_bytes(), 7, 5),
+                (b.as_slice(), V2.as_bytes(), 0, 6),
+            ],
+            9,
+        );
+        assert_eq!(subnets(&c), ["10.244.1.0-24", "10.244.2.0-24"]);
+        assert_eq!(c.revision(), 9);
+        let l = c.leases();
+        assert!(l[0].expiration.is_some(), "leased key");
+        assert!(
+            l[1].expiration.is_none(),
+            "a key without an etcd lease is a reservation"
+        );
+        assert_eq!(l[0].attrs.public_ip, Ipv4Addr::new(192, 0, 2, 1));
+
+        let g = c.generation();
+        c.delete(&a, 10);
+        assert_eq!(subnets(&c), ["10.244.2.0-24"]);
+        assert!(c.generation() > g);
+        // A replayed (older) put does not resurrect or overwrite newer state.
+        c.put(&b, V1.as_bytes(), 0, 6);
+        assert_eq!(c.leases()[0].attrs.public_ip, Ipv4Addr::new(192, 0, 2, 2));
+        c.put(&b, V1.as_bytes(), 0, 11);
+        assert_eq!(c.leases()[0].attrs.public_ip, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(c.revision(), 11);
+    }
+
+    #[test]
+    fn unchanged_relist_keeps_generation() {
+        let mut c = LeaseCache::new(P);
+        let a = k("10.244.1.0-24");
+        c.reset([(a.as_slice(), V1.as_bytes(), 7, 5)], 9);
+        let g = c.generation();
+        c.reset([(a.as_slice(), V1.as_bytes(), 7, 5)], 12);
+        assert_eq!(c.generation(), g);
+        assert_eq!(c.revision(), 12);
+        // A lease changed while we were not watching shows up in the relist.
+        c.reset([(a.as_slice(), V2.as_bytes(), 7, 13)], 13);
+        assert!(c.generation() > g);
+    }
+
+    #[test]
+    fn corrupt_values_and_foreign_keys_are_skipped() {
+        let mut c = LeaseCache::new(P);
+        let a = k("10.244.1.0-24");
+        let bad_key = k("10.244.1.7-24"); // host bits: flannel never writes this
+        let other = b"/coreos.com/network/config".to_vec();
+        c.reset(
+            [
+                (a.as_slice(), V1.as_bytes(), 7, 5),
+                (bad_key.as_slice(), V1.as_bytes(), 7, 6),
+                (other.as_slice(), b"{}".as_slice(), 0, 7),
+            ],
+            9,
+        );
+        assert_eq!(subnets(&c), ["10.244.1.0-24"]);
+        // A put that corrupts a lease removes it rather than keeping a stale value.
+        c.put(&a, b"{\"PublicIP\":", 7, 10);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let ok = EtcdOptions {
+            endpoints: vec!["http://192.0.2.10:2379".into()],
+            prefix: P.into(),
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |f: &dyn Fn(&mut EtcdOptions), needle: &str| {
+            let mut o = ok.clone();
+            f(&mut o);
+            let e = o.validate().unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        bad(
+            &|o| o.endpoints = vec!["192.0.2.10:2379".into()],
+            "--etcd-endpoints",
+        );
+        bad(&|o| o.endpoints.clear(), "--etcd-endpoints");
+        bad(&|o| o.prefix = "coreos.com/network".into(), "--etcd-prefix");
+        bad(&|o| o.prefix = "/x/".into(), "--etcd-prefix");
+        bad(&|o| o.keyfile = Some("/k".into()), "--etcd-certfile");
+        bad(&|o| o.username = Some("u".into()), "--etcd-password");
+        bad(&|o| o.cafile = Some("/ca".into()), "https://");
+    }
+}
