@@ -1,0 +1,352 @@
+//! flanneld's iptables rules: masquerading for traffic leaving the cluster network
+//! (`--ip-masq`, nat table, chain FLANNEL-POSTRTG) and the FORWARD accepts (filter table,
+//! chain FLANNEL-FWD, `--iptables-forward-rules`).
+//!
+//! The rules are written exactly as `iptables-save` prints them, so one `iptables-save`
+//! tells whether they are intact; any drift is repaired with one `iptables-restore
+//! --noflush` that re-declares (and so flushes) weft's chains and refills them in a single
+//! transaction per table: there is never a moment without the rules, and nothing outside
+//! weft's chains is touched but the one jump rule per table. Removal on shutdown is one
+//! restore too. Rule text and drift checks are pure; only [`Iptables`] runs programs.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+const MASQ_COMMENT: &str = "-m comment --comment \"flanneld masq\"";
+const FWD_COMMENT: &str = "-m comment --comment \"flanneld forward\"";
+
+/// One table's share: a chain of weft's, its rules, and the jump into it from a built-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRules {
+    /// `nat` or `filter`.
+    pub table: &'static str,
+    /// The built-in chain jumping to ours.
+    pub from: &'static str,
+    /// Our chain.
+    pub chain: &'static str,
+    /// The jump rule, as iptables-save prints it.
+    pub jump: String,
+    /// Our chain's rules, in order, as iptables-save prints them.
+    pub rules: Vec<String>,
+}
+
+/// The rules flanneld installs for this node.
+pub fn flannel_rules(
+    network: Ipv4Net,
+    subnet: Ipv4Net,
+    masq: bool,
+    random_fully: bool,
+    forward: bool,
+) -> Vec<ChainRules> {
+    let mut out = Vec::new();
+    if masq {
+        let c = "FLANNEL-POSTRTG";
+        let m = if random_fully {
+            "MASQUERADE --random-fully"
+        } else {
+            "MASQUERADE"
+        };
+        out.push(ChainRules {
+            table: "nat",
+            from: "POSTROUTING",
+            chain: c,
+            jump: format!("-A POSTROUTING {MASQ_COMMENT} -j {c}"),
+            rules: vec![
+                // Packets kube-proxy marked for masquerading: it does that itself.
+                format!("-A {c} -m mark --mark 0x4000/0x4000 {MASQ_COMMENT} -j RETURN"),
+                // Pod to pod, either way: no NAT.
+                format!("-A {c} -s {subnet} -d {network} {MASQ_COMMENT} -j RETURN"),
+                format!("-A {c} -s {network} -d {subnet} {MASQ_COMMENT} -j RETURN"),
+                // From outside to our pods (e.g. NodePorts): no NAT.
+                format!("-A {c} ! -s {network} -d {subnet} {MASQ_COMMENT} -j RETURN"),
+                // Pods to the outside world (not multicast): masquerade.
+                format!("-A {c} -s {network} ! -d 224.0.0.0/4 {MASQ_COMMENT} -j {m}"),
+                // The host (or outside) to other nodes' pods: masquerade, so replies return.
+                format!("-A {c} ! -s {network} -d {network} {MASQ_COMMENT} -j {m}"),
+            ],
+        });
+    }
+    if forward {
+        let c = "FLANNEL-FWD";
+        out.push(ChainRules {
+            table: "filter",
+            from: "FORWARD",
+            chain: c,
+            jump: format!("-A FORWARD {FWD_COMMENT} -j {c}"),
+            rules: vec![
+                format!("-A {c} -s {network} {FWD_COMMENT} -j ACCEPT"),
+                format!("-A {c} -d {network} {FWD_COMMENT} -j ACCEPT"),
+            ],
+        });
+    }
+    out
+}
+
+/// The lines of one table in `iptables-save` output.
+fn table_lines<'a>(save: &'a str, table: &str) -> Vec<&'a str> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for l in save.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            inside = t == table;
+        } else if inside && l != "COMMIT" {
+            out.push(l);
+        }
+    }
+    out
+}
+
+/// What is wrong with `c` in `save` (empty: intact).
+pub fn drift(save: &str, c: &ChainRules) -> Vec<String> {
+    let lines = table_lines(save, c.table);
+    let mut problems = Vec::new();
+    match lines.iter().filter(|l| **l == c.jump).count() {
+        1 => {}
+        0 => problems.push(format!("{} does not jump to {}", c.from, c.chain)),
+        n => problems.push(format!("{} jumps to {} {n} times", c.from, c.chain)),
+    }
+    let prefix = format!("-A {} ", c.chain);
+    let have: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with(&prefix))
+        .collect();
+    if have != c.rules.iter().map(String::as_str).collect::<Vec<_>>() {
+        problems.push(format!(
+            "{} has {} rule(s), not the {} expected",
+            c.chain,
+            have.len(),
+            c.rules.len()
+        ));
+    }
+    problems
+}
+
+/// The `iptables-restore --noflush` input that makes `chains` exactly right, given the
+/// current `save`: each chain re-declared (created or flushed) and refilled, and the jump
+/// added if missing or duplicates removed.
+pub fn restore_input(save: &str, chains: &[ChainRules]) -> String {
+    let mut s = String::new();
+    for c in chains {
+        let lines = table_lines(save, c.table);
+        let jumps = lines.iter().filter(|l| **l == c.jump).count();
+        s.push_str(&format!("*{}\n:{} - [0:0]\n", c.table, c.chain));
+        for _ in 1..jumps {
+            s.push_str(&format!("-D{}\n", &c.jump[2..]));
+        }
+        if jumps == 0 {
+            s.push_str(&c.jump);
+            s.push('\n');
+        }
+        for r in &c.rules {
+            s.push_str(r);
+            s.push('\n');
+        }
+        s.push_str("COMMIT\n");
+    }
+    s
+}
+
+/// The `iptables-restore --noflush` input that removes `chains` (those present in `save`).
+pub fn removal_input(save: &str, chains: &[ChainRules]) -> String {
+    let mut s = String::new();
+    for c in chains {
+        let lines = table_lines(save, c.table);
+        let declared = lines.iter().any(|l| *l == format!(":{} - [0:0]", c.chain))
+            || lines
+                .iter()
+                .any(|l| l.starts_with(&format!(":{} ", c.chain)));
+        let jumps = lines.iter().filter(|l| **l == c.jump).count();
+        if !declared && jumps == 0 {
+            continue;
+        }
+        s.push_str(&format!("*{}\n", c.table));
+        for _ in 0..jumps {
+            s.push_str(&format!("-D{}\n", &c.jump[2..]));
+        }
+        if declared {
+            s.push_str(&format!("-F {}\n-X {}\n", c.chain, c.chain));
+        }
+        s.push_str("COMMIT\n");
+    }
+    s
+}
+
+/// Runs `iptables-save` and `iptables-restore` (one process each per check or repair).
+pub struct Iptables {
+    chains: Vec<ChainRules>,
+}
+
+impl Iptables {
+    /// For these rules.
+    pub fn new(chains: Vec<ChainRules>) -> Iptables {
+        Iptables { chains }
+    }
+
+    fn save(&self) -> Result<String, String> {
+        let o = Command::new("iptables-save")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run iptables-save: {e} (install iptables)"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "iptables-save failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn restore(&self, input: &str) -> Result<(), String> {
+        let mut child = Command::new("iptables-restore")
+            .args(["-w", "5", "--noflush"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run iptables-restore: {e} (install iptables)"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .map_err(|e| format!("iptables-restore: {e}"))?;
+        }
+        let o = child
+            .wait_with_output()
+            .map_err(|e| format!("iptables-restore: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "iptables-restore failed: {}\ninput was:\n{input}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the rules and repairs them if needed; returns what was wrong (empty: intact).
+    pub fn ensure(&self) -> Result<Vec<String>, String> {
+        let save = self.save()?;
+        let problems: Vec<String> = self.chains.iter().flat_map(|c| drift(&save, c)).collect();
+        if !problems.is_empty() {
+            self.restore(&restore_input(&save, &self.chains))?;
+        }
+        Ok(problems)
+    }
+
+    /// Removes the rules.
+    pub fn remove(&self) -> Result<(), String> {
+        let save = self.save()?;
+        let input = removal_input(&save, &self.chains);
+        if input.is_empty() {
+            return Ok(());
+        }
+        self.restore(&input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn chains() -> Vec<ChainRules> {
+        flannel_rules(net("10.244.0.0/16"), net("10.244.1.0/24"), true, true, true)
+    }
+
+    /// What iptables-save printed after restoring `restore_input("", ..)` (iptables 1.8.9).
+    fn saved_after_install() -> String {
+        let mut s = String::from("# Generated by iptables-save\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:FLANNEL-FWD - [0:0]\n");
+        let c = chains();
+        s.push_str(&c[1].jump);
+        s.push('\n');
+        for r in &c[1].rules {
+            s.push_str(r);
+            s.push('\n');
+        }
+        s.push_str("COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:FLANNEL-POSTRTG - [0:0]\n-A POSTROUTING -j KUBE-POSTROUTING\n");
+        s.push_str(&c[0].jump);
+        s.push('\n');
+        for r in &c[0].rules {
+            s.push_str(r);
+            s.push('\n');
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
+    #[test]
+    fn flannels_rules() {
+        let c = chains();
+        assert_eq!(
+            c[0].rules[1],
+            "-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN"
+        );
+        assert_eq!(
+            c[0].rules[4],
+            "-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully"
+        );
+        let plain = flannel_rules(
+            net("10.244.0.0/16"),
+            net("10.244.1.0/24"),
+            true,
+            false,
+            false,
+        );
+        assert_eq!(plain.len(), 1);
+        assert!(plain[0].rules[5].ends_with("-j MASQUERADE"));
+        assert!(flannel_rules(
+            net("10.244.0.0/16"),
+            net("10.244.1.0/24"),
+            false,
+            true,
+            false
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn intact_rules_need_nothing() {
+        let save = saved_after_install();
+        for c in chains() {
+            assert_eq!(drift(&save, &c), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn drift_is_found_and_repaired_in_one_restore() {
+        let c = chains();
+        // A rule deleted by someone: the chain is re-declared (flushed) and refilled, and
+        // the jump is not duplicated.
+        let save = saved_after_install().replace(&format!("{}\n", c[0].rules[4]), "");
+        assert_eq!(drift(&save, &c[0]).len(), 1);
+        let input = restore_input(&save, &c);
+        assert!(input.contains("*nat\n:FLANNEL-POSTRTG - [0:0]\n-A FLANNEL-POSTRTG -m mark"));
+        assert!(!input.contains("-A POSTROUTING"));
+        // A jump deleted: it comes back; a doubled jump: one copy goes.
+        let save = saved_after_install().replace(&format!("{}\n", c[0].jump), "");
+        assert!(drift(&save, &c[0])[0].contains("does not jump"));
+        assert!(restore_input(&save, &c).contains(&c[0].jump));
+        let doubled = saved_after_install().replace(
+            &format!("{}\n", c[1].jump),
+            &format!("{}\n{}\n", c[1].jump, c[1].jump),
+        );
+        assert!(drift(&doubled, &c[1])[0].contains("2 times"));
+        assert!(restore_input(&doubled, &c).contains("-D FORWARD -m comment"));
+    }
+
+    #[test]
+    fn removal_touches_only_what_exists() {
+        let c = chains();
+        let input = removal_input(&saved_after_install(), &c);
+        assert!(input.contains("-D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n-F FLANNEL-POSTRTG\n-X FLANNEL-POSTRTG"));
+        assert!(!input.contains("KUBE"));
+        assert_eq!(
+            removal_input("*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", &c),
+            ""
+        );
+    }
+}
