@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::Ipv4Net;
 
@@ -15,6 +15,7 @@ use crate::dataplane::{open_tun, Dataplane, Offloads};
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};
 use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer, VxlanBackendData};
 use crate::netlink::Netlink;
+use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::LeaseStore;
 use crate::subnet_env::SubnetEnv;
@@ -84,6 +85,61 @@ pub struct RunArgs {
     /// Renew the lease this many minutes before it expires (flanneld's flag; 1-1439).
     #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1439))]
     pub subnet_lease_renew_margin: u32,
+    /// Keep leases in etcd instead of --lease-dir: comma-separated URLs
+    /// (http://HOST:PORT or https://HOST:PORT), as flanneld's --etcd-endpoints.
+    #[arg(long, env = "WEFT_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// etcd key prefix: the config is at PREFIX/config, leases at PREFIX/subnets/.
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = crate::store::etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// Client key (PEM) for etcd over TLS, with --etcd-certfile.
+    #[arg(long, env = "WEFT_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd over TLS, with --etcd-keyfile.
+    #[arg(long, env = "WEFT_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// CA certificate (PEM) that signed etcd's server certificate.
+    #[arg(long, env = "WEFT_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// etcd user name, with --etcd-password.
+    #[arg(long, env = "WEFT_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password, with --etcd-username.
+    #[arg(long, env = "WEFT_ETCD_PASSWORD")]
+    pub etcd_password: Option<String>,
+    /// Masquerade traffic from pods to outside the cluster network (flanneld's nat
+    /// FLANNEL-POSTRTG rules); subnet.env then says FLANNEL_IPMASQ=true.
+    #[arg(long, env = "WEFT_IP_MASQ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_masq: bool,
+    /// Plain MASQUERADE instead of MASQUERADE --random-fully.
+    #[arg(long, env = "WEFT_IP_MASQ_FULLY_RANDOM_DISABLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_masq_fully_random_disable: bool,
+    /// Accept forwarded traffic to and from the cluster network (flanneld's FLANNEL-FWD).
+    #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub iptables_forward_rules: bool,
+    /// Re-check the iptables rules every this many seconds (1-3600).
+    #[arg(long, env = "WEFT_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub iptables_resync: u32,
+}
+
+impl RunArgs {
+    /// The etcd settings, if etcd is the store.
+    pub fn etcd_options(&self) -> Option<crate::store::etcd::EtcdOptions> {
+        let endpoints = self.etcd_endpoints.as_ref()?;
+        Some(crate::store::etcd::EtcdOptions {
+            endpoints: endpoints
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            prefix: self.etcd_prefix.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            cafile: self.etcd_cafile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        })
+    }
 }
 
 fn parse_ifname(s: &str) -> std::result::Result<String, String> {
@@ -162,13 +218,25 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let nl = Netlink::new().map_err(|e| format!("cannot open netlink (are you root?): {e}"))?;
     let underlay = find_underlay(&nl, &args)?;
-    // The daemon talks to its store only through LeaseStore, so another store (etcd) can
-    // take the embedded one's place.
-    let mut store: Box<dyn LeaseStore> =
-        Box::new(FileStore::open(&args.lease_dir).map_err(|e| format!("--lease-dir: {e}"))?);
-    let cfg = store.config().map_err(|e| {
-        format!("{e}\n  (the embedded store reads the network config from {}/config; write flannel's net-conf.json there)", args.lease_dir.display())
-    })?;
+    // The daemon talks to its store only through LeaseStore: etcd or the embedded one.
+    let mut store: Box<dyn LeaseStore> = match args.etcd_options() {
+        Some(o) => Box::new(EtcdStore::open(&o).map_err(|e| e.to_string())?),
+        None => {
+            Box::new(FileStore::open(&args.lease_dir).map_err(|e| format!("--lease-dir: {e}"))?)
+        }
+    };
+    let cfg = loop {
+        match store.config() {
+            Ok(c) => break c,
+            // etcd not up yet, or the config not written yet: wait, as flanneld does.
+            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                eprintln!("weft: waiting for the network config: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) if args.etcd_endpoints.is_some() => return Err(e.to_string()),
+            Err(e) => return Err(format!("{e}\n  (the embedded store reads the network config from {}/config; write flannel's net-conf.json there)", args.lease_dir.display())),
+        }
+    };
     for w in &cfg.warnings {
         eprintln!("weft: warning: {w}");
     }
@@ -196,20 +264,32 @@ pub fn run(args: RunArgs) -> Result<()> {
             BackendConfig::Udp { .. } => LeaseAttrs::udp(underlay.public_ip),
         }
     };
-    let acquired = store
-        .acquire(
+    let acquired = loop {
+        match store.acquire(
             &cfg,
             underlay.public_ip,
             previous,
             SystemTime::now(),
             random_u64(),
             &make_attrs,
-        )
-        .map_err(|e| format!("cannot acquire a lease: {e}"))?;
+        ) {
+            Ok(a) => break a,
+            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                eprintln!("weft: cannot acquire a lease yet ({e}); retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(format!("cannot acquire a lease: {e}")),
+        }
+    };
     let mut lease = acquired.lease;
     eprintln!(
-        "weft: lease {} ({:?}) for {} on {}",
-        lease, acquired.source, underlay.public_ip, underlay.name
+        "weft: lease {} ({:?}, {} attempt(s)) for {} on {} in {}",
+        lease,
+        acquired.source,
+        acquired.attempts,
+        underlay.public_ip,
+        underlay.name,
+        store.describe()
     );
 
     let format = match cfg.backend {
@@ -269,9 +349,23 @@ pub fn run(args: RunArgs) -> Result<()> {
         .link_by_name(&args.tun_name)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("TUN device {} vanished after creation", args.tun_name))?;
+    // flanneld's iptables rules (masquerading, FORWARD accepts), kept by a resync thread.
+    let rules = crate::masq::flannel_rules(
+        cfg.network,
+        lease.subnet,
+        args.ip_masq,
+        !args.ip_masq_fully_random_disable,
+        args.iptables_forward_rules,
+    );
+    let iptables = (!rules.is_empty()).then(|| Arc::new(crate::masq::Iptables::new(rules)));
     let teardown = |nl: &Netlink| {
         let _ = nl.del_route(cfg.network, tun.index);
         let _ = nl.del_link(tun.index);
+        if let Some(ipt) = &iptables {
+            if let Err(e) = ipt.remove() {
+                eprintln!("weft: warning: cannot remove iptables rules: {e}");
+            }
+        }
     };
     let setup = || -> std::io::Result<()> {
         // No IPv6 on the TUN: weft forwards IPv4 only, and router solicitations would only
@@ -288,11 +382,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         teardown(&nl);
         return Err(format!("cannot configure {}: {e}", args.tun_name));
     }
+    if let Some(ipt) = &iptables {
+        if let Err(e) = ipt.ensure() {
+            if args.ip_masq {
+                teardown(&nl);
+                return Err(format!("--ip-masq: {e}"));
+            }
+            eprintln!("weft: warning: cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}");
+        }
+    }
     let env = SubnetEnv {
         network: cfg.network,
         subnet: lease.subnet,
         mtu: pod_mtu,
-        ipmasq: false,
+        ipmasq: args.ip_masq,
     };
     if let Err(e) = env.write(&args.subnet_file) {
         teardown(&nl);
@@ -335,11 +438,24 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.subnet_file.display()
     );
 
-    // Watch the store and renew the lease until told to stop.
+    // Watch the store, renew the lease and keep the iptables rules until told to stop.
     let margin = Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60);
+    let resync = Duration::from_secs(args.iptables_resync as u64);
+    let mut next_resync = Instant::now() + resync;
+    let mut next_renew = Instant::now();
     let mut outcome = Ok(());
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(WATCH_INTERVAL);
+        store.wait_change(WATCH_INTERVAL);
+        if let Some(ipt) = iptables.as_ref().filter(|_| Instant::now() >= next_resync) {
+            next_resync = Instant::now() + resync;
+            match ipt.ensure() {
+                Ok(p) if !p.is_empty() => {
+                    eprintln!("weft: repaired iptables rules ({})", p.join("; "))
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("weft: warning: cannot check iptables rules: {e}"),
+            }
+        }
         match refresh(store.as_mut(), &table, &last_peers) {
             Ok(p) => last_peers = p,
             // A store outage leaves the dataplane forwarding on the last leases.
@@ -353,18 +469,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         let due = lease
             .expiration
             .is_some_and(|t| SystemTime::now() + margin >= t);
-        if !ours || due {
+        if (!ours || due) && Instant::now() >= next_renew {
             match store.renew(&lease, SystemTime::now()) {
                 Ok(Some(l)) => lease = l,
                 Ok(None) => {
                     outcome = Err(format!(
                         "lease {} has been revoked (deleted from {}): shutting down, as flanneld does",
                         lease.key(),
-                        args.lease_dir.display()
+                        store.describe()
                     ));
                     break;
                 }
-                Err(e) => eprintln!("weft: warning: cannot renew lease {}: {e}", lease.key()),
+                Err(e) => {
+                    // flanneld retries a failed renewal every minute.
+                    next_renew = Instant::now() + Duration::from_secs(60);
+                    eprintln!(
+                        "weft: warning: cannot renew lease {} (retrying in 1 min): {e}",
+                        lease.key()
+                    )
+                }
             }
         }
     }
@@ -372,8 +495,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     dp.join();
     teardown(&nl);
     eprintln!(
-        "weft: stopped; removed {} and its route; lease {} left in place",
+        "weft: stopped; removed {}, its route{}; lease {} left in place",
         args.tun_name,
+        if iptables.is_some() {
+            " and the iptables rules"
+        } else {
+            ""
+        },
         lease.key()
     );
     outcome

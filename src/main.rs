@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: acquire a lease, create the TUN device, forward pod traffic.
-    Run(weft::daemon::RunArgs),
+    Run(Box<weft::daemon::RunArgs>),
     /// Check a net-conf.json and print it with flannel's defaults filled in.
     CheckConfig {
         /// The file (flannel's net-conf.json).
@@ -49,7 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => weft::daemon::run(args),
+        Command::Run(args) => weft::daemon::run(*args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { nodes, config, dir } => demo(nodes, config, &dir),
     };
