@@ -184,7 +184,157 @@ pub struct Cluster {
     /// Nodes, index 0 is node 1 (192.0.2.1).
     pub nodes: Vec<Node>,
     namespaces: Vec<String>,
+    /// The etcd server, if the cluster keeps its leases there.
+    pub etcd: Option<Etcd>,
+    /// The cluster network.
+    pub network: Ipv4Net,
     _one: MutexGuard<'static, ()>,
+}
+
+/// The etcd key prefix the tests use (flanneld's default).
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+
+/// A real etcd server in its own namespace on the underlay (192.0.2.250:2379).
+pub struct Etcd {
+    /// Its namespace.
+    pub ns: String,
+    /// Its client URL.
+    pub url: String,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts (or restarts, on the same data) the server and waits until it answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "etcd already runs");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let peer = "http://192.0.2.250:2380";
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "etcd", "--name", "weft-test"])
+            .args(["--data-dir", &self.data.display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &self.url,
+                "--advertise-client-urls",
+                &self.url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+            ])
+            .args(["--initial-cluster", &format!("weft-test={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+        wait_for("etcd to answer", Duration::from_secs(20), || {
+            self.try_ctl(&["endpoint", "health"]).ok()
+        });
+    }
+
+    /// Stops the server (SIGTERM, as systemd would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = run(&["kill", "-TERM", &c.id().to_string()]);
+            if wait_for_exit(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Runs etcdctl (API v3) against the server; Err(stderr) on failure.
+    pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "etcdctl",
+                "--endpoints",
+                &self.url,
+            ])
+            .args(["--command-timeout", "5s"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// Runs etcdctl and panics on failure.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        self.try_ctl(args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?} failed: {e}"))
+    }
+
+    /// Key -> value under `prefix`, as etcdctl prints them.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.ctl(&["get", "--prefix", prefix]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].to_string()))
+            .collect()
+    }
+
+    /// The etcd lease a key is attached to (0: none), from `etcdctl get -w json`.
+    pub fn lease_of(&self, key: &str) -> i64 {
+        let out = self.ctl(&["get", key, "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+    }
+
+    /// Writes a lease as flanneld does: under a fresh etcd lease with `ttl` seconds, or
+    /// without one (a reservation).
+    pub fn put_lease(&self, lease: &Lease, ttl: Option<u64>) {
+        let key = format!("{ETCD_PREFIX}/subnets/{}", lease.key());
+        let json = lease.attrs.to_json();
+        match ttl {
+            Some(t) => {
+                // "lease 694d7d4a1f3c2b0e granted with TTL(86400s)"
+                let out = self.ctl(&["lease", "grant", &t.to_string()]);
+                let id = out.split_whitespace().nth(1).unwrap().to_string();
+                self.ctl(&["put", &format!("--lease={id}"), &key, &json]);
+            }
+            None => {
+                self.ctl(&["put", &key, &json]);
+            }
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits up to `limit` for a child to exit.
+pub fn wait_for_exit(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 impl Cluster {
@@ -201,12 +351,17 @@ impl Cluster {
         let dir = std::env::temp_dir().join(&prefix);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
+        let network = weft::config::NetConfig::parse(net_conf)
+            .expect("test net-conf.json")
+            .network;
         let mut c = Cluster {
             prefix,
             dir,
             weft: weft.to_path_buf(),
             nodes: Vec::new(),
             namespaces: Vec::new(),
+            etcd: None,
+            network,
             _one: one,
         };
         FileStore::open(c.lease_dir())
@@ -217,6 +372,35 @@ impl Cluster {
         sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", &u, "link", "set", "br0", "up"]);
         c
+    }
+
+    /// As `new`, but the leases live in a real etcd server started on the underlay (its
+    /// own namespace, 192.0.2.250) with `net_conf` at `<prefix>/config`.
+    pub fn with_etcd(weft: &Path, net_conf: &str) -> Cluster {
+        let mut c = Cluster::new(weft, net_conf);
+        assert!(
+            run(&["sh", "-c", "command -v etcd && command -v etcdctl"])
+                .status
+                .success(),
+            "etcd is not installed: run ./scripts/test, which installs etcd-server and etcd-client"
+        );
+        let ns = c.add_host("etcd", 250);
+        let mut etcd = Etcd {
+            ns,
+            url: "http://192.0.2.250:2379".into(),
+            data: c.dir.join("etcd-data"),
+            log: c.dir.join("etcd.log"),
+            child: None,
+        };
+        etcd.start();
+        etcd.ctl(&["put", &format!("{ETCD_PREFIX}/config"), net_conf]);
+        c.etcd = Some(etcd);
+        c
+    }
+
+    /// The etcd server (panics for a directory-store cluster).
+    pub fn etcd(&mut self) -> &mut Etcd {
+        self.etcd.as_mut().expect("this cluster has no etcd")
     }
 
     /// The shared lease directory.
@@ -276,6 +460,18 @@ impl Cluster {
 
     /// Starts weft on node `i` with extra flags, waits for its subnet.env, and sets up cni0.
     pub fn start_weft(&mut self, i: usize, extra: &[&str]) -> SubnetEnv {
+        self.spawn_weft(i, extra);
+        self.finish_start(i)
+    }
+
+    /// Starts weft on nodes 0 and 1 at the same instant; returns their subnets.
+    pub fn start_weft_pair(&mut self) -> (Ipv4Net, Ipv4Net) {
+        self.spawn_weft(0, &[]);
+        self.spawn_weft(1, &[]);
+        (self.finish_start(0).subnet, self.finish_start(1).subnet)
+    }
+
+    fn spawn_weft(&mut self, i: usize, extra: &[&str]) {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "weft already runs on node {}", i + 1);
         let _ = fs::remove_file(&n.subnet_file);
@@ -285,6 +481,13 @@ impl Cluster {
             .open(&n.log)
             .unwrap();
         let port = n.healthz.to_string();
+        let store = match &self.etcd {
+            Some(e) => ["--etcd-endpoints".to_string(), e.url.clone()],
+            None => [
+                "--lease-dir".to_string(),
+                self.dir.join("leases").display().to_string(),
+            ],
+        };
         let mut args = vec![
             "netns".to_string(),
             "exec".into(),
@@ -293,8 +496,8 @@ impl Cluster {
             "run".into(),
             "--iface".into(),
             "eth0".into(),
-            "--lease-dir".into(),
-            self.dir.join("leases").display().to_string(),
+            store[0].clone(),
+            store[1].clone(),
             "--subnet-file".into(),
             n.subnet_file.display().to_string(),
             "--healthz-port".into(),
@@ -309,6 +512,10 @@ impl Cluster {
             .spawn()
             .expect("cannot start weft");
         n.child = Some(child);
+    }
+
+    fn finish_start(&mut self, i: usize) -> SubnetEnv {
+        let n = &self.nodes[i];
         let (file, logp) = (n.subnet_file.clone(), n.log.clone());
         let env = wait_for(
             &format!("weft on node {} to write subnet.env", i + 1),
@@ -483,8 +690,27 @@ impl Cluster {
         }
     }
 
-    /// The leases in the directory.
+    /// The leases in the store (etcd's read with etcdctl, not weft).
     pub fn leases(&self) -> Vec<Lease> {
+        if let Some(e) = &self.etcd {
+            let prefix = format!("{ETCD_PREFIX}/subnets/");
+            let mut v: Vec<Lease> = e
+                .get_prefix(&prefix)
+                .iter()
+                .filter_map(|(k, val)| {
+                    weft::store::etcd::decode(
+                        &prefix,
+                        k.as_bytes(),
+                        val.as_bytes(),
+                        1,
+                        SystemTime::now(),
+                    )
+                    .ok()
+                })
+                .collect();
+            v.sort_by_key(|l| l.subnet);
+            return v;
+        }
         let mut s = FileStore::open(self.lease_dir()).unwrap();
         let mut l = s.leases().unwrap();
         l.retain(|l| !l.is_expired(SystemTime::now()));
@@ -508,11 +734,9 @@ impl Cluster {
             ),
             expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
         };
-        FileStore::open(self.lease_dir())
-            .unwrap()
-            .put(&lease)
-            .unwrap();
-        let ns = n.ns.clone();
+        self.put_lease(&lease);
+        let ns = self.nodes[i].ns.clone();
+        let n = &self.nodes[i];
         let ip = n.ip.to_string();
         sh(&[
             "ip",
@@ -568,18 +792,13 @@ impl Cluster {
             },
             expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
         };
-        FileStore::open(self.lease_dir())
-            .unwrap()
-            .put(&lease)
-            .unwrap();
+        self.put_lease(&lease);
         self.publish_static(i, subnet, 1500);
     }
 
     /// For a node without weft: its subnet.env (as its agent would write it) and cni0.
     fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
-        let network = weft::daemon::store_config(&self.lease_dir())
-            .unwrap()
-            .network;
+        let network = self.network;
         let env = SubnetEnv {
             network,
             subnet,
@@ -588,6 +807,18 @@ impl Cluster {
         };
         env.write(&self.nodes[i].subnet_file).unwrap();
         self.ensure_cni0(i, &env);
+    }
+
+    /// Writes a lease as a node's agent would: in etcd as flanneld writes it (24 h etcd
+    /// lease), or in the lease directory.
+    pub fn put_lease(&self, lease: &Lease) {
+        match &self.etcd {
+            Some(e) => e.put_lease(lease, lease.expiration.map(|_| 86400)),
+            None => FileStore::open(self.lease_dir())
+                .unwrap()
+                .put(lease)
+                .unwrap(),
+        }
     }
 
     /// host-gw routing on node `i`: each other lease's subnet via that node's address.
@@ -832,6 +1063,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.stop_weft(i);
+        }
+        if let Some(mut e) = self.etcd.take() {
+            e.stop();
         }
         for ns in self.namespaces.iter().rev() {
             kill_ns_processes(ns);

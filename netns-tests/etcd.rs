@@ -1,0 +1,551 @@
+//! weft on a real etcd server (Debian's etcd-server, started by the harness in its own
+//! namespace on the test underlay): flannel's key layout, a mixed cluster with a "stock
+//! flannel" kernel vxlan node, faults (etcd down under traffic, a partition across a
+//! compaction, deletions), allocation races, and --ip-masq. Root only, like the rest.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime};
+
+use harness::{iperf3, iperf3_json, ns_run, ns_sh, sh, Cluster, Kind, ETCD_PREFIX};
+use weft::lease::{Lease, LeaseAttrs};
+use weft::store::etcd::{EtcdOptions, EtcdStore};
+use weft::store::{LeaseStore, StoreError};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// Three subnets in all (10.244.1-3.0/24): races for them are frequent.
+const TINY: &str = r#"{"Network":"10.244.0.0/22","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+
+fn weft() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+fn subnets_prefix() -> String {
+    format!("{ETCD_PREFIX}/subnets/")
+}
+
+fn etcd_cluster(conf: &str, nodes: usize, extra: &[&str]) -> Cluster {
+    let mut c = Cluster::with_etcd(weft(), conf);
+    for i in 0..nodes {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, extra);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    c
+}
+
+#[test]
+fn three_nodes_on_etcd_write_flannels_keys_reach_each_other_and_keep_subnets_on_restart() {
+    let mut c = etcd_cluster(VXLAN, 3, &[]);
+    // One key per node, flannel's key format, flannel's JSON, a 24 h etcd lease.
+    let kvs = c.etcd().get_prefix(&subnets_prefix());
+    assert_eq!(kvs.len(), 3, "{kvs:?}");
+    for (i, n) in c.nodes.iter().enumerate() {
+        let subnet = c.subnet(i);
+        let key = format!(
+            "{}{}-{}",
+            subnets_prefix(),
+            subnet.network(),
+            subnet.prefix_len()
+        );
+        let (_, value) = kvs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no key {key} in {kvs:?}"));
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(v["PublicIP"], n.ip.to_string(), "{value}");
+        assert!(v["PublicIPv6"].is_null(), "{value}");
+        assert_eq!(v["BackendType"], "vxlan");
+        assert_eq!(v["BackendData"]["VNI"], 1);
+        let mac = v["BackendData"]["VtepMAC"].as_str().unwrap();
+        assert_eq!(mac.len(), 17, "{value}");
+        let etcd = c.etcd.as_ref().unwrap();
+        let id = etcd.lease_of(&key);
+        assert_ne!(id, 0, "{key} must carry an etcd lease");
+        let ttl = etcd.ctl(&["lease", "timetolive", &format!("{id:x}")]);
+        assert!(ttl.contains("granted with TTL(86400s)"), "{ttl}");
+    }
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (a, b) = (c.nodes[0].pods[0].clone(), c.nodes[2].pods[0].clone());
+    let r = iperf3(&a, &b, 3, None);
+    assert!(r.bytes > 0.0);
+    harness::figure(&format!(
+        "etcd cluster iperf3 TCP node 1 -> node 3: {:.2} Gbit/s",
+        r.bps / 1e9
+    ));
+
+    // A restart reuses the subnet (found by public IP in etcd) and the VTEP MAC.
+    let before = c.subnet(1);
+    let before_kv = c.etcd().get_prefix(&subnets_prefix());
+    assert!(c.stop_weft(1), "weft did not stop cleanly");
+    c.start_weft(1, &[]);
+    assert_eq!(c.subnet(1), before);
+    let after_kv = c.etcd().get_prefix(&subnets_prefix());
+    assert_eq!(
+        after_kv, before_kv,
+        "restart must not change any lease value"
+    );
+    c.wait_converged();
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings after restart failed:\n{}",
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn stock_flannel_node_and_weft_nodes_share_one_etcd() {
+    let mut c = Cluster::with_etcd(weft(), VXLAN);
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    let k = c.add_node(Kind::KernelVxlan);
+    // The flanneld node's lease as flanneld writes it (etcdctl: grant 86400, put --lease).
+    c.start_kernel_node(k, "10.244.77.0/24".parse().unwrap());
+    for i in 0..2 {
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.add_pod(k, None);
+    c.wait_converged();
+    // flanneld programs flannel.1 from what it reads in etcd: ARP, FDB, route per lease.
+    c.program_kernel_peers(k);
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (w, kp) = (c.nodes[1].pods[0].clone(), c.nodes[k].pods[0].clone());
+    let to_kernel = iperf3(&w, &kp, 3, None);
+    let from_kernel = iperf3(&kp, &w, 3, None);
+    assert!(to_kernel.bytes > 0.0 && from_kernel.bytes > 0.0);
+    harness::figure(&format!(
+        "etcd mixed cluster iperf3 TCP: weft -> flannel {:.2} Gbit/s, flannel -> weft {:.2} Gbit/s",
+        to_kernel.bps / 1e9,
+        from_kernel.bps / 1e9
+    ));
+}
+
+/// Waits until every running weft node's table satisfies `pred`; returns how long it took.
+fn until_all_tables(
+    c: &Cluster,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if n.child.is_some() {
+            harness::wait_for(what, limit, || {
+                pred(&c.http(i, "/leases").unwrap_or_default()).then_some(())
+            });
+        }
+    }
+    start.elapsed()
+}
+
+fn extra_lease(subnet: &str, host: u8) -> Lease {
+    Lease {
+        subnet: subnet.parse().unwrap(),
+        ipv6_subnet: None,
+        attrs: LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 0, 2, host),
+            weft::lease::VxlanBackendData {
+                vni: 1,
+                vtep_mac: weft::wire::MacAddr([0x0e, 0, 0, 0, host, 1]),
+            },
+        ),
+        expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
+    }
+}
+
+#[test]
+fn forwarding_survives_etcd_down_and_a_partition_across_a_compaction() {
+    let mut c = etcd_cluster(VXLAN, 2, &[]);
+    let (a, b) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+
+    // 1. etcd stopped for 30 s while iperf3 runs between pods: no second without traffic.
+    let traffic = std::thread::spawn(move || iperf3_json(&a, &b, &["-t", "40", "-i", "1"]));
+    std::thread::sleep(Duration::from_secs(4));
+    c.etcd().stop();
+    std::thread::sleep(Duration::from_secs(30));
+    c.etcd().start();
+    let v = traffic.join().unwrap().expect("iperf3 failed");
+    let per_second: Vec<f64> = v["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+        .collect();
+    assert!(per_second.len() >= 39, "{per_second:?}");
+    let slowest = per_second.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        slowest > 0.0,
+        "a second without traffic while etcd was down: {per_second:?}"
+    );
+    harness::figure(&format!(
+        "etcd down 30 s under iperf3: slowest second {:.2} Gbit/s, mean {:.2} Gbit/s",
+        slowest / 1e9,
+        per_second.iter().sum::<f64>() / per_second.len() as f64 / 1e9
+    ));
+    for i in 0..2 {
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(
+            log.contains("unreachable"),
+            "node {} never noticed: {log}",
+            i + 1
+        );
+    }
+    // After etcd returns the watch resumes: a new lease reaches every table.
+    let l1 = extra_lease("10.244.201.0/24", 201);
+    c.put_lease(&l1);
+    until_all_tables(
+        &c,
+        "a lease written after etcd returned",
+        Duration::from_secs(15),
+        |t| t.contains("10.244.201.0/24"),
+    );
+
+    // 2. The nodes are cut off from etcd (etcd itself stays up); meanwhile a lease is
+    // added, another deleted, and the history compacted past the nodes' watch revision.
+    let etcd_ns = c.etcd().ns.clone();
+    let cut = [
+        "iptables",
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "2379",
+        "-s",
+        "192.0.2.0/28",
+        "-j",
+        "DROP",
+    ];
+    ns_sh(&etcd_ns, &cut);
+    harness::wait_for(
+        "both nodes to notice the partition",
+        Duration::from_secs(30),
+        || {
+            (0..2)
+                .all(|i| {
+                    std::fs::read_to_string(&c.nodes[i].log)
+                        .unwrap()
+                        .matches("unreachable")
+                        .count()
+                        >= 2
+                })
+                .then_some(())
+        },
+    );
+    let l2 = extra_lease("10.244.202.0/24", 202);
+    c.put_lease(&l2);
+    c.etcd()
+        .ctl(&["del", &format!("{}{}", subnets_prefix(), l1.key())]);
+    let status = c.etcd().ctl(&["endpoint", "status", "-w", "json"]);
+    let rev = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]["header"]
+        ["revision"]
+        .as_i64()
+        .unwrap();
+    c.etcd().ctl(&["compact", &rev.to_string()]);
+    // Forwarding goes on during the partition.
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings during the partition:\n{}",
+        failed.join("\n")
+    );
+    let uncut: Vec<&str> = cut
+        .iter()
+        .map(|s| if *s == "-I" { "-D" } else { s })
+        .collect();
+    ns_sh(&etcd_ns, &uncut);
+    until_all_tables(
+        &c,
+        "the table after the partition healed",
+        Duration::from_secs(30),
+        |t| t.contains("10.244.202.0/24") && !t.contains("10.244.201.0/24"),
+    );
+    for i in 0..2 {
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(
+            log.contains("compacted"),
+            "node {} should have re-listed after the compaction: {log}",
+            i + 1
+        );
+    }
+
+    // 3. A lease deleted in etcd leaves every table within a second.
+    let t0 = Instant::now();
+    c.etcd()
+        .ctl(&["del", &format!("{}{}", subnets_prefix(), l2.key())]);
+    let took = t0.elapsed()
+        + until_all_tables(
+            &c,
+            "the deleted lease to go",
+            Duration::from_secs(10),
+            |t| !t.contains("10.244.202.0/24"),
+        );
+    harness::figure(&format!(
+        "etcd lease deletion reached both tables in {} ms (etcdctl and polling included)",
+        took.as_millis()
+    ));
+    assert!(took < Duration::from_secs(1), "deletion took {took:?}");
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings at the end:\n{}",
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn a_node_whose_etcd_lease_is_deleted_shuts_down() {
+    let mut c = etcd_cluster(VXLAN, 2, &[]);
+    let key = format!(
+        "{}{}",
+        subnets_prefix(),
+        weft::lease::subnet_key(c.subnet(1), None)
+    );
+    c.etcd().ctl(&["del", &key]);
+    let (ok, log) = c.wait_exit(1, Duration::from_secs(10));
+    assert!(!ok, "a revoked node must exit with an error");
+    assert!(log.contains("has been revoked"), "{log}");
+    // And it did not put its key back on the way out.
+    assert!(c.etcd().get_prefix(&key).is_empty());
+}
+
+/// The contender side of the allocation race: run inside the etcd namespace by
+/// `simultaneous_allocations_never_share_a_subnet` (it re-executes this test binary there).
+#[test]
+#[ignore = "helper: run by simultaneous_allocations_never_share_a_subnet"]
+fn race_helper() {
+    let Ok(url) = std::env::var("WEFT_RACE_ETCD") else {
+        return;
+    };
+    let rounds: usize = std::env::var("WEFT_RACE_ROUNDS").unwrap().parse().unwrap();
+    let contenders = 4;
+    let opts = EtcdOptions {
+        endpoints: vec![url],
+        prefix: ETCD_PREFIX.into(),
+        ..Default::default()
+    };
+    let mut admin = EtcdStore::open(&opts).unwrap();
+    let cfg = admin.config().unwrap();
+    for round in 0..rounds {
+        for l in admin.leases().unwrap() {
+            admin.delete(&l).unwrap();
+        }
+        let barrier = Arc::new(Barrier::new(contenders));
+        let handles: Vec<_> = (0..contenders)
+            .map(|n| {
+                let (opts, cfg, barrier) = (opts.clone(), cfg.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut s = EtcdStore::open(&opts).unwrap();
+                    let ip = Ipv4Addr::new(192, 0, 2, 100 + n as u8);
+                    s.config().unwrap(); // connected before the start line
+                    barrier.wait();
+                    s.acquire(&cfg, ip, None, SystemTime::now(), rand_u64(), &|_| {
+                        LeaseAttrs::udp(ip)
+                    })
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let mut won: Vec<String> = Vec::new();
+        let mut attempts = 0;
+        let mut full = 0;
+        for r in results {
+            match r {
+                Ok(a) => {
+                    won.push(a.lease.subnet.to_string());
+                    attempts += a.attempts - 1;
+                }
+                Err(StoreError::Alloc(_)) => full += 1,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        println!("RACE {round} {} {attempts} {full}", won.join(","));
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+#[test]
+fn simultaneous_allocations_never_share_a_subnet() {
+    let mut c = Cluster::with_etcd(weft(), TINY);
+    // (a) 4 contenders released by a barrier for 3 subnets, 40 rounds, through etcd
+    // transactions: 3 distinct winners and one "out of subnets" every round.
+    let etcd_ns = c.etcd().ns.clone();
+    let url = c.etcd().url.clone();
+    let exe = std::env::current_exe().unwrap();
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &etcd_ns])
+        .arg(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "race_helper",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("WEFT_RACE_ETCD", &url)
+        .env("WEFT_RACE_ROUNDS", "40")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut retries = 0;
+    let mut rounds = 0;
+    for line in text
+        .lines()
+        .filter_map(|l| l.split_once("RACE ").map(|x| x.1))
+    {
+        let f: Vec<&str> = line.split(' ').collect();
+        let mut won: Vec<&str> = f[1].split(',').collect();
+        won.sort();
+        let n = won.len();
+        won.dedup();
+        assert_eq!(
+            won.len(),
+            n,
+            "round {}: two contenders got one subnet: {line}",
+            f[0]
+        );
+        assert_eq!(n, 3, "round {}: {line}", f[0]);
+        assert_eq!(f[3], "1", "round {}: {line}", f[0]);
+        retries += f[2].parse::<usize>().unwrap();
+        rounds += 1;
+    }
+    assert_eq!(rounds, 40, "{text}");
+    // Each round has at least 3 lost races (4 contenders, 3 subnets): the retry path ran.
+    assert!(retries > 0, "no race was ever lost: the test did not race");
+    harness::figure(&format!(
+        "etcd allocation race: 40 rounds x 4 contenders for 3 subnets, {retries} lost races retried, never a shared subnet"
+    ));
+
+    // (b) Two weft nodes started at the same instant, 8 times: different subnets each time.
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    for round in 0..8 {
+        c.etcd().ctl(&["del", "--prefix", &subnets_prefix()]);
+        for i in 0..2 {
+            let _ = std::fs::remove_file(&c.nodes[i].subnet_file);
+        }
+        let (s0, s1) = c.start_weft_pair();
+        assert_ne!(s0, s1, "round {round}: both nodes got {s0}");
+        let keys = c.etcd().get_prefix(&subnets_prefix());
+        assert_eq!(keys.len(), 2, "round {round}: {keys:?}");
+        for i in 0..2 {
+            assert!(c.stop_weft(i));
+        }
+    }
+}
+
+#[test]
+fn ip_masq_masquerades_traffic_leaving_the_cluster_but_not_pod_to_pod() {
+    let mut c = etcd_cluster(VXLAN, 2, &["--ip-masq"]);
+    let ns = c.nodes[0].ns.clone();
+    let env = weft::subnet_env::SubnetEnv::read(&c.nodes[0].subnet_file).unwrap();
+    assert!(env.ipmasq, "subnet.env must say FLANNEL_IPMASQ=true");
+    let nat = ns_sh(&ns, &["iptables-save", "-t", "nat"]);
+    let rules = weft::masq::flannel_rules(c.network, c.subnet(0), true, true, true);
+    for r in rules.iter().flat_map(|c| c.rules.iter().chain([&c.jump])) {
+        let table = if r.contains("FLANNEL-FWD") || r.contains("FORWARD") {
+            "filter"
+        } else {
+            "nat"
+        };
+        let save = if table == "nat" {
+            nat.clone()
+        } else {
+            ns_sh(&ns, &["iptables-save", "-t", "filter"])
+        };
+        assert!(save.lines().any(|l| l == r), "missing {r} in\n{save}");
+    }
+
+    // A host on the underlay outside the cluster network: it sees the node's address.
+    let host = c.add_host("ext", 200);
+    let listen = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',7000))\ns.settimeout(10)\nd,a=s.recvfrom(100)\nprint(a[0])";
+    let send = |ns: &str, to: &str| {
+        let code = format!("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor _ in range(20):\n  s.sendto(b'x',('{to}',7000)); time.sleep(0.1)");
+        ns_run(ns, &["python3", "-c", &code]);
+    };
+    let seen_by = |listener: &str, sender: &str, to: &str| -> String {
+        let listener = listener.to_string();
+        let h = std::thread::spawn(move || ns_run(&listener, &["python3", "-c", listen]));
+        std::thread::sleep(Duration::from_millis(300));
+        send(sender, to);
+        let o = h.join().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let pod = c.nodes[0].pods[0].clone();
+    let src = seen_by(&host, &pod.ns, "192.0.2.200");
+    assert_eq!(
+        src, "192.0.2.1",
+        "traffic leaving the cluster must carry the node's address"
+    );
+    let o = ns_run(&pod.ns, &["ping", "-c", "2", "-W", "2", "192.0.2.200"]);
+    assert!(o.status.success(), "pod cannot reach the outside host");
+    // Pod to pod keeps the pod's address.
+    let other = c.nodes[1].pods[0].clone();
+    let src = seen_by(&other.ns, &pod.ns, &other.ip.to_string());
+    assert_eq!(
+        src,
+        pod.ip.to_string(),
+        "pod-to-pod traffic must not be masqueraded"
+    );
+
+    // Someone deletes a rule: weft puts it back within the resync period (5 s).
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "iptables",
+        "-t",
+        "nat",
+        "-F",
+        "FLANNEL-POSTRTG",
+    ]);
+    harness::wait_for(
+        "weft to restore FLANNEL-POSTRTG",
+        Duration::from_secs(15),
+        || {
+            let nat = ns_sh(&ns, &["iptables-save", "-t", "nat"]);
+            let have = nat
+                .lines()
+                .filter(|l| l.starts_with("-A FLANNEL-POSTRTG"))
+                .count();
+            let jumps = nat
+                .lines()
+                .filter(|l| l.contains("-j FLANNEL-POSTRTG"))
+                .count();
+            (have == 6 && jumps == 1).then_some(())
+        },
+    );
+    assert!(c.stop_weft(0));
+    let after = ns_sh(&ns, &["iptables-save"]);
+    assert!(
+        !after.contains("FLANNEL"),
+        "rules left after a clean stop:\n{after}"
+    );
+}
