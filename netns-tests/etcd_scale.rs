@@ -1,0 +1,217 @@
+//! Scale bench for the etcd control plane, as root: `netns-tests/etcd-scale [N]` (default
+//! 5000). Fills a real etcd (in its own namespace on the test underlay) with N leases as N
+//! flanneld nodes would write them (one 24 h etcd lease each), then reports
+//!
+//! - the time a node that is already running takes to see all N (the watch under a burst),
+//! - the time from starting a new node to its first full table,
+//! - the memory it costs (resident set of a weft node before and after the N leases),
+//! - the delay from one lease write (and one delete) in etcd to a node's table.
+//!
+//! Parts that must reach etcd or a node's health port run this same binary again inside
+//! the node's namespace (`WEFT_SCALE_PHASE`). Not a test: nothing is asserted.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use harness::{Cluster, Kind, ETCD_PREFIX};
+use weft::lease::{Lease, LeaseAttrs, VxlanBackendData};
+use weft::store::etcd::{EtcdOptions, EtcdStore};
+use weft::wire::MacAddr;
+
+const CONF: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+
+/// The i-th synthetic node's lease: 10.(100 + i / 250).(i % 250).0/24 on 198.51.100.x.
+fn lease(i: usize) -> Lease {
+    let (a, b) = (100 + i / 250, i % 250);
+    Lease {
+        subnet: format!("10.{a}.{b}.0/24").parse().unwrap(),
+        ipv6_subnet: None,
+        attrs: LeaseAttrs::vxlan(
+            Ipv4Addr::new(198, 51, (100 + i / 250) as u8, b as u8 + 1),
+            VxlanBackendData {
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 0x5c, (i >> 8) as u8, i as u8, 0, 1]),
+            },
+        ),
+        expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
+    }
+}
+
+fn store(url: &str) -> EtcdStore {
+    EtcdStore::open(&EtcdOptions {
+        endpoints: vec![url.to_string()],
+        prefix: ETCD_PREFIX.into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// GET /leases from the local health port: the table, one lease per line.
+fn table(port: u16) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /leases HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Inside a node namespace: write/delete leases and time them into the node's table.
+fn phase(which: &str, url: &str) {
+    let mut s = store(url);
+    match which {
+        "fill" => {
+            let n: usize = std::env::var("WEFT_SCALE_N").unwrap().parse().unwrap();
+            let t = Instant::now();
+            for i in 0..n {
+                s.put(&lease(i)).unwrap();
+            }
+            println!("fill {n} {}", t.elapsed().as_millis());
+        }
+        "latency" => {
+            let port: u16 = std::env::var("WEFT_SCALE_PORT").unwrap().parse().unwrap();
+            let (mut add, mut del, mut fetch, mut after_put) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..30 {
+                let t = Instant::now();
+                std::hint::black_box(table(port));
+                fetch.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            for k in 0..30 {
+                let l = lease(30_000 + k);
+                let needle = format!("{} ", l.subnet);
+                let t = Instant::now();
+                s.put(&l).unwrap();
+                let written = Instant::now();
+                while !table(port).contains(&needle) {}
+                add.push(t.elapsed().as_secs_f64() * 1e3);
+                after_put.push(written.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                s.delete(&l).unwrap();
+                while table(port).contains(&needle) {}
+                del.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            println!(
+                "add median {:.1} ms, p90 {:.1} ms, max {:.1} ms (median {:.1} ms after etcd acknowledged the write); delete median {:.1} ms, max {:.1} ms; one /leases fetch alone {:.1} ms",
+                percentile(&mut add, 0.5),
+                percentile(&mut add, 0.9),
+                percentile(&mut add, 1.0),
+                percentile(&mut after_put, 0.5),
+                percentile(&mut del, 0.5),
+                percentile(&mut del, 1.0),
+                percentile(&mut fetch, 0.5)
+            );
+        }
+        _ => panic!("unknown phase {which}"),
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn in_ns(ns: &str, phase: &str, env: &[(&str, String)]) -> String {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .env("WEFT_SCALE_PHASE", phase);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{phase} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn wait_lines(c: &Cluster, i: usize, want: usize, limit: Duration) -> Duration {
+    let t = Instant::now();
+    harness::wait_for("the full table", limit, || {
+        let n = c.http(i, "/leases").map(|s| s.lines().count()).unwrap_or(0);
+        (n >= want).then_some(())
+    });
+    t.elapsed()
+}
+
+fn main() {
+    if let Ok(p) = std::env::var("WEFT_SCALE_PHASE") {
+        return phase(&p, &std::env::var("WEFT_SCALE_ETCD").unwrap());
+    }
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("usage: etcd-scale [LEASES]"))
+        .unwrap_or(5000);
+    let weft = harness::weft_next_to_exe();
+    let mut c = Cluster::with_etcd(Path::new(&weft), CONF);
+    let url = c.etcd().url.clone();
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    // Node 2 runs before the leases arrive.
+    c.start_weft(1, &[]);
+    let pid2 = c.nodes[1].child.as_ref().unwrap().id();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_before = rss_kb(pid2);
+
+    let env = |extra: Vec<(&'static str, String)>| {
+        let mut v = vec![("WEFT_SCALE_ETCD", url.clone())];
+        v.extend(extra);
+        v
+    };
+    let ns1 = c.nodes[0].ns.clone();
+    let fill = in_ns(&ns1, "fill", &env(vec![("WEFT_SCALE_N", n.to_string())]));
+    let fill_ms: u64 = fill.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let burst = wait_lines(&c, 1, n + 1, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_after = rss_kb(pid2);
+
+    // A new node: from process start to a table with every lease.
+    let t = Instant::now();
+    c.start_weft(0, &[]);
+    let env_written = t.elapsed();
+    wait_lines(&c, 0, n + 2, Duration::from_secs(120));
+    let first_full = t.elapsed();
+    let pid1 = c.nodes[0].child.as_ref().unwrap().id();
+    let rss_new = rss_kb(pid1);
+
+    let lat = in_ns(
+        &ns1,
+        "latency",
+        &env(vec![("WEFT_SCALE_PORT", c.nodes[0].healthz.to_string())]),
+    );
+
+    let report = format!(
+        "etcd scale: {n} leases (one 24 h etcd lease each) written in {fill_ms} ms\n\
+         running node saw all {n} {:.0} ms after the last write\n\
+         new node: subnet.env after {:.0} ms, first full table ({} leases) after {:.0} ms from start\n\
+         memory: running node RSS {rss_before} kB with 1 lease -> {rss_after} kB with {} ({:.0} bytes per lease); new node RSS {rss_new} kB\n\
+         one lease write -> table (30 samples, includes one /leases fetch of the whole table): {lat}",
+        burst.as_secs_f64() * 1e3,
+        env_written.as_secs_f64() * 1e3,
+        n + 2,
+        first_full.as_secs_f64() * 1e3,
+        n + 1,
+        (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64,
+    );
+    println!("{report}");
+    let _ = std::fs::create_dir_all("target/bench");
+    let _ = std::fs::write("target/bench/etcd-scale.txt", format!("{report}\n"));
+}
