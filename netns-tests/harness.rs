@@ -351,9 +351,11 @@ impl Cluster {
         let dir = std::env::temp_dir().join(&prefix);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let network = weft::config::NetConfig::parse(net_conf)
-            .expect("test net-conf.json")
-            .network;
+        // Read loosely: some tests hand weft a deliberately invalid config.
+        let network = serde_json::from_str::<serde_json::Value>(net_conf)
+            .ok()
+            .and_then(|v| v["Network"].as_str()?.parse().ok())
+            .expect("test net-conf.json needs a Network");
         let mut c = Cluster {
             prefix,
             dir,
