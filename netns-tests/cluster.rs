@@ -399,24 +399,7 @@ fn injected_and_spoofed_packets_never_reach_a_pod() {
 #[test]
 fn interop_with_a_kernel_vxlan_node_configured_as_flanneld_does() {
     let mut c = Cluster::new(weft(), VXLAN);
-    c.add_node(Kind::Weft);
-    c.add_node(Kind::Weft);
-    let k = c.add_node(Kind::KernelVxlan);
-    // The kernel node's lease first, as a running flanneld would have it.
-    c.start_kernel_node(k, "10.244.200.0/24".parse().unwrap());
-    for i in 0..2 {
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.add_pod(k, None);
-    c.wait_converged();
-    c.program_kernel_peers(k);
-    let failed = c.ping_all();
-    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
-    let (w, kp) = (c.nodes[0].pods[0].clone(), c.nodes[k].pods[0].clone());
-    let to_kernel = iperf3(&w, &kp, 3, None);
-    let from_kernel = iperf3(&kp, &w, 3, None);
-    assert!(to_kernel.bytes > 0.0 && from_kernel.bytes > 0.0);
+    let (to_kernel, from_kernel) = c.mixed_with_kernel_node("10.244.200.0/24", 0);
     // Kernel vxlan to kernel vxlan is not part of this cluster; weft to weft is above.
     harness::figure(&format!(
         "interop iperf3 TCP: weft pod -> kernel-vxlan pod {:.2} Gbit/s ({} retr), kernel-vxlan pod -> weft pod {:.2} Gbit/s ({} retr)",

@@ -103,25 +103,9 @@ fn three_nodes_on_etcd_write_flannels_keys_reach_each_other_and_keep_subnets_on_
 #[test]
 fn stock_flannel_node_and_weft_nodes_share_one_etcd() {
     let mut c = Cluster::with_etcd(weft(), VXLAN);
-    c.add_node(Kind::Weft);
-    c.add_node(Kind::Weft);
-    let k = c.add_node(Kind::KernelVxlan);
-    // The flanneld node's lease as flanneld writes it (etcdctl: grant 86400, put --lease).
-    c.start_kernel_node(k, "10.244.77.0/24".parse().unwrap());
-    for i in 0..2 {
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.add_pod(k, None);
-    c.wait_converged();
-    // flanneld programs flannel.1 from what it reads in etcd: ARP, FDB, route per lease.
-    c.program_kernel_peers(k);
-    let failed = c.ping_all();
-    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
-    let (w, kp) = (c.nodes[1].pods[0].clone(), c.nodes[k].pods[0].clone());
-    let to_kernel = iperf3(&w, &kp, 3, None);
-    let from_kernel = iperf3(&kp, &w, 3, None);
-    assert!(to_kernel.bytes > 0.0 && from_kernel.bytes > 0.0);
+    // The flanneld node's lease is written as flanneld writes it (etcdctl: grant 86400, put
+    // --lease), and flannel.1 is programmed from what etcdctl reads back.
+    let (to_kernel, from_kernel) = c.mixed_with_kernel_node("10.244.77.0/24", 1);
     harness::figure(&format!(
         "etcd mixed cluster iperf3 TCP: weft -> flannel {:.2} Gbit/s, flannel -> weft {:.2} Gbit/s",
         to_kernel.bps / 1e9,

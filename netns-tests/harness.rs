@@ -902,6 +902,33 @@ impl Cluster {
         }
     }
 
+    /// Builds two weft nodes and a "stock flannel" kernel vxlan node (lease `kernel_subnet`,
+    /// written first, as a running flanneld would have it), a pod on each, programs the
+    /// kernel node from the stored leases as flanneld does, checks that every pod pings every
+    /// other, and returns 3 s iperf3 TCP from weft node `w`'s pod to the kernel node's pod and
+    /// back.
+    pub fn mixed_with_kernel_node(&mut self, kernel_subnet: &str, w: usize) -> (Iperf, Iperf) {
+        self.add_node(Kind::Weft);
+        self.add_node(Kind::Weft);
+        let k = self.add_node(Kind::KernelVxlan);
+        self.start_kernel_node(k, kernel_subnet.parse().unwrap());
+        for i in 0..2 {
+            self.start_weft(i, &[]);
+            self.add_pod(i, None);
+        }
+        self.add_pod(k, None);
+        self.wait_converged();
+        // flanneld programs flannel.1 from the leases it reads: ARP, FDB, route per lease.
+        self.program_kernel_peers(k);
+        let failed = self.ping_all();
+        assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+        let (wp, kp) = (self.nodes[w].pods[0].clone(), self.nodes[k].pods[0].clone());
+        let to_kernel = iperf3(&wp, &kp, 3, None);
+        let from_kernel = iperf3(&kp, &wp, 3, None);
+        assert!(to_kernel.bytes > 0.0 && from_kernel.bytes > 0.0);
+        (to_kernel, from_kernel)
+    }
+
     /// Every pod in the cluster.
     pub fn pods(&self) -> Vec<Pod> {
         self.nodes
