@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use weft::encap::gro::Coalescer;
-use weft::encap::gso::split_tcp4;
+use weft::offload::gro::Coalescer;
+use weft::offload::gso::split_tcp4;
 use weft::wire::checksum;
 
 const MSS: usize = 1398;

@@ -470,3 +470,173 @@ fn bad_flags_and_configs_are_refused_with_a_reason() {
         .status
         .success());
 }
+
+/// An inner IPv4/UDP packet with ECN bits `ecn`, built by etherparse.
+fn inner_udp_ecn(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, ecn: u8, data: &[u8]) -> Vec<u8> {
+    let mut ip =
+        etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, src.octets(), dst.octets())
+            .unwrap();
+    ip.ecn = etherparse::IpEcn::try_new(ecn).unwrap();
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .udp(4000, dport)
+        .write(&mut v, data)
+        .unwrap();
+    v
+}
+
+/// Sends `payload` to `dst:8472` from `ns` with the outer TOS byte `tos` (a congested
+/// router's CE mark, say).
+fn inject_tos(ns: &str, payload: &[u8], dst: Ipv4Addr, tos: u8) {
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP,socket.IP_TOS,int(sys.argv[3]))\ns.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],8472))";
+    let o = ns_run(
+        ns,
+        &[
+            "python3",
+            "-c",
+            code,
+            &hex,
+            &dst.to_string(),
+            &tos.to_string(),
+        ],
+    );
+    assert!(o.status.success(), "inject failed: {}", out(&o));
+}
+
+/// The bug this guards against: every datagram left 8472 -> 8472 with TOS 0, so a
+/// receiving NIC's RSS and every ECMP hop saw one flow per node pair, and ECN marks were
+/// lost at the tunnel. Captured on the underlay, as a person would check it.
+#[test]
+fn outer_headers_carry_flow_source_ports_and_ecn_both_ways() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let (pod1, pod2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    let n1 = (c.nodes[0].ns.clone(), c.nodes[0].ip);
+    let n2 = (c.nodes[1].ns.clone(), c.nodes[1].ip);
+
+    // Outbound: a few ECT(0) datagrams and 8 TCP flows from pod 1, captured on node 1.
+    let cap = harness::Capture::start(
+        &n1.0,
+        "eth0",
+        "udp dst port 8472",
+        &c.dir.join("capture-n1.pcap"),
+    );
+    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP,socket.IP_TOS,2)\nfor i in range(5): s.sendto(b'weft-ect0',(sys.argv[1],9))";
+    let o = ns_run(&pod1.ns, &["python3", "-c", code, &pod2.ip.to_string()]);
+    assert!(o.status.success(), "ECT(0) sender failed: {}", out(&o));
+    // After the marked datagrams, so tcpdump's backlog at the end cannot hide them.
+    harness::iperf3_json(&pod1, &pod2, &["-t", "2", "-P", "8"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = cap.stop();
+
+    let range = harness::ns_sh(&n1.0, &["sysctl", "-n", "net.ipv4.ip_local_port_range"]);
+    let r: Vec<u16> = range
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let mut ports = std::collections::BTreeSet::new();
+    let (mut ect0, mut datagrams) = (0, 0);
+    for f in &frames {
+        // Ethernet, outer IPv4 (no options from a UDP socket), UDP.
+        if f.len() < 14 + 20 + 8 + 8 + 14 + 20 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        if ip[12..16] != n1.1.octets() || ip[16..20] != n2.1.octets() || ip[9] != 17 {
+            continue;
+        }
+        datagrams += 1;
+        let sport = u16::from_be_bytes([ip[20], ip[21]]);
+        ports.insert(sport);
+        let inner = &ip[20 + 8 + 8 + 14..];
+        if f.windows(9).any(|w| w == b"weft-ect0") {
+            assert_eq!(inner[1] & 3, 2, "the pod's packet was not ECT(0) inside");
+            assert_eq!(
+                ip[1] & 3,
+                2,
+                "a pod's ECT(0) packet left with outer TOS {:#x}",
+                ip[1]
+            );
+            // A veth carries a UDP GSO send whole: one IP and UDP header, then the
+            // datagrams' payloads (vxlan 8 + ethernet 14 + IPv4 20 + UDP 8 + 9 bytes each).
+            let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            ect0 += (tot - 28) / (8 + 14 + 20 + 8 + 9);
+        }
+    }
+    assert!(datagrams > 100, "captured only {datagrams} datagrams");
+    assert_eq!(
+        ect0,
+        5,
+        "captured {ect0} of the 5 ECT(0) datagrams; node 1 log: {}",
+        std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default()
+    );
+    assert!(
+        !ports.contains(&8472),
+        "datagrams left from port 8472: {ports:?}"
+    );
+    assert!(
+        ports.iter().all(|p| (r[0]..=r[1]).contains(p)),
+        "source ports outside the local port range {r:?}: {ports:?}"
+    );
+    assert!(
+        ports.len() >= 3,
+        "9 TCP flows used only source ports {ports:?}"
+    );
+
+    // Inbound: CE outside reaches the pod as CE inside (ECT(0) inner), and condemns a
+    // not-ECT inner packet (RFC 6040), which is counted.
+    let mac1 = c
+        .leases()
+        .into_iter()
+        .find(|l| l.attrs.public_ip == n1.1)
+        .unwrap()
+        .attrs
+        .vxlan_data()
+        .unwrap()
+        .vtep_mac;
+    let recv = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP,13,1)\ns.bind(('0.0.0.0',9999))\ns.settimeout(10)\nwhile True:\n  d,anc,_,_=s.recvmsg(2048,socket.CMSG_SPACE(4))\n  t=[a[2][0] for a in anc if a[0]==socket.IPPROTO_IP and a[1]==socket.IP_TOS]\n  print(d.decode(),t[0] if t else -1,flush=True)\n  if d==b'end': break";
+    let receiver = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod1.ns, "python3", "-c", recv])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    harness::wait_for("the receiver", Duration::from_secs(5), || {
+        (!ns_run(&pod1.ns, &["ss", "-Hlun", "sport = :9999"])
+            .stdout
+            .is_empty())
+        .then_some(())
+    });
+    let drops = |c: &Cluster| c.metrics(0)["weft_drops_total{reason=\"ecn_ce_not_ect\"}"];
+    let before = drops(&c);
+    for (ecn, tos, what) in [(0, 3, "not-ect-ce"), (2, 3, "ect0-ce"), (0, 0, "end")] {
+        let pkt = inner_udp_ecn(pod2.ip, pod1.ip, 9999, ecn, what.as_bytes());
+        inject_tos(&n2.0, &vxlan_payload(1, mac1, &pkt), n1.1, tos);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = receiver.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&got.stdout).into_owned();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        ["ect0-ce 3", "end 0"],
+        "pod 1 received (payload, TOS): {lines}{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        drops(&c),
+        before + 1,
+        "the CE-marked not-ECT packet was not counted"
+    );
+    harness::figure(&format!(
+        "underlay capture: {datagrams} frames (GSO batches count once) of 9 TCP flows and 1 UDP flow left node 1 from {} source ports ({}-{}), none 8472; ECT(0) kept outside, CE delivered inside",
+        ports.len(),
+        ports.first().unwrap(),
+        ports.last().unwrap()
+    ));
+}

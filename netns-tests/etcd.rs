@@ -332,9 +332,15 @@ fn race_helper() {
                     let ip = Ipv4Addr::new(192, 0, 2, 100 + n as u8);
                     s.config().unwrap(); // connected before the start line
                     barrier.wait();
-                    s.acquire(&cfg, ip, None, SystemTime::now(), rand_u64(), &|_| {
-                        LeaseAttrs::udp(ip)
-                    })
+                    weft::store::acquire(
+                        &mut s,
+                        &cfg,
+                        ip,
+                        None,
+                        SystemTime::now(),
+                        rand_u64(),
+                        &|_| LeaseAttrs::udp(ip),
+                    )
                 })
             })
             .collect();
@@ -345,7 +351,7 @@ fn race_helper() {
         for r in results {
             match r {
                 Ok(a) => {
-                    won.push(a.lease.subnet.to_string());
+                    won.push(a.stored.lease.subnet.to_string());
                     attempts += a.attempts - 1;
                 }
                 Err(StoreError::Alloc(_)) => full += 1,

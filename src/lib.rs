@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod lease;
 pub mod masq;
 pub mod netlink;
+pub mod offload;
 pub mod store;
 pub mod subnet_env;
 #[doc(hidden)]

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use weft::backend::userspace;
 use weft::config::{BackendConfig, NetConfig};
-use weft::encap::{DropReason, Format, Inbound, Node, Outbound, HEADROOM, LINUX_SRC_PORTS};
+use weft::encap::{DropReason, Inbound, Node, Outbound, HEADROOM};
 use weft::lease::alloc::allocate;
-use weft::lease::{Lease, LeaseAttrs, LeaseTable, Peer, VxlanBackendData};
+use weft::lease::{Lease, LeaseTable, Peer};
 use weft::subnet_env::SubnetEnv;
 use weft::wire::udp::ChecksumMode;
 use weft::wire::MacAddr;
@@ -49,7 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => weft::daemon::run(*args),
+        Command::Run(args) => weft::daemon::run(*args).map_err(|e| e.to_string()),
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { nodes, config, dir } => demo(nodes, config, &dir),
     };
@@ -127,12 +128,7 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
         )
         .map_err(|e| e.to_string())?;
         let mac = MacAddr::local_unicast([0x0e, 0x57, 0x45, 0x46, 0x54, i]);
-        let attrs = match cfg.backend {
-            BackendConfig::Vxlan { vni, .. } => {
-                LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac: mac })
-            }
-            BackendConfig::Udp { .. } => LeaseAttrs::udp(public_ip),
-        };
+        let attrs = userspace::lease_attrs(&cfg.backend, public_ip, None, mac);
         let lease = Lease {
             subnet: a.subnet,
             ipv6_subnet: None,
@@ -149,15 +145,7 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
         let path = dir.join(format!("node{i}/subnet.env"));
         env.write(&path)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        let format = match cfg.backend {
-            BackendConfig::Vxlan { vni, port, .. } => Format::Vxlan {
-                vni,
-                port,
-                mac,
-                src_ports: LINUX_SRC_PORTS,
-            },
-            BackendConfig::Udp { port } => Format::Udp { port },
-        };
+        let format = userspace::format(&cfg.backend, &lease).map_err(|e| e.to_string())?;
         local.push(Node {
             public_ip,
             subnet: a.subnet,
@@ -270,24 +258,24 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
 
 /// An ICMP echo request with a valid checksum.
 fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, payload: usize, df: bool) -> Vec<u8> {
-    use weft::wire::{checksum, ipv4};
-    let mut v = vec![0u8; 20 + 8 + payload];
+    use weft::wire::{icmpv4, ipv4};
+    let icmp_len = icmpv4::HEADER_LEN + payload;
+    let mut v = vec![0u8; ipv4::HEADER_LEN + icmp_len];
     ipv4::Repr {
         src,
         dst,
         protocol: ipv4::PROTO_ICMP,
-        payload_len: 8 + payload,
+        payload_len: icmp_len,
         ttl: 64,
         tos: 0,
         ident: 1,
         dont_frag: df,
     }
     .emit(&mut v);
-    v[20] = 8;
-    for (i, b) in v[28..].iter_mut().enumerate() {
+    let icmp = &mut v[ipv4::HEADER_LEN..];
+    for (i, b) in icmp[icmpv4::HEADER_LEN..].iter_mut().enumerate() {
         *b = i as u8;
     }
-    let c = checksum::checksum(&v[20..]);
-    v[22..24].copy_from_slice(&c.to_be_bytes());
+    icmpv4::EchoRequest { ident: 1, seq: 1 }.emit(icmp);
     v
 }

@@ -245,6 +245,39 @@ impl Iptables {
     }
 }
 
+/// flanneld's rules while weft runs: checked and repaired by [`resync`](Self::resync),
+/// removed (in one restore) when dropped.
+pub struct InstalledRules {
+    ipt: Iptables,
+}
+
+impl InstalledRules {
+    /// Installs `chains`. Returns the guard even when the first install failed (the next
+    /// resync tries again), with the error beside it.
+    pub fn install(chains: Vec<ChainRules>) -> (InstalledRules, Result<(), String>) {
+        let ipt = Iptables::new(chains);
+        let r = ipt.ensure().map(|_| ());
+        (InstalledRules { ipt }, r)
+    }
+
+    /// Checks the rules, repairs any drift, and logs what it repaired.
+    pub fn resync(&self) {
+        match self.ipt.ensure() {
+            Ok(p) if !p.is_empty() => eprintln!("weft: repaired iptables rules ({})", p.join("; ")),
+            Ok(_) => {}
+            Err(e) => eprintln!("weft: warning: cannot check iptables rules: {e}"),
+        }
+    }
+}
+
+impl Drop for InstalledRules {
+    fn drop(&mut self) {
+        if let Err(e) = self.ipt.remove() {
+            eprintln!("weft: warning: cannot remove iptables rules: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,3 +230,58 @@ impl Netlink {
         })
     }
 }
+
+/// What weft installed on one interface, undone when dropped: its routes, then the
+/// interface itself if weft created it. Start-up steps return one instead of relying on
+/// teardown calls on every exit path, so an error anywhere after them, or a clean stop,
+/// leaves nothing behind.
+pub struct LinkGuard {
+    nl: std::sync::Arc<Netlink>,
+    index: u32,
+    routes: Vec<Ipv4Net>,
+    owns_link: bool,
+}
+
+impl LinkGuard {
+    /// Guards interface `index`; `owns_link`: delete it on drop (weft created it).
+    pub fn new(nl: std::sync::Arc<Netlink>, index: u32, owns_link: bool) -> LinkGuard {
+        LinkGuard {
+            nl,
+            index,
+            routes: Vec::new(),
+            owns_link,
+        }
+    }
+
+    /// The interface's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The netlink connection.
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+
+    /// Adds (or replaces) a route to `dst` out of this interface, removed on drop.
+    pub fn route(&mut self, dst: Ipv4Net) -> io::Result<()> {
+        self.nl.replace_route(dst, self.index)?;
+        self.routes.push(dst);
+        Ok(())
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        for r in self.routes.drain(..).rev() {
+            if let Err(e) = self.nl.del_route(r, self.index) {
+                eprintln!("weft: warning: cannot remove route {r}: {e}");
+            }
+        }
+        if self.owns_link {
+            if let Err(e) = self.nl.del_link(self.index) {
+                eprintln!("weft: warning: cannot remove interface {}: {e}", self.index);
+            }
+        }
+    }
+}

@@ -9,15 +9,17 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use weft::encap::gro::{datagrams, Coalescer, VnetHdr, VNET_HDR_LEN};
-use weft::encap::{gso, Inbound};
+use weft::encap::Inbound;
+use weft::offload::gro::{datagrams, Coalescer};
+use weft::offload::gso;
 use weft::lease::table::BackendKind;
 use weft::lease::Snapshot;
-use weft::wire::ipv4;
+use weft::wire::{ipv4, virtio_net};
 
 fn check_out(out: &[u8]) {
-    let hdr = VnetHdr::parse(out).expect("short TUN write");
-    let pkt = &out[VNET_HDR_LEN..];
+    let vnet = virtio_net::Packet::new_checked(out).expect("short TUN write");
+    let hdr = virtio_net::Repr::parse(&vnet);
+    let pkt = vnet.payload();
     let ip = ipv4::Packet::new_checked(pkt).expect("invalid IPv4 to the TUN");
     assert_eq!(ip.total_len() as usize, pkt.len());
     assert!((hdr.csum_start as usize + hdr.csum_offset as usize + 2) <= pkt.len() || hdr.flags == 0);

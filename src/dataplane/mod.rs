@@ -9,6 +9,7 @@
 
 pub mod counters;
 mod sys;
+mod tx;
 pub mod worker;
 
 use std::io;
@@ -74,39 +75,104 @@ pub fn open_socket(addr: SocketAddrV4, gro: bool, buffer: u32) -> io::Result<std
     Ok(s.into())
 }
 
-/// The running workers.
+/// How many sockets vxlan datagrams leave from, each bound to its own port: the flows to
+/// one peer spread over this many outer source ports (the receiving NIC's RSS and every
+/// ECMP hop hash on them). Kernel vxlan spreads over the whole local port range; a UDP
+/// socket cannot choose its source port per send, so weft binds a small set instead.
+pub const SOURCE_PORT_SOCKETS: usize = 16;
+
+/// The sockets vxlan datagrams leave from: [`SOURCE_PORT_SOCKETS`] sockets bound to port 0
+/// on the public IP, so the kernel gives each a port from its local port range (the range
+/// kernel vxlan draws from, never the vxlan port). They only send: their receive buffers
+/// are the smallest the kernel allows, and nothing reads them.
+pub struct SourceSockets {
+    socks: Vec<(u16, std::net::UdpSocket)>,
+}
+
+impl SourceSockets {
+    /// No sockets: everything leaves from the workers' own sockets.
+    pub fn none() -> SourceSockets {
+        SourceSockets { socks: Vec::new() }
+    }
+
+    /// Binds `n` send-only sockets on `ip`, port chosen by the kernel.
+    pub fn open(ip: std::net::Ipv4Addr, n: usize, buffer: u32) -> io::Result<SourceSockets> {
+        let mut socks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_nonblocking(true)?;
+            sys::set_pmtudisc_dont(&s)?;
+            let _ = sys::force_buffers(&s, buffer.min(i32::MAX as u32) as i32);
+            let _ = s.set_recv_buffer_size(0); // the kernel rounds up to its minimum
+            s.bind(&SocketAddrV4::new(ip, 0).into())?;
+            let port = s
+                .local_addr()?
+                .as_socket_ipv4()
+                .map(|a| a.port())
+                .ok_or_else(|| io::Error::other("send socket has no IPv4 address"))?;
+            socks.push((port, s.into()));
+        }
+        Ok(SourceSockets { socks })
+    }
+
+    /// The bound ports, in order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.socks.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// The socket bound to `port`, if one is.
+    #[inline]
+    pub fn socket(&self, port: u16) -> Option<&std::net::UdpSocket> {
+        self.socks.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
+    }
+}
+
+/// The running workers; dropping it stops and joins them.
 pub struct Dataplane {
     threads: Vec<JoinHandle<io::Result<()>>>,
+    stop: Arc<AtomicBool>,
     /// Their counters.
     pub counters: Counters,
 }
 
 impl Dataplane {
-    /// Starts one worker per TUN queue, each with its own socket on `node`'s port.
+    /// Starts one worker per TUN queue, each with its own socket on `node`'s port. For
+    /// vxlan it also binds the [`SourceSockets`] and draws `node`'s source ports from them.
     pub fn start(
-        node: Node,
+        mut node: Node,
         tun_queues: Vec<SyncDevice>,
         table: Arc<LeaseTable>,
-        stop: Arc<AtomicBool>,
         seed: u64,
         offloads: Offloads,
     ) -> io::Result<Dataplane> {
-        let mut counters = Counters::default();
-        let mut threads = Vec::new();
         let bind = SocketAddrV4::new(node.public_ip, node.format.port());
         // Bind every socket before starting any worker, so a port clash fails start-up.
         let socks = tun_queues
             .iter()
             .map(|_| open_socket(bind, offloads.gro, offloads.socket_buffer))
             .collect::<io::Result<Vec<_>>>()?;
+        let src_ports = Arc::new(match node.format {
+            crate::encap::Format::Vxlan { .. } => {
+                SourceSockets::open(node.public_ip, SOURCE_PORT_SOCKETS, offloads.socket_buffer)?
+            }
+            crate::encap::Format::Udp { .. } => SourceSockets::none(),
+        });
+        node.format = node.format.with_bound_ports(&src_ports.ports());
+        // Built first, so that a failure to spawn a later worker stops the earlier ones.
+        let mut dp = Dataplane {
+            threads: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            counters: Counters::default(),
+        };
         for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
             let w = Worker {
                 tun,
                 sock,
+                src_ports: src_ports.clone(),
                 node,
                 table: table.clone(),
-                counters: counters.add_worker(),
-                stop: stop.clone(),
+                counters: dp.counters.add_worker(),
+                stop: dp.stop.clone(),
                 ip_id: (seed >> (i * 16 % 48)) as u16,
                 offloads,
                 send_error_logged: false,
@@ -114,14 +180,16 @@ impl Dataplane {
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
                 .spawn(move || w.run(i))?;
-            threads.push(t);
+            dp.threads.push(t);
         }
-        Ok(Dataplane { threads, counters })
+        Ok(dp)
     }
+}
 
-    /// Waits for every worker to stop (after the stop flag is set).
-    pub fn join(self) {
-        for t in self.threads {
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => eprintln!("weft: worker failed: {e}"),
@@ -129,9 +197,4 @@ impl Dataplane {
             }
         }
     }
-}
-
-/// The bind address a node's sockets use.
-pub fn bind_addr(node: &Node) -> SocketAddrV4 {
-    SocketAddrV4::new(node.public_ip, node.format.port())
 }

@@ -67,18 +67,23 @@ fn sockaddr_v4(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// Sends the concatenation of `iov` to `dst` in one `sendmsg`. With `segment`, the kernel
-/// splits it into datagrams of that many bytes (`UDP_SEGMENT`, Linux 4.18+; every one but
-/// the last exactly that long), so one syscall carries a whole TSO super-packet.
+/// Sends the concatenation of `iov` to `dst` in one `sendmsg`, with the outer TOS byte
+/// `tos` (an `IP_TOS` control message, so the ECN bits the core chose reach the wire; 0
+/// sends none and the socket's default, 0, applies). With `segment`, the kernel splits it
+/// into datagrams of that many bytes (`UDP_SEGMENT`, Linux 4.18+; every one but the last
+/// exactly that long, all with the same TOS), so one syscall carries a whole TSO
+/// super-packet.
 pub fn send_segments(
     fd: &impl AsRawFd,
     dst: std::net::SocketAddrV4,
     iov: &[io::IoSlice<'_>],
     segment: Option<u16>,
+    tos: u8,
 ) -> io::Result<usize> {
     let mut addr = sockaddr_v4(dst);
-    // u64 storage keeps the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 4];
+    // u64 storage keeps the control buffer aligned for cmsghdr; 64 bytes hold both
+    // messages (CMSG_SPACE(2) + CMSG_SPACE(4) = 24 + 24 on 64-bit).
+    let mut control = [0u64; 8];
     // SAFETY: msghdr is plain data; zeroed is a valid "no name, no iov, no control" value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
@@ -86,19 +91,36 @@ pub fn send_segments(
     // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
-    if let Some(seg) = segment {
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the control buffer (32 bytes) holds
-        // one cmsghdr plus a u16 (CMSG_SPACE(2) = 24 on 64-bit), and CMSG_FIRSTHDR returns a
-        // pointer into it because msg_controllen is set first. The u16 is written unaligned.
-        unsafe {
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic. msg_controllen is first set to the
+    // whole buffer so CMSG_FIRSTHDR/CMSG_NXTHDR return pointers inside `control` (64 bytes,
+    // room for both messages), then shrunk to the space actually used. Payloads are
+    // written unaligned.
+    unsafe {
+        let space_u16 = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+        let space_int = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let mut used = 0usize;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        if let Some(seg) = segment {
             (*c).cmsg_level = libc::SOL_UDP;
             (*c).cmsg_type = libc::UDP_SEGMENT;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            used += space_u16;
+            c = libc::CMSG_NXTHDR(&msg, c);
         }
+        if tos != 0 && !c.is_null() {
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_TOS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), tos as i32);
+            used += space_int;
+        }
+        if used == 0 {
+            msg.msg_control = std::ptr::null_mut();
+        }
+        msg.msg_controllen = used as _;
     }
     // SAFETY: every pointer in msg refers to live locals or to `iov`, all outliving the call.
     let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };

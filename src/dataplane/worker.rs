@@ -27,9 +27,12 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::counters::WorkerCounters;
 use super::sys;
-use crate::encap::gro::{self, Coalescer};
-use crate::encap::{gso, DropReason, Inbound, Node, Outbound, HEADROOM};
+use super::tx::{gso_runs, Pending, MAX_GSO_SEGMENTS};
+use super::SourceSockets;
+use crate::encap::{DropReason, Inbound, Node, Outbound, HEADROOM};
 use crate::lease::LeaseTable;
+use crate::offload::gro::{self, Coalescer};
+use crate::offload::gso;
 use crate::wire::ipv4;
 
 const TUN: Token = Token(0);
@@ -40,10 +43,6 @@ const BATCH: usize = 128;
 const SEGMENTS_PER_READ: usize = 64;
 /// Reads per source before looking at the other one.
 const READS_PER_ROUND: usize = 16;
-/// The most datagrams one `UDP_SEGMENT` send may carry (the kernel's UDP_MAX_SEGMENTS).
-const MAX_GSO_SEGMENTS: usize = 64;
-/// The most a UDP/IPv4 datagram (and so one GSO send) can carry.
-const MAX_UDP_PAYLOAD: usize = 65535 - 20 - 8;
 /// How long a poll waits before re-checking the stop flag.
 const POLL_TIMEOUT: Duration = Duration::from_millis(200);
 /// The largest IPv4 packet.
@@ -72,8 +71,11 @@ pub struct Offloads {
 pub struct Worker {
     /// This worker's TUN queue.
     pub tun: SyncDevice,
-    /// This worker's UDP socket (SO_REUSEPORT with its siblings), non-blocking.
+    /// This worker's UDP socket (SO_REUSEPORT with its siblings), non-blocking: it
+    /// receives, and sends what leaves from the backend port (flannel's udp format).
     pub sock: UdpSocket,
+    /// The sockets vxlan datagrams leave from, one per source port (shared by workers).
+    pub src_ports: Arc<SourceSockets>,
     /// This node.
     pub node: Node,
     /// The shared lease table.
@@ -97,8 +99,8 @@ struct Buffers {
     /// Segments from one TUN read, each at HEADROOM.
     tx: Vec<Vec<u8>>,
     sizes: Vec<usize>,
-    /// Encapsulated datagrams waiting to be sent: (buffer index, UDP payload, peer).
-    sends: Vec<(usize, Range<usize>, SocketAddrV4)>,
+    /// Encapsulated datagrams waiting to be sent.
+    sends: Vec<Pending>,
     /// One `recvmmsg`'s buffers (each message possibly a GRO batch of many datagrams).
     rxs: Vec<Vec<u8>>,
     meta: Vec<sys::RecvMeta>,
@@ -240,7 +242,7 @@ impl Worker {
                     Outbound::Send(t) => {
                         WorkerCounters::add(&c.tx_packets, 1);
                         WorkerCounters::add(&c.tx_bytes, len as u64);
-                        b.sends.push((i, t.udp_payload(), t.dst));
+                        b.sends.push(Pending::new(i, &t));
                     }
                     Outbound::Reply { packet, reason } => {
                         c.drop(reason);
@@ -270,39 +272,24 @@ impl Worker {
         }
     }
 
-    /// Sends the encapsulated datagrams: runs of equal-sized datagrams to one peer (the last
-    /// may be shorter) go out in one `UDP_SEGMENT` sendmsg, the rest one by one.
+    /// Sends the encapsulated datagrams, one `sendmsg` per run that [`gso_runs`] finds
+    /// (with `UDP_SEGMENT` when a run has more than one), each from the socket bound to
+    /// the source port the core chose and with the TOS byte it chose.
     fn flush_sends(&mut self, b: &mut Buffers) {
         let counters = self.counters.clone();
         let c = &*counters;
-        let mut j = 0;
-        while j < b.sends.len() {
-            let (_, ref first, dst) = b.sends[j];
-            let seg = first.len();
-            let mut k = j + 1;
-            if self.offloads.gso {
-                let mut total = seg;
-                while k < b.sends.len() && k - j < MAX_GSO_SEGMENTS && b.sends[k].2 == dst {
-                    let l = b.sends[k].1.len();
-                    // All but the last exactly `seg` long, and the whole no more than one
-                    // UDP datagram could carry (EMSGSIZE otherwise).
-                    if l > seg || total + l > MAX_UDP_PAYLOAD {
-                        break;
-                    }
-                    total += l;
-                    k += 1;
-                    if l < seg {
-                        break;
-                    }
-                }
+        let mut iov = [IoSlice::new(&[]); MAX_GSO_SEGMENTS];
+        let mut runs = gso_runs(&b.sends, self.offloads.gso);
+        while let Some(run) = runs.next() {
+            let first = &b.sends[run.start];
+            let (dst, tos) = (first.dst, first.tos);
+            let sock = self.src_ports.socket(first.src_port).unwrap_or(&self.sock);
+            for (slot, p) in iov.iter_mut().zip(&b.sends[run.clone()]) {
+                *slot = IoSlice::new(&b.tx[p.buf][p.payload.clone()]);
             }
-            let mut iov = [IoSlice::new(&[]); MAX_GSO_SEGMENTS];
-            for (slot, (i, r, _)) in iov.iter_mut().zip(&b.sends[j..k]) {
-                *slot = IoSlice::new(&b.tx[*i][r.clone()]);
-            }
-            let group = &iov[..k - j];
-            let gso = (group.len() > 1).then_some(seg as u16);
-            match sys::send_segments(&self.sock, dst, group, gso) {
+            let group = &iov[..run.len()];
+            let gso = (group.len() > 1).then_some(first.payload.len() as u16);
+            match sys::send_segments(sock, dst, group, gso, tos) {
                 Ok(_) => {}
                 Err(e)
                     if gso.is_some()
@@ -312,13 +299,8 @@ impl Worker {
                     // to one datagram per send for good, and say so once.
                     eprintln!("weft: UDP GSO refused by the kernel ({e}); sending one datagram per syscall");
                     self.offloads.gso = false;
-                    for s in group {
-                        if sys::send_segments(&self.sock, dst, std::slice::from_ref(s), None)
-                            .is_err()
-                        {
-                            WorkerCounters::add(&c.send_errors, 1);
-                        }
-                    }
+                    runs = gso_runs(&b.sends, false);
+                    runs.skip_to(run.start);
                 }
                 Err(e) => {
                     if !self.send_error_logged {
@@ -328,7 +310,6 @@ impl Worker {
                     WorkerCounters::add(&c.send_errors, group.len() as u64)
                 }
             }
-            j = k;
         }
         b.sends.clear();
     }

@@ -8,8 +8,6 @@
 //! no payload copy, no allocation. ICMP errors are built in place too, over the offending
 //! packet's headroom, quoting its first bytes where they already are.
 
-pub mod gro;
-pub mod gso;
 pub mod udp;
 pub mod vxlan;
 
@@ -142,15 +140,20 @@ impl DropReason {
     }
 }
 
-/// A datagram to send to a peer.
+/// A datagram to send to a peer: everything the core decided about it, which the I/O
+/// layer must honour (a UDP socket writes the outer headers itself, so the source port and
+/// the TOS byte have to travel beside the payload, not only inside the buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// The whole outer IPv4 datagram in the buffer (for a raw socket or a capture).
     pub datagram: Range<usize>,
     /// The peer's underlay address and port.
     pub dst: SocketAddrV4,
-    /// The outer UDP source port chosen (flow hash for vxlan).
+    /// The outer UDP source port chosen (flow hash for vxlan, the backend port for udp).
     pub src_port: u16,
+    /// The outer TOS byte: the inner packet's ECN bits as RFC 6040 maps them (CE becomes
+    /// ECT(0)), DSCP 0, as kernel vxlan with `tos 0` writes it.
+    pub tos: u8,
 }
 
 impl Transmit {
@@ -196,8 +199,8 @@ pub enum Format {
         port: u16,
         /// Our VTEP MAC.
         mac: MacAddr,
-        /// Inclusive range of outer source ports (Linux: the local port range).
-        src_ports: (u16, u16),
+        /// Where outer source ports come from.
+        src_ports: SrcPorts,
     },
     /// flannel's udp backend: the raw inner packet in UDP, same port both ways.
     Udp {
@@ -227,6 +230,20 @@ impl Format {
     pub fn port(&self) -> u16 {
         match *self {
             Format::Vxlan { port, .. } | Format::Udp { port } => port,
+        }
+    }
+
+    /// The same format with vxlan source ports drawn from `ports` (the ports of the
+    /// sockets the I/O layer bound); flannel's udp format always sends from its one port.
+    pub fn with_bound_ports(self, ports: &[u16]) -> Format {
+        match self {
+            Format::Vxlan { vni, port, mac, .. } if !ports.is_empty() => Format::Vxlan {
+                vni,
+                port,
+                mac,
+                src_ports: SrcPorts::Bound(PortSet::new(ports)),
+            },
+            f => f,
         }
     }
 }
@@ -332,6 +349,7 @@ impl Node {
         let Some(outer) = start.checked_sub(self.format.overhead()) else {
             return Outbound::Drop(DropReason::NoRoom);
         };
+        let tos = buf.get(start + 1).map_or(0, |&t| ecn_encapsulate(t));
         let (src_port, dst_port) = match self.format {
             Format::Vxlan {
                 vni,
@@ -372,6 +390,7 @@ impl Node {
             datagram: outer..end,
             dst: SocketAddrV4::new(peer.public_ip, dst_port),
             src_port,
+            tos,
         })
     }
 
@@ -624,17 +643,21 @@ pub fn flow_hash(inner: &[u8], seed: u64) -> u64 {
     mix(mix(seed ^ lo).wrapping_add(hi) ^ (proto as u64) << 56)
 }
 
-/// The vxlan outer source port for `inner`: its flow hash scaled into the inclusive range,
-/// as Linux's `udp_flow_src_port` does.
-pub fn flow_src_port(inner: &[u8], seed: u64, range: (u16, u16)) -> u16 {
-    let (min, max) = if range.0 <= range.1 {
-        range
-    } else {
-        (range.1, range.0)
-    };
-    let span = (max - min) as u64 + 1;
+/// The vxlan outer source port for `inner`: its flow hash scaled onto `ports`, as Linux's
+/// `udp_flow_src_port` scales it onto the local port range.
+pub fn flow_src_port(inner: &[u8], seed: u64, ports: SrcPorts) -> u16 {
     let h = flow_hash(inner, seed) >> 32;
-    min + ((h * span) >> 32) as u16
+    let pick = |span: u64| (h * span) >> 32;
+    match ports {
+        SrcPorts::Range(a, b) => {
+            let (min, max) = if a <= b { (a, b) } else { (b, a) };
+            min + pick((max - min) as u64 + 1) as u16
+        }
+        SrcPorts::Bound(set) => match set.as_slice() {
+            [] => LINUX_SRC_PORTS_MIN,
+            ports => ports[pick(ports.len() as u64) as usize],
+        },
+    }
 }
 
 /// splitmix64's finalizer: a fast, well-mixed 64-bit permutation.
@@ -645,8 +668,51 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+const LINUX_SRC_PORTS_MIN: u16 = 32768;
+
 /// Linux's default `net.ipv4.ip_local_port_range`, the kernel vxlan source port range.
-pub const LINUX_SRC_PORTS: (u16, u16) = (32768, 60999);
+pub const LINUX_SRC_PORTS: SrcPorts = SrcPorts::Range(LINUX_SRC_PORTS_MIN, 60999);
+
+/// The most ports a [`PortSet`] holds.
+pub const MAX_BOUND_PORTS: usize = 32;
+
+/// Where a vxlan datagram's outer source port comes from. Either way one flow keeps one
+/// port (so the receiver's RSS and every ECMP hop keep its packets in order) and different
+/// flows spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrcPorts {
+    /// Any port of this inclusive range, by flow hash, exactly as kernel vxlan picks it: for
+    /// a sender that writes whole datagrams (a raw socket, a capture, the kernel vectors).
+    Range(u16, u16),
+    /// One of these ports, by flow hash: the ports of the sockets the I/O layer has bound
+    /// (the kernel gave each one from its local port range), so the port the core writes
+    /// is the port that goes on the wire.
+    Bound(PortSet),
+}
+
+/// A small fixed set of ports (Copy, no allocation: it lives inside [`Node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSet {
+    ports: [u16; MAX_BOUND_PORTS],
+    len: u8,
+}
+
+impl PortSet {
+    /// The first [`MAX_BOUND_PORTS`] of `ports`.
+    pub fn new(ports: &[u16]) -> PortSet {
+        let mut s = PortSet {
+            ports: [0; MAX_BOUND_PORTS],
+            len: ports.len().min(MAX_BOUND_PORTS) as u8,
+        };
+        s.ports[..s.len as usize].copy_from_slice(&ports[..s.len as usize]);
+        s
+    }
+
+    /// The ports.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ports[..self.len as usize]
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -616,3 +616,49 @@ fn drop_reason_table_is_complete() {
     let names: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(names.len(), DropReason::COUNT);
 }
+
+fn udp_flow(src: [u8; 4], dst: [u8; 4], sport: u16, tos: u8) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, src, dst).unwrap();
+    ip.ecn = etherparse::IpEcn::try_new(tos & 3).unwrap();
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .udp(sport, 5201)
+        .write(&mut v, &[7u8; 100])
+        .unwrap();
+    v
+}
+
+#[test]
+fn transmit_carries_a_bound_source_port_and_the_outer_tos() {
+    let bound = [40001, 40002, 40003, 40004, 40005, 40006, 40007, 40008];
+    let mut n = node_for(&peer_a(), ChecksumMode::Zero);
+    n.format = n.format.with_bound_ports(&bound);
+    let send = |pkt: &[u8]| match run_outbound(&n, pkt) {
+        (Outbound::Send(t), buf) => (t, buf),
+        (o, _) => panic!("not sent: {o:?}"),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for sport in 1000..1064 {
+        let (t, buf) = send(&udp_flow([10, 244, 1, 5], [10, 244, 2, 5], sport, 0));
+        assert!(bound.contains(&t.src_port), "{} not bound", t.src_port);
+        // The port the Transmit names is the one written into the datagram.
+        let d = &buf[t.datagram.clone()];
+        assert_eq!(u16::from_be_bytes([d[20], d[21]]), t.src_port);
+        // One flow, one port, whatever its ECN marks.
+        let (again, _) = send(&udp_flow([10, 244, 1, 5], [10, 244, 2, 5], sport, 2));
+        assert_eq!(again.src_port, t.src_port);
+        seen.insert(t.src_port);
+    }
+    assert!(seen.len() >= 6, "64 flows used only {seen:?}");
+    // Outer TOS: the inner ECN as RFC 6040 maps it, in the Transmit and in the header.
+    for (inner, outer) in [(0, 0), (1, 1), (2, 2), (3, 2)] {
+        let (t, buf) = send(&udp_flow([10, 244, 1, 5], [10, 244, 2, 5], 999, inner));
+        assert_eq!(t.tos, outer);
+        assert_eq!(buf[t.datagram.start + 1], outer);
+    }
+    // The udp format keeps its one port both ways, as flannel's proxy.
+    let u = udp_node(&peer_a()).format.with_bound_ports(&bound);
+    assert_eq!(u, udp_node(&peer_a()).format);
+    // An empty set changes nothing.
+    assert_eq!(n.format.with_bound_ports(&[]), n.format);
+}

@@ -26,7 +26,6 @@
 //! decoding) is plain code, unit-tested without etcd.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,9 +36,8 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 
-use super::{Acquired, LeaseStore, StoreError, LEASE_TTL, RACE_RETRIES};
+use super::{LeaseStore, StoreError, Stored, LEASE_TTL};
 use crate::config::NetConfig;
-use crate::lease::alloc::{allocate, Source};
 use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
 
 /// flanneld's default `--etcd-endpoints`.
@@ -426,9 +424,8 @@ impl EtcdStore {
         format!("{}{}", self.subnets_prefix(), lease.key())
     }
 
-    /// Reads every lease straight from etcd (not the cache), each with the revision its key
-    /// was created at.
-    fn list(&self) -> Result<Vec<(Lease, i64)>, StoreError> {
+    /// Reads every lease straight from etcd (not the cache), each with its value as stored.
+    fn list_stored(&self) -> Result<Vec<Stored>, StoreError> {
         let mut c = self.client.clone();
         let prefix = self.subnets_prefix();
         let resp = self.rt.block_on(deadline(
@@ -439,7 +436,10 @@ impl EtcdStore {
         let mut out = Vec::new();
         for kv in resp.kvs() {
             match decode(&prefix, kv.key(), kv.value(), kv.lease(), now) {
-                Ok(l) => out.push((l, kv.create_revision())),
+                Ok(lease) => out.push(Stored {
+                    lease,
+                    raw: String::from_utf8_lossy(kv.value()).into_owned(),
+                }),
                 Err(e) => eprintln!(
                     "weft: warning: skipping etcd key {}: {e}",
                     String::from_utf8_lossy(kv.key())
@@ -447,6 +447,25 @@ impl EtcdStore {
             }
         }
         Ok(out)
+    }
+
+    /// Writes `lease` if `cond` holds, under a fresh [`LEASE_TTL`] etcd lease unless it is
+    /// a reservation, and records it in the cache.
+    fn write_if(&self, lease: &Lease, cond: Compare) -> Result<Option<Stored>, StoreError> {
+        let key = self.key(lease);
+        let value = lease.attrs.to_json();
+        let ttl = lease.expiration.map(|_| LEASE_TTL);
+        let started = SystemTime::now();
+        Ok(self.put_leased(&key, &value, cond, ttl)?.map(|(id, rev)| {
+            self.record(&key, &value, id, rev);
+            Stored {
+                lease: Lease {
+                    expiration: ttl.map(|t| started + t),
+                    ..lease.clone()
+                },
+                raw: value,
+            }
+        }))
     }
 
     /// Starts the watch task (once): list, then watch from the listed revision.
@@ -710,102 +729,38 @@ impl LeaseStore for EtcdStore {
         if !w.synced {
             drop(w);
             // Before the first listing there is nothing to forward on: read directly.
-            return self.list().map(|v| v.into_iter().map(|(l, _)| l).collect());
+            return self
+                .list_stored()
+                .map(|v| v.into_iter().map(|s| s.lease).collect());
         }
         self.seen_generation = w.cache.generation();
         Ok(w.cache.leases())
     }
 
-    fn acquire(
-        &mut self,
-        cfg: &NetConfig,
-        public_ip: Ipv4Addr,
-        previous: Option<Ipv4Net>,
-        now: SystemTime,
-        random: u64,
-        attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
-    ) -> Result<Acquired, StoreError> {
-        for attempt in 0..RACE_RETRIES {
-            let listed = self.list()?;
-            let leases: Vec<Lease> = listed.iter().map(|(l, _)| l.clone()).collect();
-            let a = allocate(
-                cfg,
-                &leases,
-                public_ip,
-                previous,
-                now,
-                random.wrapping_add(attempt as u64),
-            )?;
-            for stale in &a.stale {
-                eprintln!("weft: deleting our lease {stale}: it no longer fits the network config");
-                let key = format!(
-                    "{}{}",
-                    self.subnets_prefix(),
-                    crate::lease::subnet_key(*stale, None)
-                );
-                let mut c = self.client.clone();
-                self.rt
-                    .block_on(deadline("delete stale lease", c.delete(key, None)))?;
-            }
-            let mine = leases
-                .iter()
-                .find(|l| l.subnet == a.subnet && l.attrs.public_ip == public_ip);
-            let mut lease = Lease {
-                subnet: a.subnet,
-                ipv6_subnet: None,
-                attrs: attrs(mine),
-                expiration: None,
-            };
-            let key = self.key(&lease);
-            let value = lease.attrs.to_json();
-            let (cond, ttl) = match a.source {
-                Source::ExistingLease { reservation } => {
-                    // Update in place only if nobody replaced the key since we listed it.
-                    let created = listed
-                        .iter()
-                        .find(|(l, _)| l.subnet == lease.subnet)
-                        .map_or(0, |m| m.1);
-                    (
-                        Compare::create_revision(key.clone(), CompareOp::Equal, created),
-                        (!reservation).then_some(LEASE_TTL),
-                    )
-                }
-                Source::Previous | Source::Fresh => (
-                    Compare::version(key.clone(), CompareOp::Equal, 0),
-                    Some(LEASE_TTL),
-                ),
-            };
-            let started = SystemTime::now();
-            if let Some((id, rev)) = self.put_leased(&key, &value, cond, ttl)? {
-                lease.expiration = ttl.map(|t| started + t);
-                self.record(&key, &value, id, rev);
-                return Ok(Acquired {
-                    lease,
-                    source: a.source,
-                    attempts: attempt + 1,
-                });
-            }
-            // Another node created (or replaced) the key first: list again and retry.
-        }
-        Err(StoreError::Contention(RACE_RETRIES))
+    fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
+        self.list_stored()
     }
 
-    fn renew(&mut self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError> {
-        let key = self.key(lease);
-        let value = lease.attrs.to_json();
-        // Still ours only if the key holds exactly what we wrote.
-        let cond = Compare::value(key.clone(), CompareOp::Equal, value.clone());
-        let ttl = lease.expiration.map(|_| LEASE_TTL);
-        match self.put_leased(&key, &value, cond, ttl)? {
-            Some((id, rev)) => {
-                self.record(&key, &value, id, rev);
-                Ok(Some(Lease {
-                    expiration: ttl.map(|t| now + t),
-                    ..lease.clone()
-                }))
-            }
-            None => Ok(None),
-        }
+    fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError> {
+        let cond = Compare::version(self.key(lease), CompareOp::Equal, 0);
+        self.write_if(lease, cond)
+    }
+
+    fn update(&mut self, lease: &Lease, expect: &str) -> Result<Option<Stored>, StoreError> {
+        let cond = Compare::value(self.key(lease), CompareOp::Equal, expect);
+        self.write_if(lease, cond)
+    }
+
+    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError> {
+        let key = format!(
+            "{}{}",
+            self.subnets_prefix(),
+            crate::lease::subnet_key(subnet, None)
+        );
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(deadline("delete stale lease", c.delete(key, None)))
+            .map(|_| ())
     }
 
     fn wait_change(&mut self, timeout: Duration) {
@@ -828,6 +783,8 @@ impl LeaseStore for EtcdStore {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     const P: &str = "/coreos.com/network";

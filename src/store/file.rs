@@ -14,16 +14,15 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
-use super::{Acquired, LeaseStore, StoreError, LEASE_TTL, RACE_RETRIES};
+use super::{LeaseStore, StoreError, StoreLock, Stored};
 use crate::config::NetConfig;
-use crate::lease::alloc::{allocate, Source};
 use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
 
 const EXPIRATION_PREFIX: &str = "expiration=";
@@ -31,6 +30,8 @@ const EXPIRATION_PREFIX: &str = "expiration=";
 /// The directory store.
 pub struct FileStore {
     dir: PathBuf,
+    /// How many [`DirLock`]s of this store are alive (the `flock` is taken once).
+    lock_depth: Arc<AtomicUsize>,
     /// Parsed leases by file name, keyed on (mtime, size, inode) to skip unchanged files.
     cache: HashMap<String, (FileKey, Option<Lease>)>,
 }
@@ -93,6 +94,7 @@ impl FileStore {
         fs::create_dir_all(&subnets).map_err(io_err(&subnets))?;
         Ok(FileStore {
             dir,
+            lock_depth: Arc::new(AtomicUsize::new(0)),
             cache: HashMap::new(),
         })
     }
@@ -143,17 +145,58 @@ impl FileStore {
         }
     }
 
-    fn lock(&self) -> Result<File, StoreError> {
+    /// The first line of a lease's file as it is now (the etcd value it mirrors).
+    fn raw_value(&self, lease: &Lease) -> Option<String> {
+        fs::read_to_string(self.lease_path(lease))
+            .ok()
+            .map(|t| first_line(&t).to_string())
+    }
+
+    /// `flock(DIR/.lock)`, re-entrant within this store (allocation holds it and updates
+    /// inside allocation must not wait for themselves).
+    fn lock(&self) -> Result<DirLock, StoreError> {
+        let depth = self.lock_depth.clone();
+        if depth.fetch_add(1, Ordering::AcqRel) > 0 {
+            return Ok(DirLock { _file: None, depth });
+        }
         let p = self.dir.join(".lock");
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(io_err(&p))?;
-        f.lock().map_err(io_err(&p))?;
-        Ok(f)
+            .and_then(|f| f.lock().map(|()| f));
+        match f {
+            Ok(f) => Ok(DirLock {
+                _file: Some(f),
+                depth,
+            }),
+            Err(e) => {
+                depth.fetch_sub(1, Ordering::AcqRel);
+                Err(io_err(&p)(e))
+            }
+        }
     }
+}
+
+/// A held directory lock (the outermost one holds the locked file).
+struct DirLock {
+    _file: Option<File>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        self.depth.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A lease file's value line (the first non-empty one), trimmed.
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -219,102 +262,51 @@ impl LeaseStore for FileStore {
         Ok(out)
     }
 
-    fn acquire(
-        &mut self,
-        cfg: &NetConfig,
-        public_ip: Ipv4Addr,
-        previous: Option<Ipv4Net>,
-        now: SystemTime,
-        random: u64,
-        attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
-    ) -> Result<Acquired, StoreError> {
-        // The lock serializes weft nodes sharing the directory; create-exclusive still guards
-        // against anything that writes leases without it.
-        let _lock = self.lock()?;
-        // Names we failed to create (a file we cannot read holds them): taken, for us.
-        let mut blocked: Vec<Lease> = Vec::new();
-        for attempt in 0..RACE_RETRIES {
-            let mut leases = self.leases()?;
-            leases.extend(blocked.iter().cloned());
-            let a = allocate(
-                cfg,
-                &leases,
-                public_ip,
-                previous,
-                now,
-                random.wrapping_add(attempt as u64),
-            )?;
-            for stale in &a.stale {
-                let p = self.subnets().join(crate::lease::subnet_key(*stale, None));
-                eprintln!("weft: deleting our lease {stale}: it no longer fits the network config");
-                let _ = fs::remove_file(p);
-            }
-            let mine = leases.iter().find(|l| {
-                l.subnet == a.subnet && l.attrs.public_ip == public_ip && !l.is_expired(now)
-            });
-            let lease = Lease {
-                subnet: a.subnet,
-                ipv6_subnet: None,
-                attrs: attrs(mine),
-                expiration: match a.source {
-                    Source::ExistingLease { reservation: true } => None,
-                    _ => Some(now + LEASE_TTL),
-                },
-            };
-            match a.source {
-                Source::ExistingLease { .. } => {
-                    self.put(&lease)?;
-                    return Ok(Acquired {
-                        lease,
-                        source: a.source,
-                        attempts: attempt + 1,
-                    });
-                }
-                Source::Previous | Source::Fresh => {
-                    // An expired lease file still holds the name: remove it first.
-                    if let Some(old) = leases
-                        .iter()
-                        .find(|l| l.subnet == a.subnet && l.is_expired(now))
-                    {
-                        let _ = fs::remove_file(self.lease_path(old));
-                    }
-                    if self.create_exclusive(&lease)? {
-                        return Ok(Acquired {
-                            lease,
-                            source: a.source,
-                            attempts: attempt + 1,
-                        });
-                    }
-                    let attrs = LeaseAttrs::udp(Ipv4Addr::UNSPECIFIED); // never ours
-                    blocked.push(Lease {
-                        expiration: None,
-                        attrs,
-                        ..lease
-                    });
-                }
-            }
-        }
-        Err(StoreError::Contention(RACE_RETRIES))
+    fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
+        // The directory is the store: reading it is as fresh as it gets. Raw values come
+        // from the files parsed (or cached) just now.
+        let leases = self.leases()?;
+        Ok(leases
+            .into_iter()
+            .map(|l| {
+                let raw = self.raw_value(&l).unwrap_or_else(|| l.attrs.to_json());
+                Stored { lease: l, raw }
+            })
+            .collect())
     }
 
-    fn renew(&mut self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError> {
+    fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError> {
+        Ok(self
+            .create_exclusive(lease)?
+            .then(|| Stored::ours(lease.clone())))
+    }
+
+    fn update(&mut self, lease: &Lease, expect: &str) -> Result<Option<Stored>, StoreError> {
         let p = self.lease_path(lease);
+        // Local writers of the directory hold the lock for read-compare-replace.
         let _lock = self.lock()?;
         match fs::read_to_string(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&p)(e)),
-            Ok(text) => match parse(&lease.key(), &text) {
-                Ok(cur) if cur.attrs.public_ip == lease.attrs.public_ip => {}
-                // Someone else owns (or has broken) the subnet now: treat as revoked.
-                _ => return Ok(None),
-            },
+            Ok(text) if first_line(&text) != expect.trim() => return Ok(None),
+            Ok(_) => {}
         }
-        let renewed = Lease {
-            expiration: lease.expiration.map(|_| now + LEASE_TTL),
-            ..lease.clone()
-        };
-        self.put(&renewed)?;
-        Ok(Some(renewed))
+        self.put(lease)?;
+        Ok(Some(Stored::ours(lease.clone())))
+    }
+
+    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError> {
+        let p = self.subnets().join(crate::lease::subnet_key(subnet, None));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn lock(&mut self) -> Result<StoreLock, StoreError> {
+        // The lock serializes weft nodes sharing the directory; create-exclusive still
+        // guards against anything that writes leases without it.
+        FileStore::lock(self).map(StoreLock::held)
     }
 
     fn describe(&self) -> String {
@@ -326,8 +318,13 @@ impl LeaseStore for FileStore {
 mod tests {
     use std::time::Duration;
 
+    use std::net::Ipv4Addr;
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::lease::alloc::Source;
     use crate::lease::VxlanBackendData;
+    use crate::store::{acquire, renew, LEASE_TTL};
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("weft-store-{tag}-{}", std::process::id()));
@@ -392,23 +389,31 @@ mod tests {
         let cfg = s.config().unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         let ip = Ipv4Addr::new(192, 0, 2, 1);
-        let a = s.acquire(&cfg, ip, None, now, 5, &attrs(ip)).unwrap();
+        let a = acquire(&mut s, &cfg, ip, None, now, 5, &attrs(ip)).unwrap();
         assert_eq!(a.source, Source::Fresh);
-        assert!(s.lease_path(&a.lease).exists());
+        assert!(s.lease_path(&a.stored.lease).exists());
         // A restart reuses the subnet and the VTEP MAC.
-        let b = s.acquire(&cfg, ip, None, now, 77, &attrs(ip)).unwrap();
-        assert_eq!(b.lease.subnet, a.lease.subnet);
+        let b = acquire(&mut s, &cfg, ip, None, now, 77, &attrs(ip)).unwrap();
+        assert_eq!(b.stored.lease.subnet, a.stored.lease.subnet);
         assert_eq!(
-            b.lease.attrs.vxlan_data().unwrap(),
-            a.lease.attrs.vxlan_data().unwrap()
+            b.stored.lease.attrs.vxlan_data().unwrap(),
+            a.stored.lease.attrs.vxlan_data().unwrap()
         );
         assert_eq!(b.source, Source::ExistingLease { reservation: false });
         let later = now + Duration::from_secs(3600);
-        let r = s.renew(&b.lease, later).unwrap().unwrap();
-        assert_eq!(r.expiration, Some(later + LEASE_TTL));
-        assert_eq!(s.leases().unwrap(), vec![r.clone()]);
-        fs::remove_file(s.lease_path(&r)).unwrap();
-        assert_eq!(s.renew(&r, later).unwrap(), None);
+        let r = renew(&mut s, &b.stored, later).unwrap().unwrap();
+        assert_eq!(r.lease.expiration, Some(later + LEASE_TTL));
+        assert_eq!(s.leases().unwrap(), vec![r.lease.clone()]);
+        // Someone else's value under our name: revoked, and left alone.
+        let theirs = Lease {
+            attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 7)),
+            ..r.lease.clone()
+        };
+        s.put(&theirs).unwrap();
+        assert_eq!(renew(&mut s, &r, later).unwrap(), None);
+        assert_eq!(s.leases().unwrap(), vec![theirs]);
+        fs::remove_file(s.lease_path(&r.lease)).unwrap();
+        assert_eq!(renew(&mut s, &r, later).unwrap(), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -437,22 +442,22 @@ mod tests {
         let cfg = s.config().unwrap();
         // The expired .8 is free to reuse as the previous subnet.
         let ip = Ipv4Addr::new(192, 0, 2, 1);
-        let a = s
-            .acquire(
-                &cfg,
-                ip,
-                Some("10.10.0.8/30".parse().unwrap()),
-                now,
-                0,
-                &attrs(ip),
-            )
-            .unwrap();
-        assert_eq!(a.lease.subnet, "10.10.0.8/30".parse().unwrap());
+        let a = acquire(
+            &mut s,
+            &cfg,
+            ip,
+            Some("10.10.0.8/30".parse().unwrap()),
+            now,
+            0,
+            &attrs(ip),
+        )
+        .unwrap();
+        assert_eq!(a.stored.lease.subnet, "10.10.0.8/30".parse().unwrap());
         assert_eq!(a.source, Source::Previous);
         // .4 holds a corrupt file: not a lease, but its name cannot be created, so the next
         // node is refused cleanly rather than looping on it (.12 is reserved).
         let ip2 = Ipv4Addr::new(192, 0, 2, 2);
-        let e = s.acquire(&cfg, ip2, None, now, 0, &attrs(ip2)).unwrap_err();
+        let e = acquire(&mut s, &cfg, ip2, None, now, 0, &attrs(ip2)).unwrap_err();
         assert!(e.to_string().contains("out of subnets"), "{e}");
         assert!(dir.join("subnets/10.10.0.4-30").exists());
         fs::remove_dir_all(&dir).unwrap();
@@ -470,9 +475,9 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut s = FileStore::open(&dir).unwrap();
                     let ip = Ipv4Addr::new(192, 0, 2, i);
-                    s.acquire(&cfg, ip, None, SystemTime::now(), 0, &attrs(ip))
+                    acquire(&mut s, &cfg, ip, None, SystemTime::now(), 0, &attrs(ip))
                         .ok()
-                        .map(|a| a.lease.subnet)
+                        .map(|a| a.stored.lease.subnet)
                 })
             })
             .collect();

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::Ipv4Net;
 
 use crate::config::{ConfigError, NetConfig};
-use crate::lease::alloc::AllocError;
+use crate::lease::alloc::{allocate, AllocError, Source};
 use crate::lease::{Lease, LeaseAttrs};
 
 /// flanneld's lease TTL (`subnetTTL`).
@@ -60,41 +60,82 @@ pub enum StoreError {
     Contention(usize),
 }
 
+/// A lease as a store holds it: parsed, and its value exactly as stored (the etcd value, or
+/// a lease file's first line), which is what conditional updates compare against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The lease.
+    pub lease: Lease,
+    /// Its value, byte for byte as stored.
+    pub raw: String,
+}
+
+impl Stored {
+    /// A lease as weft writes it (the value is weft's own JSON).
+    pub fn ours(lease: Lease) -> Stored {
+        let raw = lease.attrs.to_json();
+        Stored { lease, raw }
+    }
+}
+
 /// What `acquire` settled on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Acquired {
     /// Our lease as written.
-    pub lease: Lease,
+    pub stored: Stored,
     /// How the subnet was chosen.
     pub source: crate::lease::alloc::Source,
     /// Allocation rounds it took (more than 1: another node won a race for a subnet).
     pub attempts: usize,
 }
 
-/// A place where leases live and are watched.
+/// Held while a node allocates; stores that serialize allocation among local processes
+/// (the file store's `flock`) keep their guard in it.
+pub struct StoreLock(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send>>);
+
+impl StoreLock {
+    /// No lock: the store's conditional writes alone keep allocation race-free.
+    pub fn none() -> StoreLock {
+        StoreLock(None)
+    }
+
+    /// A lock released when `guard` is dropped.
+    pub fn held(guard: impl std::any::Any + Send) -> StoreLock {
+        StoreLock(Some(Box::new(guard)))
+    }
+}
+
+/// A place where leases live and are watched. Stores provide primitives (list, create if
+/// absent, update if unchanged, remove); the allocation loop over them is one function,
+/// [`acquire`], and renewal is [`renew`].
 pub trait LeaseStore: Send {
     /// The network config (`<prefix>/config`).
     fn config(&self) -> Result<NetConfig, StoreError>;
 
-    /// Every readable lease, expired or not (corrupt entries are skipped with a warning).
+    /// Every readable lease, expired or not (corrupt entries are skipped with a warning):
+    /// the view the forwarding table follows (a store with a watch answers from it).
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError>;
 
-    /// Acquires (or reuses) this node's lease, race-free against other nodes. `attrs` is
-    /// given our existing lease, if one carries our public IP, so backend data such as the
-    /// VTEP MAC can be kept.
-    fn acquire(
-        &mut self,
-        cfg: &NetConfig,
-        public_ip: Ipv4Addr,
-        previous: Option<Ipv4Net>,
-        now: SystemTime,
-        random: u64,
-        attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
-    ) -> Result<Acquired, StoreError>;
+    /// Every readable lease read afresh from the store itself, for allocation.
+    fn list(&mut self) -> Result<Vec<Stored>, StoreError>;
 
-    /// Renews `lease` to expire `LEASE_TTL` from `now` (a reservation stays one). Returns
-    /// `Ok(None)` if the lease no longer exists: it was revoked.
-    fn renew(&mut self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError>;
+    /// Writes `lease` if no lease holds its subnet. A lease with an expiration is written
+    /// to expire then (etcd: under an etcd lease of [`LEASE_TTL`]); without one it is a
+    /// reservation. Returns what was stored, or `None` if the subnet was taken.
+    fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError>;
+
+    /// Replaces the lease of `lease.subnet` with `lease` (expiration as in `create`) if
+    /// its stored value is still exactly `expect`. Returns what was stored, or `None` if
+    /// the lease is gone or holds another value.
+    fn update(&mut self, lease: &Lease, expect: &str) -> Result<Option<Stored>, StoreError>;
+
+    /// Removes the lease of `subnet`, if there is one.
+    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError>;
+
+    /// Serializes allocation with other local nodes, where the store needs it.
+    fn lock(&mut self) -> Result<StoreLock, StoreError> {
+        Ok(StoreLock::none())
+    }
 
     /// Waits up to `timeout` for the leases to change (the daemon calls `leases` after).
     /// Stores that cannot tell just sleep.
@@ -104,6 +145,95 @@ pub trait LeaseStore: Send {
 
     /// Where the store lives, for messages.
     fn describe(&self) -> String;
+}
+
+/// Acquires (or reuses) this node's lease, race-free against other nodes, as flanneld
+/// does: list, choose ([`allocate`]: our own lease, else `previous`, else a random free
+/// subnet), then create the key only if it is absent (or update ours only if unchanged);
+/// a lost race lists again, up to [`RACE_RETRIES`] times. `attrs` is given our existing
+/// lease, if one carries our public IP, so backend data such as the VTEP MAC survive.
+pub fn acquire(
+    store: &mut dyn LeaseStore,
+    cfg: &NetConfig,
+    public_ip: Ipv4Addr,
+    previous: Option<Ipv4Net>,
+    now: SystemTime,
+    random: u64,
+    attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
+) -> Result<Acquired, StoreError> {
+    let _lock = store.lock()?;
+    // Subnets we failed to take (someone holds them, perhaps in a form we cannot read):
+    // taken, for us, in the next rounds.
+    let mut blocked: Vec<Lease> = Vec::new();
+    for attempt in 0..RACE_RETRIES {
+        let listed = store.list()?;
+        let mut leases: Vec<Lease> = listed.iter().map(|s| s.lease.clone()).collect();
+        leases.extend(blocked.iter().cloned());
+        let a = allocate(
+            cfg,
+            &leases,
+            public_ip,
+            previous,
+            now,
+            random.wrapping_add(attempt as u64),
+        )?;
+        for stale in &a.stale {
+            eprintln!("weft: deleting our lease {stale}: it no longer fits the network config");
+            store.remove(*stale)?;
+        }
+        let current = listed.iter().find(|s| s.lease.subnet == a.subnet);
+        let mine = current
+            .map(|s| &s.lease)
+            .filter(|l| l.attrs.public_ip == public_ip && !l.is_expired(now));
+        let lease = Lease {
+            subnet: a.subnet,
+            ipv6_subnet: None,
+            attrs: attrs(mine),
+            expiration: match a.source {
+                Source::ExistingLease { reservation: true } => None,
+                _ => Some(now + LEASE_TTL),
+            },
+        };
+        let written = match (a.source, current) {
+            (Source::ExistingLease { .. }, Some(cur)) => store.update(&lease, &cur.raw)?,
+            (_, cur) => {
+                // An expired lease still holds the name (a directory store's file; etcd
+                // deletes expired keys itself): remove it first.
+                if let Some(old) = cur.filter(|c| c.lease.is_expired(now)) {
+                    store.remove(old.lease.subnet)?;
+                }
+                store.create(&lease)?
+            }
+        };
+        if let Some(stored) = written {
+            return Ok(Acquired {
+                stored,
+                source: a.source,
+                attempts: attempt + 1,
+            });
+        }
+        blocked.push(Lease {
+            attrs: LeaseAttrs::udp(Ipv4Addr::UNSPECIFIED), // never ours
+            expiration: None,
+            ..lease
+        });
+    }
+    Err(StoreError::Contention(RACE_RETRIES))
+}
+
+/// Renews `ours` to expire [`LEASE_TTL`] from `now` (a reservation stays one), but only if
+/// the store still holds exactly what we wrote: a lease someone deleted or took over is
+/// never re-created. `Ok(None)`: it was revoked.
+pub fn renew(
+    store: &mut dyn LeaseStore,
+    ours: &Stored,
+    now: SystemTime,
+) -> Result<Option<Stored>, StoreError> {
+    let lease = Lease {
+        expiration: ours.lease.expiration.map(|_| now + LEASE_TTL),
+        ..ours.lease.clone()
+    };
+    store.update(&lease, &ours.raw)
 }
 
 impl StoreError {

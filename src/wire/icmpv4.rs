@@ -131,9 +131,59 @@ impl DestUnreachable {
     }
 }
 
+/// An Echo Request (ping) header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoRequest {
+    /// Identifier.
+    pub ident: u16,
+    /// Sequence number.
+    pub seq: u16,
+}
+
+impl EchoRequest {
+    /// Emits the ICMP header into `msg[..8]` and the checksum over the whole of `msg`,
+    /// whose `msg[8..]` must already hold the echo data.
+    ///
+    /// # Panics
+    /// If `msg` is shorter than 8 bytes (an emitter bug, never wire input).
+    pub fn emit(&self, msg: &mut [u8]) {
+        msg[0] = TYPE_ECHO_REQUEST;
+        msg[1] = 0;
+        put16(msg, 2, 0);
+        put16(msg, 4, self.ident);
+        put16(msg, 6, self.seq);
+        let c = checksum::checksum(msg);
+        put16(msg, 2, c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_request_matches_etherparse() {
+        let data = [7u8; 13];
+        let mut ours = vec![0u8; HEADER_LEN + data.len()];
+        ours[HEADER_LEN..].copy_from_slice(&data);
+        EchoRequest {
+            ident: 0x1234,
+            seq: 9,
+        }
+        .emit(&mut ours);
+        let mut theirs = Vec::new();
+        etherparse::Icmpv4Header::with_checksum(
+            etherparse::Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 0x1234, seq: 9 }),
+            &data,
+        )
+        .write(&mut theirs)
+        .unwrap();
+        theirs.extend_from_slice(&data);
+        assert_eq!(ours, theirs);
+        let v = Packet::new_checked(&ours[..]).unwrap();
+        assert_eq!(v.msg_type(), TYPE_ECHO_REQUEST);
+        assert!(v.verify_checksum());
+    }
 
     #[test]
     fn error_types() {

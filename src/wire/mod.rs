@@ -1,5 +1,6 @@
 //! Zero-copy header views and emitters: Ethernet II, IPv4, IPv6 (inner packets only), UDP,
-//! VXLAN and the ICMPv4 errors weft originates. No I/O happens here.
+//! TCP, VXLAN, the virtio-net header of an offloading TUN, and the ICMPv4 errors weft
+//! originates. No I/O happens here.
 //!
 //! Every header follows one pattern, after smoltcp's `wire`: a `Packet<T: AsRef<[u8]>>`
 //! view with `new_unchecked`, `new_checked` (which calls `check_len`), cheap getters and,
@@ -11,7 +12,9 @@ pub mod ethernet;
 pub mod icmpv4;
 pub mod ipv4;
 pub mod ipv6;
+pub mod tcp;
 pub mod udp;
+pub mod virtio_net;
 pub mod vxlan;
 
 use std::fmt;

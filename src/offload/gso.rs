@@ -4,12 +4,8 @@
 //! inner packet is then far larger than the pod MTU. Splitting it here gives the pod the
 //! segments the sender meant, each with complete checksums.
 
-use super::DropReason;
-use crate::wire::{be16, checksum, ipv4, put16};
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
+use crate::encap::DropReason;
+use crate::wire::{ipv4, put16, tcp};
 
 /// Splits the TCP/IPv4 packet `pkt` into segments carrying at most `mss` payload bytes.
 /// Each segment is built in `scratch` (headers copied, then one payload slice) and passed
@@ -27,25 +23,24 @@ pub fn split_tcp4(
         return Err(DropReason::MalformedInner);
     }
     let ihl = ip.header_len();
-    let tcp = ip.payload();
-    if tcp.len() < 20 {
-        return Err(DropReason::Truncated);
-    }
-    let thl = ((tcp[12] >> 4) as usize) * 4;
-    if thl < 20 || thl > tcp.len() {
-        return Err(DropReason::MalformedInner);
-    }
+    let l4 = ip.payload();
+    let tcp = tcp::Packet::new_checked(l4).map_err(|_| {
+        // Shorter than a bare TCP header: truncated; a data offset below 20 or past the
+        // segment: malformed.
+        if l4.len() < tcp::HEADER_LEN {
+            DropReason::Truncated
+        } else {
+            DropReason::MalformedInner
+        }
+    })?;
+    let thl = tcp.header_len();
     let hdrs = ihl + thl;
     if mss == 0 || scratch.len() < hdrs + mss {
         return Err(DropReason::NoRoom);
     }
     let (src, dst) = (ip.src(), ip.dst());
-    let (id, seq0, flags) = (
-        ip.ident(),
-        u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        tcp[13],
-    );
-    let payload = &tcp[thl..];
+    let (id, seq0, flags) = (ip.ident(), tcp.seq_number(), tcp.flags());
+    let payload = tcp.payload();
     let n = payload.len().div_ceil(mss).max(1);
     for (i, chunk) in payload
         .chunks(mss)
@@ -56,36 +51,33 @@ pub fn split_tcp4(
         let seg = &mut scratch[..len];
         seg[..hdrs].copy_from_slice(&pkt[..hdrs]);
         seg[hdrs..].copy_from_slice(chunk);
-        put16(seg, 2, len as u16);
-        put16(seg, 4, id.wrapping_add(i as u16));
-        put16(seg, 10, 0);
-        let c = checksum::checksum(&seg[..ihl]);
-        put16(seg, 10, c);
-        let t = &mut seg[ihl..];
-        t[4..8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
+        // The headers were checked in `pkt`; only lengths and counters change below.
+        put16(seg, 2, len as u16); // IPv4 total length: `ipv4::Packet` has no setter
+        let mut sip = ipv4::Packet::new_unchecked(&mut *seg);
+        sip.set_ident(id.wrapping_add(i as u16));
+        sip.fill_checksum();
+        let mut t = tcp::Packet::new_unchecked(&mut seg[ihl..]);
+        t.set_seq_number(seq0.wrapping_add((i * mss) as u32));
         let mut f = flags;
         if i + 1 < n {
-            f &= !(TCP_FIN | TCP_PSH);
+            f &= !(tcp::FLAG_FIN | tcp::FLAG_PSH);
         }
         if i > 0 {
-            f &= !TCP_CWR;
+            f &= !tcp::FLAG_CWR;
         }
-        t[13] = f;
-        put16(t, 16, 0);
-        let ph = checksum::pseudo_header_v4(src, dst, ipv4::PROTO_TCP, t.len() as u16);
-        let c = !checksum::fold(checksum::sum(t, ph));
-        put16(t, 16, c);
-        debug_assert_eq!(be16(t, 16), c);
+        t.set_flags(f);
+        t.fill_checksum(src, dst);
         emit(seg);
     }
     Ok(n)
 }
 
 /// The MSS that makes TCP/IPv4 segments of `pkt` fit `mtu`, from its own header lengths.
+/// Only the IPv4 header and the TCP data offset are read (neither the protocol nor the TCP
+/// header is validated): [`split_tcp4`] checks the rest.
 pub fn mss_for(pkt: &[u8], mtu: usize) -> Option<usize> {
     let ip = ipv4::Packet::new_checked(pkt).ok()?;
-    let tcp = ip.payload();
-    let thl = ((*tcp.get(12)? >> 4) as usize) * 4;
+    let thl = tcp::claimed_header_len(ip.payload())?;
     mtu.checked_sub(ip.header_len() + thl).filter(|&m| m > 0)
 }
 

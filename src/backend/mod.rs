@@ -1,0 +1,88 @@
+//! Backends: what differs per net-conf `Backend.Type`. A backend says what this node
+//! publishes in its lease, what MTU pods get, and what it programs to forward (today the
+//! userspace dataplane on a TUN for `vxlan` and `udp`; routes for host-gw and a kernel
+//! vxlan device are next). The daemon sees one only through [`Backend`] and [`Running`];
+//! [`for_config`] is the one place a backend is chosen.
+
+pub mod userspace;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+
+use crate::config::BackendConfig;
+use crate::daemon::Error;
+use crate::dataplane::counters::Counters;
+use crate::dataplane::Offloads;
+use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer};
+use crate::netlink::Netlink;
+
+/// What a backend is given to start forwarding.
+pub struct Setup<'a> {
+    /// Netlink, for links and routes.
+    pub nl: &'a Arc<Netlink>,
+    /// The underlay interface's name.
+    pub underlay: &'a str,
+    /// This node's public (underlay) address.
+    pub public_ip: Ipv4Addr,
+    /// The cluster network.
+    pub network: Ipv4Net,
+    /// Our lease, as stored.
+    pub lease: &'a Lease,
+    /// The pod MTU ([`Backend::pod_mtu`] of the underlay's).
+    pub pod_mtu: u32,
+    /// The forwarding table, kept current by the daemon.
+    pub table: Arc<LeaseTable>,
+    /// The dataplane's settings (TUN name, workers, offloads, seeds).
+    pub dataplane: DataplaneSettings,
+}
+
+/// The userspace dataplane's settings, from the command line.
+#[derive(Debug, Clone)]
+pub struct DataplaneSettings {
+    /// TUN device name.
+    pub tun_name: String,
+    /// Worker threads.
+    pub workers: usize,
+    /// Offloads to try.
+    pub offloads: Offloads,
+}
+
+/// A kind of backend.
+pub trait Backend {
+    /// flannel's type name.
+    fn name(&self) -> &'static str;
+
+    /// The pod MTU for an underlay MTU.
+    fn pod_mtu(&self, underlay_mtu: u32) -> u32;
+
+    /// The attributes this node publishes in its lease. `ours` is our existing lease, if
+    /// the store has one, so data such as the VTEP MAC survive a restart.
+    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs;
+
+    /// Programs the node and starts forwarding. Dropping the result stops forwarding and
+    /// removes everything it installed.
+    fn start(&self, setup: Setup<'_>) -> Result<Box<dyn Running>, Error>;
+}
+
+/// A started backend.
+pub trait Running {
+    /// One line for the start-up log: what forwards, and how.
+    fn describe(&self) -> String;
+
+    /// The live peers changed (already published to the table).
+    fn peers_changed(&mut self, _peers: &[Peer]) {}
+
+    /// Packet counters for `/metrics`.
+    fn counters(&self) -> Counters;
+}
+
+/// The backend for a net-conf.json's `Backend`.
+pub fn for_config(cfg: &BackendConfig) -> Box<dyn Backend> {
+    match cfg {
+        BackendConfig::Vxlan { .. } | BackendConfig::Udp { .. } => {
+            Box::new(userspace::Userspace::new(*cfg))
+        }
+    }
+}

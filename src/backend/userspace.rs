@@ -1,0 +1,174 @@
+//! The userspace dataplane behind `vxlan` and `udp`: a TUN device holding a route for the
+//! whole cluster network, and workers that encapsulate in userspace (see
+//! [`crate::dataplane`]). This file is also the one place that maps a [`BackendConfig`]
+//! to the wire [`Format`] and to the lease attributes a node publishes.
+
+use std::net::Ipv4Addr;
+
+use super::{Backend, Running, Setup};
+use crate::config::BackendConfig;
+use crate::daemon::Error;
+use crate::dataplane::counters::Counters;
+use crate::dataplane::{open_tun, Dataplane};
+use crate::encap::{Format, Node, LINUX_SRC_PORTS};
+use crate::lease::{Lease, LeaseAttrs, VxlanBackendData};
+use crate::netlink::LinkGuard;
+use crate::wire::udp::ChecksumMode;
+use crate::wire::MacAddr;
+
+/// The TUN's transmit queue: the default 500 overflows (and TCP retransmits) when the
+/// kernel outpaces a worker for a moment; measured with iperf3, 5000 removes those drops.
+pub const TUN_TXQUEUELEN: u32 = 5000;
+
+/// The lease attributes for `backend`: vxlan keeps the VTEP MAC of `ours` (our existing
+/// lease) or uses `new_mac`; udp has nothing but the public IP.
+pub fn lease_attrs(
+    backend: &BackendConfig,
+    public_ip: Ipv4Addr,
+    ours: Option<&Lease>,
+    new_mac: MacAddr,
+) -> LeaseAttrs {
+    match *backend {
+        BackendConfig::Vxlan { vni, .. } => {
+            let vtep_mac = ours
+                .and_then(|l| l.attrs.vxlan_data().ok())
+                .map_or(new_mac, |d| d.vtep_mac);
+            LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac })
+        }
+        BackendConfig::Udp { .. } => LeaseAttrs::udp(public_ip),
+    }
+}
+
+/// The wire format for `backend`, with the VTEP MAC our `lease` publishes. Source ports
+/// span Linux's range; the dataplane narrows them to the sockets it binds.
+pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
+    Ok(match *backend {
+        BackendConfig::Vxlan { vni, port, .. } => Format::Vxlan {
+            vni,
+            port,
+            mac: lease
+                .attrs
+                .vxlan_data()
+                .map_err(|e| Error::OwnLease {
+                    key: lease.key(),
+                    detail: e.to_string(),
+                })?
+                .vtep_mac,
+            src_ports: LINUX_SRC_PORTS,
+        },
+        BackendConfig::Udp { port } => Format::Udp { port },
+    })
+}
+
+/// The userspace vxlan or udp backend.
+pub struct Userspace {
+    cfg: BackendConfig,
+    new_mac: MacAddr,
+}
+
+impl Userspace {
+    /// For this backend config (vxlan or udp), with a fresh VTEP MAC for a new lease.
+    pub fn new(cfg: BackendConfig) -> Userspace {
+        Userspace {
+            cfg,
+            new_mac: MacAddr::local_unicast(rand::random()),
+        }
+    }
+}
+
+impl Backend for Userspace {
+    fn name(&self) -> &'static str {
+        self.cfg.type_name()
+    }
+
+    fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
+        self.cfg.pod_mtu(underlay_mtu)
+    }
+
+    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs {
+        lease_attrs(&self.cfg, public_ip, ours, self.new_mac)
+    }
+
+    fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
+        let d = &s.dataplane;
+        let mut offloads = d.offloads;
+        let queues = match open_tun(&d.tun_name, d.workers, offloads.tun) {
+            Err(e) if offloads.tun => {
+                // Probe: a kernel without TUN offloads still gets a working, slower dataplane.
+                eprintln!("weft: warning: TUN offloads unavailable ({e}); continuing without them");
+                offloads.tun = false;
+                open_tun(&d.tun_name, d.workers, false)
+            }
+            r => r,
+        }
+        .map_err(|source| Error::Tun {
+            name: d.tun_name.clone(),
+            source,
+        })?;
+        let configure = |source| Error::Configure {
+            name: d.tun_name.clone(),
+            source,
+        };
+        let index =
+            s.nl.link_by_name(&d.tun_name)
+                .map_err(configure)?
+                .ok_or_else(|| configure(std::io::Error::other("vanished after creation")))?
+                .index;
+        // From here on, dropping `tun` removes the route and the device.
+        let mut tun = LinkGuard::new(s.nl.clone(), index, true);
+        // No IPv6 on the TUN: weft forwards IPv4 only, and router solicitations would only
+        // be counted as drops. Best effort: the kernel may have IPv6 off already.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", d.tun_name),
+            "1",
+        );
+        let nl = tun.netlink();
+        nl.set_mtu_up(index, s.pod_mtu, TUN_TXQUEUELEN)
+            .map_err(configure)?;
+        nl.add_addr(index, s.lease.subnet.network(), 32)
+            .map_err(configure)?;
+        // One route for the whole cluster network, as flannel's udp backend has.
+        tun.route(s.network).map_err(configure)?;
+
+        let node = Node {
+            public_ip: s.public_ip,
+            subnet: s.lease.subnet,
+            mtu: s.pod_mtu as usize,
+            format: format(&self.cfg, s.lease)?,
+            // The UDP socket sends only the payload; the kernel writes the outer headers.
+            udp_checksum: ChecksumMode::Zero,
+            hash_seed: rand::random(),
+        };
+        let dp = Dataplane::start(node, queues, s.table, rand::random(), offloads)
+            .map_err(Error::Dataplane)?;
+        Ok(Box::new(Forwarding {
+            describe: format!(
+                "{} backend via {} (MTU {}, {} worker(s), offloads {offloads:?})",
+                self.name(),
+                d.tun_name,
+                s.pod_mtu,
+                d.workers
+            ),
+            dp,
+            _tun: tun,
+        }))
+    }
+}
+
+/// The running userspace dataplane. Fields drop in order: the workers stop and are joined
+/// first, then the route and the TUN go.
+struct Forwarding {
+    describe: String,
+    dp: Dataplane,
+    _tun: LinkGuard,
+}
+
+impl Running for Forwarding {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn counters(&self) -> Counters {
+        self.dp.counters.clone()
+    }
+}

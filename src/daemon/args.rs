@@ -1,0 +1,126 @@
+//! `weft run`'s command line: flanneld's flags where it has them, plus weft's own.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+/// `weft run`'s settings, from flags or `WEFT_<FLAG>` variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The embedded lease store: a directory laid out like flannel's etcd keys
+    /// (DIR/config holds net-conf.json, DIR/subnets/<a.b.c.d-len> the leases).
+    #[arg(long, env = "WEFT_LEASE_DIR", default_value = "/var/lib/weft")]
+    pub lease_dir: PathBuf,
+    /// Underlay interface, by name or IP (default: the interface of the default route).
+    #[arg(long, env = "WEFT_IFACE")]
+    pub iface: Option<String>,
+    /// This node's public (underlay) IP (default: the address of --iface).
+    #[arg(long, env = "WEFT_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write flannel's subnet.env for the CNI plugin.
+    #[arg(
+        long,
+        env = "WEFT_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// Address for the health and metrics endpoint.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// Port for /healthz, /metrics and /leases (0: off).
+    #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Name of the TUN device.
+    #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0", value_parser = parse_ifname)]
+    pub tun_name: String,
+    /// Forwarding threads (each with its own TUN queue and UDP socket).
+    #[arg(long, env = "WEFT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// TUN offloads: a virtio-net header with TSO and checksum offload, so one TUN read or
+    /// write moves up to 64 KB (`--tun-offload=false` to switch off).
+    #[arg(long, env = "WEFT_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tun_offload: bool,
+    /// UDP GSO: send a super-packet's datagrams in one syscall (`UDP_SEGMENT`).
+    #[arg(long, env = "WEFT_UDP_GSO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub udp_gso: bool,
+    /// UDP GRO: receive a flow's datagrams in one syscall (`UDP_GRO`).
+    #[arg(long, env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub udp_gro: bool,
+    /// Pin worker i to CPU i (modulo the CPUs weft may use). Off by default: measured on two
+    /// cores, pinning did not help (see README).
+    #[arg(long, env = "WEFT_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cpu_affinity: bool,
+    /// Keep polling this many microseconds after the last packet before sleeping (0: off).
+    /// Measured on two cores: 50 gave +11 % TCP 1-stream and +21 % 4-stream over 0; 200 less.
+    #[arg(long, env = "WEFT_BUSY_POLL_US", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub busy_poll_us: u32,
+    /// Underlay UDP socket buffers, each way, in bytes (SO_RCVBUFFORCE/SO_SNDBUFFORCE).
+    #[arg(long, env = "WEFT_SOCKET_BUFFER", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(65536..=(1 << 30)))]
+    pub socket_buffer: u32,
+    /// Renew the lease this many minutes before it expires (flanneld's flag; 1-1439).
+    #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1439))]
+    pub subnet_lease_renew_margin: u32,
+    /// Keep leases in etcd instead of --lease-dir: comma-separated URLs
+    /// (http://HOST:PORT or https://HOST:PORT), as flanneld's --etcd-endpoints.
+    #[arg(long, env = "WEFT_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// etcd key prefix: the config is at PREFIX/config, leases at PREFIX/subnets/.
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = crate::store::etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// Client key (PEM) for etcd over TLS, with --etcd-certfile.
+    #[arg(long, env = "WEFT_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd over TLS, with --etcd-keyfile.
+    #[arg(long, env = "WEFT_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// CA certificate (PEM) that signed etcd's server certificate.
+    #[arg(long, env = "WEFT_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// etcd user name, with --etcd-password.
+    #[arg(long, env = "WEFT_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password, with --etcd-username.
+    #[arg(long, env = "WEFT_ETCD_PASSWORD")]
+    pub etcd_password: Option<String>,
+    /// Masquerade traffic from pods to outside the cluster network (flanneld's nat
+    /// FLANNEL-POSTRTG rules); subnet.env then says FLANNEL_IPMASQ=true.
+    #[arg(long, env = "WEFT_IP_MASQ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_masq: bool,
+    /// Plain MASQUERADE instead of MASQUERADE --random-fully.
+    #[arg(long, env = "WEFT_IP_MASQ_FULLY_RANDOM_DISABLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_masq_fully_random_disable: bool,
+    /// Accept forwarded traffic to and from the cluster network (flanneld's FLANNEL-FWD).
+    #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub iptables_forward_rules: bool,
+    /// Re-check the iptables rules every this many seconds (1-3600).
+    #[arg(long, env = "WEFT_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub iptables_resync: u32,
+}
+
+impl RunArgs {
+    /// The etcd settings, if etcd is the store.
+    pub fn etcd_options(&self) -> Option<crate::store::etcd::EtcdOptions> {
+        let endpoints = self.etcd_endpoints.as_ref()?;
+        Some(crate::store::etcd::EtcdOptions {
+            endpoints: endpoints
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            prefix: self.etcd_prefix.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            cafile: self.etcd_cafile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        })
+    }
+}
+
+fn parse_ifname(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
+        return Err(format!(
+            "{s:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
+        ));
+    }
+    Ok(s.to_string())
+}

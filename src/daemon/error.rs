@@ -1,0 +1,114 @@
+//! Why `weft run` stopped or refused to start, each with what to do about it.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+/// A start-up or runtime failure of the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handler: {0}")]
+    Signals(std::io::Error),
+    /// No netlink socket (not root, or no network namespace).
+    #[error("cannot open netlink (are you root?): {0}")]
+    Netlink(std::io::Error),
+    /// A netlink query failed while looking for the underlay.
+    #[error("cannot read interfaces: {0}")]
+    Interfaces(std::io::Error),
+    /// `--iface IP` names an address no interface has.
+    #[error("--iface {0}: no interface has this address")]
+    NoIfaceWithIp(Ipv4Addr),
+    /// `--iface NAME` names no interface.
+    #[error("--iface {0}: no such interface")]
+    NoSuchIface(String),
+    /// No `--iface` and no default route to take it from.
+    #[error(
+        "no default route to pick the underlay interface from: pass --iface NAME or --iface IP"
+    )]
+    NoDefaultRoute,
+    /// The underlay has no IPv4 address to be the public IP.
+    #[error("interface {0} has no IPv4 address: give it one or pass --public-ip")]
+    NoAddress(String),
+    /// The underlay MTU leaves too little for pods.
+    #[error("underlay {name} MTU {mtu} leaves only {pod_mtu} for pods; IPv4 needs 576")]
+    MtuTooSmall {
+        /// The underlay interface.
+        name: String,
+        /// Its MTU.
+        mtu: u32,
+        /// What would be left.
+        pod_mtu: u32,
+    },
+    /// The store could not be opened or read.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The embedded store has no usable network config.
+    #[error("{source}\n  (the embedded store reads the network config from {dir}/config; write flannel's net-conf.json there)")]
+    FileConfig {
+        /// The cause.
+        source: StoreError,
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// `--lease-dir` could not be opened.
+    #[error("--lease-dir: {0}")]
+    LeaseDir(StoreError),
+    /// No lease could be acquired.
+    #[error("cannot acquire a lease: {0}")]
+    Acquire(StoreError),
+    /// Our lease's backend data cannot be read back.
+    #[error("our lease {key}: {detail}")]
+    OwnLease {
+        /// The lease key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The TUN device could not be created.
+    #[error(
+        "cannot create TUN device {name}: {source} (is /dev/net/tun there, and are you root?)"
+    )]
+    Tun {
+        /// The device name.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A device could not be configured (MTU, address, route).
+    #[error("cannot configure {name}: {source}")]
+    Configure {
+        /// The device name.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `--ip-masq` rules could not be installed.
+    #[error("--ip-masq: {0}")]
+    Masq(String),
+    /// subnet.env could not be written.
+    #[error("cannot write --subnet-file {path}: {source}")]
+    SubnetFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The forwarding workers could not start.
+    #[error("cannot start the dataplane: {0}")]
+    Dataplane(std::io::Error),
+    /// The health endpoint could not listen.
+    #[error("{0}")]
+    Healthz(std::io::Error),
+    /// Our lease was deleted or taken over: stop, as flanneld does.
+    #[error(
+        "lease {key} has been revoked (deleted from {store}): shutting down, as flanneld does"
+    )]
+    Revoked {
+        /// The lease key.
+        key: String,
+        /// Where it was.
+        store: String,
+    },
+}

@@ -1,0 +1,358 @@
+//! `weft run`: the node agent, as a sequence of named phases, each a function:
+//!
+//! 1. **underlay**: the interface and public IP ([`find_underlay`]);
+//! 2. **store**: etcd or the embedded directory, then the network config ([`open_store`],
+//!    [`wait_config`]);
+//! 3. **backend**: chosen from the config ([`crate::backend::for_config`]);
+//! 4. **lease**: acquired through the store's primitives ([`acquire_lease`]);
+//! 5. **dataplane**: the backend programs the node and starts forwarding, returning a
+//!    guard; flanneld's iptables rules and subnet.env follow;
+//! 6. **control loop**: the store's changes drive the sans-IO [`policy::Policy`], whose
+//!    actions (publish, renew, resync rules, stop) the loop performs ([`control_loop`]).
+//!
+//! Everything installed is held by a guard (the backend's [`Running`], the
+//! [`InstalledRules`]) whose `Drop` removes it, so every exit path, error or signal,
+//! cleans up the same way. Leases are left in place, as flanneld leaves them.
+
+mod args;
+mod error;
+pub mod policy;
+
+pub use args::RunArgs;
+pub use error::Error;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::backend::{self, Backend, DataplaneSettings, Running, Setup};
+use crate::config::NetConfig;
+use crate::dataplane::Offloads;
+use crate::lease::LeaseTable;
+use crate::masq::InstalledRules;
+use crate::netlink::Netlink;
+use crate::store::etcd::EtcdStore;
+use crate::store::file::FileStore;
+use crate::store::{Acquired, LeaseStore};
+use crate::subnet_env::SubnetEnv;
+use policy::{Action, Event, Now, Policy};
+
+/// How often the store is re-read: lease changes reach the table within this.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A start-up or runtime result.
+type Result<T> = std::result::Result<T, Error>;
+
+/// The underlay: the interface pods' traffic is tunnelled over, and our address on it.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    /// Interface name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// This node's public IP.
+    pub public_ip: Ipv4Addr,
+}
+
+/// Phase 1: the underlay, from `--iface` (name or IP) or the default route, and
+/// `--public-ip` or the interface's address.
+pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
+    let addrs = nl.ipv4_addrs().map_err(Error::Interfaces)?;
+    let link = match args.iface.as_deref() {
+        Some(s) => match s.parse::<Ipv4Addr>() {
+            Ok(ip) => {
+                let idx = addrs
+                    .iter()
+                    .find(|(_, a)| *a == ip)
+                    .map(|(i, _)| *i)
+                    .ok_or(Error::NoIfaceWithIp(ip))?;
+                nl.link_by_index(idx).map_err(Error::Interfaces)?
+            }
+            Err(_) => nl.link_by_name(s).map_err(Error::Interfaces)?,
+        }
+        .ok_or_else(|| Error::NoSuchIface(s.to_string()))?,
+        None => {
+            let idx = nl
+                .default_route_link()
+                .map_err(Error::Interfaces)?
+                .ok_or(Error::NoDefaultRoute)?;
+            nl.link_by_index(idx)
+                .map_err(Error::Interfaces)?
+                .ok_or(Error::NoDefaultRoute)?
+        }
+    };
+    let public_ip = match args.public_ip {
+        Some(ip) => ip,
+        None => addrs
+            .iter()
+            .find(|(i, _)| *i == link.index)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| Error::NoAddress(link.name.clone()))?,
+    };
+    Ok(Underlay {
+        name: link.name,
+        mtu: link.mtu,
+        public_ip,
+    })
+}
+
+/// Phase 2a: the lease store the flags select, seen only as a [`LeaseStore`].
+pub fn open_store(args: &RunArgs) -> Result<Box<dyn LeaseStore>> {
+    Ok(match args.etcd_options() {
+        Some(o) => Box::new(EtcdStore::open(&o).map_err(Error::Store)?),
+        None => Box::new(FileStore::open(&args.lease_dir).map_err(Error::LeaseDir)?),
+    })
+}
+
+/// Phase 2b: the network config, waiting while the store is not up or the config not
+/// written yet, as flanneld does.
+pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) -> Result<NetConfig> {
+    loop {
+        match store.config() {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                eprintln!("weft: waiting for the network config: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) if args.etcd_endpoints.is_some() => return Err(Error::Store(e)),
+            Err(source) => {
+                return Err(Error::FileConfig {
+                    source,
+                    dir: args.lease_dir.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Phase 4: our lease: reuse ours (keeping backend data such as the VTEP MAC), else the
+/// subnet in the previous subnet.env, else a new one; retried while the store is away.
+pub fn acquire_lease(
+    store: &mut dyn LeaseStore,
+    cfg: &NetConfig,
+    backend: &dyn Backend,
+    public_ip: Ipv4Addr,
+    subnet_file: &std::path::Path,
+    stop: &AtomicBool,
+) -> Result<Acquired> {
+    let previous = SubnetEnv::previous_subnet(subnet_file);
+    let attrs = |ours: Option<&crate::lease::Lease>| backend.lease_attrs(public_ip, ours);
+    loop {
+        let random = rand::random();
+        match crate::store::acquire(
+            store,
+            cfg,
+            public_ip,
+            previous,
+            SystemTime::now(),
+            random,
+            &attrs,
+        ) {
+            Ok(a) => return Ok(a),
+            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                eprintln!("weft: cannot acquire a lease yet ({e}); retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(Error::Acquire(e)),
+        }
+    }
+}
+
+/// Runs the agent until a signal or a fatal error.
+pub fn run(args: RunArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
+    }
+    let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
+    let underlay = find_underlay(&nl, &args)?;
+    let mut store = open_store(&args)?;
+    let cfg = wait_config(store.as_ref(), &args, &stop)?;
+    for w in &cfg.warnings {
+        eprintln!("weft: warning: {w}");
+    }
+    let backend = backend::for_config(&cfg.backend);
+    let pod_mtu = backend.pod_mtu(underlay.mtu);
+    if pod_mtu < 576 {
+        return Err(Error::MtuTooSmall {
+            name: underlay.name,
+            mtu: underlay.mtu,
+            pod_mtu,
+        });
+    }
+    let acquired = acquire_lease(
+        store.as_mut(),
+        &cfg,
+        backend.as_ref(),
+        underlay.public_ip,
+        &args.subnet_file,
+        &stop,
+    )?;
+    let ours = acquired.stored;
+    eprintln!(
+        "weft: lease {} ({:?}, {} attempt(s)) for {} on {} in {}",
+        ours.lease,
+        acquired.source,
+        acquired.attempts,
+        underlay.public_ip,
+        underlay.name,
+        store.describe()
+    );
+
+    // The table starts from the store's current leases, before anything forwards.
+    let table = Arc::new(LeaseTable::new(cfg.network));
+    let resync = Duration::from_secs(args.iptables_resync as u64);
+    let rules = crate::masq::flannel_rules(
+        cfg.network,
+        ours.lease.subnet,
+        args.ip_masq,
+        !args.ip_masq_fully_random_disable,
+        args.iptables_forward_rules,
+    );
+    let mut policy = Policy::new(
+        ours.clone(),
+        cfg.network,
+        Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
+        (!rules.is_empty()).then_some(resync),
+        Now::read(),
+    );
+    let first = store.leases().map_err(|e| e.to_string());
+    for a in policy.on(Now::read(), Event::Leases(first)) {
+        match a {
+            Action::Publish(peers) => {
+                table.replace_all(peers.iter().copied());
+            }
+            Action::Warn(w) => eprintln!("weft: warning: {w}"),
+            _ => {}
+        }
+    }
+
+    // Phase 5: the backend forwards; flanneld's rules; subnet.env for the CNI plugin.
+    let mut running = backend.start(Setup {
+        nl: &nl,
+        underlay: &underlay.name,
+        public_ip: underlay.public_ip,
+        network: cfg.network,
+        lease: &ours.lease,
+        pod_mtu,
+        table: table.clone(),
+        dataplane: DataplaneSettings {
+            tun_name: args.tun_name.clone(),
+            workers: args.workers as usize,
+            offloads: Offloads {
+                tun: args.tun_offload,
+                gso: args.udp_gso,
+                gro: args.udp_gro,
+                pin: args.cpu_affinity,
+                busy_poll_us: args.busy_poll_us,
+                socket_buffer: args.socket_buffer,
+            },
+        },
+    })?;
+    let rules = if rules.is_empty() {
+        None
+    } else {
+        let (installed, first) = InstalledRules::install(rules);
+        match first {
+            Err(e) if args.ip_masq => return Err(Error::Masq(e)),
+            Err(e) => eprintln!("weft: warning: cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}"),
+            Ok(()) => {}
+        }
+        Some(installed)
+    };
+    SubnetEnv {
+        network: cfg.network,
+        subnet: ours.lease.subnet,
+        mtu: pod_mtu,
+        ipmasq: args.ip_masq,
+    }
+    .write(&args.subnet_file)
+    .map_err(|source| Error::SubnetFile {
+        path: args.subnet_file.clone(),
+        source,
+    })?;
+    if args.healthz_port != 0 {
+        let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
+        crate::health::serve(addr, running.counters(), table.clone()).map_err(Error::Healthz)?;
+    }
+    eprintln!(
+        "weft: forwarding {} with the {}; subnet.env at {}",
+        cfg.network,
+        running.describe(),
+        args.subnet_file.display()
+    );
+
+    // Phase 6.
+    let outcome = control_loop(
+        store.as_mut(),
+        &mut policy,
+        &table,
+        running.as_mut(),
+        rules.as_ref(),
+        &stop,
+    );
+    let had_rules = rules.is_some();
+    drop(rules);
+    drop(running);
+    eprintln!(
+        "weft: stopped; removed {}, its route{}; lease {} left in place",
+        args.tun_name,
+        if had_rules {
+            " and the iptables rules"
+        } else {
+            ""
+        },
+        policy.lease().lease.key()
+    );
+    outcome
+}
+
+/// Phase 6: wait for the store to change (or the watch interval), feed the policy the
+/// leases and the time, and carry out its actions, until `stop` is set or our lease is
+/// revoked.
+pub fn control_loop(
+    store: &mut dyn LeaseStore,
+    policy: &mut Policy,
+    table: &LeaseTable,
+    running: &mut dyn Running,
+    rules: Option<&InstalledRules>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut events = VecDeque::new();
+    while !stop.load(Ordering::Relaxed) {
+        store.wait_change(WATCH_INTERVAL);
+        let now = Now::read();
+        events.push_back(Event::Leases(store.leases().map_err(|e| e.to_string())));
+        events.push_back(Event::Tick);
+        while let Some(ev) = events.pop_front() {
+            for action in policy.on(now, ev) {
+                match action {
+                    Action::Publish(peers) => {
+                        table.replace_all(peers.iter().copied());
+                        running.peers_changed(&peers);
+                    }
+                    Action::Renew => {
+                        let r = crate::store::renew(store, policy.lease(), now.wall);
+                        events.push_back(Event::Renewed(r.map_err(|e| e.to_string())));
+                    }
+                    Action::ResyncRules => {
+                        if let Some(r) = rules {
+                            r.resync()
+                        }
+                    }
+                    Action::Warn(w) => eprintln!("weft: warning: {w}"),
+                    Action::Info(m) => eprintln!("weft: {m}"),
+                    Action::Revoked => {
+                        return Err(Error::Revoked {
+                            key: policy.lease().lease.key(),
+                            store: store.describe(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The node's lease policy as a sans-IO state machine: fed the time and what the store
+//! said, it answers with actions (publish a table, renew, repair the rules, warn, stop).
+//! The control loop performs them; the decisions are unit-tested here with a fake clock.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::Ipv4Net;
+
+use crate::lease::{Lease, Peer};
+use crate::store::Stored;
+
+/// flanneld retries a failed renewal every minute.
+pub const RENEW_RETRY: Duration = Duration::from_secs(60);
+
+/// The two clocks: monotonic for intervals, wall for lease expirations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// The current time.
+    pub fn read() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// `d` later on both clocks (for tests and simulations).
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            mono: self.mono + d,
+            wall: self.wall + d,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Time passed (the control loop's wake-up).
+    Tick,
+    /// The store listed these leases, or could not be read.
+    Leases(Result<Vec<Lease>, String>),
+    /// A renewal finished: the lease as stored now, `None` if it was revoked, or why it
+    /// failed.
+    Renewed(Result<Option<Stored>, String>),
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish these peers (sorted) to the forwarding table: the live set changed.
+    Publish(Vec<Peer>),
+    /// Renew [`Policy::lease`] in the store.
+    Renew,
+    /// Check (and repair) the iptables rules.
+    ResyncRules,
+    /// Log a warning (rate-limited by the policy: once per outage, not per tick).
+    Warn(String),
+    /// Log a notice.
+    Info(String),
+    /// Our lease is gone: stop.
+    Revoked,
+}
+
+/// The lease policy of a running node.
+#[derive(Debug)]
+pub struct Policy {
+    ours: Stored,
+    network: Ipv4Net,
+    margin: Duration,
+    resync: Option<Duration>,
+    next_resync: Option<Instant>,
+    next_renew: Instant,
+    peers: Option<Vec<Peer>>,
+    present: bool,
+    store_down: bool,
+}
+
+impl Policy {
+    /// A policy for our lease `ours` in `network`: renew `margin` before expiry, check the
+    /// rules every `resync` (if there are rules).
+    pub fn new(
+        ours: Stored,
+        network: Ipv4Net,
+        margin: Duration,
+        resync: Option<Duration>,
+        now: Now,
+    ) -> Policy {
+        Policy {
+            ours,
+            network,
+            margin,
+            resync,
+            next_resync: resync.map(|r| now.mono + r),
+            next_renew: now.mono,
+            peers: None,
+            present: true,
+            store_down: false,
+        }
+    }
+
+    /// Our lease as last stored.
+    pub fn lease(&self) -> &Stored {
+        &self.ours
+    }
+
+    /// Feeds one event; returns what to do, in order.
+    pub fn on(&mut self, now: Now, ev: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match ev {
+            Event::Tick => {
+                if self.next_resync.is_some_and(|t| now.mono >= t) {
+                    out.push(Action::ResyncRules);
+                    self.next_resync = self.resync.map(|r| now.mono + r);
+                }
+                let due = self
+                    .ours
+                    .lease
+                    .expiration
+                    .is_some_and(|t| now.wall + self.margin >= t);
+                if (due || !self.present) && now.mono >= self.next_renew {
+                    out.push(Action::Renew);
+                }
+            }
+            Event::Leases(Err(e)) => {
+                // A store outage leaves the dataplane forwarding on the last leases.
+                if !self.store_down {
+                    self.store_down = true;
+                    out.push(Action::Warn(format!(
+                        "cannot read leases (forwarding on the last ones; retrying): {e}"
+                    )));
+                }
+            }
+            Event::Leases(Ok(leases)) => {
+                if std::mem::take(&mut self.store_down) {
+                    out.push(Action::Info("leases readable again".into()));
+                }
+                let mut peers: Vec<Peer> = leases
+                    .iter()
+                    .filter(|l| !l.is_expired(now.wall) && self.network.contains(&l.subnet))
+                    .filter_map(|l| Peer::from_lease(l).ok())
+                    .collect();
+                peers.sort_by_key(|p| p.subnet);
+                let me = &self.ours.lease;
+                self.present = peers
+                    .iter()
+                    .any(|p| p.subnet == me.subnet && p.public_ip == me.attrs.public_ip);
+                if self.peers.as_ref() != Some(&peers) {
+                    self.peers = Some(peers.clone());
+                    out.push(Action::Publish(peers));
+                }
+            }
+            Event::Renewed(Ok(Some(l))) => {
+                self.ours = l;
+                self.present = true;
+            }
+            Event::Renewed(Ok(None)) => out.push(Action::Revoked),
+            Event::Renewed(Err(e)) => {
+                self.next_renew = now.mono + RENEW_RETRY;
+                out.push(Action::Warn(format!(
+                    "cannot renew lease {} (retrying in 1 min): {e}",
+                    self.ours.lease.key()
+                )));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::lease::{LeaseAttrs, VxlanBackendData};
+    use crate::store::LEASE_TTL;
+    use crate::wire::MacAddr;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn lease(subnet: &str, ip: u8, expiration: Option<SystemTime>) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::vxlan(
+                Ipv4Addr::new(192, 0, 2, ip),
+                VxlanBackendData {
+                    vni: 1,
+                    vtep_mac: MacAddr([0x0e, 0, 0, 0, ip, 1]),
+                },
+            ),
+            expiration,
+        }
+    }
+
+    fn start() -> (Now, Policy, Lease) {
+        let now = Now {
+            mono: Instant::now(),
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),
+        };
+        let ours = lease("10.244.1.0/24", 1, Some(now.wall + LEASE_TTL));
+        let p = Policy::new(
+            Stored::ours(ours.clone()),
+            "10.244.0.0/16".parse().unwrap(),
+            HOUR,
+            Some(Duration::from_secs(5)),
+            now,
+        );
+        (now, p, ours)
+    }
+
+    #[test]
+    fn publishes_live_peers_only_when_they_change() {
+        let (now, mut p, ours) = start();
+        let other = lease("10.244.2.0/24", 2, Some(now.wall + HOUR));
+        let expired = lease("10.244.3.0/24", 3, Some(now.wall - HOUR));
+        let outside = lease("10.9.0.0/24", 4, None);
+        let all = vec![ours.clone(), other.clone(), expired, outside];
+        let a = p.on(now, Event::Leases(Ok(all.clone())));
+        let want: Vec<Peer> = [&ours, &other]
+            .iter()
+            .map(|l| Peer::from_lease(l).unwrap())
+            .collect();
+        assert_eq!(a, vec![Action::Publish(want)]);
+        assert_eq!(p.on(now, Event::Leases(Ok(all))), vec![]);
+        // The other node's lease expires: a new table without it.
+        let later = now.after(2 * HOUR);
+        let a = p.on(later, Event::Leases(Ok(vec![ours.clone(), other])));
+        assert_eq!(
+            a,
+            vec![Action::Publish(vec![Peer::from_lease(&ours).unwrap()])]
+        );
+    }
+
+    #[test]
+    fn renews_within_the_margin_and_retries_a_failure_after_a_minute() {
+        let (now, mut p, ours) = start();
+        p.on(now, Event::Leases(Ok(vec![ours.clone()])));
+        // 22 h 59 min in: not yet due (expiry 24 h, margin 1 h).
+        let early = now.after(LEASE_TTL - HOUR - Duration::from_secs(60));
+        assert!(!p.on(early, Event::Tick).contains(&Action::Renew));
+        let due = now.after(LEASE_TTL - HOUR);
+        assert!(p.on(due, Event::Tick).contains(&Action::Renew));
+        let a = p.on(due, Event::Renewed(Err("etcd unreachable".into())));
+        assert!(matches!(&a[..], [Action::Warn(w)] if w.contains("retrying in 1 min")));
+        assert!(!p
+            .on(due.after(Duration::from_secs(59)), Event::Tick)
+            .contains(&Action::Renew));
+        let retry = due.after(RENEW_RETRY);
+        assert!(p.on(retry, Event::Tick).contains(&Action::Renew));
+        // Success moves the expiry 24 h on: nothing due for 23 h.
+        let renewed = Lease {
+            expiration: Some(retry.wall + LEASE_TTL),
+            ..ours
+        };
+        assert_eq!(
+            p.on(
+                retry,
+                Event::Renewed(Ok(Some(Stored::ours(renewed.clone()))))
+            ),
+            vec![]
+        );
+        assert_eq!(p.lease().lease, renewed);
+        assert!(!p
+            .on(retry.after(HOUR), Event::Tick)
+            .contains(&Action::Renew));
+    }
+
+    #[test]
+    fn a_missing_lease_is_renewed_at_once_and_a_refused_renewal_revokes() {
+        let (now, mut p, ours) = start();
+        p.on(now, Event::Leases(Ok(vec![ours.clone()])));
+        assert!(!p.on(now, Event::Tick).contains(&Action::Renew));
+        // Someone deleted our lease: try to renew (the store refuses to re-create it).
+        p.on(now, Event::Leases(Ok(vec![])));
+        assert!(p.on(now, Event::Tick).contains(&Action::Renew));
+        assert_eq!(p.on(now, Event::Renewed(Ok(None))), vec![Action::Revoked]);
+    }
+
+    #[test]
+    fn reservations_are_never_renewed_for_expiry() {
+        let (now, _, _) = start();
+        let res = lease("10.244.1.0/24", 1, None);
+        let mut p = Policy::new(
+            Stored::ours(res.clone()),
+            "10.244.0.0/16".parse().unwrap(),
+            HOUR,
+            None,
+            now,
+        );
+        p.on(now, Event::Leases(Ok(vec![res])));
+        let years = now.after(Duration::from_secs(10 * 365 * 86400));
+        assert_eq!(p.on(years, Event::Tick), vec![]);
+    }
+
+    #[test]
+    fn rules_are_checked_every_resync_interval() {
+        let (now, mut p, _) = start();
+        let count = |p: &mut Policy, secs: u64| {
+            p.on(now.after(Duration::from_secs(secs)), Event::Tick)
+                .contains(&Action::ResyncRules)
+        };
+        assert!(!count(&mut p, 0));
+        assert!(!count(&mut p, 4));
+        assert!(count(&mut p, 5));
+        assert!(!count(&mut p, 6));
+        assert!(count(&mut p, 10));
+        // After a long stall, one check, then the regular interval from there.
+        assert!(count(&mut p, 100));
+        assert!(!count(&mut p, 101));
+        assert!(count(&mut p, 105));
+    }
+
+    #[test]
+    fn a_store_outage_warns_once_and_keeps_the_table() {
+        let (now, mut p, ours) = start();
+        p.on(now, Event::Leases(Ok(vec![ours.clone()])));
+        let a = p.on(now, Event::Leases(Err("connection refused".into())));
+        assert!(matches!(&a[..], [Action::Warn(w)] if w.contains("forwarding on the last")));
+        for _ in 0..10 {
+            assert_eq!(
+                p.on(now, Event::Leases(Err("connection refused".into()))),
+                vec![]
+            );
+        }
+        // Back, with the same leases: a notice, no new table; and our lease counts as
+        // present throughout (an outage is not a revocation).
+        let a = p.on(now, Event::Leases(Ok(vec![ours])));
+        assert!(matches!(&a[..], [Action::Info(_)]));
+        assert!(!p.on(now, Event::Tick).contains(&Action::Renew));
+    }
+}
