@@ -12,7 +12,11 @@ use crate::lease::table::BackendKind;
 use crate::lease::LeaseTable;
 
 /// Serves on `addr` in a background thread.
-pub fn serve(addr: SocketAddr, counters: Counters, table: Arc<LeaseTable>) -> std::io::Result<()> {
+pub(crate) fn serve(
+    addr: SocketAddr,
+    counters: Counters,
+    table: Arc<LeaseTable>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on --healthz {addr}: {e}"))
     })?;
@@ -48,7 +52,7 @@ fn handle(mut conn: TcpStream, counters: &Counters, table: &LeaseTable) -> std::
 }
 
 /// The table as text: `subnet public-ip backend [vni mac]`.
-pub fn leases_text(table: &LeaseTable) -> String {
+pub(crate) fn leases_text(table: &LeaseTable) -> String {
     let snap = table.load();
     let mut s = String::new();
     for p in snap.peers() {

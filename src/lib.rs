@@ -6,16 +6,17 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod backend;
 pub mod config;
 pub mod daemon;
-pub mod dataplane;
+pub(crate) mod dataplane;
 pub mod encap;
-pub mod health;
+pub(crate) mod health;
 pub mod lease;
 pub mod masq;
-pub mod netlink;
+pub(crate) mod netlink;
 pub mod offload;
 pub mod store;
 pub mod subnet_env;

@@ -235,7 +235,7 @@ impl Netlink {
 /// interface itself if weft created it. Start-up steps return one instead of relying on
 /// teardown calls on every exit path, so an error anywhere after them, or a clean stop,
 /// leaves nothing behind.
-pub struct LinkGuard {
+pub(crate) struct LinkGuard {
     nl: std::sync::Arc<Netlink>,
     index: u32,
     routes: Vec<Ipv4Net>,
@@ -244,7 +244,7 @@ pub struct LinkGuard {
 
 impl LinkGuard {
     /// Guards interface `index`; `owns_link`: delete it on drop (weft created it).
-    pub fn new(nl: std::sync::Arc<Netlink>, index: u32, owns_link: bool) -> LinkGuard {
+    pub(crate) fn new(nl: std::sync::Arc<Netlink>, index: u32, owns_link: bool) -> LinkGuard {
         LinkGuard {
             nl,
             index,
@@ -253,18 +253,13 @@ impl LinkGuard {
         }
     }
 
-    /// The interface's index.
-    pub fn index(&self) -> u32 {
-        self.index
-    }
-
     /// The netlink connection.
-    pub fn netlink(&self) -> &Netlink {
+    pub(crate) fn netlink(&self) -> &Netlink {
         &self.nl
     }
 
     /// Adds (or replaces) a route to `dst` out of this interface, removed on drop.
-    pub fn route(&mut self, dst: Ipv4Net) -> io::Result<()> {
+    pub(crate) fn route(&mut self, dst: Ipv4Net) -> io::Result<()> {
         self.nl.replace_route(dst, self.index)?;
         self.routes.push(dst);
         Ok(())

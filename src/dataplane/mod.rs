@@ -7,10 +7,12 @@
 //! features also pull tokio-core 0.1. Only device creation goes through tun-rs: the MTU,
 //! address, link state and route are set over netlink ([`crate::netlink`]).
 
-pub mod counters;
+pub(crate) mod counters;
+mod inbound;
+mod outbound;
 mod sys;
 mod tx;
-pub mod worker;
+mod worker;
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -24,13 +26,13 @@ use tun_rs::{DeviceBuilder, SyncDevice};
 use crate::encap::Node;
 use crate::lease::LeaseTable;
 use counters::Counters;
-pub use worker::Offloads;
+pub(crate) use worker::Offloads;
 use worker::Worker;
 
 /// Creates the TUN device `name` with `queues` queues (multi-queue when more than one),
 /// non-blocking, with the virtio-net header and TSO/checksum offloads when `offload`.
 /// Returns one handle per queue.
-pub fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<SyncDevice>> {
+pub(crate) fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<SyncDevice>> {
     let first = DeviceBuilder::new()
         .name(name)
         .multi_queue(queues > 1)
@@ -49,7 +51,11 @@ pub fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<Sync
 
 /// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (so each worker has one),
 /// DF clear on sends, large buffers, and `UDP_GRO` when `gro`.
-pub fn open_socket(addr: SocketAddrV4, gro: bool, buffer: u32) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn open_socket(
+    addr: SocketAddrV4,
+    gro: bool,
+    buffer: u32,
+) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
@@ -79,24 +85,24 @@ pub fn open_socket(addr: SocketAddrV4, gro: bool, buffer: u32) -> io::Result<std
 /// one peer spread over this many outer source ports (the receiving NIC's RSS and every
 /// ECMP hop hash on them). Kernel vxlan spreads over the whole local port range; a UDP
 /// socket cannot choose its source port per send, so weft binds a small set instead.
-pub const SOURCE_PORT_SOCKETS: usize = 16;
+pub(crate) const SOURCE_PORT_SOCKETS: usize = 16;
 
 /// The sockets vxlan datagrams leave from: [`SOURCE_PORT_SOCKETS`] sockets bound to port 0
 /// on the public IP, so the kernel gives each a port from its local port range (the range
 /// kernel vxlan draws from, never the vxlan port). They only send: their receive buffers
 /// are the smallest the kernel allows, and nothing reads them.
-pub struct SourceSockets {
+pub(crate) struct SourceSockets {
     socks: Vec<(u16, std::net::UdpSocket)>,
 }
 
 impl SourceSockets {
     /// No sockets: everything leaves from the workers' own sockets.
-    pub fn none() -> SourceSockets {
+    pub(crate) fn none() -> SourceSockets {
         SourceSockets { socks: Vec::new() }
     }
 
     /// Binds `n` send-only sockets on `ip`, port chosen by the kernel.
-    pub fn open(ip: std::net::Ipv4Addr, n: usize, buffer: u32) -> io::Result<SourceSockets> {
+    pub(crate) fn open(ip: std::net::Ipv4Addr, n: usize, buffer: u32) -> io::Result<SourceSockets> {
         let mut socks = Vec::with_capacity(n);
         for _ in 0..n {
             let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -116,19 +122,19 @@ impl SourceSockets {
     }
 
     /// The bound ports, in order.
-    pub fn ports(&self) -> Vec<u16> {
+    pub(crate) fn ports(&self) -> Vec<u16> {
         self.socks.iter().map(|(p, _)| *p).collect()
     }
 
     /// The socket bound to `port`, if one is.
     #[inline]
-    pub fn socket(&self, port: u16) -> Option<&std::net::UdpSocket> {
+    pub(crate) fn socket(&self, port: u16) -> Option<&std::net::UdpSocket> {
         self.socks.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
     }
 }
 
 /// The running workers; dropping it stops and joins them.
-pub struct Dataplane {
+pub(crate) struct Dataplane {
     threads: Vec<JoinHandle<io::Result<()>>>,
     stop: Arc<AtomicBool>,
     /// Their counters.
@@ -138,7 +144,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Starts one worker per TUN queue, each with its own socket on `node`'s port. For
     /// vxlan it also binds the [`SourceSockets`] and draws `node`'s source ports from them.
-    pub fn start(
+    pub(crate) fn start(
         mut node: Node,
         tun_queues: Vec<SyncDevice>,
         table: Arc<LeaseTable>,

@@ -26,7 +26,7 @@ fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::R
 
 /// `IP_MTU_DISCOVER = IP_PMTUDISC_DONT`: send outer datagrams with DF clear and let the
 /// underlay fragment them, as a kernel vxlan device does (flannel sets no `df`).
-pub fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
+pub(super) fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(
         fd,
         libc::IPPROTO_IP,
@@ -37,7 +37,7 @@ pub fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
 
 /// `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`: socket buffers past `net.core.*mem_max` (root only);
 /// falls back to the capped `SO_RCVBUF`/`SO_SNDBUF` when not permitted.
-pub fn force_buffers(fd: &impl AsRawFd, bytes: i32) -> io::Result<()> {
+pub(super) fn force_buffers(fd: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     let r = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
         .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes));
     let s = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
@@ -46,13 +46,13 @@ pub fn force_buffers(fd: &impl AsRawFd, bytes: i32) -> io::Result<()> {
 }
 
 /// `IP_RECVTOS`: report each datagram's TOS byte (for the outer ECN bits, RFC 6040).
-pub fn enable_recv_tos(fd: &impl AsRawFd) -> io::Result<()> {
+pub(super) fn enable_recv_tos(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
 }
 
 /// `UDP_GRO`: let the kernel coalesce a flow's datagrams into one read, reporting the
 /// segment size in a control message (Linux 5.0+; getsockopt since 5.12).
-pub fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
+pub(super) fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
@@ -73,7 +73,7 @@ fn sockaddr_v4(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
 /// into datagrams of that many bytes (`UDP_SEGMENT`, Linux 4.18+; every one but the last
 /// exactly that long, all with the same TOS), so one syscall carries a whole TSO
 /// super-packet.
-pub fn send_segments(
+pub(super) fn send_segments(
     fd: &impl AsRawFd,
     dst: std::net::SocketAddrV4,
     iov: &[io::IoSlice<'_>],
@@ -132,11 +132,11 @@ pub fn send_segments(
 }
 
 /// Most datagrams (or GRO batches) one `recvmmsg` returns.
-pub const RECV_BATCH: usize = 16;
+pub(super) const RECV_BATCH: usize = 16;
 
 /// What one message of a [`recv_many`] call held.
 #[derive(Debug, Clone, Copy)]
-pub struct RecvMeta {
+pub(super) struct RecvMeta {
     /// Bytes read into the buffer (after the offset).
     pub len: usize,
     /// The sender.
@@ -151,7 +151,7 @@ pub struct RecvMeta {
 
 /// One `recvmmsg` into up to [`RECV_BATCH`] buffers, each filled from `offset`; returns how
 /// many messages arrived, described in `meta`. Each message may itself be a GRO batch.
-pub fn recv_many(
+pub(super) fn recv_many(
     fd: &impl AsRawFd,
     bufs: &mut [Vec<u8>],
     offset: usize,

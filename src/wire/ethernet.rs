@@ -5,9 +5,9 @@ use super::{be16, put16, Error, MacAddr, Result};
 /// Byte ranges of the header fields.
 mod field {
     use core::ops::Range;
-    pub const DST: Range<usize> = 0..6;
-    pub const SRC: Range<usize> = 6..12;
-    pub const ETHERTYPE: usize = 12;
+    pub(super) const DST: Range<usize> = 0..6;
+    pub(super) const SRC: Range<usize> = 6..12;
+    pub(super) const ETHERTYPE: usize = 12;
 }
 
 /// Length of an Ethernet II header.

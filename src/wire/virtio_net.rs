@@ -36,12 +36,12 @@ pub const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 mod field {
-    pub const FLAGS: usize = 0;
-    pub const GSO_TYPE: usize = 1;
-    pub const HDR_LEN: usize = 2;
-    pub const GSO_SIZE: usize = 4;
-    pub const CSUM_START: usize = 6;
-    pub const CSUM_OFFSET: usize = 8;
+    pub(super) const FLAGS: usize = 0;
+    pub(super) const GSO_TYPE: usize = 1;
+    pub(super) const HDR_LEN: usize = 2;
+    pub(super) const GSO_SIZE: usize = 4;
+    pub(super) const CSUM_START: usize = 6;
+    pub(super) const CSUM_OFFSET: usize = 8;
 }
 
 #[inline]

@@ -1,0 +1,190 @@
+//! The UDP side of a worker: receive datagrams (`recvmmsg`, each message possibly a
+//! `UDP_GRO` batch), decapsulate and police each in place through the core, and hand what
+//! may be delivered to the [`TunWriter`], which knows how this TUN takes packets.
+
+use std::io::ErrorKind;
+use std::net::SocketAddrV4;
+
+use tun_rs::SyncDevice;
+
+use super::counters::WorkerCounters;
+use super::sys;
+use super::worker::{Drained, Worker, MAX_PACKET, READS_PER_ROUND};
+use crate::encap::{DropReason, Inbound, HEADROOM};
+use crate::lease::Snapshot;
+use crate::offload::gro::{self, Coalescer};
+use crate::offload::gso;
+use crate::wire::ipv4;
+
+/// The UDP side's buffers, allocated once.
+pub(super) struct RxBuffers {
+    /// One `recvmmsg`'s buffers (each message possibly a GRO batch of many datagrams).
+    rxs: Vec<Vec<u8>>,
+    meta: Vec<sys::RecvMeta>,
+    writer: TunWriter,
+}
+
+impl RxBuffers {
+    /// Buffers for a TUN with (`offload`) or without a virtio-net header.
+    pub(super) fn new(offload: bool) -> RxBuffers {
+        RxBuffers {
+            rxs: (0..sys::RECV_BATCH)
+                .map(|_| vec![0; HEADROOM + MAX_PACKET])
+                .collect(),
+            meta: vec![
+                sys::RecvMeta {
+                    len: 0,
+                    from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                    stride: 0,
+                    truncated: false,
+                    tos: 0,
+                };
+                sys::RECV_BATCH
+            ],
+            writer: TunWriter::new(offload),
+        }
+    }
+}
+
+impl Worker {
+    /// Receives and delivers until the socket is drained or the round ends, then writes
+    /// what the TUN writer still holds.
+    pub(super) fn underlay_to_tun(&mut self, b: &mut RxBuffers) -> Drained {
+        let c = &*self.counters;
+        let mut drained = false;
+        for _ in 0..READS_PER_ROUND {
+            let got = match sys::recv_many(&self.sock, &mut b.rxs, HEADROOM, &mut b.meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    c.drop(DropReason::Truncated);
+                    continue;
+                }
+            };
+            let snap = self.table.load();
+            for (rx, meta) in b.rxs.iter_mut().zip(&b.meta).take(got) {
+                self.deliver_message(&snap, rx, meta, &mut b.writer);
+            }
+        }
+        b.writer.flush(&self.tun, c);
+        drained
+    }
+
+    /// Polices each datagram of one received message (a GRO batch is cut by its stride)
+    /// and delivers the accepted inner packets.
+    fn deliver_message(
+        &self,
+        snap: &Snapshot,
+        rx: &mut [u8],
+        meta: &sys::RecvMeta,
+        writer: &mut TunWriter,
+    ) {
+        let c = &*self.counters;
+        if meta.truncated {
+            c.drop(DropReason::Truncated);
+            return;
+        }
+        for d in gro::datagrams(meta.len, meta.stride) {
+            let outer_ecn = meta.tos & 0x03;
+            match self
+                .node
+                .inbound(snap, meta.from, rx, HEADROOM + d.start, d.len(), outer_ecn)
+            {
+                Inbound::Deliver(r) => writer.deliver(&self.tun, c, self.node.mtu, &mut rx[r]),
+                Inbound::Drop(reason) => c.drop(reason),
+            }
+        }
+    }
+}
+
+/// How delivered inner packets reach the TUN, chosen once per worker.
+pub(super) enum TunWriter {
+    /// A TUN with a virtio-net header: consecutive TCP segments of a flow are coalesced
+    /// into one super-packet write (one copy, no checksum pass: the kernel finishes partial
+    /// checksums if it must), and a peer's oversized TSO segment is handed to the kernel's
+    /// GSO at our MSS.
+    Coalescing(Box<Coalescer>),
+    /// A plain TUN: one write per packet, with checksums completed (it cannot say
+    /// "partial") and oversized TCP split as GSO would.
+    Plain {
+        /// Segments of an oversized inner packet.
+        scratch: Vec<u8>,
+    },
+}
+
+impl TunWriter {
+    fn new(offload: bool) -> TunWriter {
+        if offload {
+            TunWriter::Coalescing(Box::default())
+        } else {
+            TunWriter::Plain {
+                scratch: vec![0; MAX_PACKET],
+            }
+        }
+    }
+
+    /// Delivers one inner packet (in place in its receive buffer).
+    fn deliver(&mut self, tun: &SyncDevice, c: &WorkerCounters, mtu: usize, pkt: &mut [u8]) {
+        match self {
+            TunWriter::Coalescing(co) => {
+                WorkerCounters::add(&c.rx_packets, 1);
+                WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+                if pkt.len() > mtu {
+                    // A peer's TSO segment: the kernel segments it at our MSS.
+                    write_pending(tun, c, co);
+                    match gso::mss_for(pkt, mtu) {
+                        Some(mss) if co.push_oversized(pkt, mss) => write_pending(tun, c, co),
+                        _ => c.drop(DropReason::TooBig),
+                    }
+                } else if !co.push(pkt) {
+                    write_pending(tun, c, co);
+                    co.push(pkt);
+                }
+            }
+            TunWriter::Plain { scratch } if pkt.len() > mtu => {
+                // A TSO super-packet from a kernel vxlan peer: segment it as GSO would.
+                let res = gso::mss_for(pkt, mtu)
+                    .ok_or(DropReason::TooBig)
+                    .and_then(|mss| gso::split_tcp4(pkt, mss, scratch, |seg| write(tun, c, seg)));
+                if let Err(reason) = res {
+                    c.drop(reason);
+                }
+            }
+            TunWriter::Plain { .. } => {
+                // A kernel peer on a veth leaves inner TCP/UDP checksums partial
+                // (CHECKSUM_PARTIAL); complete them.
+                ipv4::fill_transport_checksum(pkt);
+                write(tun, c, pkt);
+            }
+        }
+    }
+
+    /// Writes whatever is still held (the coalescer's pending super-packet).
+    fn flush(&mut self, tun: &SyncDevice, c: &WorkerCounters) {
+        if let TunWriter::Coalescing(co) = self {
+            write_pending(tun, c, co);
+        }
+    }
+}
+
+/// Writes one packet to a plain TUN, counting it.
+fn write(tun: &SyncDevice, c: &WorkerCounters, pkt: &[u8]) {
+    WorkerCounters::add(&c.rx_packets, 1);
+    WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+    if tun.send(pkt).is_err() {
+        WorkerCounters::add(&c.tun_write_errors, 1);
+    }
+}
+
+/// Writes the coalescer's pending super-packet, if any.
+fn write_pending(tun: &SyncDevice, c: &WorkerCounters, co: &mut Coalescer) {
+    if let Some(bytes) = co.flush() {
+        if tun.send(bytes).is_err() {
+            WorkerCounters::add(&c.tun_write_errors, 1);
+        }
+    }
+}
