@@ -160,6 +160,41 @@ pub fn acquire_lease(
     }
 }
 
+/// The userspace dataplane's settings from the flags.
+fn dataplane_settings(args: &RunArgs) -> DataplaneSettings {
+    DataplaneSettings {
+        tun_name: args.tun_name.clone(),
+        workers: args.workers as usize,
+        offloads: Offloads {
+            tun: args.tun_offload,
+            gso: args.udp_gso,
+            gro: args.udp_gro,
+            pin: args.cpu_affinity,
+            busy_poll_us: args.busy_poll_us,
+            socket_buffer: args.socket_buffer,
+        },
+    }
+}
+
+/// Phase 5b: flanneld's iptables rules, if any are asked for. A failure is fatal for
+/// `--ip-masq` (pods would leave unmasqueraded) and a warning for the FORWARD accepts
+/// alone; either way the guard is kept, so the next resync retries.
+fn install_rules(
+    rules: Vec<crate::masq::ChainRules>,
+    ip_masq: bool,
+) -> Result<Option<InstalledRules>> {
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let (installed, first) = InstalledRules::install(rules);
+    match first {
+        Err(e) if ip_masq => return Err(Error::Masq(e)),
+        Err(e) => eprintln!("weft: warning: cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}"),
+        Ok(()) => {}
+    }
+    Ok(Some(installed))
+}
+
 /// Runs the agent until a signal or a fatal error.
 pub fn run(args: RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,10 +254,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         Now::read(),
     );
     let first = store.leases().map_err(|e| e.to_string());
+    let mut peers = Vec::new();
     for a in policy.on(Now::read(), Event::Leases(first)) {
         match a {
-            Action::Publish(peers) => {
-                table.replace_all(peers.iter().copied());
+            Action::Publish(p) => {
+                table.replace_all(p.iter().copied());
+                peers = p;
             }
             Action::Warn(w) => eprintln!("weft: warning: {w}"),
             _ => {}
@@ -238,30 +275,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         lease: &ours.lease,
         pod_mtu,
         table: table.clone(),
-        dataplane: DataplaneSettings {
-            tun_name: args.tun_name.clone(),
-            workers: args.workers as usize,
-            offloads: Offloads {
-                tun: args.tun_offload,
-                gso: args.udp_gso,
-                gro: args.udp_gro,
-                pin: args.cpu_affinity,
-                busy_poll_us: args.busy_poll_us,
-                socket_buffer: args.socket_buffer,
-            },
-        },
+        dataplane: dataplane_settings(&args),
     })?;
-    let rules = if rules.is_empty() {
-        None
-    } else {
-        let (installed, first) = InstalledRules::install(rules);
-        match first {
-            Err(e) if args.ip_masq => return Err(Error::Masq(e)),
-            Err(e) => eprintln!("weft: warning: cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}"),
-            Ok(()) => {}
-        }
-        Some(installed)
-    };
+    running.peers_changed(&peers);
+    let rules = install_rules(rules, args.ip_masq)?;
     SubnetEnv {
         network: cfg.network,
         subnet: ours.lease.subnet,
