@@ -310,10 +310,7 @@ fn udp_no_ports(ns: &str) -> u64 {
 }
 
 fn inject(ns: &str, payload: &[u8], dst: Ipv4Addr) {
-    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],8472))";
-    let o = ns_run(ns, &["python3", "-c", code, &hex, &dst.to_string()]);
-    assert!(o.status.success(), "inject failed: {}", out(&o));
+    inject_tos(ns, payload, dst, 0);
 }
 
 #[test]

@@ -410,7 +410,8 @@ impl Cluster {
         self.dir.join("leases")
     }
 
-    fn add_ns(&mut self, suffix: &str) -> String {
+    /// Adds an empty namespace `<prefix>-<suffix>` (deleted with the cluster).
+    pub fn add_ns(&mut self, suffix: &str) -> String {
         let ns = format!("{}-{suffix}", self.prefix);
         sh(&["ip", "netns", "add", &ns]);
         self.namespaces.push(ns.clone());
@@ -1173,4 +1174,135 @@ pub fn read_pcap(data: &[u8]) -> Vec<Vec<u8>> {
         at += 16 + len;
     }
     frames
+}
+
+/// The conflist kube-flannel.yml ships (flannel's Documentation/kube-flannel.yml,
+/// `cni-conf.json`), byte for byte.
+pub const KUBE_FLANNEL_CONFLIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+
+/// A container runtime's side of CNI, as containerd or CRI-O runs a conflist: every plugin
+/// in order, each given the previous one's result as `prevResult`; DEL in reverse order.
+/// Plugins run inside the node's namespace with the `CNI_*` variables the spec defines.
+pub struct CniRuntime {
+    /// The network configuration list.
+    pub conflist: serde_json::Value,
+    /// `CNI_PATH`.
+    pub path: String,
+    /// The node's namespace.
+    pub node_ns: String,
+}
+
+impl CniRuntime {
+    /// kube-flannel.yml's conflist for node `i` of `c`, with `weft-cni` installed as the
+    /// `flannel` plugin beside Debian's plugins. One host plays several nodes here, so the
+    /// flannel plugin gets flannel's own `subnetFile` and `dataDir` keys, and host-local its
+    /// `dataDir`, per node; everything else is the manifest's.
+    pub fn kube_flannel(c: &Cluster, i: usize) -> CniRuntime {
+        let node_dir = c.dir.join(format!("n{}", i + 1));
+        let bin = node_dir.join("cni-bin");
+        fs::create_dir_all(&bin).unwrap();
+        let cni = c.weft.with_file_name("weft-cni");
+        assert!(
+            cni.exists(),
+            "{} is missing: build with --all-targets",
+            cni.display()
+        );
+        let link = bin.join("flannel");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&cni, &link).unwrap();
+        let mut conflist: serde_json::Value = serde_json::from_str(KUBE_FLANNEL_CONFLIST).unwrap();
+        let flannel = &mut conflist["plugins"][0];
+        flannel["subnetFile"] = c.nodes[i].subnet_file.display().to_string().into();
+        flannel["dataDir"] = node_dir.join("cni-flannel").display().to_string().into();
+        flannel["ipam"] =
+            serde_json::json!({"dataDir": node_dir.join("ipam").display().to_string()});
+        CniRuntime {
+            conflist,
+            path: format!("{}:/usr/lib/cni", bin.display()),
+            node_ns: c.nodes[i].ns.clone(),
+        }
+    }
+
+    /// Runs one plugin: returns its stdout, or (exit failed) its stdout and stderr.
+    pub fn exec(
+        &self,
+        plugin: &str,
+        command: &str,
+        container: &str,
+        pod_ns: &str,
+        conf: &serde_json::Value,
+    ) -> Result<String, String> {
+        let exe = self
+            .path
+            .split(':')
+            .map(|d| Path::new(d).join(plugin))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("plugin {plugin} not on {}", self.path));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns])
+            .arg(&exe)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", format!("/var/run/netns/{pod_ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run a CNI plugin");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            Ok(out)
+        } else {
+            Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+
+    fn plugin_conf(&self, k: usize, prev: Option<&serde_json::Value>) -> serde_json::Value {
+        let mut conf = self.conflist["plugins"][k].clone();
+        conf["name"] = self.conflist["name"].clone();
+        conf["cniVersion"] = self.conflist["cniVersion"].clone();
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        conf
+    }
+
+    fn plugins(&self) -> usize {
+        self.conflist["plugins"].as_array().map_or(0, Vec::len)
+    }
+
+    /// ADD through the whole list; the last plugin's result.
+    pub fn add(&self, container: &str, pod_ns: &str) -> Result<serde_json::Value, String> {
+        let mut prev: Option<serde_json::Value> = None;
+        for k in 0..self.plugins() {
+            let conf = self.plugin_conf(k, prev.as_ref());
+            let plugin = conf["type"].as_str().unwrap().to_string();
+            let out = self.exec(&plugin, "ADD", container, pod_ns, &conf)?;
+            prev = Some(
+                serde_json::from_str(&out)
+                    .map_err(|e| format!("{plugin} ADD result: {e}: {out}"))?,
+            );
+        }
+        prev.ok_or_else(|| "empty plugin list".into())
+    }
+
+    /// DEL through the list in reverse (cniVersion 0.3.1 passes no prevResult to DEL).
+    pub fn del(&self, container: &str, pod_ns: &str) -> Result<(), String> {
+        for k in (0..self.plugins()).rev() {
+            let conf = self.plugin_conf(k, None);
+            let plugin = conf["type"].as_str().unwrap().to_string();
+            self.exec(&plugin, "DEL", container, pod_ns, &conf)?;
+        }
+        Ok(())
+    }
 }

@@ -9,6 +9,7 @@
 #![warn(unreachable_pub)]
 
 pub mod backend;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub(crate) mod dataplane;

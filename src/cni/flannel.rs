@@ -1,0 +1,266 @@
+//! flannel's plugin logic as pure functions: read the plugin's own keys, and build the
+//! delegate's config from them and the node's subnet.env, exactly as flannel-io/cni-plugin
+//! does (`flannel.go`, `flannel_linux.go`).
+
+use std::path::PathBuf;
+
+use serde_json::{json, Map, Value};
+
+use super::{code, CniError};
+use crate::subnet_env::SubnetEnv;
+
+/// flannel's default `subnetFile`.
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+/// flannel's default `dataDir` (delegate configs saved per container, for DEL).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
+
+/// The flannel plugin's own configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConf {
+    /// The network's name (`name`, e.g. `cbr0`): the delegate gets it.
+    pub name: String,
+    /// The config's `cniVersion`: the delegate speaks it too.
+    pub cni_version: String,
+    /// Where the node's subnet.env is.
+    pub subnet_file: PathBuf,
+    /// Where delegate configs are saved.
+    pub data_dir: PathBuf,
+    /// The `delegate` object (type, hairpinMode, isDefaultGateway, ...).
+    pub delegate: Map<String, Value>,
+    /// The top-level `ipam` object, the base of the delegate's IPAM.
+    pub ipam: Map<String, Value>,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+/// Reads flannel's keys from a network config (already version-checked).
+pub fn plugin_conf(cfg: &Map<String, Value>) -> Result<PluginConf, CniError> {
+    let string = |k: &str, default: &str| -> Result<String, CniError> {
+        match cfg.get(k) {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::String(_)) => Ok(default.to_string()),
+            Some(_) => Err(invalid(format!("{k:?} must be a string"))),
+        }
+    };
+    let object = |k: &str| -> Result<Map<String, Value>, CniError> {
+        match cfg.get(k) {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(_) => Err(invalid(format!("{k:?} must be an object"))),
+        }
+    };
+    let mut delegate = object("delegate")?;
+    if delegate.get("type").is_some_and(|t| !t.is_string()) {
+        return Err(invalid(
+            "'delegate' dictionary, if present, must have a (string) 'type' field",
+        ));
+    }
+    for k in ["name", "ipam"] {
+        if delegate.contains_key(k) {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!("'delegate' dictionary must not have a '{k}' field: flannel sets it"),
+            ));
+        }
+    }
+    if let Some(rc) = cfg.get("runtimeConfig").filter(|v| !v.is_null()) {
+        delegate.insert("runtimeConfig".into(), rc.clone());
+    }
+    Ok(PluginConf {
+        name: string("name", "")?,
+        cni_version: string("cniVersion", "")?,
+        subnet_file: string("subnetFile", DEFAULT_SUBNET_FILE)?.into(),
+        data_dir: string("dataDir", DEFAULT_DATA_DIR)?.into(),
+        delegate,
+        ipam: object("ipam")?,
+    })
+}
+
+/// Reads and parses the node's subnet.env: a missing file is "try again later" (flanneld
+/// or weft has not written it yet); a malformed one names the key.
+pub fn subnet_env(conf: &PluginConf) -> Result<SubnetEnv, CniError> {
+    let path = &conf.subnet_file;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let c = if e.kind() == std::io::ErrorKind::NotFound {
+            code::TRY_AGAIN_LATER
+        } else {
+            code::IO_FAILURE
+        };
+        CniError::new(
+            c,
+            format!(
+                "cannot read {}: {e}; is weft (or flanneld) running on this node? Check its log",
+                path.display()
+            ),
+        )
+    })?;
+    SubnetEnv::parse(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))
+}
+
+/// The delegate's config for ADD: the plugin's `delegate` with flannel's defaults (type
+/// `bridge`, `ipMasq` = not FLANNEL_IPMASQ, `mtu` = FLANNEL_MTU, `isGateway` for a bridge,
+/// the network's name and version) and host-local IPAM over the node's subnet with a route
+/// to the cluster network after any routes the config gives.
+pub fn delegate_conf(conf: &PluginConf, env: &SubnetEnv) -> Result<Map<String, Value>, CniError> {
+    let mut d = conf.delegate.clone();
+    d.insert("name".into(), Value::String(conf.name.clone()));
+    d.entry("type").or_insert_with(|| json!("bridge"));
+    d.entry("ipMasq").or_insert_with(|| json!(!env.ipmasq));
+    d.entry("mtu").or_insert_with(|| json!(env.mtu));
+    if d.get("type").and_then(Value::as_str) == Some("bridge") {
+        d.entry("isGateway").or_insert_with(|| json!(true));
+    }
+    if !conf.cni_version.is_empty() {
+        d.insert("cniVersion".into(), json!(conf.cni_version));
+    }
+    let mut ipam = conf.ipam.clone();
+    ipam.entry("type").or_insert_with(|| json!("host-local"));
+    ipam.insert(
+        "ranges".into(),
+        json!([[{ "subnet": env.subnet.trunc().to_string() }]]),
+    );
+    let mut routes = match ipam.get("routes") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(r)) if r.iter().all(Value::is_object) => r.clone(),
+        Some(_) => return Err(invalid("ipam.routes must be an array of route objects")),
+    };
+    routes.push(json!({ "dst": env.network.to_string() }));
+    ipam.insert("routes".into(), Value::Array(routes));
+    d.insert("ipam".into(), Value::Object(ipam));
+    Ok(d)
+}
+
+/// The delegate's plugin type.
+pub fn delegate_type(d: &Map<String, Value>) -> Result<&str, CniError> {
+    d.get("type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .ok_or_else(|| invalid("the delegate config has no valid 'type'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conflist kube-flannel.yml ships (flannel's Documentation/kube-flannel.yml,
+    /// cni-conf.json), as a runtime hands its first plugin to the plugin: the plugin's
+    /// object with the list's name and cniVersion added.
+    const KUBE_FLANNEL_CONFLIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+
+    fn first_plugin() -> Map<String, Value> {
+        let list: Value = serde_json::from_str(KUBE_FLANNEL_CONFLIST).unwrap();
+        let mut p = list["plugins"][0].as_object().unwrap().clone();
+        p.insert("name".into(), list["name"].clone());
+        p.insert("cniVersion".into(), list["cniVersion"].clone());
+        p
+    }
+
+    fn env() -> SubnetEnv {
+        // What weft (and flanneld) write: FLANNEL_SUBNET is the first address.
+        SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn kube_flannel_conflist_gives_flannels_bridge_delegate() {
+        let conf = plugin_conf(&first_plugin()).unwrap();
+        assert_eq!(conf.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
+        assert_eq!(conf.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        let d = delegate_conf(&conf, &env()).unwrap();
+        assert_eq!(
+            Value::Object(d),
+            json!({
+                "name": "cbr0",
+                "cniVersion": "0.3.1",
+                "type": "bridge",
+                "hairpinMode": true,
+                "isDefaultGateway": true,
+                "isGateway": true,
+                "ipMasq": false,
+                "mtu": 1450,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.244.7.0/24"}]],
+                    "routes": [{"dst": "10.244.0.0/16"}]
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn the_delegates_own_choices_win_and_user_routes_come_first() {
+        let mut p = first_plugin();
+        p.insert(
+            "delegate".into(),
+            json!({"type": "ipvlan", "master": "eth0", "mtu": 1400, "ipMasq": true}),
+        );
+        p.insert(
+            "ipam".into(),
+            json!({"dataDir": "/tmp/x", "routes": [{"dst": "192.0.2.0/24"}]}),
+        );
+        p.insert("runtimeConfig".into(), json!({"portMappings": []}));
+        p.insert("subnetFile".into(), json!("/tmp/n1/subnet.env"));
+        let conf = plugin_conf(&p).unwrap();
+        assert_eq!(conf.subnet_file, PathBuf::from("/tmp/n1/subnet.env"));
+        let d = delegate_conf(&conf, &env()).unwrap();
+        assert_eq!(d["type"], "ipvlan");
+        assert_eq!(d["mtu"], 1400);
+        assert_eq!(d["ipMasq"], true);
+        assert!(
+            !d.contains_key("isGateway"),
+            "isGateway is for bridges only"
+        );
+        assert_eq!(d["runtimeConfig"], json!({"portMappings": []}));
+        assert_eq!(d["ipam"]["dataDir"], "/tmp/x");
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst": "192.0.2.0/24"}, {"dst": "10.244.0.0/16"}])
+        );
+    }
+
+    #[test]
+    fn bad_delegates_are_refused_with_the_field() {
+        for (delegate, code) in [
+            (json!({"type": 7}), code::INVALID_CONFIG),
+            (json!({"name": "x"}), code::UNSUPPORTED_FIELD),
+            (json!({"ipam": {}}), code::UNSUPPORTED_FIELD),
+            (json!("bridge"), code::INVALID_CONFIG),
+        ] {
+            let mut p = first_plugin();
+            p.insert("delegate".into(), delegate.clone());
+            let e = plugin_conf(&p).unwrap_err();
+            assert_eq!(e.code, code, "{delegate}: {e}");
+        }
+        let mut p = first_plugin();
+        p.insert("ipam".into(), json!({"routes": "10.0.0.0/8"}));
+        let e = delegate_conf(&plugin_conf(&p).unwrap(), &env()).unwrap_err();
+        assert!(e.msg.contains("ipam.routes"), "{e}");
+    }
+
+    #[test]
+    fn subnet_env_missing_is_try_again_and_a_missing_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("weft-cni-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = first_plugin();
+        p.insert(
+            "subnetFile".into(),
+            json!(dir.join("subnet.env").display().to_string()),
+        );
+        let conf = plugin_conf(&p).unwrap();
+        assert_eq!(subnet_env(&conf).unwrap_err().code, code::TRY_AGAIN_LATER);
+        std::fs::write(
+            dir.join("subnet.env"),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let e = subnet_env(&conf).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("FLANNEL_MTU"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,284 @@
+//! `weft-cni`: flannel's CNI plugin (flannel-io/cni-plugin), so that weft can be installed
+//! as `/opt/cni/bin/flannel` under the conflist kube-flannel.yml ships. It reads the node's
+//! subnet.env, builds the delegate's config as flannel's plugin does (a `bridge` named by
+//! the network, host-local IPAM over the node's subnet with a route to the cluster
+//! network), saves it per container, and runs the delegate through the CNI exec protocol.
+//!
+//! The protocol is written here rather than taken from a crate: the one Rust CNI crate
+//! (`cni-plugin` 0.2, last released 2021) delegates only through an async runtime and
+//! parses results into its own types, while this plugin must pass the delegate's result
+//! through byte for byte and keep every key of the delegate's config it does not know.
+//! So configs stay `serde_json` maps, as flannel's plugin keeps them.
+//!
+//! Layout: this file is the protocol (commands, environment, versions, error objects);
+//! [`flannel`] the pure config building; [`exec`] finding and running the delegate;
+//! [`plugin`] the commands.
+
+pub mod exec;
+pub mod flannel;
+pub mod plugin;
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+/// CNI versions this plugin speaks (CHECK needs 0.4.0 or later).
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+
+/// The CNI spec's well-known error codes.
+pub mod code {
+    /// Incompatible CNI version.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// Unsupported field in the network configuration.
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// Container unknown or does not exist.
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    /// Invalid necessary environment variables.
+    pub const INVALID_ENV: u32 = 4;
+    /// I/O failure.
+    pub const IO_FAILURE: u32 = 5;
+    /// Failed to decode content.
+    pub const DECODE: u32 = 6;
+    /// Invalid network config.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later (a transient condition, such as no subnet.env yet).
+    pub const TRY_AGAIN_LATER: u32 = 11;
+}
+
+/// A CNI error object: printed on stdout, with a non-zero exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    /// The spec's code (or the delegate's).
+    pub code: u32,
+    /// What went wrong, naming the cause.
+    pub msg: String,
+    /// More detail, if any.
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with `code` and `msg`.
+    pub fn new(code: u32, msg: impl Into<String>) -> CniError {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    /// The error object, in `version`'s shape.
+    pub fn to_json(&self, version: &str) -> String {
+        let mut v = json!({"cniVersion": version, "code": self.code, "msg": self.msg});
+        if !self.details.is_empty() {
+            v["details"] = Value::String(self.details.clone());
+        }
+        v.to_string()
+    }
+}
+
+impl std::fmt::Display for CniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CNI error {}: {}", self.code, self.msg)
+    }
+}
+
+/// A CNI command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Attach a container.
+    Add,
+    /// Detach a container.
+    Del,
+    /// Check a container's attachment.
+    Check,
+    /// Report supported versions.
+    Version,
+}
+
+/// What the runtime passed in the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// `CNI_COMMAND`.
+    pub command: Command,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_PATH`: where plugins are.
+    pub path: Vec<String>,
+}
+
+impl Invocation {
+    /// Reads the `CNI_*` variables the spec requires for the command.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Invocation, CniError> {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        let command = match get("CNI_COMMAND").map(String::as_str) {
+            Some("ADD") => Command::Add,
+            Some("DEL") => Command::Del,
+            Some("CHECK") => Command::Check,
+            Some("VERSION") => Command::Version,
+            Some(other) => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_COMMAND {other:?} is not ADD, DEL, CHECK or VERSION"),
+                ))
+            }
+            None => return Err(CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set")),
+        };
+        if command == Command::Version {
+            return Ok(Invocation {
+                command,
+                container_id: String::new(),
+                path: Vec::new(),
+            });
+        }
+        let mut need = vec!["CNI_CONTAINERID", "CNI_PATH"];
+        if command != Command::Del {
+            // DEL may come after the namespace is gone, so without CNI_NETNS.
+            need.extend(["CNI_NETNS", "CNI_IFNAME"]);
+        } else {
+            need.push("CNI_IFNAME");
+        }
+        let missing: Vec<&str> = need.into_iter().filter(|k| get(k).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "required environment variables missing: {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let container_id = get("CNI_CONTAINERID").cloned().unwrap_or_default();
+        if container_id.contains(['/', '\0']) || container_id == "." || container_id == ".." {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_CONTAINERID {container_id:?} is not a valid container ID"),
+            ));
+        }
+        let path = get("CNI_PATH")
+            .map(|p| {
+                p.split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Invocation {
+            command,
+            container_id,
+            path,
+        })
+    }
+}
+
+/// The VERSION answer.
+pub fn version_result() -> String {
+    json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS}).to_string()
+}
+
+/// Parses a network config from stdin: a JSON object with a supported `cniVersion`.
+pub fn parse_config(stdin: &[u8]) -> Result<serde_json::Map<String, Value>, CniError> {
+    let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            format!("cannot decode the network config on stdin: {e}"),
+        )
+    })?;
+    let Value::Object(map) = v else {
+        return Err(CniError::new(
+            code::DECODE,
+            "the network config on stdin is not a JSON object",
+        ));
+    };
+    let version = map.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {version:?} is not supported (supported: {})",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    Ok(map)
+}
+
+/// Whether `version` knows CHECK (0.4.0 and later).
+pub fn has_check(version: &str) -> bool {
+    !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_is_checked_per_command() {
+        let add = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin::/usr/lib/cni"),
+        ]);
+        let i = Invocation::from_env(&add).unwrap();
+        assert_eq!(i.command, Command::Add);
+        assert_eq!(i.path, ["/opt/cni/bin", "/usr/lib/cni"]);
+        let mut no_netns = add.clone();
+        no_netns.remove("CNI_NETNS");
+        let e = Invocation::from_env(&no_netns).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(e.msg.contains("CNI_NETNS"), "{e}");
+        // DEL needs no namespace.
+        no_netns.insert("CNI_COMMAND".into(), "DEL".into());
+        assert_eq!(
+            Invocation::from_env(&no_netns).unwrap().command,
+            Command::Del
+        );
+        let v = Invocation::from_env(&env(&[("CNI_COMMAND", "VERSION")])).unwrap();
+        assert_eq!(v.command, Command::Version);
+        for bad in [env(&[]), env(&[("CNI_COMMAND", "GC")])] {
+            assert_eq!(
+                Invocation::from_env(&bad).unwrap_err().code,
+                code::INVALID_ENV
+            );
+        }
+        let mut traversal = add;
+        traversal.insert("CNI_CONTAINERID".into(), "../../etc".into());
+        assert_eq!(
+            Invocation::from_env(&traversal).unwrap_err().code,
+            code::INVALID_ENV
+        );
+    }
+
+    #[test]
+    fn configs_need_json_and_a_supported_version() {
+        assert_eq!(parse_config(b"{not json").unwrap_err().code, code::DECODE);
+        assert_eq!(parse_config(b"[1]").unwrap_err().code, code::DECODE);
+        let e = parse_config(br#"{"cniVersion":"0.2.0","type":"flannel"}"#).unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        for v in SUPPORTED_VERSIONS {
+            let text = format!(r#"{{"cniVersion":"{v}","type":"flannel"}}"#);
+            assert!(parse_config(text.as_bytes()).is_ok(), "{v}");
+        }
+        assert!(!has_check("0.3.1") && has_check("0.4.0") && has_check("1.0.0"));
+    }
+
+    #[test]
+    fn error_and_version_objects() {
+        let e = CniError::new(code::TRY_AGAIN_LATER, "no subnet.env");
+        let v: Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
+        assert_eq!(
+            v,
+            json!({"cniVersion":"1.0.0","code":11,"msg":"no subnet.env"})
+        );
+        let v: Value = serde_json::from_str(&version_result()).unwrap();
+        assert_eq!(v["supportedVersions"][3], "1.0.0");
+    }
+}
