@@ -62,6 +62,7 @@ leases = [
     '{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:01:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:01:02"}}',
     "10.244.1.0-24",
     "10.5.52.0-24&fc00::-64",
+    '{"PublicIP":"192.0.2.1","PublicIPv6":null}',  # flanneld's udp backend, as it writes it
 ]
 for i, l in enumerate(leases):
     write("lease_json", "lease-%d" % i, l.encode())

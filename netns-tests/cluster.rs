@@ -485,20 +485,97 @@ fn inner_udp_ecn(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, ecn: u8, data: &[u8])
 /// Sends `payload` to `dst:8472` from `ns` with the outer TOS byte `tos` (a congested
 /// router's CE mark, say).
 fn inject_tos(ns: &str, payload: &[u8], dst: Ipv4Addr, tos: u8) {
+    send_datagram(ns, payload, (dst, 8472), 0, tos);
+}
+
+/// Sends one UDP datagram from `ns` (from port `sport`, 0: any) to `to`, with IP_TOS `tos`.
+fn send_datagram(ns: &str, payload: &[u8], to: (Ipv4Addr, u16), sport: u16, tos: u8) {
     let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP,socket.IP_TOS,int(sys.argv[3]))\ns.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],8472))";
-    let o = ns_run(
-        ns,
-        &[
-            "python3",
-            "-c",
-            code,
-            &hex,
-            &dst.to_string(),
-            &tos.to_string(),
-        ],
+    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP,socket.IP_TOS,int(sys.argv[4]))\ns.bind(('',int(sys.argv[5])))\ns.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))";
+    let (ip, port, tos, sport) = (
+        to.0.to_string(),
+        to.1.to_string(),
+        tos.to_string(),
+        sport.to_string(),
     );
-    assert!(o.status.success(), "inject failed: {}", out(&o));
+    let o = ns_run(ns, &["python3", "-c", code, &hex, &ip, &port, &tos, &sport]);
+    assert!(o.status.success(), "send failed: {}", out(&o));
+}
+
+/// flanneld's udp backend stores its lease with only the public IP (BackendType and
+/// BackendData are omitempty): weft used to file that as another backend's lease, answer
+/// the node's pods with net unreachable and drop its datagrams as wrong_backend. Node 2
+/// here is such a node: its lease written as flanneld writes it (the literal value, not
+/// through weft), and its side of the wire spoken as flannel's proxy speaks it (raw IPv4
+/// in UDP from port 8285 to 8285).
+#[test]
+fn a_stock_flanneld_udp_lease_is_a_udp_peer_both_ways() {
+    const FLANNELD_UDP_LEASE: &str = r#"{"PublicIP":"192.0.2.2","PublicIPv6":null}"#;
+    let mut c = Cluster::new(weft(), UDP);
+    c.add_node(Kind::Weft);
+    c.start_weft(0, &[]);
+    let pod1 = c.add_pod(0, None);
+    c.add_node(Kind::Weft); // a namespace at 192.0.2.2; weft is not started there
+    let n2 = c.nodes[1].ns.clone();
+    let subnet2: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    let expires =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+    std::fs::write(
+        c.lease_dir().join("subnets/10.244.200.0-24"),
+        format!("{FLANNELD_UDP_LEASE}\nexpiration={expires}\n"),
+    )
+    .unwrap();
+    harness::wait_for(
+        "node 1 to see the flanneld lease",
+        Duration::from_secs(5),
+        || c.table(0).contains(&subnet2).then_some(()),
+    );
+
+    // Outbound: a pod's datagram for node 2's subnet leaves in flannel's udp format.
+    let cap = harness::Capture::start(
+        &n2,
+        "eth0",
+        "udp dst port 8285",
+        &c.dir.join("capture-n2.pcap"),
+    );
+    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(3): s.sendto(b'to-flanneld',(sys.argv[1],9999))";
+    let o = ns_run(&pod1.ns, &["python3", "-c", code, "10.244.200.5"]);
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = cap.stop();
+    let carried = frames
+        .iter()
+        .filter(|f| {
+            f.len() > 14 + 28 + 20
+                && f[14 + 12..14 + 16] == [192, 0, 2, 1]
+                && f[14 + 20..14 + 24] == [0x20, 0x5d, 0x20, 0x5d] // 8285 -> 8285
+                && f[14 + 28 + 16..14 + 28 + 20] == [10, 244, 200, 5]
+                && f.windows(11).any(|w| w == b"to-flanneld")
+        })
+        .count();
+    assert!(
+        carried >= 1,
+        "no udp-format datagram reached node 2 ({} frames; tcpdump: {}); node 1's counters: {:?}",
+        frames.len(),
+        std::fs::read_to_string(c.dir.join("capture-n2.log")).unwrap_or_default(),
+        c.metrics(0)
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect::<Vec<_>>()
+    );
+
+    // Inbound: what flannel's proxy sends (raw IPv4, 8285 -> 8285) reaches the pod.
+    let before = udp_no_ports(&pod1.ns);
+    let inner = inner_udp(Ipv4Addr::new(10, 244, 200, 5), pod1.ip);
+    send_datagram(&n2, &inner, (c.nodes[0].ip, 8285), 8285, 0);
+    harness::wait_for(
+        "the flanneld node's packet to reach the pod",
+        Duration::from_secs(5),
+        || (udp_no_ports(&pod1.ns) == before + 1).then_some(()),
+    );
+    harness::figure(&format!(
+        "flanneld udp lease {FLANNELD_UDP_LEASE}: {carried} datagram(s) carried to it, its packet delivered"
+    ));
 }
 
 /// The bug this guards against: every datagram left 8472 -> 8472 with TOS 0, so a

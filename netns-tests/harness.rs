@@ -1116,6 +1116,7 @@ pub struct Capture {
 impl Capture {
     /// Starts `tcpdump -i dev -w file filter` in `ns`, keeping the first 192 bytes of each
     /// frame (the headers: whole frames of an iperf3 run are more than tcpdump can write),
+    /// in immediate mode (so a few sparse packets are written before the capture stops),
     /// and waits until it is listening.
     pub fn start(ns: &str, dev: &str, filter: &str, file: &Path) -> Capture {
         assert!(
@@ -1125,7 +1126,19 @@ impl Capture {
         let log = file.with_extension("log");
         let child = Command::new("ip")
             .args([
-                "netns", "exec", ns, "tcpdump", "-i", dev, "-U", "-n", "-s", "192", "-Z", "root",
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-i",
+                dev,
+                "-U",
+                "--immediate-mode",
+                "-n",
+                "-s",
+                "192",
+                "-Z",
+                "root",
                 "-w",
             ])
             .arg(file)

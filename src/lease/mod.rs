@@ -81,12 +81,16 @@ impl LeaseAttrs {
         }
     }
 
-    /// Attributes of a udp-backend node (flanneld publishes no BackendData for it).
+    /// Attributes of a udp-backend node, as flanneld's udp backend writes them: it acquires
+    /// its lease with only the public IP (`pkg/backend/udp/udp_amd64.go`), and BackendType
+    /// and BackendData are `omitempty`, so the stored value is exactly
+    /// `{"PublicIP":"192.0.2.1","PublicIPv6":null}`. A lease without a BackendType is a udp
+    /// peer ([`Peer::from_lease`]); one saying `"udp"` (older weft) is one too.
     pub fn udp(public_ip: Ipv4Addr) -> LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: backend_type::UDP.into(),
+            backend_type: String::new(),
             backend_data: serde_json::Value::Null,
             backend_v6_data: serde_json::Value::Null,
         }
@@ -241,12 +245,20 @@ mod tests {
         .unwrap();
         assert_eq!(b.public_ipv6, Some("2001:db8::3".parse().unwrap()));
         assert!(!b.backend_v6_data.is_null());
-        let u = LeaseAttrs::from_json(r#"{"PublicIP":"192.0.2.4","BackendType":"udp"}"#).unwrap();
+        // flanneld's udp backend stores only the public IP (udp_amd64.go acquires with
+        // LeaseAttrs{PublicIP}; BackendType and BackendData are omitempty in pkg/lease):
+        // the value a stock udp node writes, taken from flannel's source, not from weft.
+        const FLANNELD_UDP: &str = r#"{"PublicIP":"192.0.2.4","PublicIPv6":null}"#;
+        let u = LeaseAttrs::from_json(FLANNELD_UDP).unwrap();
         assert_eq!(u, LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 4)));
         assert_eq!(
             u.to_json(),
-            r#"{"PublicIP":"192.0.2.4","PublicIPv6":null,"BackendType":"udp"}"#
+            FLANNELD_UDP,
+            "weft writes a udp lease as flanneld does"
         );
+        // What weft wrote before, with a BackendType, still reads as udp (see table.rs).
+        let old = LeaseAttrs::from_json(r#"{"PublicIP":"192.0.2.4","BackendType":"udp"}"#).unwrap();
+        assert_eq!(old.backend_type, "udp");
     }
 
     #[test]

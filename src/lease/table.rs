@@ -52,7 +52,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer a lease describes. A vxlan lease must carry valid `BackendData`.
+    /// The peer a lease describes. A vxlan lease must carry valid `BackendData`; a lease
+    /// with no BackendType is what flanneld's udp backend writes, so it is a udp peer.
     pub fn from_lease(lease: &Lease) -> Result<Peer, LeaseError> {
         let a = &lease.attrs;
         let (backend, vni, vtep_mac) = match a.backend_type.as_str() {
@@ -60,7 +61,7 @@ impl Peer {
                 let d = a.vxlan_data()?;
                 (BackendKind::Vxlan, d.vni, d.vtep_mac)
             }
-            backend_type::UDP => (BackendKind::Udp, 0, MacAddr::default()),
+            "" | backend_type::UDP => (BackendKind::Udp, 0, MacAddr::default()),
             _ => (BackendKind::Other, 0, MacAddr::default()),
         };
         Ok(Peer {
