@@ -462,6 +462,19 @@ fn bad_flags_and_configs_are_refused_with_a_reason() {
         "run",
     ]);
     assert!(out(&o).contains("--iface nosuch1"), "{}", out(&o));
+    // And as flanneld's FLANNELD_<FLAG>, which a flanneld unit file sets.
+    let o = harness::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "env",
+        "FLANNELD_IFACE=nosuch2",
+        &format!("WEFT_LEASE_DIR={dir}"),
+        &w,
+        "run",
+    ]);
+    assert!(out(&o).contains("--iface nosuch2"), "{}", out(&o));
     // Nothing was created.
     assert!(!ns_run(&ns, &["ip", "link", "show", "weft0"])
         .status

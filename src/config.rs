@@ -75,7 +75,7 @@ pub struct NetConfig {
     pub subnet_max: Ipv4Addr,
     /// The backend.
     pub backend: BackendConfig,
-    /// flannel's `EnableNFTables` (accepted; masquerading is a later issue).
+    /// flannel's `EnableNFTables` (only `false` is accepted: no nftables rules yet).
     pub enable_nftables: bool,
     /// Non-fatal notes about the input (normalised values), for the log.
     pub warnings: Vec<String>,
@@ -150,6 +150,9 @@ impl NetConfig {
         }
         if raw.enable_ipv4 == Some(false) {
             return err("EnableIPv4 is false: weft needs an IPv4 Network; set EnableIPv4 to true (the default)");
+        }
+        if raw.enable_nftables == Some(true) {
+            return err("EnableNFTables is true: weft installs flanneld's iptables rules and has no nftables implementation yet; set EnableNFTables to false (on an nftables host the iptables-nft commands install the same rules)");
         }
 
         let net_s = match raw.network.as_deref() {
@@ -233,6 +236,9 @@ impl NetConfig {
             return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet could be allocated"));
         }
 
+        if raw.backend.is_none() {
+            warnings.push("no Backend in the network config: weft uses udp, the default in flanneld's code (pkg/subnet/config.go; its documentation says vxlan), so that it agrees with stock flanneld nodes; set \"Backend\":{\"Type\":\"vxlan\"} for the vxlan backend".to_string());
+        }
         let backend = Self::backend(raw.backend)?;
         Ok(NetConfig {
             network,
@@ -247,12 +253,11 @@ impl NetConfig {
 
     fn backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
         let Some(b) = raw else {
-            // flannel's code defaults to udp but its documentation (and its manifest) to
-            // vxlan; weft follows the documentation, as operators expect.
-            return Ok(BackendConfig::Vxlan {
-                vni: 1,
-                port: vxlan::PORT_LINUX,
-                mtu: None,
+            // flannel's documentation says vxlan, but flanneld's code (parseBackendType)
+            // picks udp when Backend is absent: a mixed cluster agrees only if weft does what
+            // stock flanneld does. The caller warns.
+            return Ok(BackendConfig::Udp {
+                port: crate::encap::udp::PORT_FLANNEL,
             });
         };
         let port = |default: u16| -> Result<u16, ConfigError> {
@@ -264,7 +269,9 @@ impl NetConfig {
                 )),
             }
         };
-        match b.backend_type.as_deref().unwrap_or("vxlan") {
+        match b.backend_type.as_deref().unwrap_or("") {
+            // flanneld fails too ("backend type  not supported"): say so, and how to fix it.
+            "" => err("Backend.Type is missing: set \"vxlan\" (recommended) or \"udp\""),
             "vxlan" => {
                 let vni = match b.vni {
                     None | Some(0) => 1,
@@ -361,8 +368,21 @@ mod tests {
             parse(r#"{"Network":"10.10.0.0/22"}"#).unwrap().subnet_len,
             24
         );
-        // No Backend: vxlan (flannel's documented default).
-        assert_eq!(c.backend.type_name(), "vxlan");
+        // No Backend: udp, as flanneld's code (parseBackendType) picks, with a warning.
+        assert_eq!(c.backend, BackendConfig::Udp { port: 8285 });
+        assert!(
+            c.warnings.iter().any(|w| w.contains("flanneld's code")),
+            "{:?}",
+            c.warnings
+        );
+        // Backend without a Type: refused, as flanneld refuses it.
+        let e = parse(r#"{"Network":"10.10.0.0/24","Backend":{}}"#).unwrap_err();
+        assert!(e.to_string().contains("Backend.Type is missing"), "{e}");
+        // EnableNFTables: refused until weft has nftables rules, never silently ignored.
+        let e =
+            parse(r#"{"Network":"10.10.0.0/24","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("EnableNFTables"), "{e}");
 
         let u = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
         assert_eq!(u.backend, BackendConfig::Udp { port: 8285 });
@@ -391,7 +411,7 @@ mod tests {
 
     #[test]
     fn host_bits_are_masked_with_a_warning() {
-        let c = parse(r#"{"Network":"10.244.3.7/16"}"#).unwrap();
+        let c = parse(r#"{"Network":"10.244.3.7/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
         assert_eq!(c.warnings.len(), 1);
     }

@@ -48,6 +48,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // flanneld's FLANNELD_<FLAG> variables configure weft too (before any thread exists).
+    for (k, v) in weft::daemon::flanneld_env_aliases(std::env::vars()) {
+        std::env::set_var(k, v);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => weft::daemon::run(*args).map_err(|e| e.to_string()),

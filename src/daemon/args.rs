@@ -37,17 +37,17 @@ pub struct RunArgs {
     pub workers: u16,
     /// TUN offloads: a virtio-net header with TSO and checksum offload, so one TUN read or
     /// write moves up to 64 KB (`--tun-offload=false` to switch off).
-    #[arg(long, env = "WEFT_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "WEFT_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub tun_offload: bool,
     /// UDP GSO: send a super-packet's datagrams in one syscall (`UDP_SEGMENT`).
-    #[arg(long, env = "WEFT_UDP_GSO", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "WEFT_UDP_GSO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub udp_gso: bool,
     /// UDP GRO: receive a flow's datagrams in one syscall (`UDP_GRO`).
-    #[arg(long, env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub udp_gro: bool,
     /// Pin worker i to CPU i (modulo the CPUs weft may use). Off by default: measured on two
     /// cores, pinning did not help (see README).
-    #[arg(long, env = "WEFT_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "WEFT_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub cpu_affinity: bool,
     /// Keep polling this many microseconds after the last packet before sleeping (0: off).
     /// Measured on two cores: 50 gave +11 % TCP 1-stream and +21 % 4-stream over 0; 200 less.
@@ -89,7 +89,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_IP_MASQ_FULLY_RANDOM_DISABLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ip_masq_fully_random_disable: bool,
     /// Accept forwarded traffic to and from the cluster network (flanneld's FLANNEL-FWD).
-    #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub iptables_forward_rules: bool,
     /// Re-check the iptables rules every this many seconds (1-3600).
     #[arg(long, env = "WEFT_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
@@ -123,4 +123,58 @@ fn parse_ifname(s: &str) -> std::result::Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// flanneld reads every flag from `FLANNELD_<FLAG>` as well (its `flagutil.SetFlagsFromEnv`);
+/// weft's flags come from `WEFT_<FLAG>`. The `WEFT_` variables to set so that a unit file or
+/// manifest written for flanneld configures weft the same way: each `FLANNELD_X` whose
+/// `WEFT_X` is not set (an explicit `WEFT_X` wins).
+pub fn flanneld_env_aliases(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    vars.iter()
+        .filter_map(|(k, v)| {
+            let weft = format!("WEFT_{}", k.strip_prefix("FLANNELD_")?);
+            (!vars.iter().any(|(k2, _)| *k2 == weft)).then(|| (weft, v.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn flanneld_variables_become_weft_ones_unless_set() {
+        let v = |k: &str, x: &str| (k.to_string(), x.to_string());
+        let got = flanneld_env_aliases([
+            v("FLANNELD_IFACE", "eth1"),
+            v("FLANNELD_IP_MASQ", "true"),
+            v("WEFT_IP_MASQ", "false"),
+            v("PATH", "/bin"),
+        ]);
+        assert_eq!(got, vec![v("WEFT_IFACE", "eth1")]);
+    }
+
+    #[test]
+    fn boolean_flags_take_the_bare_form_and_a_value() {
+        let a = Cli::try_parse_from(["weft", "--iptables-forward-rules", "--tun-offload=false"])
+            .unwrap()
+            .run;
+        assert!(a.iptables_forward_rules && !a.tun_offload);
+        let a = Cli::try_parse_from(["weft", "--udp-gso", "false", "--cpu-affinity", "--ip-masq"])
+            .unwrap()
+            .run;
+        assert!(!a.udp_gso && a.cpu_affinity && a.ip_masq);
+        assert!(Cli::try_parse_from(["weft", "--udp-gro=maybe"]).is_err());
+    }
 }

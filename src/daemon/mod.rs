@@ -18,7 +18,7 @@ mod args;
 mod error;
 pub mod policy;
 
-pub use args::RunArgs;
+pub use args::{flanneld_env_aliases, RunArgs};
 pub use error::Error;
 
 use std::collections::VecDeque;
