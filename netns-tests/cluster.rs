@@ -727,3 +727,52 @@ fn outer_headers_carry_flow_source_ports_and_ecn_both_ways() {
         ports.last().unwrap()
     ));
 }
+
+/// Someone deletes weft's TUN, or sets it down: weft notices, says so, and forwards again.
+/// (It used to spin on the dead descriptor at ~98 % CPU, log nothing and never forward
+/// again.) The issue asks for traffic back within 5 s; the deadline here is that bound.
+#[test]
+fn a_deleted_or_downed_tun_is_noticed_and_traffic_comes_back() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    let n1 = c.nodes[0].ns.clone();
+    let dst = p2.ip.to_string();
+    let ping = || {
+        ns_run(&p1.ns, &["ping", "-c", "1", "-W", "1", &dst])
+            .status
+            .success()
+    };
+    assert!(ping(), "no traffic before the test");
+    for (what, cmd) in [
+        ("deleted", vec!["ip", "-n", &n1, "link", "del", "weft0"]),
+        (
+            "set down",
+            vec!["ip", "-n", &n1, "link", "set", "weft0", "down"],
+        ),
+    ] {
+        harness::sh(&cmd);
+        let t = Instant::now();
+        harness::wait_for(
+            &format!("pod traffic after weft0 was {what}"),
+            Duration::from_secs(5),
+            || ping().then_some(()),
+        );
+        harness::figure(&format!(
+            "weft0 {what}: pod-to-pod ping answered again after {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(log.contains("recreating the dataplane"), "{log}");
+    assert!(log.contains("was set down: set it up"), "{log}");
+    assert!(
+        c.stop_weft(0),
+        "weft did not stop cleanly after the repairs:\n{log}"
+    );
+}

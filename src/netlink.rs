@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -28,6 +28,8 @@ pub struct Link {
     pub name: String,
     /// MTU.
     pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
 }
 
 fn nl_err(what: &str, e: rtnetlink::Error) -> io::Error {
@@ -57,6 +59,7 @@ impl Netlink {
                     index: m.header.index,
                     name: String::new(),
                     mtu: 0,
+                    up: m.header.flags.contains(LinkFlags::Up),
                 };
                 for a in m.attributes {
                     match a {
@@ -251,6 +254,16 @@ impl LinkGuard {
             routes: Vec::new(),
             owns_link,
         }
+    }
+
+    /// The guarded interface's index.
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The routes it holds.
+    pub(crate) fn routes(&self) -> &[Ipv4Net] {
+        &self.routes
     }
 
     /// The netlink connection.

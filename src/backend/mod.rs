@@ -41,6 +41,8 @@ pub struct Setup<'a> {
 /// The userspace dataplane's settings, from the command line.
 #[derive(Debug, Clone)]
 pub struct DataplaneSettings {
+    /// Packet counters (shared: `/metrics` reads them across restarts of the dataplane).
+    pub counters: Counters,
     /// TUN device name.
     pub tun_name: String,
     /// Worker threads.
@@ -74,8 +76,22 @@ pub trait Running {
     /// The live peers changed (already published to the table).
     fn peers_changed(&mut self, _peers: &[Peer]) {}
 
-    /// Packet counters for `/metrics`.
-    fn counters(&self) -> Counters;
+    /// Checks that what the backend installed is still there (someone may delete or set
+    /// down a device, or flush a route), repairing what it can in place.
+    fn check(&mut self) -> Health {
+        Health::Fine
+    }
+}
+
+/// What [`Running::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// All in place.
+    Fine,
+    /// Something was undone by someone else and has been put back (what, for the log).
+    Repaired(String),
+    /// Broken beyond repair in place (what, for the log): stop it and start again.
+    Broken(String),
 }
 
 /// The backend for a net-conf.json's `Backend`.

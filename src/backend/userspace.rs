@@ -5,10 +5,9 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Backend, Running, Setup};
+use super::{Backend, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::daemon::Error;
-use crate::dataplane::counters::Counters;
 use crate::dataplane::{open_tun, Dataplane};
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};
 use crate::lease::{Lease, LeaseAttrs, VxlanBackendData};
@@ -139,7 +138,7 @@ impl Backend for Userspace {
             udp_checksum: ChecksumMode::Zero,
             hash_seed: rand::random(),
         };
-        let dp = Dataplane::start(node, queues, s.table, rand::random(), offloads)
+        let dp = Dataplane::start(node, queues, s.table, rand::random(), offloads, &d.counters)
             .map_err(Error::Dataplane)?;
         Ok(Box::new(Forwarding {
             describe: format!(
@@ -149,8 +148,10 @@ impl Backend for Userspace {
                 s.pod_mtu,
                 d.workers
             ),
+            tun_name: d.tun_name.clone(),
+            pod_mtu: s.pod_mtu,
             dp,
-            _tun: tun,
+            tun,
         }))
     }
 }
@@ -159,8 +160,10 @@ impl Backend for Userspace {
 /// first, then the route and the TUN go.
 struct Forwarding {
     describe: String,
+    tun_name: String,
+    pod_mtu: u32,
     dp: Dataplane,
-    _tun: LinkGuard,
+    tun: LinkGuard,
 }
 
 impl Running for Forwarding {
@@ -168,7 +171,47 @@ impl Running for Forwarding {
         self.describe.clone()
     }
 
-    fn counters(&self) -> Counters {
-        self.dp.counters.clone()
+    fn check(&mut self) -> Health {
+        let name = &self.tun_name;
+        if self.dp.tun_gone() {
+            return Health::Broken(format!("TUN {name} is gone (its reads fail)"));
+        }
+        let nl = self.tun.netlink();
+        let link = match nl.link_by_name(name) {
+            Ok(l) => l,
+            // Netlink itself failing says nothing about the device: look again later.
+            Err(_) => return Health::Fine,
+        };
+        match link {
+            None => Health::Broken(format!("TUN {name} was deleted")),
+            Some(l) if l.index != self.tun.index() => {
+                Health::Broken(format!("{name} was replaced by another device"))
+            }
+            Some(l) => {
+                let mut fixed = Vec::new();
+                if !l.up {
+                    // The kernel drops a down device's routes with it.
+                    if let Err(e) = nl.set_mtu_up(l.index, self.pod_mtu, TUN_TXQUEUELEN) {
+                        return Health::Broken(format!(
+                            "{name} was set down and cannot be set up: {e}"
+                        ));
+                    }
+                    fixed.push(format!("{name} was set down: set it up"));
+                }
+                for &r in self.tun.routes() {
+                    if !nl.has_route(r).unwrap_or(true) {
+                        if let Err(e) = nl.replace_route(r, l.index) {
+                            return Health::Broken(format!("the route to {r} via {name} was removed and cannot be restored: {e}"));
+                        }
+                        fixed.push(format!("restored the route to {r} via {name}"));
+                    }
+                }
+                if fixed.is_empty() {
+                    Health::Fine
+                } else {
+                    Health::Repaired(fixed.join("; "))
+                }
+            }
+        }
     }
 }

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{self, Backend, DataplaneSettings, Running, Setup};
+use crate::backend::{self, Backend, DataplaneSettings, Health, Running, Setup};
 use crate::config::NetConfig;
+use crate::dataplane::counters::Counters;
 use crate::dataplane::Offloads;
 use crate::lease::LeaseTable;
 use crate::masq::InstalledRules;
@@ -41,6 +42,10 @@ use policy::{Action, Event, Now, Policy};
 
 /// How often the store is re-read: lease changes reach the table within this.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often the backend's devices and routes are checked (someone may delete the TUN, set
+/// it down or flush its route); a repair or a restart follows within this.
+pub const BACKEND_CHECK: Duration = Duration::from_secs(1);
 
 /// A start-up or runtime result.
 type Result<T> = std::result::Result<T, Error>;
@@ -161,8 +166,9 @@ pub fn acquire_lease(
 }
 
 /// The userspace dataplane's settings from the flags.
-fn dataplane_settings(args: &RunArgs) -> DataplaneSettings {
+fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings {
     DataplaneSettings {
+        counters: counters.clone(),
         tun_name: args.tun_name.clone(),
         workers: args.workers as usize,
         offloads: Offloads {
@@ -251,6 +257,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         cfg.network,
         Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
         (!rules.is_empty()).then_some(resync),
+        BACKEND_CHECK,
         Now::read(),
     );
     let first = store.leases().map_err(|e| e.to_string());
@@ -267,17 +274,23 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 
     // Phase 5: the backend forwards; flanneld's rules; subnet.env for the CNI plugin.
-    let mut running = backend.start(Setup {
-        nl: &nl,
-        underlay: &underlay.name,
-        public_ip: underlay.public_ip,
-        network: cfg.network,
-        lease: &ours.lease,
-        pod_mtu,
-        table: table.clone(),
-        dataplane: dataplane_settings(&args),
-    })?;
+    let counters = Counters::with_workers(args.workers as usize);
+    let start = || {
+        backend.start(Setup {
+            nl: &nl,
+            underlay: &underlay.name,
+            public_ip: underlay.public_ip,
+            network: cfg.network,
+            lease: &ours.lease,
+            pod_mtu,
+            table: table.clone(),
+            dataplane: dataplane_settings(&args, &counters),
+        })
+    };
+    let mut running = start()?;
     running.peers_changed(&peers);
+    let description = running.describe();
+    let mut running = Some(running);
     let rules = install_rules(rules, args.ip_masq)?;
     SubnetEnv {
         network: cfg.network,
@@ -292,12 +305,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     })?;
     if args.healthz_port != 0 {
         let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
-        crate::health::serve(addr, running.counters(), table.clone()).map_err(Error::Healthz)?;
+        crate::health::serve(addr, counters.clone(), table.clone()).map_err(Error::Healthz)?;
     }
     eprintln!(
         "weft: forwarding {} with the {}; subnet.env at {}",
         cfg.network,
-        running.describe(),
+        description,
         args.subnet_file.display()
     );
 
@@ -306,7 +319,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         store.as_mut(),
         &mut policy,
         &table,
-        running.as_mut(),
+        &mut running,
+        &start,
         rules.as_ref(),
         &stop,
     );
@@ -328,12 +342,14 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 /// Phase 6: wait for the store to change (or the watch interval), feed the policy the
 /// leases and the time, and carry out its actions, until `stop` is set or our lease is
-/// revoked.
+/// revoked. A backend found broken (its TUN deleted, say) is stopped and started again
+/// with `start`; if that fails, the next check tries again.
 pub fn control_loop(
     store: &mut dyn LeaseStore,
     policy: &mut Policy,
     table: &LeaseTable,
-    running: &mut dyn Running,
+    running: &mut Option<Box<dyn Running>>,
+    start: &dyn Fn() -> Result<Box<dyn Running>>,
     rules: Option<&InstalledRules>,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -348,7 +364,9 @@ pub fn control_loop(
                 match action {
                     Action::Publish(peers) => {
                         table.replace_all(peers.iter().copied());
-                        running.peers_changed(&peers);
+                        if let Some(r) = running.as_mut() {
+                            r.peers_changed(&peers);
+                        }
                     }
                     Action::Renew => {
                         let r = crate::store::renew(store, policy.lease(), now.wall);
@@ -359,6 +377,7 @@ pub fn control_loop(
                             r.resync()
                         }
                     }
+                    Action::CheckBackend => check_backend(running, start, policy),
                     Action::Warn(w) => eprintln!("weft: warning: {w}"),
                     Action::Info(m) => eprintln!("weft: {m}"),
                     Action::Revoked => {
@@ -372,4 +391,33 @@ pub fn control_loop(
         }
     }
     Ok(())
+}
+
+/// Checks the running backend; repairs are logged, a broken one is replaced.
+fn check_backend(
+    running: &mut Option<Box<dyn Running>>,
+    start: &dyn Fn() -> Result<Box<dyn Running>>,
+    policy: &Policy,
+) {
+    let health = match running.as_mut() {
+        Some(r) => r.check(),
+        None => Health::Broken("the dataplane is not running".into()),
+    };
+    match health {
+        Health::Fine => {}
+        Health::Repaired(what) => eprintln!("weft: {what}"),
+        Health::Broken(why) => {
+            eprintln!("weft: {why}; recreating the dataplane");
+            // The old one first: it holds the device name and the ports.
+            *running = None;
+            match start() {
+                Ok(mut r) => {
+                    r.peers_changed(policy.peers());
+                    eprintln!("weft: forwarding again with the {}", r.describe());
+                    *running = Some(r);
+                }
+                Err(e) => eprintln!("weft: warning: cannot recreate the dataplane (retrying): {e}"),
+            }
+        }
+    }
 }

@@ -60,6 +60,8 @@ pub enum Action {
     Renew,
     /// Check (and repair) the iptables rules.
     ResyncRules,
+    /// Check that what the backend installed (device, routes) is still there.
+    CheckBackend,
     /// Log a warning (rate-limited by the policy: once per outage, not per tick).
     Warn(String),
     /// Log a notice.
@@ -76,6 +78,8 @@ pub struct Policy {
     margin: Duration,
     resync: Option<Duration>,
     next_resync: Option<Instant>,
+    check_every: Duration,
+    next_check: Instant,
     next_renew: Instant,
     peers: Option<Vec<Peer>>,
     present: bool,
@@ -84,12 +88,13 @@ pub struct Policy {
 
 impl Policy {
     /// A policy for our lease `ours` in `network`: renew `margin` before expiry, check the
-    /// rules every `resync` (if there are rules).
+    /// rules every `resync` (if there are rules) and the backend every `check_every`.
     pub fn new(
         ours: Stored,
         network: Ipv4Net,
         margin: Duration,
         resync: Option<Duration>,
+        check_every: Duration,
         now: Now,
     ) -> Policy {
         Policy {
@@ -98,6 +103,8 @@ impl Policy {
             margin,
             resync,
             next_resync: resync.map(|r| now.mono + r),
+            check_every,
+            next_check: now.mono + check_every,
             next_renew: now.mono,
             peers: None,
             present: true,
@@ -110,6 +117,11 @@ impl Policy {
         &self.ours
     }
 
+    /// The live peers last published.
+    pub fn peers(&self) -> &[Peer] {
+        self.peers.as_deref().unwrap_or(&[])
+    }
+
     /// Feeds one event; returns what to do, in order.
     pub fn on(&mut self, now: Now, ev: Event) -> Vec<Action> {
         let mut out = Vec::new();
@@ -118,6 +130,10 @@ impl Policy {
                 if self.next_resync.is_some_and(|t| now.mono >= t) {
                     out.push(Action::ResyncRules);
                     self.next_resync = self.resync.map(|r| now.mono + r);
+                }
+                if now.mono >= self.next_check {
+                    out.push(Action::CheckBackend);
+                    self.next_check = now.mono + self.check_every;
                 }
                 let due = self
                     .ours
@@ -210,6 +226,7 @@ mod tests {
             "10.244.0.0/16".parse().unwrap(),
             HOUR,
             Some(Duration::from_secs(5)),
+            Duration::from_secs(1),
             now,
         );
         (now, p, ours)
@@ -292,11 +309,12 @@ mod tests {
             "10.244.0.0/16".parse().unwrap(),
             HOUR,
             None,
+            Duration::from_secs(1),
             now,
         );
         p.on(now, Event::Leases(Ok(vec![res])));
         let years = now.after(Duration::from_secs(10 * 365 * 86400));
-        assert_eq!(p.on(years, Event::Tick), vec![]);
+        assert_eq!(p.on(years, Event::Tick), vec![Action::CheckBackend]);
     }
 
     #[test]
@@ -315,6 +333,21 @@ mod tests {
         assert!(count(&mut p, 100));
         assert!(!count(&mut p, 101));
         assert!(count(&mut p, 105));
+    }
+
+    #[test]
+    fn the_backend_is_checked_every_interval() {
+        let (now, mut p, _) = start();
+        let checks = (0..40)
+            .filter(|i| {
+                p.on(now.after(Duration::from_millis(250 * i)), Event::Tick)
+                    .contains(&Action::CheckBackend)
+            })
+            .count();
+        assert_eq!(
+            checks, 9,
+            "ticks every 250 ms for 9.75 s, a check every second"
+        );
     }
 
     #[test]

@@ -71,11 +71,17 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// A new set for one more worker.
-    pub fn add_worker(&mut self) -> Arc<WorkerCounters> {
-        let c = Arc::new(WorkerCounters::default());
-        self.workers.push(c.clone());
-        c
+    /// Counters for `n` workers. Clones share them, so a dataplane recreated with the same
+    /// set (after its TUN was deleted, say) keeps counting where the last one stopped.
+    pub fn with_workers(n: usize) -> Counters {
+        Counters {
+            workers: (0..n).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// Worker `i`'s counters (a fresh, unshared set past the end).
+    pub fn worker(&self, i: usize) -> Arc<WorkerCounters> {
+        self.workers.get(i).cloned().unwrap_or_default()
     }
 
     /// The sum over workers.

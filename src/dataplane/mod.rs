@@ -137,8 +137,7 @@ impl SourceSockets {
 pub(crate) struct Dataplane {
     threads: Vec<JoinHandle<io::Result<()>>>,
     stop: Arc<AtomicBool>,
-    /// Their counters.
-    pub counters: Counters,
+    tun_dead: Arc<AtomicBool>,
 }
 
 impl Dataplane {
@@ -150,6 +149,7 @@ impl Dataplane {
         table: Arc<LeaseTable>,
         seed: u64,
         offloads: Offloads,
+        counters: &Counters,
     ) -> io::Result<Dataplane> {
         let bind = SocketAddrV4::new(node.public_ip, node.format.port());
         // Bind every socket before starting any worker, so a port clash fails start-up.
@@ -168,7 +168,7 @@ impl Dataplane {
         let mut dp = Dataplane {
             threads: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
-            counters: Counters::default(),
+            tun_dead: Arc::new(AtomicBool::new(false)),
         };
         for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
             let w = Worker {
@@ -177,8 +177,9 @@ impl Dataplane {
                 src_ports: src_ports.clone(),
                 node,
                 table: table.clone(),
-                counters: dp.counters.add_worker(),
+                counters: counters.worker(i),
                 stop: dp.stop.clone(),
+                tun_dead: dp.tun_dead.clone(),
                 ip_id: (seed >> (i * 16 % 48)) as u16,
                 offloads,
                 send_error_logged: false,
@@ -189,6 +190,13 @@ impl Dataplane {
             dp.threads.push(t);
         }
         Ok(dp)
+    }
+}
+
+impl Dataplane {
+    /// Whether a worker found the TUN device gone.
+    pub(crate) fn tun_gone(&self) -> bool {
+        self.tun_dead.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

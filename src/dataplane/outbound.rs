@@ -41,6 +41,14 @@ impl TxBuffers {
     }
 }
 
+/// Errors that mean the TUN device no longer exists (its queue was detached).
+fn tun_is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EIO)
+    )
+}
+
 impl Worker {
     /// Reads from the TUN into the free segment buffers, encapsulating as it goes, and sends
     /// what it gathered when the buffers run low, the TUN is drained, or the round ends: so
@@ -67,6 +75,19 @@ impl Worker {
                     break;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // The device is gone (deleted under us): stop reading it, say so once,
+                // and let the daemon recreate it. Reading on would spin: every read fails
+                // at once and poll keeps reporting the descriptor.
+                Err(e) if tun_is_gone(&e) => {
+                    if !self
+                        .tun_dead
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        eprintln!("weft: TUN read failed ({e}): the device is gone");
+                    }
+                    drained = true;
+                    break;
+                }
                 // A super-packet tun-rs could not split (bad virtio-net header): drop it.
                 Err(_) => {
                     c.drop(DropReason::MalformedInner);

@@ -84,6 +84,8 @@ pub(crate) struct Worker {
     pub(crate) offloads: Offloads,
     /// Whether a send error has been logged (they are counted, and logged once).
     pub(crate) send_error_logged: bool,
+    /// Set when the TUN device is gone (shared by the workers; the daemon recreates it).
+    pub(crate) tun_dead: Arc<AtomicBool>,
 }
 
 /// Was the source drained (it said WouldBlock)?
@@ -114,7 +116,7 @@ impl Worker {
         let mut rx = RxBuffers::new(self.offloads.tun);
         let busy = Duration::from_micros(self.offloads.busy_poll_us as u64);
         let mut idle_since: Option<std::time::Instant> = None;
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.load(Ordering::Relaxed) && !self.tun_dead.load(Ordering::Relaxed) {
             // Optionally spin (non-blocking polls) for a while before sleeping: a sleeping
             // worker costs a wake-up (an IPI and a halt exit on a VM) per burst.
             let timeout = match idle_since {
