@@ -39,6 +39,18 @@ fn three_nodes(conf: &str) -> Cluster {
     c
 }
 
+/// Two weft nodes with one pod each, converged.
+fn two_nodes(conf: &str) -> Cluster {
+    let mut c = Cluster::new(weft(), conf);
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    c
+}
+
 /// Pings at the budget with DF succeed; one byte more gets "frag needed" with the budget as
 /// MTU. The pod gets an MTU of 1500 so the oversized packet can leave it; the node's route
 /// into the TUN (whose MTU is the budget) is what refuses it, as with flannel.
@@ -114,13 +126,7 @@ fn udp_cluster_pings_all_pairs_carries_iperf3_and_keeps_the_mtu_budget() {
 
 #[test]
 fn restart_keeps_subnet_and_vtep_mac_and_removes_the_tun() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    let mut c = two_nodes(VXLAN);
     let before = c
         .leases()
         .into_iter()
@@ -596,13 +602,7 @@ fn a_stock_flanneld_udp_lease_is_a_udp_peer_both_ways() {
 /// lost at the tunnel. Captured on the underlay, as a person would check it.
 #[test]
 fn outer_headers_carry_flow_source_ports_and_ecn_both_ways() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    let c = two_nodes(VXLAN);
     let (pod1, pod2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
     let n1 = (c.nodes[0].ns.clone(), c.nodes[0].ip);
     let n2 = (c.nodes[1].ns.clone(), c.nodes[1].ip);
@@ -733,13 +733,7 @@ fn outer_headers_carry_flow_source_ports_and_ecn_both_ways() {
 /// again.) The issue asks for traffic back within 5 s; the deadline here is that bound.
 #[test]
 fn a_deleted_or_downed_tun_is_noticed_and_traffic_comes_back() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    let mut c = two_nodes(VXLAN);
     let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
     let n1 = c.nodes[0].ns.clone();
     let dst = p2.ip.to_string();
