@@ -22,7 +22,7 @@ fn main() {
         let env = c.start_weft(i, &[]);
         let pod = c.add_pod(i, None);
         println!(
-            "node{} 192.0.2.{}: subnet {} MTU {}, pod {}",
+            "node{} 192.0.2.{}: subnet {} MTU {}, pod {} (CNI ADD: weft-cni -> bridge, host-local)",
             i + 1,
             i + 1,
             env.subnet,

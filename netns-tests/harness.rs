@@ -169,6 +169,8 @@ pub struct Node {
     pub subnet_file: PathBuf,
     /// Its pods.
     pub pods: Vec<Pod>,
+    /// The CNI container ID of each pod, in `pods` order (for DEL).
+    pub containers: Vec<String>,
     /// Its healthz port.
     pub healthz: u16,
 }
@@ -456,12 +458,13 @@ impl Cluster {
             log: self.dir.join(format!("n{i}.log")),
             subnet_file: self.dir.join(format!("n{i}/subnet.env")),
             pods: Vec::new(),
+            containers: Vec::new(),
             healthz: 9100,
         });
         i - 1
     }
 
-    /// Starts weft on node `i` with extra flags, waits for its subnet.env, and sets up cni0.
+    /// Starts weft on node `i` with extra flags and waits for its subnet.env and /healthz.
     pub fn start_weft(&mut self, i: usize, extra: &[&str]) -> SubnetEnv {
         self.spawn_weft(i, extra);
         self.finish_start(i)
@@ -506,6 +509,11 @@ impl Cluster {
             "--healthz-port".into(),
             port,
         ];
+        // As kube-flannel.yml runs flanneld: with --ip-masq, so subnet.env says
+        // FLANNEL_IPMASQ=true and the CNI bridge leaves pod-to-pod traffic un-NATed.
+        if !extra.iter().any(|a| a.starts_with("--ip-masq")) {
+            args.push("--ip-masq".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new("ip")
             .args(&args)
@@ -534,36 +542,10 @@ impl Cluster {
                 SubnetEnv::read(&file).ok()
             },
         );
-        self.ensure_cni0(i, &env);
         wait_for("the healthz endpoint", Duration::from_secs(10), || {
             self.http(i, "/healthz").filter(|b| b == "ok\n")
         });
         env
-    }
-
-    /// As flannel's CNI plugin (bridge + host-local) would: cni0 at FLANNEL_SUBNET, FLANNEL_MTU.
-    fn ensure_cni0(&self, i: usize, env: &SubnetEnv) {
-        let ns = &self.nodes[i].ns;
-        if !ns_run(ns, &["ip", "link", "show", "cni0"]).status.success() {
-            sh(&["ip", "-n", ns, "link", "add", "cni0", "type", "bridge"]);
-        }
-        let gw = format!(
-            "{}/{}",
-            Ipv4Addr::from(u32::from(env.subnet.network()) + 1),
-            env.subnet.prefix_len()
-        );
-        sh(&["ip", "-n", ns, "addr", "replace", &gw, "dev", "cni0"]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "link",
-            "set",
-            "cni0",
-            "mtu",
-            &env.mtu.to_string(),
-            "up",
-        ]);
     }
 
     /// Stops weft on node `i` with SIGTERM and returns whether it exited cleanly.
@@ -604,47 +586,49 @@ impl Cluster {
             .subnet
     }
 
-    /// Adds a pod to node `i` (whose cni0 must exist). `mtu` overrides FLANNEL_MTU.
+    /// Adds a pod to node `i` as a container runtime does: a namespace, then CNI ADD through
+    /// kube-flannel.yml's conflist (weft-cni as `flannel`, Debian's bridge, host-local and
+    /// portmap), so cni0, the veth, the address and the routes are the plugins' work. `mtu`
+    /// overrides FLANNEL_MTU through the delegate's own `mtu` key, as flannel's plugin allows.
     pub fn add_pod(&mut self, i: usize, mtu: Option<u32>) -> Pod {
-        let env = SubnetEnv::read(&self.nodes[i].subnet_file).expect("node has no subnet.env");
+        let mut rt = CniRuntime::kube_flannel(self, i);
+        if let Some(mtu) = mtu {
+            rt.conflist["plugins"][0]["delegate"]["mtu"] = mtu.into();
+        }
         let j = self.nodes[i].pods.len() + 1;
         let ns = self.add_ns(&format!("n{}p{j}", i + 1));
-        let node_ns = self.nodes[i].ns.clone();
-        let port = format!("vp{j}");
-        let mtu = mtu.unwrap_or(env.mtu).to_string();
-        sh(&[
-            "ip", "-n", &ns, "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name",
-            &port, "mtu", &mtu, "netns", &node_ns,
-        ]);
-        sh(&[
-            "ip", "-n", &node_ns, "link", "set", &port, "master", "cni0", "up",
-        ]);
-        let ip = Ipv4Addr::from(u32::from(env.subnet.network()) + 10 + j as u32);
-        let gw = Ipv4Addr::from(u32::from(env.subnet.network()) + 1);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip}/{}", env.subnet.prefix_len()),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ]);
+        let container = format!("{}-n{}p{j}", self.prefix, i + 1);
+        let result = rt
+            .add(&container, &ns)
+            .unwrap_or_else(|e| panic!("CNI ADD of a pod on node {} failed: {e}", i + 1));
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.parse::<Ipv4Net>().ok())
+            .unwrap_or_else(|| panic!("CNI ADD result has no IPv4 address: {result}"))
+            .addr();
         let pod = Pod { ns, ip };
         self.nodes[i].pods.push(pod.clone());
+        self.nodes[i].containers.push(container);
         pod
+    }
+
+    /// Removes pod `pod` of node `i` as a runtime does: CNI DEL through the conflist in
+    /// reverse, then its namespace. Returns DEL's error, if any.
+    pub fn remove_pod(&mut self, i: usize, pod: &Pod) -> Result<(), String> {
+        let k = self.nodes[i]
+            .pods
+            .iter()
+            .position(|p| p.ns == pod.ns)
+            .expect("no such pod");
+        let rt = CniRuntime::kube_flannel(self, i);
+        let container = self.nodes[i].containers[k].clone();
+        rt.del(&container, &pod.ns)?;
+        self.nodes[i].pods.remove(k);
+        self.nodes[i].containers.remove(k);
+        kill_ns_processes(&pod.ns);
+        let _ = run(&["ip", "netns", "del", &pod.ns]);
+        self.namespaces.retain(|n| n != &pod.ns);
+        Ok(())
     }
 
     /// GET `path` from node `i`'s healthz port, from inside its namespace.
@@ -799,17 +783,34 @@ impl Cluster {
         self.publish_static(i, subnet, 1500);
     }
 
-    /// For a node without weft: its subnet.env (as its agent would write it) and cni0.
+    /// For a node without weft: its subnet.env and flanneld's masquerading rules, as
+    /// flanneld run with `--ip-masq` (kube-flannel.yml) writes and installs them, so its pods
+    /// come up through the CNI plugin like every other node's.
     fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
         let network = self.network;
         let env = SubnetEnv {
             network,
             subnet,
             mtu,
-            ipmasq: false,
+            ipmasq: true,
         };
         env.write(&self.nodes[i].subnet_file).unwrap();
-        self.ensure_cni0(i, &env);
+        let rules = weft::masq::flannel_rules(network, subnet, true, false, false);
+        let input = weft::masq::restore_input("", &rules);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns])
+            .args(["iptables-restore", "--noflush"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("cannot run iptables-restore");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "iptables-restore failed");
     }
 
     /// Writes a lease as a node's agent would: in etcd as flanneld writes it (24 h etcd
@@ -1091,6 +1092,12 @@ impl Iperf {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Pods go as a runtime removes them (CNI DEL), while their nodes still exist.
+        for i in 0..self.nodes.len() {
+            for pod in self.nodes[i].pods.clone() {
+                let _ = self.remove_pod(i, &pod);
+            }
+        }
         for i in 0..self.nodes.len() {
             self.stop_weft(i);
         }
