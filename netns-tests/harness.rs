@@ -569,6 +569,35 @@ impl Cluster {
         }
     }
 
+    /// Kills weft on node `i` with SIGKILL, as a crash or an OOM kill would: none of its
+    /// clean-up runs (the kernel still deletes the TUN when its last descriptor closes).
+    pub fn kill_weft(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            // `ip netns exec` execs weft, so this is weft's pid.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Adds a router on the underlay (192.0.2.254, forwarding on) and makes it node `i`'s
+    /// default route, so whatever node `i` sends that is not for the underlay itself goes
+    /// there; returns its namespace.
+    pub fn add_router(&mut self, i: usize) -> String {
+        let r = self.add_host("router", 254);
+        ns_sh(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.nodes[i].ns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            "192.0.2.254",
+        ]);
+        r
+    }
+
     /// Waits for weft on node `i` to exit by itself and returns (success, log).
     pub fn wait_exit(&mut self, i: usize, limit: Duration) -> (bool, String) {
         let mut child = self.nodes[i].child.take().expect("weft is not running");

@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Run the node agent: acquire a lease, create the TUN device, forward pod traffic.
     Run(Box<weft::daemon::RunArgs>),
+    /// Remove what `weft run` leaves behind on purpose: the fail-closed `unreachable` route
+    /// for the cluster network (route protocol 87). Run it when uninstalling weft; while it
+    /// stays, pods' packets for other nodes cannot leave the node unencapsulated.
+    Cleanup,
     /// Check a net-conf.json and print it with flannel's defaults filled in.
     CheckConfig {
         /// The file (flannel's net-conf.json).
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => weft::daemon::run(*args).map_err(|e| e.to_string()),
+        Command::Cleanup => cleanup(),
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo { nodes, config, dir } => demo(nodes, config, &dir),
     };
@@ -65,6 +70,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cleanup() -> Result<(), String> {
+    let guards = weft::daemon::cleanup().map_err(|e| format!("cleanup: {e}"))?;
+    for g in &guards {
+        println!("removed the fail-closed route for {g}");
+    }
+    if guards.is_empty() {
+        println!("no fail-closed route to remove");
+    }
+    Ok(())
 }
 
 fn read_config(file: &std::path::Path) -> Result<NetConfig, String> {

@@ -10,8 +10,16 @@ use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// The route protocol number marking weft's fail-closed guard routes (`ip route` shows
+/// `proto 87`), so weft and `weft cleanup` find their own and nobody else's.
+pub(crate) const GUARD_PROTO: u8 = 87;
+
+/// The guard's metric: far above the TUN's route to the same network (metric 0), which
+/// wins while it exists; the guard only answers once that route is gone.
+pub(crate) const GUARD_METRIC: u32 = 4_000_000_000;
 
 /// A netlink connection with its runtime.
 pub struct Netlink {
@@ -218,20 +226,109 @@ impl Netlink {
         })
     }
 
-    /// True when a route to exactly `dst` exists (for checks after start-up).
-    pub fn has_route(&self, dst: Ipv4Net) -> io::Result<bool> {
+    /// True when a route to exactly `dst` out of interface `index` exists (for checks after
+    /// start-up; the guard route to the same network does not count).
+    pub fn has_route(&self, dst: Ipv4Net, index: u32) -> io::Result<bool> {
+        Ok(self
+            .list_routes()?
+            .iter()
+            .any(|r| r.dst == dst && r.oif == Some(index)))
+    }
+
+    /// Every IPv4 route in the main table, as far as weft needs to know it.
+    fn list_routes(&self) -> io::Result<Vec<RouteInfo>> {
         self.rt.block_on(async {
-            let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+            let mut out = Vec::new();
+            let mut s = self
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
             while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
-                if m.header.destination_prefix_length == dst.prefix_len()
-                    && m.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == dst.network()))
-                {
-                    return Ok(true);
+                if m.header.table != 254 {
+                    continue;
                 }
+                let mut r = RouteInfo {
+                    dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, m.header.destination_prefix_length)
+                        .map_err(io::Error::other)?,
+                    oif: None,
+                    guard: m.header.kind == RouteType::Unreachable
+                        && m.header.protocol == RouteProtocol::Other(GUARD_PROTO),
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                            r.dst = Ipv4Net::new(*d, m.header.destination_prefix_length)
+                                .map_err(io::Error::other)?
+                        }
+                        RouteAttribute::Oif(i) => r.oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                out.push(r);
             }
-            Ok(false)
+            Ok(out)
         })
     }
+
+    /// The guard message for `dst`: unreachable, weft's protocol, the guard metric.
+    fn guard_message(dst: Ipv4Net) -> rtnetlink::packet_route::route::RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .kind(RouteType::Unreachable)
+            .protocol(RouteProtocol::Other(GUARD_PROTO))
+            .priority(GUARD_METRIC)
+            .build()
+    }
+
+    /// Adds (or keeps) the fail-closed guard for `dst`: `unreachable dst proto 87 metric
+    /// 4000000000`. It outlives weft on purpose: while no weft runs, pods' packets for
+    /// `dst` get "net unreachable" instead of following the default route unencapsulated.
+    pub fn replace_guard(&self, dst: Ipv4Net) -> io::Result<()> {
+        self.rt.block_on(async {
+            self.handle
+                .route()
+                .add(Self::guard_message(dst))
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err("add guard route", e))
+        })
+    }
+
+    /// The destinations of weft's guard routes.
+    pub fn guards(&self) -> io::Result<Vec<Ipv4Net>> {
+        Ok(self
+            .list_routes()?
+            .into_iter()
+            .filter(|r| r.guard)
+            .map(|r| r.dst)
+            .collect())
+    }
+
+    /// Deletes the guard for `dst`, if present.
+    pub fn del_guard(&self, dst: Ipv4Net) -> io::Result<()> {
+        self.rt.block_on(async {
+            match self
+                .handle
+                .route()
+                .del(Self::guard_message(dst))
+                .execute()
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+                Err(e) => Err(nl_err("delete guard route", e)),
+            }
+        })
+    }
+}
+
+/// One route, as [`Netlink::list_routes`] reports it.
+struct RouteInfo {
+    dst: Ipv4Net,
+    oif: Option<u32>,
+    guard: bool,
 }
 
 /// What weft installed on one interface, undone when dropped: its routes, then the

@@ -199,7 +199,7 @@ impl Running for Forwarding {
                     fixed.push(format!("{name} was set down: set it up"));
                 }
                 for &r in self.tun.routes() {
-                    if !nl.has_route(r).unwrap_or(true) {
+                    if !nl.has_route(r, l.index).unwrap_or(true) {
                         if let Err(e) = nl.replace_route(r, l.index) {
                             return Health::Broken(format!("the route to {r} via {name} was removed and cannot be restored: {e}"));
                         }

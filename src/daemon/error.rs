@@ -84,6 +84,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The fail-closed guard route could not be installed.
+    #[error("cannot install the fail-closed route for {network} (pods' packets would leave unencapsulated while weft is down): {source}")]
+    Guard {
+        /// The cluster network.
+        network: ipnet::Ipv4Net,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `--ip-masq` rules could not be installed.
     #[error("--ip-masq: {0}")]
     Masq(String),

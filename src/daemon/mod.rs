@@ -3,6 +3,8 @@
 //! 1. **underlay**: the interface and public IP ([`find_underlay`]);
 //! 2. **store**: etcd or the embedded directory, then the network config ([`open_store`],
 //!    [`wait_config`]);
+//! 3. **guard**: the fail-closed route for the cluster network, kept across stops and
+//!    crashes ([`fail_closed`]);
 //! 3. **backend**: chosen from the config ([`crate::backend::for_config`]);
 //! 4. **lease**: acquired through the store's primitives ([`acquire_lease`]);
 //! 5. **dataplane**: the backend programs the node and starts forwarding, returning a
@@ -132,6 +134,39 @@ pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) ->
     }
 }
 
+/// Phase 3: the fail-closed guard. `unreachable <network>` at a metric far above the
+/// TUN's route (see [`crate::netlink::GUARD_METRIC`]): while weft forwards, the TUN's route
+/// wins; while no weft runs (stopped, crashed, `kill -9`, mid-upgrade) the TUN and its
+/// route are gone and the guard answers "net unreachable" instead of letting pods' packets
+/// for other nodes follow the default route unencapsulated. It is never removed by `weft
+/// run` (`weft cleanup` removes it); guards for a network no longer configured are.
+pub fn fail_closed(nl: &Netlink, network: ipnet::Ipv4Net) -> Result<()> {
+    for old in nl.guards().unwrap_or_default() {
+        if old != network {
+            match nl.del_guard(old) {
+                Ok(()) => eprintln!(
+                    "weft: removed the fail-closed route for {old}, no longer the cluster network"
+                ),
+                Err(e) => eprintln!(
+                    "weft: warning: cannot remove the old fail-closed route for {old}: {e}"
+                ),
+            }
+        }
+    }
+    nl.replace_guard(network)
+        .map_err(|source| Error::Guard { network, source })
+}
+
+/// `weft cleanup`: removes every fail-closed guard route and returns their networks.
+pub fn cleanup() -> std::io::Result<Vec<ipnet::Ipv4Net>> {
+    let nl = Netlink::new()?;
+    let guards = nl.guards()?;
+    for g in &guards {
+        nl.del_guard(*g)?;
+    }
+    Ok(guards)
+}
+
 /// Phase 4: our lease: reuse ours (keeping backend data such as the VTEP MAC), else the
 /// subnet in the previous subnet.env, else a new one; retried while the store is away.
 pub fn acquire_lease(
@@ -214,6 +249,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for w in &cfg.warnings {
         eprintln!("weft: warning: {w}");
     }
+    fail_closed(&nl, cfg.network)?;
     let backend = backend::for_config(&cfg.backend);
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
@@ -328,14 +364,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     drop(rules);
     drop(running);
     eprintln!(
-        "weft: stopped; removed {}, its route{}; lease {} left in place",
+        "weft: stopped; removed {}, its route{}; lease {} and the fail-closed route for {} left in place",
         args.tun_name,
         if had_rules {
             " and the iptables rules"
         } else {
             ""
         },
-        policy.lease().lease.key()
+        policy.lease().lease.key(),
+        cfg.network
     );
     outcome
 }

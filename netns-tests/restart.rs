@@ -1,0 +1,209 @@
+//! Stops, crashes and restarts: while weft is not running no pod packet leaves a node
+//! unencapsulated (the fail-closed route), and after `kill -9` a restarted weft keeps its
+//! subnet and VTEP MAC and carries traffic again within 2 s. Root only, like the rest.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use harness::{ns_run, Capture, Cluster, Kind, Pod};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn weft() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// Two weft nodes with one pod each, converged.
+fn two_nodes() -> Cluster {
+    let mut c = Cluster::new(weft(), VXLAN);
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    c
+}
+
+/// Sends pod traffic from `from` to `to` while the path may be down: pings (ICMP) and a
+/// burst of UDP datagrams. Returns whether any ping was answered.
+fn poke(from: &Pod, to: &Pod) -> bool {
+    let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(20):\n  try: s.sendto(b'leak?',(sys.argv[1],5001))\n  except OSError: pass";
+    let _ = ns_run(&from.ns, &["python3", "-c", code, &to.ip.to_string()]);
+    ns_run(
+        &from.ns,
+        &[
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            &to.ip.to_string(),
+        ],
+    )
+    .status
+    .success()
+}
+
+/// Frames on the router's side of the underlay whose IP destination is a pod address.
+fn leaked(frames: &[Vec<u8>]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[30] == 10 && f[31] == 244)
+        .count()
+}
+
+#[test]
+fn a_stopped_or_killed_node_leaks_no_pod_packet_unencapsulated() {
+    let mut c = two_nodes();
+    let router = c.add_router(0);
+    let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    assert!(poke(&p1, &p2), "no traffic before the test");
+    let pcap = c.dir.join("router.pcap");
+    let cap = Capture::start(&router, "eth0", "ip", &pcap);
+
+    // SIGTERM: weft removes its TUN and route, and keeps the guard.
+    assert!(c.stop_weft(0), "weft did not exit cleanly on SIGTERM");
+    let routes =
+        String::from_utf8_lossy(&ns_run(&c.nodes[0].ns, &["ip", "route"]).stdout).into_owned();
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("unreachable 10.244.0.0/16 proto 87 metric 4000000000")),
+        "no fail-closed route after SIGTERM:\n{routes}"
+    );
+    assert!(!poke(&p1, &p2), "a ping crossed while weft was stopped");
+    // kill -9: nothing of weft's clean-up runs; the kernel deletes the TUN.
+    c.start_weft(0, &[]);
+    assert!(poke(&p1, &p2), "no traffic after the restart");
+    c.kill_weft(0);
+    harness::wait_for("the TUN to go", Duration::from_secs(5), || {
+        (!ns_run(&c.nodes[0].ns, &["ip", "link", "show", "weft0"])
+            .status
+            .success())
+        .then_some(())
+    });
+    assert!(!poke(&p1, &p2), "a ping crossed while weft was killed");
+    let frames = cap.stop();
+    let n = leaked(&frames);
+    assert_eq!(
+        n,
+        0,
+        "{n} unencapsulated pod packets reached the router ({} frames seen)",
+        frames.len()
+    );
+
+    // The control: without the guard (weft cleanup removes it) the same traffic leaks,
+    // so the capture above could have seen a leak.
+    let o = ns_run(&c.nodes[0].ns, &[&weft().display().to_string(), "cleanup"]);
+    assert!(o.status.success(), "weft cleanup failed");
+    let cap = Capture::start(&router, "eth0", "ip", &c.dir.join("control.pcap"));
+    poke(&p1, &p2);
+    let control = leaked(&cap.stop());
+    assert!(
+        control > 0,
+        "without the guard no packet reached the router: the capture proves nothing"
+    );
+    harness::figure(&format!(
+        "leak test: 0 of {} frames at the router carried a pod destination while weft was stopped (SIGTERM) and killed (kill -9); {control} did once `weft cleanup` removed the guard",
+        frames.len()
+    ));
+}
+
+/// A 10 ms ping in `ns` to `dst`, with receive timestamps (`-D`), written to `file`.
+fn start_ping(ns: &str, dst: &str, file: &Path) -> Child {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-D", "-n", "-i", "0.01", "-W", "1", dst,
+        ])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start ping")
+}
+
+/// The receive times (Unix seconds) of the echo replies in a `ping -D` log.
+fn replies(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn kill_9_and_restart_keep_subnet_and_mac_and_traffic_returns_within_2_s() {
+    let mut c = two_nodes();
+    let ours = |c: &Cluster| {
+        c.leases()
+            .into_iter()
+            .find(|l| l.attrs.public_ip == c.nodes[0].ip)
+            .expect("node 1 has no lease")
+    };
+    let before = ours(&c);
+    let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    let log = c.dir.join("ping.log");
+    let mut ping = start_ping(&p1.ns, &p2.ip.to_string(), &log);
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill_weft(0);
+    let killed = unix_now();
+    std::thread::sleep(Duration::from_millis(500));
+    let restart = unix_now();
+    let env = c.start_weft(0, &[]);
+    let started = unix_now();
+    let first = harness::wait_for(
+        "a ping answered after the restart",
+        Duration::from_secs(10),
+        || {
+            replies(&fs::read_to_string(&log).unwrap_or_default())
+                .into_iter()
+                .find(|&t| t > restart)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-INT", &ping.id().to_string()])
+        .status();
+    let _ = ping.wait();
+    let times = replies(&fs::read_to_string(&log).unwrap());
+    let last_before = times
+        .iter()
+        .copied()
+        .filter(|&t| t < killed)
+        .fold(0.0, f64::max);
+    assert!(last_before > 0.0, "no ping answered before the kill");
+    let after = ours(&c);
+    assert_eq!(after.subnet, before.subnet, "the subnet changed");
+    assert_eq!(env.subnet, before.subnet, "subnet.env changed");
+    assert_eq!(
+        after.attrs.vxlan_data().unwrap().vtep_mac,
+        before.attrs.vxlan_data().unwrap().vtep_mac,
+        "the VTEP MAC changed"
+    );
+    let gap = first - restart;
+    assert!(
+        gap < 2.0,
+        "traffic came back {gap:.3} s after the restart began (limit 2 s)"
+    );
+    harness::figure(&format!(
+        "kill -9 then restart (10 ms ping): weft up (subnet.env, /healthz) {:.0} ms after the restart began, first reply {:.0} ms after it; {:.0} ms without replies in all, {:.0} ms of which weft was dead on purpose",
+        (started - restart) * 1e3,
+        gap * 1e3,
+        (first - last_before) * 1e3,
+        (restart - killed) * 1e3
+    ));
+}
