@@ -775,3 +775,49 @@ fn a_deleted_or_downed_tun_is_noticed_and_traffic_comes_back() {
         "weft did not stop cleanly after the repairs:\n{log}"
     );
 }
+
+/// flanneld's interface selection and a node behind NAT. Node 1's eth0 has two addresses
+/// and weft is told `--iface nosuch0 --iface 192.0.2.51`: the first that exists wins and an
+/// IP is what the lease advertises, not the link's first address. Node 2 sits behind a NAT
+/// router (private 192.168.102.2, public 192.0.2.102) and runs with `--public-ip
+/// 192.0.2.102`, an address no interface of its has: the lease advertises it while the
+/// sockets bind the private one, and pods on both nodes reach each other through the NAT.
+#[test]
+fn iface_by_ip_and_a_public_ip_behind_nat_are_what_leases_advertise() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let a = c.add_node(Kind::Weft);
+    harness::sh(&[
+        "ip",
+        "-n",
+        &c.nodes[a].ns,
+        "addr",
+        "add",
+        "192.0.2.51/24",
+        "dev",
+        "eth0",
+    ]);
+    c.nodes[a].ip = Ipv4Addr::new(192, 0, 2, 51);
+    c.start_weft(a, &["--iface", "nosuch0", "--iface", "192.0.2.51"]);
+    let b = c.add_node_behind_nat(102, 8472);
+    c.start_weft(b, &["--iface", "eth0", "--public-ip", "192.0.2.102"]);
+    c.add_pod(a, None);
+    c.add_pod(b, None);
+    c.wait_converged();
+    let advertised: Vec<Ipv4Addr> = c.leases().iter().map(|l| l.attrs.public_ip).collect();
+    assert!(
+        advertised.contains(&Ipv4Addr::new(192, 0, 2, 51))
+            && advertised.contains(&Ipv4Addr::new(192, 0, 2, 102)),
+        "leases advertise {advertised:?}"
+    );
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (pa, pb) = (c.nodes[a].pods[0].clone(), c.nodes[b].pods[0].clone());
+    let there = iperf3(&pa, &pb, 1, None);
+    let back = iperf3(&pb, &pa, 1, None);
+    assert!(there.bytes > 0.0 && back.bytes > 0.0);
+    harness::figure(&format!(
+        "node behind NAT (--public-ip): iperf3 TCP {:.2} Gbit/s in, {:.2} Gbit/s out",
+        there.bps / 1e9,
+        back.bps / 1e9
+    ));
+}

@@ -449,10 +449,15 @@ impl Cluster {
     pub fn add_node(&mut self, kind: Kind) -> usize {
         let i = self.nodes.len() + 1;
         let ns = self.add_host(&format!("n{i}"), i as u8);
+        self.push_node(ns, Ipv4Addr::new(192, 0, 2, i as u8), kind)
+    }
+
+    fn push_node(&mut self, ns: String, ip: Ipv4Addr, kind: Kind) -> usize {
+        let i = self.nodes.len() + 1;
         ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         self.nodes.push(Node {
             ns,
-            ip: Ipv4Addr::new(192, 0, 2, i as u8),
+            ip,
             kind,
             child: None,
             log: self.dir.join(format!("n{i}.log")),
@@ -462,6 +467,84 @@ impl Cluster {
             healthz: 9100,
         });
         i - 1
+    }
+
+    /// Adds a weft node behind a NAT router, as a cloud VM with a floating IP: the router
+    /// sits on the underlay as 192.0.2.`public`, the node's eth0 is 192.168.`public`.2/24 on
+    /// a private link to it (its default route), and the router forwards UDP `port` to the
+    /// node and masquerades everything the node sends. The node's `ip` is its public
+    /// address, which its lease must advertise (start weft with `--public-ip`).
+    pub fn add_node_behind_nat(&mut self, public: u8, port: u16) -> usize {
+        let i = self.nodes.len() + 1;
+        let nat = self.add_host(&format!("nat{i}"), public);
+        let ns = self.add_ns(&format!("n{i}"));
+        let (inside, gw) = (format!("192.168.{public}.2"), format!("192.168.{public}.1"));
+        sh(&[
+            "ip", "-n", &nat, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &nat,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            "lan0",
+        ]);
+        sh(&["ip", "-n", &nat, "link", "set", "lan0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{inside}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &ns, "route", "add", "default", "via", &gw]);
+        ns_sh(&nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let port = port.to_string();
+        ns_sh(
+            &nat,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "eth0",
+                "-p",
+                "udp",
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &inside,
+            ],
+        );
+        ns_sh(
+            &nat,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "eth0",
+                "-s",
+                &format!("192.168.{public}.0/24"),
+                "-j",
+                "MASQUERADE",
+            ],
+        );
+        self.push_node(ns, Ipv4Addr::new(192, 0, 2, public), Kind::Weft)
     }
 
     /// Starts weft on node `i` with extra flags and waits for its subnet.env and /healthz.
@@ -500,15 +583,19 @@ impl Cluster {
             n.ns.clone(),
             self.weft.display().to_string(),
             "run".into(),
-            "--iface".into(),
-            "eth0".into(),
+        ];
+        // eth0 unless the test chooses the underlay itself.
+        if !extra.iter().any(|a| a.starts_with("--iface")) {
+            args.extend(["--iface".into(), "eth0".into()]);
+        }
+        args.extend([
             store[0].clone(),
             store[1].clone(),
             "--subnet-file".into(),
             n.subnet_file.display().to_string(),
             "--healthz-port".into(),
             port,
-        ];
+        ]);
         // As kube-flannel.yml runs flanneld: with --ip-masq, so subnet.env says
         // FLANNEL_IPMASQ=true and the CNI bridge leaves pod-to-pod traffic un-NATed.
         if !extra.iter().any(|a| a.starts_with("--ip-masq")) {

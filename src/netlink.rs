@@ -58,7 +58,7 @@ impl Netlink {
         Ok(Netlink { rt, handle })
     }
 
-    fn links(&self) -> io::Result<Vec<Link>> {
+    pub(crate) fn links(&self) -> io::Result<Vec<Link>> {
         self.rt.block_on(async {
             let mut out = Vec::new();
             let mut s = self.handle.link().get().execute();

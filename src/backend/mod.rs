@@ -24,7 +24,10 @@ pub struct Setup<'a> {
     pub nl: &'a Arc<Netlink>,
     /// The underlay interface's name.
     pub underlay: &'a str,
-    /// This node's public (underlay) address.
+    /// The underlay interface's address, which the sockets bind.
+    pub local_ip: Ipv4Addr,
+    /// This node's public address, as the lease advertises it (differs from `local_ip`
+    /// behind NAT).
     pub public_ip: Ipv4Addr,
     /// The cluster network.
     pub network: Ipv4Net,

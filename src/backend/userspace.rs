@@ -138,8 +138,16 @@ impl Backend for Userspace {
             udp_checksum: ChecksumMode::Zero,
             hash_seed: rand::random(),
         };
-        let dp = Dataplane::start(node, queues, s.table, rand::random(), offloads, &d.counters)
-            .map_err(Error::Dataplane)?;
+        let dp = Dataplane::start(
+            node,
+            s.local_ip,
+            queues,
+            s.table,
+            rand::random(),
+            offloads,
+            &d.counters,
+        )
+        .map_err(Error::Dataplane)?;
         Ok(Box::new(Forwarding {
             describe: format!(
                 "{} backend via {} (MTU {}, {} worker(s), offloads {offloads:?})",

@@ -10,10 +10,20 @@ pub struct RunArgs {
     /// (DIR/config holds net-conf.json, DIR/subnets/<a.b.c.d-len> the leases).
     #[arg(long, env = "WEFT_LEASE_DIR", default_value = "/var/lib/weft")]
     pub lease_dir: PathBuf,
-    /// Underlay interface, by name or IP (default: the interface of the default route).
+    /// Underlay interface, by name or IP; repeatable, the first that exists wins (default:
+    /// the interface of the default route). An IP is the address advertised.
     #[arg(long, env = "WEFT_IFACE")]
-    pub iface: Option<String>,
-    /// This node's public (underlay) IP (default: the address of --iface).
+    pub iface: Vec<String>,
+    /// Regex matched against interface addresses, then names, after every --iface;
+    /// repeatable, the first match wins.
+    #[arg(long, env = "WEFT_IFACE_REGEX", value_parser = parse_regex)]
+    pub iface_regex: Vec<regex::Regex>,
+    /// Use the interface (and address) the kernel routes this IP through, after --iface and
+    /// --iface-regex.
+    #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
+    /// The IP the lease advertises to other nodes (default: the underlay interface's
+    /// address); may be no local address at all, for a node behind NAT.
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// Where to write flannel's subnet.env for the CNI plugin.
@@ -114,6 +124,10 @@ impl RunArgs {
             password: self.etcd_password.clone(),
         })
     }
+}
+
+fn parse_regex(s: &str) -> std::result::Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("not a valid regex: {e}"))
 }
 
 fn parse_ifname(s: &str) -> std::result::Result<String, String> {

@@ -1,6 +1,5 @@
 //! Why `weft run` stopped or refused to start, each with what to do about it.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::store::StoreError;
@@ -17,20 +16,9 @@ pub enum Error {
     /// A netlink query failed while looking for the underlay.
     #[error("cannot read interfaces: {0}")]
     Interfaces(std::io::Error),
-    /// `--iface IP` names an address no interface has.
-    #[error("--iface {0}: no interface has this address")]
-    NoIfaceWithIp(Ipv4Addr),
-    /// `--iface NAME` names no interface.
-    #[error("--iface {0}: no such interface")]
-    NoSuchIface(String),
-    /// No `--iface` and no default route to take it from.
-    #[error(
-        "no default route to pick the underlay interface from: pass --iface NAME or --iface IP"
-    )]
-    NoDefaultRoute,
-    /// The underlay has no IPv4 address to be the public IP.
-    #[error("interface {0} has no IPv4 address: give it one or pass --public-ip")]
-    NoAddress(String),
+    /// No interface matches the selection flags; every attempt, then the interfaces.
+    #[error("no underlay interface: {0}")]
+    NoUnderlay(String),
     /// The underlay MTU leaves too little for pods.
     #[error("underlay {name} MTU {mtu} leaves only {pod_mtu} for pods; IPv4 needs 576")]
     MtuTooSmall {

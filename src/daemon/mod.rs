@@ -1,6 +1,6 @@
 //! `weft run`: the node agent, as a sequence of named phases, each a function:
 //!
-//! 1. **underlay**: the interface and public IP ([`find_underlay`]);
+//! 1. **underlay**: the interface, its address and the public IP ([`find_underlay`]);
 //! 2. **store**: etcd or the embedded directory, then the network config ([`open_store`],
 //!    [`wait_config`]);
 //! 3. **guard**: the fail-closed route for the cluster network, kept across stops and
@@ -19,9 +19,11 @@
 mod args;
 mod error;
 pub mod policy;
+mod underlay;
 
 pub use args::{flanneld_env_aliases, RunArgs};
 pub use error::Error;
+pub use underlay::{find_underlay, Underlay};
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -51,59 +53,6 @@ pub const BACKEND_CHECK: Duration = Duration::from_secs(1);
 
 /// A start-up or runtime result.
 type Result<T> = std::result::Result<T, Error>;
-
-/// The underlay: the interface pods' traffic is tunnelled over, and our address on it.
-#[derive(Debug, Clone)]
-pub struct Underlay {
-    /// Interface name.
-    pub name: String,
-    /// Its MTU.
-    pub mtu: u32,
-    /// This node's public IP.
-    pub public_ip: Ipv4Addr,
-}
-
-/// Phase 1: the underlay, from `--iface` (name or IP) or the default route, and
-/// `--public-ip` or the interface's address.
-pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
-    let addrs = nl.ipv4_addrs().map_err(Error::Interfaces)?;
-    let link = match args.iface.as_deref() {
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) => {
-                let idx = addrs
-                    .iter()
-                    .find(|(_, a)| *a == ip)
-                    .map(|(i, _)| *i)
-                    .ok_or(Error::NoIfaceWithIp(ip))?;
-                nl.link_by_index(idx).map_err(Error::Interfaces)?
-            }
-            Err(_) => nl.link_by_name(s).map_err(Error::Interfaces)?,
-        }
-        .ok_or_else(|| Error::NoSuchIface(s.to_string()))?,
-        None => {
-            let idx = nl
-                .default_route_link()
-                .map_err(Error::Interfaces)?
-                .ok_or(Error::NoDefaultRoute)?;
-            nl.link_by_index(idx)
-                .map_err(Error::Interfaces)?
-                .ok_or(Error::NoDefaultRoute)?
-        }
-    };
-    let public_ip = match args.public_ip {
-        Some(ip) => ip,
-        None => addrs
-            .iter()
-            .find(|(i, _)| *i == link.index)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| Error::NoAddress(link.name.clone()))?,
-    };
-    Ok(Underlay {
-        name: link.name,
-        mtu: link.mtu,
-        public_ip,
-    })
-}
 
 /// Phase 2a: the lease store the flags select, seen only as a [`LeaseStore`].
 pub fn open_store(args: &RunArgs) -> Result<Box<dyn LeaseStore>> {
@@ -315,6 +264,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         backend.start(Setup {
             nl: &nl,
             underlay: &underlay.name,
+            local_ip: underlay.local_ip,
             public_ip: underlay.public_ip,
             network: cfg.network,
             lease: &ours.lease,

@@ -15,7 +15,7 @@ mod tx;
 mod worker;
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -141,17 +141,21 @@ pub(crate) struct Dataplane {
 }
 
 impl Dataplane {
-    /// Starts one worker per TUN queue, each with its own socket on `node`'s port. For
-    /// vxlan it also binds the [`SourceSockets`] and draws `node`'s source ports from them.
+    /// Starts one worker per TUN queue, each with its own socket on `local`, `node`'s port.
+    /// For vxlan it also binds the [`SourceSockets`] and draws `node`'s source ports from
+    /// them. `local` is the underlay interface's address: `node.public_ip` (what peers send
+    /// to) differs from it behind NAT.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         mut node: Node,
+        local: Ipv4Addr,
         tun_queues: Vec<SyncDevice>,
         table: Arc<LeaseTable>,
         seed: u64,
         offloads: Offloads,
         counters: &Counters,
     ) -> io::Result<Dataplane> {
-        let bind = SocketAddrV4::new(node.public_ip, node.format.port());
+        let bind = SocketAddrV4::new(local, node.format.port());
         // Bind every socket before starting any worker, so a port clash fails start-up.
         let socks = tun_queues
             .iter()
@@ -159,7 +163,7 @@ impl Dataplane {
             .collect::<io::Result<Vec<_>>>()?;
         let src_ports = Arc::new(match node.format {
             crate::encap::Format::Vxlan { .. } => {
-                SourceSockets::open(node.public_ip, SOURCE_PORT_SOCKETS, offloads.socket_buffer)?
+                SourceSockets::open(local, SOURCE_PORT_SOCKETS, offloads.socket_buffer)?
             }
             crate::encap::Format::Udp { .. } => SourceSockets::none(),
         });

@@ -1,0 +1,359 @@
+//! Phase 1, the underlay: which interface carries the tunnels, which of its addresses the
+//! sockets bind, and which address the lease advertises, chosen as flanneld chooses
+//! (flannel's `main.go` and `pkg/ipmatch`):
+//!
+//! 1. each `--iface` in order (a name: that interface and its first IPv4 address; an IP: the
+//!    interface holding it, and that IP), the first that exists wins;
+//! 2. then each `--iface-regex` in order, matched first against every interface's IPv4
+//!    addresses (that address wins), then against interface names (first address);
+//! 3. then `--iface-can-reach IP`: the interface and source address the kernel would use to
+//!    reach IP;
+//! 4. with none of those flags: the interface holding `--public-ip` if it is local, else the
+//!    default route's interface.
+//!
+//! `--public-ip` is what the lease advertises; it may be no local address at all (a node
+//! behind NAT), while the sockets bind the chosen interface address. The choice is pure
+//! ([`select`]) over what netlink reports ([`Interfaces`]).
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+
+use regex::Regex;
+
+use super::{Error, Result, RunArgs};
+use crate::netlink::{Link, Netlink};
+
+/// The underlay: the interface pods' traffic is tunnelled over, and our addresses on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    /// Interface name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// The interface address the sockets bind.
+    pub local_ip: Ipv4Addr,
+    /// This node's public IP: what the lease advertises (`--public-ip`, else `local_ip`).
+    pub public_ip: Ipv4Addr,
+}
+
+/// The interfaces and IPv4 addresses of this namespace, as netlink lists them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Interfaces {
+    /// Every link, in index order.
+    pub(crate) links: Vec<Link>,
+    /// (link index, address), in the kernel's order (an interface's primary first).
+    pub(crate) addrs: Vec<(u32, Ipv4Addr)>,
+    /// The default route's interface, if any.
+    pub(crate) default_link: Option<u32>,
+}
+
+impl Interfaces {
+    fn link(&self, index: u32) -> Option<&Link> {
+        self.links.iter().find(|l| l.index == index)
+    }
+
+    fn first_addr(&self, index: u32) -> Option<Ipv4Addr> {
+        self.addrs.iter().find(|(i, _)| *i == index).map(|a| a.1)
+    }
+
+    fn holder(&self, ip: Ipv4Addr) -> Option<&Link> {
+        self.addrs
+            .iter()
+            .find(|(_, a)| *a == ip)
+            .and_then(|(i, _)| self.link(*i))
+    }
+
+    fn summary(&self) -> String {
+        self.links
+            .iter()
+            .map(|l| {
+                let a: Vec<String> = self
+                    .addrs
+                    .iter()
+                    .filter(|(i, _)| *i == l.index)
+                    .map(|(_, a)| a.to_string())
+                    .collect();
+                format!("{} [{}]", l.name, a.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The selection flags.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Selection {
+    /// `--iface`, in order.
+    pub(crate) iface: Vec<String>,
+    /// `--iface-regex`, in order.
+    pub(crate) iface_regex: Vec<Regex>,
+    /// `--iface-can-reach`, with the (interface, source address) the kernel would use to
+    /// reach it, as looked up by [`route_to`].
+    pub(crate) can_reach: Option<(Ipv4Addr, Option<(u32, Ipv4Addr)>)>,
+    /// `--public-ip`.
+    pub(crate) public_ip: Option<Ipv4Addr>,
+}
+
+/// Chooses the underlay from `ifs` as flanneld does (see the module documentation); the
+/// error lists every attempt and the interfaces there are.
+pub(crate) fn select(ifs: &Interfaces, sel: &Selection) -> Result<Underlay> {
+    let mut tried = Vec::new();
+    let chosen = pick(ifs, sel, &mut tried);
+    let Some((link, local_ip)) = chosen else {
+        return Err(Error::NoUnderlay(format!(
+            "{} (interfaces here: {})",
+            tried.join("; "),
+            ifs.summary()
+        )));
+    };
+    Ok(Underlay {
+        name: link.name.clone(),
+        mtu: link.mtu,
+        local_ip,
+        public_ip: sel.public_ip.unwrap_or(local_ip),
+    })
+}
+
+fn pick<'a>(
+    ifs: &'a Interfaces,
+    sel: &Selection,
+    tried: &mut Vec<String>,
+) -> Option<(&'a Link, Ipv4Addr)> {
+    let with_addr = |l: &'a Link, what: &str, tried: &mut Vec<String>| match ifs.first_addr(l.index)
+    {
+        Some(a) => Some((l, a)),
+        None => {
+            tried.push(format!("{what}: interface {} has no IPv4 address", l.name));
+            None
+        }
+    };
+    for s in &sel.iface {
+        let what = format!("--iface {s}");
+        let found = match s.parse::<Ipv4Addr>() {
+            Ok(ip) => match ifs.holder(ip) {
+                Some(l) => Some((l, ip)),
+                None => {
+                    tried.push(format!("{what}: no interface has this address"));
+                    None
+                }
+            },
+            Err(_) => match ifs.links.iter().find(|l| l.name == *s) {
+                Some(l) => with_addr(l, &what, tried),
+                None => {
+                    tried.push(format!("{what}: no such interface"));
+                    None
+                }
+            },
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    for re in &sel.iface_regex {
+        let what = format!("--iface-regex {re}");
+        if let Some((i, a)) = ifs.addrs.iter().find(|(_, a)| re.is_match(&a.to_string())) {
+            if let Some(l) = ifs.link(*i) {
+                return Some((l, *a));
+            }
+        }
+        match ifs.links.iter().find(|l| re.is_match(&l.name)) {
+            Some(l) => {
+                if let Some(found) = with_addr(l, &what, tried) {
+                    return Some(found);
+                }
+            }
+            None => tried.push(format!("{what}: matches no interface name or address")),
+        }
+    }
+    if let Some((target, route)) = sel.can_reach {
+        let what = format!("--iface-can-reach {target}");
+        match route.and_then(|(i, src)| Some((ifs.link(i)?, src))) {
+            Some(found) => return Some(found),
+            None => tried.push(format!("{what}: no route to it")),
+        }
+    }
+    if !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.can_reach.is_some() {
+        return None;
+    }
+    if let Some(l) = sel.public_ip.and_then(|ip| ifs.holder(ip)) {
+        return with_addr(l, "--public-ip", tried).map(|(l, _)| (l, sel.public_ip.unwrap()));
+    }
+    match ifs.default_link.and_then(|i| ifs.link(i)) {
+        Some(l) => with_addr(
+            l,
+            "the default route's interface (pass --iface or give it an address)",
+            tried,
+        ),
+        None => {
+            tried.push(
+                "no default route to pick the underlay interface from: pass --iface NAME or --iface IP"
+                    .into(),
+            );
+            None
+        }
+    }
+}
+
+/// The interface index and source address the kernel would use to reach `ip`: a UDP socket
+/// connected to it (nothing is sent) reports the source address routing chose, and the
+/// interface holding that address is the one `ip route get` names in the usual case.
+pub(crate) fn route_to(ifs: &Interfaces, ip: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
+    let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    s.connect(SocketAddrV4::new(ip, 9)).ok()?;
+    let src = match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(_) => return None,
+    };
+    ifs.holder(src).map(|l| (l.index, src))
+}
+
+/// Phase 1: reads the interfaces and chooses the underlay from the flags.
+pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
+    let ifs = Interfaces {
+        links: nl.links().map_err(Error::Interfaces)?,
+        addrs: nl.ipv4_addrs().map_err(Error::Interfaces)?,
+        default_link: nl.default_route_link().map_err(Error::Interfaces)?,
+    };
+    let sel = Selection {
+        iface: args.iface.clone(),
+        iface_regex: args.iface_regex.clone(),
+        can_reach: args.iface_can_reach.map(|ip| (ip, route_to(&ifs, ip))),
+        public_ip: args.public_ip,
+    };
+    select(&ifs, &sel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mtu: 1500 - index,
+            up: true,
+        }
+    }
+
+    /// lo 127.0.0.1; eth0 192.0.2.1 and 192.0.2.51; eth1 198.51.100.7; bare0 no address;
+    /// default route via eth1.
+    fn host() -> Interfaces {
+        Interfaces {
+            links: vec![
+                link(1, "lo"),
+                link(2, "eth0"),
+                link(3, "eth1"),
+                link(4, "bare0"),
+            ],
+            addrs: vec![
+                (1, Ipv4Addr::new(127, 0, 0, 1)),
+                (2, Ipv4Addr::new(192, 0, 2, 1)),
+                (2, Ipv4Addr::new(192, 0, 2, 51)),
+                (3, Ipv4Addr::new(198, 51, 100, 7)),
+            ],
+            default_link: Some(3),
+        }
+    }
+
+    fn sel(iface: &[&str], regex: &[&str]) -> Selection {
+        Selection {
+            iface: iface.iter().map(|s| s.to_string()).collect(),
+            iface_regex: regex.iter().map(|r| Regex::new(r).unwrap()).collect(),
+            ..Selection::default()
+        }
+    }
+
+    fn chosen(s: &Selection) -> (String, Ipv4Addr, Ipv4Addr) {
+        let u = select(&host(), s).unwrap();
+        (u.name, u.local_ip, u.public_ip)
+    }
+
+    #[test]
+    fn the_first_existing_iface_wins_and_an_ip_advertises_itself() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            chosen(&sel(&["nosuch0", "eth0", "eth1"], &[])),
+            ("eth0".into(), ip("192.0.2.1"), ip("192.0.2.1"))
+        );
+        // An address that is not the interface's first is still the one advertised.
+        assert_eq!(
+            chosen(&sel(&["203.0.113.9", "192.0.2.51"], &[])),
+            ("eth0".into(), ip("192.0.2.51"), ip("192.0.2.51"))
+        );
+        // An interface without an address is skipped, as flanneld skips it.
+        assert_eq!(chosen(&sel(&["bare0", "eth1"], &[])).0, "eth1");
+    }
+
+    #[test]
+    fn regexes_match_addresses_first_then_names_after_every_iface() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            chosen(&sel(&[], &[r"^192\.0\.2\.5"])),
+            ("eth0".into(), ip("192.0.2.51"), ip("192.0.2.51"))
+        );
+        assert_eq!(chosen(&sel(&[], &["^nomatch$", "^eth1$"])).0, "eth1");
+        // --iface is tried before any regex, whatever the order on the command line.
+        assert_eq!(chosen(&sel(&["eth1"], &["^eth0$"])).0, "eth1");
+        assert_eq!(chosen(&sel(&["nosuch0"], &["^eth0$"])).0, "eth0");
+    }
+
+    #[test]
+    fn can_reach_and_the_defaults() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut s = Selection {
+            can_reach: Some((ip("192.0.2.99"), Some((2, ip("192.0.2.51"))))),
+            ..Selection::default()
+        };
+        assert_eq!(
+            chosen(&s),
+            ("eth0".into(), ip("192.0.2.51"), ip("192.0.2.51"))
+        );
+        // Nothing asked: the default route's interface.
+        assert_eq!(chosen(&Selection::default()).0, "eth1");
+        // A local --public-ip picks its interface; one behind NAT is advertised while the
+        // sockets bind the chosen interface's address.
+        s = Selection {
+            public_ip: Some(ip("192.0.2.51")),
+            ..Selection::default()
+        };
+        assert_eq!(
+            chosen(&s),
+            ("eth0".into(), ip("192.0.2.51"), ip("192.0.2.51"))
+        );
+        s.public_ip = Some(ip("203.0.113.10"));
+        assert_eq!(
+            chosen(&s),
+            ("eth1".into(), ip("198.51.100.7"), ip("203.0.113.10"))
+        );
+        s.iface = vec!["eth0".into()];
+        assert_eq!(
+            chosen(&s),
+            ("eth0".into(), ip("192.0.2.1"), ip("203.0.113.10"))
+        );
+    }
+
+    #[test]
+    fn nothing_matching_names_every_attempt() {
+        let mut s = sel(&["nosuch0", "203.0.113.9", "bare0"], &["^zz"]);
+        s.can_reach = Some(("203.0.113.1".parse().unwrap(), None));
+        let e = select(&host(), &s).unwrap_err().to_string();
+        for want in [
+            "--iface nosuch0: no such interface",
+            "--iface 203.0.113.9: no interface has this address",
+            "--iface bare0: interface bare0 has no IPv4 address",
+            "--iface-regex ^zz: matches no interface name or address",
+            "--iface-can-reach 203.0.113.1: no route to it",
+            "eth0 [192.0.2.1 192.0.2.51]",
+        ] {
+            assert!(e.contains(want), "{want:?} missing from: {e}");
+        }
+        let none = Interfaces {
+            default_link: None,
+            ..host()
+        };
+        let e = select(&none, &Selection::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no default route"), "{e}");
+    }
+}
