@@ -560,7 +560,17 @@ impl Cluster {
         (self.finish_start(0).subnet, self.finish_start(1).subnet)
     }
 
+    /// Starts weft on node `i` and returns at once (no waiting for anything); `env` adds
+    /// variables to its environment.
+    pub fn spawn_weft_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
+        self.spawn(i, extra, env);
+    }
+
     fn spawn_weft(&mut self, i: usize, extra: &[&str]) {
+        self.spawn(i, extra, &[]);
+    }
+
+    fn spawn(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "weft already runs on node {}", i + 1);
         let _ = fs::remove_file(&n.subnet_file);
@@ -604,6 +614,7 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new("ip")
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -207,3 +207,48 @@ fn kill_9_and_restart_keep_subnet_and_mac_and_traffic_returns_within_2_s() {
         (restart - killed) * 1e3
     ));
 }
+
+/// flanneld serves /healthz before it waits for its config, and so does weft: a node whose
+/// etcd has no config yet answers 200 `starting: …` on /healthz and 503 on /readyz; once
+/// the config is written it forwards, both answer `ok`, and a `Type=notify` systemd unit
+/// hears `READY=1` on its NOTIFY_SOCKET (a datagram socket this test listens on).
+#[test]
+fn healthz_answers_before_the_config_and_systemd_hears_ready() {
+    let mut c = Cluster::with_etcd(weft(), VXLAN);
+    let key = format!("{}/config", harness::ETCD_PREFIX);
+    c.etcd().ctl(&["del", &key]);
+    let n = c.add_node(Kind::Weft);
+    let sock_path = c.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    c.spawn_weft_env(
+        n,
+        &[],
+        &[("NOTIFY_SOCKET", &sock_path.display().to_string())],
+    );
+    let starting = harness::wait_for("/healthz while starting", Duration::from_secs(10), || {
+        c.http(n, "/healthz")
+    });
+    assert_eq!(starting, "starting: waiting for the network config\n");
+    assert!(
+        c.http(n, "/readyz").is_none(),
+        "/readyz must be 503 before forwarding"
+    );
+    let mut buf = [0u8; 256];
+    sock.set_nonblocking(true).unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "READY=1 before forwarding");
+    sock.set_nonblocking(false).unwrap();
+    c.etcd().ctl(&["put", &key, VXLAN]);
+    let len = sock
+        .recv(&mut buf)
+        .expect("no sd_notify message within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "got {msg:?}");
+    // READY=1 comes once forwarding: the endpoints say so, and pods are served.
+    assert_eq!(c.http(n, "/readyz").as_deref(), Some("ok\n"));
+    assert_eq!(c.http(n, "/healthz").as_deref(), Some("ok\n"));
+    harness::wait_for("subnet.env", Duration::from_secs(5), || {
+        weft::subnet_env::SubnetEnv::read(&c.nodes[n].subnet_file).ok()
+    });
+}

@@ -4,19 +4,90 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::dataplane::counters::Counters;
 use crate::lease::table::BackendKind;
 use crate::lease::LeaseTable;
 
-/// Serves on `addr` in a background thread.
-pub(crate) fn serve(
-    addr: SocketAddr,
-    counters: Counters,
-    table: Arc<LeaseTable>,
-) -> std::io::Result<()> {
+/// What the endpoints report, shared by the agent (which updates it) and the server thread.
+///
+/// - `/healthz` (liveness, as flanneld's): 200 while weft is starting (`starting: <step>`,
+///   served before the config is read, as flanneld serves it) or forwarding (`ok`); 503
+///   with the reason while something is wrong: a worker thread died and the dataplane could
+///   not be recreated, or the store has been unreachable longer than the renew margin.
+/// - `/readyz`: 200 `ok` only while forwarding with nothing wrong; else 503 with why.
+/// - `/metrics`, `/leases`: once forwarding (503 before).
+#[derive(Default)]
+pub(crate) struct Status {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    starting: Option<String>,
+    problem: Option<String>,
+    forwarding: Option<(Counters, Arc<LeaseTable>)>,
+}
+
+impl Status {
+    /// A status for an agent at start-up step `what`.
+    pub(crate) fn starting(what: &str) -> Arc<Status> {
+        let s = Arc::new(Status::default());
+        s.step(what);
+        s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The start-up step weft is at.
+    pub(crate) fn step(&self, what: &str) {
+        self.lock().starting = Some(what.to_string());
+    }
+
+    /// Start-up is over: forwarding with these counters and this table.
+    pub(crate) fn forwarding(&self, counters: Counters, table: Arc<LeaseTable>) {
+        let mut i = self.lock();
+        i.starting = None;
+        i.forwarding = Some((counters, table));
+    }
+
+    /// What is wrong now, if anything (`None` clears it).
+    pub(crate) fn set_problem(&self, problem: Option<String>) {
+        self.lock().problem = problem;
+    }
+
+    /// The status line and body for `path`.
+    pub(crate) fn respond(&self, path: &str) -> (&'static str, String) {
+        let i = self.lock();
+        const UNAVAILABLE: &str = "503 Service Unavailable";
+        match path {
+            "/healthz" | "/readyz" => match (&i.problem, &i.starting) {
+                (Some(p), _) => (UNAVAILABLE, format!("unhealthy: {p}\n")),
+                (None, Some(s)) if path == "/healthz" => ("200 OK", format!("starting: {s}\n")),
+                (None, Some(s)) => (UNAVAILABLE, format!("not ready: starting: {s}\n")),
+                (None, None) => ("200 OK", "ok\n".to_string()),
+            },
+            "/metrics" | "/leases" => match &i.forwarding {
+                Some((counters, table)) if path == "/metrics" => {
+                    ("200 OK", counters.totals().prometheus(table.load().len()))
+                }
+                Some((_, table)) => ("200 OK", leases_text(table)),
+                None => (UNAVAILABLE, "starting\n".to_string()),
+            },
+            _ => (
+                "404 Not Found",
+                "not found; try /healthz, /readyz, /metrics or /leases\n".to_string(),
+            ),
+        }
+    }
+}
+
+/// Serves `status` on `addr` in a background thread.
+pub(crate) fn serve(addr: SocketAddr, status: Arc<Status>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on --healthz {addr}: {e}"))
     })?;
@@ -24,26 +95,18 @@ pub(crate) fn serve(
         .name("weft-healthz".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let _ = handle(conn, &counters, &table);
+                let _ = handle(conn, &status);
             }
         })?;
     Ok(())
 }
 
-fn handle(mut conn: TcpStream, counters: &Counters, table: &LeaseTable) -> std::io::Result<()> {
+fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body) = match path {
-        "/healthz" | "/readyz" => ("200 OK", "ok\n".to_string()),
-        "/metrics" => ("200 OK", counters.totals().prometheus(table.load().len())),
-        "/leases" => ("200 OK", leases_text(table)),
-        _ => (
-            "404 Not Found",
-            "not found; try /healthz, /metrics or /leases\n".to_string(),
-        ),
-    };
+    let (status, body) = status.respond(path);
     write!(
         conn,
         "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -64,4 +127,41 @@ pub(crate) fn leases_text(table: &LeaseTable) -> String {
         s.push_str(&format!("{} {} {}\n", p.subnet, p.public_ip, backend));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_is_live_while_starting_and_503_with_the_reason_when_something_is_wrong() {
+        let s = Status::starting("waiting for the network config");
+        assert_eq!(
+            s.respond("/healthz"),
+            (
+                "200 OK",
+                "starting: waiting for the network config\n".into()
+            )
+        );
+        assert_eq!(s.respond("/readyz").0, "503 Service Unavailable");
+        assert_eq!(s.respond("/metrics").0, "503 Service Unavailable");
+        let table = Arc::new(LeaseTable::new("10.244.0.0/16".parse().unwrap()));
+        s.forwarding(Counters::with_workers(1), table);
+        assert_eq!(s.respond("/healthz"), ("200 OK", "ok\n".into()));
+        assert_eq!(s.respond("/readyz"), ("200 OK", "ok\n".into()));
+        assert_eq!(s.respond("/metrics").0, "200 OK");
+        s.set_problem(Some("worker thread(s) [0] died".into()));
+        for p in ["/healthz", "/readyz"] {
+            assert_eq!(
+                s.respond(p),
+                (
+                    "503 Service Unavailable",
+                    "unhealthy: worker thread(s) [0] died\n".into()
+                )
+            );
+        }
+        s.set_problem(None);
+        assert_eq!(s.respond("/healthz").0, "200 OK");
+        assert_eq!(s.respond("/nope").0, "404 Not Found");
+    }
 }

@@ -57,6 +57,11 @@ fn main() -> ExitCode {
         std::env::set_var(k, v);
     }
     let cli = Cli::parse();
+    let v = match &cli.command {
+        Command::Run(a) => a.v,
+        _ => 0,
+    };
+    init_logging(v);
     let result = match cli.command {
         Command::Run(args) => weft::daemon::run(*args).map_err(|e| e.to_string()),
         Command::Cleanup => cleanup(),
@@ -66,10 +71,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weft: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line per event on stderr, with a timestamp, level and module: `RUST_LOG` if set,
+/// else the level `-v` selects (flanneld's `-v`: 0 info, 1-4 debug, 5+ trace).
+fn init_logging(v: u8) {
+    use std::io::IsTerminal as _;
+    let level = match v {
+        0 => "info",
+        1..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn cleanup() -> Result<(), String> {

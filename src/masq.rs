@@ -263,9 +263,9 @@ impl InstalledRules {
     /// Checks the rules, repairs any drift, and logs what it repaired.
     pub fn resync(&self) {
         match self.ipt.ensure() {
-            Ok(p) if !p.is_empty() => eprintln!("weft: repaired iptables rules ({})", p.join("; ")),
+            Ok(p) if !p.is_empty() => tracing::info!("repaired iptables rules ({})", p.join("; ")),
             Ok(_) => {}
-            Err(e) => eprintln!("weft: warning: cannot check iptables rules: {e}"),
+            Err(e) => tracing::warn!("cannot check iptables rules: {e}"),
         }
     }
 }
@@ -273,7 +273,7 @@ impl InstalledRules {
 impl Drop for InstalledRules {
     fn drop(&mut self) {
         if let Err(e) = self.ipt.remove() {
-            eprintln!("weft: warning: cannot remove iptables rules: {e}");
+            tracing::warn!("cannot remove iptables rules: {e}");
         }
     }
 }

@@ -380,12 +380,12 @@ impl Drop for LinkGuard {
     fn drop(&mut self) {
         for r in self.routes.drain(..).rev() {
             if let Err(e) = self.nl.del_route(r, self.index) {
-                eprintln!("weft: warning: cannot remove route {r}: {e}");
+                tracing::warn!("cannot remove route {r}: {e}");
             }
         }
         if self.owns_link {
             if let Err(e) = self.nl.del_link(self.index) {
-                eprintln!("weft: warning: cannot remove interface {}: {e}", self.index);
+                tracing::warn!("cannot remove interface {}: {e}", self.index);
             }
         }
     }

@@ -94,7 +94,7 @@ impl Backend for Userspace {
         let queues = match open_tun(&d.tun_name, d.workers, offloads.tun) {
             Err(e) if offloads.tun => {
                 // Probe: a kernel without TUN offloads still gets a working, slower dataplane.
-                eprintln!("weft: warning: TUN offloads unavailable ({e}); continuing without them");
+                tracing::warn!("TUN offloads unavailable ({e}); continuing without them");
                 offloads.tun = false;
                 open_tun(&d.tun_name, d.workers, false)
             }
@@ -183,6 +183,10 @@ impl Running for Forwarding {
         let name = &self.tun_name;
         if self.dp.tun_gone() {
             return Health::Broken(format!("TUN {name} is gone (its reads fail)"));
+        }
+        let dead = self.dp.dead_workers();
+        if !dead.is_empty() {
+            return Health::Broken(format!("worker thread(s) {dead:?} died"));
         }
         let nl = self.tun.netlink();
         let link = match nl.link_by_name(name) {

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 /// `weft run`'s settings, from flags or `WEFT_<FLAG>` variables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// Log detail, as flanneld's `-v`: 0 info (the default), 1-4 adds debug, 5 and up trace.
+    /// `RUST_LOG` (e.g. `RUST_LOG=weft::store=debug`), when set, wins.
+    #[arg(short = 'v', long = "v", env = "WEFT_V", default_value_t = 0)]
+    pub v: u8,
     /// The embedded lease store: a directory laid out like flannel's etcd keys
     /// (DIR/config holds net-conf.json, DIR/subnets/<a.b.c.d-len> the leases).
     #[arg(long, env = "WEFT_LEASE_DIR", default_value = "/var/lib/weft")]

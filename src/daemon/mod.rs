@@ -69,7 +69,7 @@ pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) ->
         match store.config() {
             Ok(c) => return Ok(c),
             Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
-                eprintln!("weft: waiting for the network config: {e}");
+                tracing::info!("waiting for the network config: {e}");
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) if args.etcd_endpoints.is_some() => return Err(Error::Store(e)),
@@ -93,12 +93,10 @@ pub fn fail_closed(nl: &Netlink, network: ipnet::Ipv4Net) -> Result<()> {
     for old in nl.guards().unwrap_or_default() {
         if old != network {
             match nl.del_guard(old) {
-                Ok(()) => eprintln!(
-                    "weft: removed the fail-closed route for {old}, no longer the cluster network"
+                Ok(()) => tracing::info!(
+                    "removed the fail-closed route for {old}, no longer the cluster network"
                 ),
-                Err(e) => eprintln!(
-                    "weft: warning: cannot remove the old fail-closed route for {old}: {e}"
-                ),
+                Err(e) => tracing::warn!("cannot remove the old fail-closed route for {old}: {e}"),
             }
         }
     }
@@ -141,7 +139,7 @@ pub fn acquire_lease(
         ) {
             Ok(a) => return Ok(a),
             Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
-                eprintln!("weft: cannot acquire a lease yet ({e}); retrying");
+                tracing::info!("cannot acquire a lease yet ({e}); retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => return Err(Error::Acquire(e)),
@@ -179,7 +177,7 @@ fn install_rules(
     let (installed, first) = InstalledRules::install(rules);
     match first {
         Err(e) if ip_masq => return Err(Error::Masq(e)),
-        Err(e) => eprintln!("weft: warning: cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}"),
+        Err(e) => tracing::warn!("cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}"),
         Ok(()) => {}
     }
     Ok(Some(installed))
@@ -191,12 +189,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
     }
+    // /healthz first, as flanneld serves it before it waits for its config.
+    let status = crate::health::Status::starting("choosing the underlay");
+    if args.healthz_port != 0 {
+        let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
+        crate::health::serve(addr, status.clone()).map_err(Error::Healthz)?;
+    }
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
     let underlay = find_underlay(&nl, &args)?;
     let mut store = open_store(&args)?;
+    status.step("waiting for the network config");
     let cfg = wait_config(store.as_ref(), &args, &stop)?;
+    status.step("acquiring a lease");
     for w in &cfg.warnings {
-        eprintln!("weft: warning: {w}");
+        tracing::warn!("{w}");
     }
     fail_closed(&nl, cfg.network)?;
     let backend = backend::for_config(&cfg.backend);
@@ -217,8 +223,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         &stop,
     )?;
     let ours = acquired.stored;
-    eprintln!(
-        "weft: lease {} ({:?}, {} attempt(s)) for {} on {} in {}",
+    tracing::info!(
+        "lease {} ({:?}, {} attempt(s)) for {} on {} in {}",
         ours.lease,
         acquired.source,
         acquired.attempts,
@@ -253,7 +259,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 table.replace_all(p.iter().copied());
                 peers = p;
             }
-            Action::Warn(w) => eprintln!("weft: warning: {w}"),
+            Action::Warn(w) => tracing::warn!("{w}"),
             _ => {}
         }
     }
@@ -289,12 +295,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         path: args.subnet_file.clone(),
         source,
     })?;
-    if args.healthz_port != 0 {
-        let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
-        crate::health::serve(addr, counters.clone(), table.clone()).map_err(Error::Healthz)?;
+    status.forwarding(counters.clone(), table.clone());
+    // For a Type=notify systemd unit (a no-op without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell systemd we are ready: {e}");
     }
-    eprintln!(
-        "weft: forwarding {} with the {}; subnet.env at {}",
+    tracing::info!(
+        "forwarding {} with the {}; subnet.env at {}",
         cfg.network,
         description,
         args.subnet_file.display()
@@ -304,17 +311,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     let outcome = control_loop(
         store.as_mut(),
         &mut policy,
-        &table,
         &mut running,
         &start,
-        rules.as_ref(),
+        Kept {
+            table: &table,
+            rules: rules.as_ref(),
+            status: &status,
+        },
         &stop,
     );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let had_rules = rules.is_some();
     drop(rules);
     drop(running);
-    eprintln!(
-        "weft: stopped; removed {}, its route{}; lease {} and the fail-closed route for {} left in place",
+    tracing::info!(
+        "stopped; removed {}, its route{}; lease {} and the fail-closed route for {} left in place",
         args.tun_name,
         if had_rules {
             " and the iptables rules"
@@ -327,35 +338,58 @@ pub fn run(args: RunArgs) -> Result<()> {
     outcome
 }
 
+/// What the control loop keeps current besides the backend.
+pub(crate) struct Kept<'a> {
+    /// The forwarding table.
+    pub(crate) table: &'a LeaseTable,
+    /// flanneld's iptables rules, if any.
+    pub(crate) rules: Option<&'a InstalledRules>,
+    /// What /healthz reports.
+    pub(crate) status: &'a crate::health::Status,
+}
+
 /// Phase 6: wait for the store to change (or the watch interval), feed the policy the
 /// leases and the time, and carry out its actions, until `stop` is set or our lease is
 /// revoked. A backend found broken (its TUN deleted, say) is stopped and started again
 /// with `start`; if that fails, the next check tries again.
-pub fn control_loop(
+pub(crate) fn control_loop(
     store: &mut dyn LeaseStore,
     policy: &mut Policy,
-    table: &LeaseTable,
     running: &mut Option<Box<dyn Running>>,
     start: &dyn Fn() -> Result<Box<dyn Running>>,
-    rules: Option<&InstalledRules>,
+    kept: Kept<'_>,
     stop: &AtomicBool,
 ) -> Result<()> {
+    let Kept {
+        table,
+        rules,
+        status,
+    } = kept;
     let mut events = VecDeque::new();
+    let mut backend_problem = None;
     while !stop.load(Ordering::Relaxed) {
         store.wait_change(WATCH_INTERVAL);
         let now = Now::read();
-        events.push_back(Event::Leases(store.leases().map_err(|e| e.to_string())));
+        // A store answering from its cache while unreachable counts as an outage: the
+        // table stays on the last leases and /healthz measures the outage.
+        let leases = match store.leases() {
+            Ok(_) if !store.reachable() => Err(format!("{} is unreachable", store.describe())),
+            r => r.map_err(|e| e.to_string()),
+        };
+        events.push_back(Event::Leases(leases));
         events.push_back(Event::Tick);
         while let Some(ev) = events.pop_front() {
             for action in policy.on(now, ev) {
                 match action {
                     Action::Publish(peers) => {
+                        tracing::debug!("forwarding table now {} peer(s)", peers.len());
                         table.replace_all(peers.iter().copied());
                         if let Some(r) = running.as_mut() {
                             r.peers_changed(&peers);
                         }
                     }
                     Action::Renew => {
+                        tracing::debug!("renewing lease {}", policy.lease().lease.key());
                         let r = crate::store::renew(store, policy.lease(), now.wall);
                         events.push_back(Event::Renewed(r.map_err(|e| e.to_string())));
                     }
@@ -364,9 +398,9 @@ pub fn control_loop(
                             r.resync()
                         }
                     }
-                    Action::CheckBackend => check_backend(running, start, policy),
-                    Action::Warn(w) => eprintln!("weft: warning: {w}"),
-                    Action::Info(m) => eprintln!("weft: {m}"),
+                    Action::CheckBackend => backend_problem = check_backend(running, start, policy),
+                    Action::Warn(w) => tracing::warn!("{w}"),
+                    Action::Info(m) => tracing::info!("{m}"),
                     Action::Revoked => {
                         return Err(Error::Revoked {
                             key: policy.lease().lease.key(),
@@ -376,34 +410,43 @@ pub fn control_loop(
                 }
             }
         }
+        status.set_problem(policy.problem(now).or_else(|| backend_problem.clone()));
     }
     Ok(())
 }
 
-/// Checks the running backend; repairs are logged, a broken one is replaced.
+/// Checks the running backend; repairs are logged, a broken one is replaced. Returns what
+/// is still wrong (a broken dataplane that could not be recreated), for `/healthz`.
 fn check_backend(
     running: &mut Option<Box<dyn Running>>,
     start: &dyn Fn() -> Result<Box<dyn Running>>,
     policy: &Policy,
-) {
+) -> Option<String> {
     let health = match running.as_mut() {
         Some(r) => r.check(),
         None => Health::Broken("the dataplane is not running".into()),
     };
     match health {
-        Health::Fine => {}
-        Health::Repaired(what) => eprintln!("weft: {what}"),
+        Health::Fine => None,
+        Health::Repaired(what) => {
+            tracing::warn!("{what}");
+            None
+        }
         Health::Broken(why) => {
-            eprintln!("weft: {why}; recreating the dataplane");
+            tracing::warn!("{why}; recreating the dataplane");
             // The old one first: it holds the device name and the ports.
             *running = None;
             match start() {
                 Ok(mut r) => {
                     r.peers_changed(policy.peers());
-                    eprintln!("weft: forwarding again with the {}", r.describe());
+                    tracing::info!("forwarding again with the {}", r.describe());
                     *running = Some(r);
+                    None
                 }
-                Err(e) => eprintln!("weft: warning: cannot recreate the dataplane (retrying): {e}"),
+                Err(e) => {
+                    tracing::error!("cannot recreate the dataplane (retrying): {e}");
+                    Some(format!("{why}, and the dataplane cannot be recreated: {e}"))
+                }
             }
         }
     }

@@ -83,7 +83,7 @@ pub struct Policy {
     next_renew: Instant,
     peers: Option<Vec<Peer>>,
     present: bool,
-    store_down: bool,
+    store_down_since: Option<Instant>,
 }
 
 impl Policy {
@@ -108,7 +108,7 @@ impl Policy {
             next_renew: now.mono,
             peers: None,
             present: true,
-            store_down: false,
+            store_down_since: None,
         }
     }
 
@@ -120,6 +120,21 @@ impl Policy {
     /// The live peers last published.
     pub fn peers(&self) -> &[Peer] {
         self.peers.as_deref().unwrap_or(&[])
+    }
+
+    /// What is wrong, for `/healthz`: the store unreachable (reads or renewals failing)
+    /// for longer than the renew margin, the window in which our lease must be renewed.
+    pub fn problem(&self, now: Now) -> Option<String> {
+        let since = self.store_down_since?;
+        let down = now.mono.saturating_duration_since(since);
+        (down > self.margin).then(|| {
+            format!(
+                "the lease store has been unreachable for {} s, longer than the renew margin ({} s): lease {} may expire",
+                down.as_secs(),
+                self.margin.as_secs(),
+                self.ours.lease.key()
+            )
+        })
     }
 
     /// Feeds one event; returns what to do, in order.
@@ -146,15 +161,15 @@ impl Policy {
             }
             Event::Leases(Err(e)) => {
                 // A store outage leaves the dataplane forwarding on the last leases.
-                if !self.store_down {
-                    self.store_down = true;
+                if self.store_down_since.is_none() {
+                    self.store_down_since = Some(now.mono);
                     out.push(Action::Warn(format!(
                         "cannot read leases (forwarding on the last ones; retrying): {e}"
                     )));
                 }
             }
             Event::Leases(Ok(leases)) => {
-                if std::mem::take(&mut self.store_down) {
+                if self.store_down_since.take().is_some() {
                     out.push(Action::Info("leases readable again".into()));
                 }
                 let mut peers: Vec<Peer> = leases
@@ -175,9 +190,11 @@ impl Policy {
             Event::Renewed(Ok(Some(l))) => {
                 self.ours = l;
                 self.present = true;
+                self.store_down_since = None;
             }
             Event::Renewed(Ok(None)) => out.push(Action::Revoked),
             Event::Renewed(Err(e)) => {
+                self.store_down_since.get_or_insert(now.mono);
                 self.next_renew = now.mono + RENEW_RETRY;
                 out.push(Action::Warn(format!(
                     "cannot renew lease {} (retrying in 1 min): {e}",
@@ -186,6 +203,32 @@ impl Policy {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::tests::start;
+    use super::*;
+
+    #[test]
+    fn a_store_unreachable_past_the_renew_margin_is_a_problem_until_it_answers() {
+        let (t0, mut p, ours) = start();
+        assert_eq!(p.problem(t0), None);
+        p.on(t0, Event::Leases(Err("connection refused".into())));
+        // Within the margin (1 h): forwarding on the last leases is fine.
+        let t1 = t0.after(Duration::from_secs(3599));
+        p.on(t1, Event::Leases(Err("connection refused".into())));
+        assert_eq!(p.problem(t1), None);
+        let t2 = t0.after(Duration::from_secs(3601));
+        let why = p.problem(t2).expect("unreachable past the margin");
+        assert!(why.contains("3601 s") && why.contains("3600 s"), "{why}");
+        // Answering again clears it.
+        p.on(t2, Event::Leases(Ok(vec![ours.clone()])));
+        assert_eq!(p.problem(t2.after(Duration::from_secs(7200))), None);
+        // A failed renewal starts the clock too.
+        p.on(t2, Event::Renewed(Err("timeout".into())));
+        assert!(p.problem(t2.after(Duration::from_secs(3601))).is_some());
     }
 }
 
@@ -215,7 +258,7 @@ mod tests {
         }
     }
 
-    fn start() -> (Now, Policy, Lease) {
+    pub(super) fn start() -> (Now, Policy, Lease) {
         let now = Now {
             mono: Instant::now(),
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),

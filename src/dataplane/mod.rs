@@ -61,15 +61,15 @@ pub(crate) fn open_socket(
     s.set_nonblocking(true)?;
     sys::set_pmtudisc_dont(&s)?;
     if let Err(e) = sys::force_buffers(&s, buffer.min(i32::MAX as u32) as i32) {
-        eprintln!("weft: warning: cannot size socket buffers: {e}");
+        tracing::warn!("cannot size socket buffers: {e}");
     }
     if let Err(e) = sys::enable_recv_tos(&s) {
-        eprintln!("weft: warning: no IP_RECVTOS ({e}); outer ECN marks are not propagated");
+        tracing::warn!("no IP_RECVTOS ({e}); outer ECN marks are not propagated");
     }
     if gro {
         // Probe: without UDP_GRO (Linux < 5.0) reads simply carry one datagram each.
         if let Err(e) = sys::enable_udp_gro(&s) {
-            eprintln!("weft: warning: UDP GRO unavailable ({e}); receiving one datagram per read");
+            tracing::warn!("UDP GRO unavailable ({e}); receiving one datagram per read");
         }
     }
     s.bind(&addr.into()).map_err(|e| {
@@ -202,6 +202,20 @@ impl Dataplane {
     pub(crate) fn tun_gone(&self) -> bool {
         self.tun_dead.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// The workers whose threads have ended although nobody asked them to stop (a panic or
+    /// a fatal error): their TUN queue and socket are no longer served.
+    pub(crate) fn dead_workers(&self) -> Vec<usize> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.threads
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_finished())
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 impl Drop for Dataplane {
@@ -210,8 +224,8 @@ impl Drop for Dataplane {
         for t in self.threads.drain(..) {
             match t.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("weft: worker failed: {e}"),
-                Err(_) => eprintln!("weft: worker panicked"),
+                Ok(Err(e)) => tracing::error!("worker failed: {e}"),
+                Err(_) => tracing::error!("worker panicked"),
             }
         }
     }

@@ -83,7 +83,7 @@ impl Worker {
                         .tun_dead
                         .swap(true, std::sync::atomic::Ordering::Relaxed)
                     {
-                        eprintln!("weft: TUN read failed ({e}): the device is gone");
+                        tracing::warn!("TUN read failed ({e}): the device is gone");
                     }
                     drained = true;
                     break;
@@ -160,7 +160,9 @@ impl Worker {
                 {
                     // No checksum offload on the route, or a kernel that refuses: fall back
                     // to one datagram per send for good, and say so once.
-                    eprintln!("weft: UDP GSO refused by the kernel ({e}); sending one datagram per syscall");
+                    tracing::warn!(
+                        "UDP GSO refused by the kernel ({e}); sending one datagram per syscall"
+                    );
                     self.offloads.gso = false;
                     runs = gso_runs(&b.sends, false);
                     runs.skip_to(run.start);
@@ -168,7 +170,7 @@ impl Worker {
                 Err(e) => {
                     if !self.send_error_logged {
                         self.send_error_logged = true;
-                        eprintln!("weft: underlay send to {dst} failed: {e} (counted in weft_send_errors_total; logged once)");
+                        tracing::warn!("underlay send to {dst} failed: {e} (counted in weft_send_errors_total; logged once)");
                     }
                     WorkerCounters::add(&c.send_errors, group.len() as u64)
                 }

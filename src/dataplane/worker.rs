@@ -98,10 +98,7 @@ impl Worker {
             let cores = core_affinity::get_core_ids().unwrap_or_default();
             if let Some(core) = cores.get(index % cores.len().max(1)) {
                 if !core_affinity::set_for_current(*core) {
-                    eprintln!(
-                        "weft: warning: cannot pin worker {index} to CPU {}",
-                        core.id
-                    );
+                    tracing::warn!("cannot pin worker {index} to CPU {}", core.id);
                 }
             }
         }

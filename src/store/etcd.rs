@@ -255,7 +255,7 @@ impl LeaseCache {
                 },
             )),
             Err(e) => {
-                eprintln!("weft: warning: skipping etcd key {name}: {e}");
+                tracing::warn!("skipping etcd key {name}: {e}");
                 None
             }
         }
@@ -440,8 +440,8 @@ impl EtcdStore {
                     lease,
                     raw: String::from_utf8_lossy(kv.value()).into_owned(),
                 }),
-                Err(e) => eprintln!(
-                    "weft: warning: skipping etcd key {}: {e}",
+                Err(e) => tracing::warn!(
+                    "skipping etcd key {}: {e}",
                     String::from_utf8_lossy(kv.key())
                 ),
             }
@@ -587,8 +587,8 @@ async fn watch_loop(mut c: Client, prefix: String, endpoints: String, shared: Ar
     let offline = |why: String, warned: &mut bool| {
         let mut w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
         if w.online || !*warned {
-            eprintln!(
-                "weft: warning: etcd at {endpoints} unreachable ({why}); forwarding on the last {} lease(s) and retrying",
+            tracing::warn!(
+                "etcd at {endpoints} unreachable ({why}); forwarding on the last {} lease(s) and retrying",
                 w.cache.len()
             );
             *warned = true;
@@ -644,8 +644,8 @@ async fn watch_loop(mut c: Client, prefix: String, endpoints: String, shared: Ar
             match stream.message().await {
                 Ok(Some(resp)) => {
                     if resp.compact_revision() > 0 {
-                        eprintln!(
-                            "weft: etcd compacted revision {from} away (now at {}); listing the leases again",
+                        tracing::info!(
+                            "etcd compacted revision {from} away (now at {}); listing the leases again",
                             resp.compact_revision()
                         );
                         need_list = true;
@@ -667,7 +667,7 @@ async fn watch_loop(mut c: Client, prefix: String, endpoints: String, shared: Ar
                         was
                     };
                     if was_offline && warned {
-                        eprintln!("weft: etcd at {endpoints} reachable again; watching leases from revision {from}");
+                        tracing::info!("etcd at {endpoints} reachable again; watching leases from revision {from}");
                         warned = false;
                     }
                     let header_rev = resp.header().map_or(0, |h| h.revision());
@@ -739,6 +739,11 @@ impl LeaseStore for EtcdStore {
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
         self.list_stored()
+    }
+
+    fn reachable(&self) -> bool {
+        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        !w.synced || w.online
     }
 
     fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError> {

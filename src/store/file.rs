@@ -248,7 +248,7 @@ impl LeaseStore for FileStore {
                     {
                         Ok(l) => Some(l),
                         Err(e) => {
-                            eprintln!("weft: warning: skipping lease file {}: {e}", path.display());
+                            tracing::warn!("skipping lease file {}: {e}", path.display());
                             None
                         }
                     }

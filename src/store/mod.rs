@@ -145,6 +145,12 @@ pub trait LeaseStore: Send {
 
     /// Where the store lives, for messages.
     fn describe(&self) -> String;
+
+    /// False while the store cannot be reached although `leases` still answers (from a
+    /// cache): the leases are then the last known, not current.
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
 /// Acquires (or reuses) this node's lease, race-free against other nodes, as flanneld
@@ -178,7 +184,7 @@ pub fn acquire(
             random.wrapping_add(attempt as u64),
         )?;
         for stale in &a.stale {
-            eprintln!("weft: deleting our lease {stale}: it no longer fits the network config");
+            tracing::info!("deleting our lease {stale}: it no longer fits the network config");
             store.remove(*stale)?;
         }
         let current = listed.iter().find(|s| s.lease.subnet == a.subnet);
