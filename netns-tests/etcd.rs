@@ -218,7 +218,8 @@ fn forwarding_survives_etcd_down_and_a_partition_across_a_compaction() {
                 .all(|i| {
                     std::fs::read_to_string(&c.nodes[i].log)
                         .unwrap()
-                        .matches("unreachable")
+                        // The store's own line ("etcd at URL unreachable (why)"), once per outage.
+                        .matches("unreachable (")
                         .count()
                         >= 2
                 })
