@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod kube;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
