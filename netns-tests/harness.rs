@@ -190,6 +190,8 @@ pub struct Cluster {
     pub etcd: Option<Etcd>,
     /// The cluster network.
     pub network: Ipv4Net,
+    /// Helper processes (the kube API stand-in), killed with the cluster.
+    helpers: Vec<Child>,
     _one: MutexGuard<'static, ()>,
 }
 
@@ -366,6 +368,7 @@ impl Cluster {
             namespaces: Vec::new(),
             etcd: None,
             network,
+            helpers: Vec::new(),
             _one: one,
         };
         FileStore::open(c.lease_dir())
@@ -558,6 +561,76 @@ impl Cluster {
         self.spawn_weft(0, &[]);
         self.spawn_weft(1, &[]);
         (self.finish_start(0).subnet, self.finish_start(1).subnet)
+    }
+
+    /// As `start_weft`, with `env` added to weft's environment.
+    pub fn start_weft_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) -> SubnetEnv {
+        self.spawn(i, extra, env);
+        self.finish_start(i)
+    }
+
+    /// Starts the kube-apiserver stand-in (the `kube-api-standin` example) in its own
+    /// namespace on the underlay, at 192.0.2.250:6443, with a bookmark every second on idle
+    /// watches; returns its URL. Talk to it with [`Cluster::kube`].
+    pub fn start_kube_api(&mut self) -> String {
+        let exe = self
+            .weft
+            .parent()
+            .expect("weft's directory")
+            .join("examples/kube-api-standin");
+        assert!(
+            exe.exists(),
+            "{} is missing: build with --all-targets (cargo test --all-targets builds it)",
+            exe.display()
+        );
+        let ns = self.add_host("api", 250);
+        let log = self.dir.join("kube-api.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&exe)
+            .args(["192.0.2.250:6443", "1"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the kube-apiserver stand-in");
+        self.helpers.push(child);
+        wait_for("the kube API stand-in", Duration::from_secs(10), || {
+            fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("listening on"))
+        });
+        "http://192.0.2.250:6443".into()
+    }
+
+    /// One request to the kube API stand-in, from its namespace, as kubectl or
+    /// kube-controller-manager would send it: (status code, JSON body).
+    pub fn kube(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let code = "import sys,urllib.request\nb=sys.argv[3].encode() if sys.argv[3] else None\nr=urllib.request.Request('http://192.0.2.250:6443'+sys.argv[2],data=b,method=sys.argv[1],headers={'Content-Type':sys.argv[4]})\ntry:\n  resp=urllib.request.urlopen(r,timeout=5)\nexcept urllib.error.HTTPError as e:\n  resp=e\nsys.stdout.write(str(resp.status)+'\\n'+resp.read().decode())";
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let ns = format!("{}-api", self.prefix);
+        let o = ns_run(&ns, &["python3", "-c", code, method, path, &body, ctype]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (status, json) = out.split_once('\n').unwrap_or_else(|| {
+            panic!(
+                "kube API call failed: {out}{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+        (
+            status.parse().unwrap(),
+            serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Starts weft on node `i` and returns at once (no waiting for anything); `env` adds
@@ -975,8 +1048,14 @@ impl Cluster {
     /// Programs the kernel node `i` for every other lease, as flanneld's vxlan backend does
     /// for each remote lease: ARP entry, FDB entry, then the onlink route.
     pub fn program_kernel_peers(&self, i: usize) {
+        self.program_kernel_peers_for(i, &self.leases());
+    }
+
+    /// As `program_kernel_peers`, for the leases given (a kube cluster's, read from the
+    /// nodes' annotations as flanneld reads them).
+    pub fn program_kernel_peers_for(&self, i: usize, leases: &[Lease]) {
         let ns = &self.nodes[i].ns;
-        for l in self.leases() {
+        for l in leases.iter().cloned() {
             if l.attrs.public_ip == self.nodes[i].ip {
                 continue;
             }
@@ -1230,6 +1309,10 @@ impl Drop for Cluster {
         }
         if let Some(mut e) = self.etcd.take() {
             e.stop();
+        }
+        for mut h in self.helpers.drain(..) {
+            let _ = h.kill();
+            let _ = h.wait();
         }
         for ns in self.namespaces.iter().rev() {
             kill_ns_processes(ns);

@@ -95,6 +95,30 @@ pub struct RunArgs {
     /// etcd password, with --etcd-username.
     #[arg(long, env = "WEFT_ETCD_PASSWORD")]
     pub etcd_password: Option<String>,
+    /// Leases are Kubernetes nodes: the subnet is the node's podCIDR, the lease data its
+    /// annotations, the config --net-config-path (flanneld's kube subnet manager). The node
+    /// is NODE_NAME.
+    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kube_subnet_mgr: bool,
+    /// The API server's URL (default: the kubeconfig's, else in-cluster).
+    #[arg(long, env = "WEFT_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// A kubeconfig file (default: in-cluster service account).
+    #[arg(long, env = "WEFT_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Prefix of the node annotations that hold the lease.
+    #[arg(long, env = "WEFT_KUBE_ANNOTATION_PREFIX", default_value = crate::store::kube::DEFAULT_PREFIX)]
+    pub kube_annotation_prefix: String,
+    /// net-conf.json, for --kube-subnet-mgr.
+    #[arg(
+        long,
+        env = "WEFT_NET_CONFIG_PATH",
+        default_value = "/etc/kube-flannel/net-conf.json"
+    )]
+    pub net_config_path: PathBuf,
+    /// Clear the node's NetworkUnavailable condition once forwarding (kube mode).
+    #[arg(long, env = "WEFT_SET_NODE_NETWORK_UNAVAILABLE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub set_node_network_unavailable: bool,
     /// Masquerade traffic from pods to outside the cluster network (flanneld's nat
     /// FLANNEL-POSTRTG rules); subnet.env then says FLANNEL_IPMASQ=true.
     #[arg(long, env = "WEFT_IP_MASQ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -111,6 +135,19 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The kube settings, if the Kubernetes API is the store. The node is `NODE_NAME`.
+    pub fn kube_options(&self) -> Option<crate::store::kube::KubeOptions> {
+        self.kube_subnet_mgr
+            .then(|| crate::store::kube::KubeOptions {
+                api_url: self.kube_api_url.clone(),
+                kubeconfig: self.kubeconfig_file.clone(),
+                prefix: self.kube_annotation_prefix.clone(),
+                net_config_path: self.net_config_path.clone(),
+                set_network_unavailable: self.set_node_network_unavailable,
+                node_name: std::env::var("NODE_NAME").unwrap_or_default(),
+            })
+    }
+
     /// The etcd settings, if etcd is the store.
     pub fn etcd_options(&self) -> Option<crate::store::etcd::EtcdOptions> {
         let endpoints = self.etcd_endpoints.as_ref()?;

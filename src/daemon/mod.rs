@@ -40,6 +40,7 @@ use crate::masq::InstalledRules;
 use crate::netlink::Netlink;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
+use crate::store::kube::KubeStore;
 use crate::store::{Acquired, LeaseStore};
 use crate::subnet_env::SubnetEnv;
 use policy::{Action, Event, Now, Policy};
@@ -56,6 +57,9 @@ type Result<T> = std::result::Result<T, Error>;
 
 /// Phase 2a: the lease store the flags select, seen only as a [`LeaseStore`].
 pub fn open_store(args: &RunArgs) -> Result<Box<dyn LeaseStore>> {
+    if let Some(o) = args.kube_options() {
+        return Ok(Box::new(KubeStore::open(&o).map_err(Error::Store)?));
+    }
     Ok(match args.etcd_options() {
         Some(o) => Box::new(EtcdStore::open(&o).map_err(Error::Store)?),
         None => Box::new(FileStore::open(&args.lease_dir).map_err(Error::LeaseDir)?),
@@ -72,7 +76,9 @@ pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) ->
                 tracing::info!("waiting for the network config: {e}");
                 std::thread::sleep(Duration::from_secs(1));
             }
-            Err(e) if args.etcd_endpoints.is_some() => return Err(Error::Store(e)),
+            Err(e) if args.etcd_endpoints.is_some() || args.kube_subnet_mgr => {
+                return Err(Error::Store(e))
+            }
             Err(source) => {
                 return Err(Error::FileConfig {
                     source,

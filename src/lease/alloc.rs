@@ -25,6 +25,8 @@ pub enum Source {
     Previous,
     /// A free subnet picked at random among the first [`RANDOM_POOL`].
     Fresh,
+    /// Assigned by someone else: the Kubernetes node's podCIDR.
+    Assigned,
 }
 
 /// The outcome of an allocation: what the caller writes to the store.

@@ -359,7 +359,7 @@ pub struct EtcdStore {
 
 fn remote(what: &str) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
     move |e| StoreError::Remote {
-        what: what.to_string(),
+        what: format!("etcd {what}"),
         detail: e.to_string(),
     }
 }
@@ -371,7 +371,7 @@ async fn deadline<T>(
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(r) => r.map_err(remote(what)),
         Err(_) => Err(StoreError::Remote {
-            what: what.to_string(),
+            what: format!("etcd {what}"),
             detail: format!("no answer within {CALL_TIMEOUT:?}"),
         }),
     }
@@ -388,7 +388,7 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Remote {
-                what: "runtime".into(),
+                what: "etcd runtime".into(),
                 detail: e.to_string(),
             })?;
         let options = opts.connect_options()?;

@@ -259,6 +259,465 @@ pub fn network_available_patch(now: &str) -> serde_json::Value {
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// The I/O half: a `LeaseStore` over the Kubernetes API.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+
+use super::{Acquired, LeaseStore, StoreError, Stored};
+use crate::config::NetConfig;
+
+/// How long one API call may take before it counts as a failure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Watches end after this (the server's own limit is higher); a new one follows.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// flanneld's kube flags.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// `--kube-api-url` (without it: the kubeconfig's, or in-cluster).
+    pub api_url: Option<String>,
+    /// `--kubeconfig-file`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-annotation-prefix`.
+    pub prefix: String,
+    /// `--net-config-path`: net-conf.json, from the manifest's ConfigMap.
+    pub net_config_path: PathBuf,
+    /// `--set-node-network-unavailable`: clear the node's NetworkUnavailable condition.
+    pub set_network_unavailable: bool,
+    /// This node (`NODE_NAME`).
+    pub node_name: String,
+}
+
+/// The nodes as last listed and watched.
+#[derive(Default)]
+struct Cache {
+    nodes: BTreeMap<String, Node>,
+    /// Bumped on every change.
+    generation: u64,
+    /// False while the API server cannot be reached (the nodes are then the last seen).
+    online: bool,
+    /// True once the first listing arrived.
+    synced: bool,
+}
+
+struct Shared {
+    cache: Mutex<Cache>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Cache)) {
+        let mut c = self.lock();
+        f(&mut c);
+        c.generation += 1;
+        self.changed.notify_all();
+    }
+}
+
+/// The kube subnet manager: leases are nodes (see the module documentation).
+pub struct KubeStore {
+    rt: tokio::runtime::Runtime,
+    api: Api<Node>,
+    opts: KubeOptions,
+    keys: Annotations,
+    url: String,
+    shared: Arc<Shared>,
+    seen_generation: u64,
+    watching: bool,
+}
+
+fn remote(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Remote {
+        what: format!("kube API: {what}"),
+        detail: e.to_string(),
+    }
+}
+
+async fn deadline<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| remote(what, e)),
+        Err(_) => Err(remote(what, format!("no answer within {CALL_TIMEOUT:?}"))),
+    }
+}
+
+impl KubeStore {
+    /// A client for `opts`: `--kube-api-url` alone (no credentials: a proxy or a test
+    /// server), a kubeconfig (with the URL overriding its server), or the in-cluster
+    /// service account. Connecting is lazy, as with etcd.
+    pub fn open(opts: &KubeOptions) -> Result<KubeStore, StoreError> {
+        let keys = Annotations::new(&opts.prefix).map_err(StoreError::Missing)?;
+        if opts.node_name.is_empty() {
+            return Err(StoreError::Missing(
+                "--kube-subnet-mgr needs the node's name in NODE_NAME (the manifest sets it from spec.nodeName)".into(),
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weft-kube")
+            .enable_all()
+            .build()
+            .map_err(|e| remote("runtime", e))?;
+        let config = rt.block_on(async {
+            let mut config = match &opts.kubeconfig {
+                Some(path) => {
+                    let kc = kube::config::Kubeconfig::read_from(path)
+                        .map_err(|e| format!("--kubeconfig-file {}: {e}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                        .await
+                        .map_err(|e| format!("--kubeconfig-file {}: {e}", path.display()))?
+                }
+                None => match &opts.api_url {
+                    Some(_) => {
+                        kube::Config::new("http://localhost".parse().map_err(|e| format!("{e}"))?)
+                    }
+                    None => kube::Config::incluster().map_err(|e| {
+                        format!("no --kube-api-url or --kubeconfig-file, and not in a pod: {e}")
+                    })?,
+                },
+            };
+            if let Some(url) = &opts.api_url {
+                config.cluster_url = url
+                    .parse()
+                    .map_err(|e| format!("--kube-api-url {url:?}: {e}"))?;
+            }
+            Ok::<_, String>(config)
+        });
+        let config = config.map_err(StoreError::Missing)?;
+        let url = config.cluster_url.to_string();
+        let client = {
+            let _guard = rt.enter();
+            kube::Client::try_from(config).map_err(|e| remote("client", e))?
+        };
+        Ok(KubeStore {
+            rt,
+            api: Api::all(client),
+            opts: opts.clone(),
+            keys,
+            url,
+            shared: Arc::new(Shared {
+                cache: Mutex::new(Cache::default()),
+                changed: Condvar::new(),
+            }),
+            seen_generation: u64::MAX,
+            watching: false,
+        })
+    }
+
+    fn start_watch(&mut self) {
+        if std::mem::replace(&mut self.watching, true) {
+            return;
+        }
+        let (api, shared, url) = (self.api.clone(), self.shared.clone(), self.url.clone());
+        self.rt.spawn(watch_loop(api, shared, url));
+    }
+
+    /// Our node, `None` if the API has no such node.
+    fn own_node(&self) -> Result<Option<Node>, StoreError> {
+        let name = self.opts.node_name.clone();
+        self.rt.block_on(deadline(
+            &format!("get node {name}"),
+            self.api.get_opt(&name),
+        ))
+    }
+
+    fn now_rfc3339() -> String {
+        humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    }
+
+    /// Writes our annotations if they differ (through `nodes/status`, as flanneld does, so
+    /// the rights are flanneld's) and returns the lease as advertised.
+    fn ensure_own(
+        &self,
+        node: &Node,
+        attrs: &LeaseAttrs,
+        subnet: Ipv4Net,
+        now: SystemTime,
+    ) -> Result<Stored, StoreError> {
+        let (effective, patch) = own_annotations(node, &self.keys, attrs);
+        if let Some(p) = patch {
+            let name = self.opts.node_name.clone();
+            self.rt.block_on(deadline(
+                &format!("patch node {name} annotations"),
+                self.api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(p)),
+            ))?;
+        }
+        Ok(Stored::ours(Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: effective,
+            expiration: Some(now + KUBE_LEASE_TTL),
+        }))
+    }
+}
+
+/// Lists the nodes, then watches from the list's resourceVersion; a 410 (or any break)
+/// lists again. While the API server is away the cache keeps the last nodes.
+async fn watch_loop(api: Api<Node>, shared: Arc<Shared>, url: String) {
+    let mut rv: Option<String> = None;
+    let mut warned = false;
+    loop {
+        if rv.is_none() {
+            match deadline("list nodes", api.list(&ListParams::default())).await {
+                Ok(list) => {
+                    rv = list.metadata.resource_version.clone();
+                    shared.update(|c| {
+                        c.nodes = list
+                            .items
+                            .into_iter()
+                            .filter_map(|n| Some((n.metadata.name.clone()?, n)))
+                            .collect();
+                        c.synced = true;
+                        c.online = true;
+                    });
+                    if std::mem::take(&mut warned) {
+                        tracing::info!("kube API at {url} reachable again; watching nodes");
+                    }
+                }
+                Err(e) => {
+                    offline(&shared, &url, &e.to_string(), &mut warned);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let from = rv.clone().unwrap_or_default();
+        let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+        let stream = match deadline("watch nodes", api.watch(&params, &from)).await {
+            Ok(s) => s,
+            Err(e) => {
+                offline(&shared, &url, &e.to_string(), &mut warned);
+                rv = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut stream = stream.boxed();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+                    rv = n.metadata.resource_version.clone().or(rv);
+                    if let Some(name) = n.metadata.name.clone() {
+                        shared.update(|c| {
+                            c.nodes.insert(name, n);
+                        });
+                    }
+                }
+                Ok(Some(WatchEvent::Deleted(n))) => {
+                    rv = n.metadata.resource_version.clone().or(rv);
+                    if let Some(name) = n.metadata.name.as_deref() {
+                        shared.update(|c| {
+                            c.nodes.remove(name);
+                        });
+                    }
+                }
+                Ok(Some(WatchEvent::Bookmark(b))) => rv = Some(b.metadata.resource_version),
+                Ok(Some(WatchEvent::Error(e))) => {
+                    if e.code == 410 {
+                        tracing::info!(
+                            "kube watch expired ({}); listing the nodes again",
+                            e.message
+                        );
+                    } else {
+                        tracing::warn!("kube watch error {}: {}; listing again", e.code, e.message);
+                    }
+                    rv = None;
+                    break;
+                }
+                // The server ended the watch (its timeout): watch again from rv.
+                Ok(None) => break,
+                Err(e) => {
+                    offline(&shared, &url, &e.to_string(), &mut warned);
+                    rv = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn offline(shared: &Shared, url: &str, why: &str, warned: &mut bool) {
+    let mut c = shared.lock();
+    if !*warned {
+        tracing::warn!(
+            "kube API at {url} unreachable ({why}); forwarding on the last {} node(s) and retrying",
+            c.nodes.len()
+        );
+        *warned = true;
+    }
+    c.online = false;
+}
+
+impl LeaseStore for KubeStore {
+    fn config(&self) -> Result<NetConfig, StoreError> {
+        let path = &self.opts.net_config_path;
+        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        NetConfig::parse(&text).map_err(|source| StoreError::Config {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        self.start_watch();
+        let c = self.shared.lock();
+        let nodes: Vec<Node> = if c.synced {
+            self.seen_generation = c.generation;
+            c.nodes.values().cloned().collect()
+        } else {
+            drop(c);
+            // Before the watch's first listing: list directly.
+            self.rt
+                .block_on(deadline(
+                    "list nodes",
+                    self.api.list(&ListParams::default()),
+                ))?
+                .items
+        };
+        let now = SystemTime::now();
+        Ok(nodes
+            .iter()
+            .filter_map(|n| match node_lease(n, &self.keys, now) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!("skipping {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
+        Ok(self.leases()?.into_iter().map(Stored::ours).collect())
+    }
+
+    fn create(&mut self, _lease: &Lease) -> Result<Option<Stored>, StoreError> {
+        Err(StoreError::Missing(
+            "the kube subnet manager does not allocate: the node's podCIDR is its lease".into(),
+        ))
+    }
+
+    /// Renewal: our annotations are made right again (flanneld never renews in kube
+    /// mode; weft also repairs annotations someone removed). Our node gone: revoked.
+    fn update(&mut self, lease: &Lease, _expect: &str) -> Result<Option<Stored>, StoreError> {
+        let Some(node) = self.own_node()? else {
+            return Ok(None);
+        };
+        let now = SystemTime::now();
+        self.ensure_own(&node, &lease.attrs, lease.subnet, now)
+            .map(Some)
+    }
+
+    fn remove(&mut self, _subnet: Ipv4Net) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn assigned(
+        &mut self,
+        cfg: &NetConfig,
+        attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
+        now: SystemTime,
+    ) -> Option<Result<Acquired, StoreError>> {
+        Some((|| {
+            let name = self.opts.node_name.clone();
+            let node = self.own_node()?.ok_or_else(|| {
+                StoreError::Missing(format!(
+                    "node {name} is not registered (yet) in the Kubernetes API"
+                ))
+            })?;
+            let subnet = pod_cidr_v4(&node)
+                .map_err(StoreError::Missing)?
+                .ok_or_else(|| {
+                    StoreError::Missing(format!(
+                        "node {name} pod cidr not assigned (waiting for kube-controller-manager)"
+                    ))
+                })?;
+            if !cfg.network.contains(&subnet.network())
+                || subnet.prefix_len() < cfg.network.prefix_len()
+            {
+                return Err(StoreError::Invalid(format!(
+                    "node {name}: its podCIDR {subnet} is outside the Network {} of {} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)",
+                    cfg.network,
+                    self.opts.net_config_path.display()
+                )));
+            }
+            // The VTEP MAC survives restarts: our previous annotations are our lease.
+            let mut previous = node_lease(&node, &self.keys, now).ok().flatten();
+            if previous.is_none() {
+                previous = stored_mac(&node, &self.keys).map(|mac| Lease {
+                    subnet,
+                    ipv6_subnet: None,
+                    attrs: LeaseAttrs::vxlan(
+                        Ipv4Addr::UNSPECIFIED,
+                        VxlanBackendData {
+                            vni: 1,
+                            vtep_mac: mac,
+                        },
+                    ),
+                    expiration: None,
+                });
+            }
+            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), subnet, now)?;
+            if self.opts.set_network_unavailable {
+                let p = network_available_patch(&Self::now_rfc3339());
+                self.rt.block_on(deadline(
+                    &format!("patch node {name} status"),
+                    self.api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(p)),
+                ))?;
+            }
+            Ok(Acquired {
+                stored,
+                source: crate::lease::alloc::Source::Assigned,
+                attempts: 1,
+            })
+        })())
+    }
+
+    fn wait_change(&mut self, timeout: Duration) {
+        self.start_watch();
+        let c = self.shared.lock();
+        let seen = self.seen_generation;
+        if c.generation != seen {
+            return;
+        }
+        let _ = self
+            .shared
+            .changed
+            .wait_timeout_while(c, timeout, |c| c.generation == seen);
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the Kubernetes API at {} (node {})",
+            self.url, self.opts.node_name
+        )
+    }
+
+    fn reachable(&self) -> bool {
+        let c = self.shared.lock();
+        !c.synced || c.online
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

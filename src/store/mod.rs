@@ -43,8 +43,9 @@ pub enum StoreError {
     /// No subnet could be allocated.
     #[error(transparent)]
     Alloc(#[from] AllocError),
-    /// A remote store (etcd) failed or could not be reached.
-    #[error("etcd {what}: {detail}")]
+    /// A remote store (etcd, the Kubernetes API) failed or could not be reached; `what`
+    /// names the store and the operation.
+    #[error("{what}: {detail}")]
     Remote {
         /// The operation.
         what: String,
@@ -54,6 +55,9 @@ pub enum StoreError {
     /// A key the store needs is absent.
     #[error("{0}")]
     Missing(String),
+    /// The store holds something weft must not use (say a podCIDR outside the Network).
+    #[error("{0}")]
+    Invalid(String),
     /// Another node kept winning the race for a subnet.
     #[error(
         "could not create a lease after {0} attempts: other nodes kept taking the chosen subnet"
@@ -133,6 +137,18 @@ pub trait LeaseStore: Send {
     /// Removes the lease of `subnet`, if there is one.
     fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError>;
 
+    /// For stores where something else assigns the subnet (Kubernetes: the node's
+    /// podCIDR), our lease, written with `attrs(our previous lease)`; `None` (the default)
+    /// where weft allocates through the primitives above.
+    fn assigned(
+        &mut self,
+        _cfg: &NetConfig,
+        _attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
+        _now: SystemTime,
+    ) -> Option<Result<Acquired, StoreError>> {
+        None
+    }
+
     /// Serializes allocation with other local nodes, where the store needs it.
     fn lock(&mut self) -> Result<StoreLock, StoreError> {
         Ok(StoreLock::none())
@@ -168,6 +184,9 @@ pub fn acquire(
     random: u64,
     attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
 ) -> Result<Acquired, StoreError> {
+    if let Some(assigned) = store.assigned(cfg, attrs, now) {
+        return assigned;
+    }
     let _lock = store.lock()?;
     // Subnets we failed to take (someone holds them, perhaps in a form we cannot read):
     // taken, for us, in the next rounds.

@@ -1,0 +1,294 @@
+//! weft as flanneld's kube subnet manager (`--kube-subnet-mgr`), against the kube-apiserver
+//! stand-in (`kube_api.rs`; no real kube-apiserver can be installed here): nodes whose
+//! podCIDRs the test assigns, as kube-controller-manager would, become leases; weft writes
+//! flanneld's annotations and clears NetworkUnavailable; pods set up through weft-cni reach
+//! each other; a deleted node's lease leaves every table; a restart keeps the VTEP MAC.
+//! Root only, like the rest.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use harness::{iperf3, Cluster, Kind};
+use serde_json::{json, Value};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const P: &str = "flannel.alpha.coreos.com/";
+
+fn weft() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// Registers node `i` (named n<i+1>) with podCIDR 10.244.<i+1>.0/24, as the kubelet and
+/// kube-controller-manager would, and starts weft there in kube mode.
+fn kube_node(c: &mut Cluster, url: &str, conf: &Path) -> usize {
+    let i = c.add_node(Kind::Weft);
+    let name = format!("n{}", i + 1);
+    let cidr = format!("10.244.{}.0/24", i + 1);
+    let (code, _) = c.kube(
+        "POST",
+        "/api/v1/nodes",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+                "status": {"conditions": [{"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}]}}),
+    );
+    assert_eq!(code, 201);
+    let conf = conf.display().to_string();
+    c.start_weft_env(
+        i,
+        &[
+            "--kube-subnet-mgr",
+            "--kube-api-url",
+            url,
+            "--net-config-path",
+            &conf,
+        ],
+        &[("NODE_NAME", &name)],
+    );
+    i
+}
+
+/// Waits until every running node's table holds exactly `n` subnets; returns how long.
+fn tables_hold(c: &Cluster, n: usize, what: &str) -> Duration {
+    let start = Instant::now();
+    for i in 0..c.nodes.len() {
+        if c.nodes[i].child.is_some() {
+            harness::wait_for(what, Duration::from_secs(10), || {
+                (c.table(i).len() == n).then_some(())
+            });
+        }
+    }
+    start.elapsed()
+}
+
+fn node(c: &Cluster, name: &str) -> Value {
+    let (code, n) = c.kube(
+        "GET",
+        &format!("/api/v1/nodes/{name}"),
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 200, "{n}");
+    n
+}
+
+#[test]
+fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, VXLAN).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        kube_node(&mut c, &url, &conf);
+    }
+    let started = t0.elapsed();
+    for i in 0..3 {
+        let env = weft::subnet_env::SubnetEnv::read(&c.nodes[i].subnet_file).unwrap();
+        assert_eq!(
+            env.subnet.to_string(),
+            format!("10.244.{}.0/24", i + 1),
+            "subnet.env is not the podCIDR"
+        );
+        c.add_pod(i, None);
+    }
+    tables_hold(&c, 3, "every table to hold the 3 nodes");
+
+    // The annotations and the condition, as flanneld writes them.
+    let n1 = node(&c, "n1");
+    let a = &n1["metadata"]["annotations"];
+    assert_eq!(a[format!("{P}kube-subnet-manager")], "true");
+    assert_eq!(a[format!("{P}backend-type")], "vxlan");
+    assert_eq!(a[format!("{P}public-ip")], "192.0.2.1");
+    let data = a[format!("{P}backend-data")].as_str().unwrap().to_string();
+    assert!(
+        data.starts_with(r#"{"VNI":1,"VtepMAC":""#) && data.ends_with(r#""}"#),
+        "{data}"
+    );
+    let conds = n1["status"]["conditions"].as_array().unwrap();
+    let nu = conds
+        .iter()
+        .find(|c| c["type"] == "NetworkUnavailable")
+        .unwrap();
+    assert_eq!(
+        (nu["status"].as_str(), nu["reason"].as_str()),
+        (Some("False"), Some("FlannelIsUp"))
+    );
+
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (p1, p3) = (c.nodes[0].pods[0].clone(), c.nodes[2].pods[0].clone());
+    let r = iperf3(&p1, &p3, 2, None);
+    assert!(r.bytes > 0.0);
+
+    // A node deleted from the API: its lease leaves every other table.
+    c.stop_weft(2);
+    let (code, _) = c.kube(
+        "DELETE",
+        "/api/v1/nodes/n3",
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 200);
+    let gone = tables_hold(&c, 2, "the deleted node's lease to leave the tables");
+
+    // A restart keeps the VTEP MAC (read back from backend-data).
+    assert!(c.stop_weft(0));
+    let conf_s = conf.display().to_string();
+    c.start_weft_env(
+        0,
+        &[
+            "--kube-subnet-mgr",
+            "--kube-api-url",
+            &url,
+            "--net-config-path",
+            &conf_s,
+        ],
+        &[("NODE_NAME", "n1")],
+    );
+    let after = node(&c, "n1");
+    assert_eq!(
+        after["metadata"]["annotations"][format!("{P}backend-data")],
+        data.as_str(),
+        "the VTEP MAC changed"
+    );
+    tables_hold(&c, 2, "node 1's table after the restart");
+    let o = harness::ns_run(
+        &p1.ns,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &c.nodes[1].pods[0].ip.to_string(),
+        ],
+    );
+    assert!(o.status.success(), "ping after the restart failed");
+    harness::figure(&format!(
+        "kube subnet manager: 3 nodes started (subnet.env written) in {:.2} s; iperf3 n1 -> n3 {:.2} Gbit/s; deleted node out of both tables in {} ms",
+        started.as_secs_f64(),
+        r.bps / 1e9,
+        gone.as_millis()
+    ));
+}
+
+/// The leases the API holds, as flanneld reads nodes (for programming the "stock flannel"
+/// kernel node, which plays flanneld's part here).
+fn api_leases(c: &Cluster) -> Vec<weft::lease::Lease> {
+    let (_, list) = c.kube("GET", "/api/v1/nodes", "application/json", &Value::Null);
+    let keys = weft::store::kube::Annotations::new(weft::store::kube::DEFAULT_PREFIX).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| {
+            let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(n.clone()).unwrap();
+            weft::store::kube::node_lease(&n, &keys, std::time::SystemTime::now())
+                .ok()
+                .flatten()
+        })
+        .collect()
+}
+
+/// A "stock flannel" node whose Node object carries the annotations exactly as flanneld's
+/// vxlan backend writes them (literal strings, not weft's writer) joins two weft nodes:
+/// weft reads it as a vxlan peer and pods on all three reach each other. Then the API
+/// server becomes unreachable for 8 s under iperf3: forwarding goes on every second, and a
+/// node deleted meanwhile leaves the tables once the API is back.
+#[test]
+fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, VXLAN).unwrap();
+    for _ in 0..2 {
+        kube_node(&mut c, &url, &conf);
+    }
+    // Node 3: flannel.1 as flanneld configures it; its Node as flanneld leaves it.
+    let k = c.add_node(Kind::KernelVxlan);
+    c.start_kernel_node(k, "10.244.3.0/24".parse().unwrap());
+    let (code, _) = c.kube(
+        "POST",
+        "/api/v1/nodes",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "n3", "annotations": {
+                    "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:03:01\"}",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/public-ip": "192.0.2.3"}},
+                "spec": {"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"]}}),
+    );
+    assert_eq!(code, 201);
+    tables_hold(&c, 3, "the weft nodes to see the flanneld node");
+    for i in 0..3 {
+        c.add_pod(i, None);
+    }
+    c.program_kernel_peers_for(k, &api_leases(&c));
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+
+    // The API server unreachable (both directions dropped) for 8 s under iperf3, and a
+    // node deleted meanwhile.
+    let (a, b) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    let traffic =
+        std::thread::spawn(move || harness::iperf3_json(&a, &b, &["-t", "12", "-i", "1"]));
+    std::thread::sleep(Duration::from_secs(2));
+    let api_ns = format!("{}-api", c.prefix);
+    // On the underlay side only: the test itself still reaches the API over loopback.
+    let rules = [["INPUT", "-i", "--dport"], ["OUTPUT", "-o", "--sport"]];
+    for [chain, dir, port] in rules {
+        harness::ns_sh(
+            &api_ns,
+            &[
+                "iptables", "-I", chain, dir, "eth0", "-p", "tcp", port, "6443", "-j", "DROP",
+            ],
+        );
+    }
+    // Deleted while the nodes cannot hear it (from inside the API's namespace).
+    let (code, _) = c.kube(
+        "DELETE",
+        "/api/v1/nodes/n3",
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 200);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        c.table(0).len(),
+        3,
+        "a table changed while the API was unreachable"
+    );
+    for [chain, dir, port] in rules {
+        harness::ns_sh(
+            &api_ns,
+            &[
+                "iptables", "-D", chain, dir, "eth0", "-p", "tcp", port, "6443", "-j", "DROP",
+            ],
+        );
+    }
+    let v = traffic.join().unwrap().expect("iperf3 failed");
+    let per_second: Vec<f64> = v["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+        .collect();
+    let slowest = per_second.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        slowest > 0.0,
+        "a second without traffic during the API outage: {per_second:?}"
+    );
+    let back = tables_hold(&c, 2, "the deletion to arrive once the API is back");
+    harness::figure(&format!(
+        "kube API unreachable 8 s under iperf3: slowest second {:.2} Gbit/s; the node deleted meanwhile left the tables {} ms after the API came back",
+        slowest / 1e9,
+        back.as_millis()
+    ));
+}
