@@ -22,8 +22,10 @@ fn weft() -> &'static Path {
 }
 
 /// Registers node `i` (named n<i+1>) with podCIDR 10.244.<i+1>.0/24, as the kubelet and
-/// kube-controller-manager would, and starts weft there in kube mode.
-fn kube_node(c: &mut Cluster, url: &str, conf: &Path) -> usize {
+/// kube-controller-manager would, and starts weft there in kube mode, told its node by
+/// NODE_NAME or (`by_pod`) only by POD_NAMESPACE/POD_NAME, as kube-flannel.yml tells
+/// flanneld, with the pod registered on that node.
+fn kube_node_as(c: &mut Cluster, url: &str, conf: &Path, by_pod: bool) -> usize {
     let i = c.add_node(Kind::Weft);
     let name = format!("n{}", i + 1);
     let cidr = format!("10.244.{}.0/24", i + 1);
@@ -37,18 +39,36 @@ fn kube_node(c: &mut Cluster, url: &str, conf: &Path) -> usize {
     );
     assert_eq!(code, 201);
     let conf = conf.display().to_string();
-    c.start_weft_env(
-        i,
-        &[
-            "--kube-subnet-mgr",
-            "--kube-api-url",
-            url,
-            "--net-config-path",
-            &conf,
-        ],
-        &[("NODE_NAME", &name)],
-    );
+    let args = [
+        "--kube-subnet-mgr",
+        "--kube-api-url",
+        url,
+        "--net-config-path",
+        &conf,
+    ];
+    if by_pod {
+        let pod = format!("kube-weft-ds-{}", i + 1);
+        let (code, _) = c.kube(
+            "POST",
+            "/api/v1/namespaces/kube-weft/pods",
+            "application/json",
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
+                    "spec": {"nodeName": name, "containers": [{"name": "kube-weft", "image": "weft"}]}}),
+        );
+        assert_eq!(code, 201);
+        c.start_weft_env(
+            i,
+            &args,
+            &[("POD_NAME", &pod), ("POD_NAMESPACE", "kube-weft")],
+        );
+    } else {
+        c.start_weft_env(i, &args, &[("NODE_NAME", &name)]);
+    }
     i
+}
+
+fn kube_node(c: &mut Cluster, url: &str, conf: &Path) -> usize {
+    kube_node_as(c, url, conf, false)
 }
 
 /// Waits until every running node's table holds exactly `n` subnets; returns how long.
@@ -82,8 +102,9 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
     let conf = c.dir.join("net-conf.json");
     std::fs::write(&conf, VXLAN).unwrap();
     let t0 = Instant::now();
-    for _ in 0..3 {
-        kube_node(&mut c, &url, &conf);
+    for i in 0..3 {
+        // Node 2 finds its node through its pod, as flanneld does in kube-flannel.yml.
+        kube_node_as(&mut c, &url, &conf, i == 1);
     }
     let started = t0.elapsed();
     for i in 0..3 {
@@ -96,6 +117,31 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         c.add_pod(i, None);
     }
     tables_hold(&c, 3, "every table to hold the 3 nodes");
+    // A node added to the API (annotated, as a running flanneld leaves it) reaches every
+    // table; then it goes again.
+    let t = Instant::now();
+    let (code, _) = c.kube(
+        "POST",
+        "/api/v1/nodes",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "n9", "annotations": {
+                    "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:09:01\"}",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/public-ip": "192.0.2.9"}},
+                "spec": {"podCIDR": "10.244.9.0/24"}}),
+    );
+    assert_eq!(code, 201);
+    tables_hold(&c, 4, "an added node to reach every table");
+    let added = t.elapsed();
+    c.kube(
+        "DELETE",
+        "/api/v1/nodes/n9",
+        "application/json",
+        &Value::Null,
+    );
+    tables_hold(&c, 3, "the added node to go");
 
     // The annotations and the condition, as flanneld writes them.
     let n1 = node(&c, "n1");
@@ -171,8 +217,9 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
     );
     assert!(o.status.success(), "ping after the restart failed");
     harness::figure(&format!(
-        "kube subnet manager: 3 nodes started (subnet.env written) in {:.2} s; iperf3 n1 -> n3 {:.2} Gbit/s; deleted node out of both tables in {} ms",
+        "kube subnet manager: 3 nodes started (subnet.env written) in {:.2} s; a node added to the API in all 3 tables in {} ms; iperf3 n1 -> n3 {:.2} Gbit/s; deleted node out of both tables in {} ms",
         started.as_secs_f64(),
+        added.as_millis(),
         r.bps / 1e9,
         gone.as_millis()
     ));

@@ -10,6 +10,8 @@
 //!   asked for, and for an RV older than the last compaction one `ERROR` event carrying a
 //!   410 `Expired` Status, then the end of the stream;
 //! - `GET /api/v1/nodes/NAME`, `POST /api/v1/nodes`, `DELETE /api/v1/nodes/NAME`;
+//! - `POST /api/v1/namespaces/NS/pods`, `GET /api/v1/namespaces/NS/pods/NAME` (stored as
+//!   given: weft reads its pod's `spec.nodeName` when NODE_NAME is not set);
 //! - `PATCH /api/v1/nodes/NAME[/status]` with `application/merge-patch+json` (RFC 7386)
 //!   or `application/strategic-merge-patch+json` (maps merge; `status.conditions` merge
 //!   by `type`, as their patchMergeKey says; other lists replace). As on the real server
@@ -44,6 +46,9 @@ struct Change {
 struct State {
     rv: u64,
     nodes: BTreeMap<String, Value>,
+    /// Pods by (namespace, name): stored and read back only (weft reads its own pod to
+    /// find its node, as flanneld does without NODE_NAME).
+    pods: BTreeMap<(String, String), Value>,
     log: Vec<Change>,
     /// Watches from a resourceVersion below this get 410 (and the log holds nothing
     /// older).
@@ -473,6 +478,36 @@ fn serve(server: Arc<Server>, conn: TcpStream) {
             }
             ("PATCH", ["api", "v1", "nodes", name, "status"]) => {
                 server.patch(name, true, &req.content_type, &req.body)
+            }
+            ("POST", ["api", "v1", "namespaces", ns, "pods"]) => {
+                match serde_json::from_slice::<Value>(&req.body) {
+                    Ok(mut p) => {
+                        let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        let mut st = server.lock();
+                        st.rv += 1;
+                        p["kind"] = json!("Pod");
+                        p["apiVersion"] = json!("v1");
+                        p["metadata"]["namespace"] = json!(ns);
+                        p["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                        st.pods.insert((ns.to_string(), name), p.clone());
+                        (201, p)
+                    }
+                    Err(e) => (400, status(400, "BadRequest", &e.to_string(), None)),
+                }
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
+                match server.lock().pods.get(&(ns.to_string(), name.to_string())) {
+                    Some(p) => (200, p.clone()),
+                    None => (
+                        404,
+                        status(
+                            404,
+                            "NotFound",
+                            &format!("pods \"{name}\" not found"),
+                            Some(json!({"name": name, "kind": "pods"})),
+                        ),
+                    ),
+                }
             }
             ("POST", ["standin", "compact"]) => {
                 let mut st = server.lock();

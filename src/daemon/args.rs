@@ -145,6 +145,10 @@ impl RunArgs {
                 net_config_path: self.net_config_path.clone(),
                 set_network_unavailable: self.set_node_network_unavailable,
                 node_name: std::env::var("NODE_NAME").unwrap_or_default(),
+                pod: std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .zip(std::env::var("POD_NAME").ok())
+                    .filter(|(ns, name)| !ns.is_empty() && !name.is_empty()),
             })
     }
 

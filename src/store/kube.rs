@@ -291,9 +291,22 @@ pub struct KubeOptions {
     pub net_config_path: PathBuf,
     /// `--set-node-network-unavailable`: clear the node's NetworkUnavailable condition.
     pub set_network_unavailable: bool,
-    /// This node (`NODE_NAME`).
+    /// This node (`NODE_NAME`); when empty, the node of the pod `pod` (namespace, name),
+    /// as flanneld falls back to `POD_NAMESPACE`/`POD_NAME`.
     pub node_name: String,
+    /// Our pod, for finding the node when `node_name` is empty.
+    pub pod: Option<(String, String)>,
 }
+
+/// Every Kubernetes API call weft makes, as (resource, verb): what the manifest's
+/// ClusterRole must grant, no more (`tests/manifest.rs` checks it).
+pub const API_CALLS: &[(&str, &str)] = &[
+    ("nodes", "get"),
+    ("nodes", "list"),
+    ("nodes", "watch"),
+    ("nodes/status", "patch"),
+    ("pods", "get"),
+];
 
 /// The nodes as last listed and watched.
 #[derive(Default)]
@@ -335,6 +348,8 @@ pub struct KubeStore {
     shared: Arc<Shared>,
     seen_generation: u64,
     watching: bool,
+    /// The node name found through our pod.
+    resolved: std::sync::OnceLock<String>,
 }
 
 fn remote(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -360,9 +375,9 @@ impl KubeStore {
     /// service account. Connecting is lazy, as with etcd.
     pub fn open(opts: &KubeOptions) -> Result<KubeStore, StoreError> {
         let keys = Annotations::new(&opts.prefix).map_err(StoreError::Missing)?;
-        if opts.node_name.is_empty() {
-            return Err(StoreError::Missing(
-                "--kube-subnet-mgr needs the node's name in NODE_NAME (the manifest sets it from spec.nodeName)".into(),
+        if opts.node_name.is_empty() && opts.pod.is_none() {
+            return Err(StoreError::Invalid(
+                "--kube-subnet-mgr needs the node's name: set NODE_NAME (the manifest sets it from spec.nodeName), or POD_NAME and POD_NAMESPACE".into(),
             ));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -414,6 +429,7 @@ impl KubeStore {
             }),
             seen_generation: u64::MAX,
             watching: false,
+            resolved: std::sync::OnceLock::new(),
         })
     }
 
@@ -425,9 +441,34 @@ impl KubeStore {
         self.rt.spawn(watch_loop(api, shared, url));
     }
 
+    /// Our node's name: NODE_NAME, else the `spec.nodeName` of our pod (looked up once).
+    fn name(&self) -> Result<String, StoreError> {
+        if !self.opts.node_name.is_empty() {
+            return Ok(self.opts.node_name.clone());
+        }
+        if let Some(n) = self.resolved.get() {
+            return Ok(n.clone());
+        }
+        let (ns, pod) = self.opts.pod.clone().unwrap_or_default();
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.api.clone().into_client(), &ns);
+        let p = self
+            .rt
+            .block_on(deadline(&format!("get pod {ns}/{pod}"), pods.get(&pod)))?;
+        let node = p
+            .spec
+            .and_then(|s| s.node_name)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                StoreError::Missing(format!("pod {ns}/{pod} is not scheduled on a node yet"))
+            })?;
+        tracing::info!("node {node}, from pod {ns}/{pod}");
+        Ok(self.resolved.get_or_init(|| node).clone())
+    }
+
     /// Our node, `None` if the API has no such node.
     fn own_node(&self) -> Result<Option<Node>, StoreError> {
-        let name = self.opts.node_name.clone();
+        let name = self.name()?;
         self.rt.block_on(deadline(
             &format!("get node {name}"),
             self.api.get_opt(&name),
@@ -449,7 +490,7 @@ impl KubeStore {
     ) -> Result<Stored, StoreError> {
         let (effective, patch) = own_annotations(node, &self.keys, attrs);
         if let Some(p) = patch {
-            let name = self.opts.node_name.clone();
+            let name = self.name()?;
             self.rt.block_on(deadline(
                 &format!("patch node {name} annotations"),
                 self.api
@@ -637,7 +678,7 @@ impl LeaseStore for KubeStore {
         now: SystemTime,
     ) -> Option<Result<Acquired, StoreError>> {
         Some((|| {
-            let name = self.opts.node_name.clone();
+            let name = self.name()?;
             let node = self.own_node()?.ok_or_else(|| {
                 StoreError::Missing(format!(
                     "node {name} is not registered (yet) in the Kubernetes API"
@@ -708,7 +749,11 @@ impl LeaseStore for KubeStore {
     fn describe(&self) -> String {
         format!(
             "the Kubernetes API at {} (node {})",
-            self.url, self.opts.node_name
+            self.url,
+            self.resolved
+                .get()
+                .cloned()
+                .unwrap_or_else(|| self.opts.node_name.clone())
         )
     }
 
