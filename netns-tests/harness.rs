@@ -696,7 +696,9 @@ impl Cluster {
         n.child = Some(child);
     }
 
-    fn finish_start(&mut self, i: usize) -> SubnetEnv {
+    /// Waits for weft on node `i`, spawned by `spawn_weft_env`, to write subnet.env and answer
+    /// `/healthz` with ok.
+    pub fn finish_start(&mut self, i: usize) -> SubnetEnv {
         let n = &self.nodes[i];
         let (file, logp) = (n.subnet_file.clone(), n.log.clone());
         let env = wait_for(

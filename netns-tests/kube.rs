@@ -243,20 +243,56 @@ fn api_leases(c: &Cluster) -> Vec<weft::lease::Lease> {
         .collect()
 }
 
-/// A "stock flannel" node whose Node object carries the annotations exactly as flanneld's
-/// vxlan backend writes them (literal strings, not weft's writer) joins two weft nodes:
+/// A node registered before its podCIDR waits for it. A "stock flannel" node whose Node
+/// object carries the annotations exactly as flanneld's vxlan backend writes them (literal strings, not weft's writer) joins two weft nodes:
 /// weft reads it as a vxlan peer and pods on all three reach each other. Then the API
 /// server becomes unreachable for 8 s under iperf3: forwarding goes on every second, and a
-/// node deleted meanwhile leaves the tables once the API is back.
+/// node deleted meanwhile, its history compacted, leaves the tables once the API is back
+/// (the nodes' watches get 410 and list again).
 #[test]
 fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
     let mut c = Cluster::new(weft(), VXLAN);
     let url = c.start_kube_api();
     let conf = c.dir.join("net-conf.json");
     std::fs::write(&conf, VXLAN).unwrap();
-    for _ in 0..2 {
-        kube_node(&mut c, &url, &conf);
-    }
+    kube_node(&mut c, &url, &conf);
+    // Node 2 registers before kube-controller-manager assigns its podCIDR: weft waits, as
+    // flanneld does ("pod cidr not assigned"), and goes on once it is assigned.
+    let n = c.add_node(Kind::Weft);
+    let (code, _) = c.kube(
+        "POST",
+        "/api/v1/nodes",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}),
+    );
+    assert_eq!(code, 201);
+    let conf_s = conf.display().to_string();
+    c.spawn_weft_env(
+        n,
+        &[
+            "--kube-subnet-mgr",
+            "--kube-api-url",
+            &url,
+            "--net-config-path",
+            &conf_s,
+        ],
+        &[("NODE_NAME", "n2")],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !c.nodes[n].subnet_file.exists(),
+        "subnet.env before a podCIDR"
+    );
+    let log = std::fs::read_to_string(&c.nodes[n].log).unwrap();
+    assert!(log.contains("pod cidr not assigned"), "{log}");
+    let (code, _) = c.kube(
+        "PATCH",
+        "/api/v1/nodes/n2",
+        "application/merge-patch+json",
+        &json!({"spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}}),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(c.finish_start(n).subnet.to_string(), "10.244.2.0/24");
     // Node 3: flannel.1 as flanneld configures it; its Node as flanneld leaves it.
     let k = c.add_node(Kind::KernelVxlan);
     c.start_kernel_node(k, "10.244.3.0/24".parse().unwrap());
@@ -298,7 +334,8 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
             ],
         );
     }
-    // Deleted while the nodes cannot hear it (from inside the API's namespace).
+    // Deleted while the nodes cannot hear it (from inside the API's namespace), then the
+    // history compacted and the watches ended: back, the nodes must list again (410).
     let (code, _) = c.kube(
         "DELETE",
         "/api/v1/nodes/n3",
@@ -306,6 +343,16 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         &Value::Null,
     );
     assert_eq!(code, 200);
+    // One more change after the watches ended, then compact again: whatever the nodes saw
+    // last is now older than the history.
+    c.kube("POST", "/standin/compact", "application/json", &Value::Null);
+    c.kube(
+        "PATCH",
+        "/api/v1/nodes/n2",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"example.com/poked": "yes"}}}),
+    );
+    c.kube("POST", "/standin/compact", "application/json", &Value::Null);
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
         c.table(0).len(),
@@ -333,6 +380,14 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         "a second without traffic during the API outage: {per_second:?}"
     );
     let back = tables_hold(&c, 2, "the deletion to arrive once the API is back");
+    for i in 0..2 {
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(
+            log.contains("kube watch expired"),
+            "node {} did not list again after the 410: {log}",
+            i + 1
+        );
+    }
     harness::figure(&format!(
         "kube API unreachable 8 s under iperf3: slowest second {:.2} Gbit/s; the node deleted meanwhile left the tables {} ms after the API came back",
         slowest / 1e9,

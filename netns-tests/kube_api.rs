@@ -22,7 +22,8 @@
 //!
 //! Not served: authentication, other resources, label/field selectors, server-side apply,
 //! JSON patch, protobuf, discovery. Test-only control: `POST /standin/compact` forgets
-//! the change log (older watches then get 410).
+//! the change log and ends open watches, as an API server restarting after an etcd
+//! compaction would: clients watching again from an older resourceVersion get 410.
 //!
 //! Usage: `kube-api-standin ADDR [BOOKMARK_SECONDS]`; it prints `listening on ADDR`.
 
@@ -53,6 +54,9 @@ struct State {
     /// Watches from a resourceVersion below this get 410 (and the log holds nothing
     /// older).
     compacted: u64,
+    /// Bumped by a compaction: open watches end (as when the API server restarts), so
+    /// their clients come back with their old resourceVersion and get 410.
+    epoch: u64,
     uid: u64,
 }
 
@@ -312,10 +316,16 @@ impl Server {
             }
         };
         let mut last_sent = Instant::now();
+        let epoch = self.lock().epoch;
         loop {
             let pending: Vec<Change> = {
                 let mut st = self.lock();
                 loop {
+                    if st.epoch != epoch {
+                        drop(st);
+                        let _ = out.write_all(b"0\r\n\r\n");
+                        return;
+                    }
                     let p: Vec<Change> = st.log.iter().filter(|c| c.rv > seen).cloned().collect();
                     let now = Instant::now();
                     let bookmark_due = bookmarks && now >= last_sent + self.bookmark_every;
@@ -511,9 +521,12 @@ fn serve(server: Arc<Server>, conn: TcpStream) {
             }
             ("POST", ["standin", "compact"]) => {
                 let mut st = server.lock();
-                // As etcd compacting at the current revision: older ones are gone.
+                // As etcd compacting at the current revision: older ones are gone; open
+                // watches end.
                 st.compacted = st.rv;
                 st.log.clear();
+                st.epoch += 1;
+                server.changed.notify_all();
                 (200, json!({"compacted": st.rv}))
             }
             _ => (
