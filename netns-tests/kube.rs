@@ -216,6 +216,27 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         ],
     );
     assert!(o.status.success(), "ping after the restart failed");
+    // Every call the nodes made is one the manifest's ClusterRole grants
+    // (weft::store::kube::API_CALLS, which tests/manifest.rs holds the manifest to).
+    let log = std::fs::read_to_string(c.dir.join("kube-api.log")).unwrap();
+    let mut made = std::collections::BTreeSet::new();
+    for l in log.lines().filter_map(|l| l.strip_prefix("rbac ")) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f[0] != "192.0.2.250" {
+            made.insert((f[2].to_string(), f[1].to_string()));
+        }
+    }
+    for (resource, verb) in &made {
+        assert!(
+            weft::store::kube::API_CALLS.contains(&(resource.as_str(), verb.as_str())),
+            "weft called {verb} {resource}, which API_CALLS (and so the manifest) lacks"
+        );
+    }
+    assert!(made.contains(&("pods".into(), "get".into())), "{made:?}");
+    assert!(
+        made.contains(&("nodes/status".into(), "patch".into())),
+        "{made:?}"
+    );
     harness::figure(&format!(
         "kube subnet manager: 3 nodes started (subnet.env written) in {:.2} s; a node added to the API in all 3 tables in {} ms; iperf3 n1 -> n3 {:.2} Gbit/s; deleted node out of both tables in {} ms",
         started.as_secs_f64(),

@@ -25,7 +25,8 @@
 //! the change log and ends open watches, as an API server restarting after an etcd
 //! compaction would: clients watching again from an older resourceVersion get 410.
 //!
-//! Usage: `kube-api-standin ADDR [BOOKMARK_SECONDS]`; it prints `listening on ADDR`.
+//! Usage: `kube-api-standin ADDR [BOOKMARK_SECONDS]`; it prints `listening on ADDR`, then
+//! `rbac CLIENT VERB RESOURCE` for every call (Kubernetes' authorization attributes).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -441,14 +442,44 @@ fn respond(out: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> 
     out.flush()
 }
 
+/// The RBAC verb and resource of a request (Kubernetes' authorization attributes).
+fn rbac(
+    method: &str,
+    segs: &[&str],
+    query: &BTreeMap<String, String>,
+) -> Option<(&'static str, String)> {
+    let watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+    Some(match (method, segs) {
+        ("GET", ["api", "v1", "nodes"]) if watch => ("watch", "nodes".into()),
+        ("GET", ["api", "v1", "nodes"]) => ("list", "nodes".into()),
+        ("GET", ["api", "v1", "nodes", _]) => ("get", "nodes".into()),
+        ("POST", ["api", "v1", "nodes"]) => ("create", "nodes".into()),
+        ("DELETE", ["api", "v1", "nodes", _]) => ("delete", "nodes".into()),
+        ("PATCH", ["api", "v1", "nodes", _]) => ("patch", "nodes".into()),
+        ("PATCH", ["api", "v1", "nodes", _, sub]) => ("patch", format!("nodes/{sub}")),
+        ("GET", ["api", "v1", "namespaces", _, "pods", _]) => ("get", "pods".into()),
+        ("POST", ["api", "v1", "namespaces", _, "pods"]) => ("create", "pods".into()),
+        _ => return None,
+    })
+}
+
 fn serve(server: Arc<Server>, conn: TcpStream) {
     let mut out = match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
     };
+    let peer = out
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let mut r = BufReader::new(conn);
     while let Some(req) = read_request(&mut r) {
         let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        // Each call as RBAC sees it (client, verb, resource), so tests can check that the
+        // manifest's ClusterRole grants what clients really do.
+        if let Some((verb, resource)) = rbac(&req.method, &segs, &req.query) {
+            println!("rbac {peer} {verb} {resource}");
+        }
         let (code, body) = match (req.method.as_str(), segs.as_slice()) {
             ("GET", ["api", "v1", "nodes"]) => {
                 let watching = matches!(
