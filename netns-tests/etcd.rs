@@ -158,12 +158,7 @@ fn forwarding_survives_etcd_down_and_a_partition_across_a_compaction() {
     std::thread::sleep(Duration::from_secs(30));
     c.etcd().start();
     let v = traffic.join().unwrap().expect("iperf3 failed");
-    let per_second: Vec<f64> = v["intervals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
-        .collect();
+    let per_second = harness::iperf3_per_second(&v);
     assert!(per_second.len() >= 39, "{per_second:?}");
     let slowest = per_second.iter().cloned().fold(f64::MAX, f64::min);
     assert!(

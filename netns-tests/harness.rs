@@ -1206,6 +1206,18 @@ pub fn figure(line: &str) {
     }
 }
 
+/// The received rate of each interval of an `iperf3 -J -i 1` run, in bits per second.
+pub fn iperf3_per_second(v: &serde_json::Value) -> Vec<f64> {
+    v["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// iperf3's summary of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Iperf {

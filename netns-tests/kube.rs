@@ -67,6 +67,19 @@ fn kube_node_as(c: &mut Cluster, url: &str, conf: &Path, by_pod: bool) -> usize 
     i
 }
 
+/// A Node object as a running flanneld (vxlan) leaves it: its podCIDR and the annotations
+/// as flanneld writes them, literal strings, VTEP MAC 0e:00:00:00:<host>:01.
+fn flanneld_node(name: &str, host: u8, cidr: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": name, "annotations": {
+               "flannel.alpha.coreos.com/backend-data":
+                   format!("{{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:{host:02x}:01\"}}"),
+               "flannel.alpha.coreos.com/backend-type": "vxlan",
+               "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+               "flannel.alpha.coreos.com/public-ip": format!("192.0.2.{host}")}},
+           "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})
+}
+
 fn kube_node(c: &mut Cluster, url: &str, conf: &Path) -> usize {
     kube_node_as(c, url, conf, false)
 }
@@ -124,13 +137,7 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         "POST",
         "/api/v1/nodes",
         "application/json",
-        &json!({"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": "n9", "annotations": {
-                    "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:09:01\"}",
-                    "flannel.alpha.coreos.com/backend-type": "vxlan",
-                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-                    "flannel.alpha.coreos.com/public-ip": "192.0.2.9"}},
-                "spec": {"podCIDR": "10.244.9.0/24"}}),
+        &flanneld_node("n9", 9, "10.244.9.0/24"),
     );
     assert_eq!(code, 201);
     tables_hold(&c, 4, "an added node to reach every table");
@@ -321,13 +328,7 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         "POST",
         "/api/v1/nodes",
         "application/json",
-        &json!({"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": "n3", "annotations": {
-                    "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:03:01\"}",
-                    "flannel.alpha.coreos.com/backend-type": "vxlan",
-                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-                    "flannel.alpha.coreos.com/public-ip": "192.0.2.3"}},
-                "spec": {"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"]}}),
+        &flanneld_node("n3", 3, "10.244.3.0/24"),
     );
     assert_eq!(code, 201);
     tables_hold(&c, 3, "the weft nodes to see the flanneld node");
@@ -389,12 +390,7 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         );
     }
     let v = traffic.join().unwrap().expect("iperf3 failed");
-    let per_second: Vec<f64> = v["intervals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
-        .collect();
+    let per_second = harness::iperf3_per_second(&v);
     let slowest = per_second.iter().cloned().fold(f64::MAX, f64::min);
     assert!(
         slowest > 0.0,

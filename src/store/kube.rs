@@ -176,6 +176,24 @@ pub fn node_lease(
     }))
 }
 
+/// The leases of `nodes` (see [`node_lease`]); malformed nodes are skipped, as flanneld
+/// skips them.
+fn node_leases<'a>(
+    nodes: impl Iterator<Item = &'a Node>,
+    keys: &Annotations,
+    now: SystemTime,
+) -> Vec<Lease> {
+    nodes
+        .filter_map(|n| match node_lease(n, keys, now) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("skipping {e}");
+                None
+            }
+        })
+        .collect()
+}
+
 /// `backend-data` as flanneld writes it: Go's `json.Marshal` of the backend's data (keys
 /// in struct order, no spaces), `null` for a backend without data (udp).
 pub fn backend_data_text(attrs: &LeaseAttrs) -> String {
@@ -619,31 +637,19 @@ impl LeaseStore for KubeStore {
 
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
         self.start_watch();
-        let c = self.shared.lock();
-        let nodes: Vec<Node> = if c.synced {
-            self.seen_generation = c.generation;
-            c.nodes.values().cloned().collect()
-        } else {
-            drop(c);
-            // Before the watch's first listing: list directly.
-            self.rt
-                .block_on(deadline(
-                    "list nodes",
-                    self.api.list(&ListParams::default()),
-                ))?
-                .items
-        };
         let now = SystemTime::now();
-        Ok(nodes
-            .iter()
-            .filter_map(|n| match node_lease(n, &self.keys, now) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!("skipping {e}");
-                    None
-                }
-            })
-            .collect())
+        let c = self.shared.lock();
+        if c.synced {
+            self.seen_generation = c.generation;
+            return Ok(node_leases(c.nodes.values(), &self.keys, now));
+        }
+        drop(c);
+        // Before the watch's first listing: list directly.
+        let list = self.rt.block_on(deadline(
+            "list nodes",
+            self.api.list(&ListParams::default()),
+        ))?;
+        Ok(node_leases(list.items.iter(), &self.keys, now))
     }
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
