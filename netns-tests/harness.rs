@@ -1350,6 +1350,19 @@ impl Capture {
     /// in immediate mode (so a few sparse packets are written before the capture stops),
     /// and waits until it is listening.
     pub fn start(ns: &str, dev: &str, filter: &str, file: &Path) -> Capture {
+        Capture::start_with(ns, dev, filter, file, 192, None)
+    }
+
+    /// [`start`](Self::start) keeping `snaplen` bytes of each frame (0: all of it) and
+    /// stopping by itself after `count` frames, if given.
+    pub fn start_with(
+        ns: &str,
+        dev: &str,
+        filter: &str,
+        file: &Path,
+        snaplen: u32,
+        count: Option<u32>,
+    ) -> Capture {
         assert!(
             run(&["sh", "-c", "command -v tcpdump"]).status.success(),
             "tcpdump is not installed: run ./scripts/test, which installs it"
@@ -1367,11 +1380,16 @@ impl Capture {
                 "--immediate-mode",
                 "-n",
                 "-s",
-                "192",
+                &snaplen.to_string(),
                 "-Z",
                 "root",
-                "-w",
             ])
+            .args(
+                count
+                    .map(|n| vec!["-c".to_string(), n.to_string()])
+                    .unwrap_or_default(),
+            )
+            .arg("-w")
             .arg(file)
             .args(filter.split_whitespace())
             .stdin(Stdio::null())

@@ -10,7 +10,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use weft::encap::Inbound;
-use weft::offload::gro::{datagrams, Coalescer};
+use weft::offload::gro::{self, datagrams, Coalescer};
 use weft::offload::gso;
 use weft::lease::table::BackendKind;
 use weft::lease::Snapshot;
@@ -39,14 +39,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for d in datagrams(len, stride) {
         assert!(d.start < d.end && d.end <= len);
         if let Inbound::Deliver(r) = rx.inbound(&table, from, &mut read, d.start, d.len(), 0) {
-            let pkt = &read[r];
+            let pkt = &read[r.clone()];
             if pkt.len() > rx.mtu {
                 if let Some(out) = co.flush() {
                     check_out(out);
                 }
+                // As the worker does: the header written in place, before the packet.
                 if let Some(mss) = gso::mss_for(pkt, rx.mtu) {
-                    if co.push_oversized(pkt, mss) {
-                        check_out(co.flush().unwrap());
+                    if let Some(s) = gro::oversized_in_place(&mut read, r.clone(), mss) {
+                        check_out(&read[s..r.end]);
                     }
                 }
             } else if !co.push(pkt) {

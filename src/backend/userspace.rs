@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use super::{Backend, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::daemon::Error;
+use crate::dataplane::inject::{self, Injector};
 use crate::dataplane::{open_tun, Dataplane};
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};
 use crate::lease::{Lease, LeaseAttrs, VxlanBackendData};
@@ -129,6 +130,24 @@ impl Backend for Userspace {
         // One route for the whole cluster network, as flannel's udp backend has.
         tun.route(s.network).map_err(configure)?;
 
+        let injectors = if offloads.tunnel_gso
+            && offloads.tun
+            && matches!(self.cfg, BackendConfig::Vxlan { .. })
+        {
+            match open_injectors(&s, &d.tun_name, d.workers) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(
+                        "tunnel GSO unavailable ({e}); TSO super-packets are split in userspace"
+                    );
+                    offloads.tunnel_gso = false;
+                    Vec::new()
+                }
+            }
+        } else {
+            offloads.tunnel_gso = false;
+            Vec::new()
+        };
         let node = Node {
             public_ip: s.public_ip,
             subnet: s.lease.subnet,
@@ -142,6 +161,7 @@ impl Backend for Userspace {
             node,
             s.local_ip,
             queues,
+            injectors,
             s.table,
             rand::random(),
             offloads,
@@ -162,6 +182,18 @@ impl Backend for Userspace {
             tun,
         }))
     }
+}
+
+/// Opens the injection TAP ([`inject`]) with one queue per worker and brings it up.
+fn open_injectors(s: &Setup<'_>, tun: &str, workers: usize) -> std::io::Result<Vec<Injector>> {
+    let name = inject::tap_name(tun);
+    let taps = inject::open(&name, workers)?;
+    let index =
+        s.nl.link_by_name(&name)?
+            .ok_or_else(|| std::io::Error::other(format!("{name} vanished after creation")))?
+            .index;
+    s.nl.set_mtu_up(index, 1500, 1000)?;
+    Ok(taps)
 }
 
 /// The running userspace dataplane. Fields drop in order: the workers stop and are joined

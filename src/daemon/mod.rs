@@ -166,6 +166,7 @@ fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings 
             pin: args.cpu_affinity,
             busy_poll_us: args.busy_poll_us,
             socket_buffer: args.socket_buffer,
+            tunnel_gso: args.tunnel_gso,
         },
     }
 }

@@ -25,6 +25,8 @@ pub struct WorkerCounters {
     pub send_errors: AtomicU64,
     /// TUN writes that failed.
     pub tun_write_errors: AtomicU64,
+    /// TSO super-packets encapsulated once and handed whole to the kernel's UDP-tunnel GSO.
+    pub tunnel_gso_frames: AtomicU64,
     /// Drops by reason, indexed by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::COUNT],
 }
@@ -60,6 +62,8 @@ pub struct Totals {
     pub send_errors: u64,
     /// See [`WorkerCounters::tun_write_errors`].
     pub tun_write_errors: u64,
+    /// See [`WorkerCounters::tunnel_gso_frames`].
+    pub tunnel_gso_frames: u64,
     /// Drops by reason.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -95,6 +99,7 @@ impl Counters {
             t.icmp_sent += w.icmp_sent.load(Relaxed);
             t.send_errors += w.send_errors.load(Relaxed);
             t.tun_write_errors += w.tun_write_errors.load(Relaxed);
+            t.tunnel_gso_frames += w.tunnel_gso_frames.load(Relaxed);
             for (d, s) in t.drops.iter_mut().zip(&w.drops) {
                 *d += s.load(Relaxed);
             }
@@ -158,6 +163,12 @@ impl Totals {
             "counter",
             "Failed TUN writes.",
             &[(String::new(), self.tun_write_errors)],
+        );
+        metric(
+            "weft_tunnel_gso_frames_total",
+            "counter",
+            "TSO super-packets sent whole, for the kernel's UDP-tunnel GSO to segment.",
+            &[(String::new(), self.tunnel_gso_frames)],
         );
         metric(
             "weft_leases",

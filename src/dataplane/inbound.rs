@@ -94,7 +94,7 @@ impl Worker {
                 .node
                 .inbound(snap, meta.from, rx, HEADROOM + d.start, d.len(), outer_ecn)
             {
-                Inbound::Deliver(r) => writer.deliver(&self.tun, c, self.node.mtu, &mut rx[r]),
+                Inbound::Deliver(r) => writer.deliver(&self.tun, c, self.node.mtu, rx, r),
                 Inbound::Drop(reason) => c.drop(reason),
             }
         }
@@ -127,18 +127,34 @@ impl TunWriter {
         }
     }
 
-    /// Delivers one inner packet (in place in its receive buffer).
-    fn deliver(&mut self, tun: &SyncDevice, c: &WorkerCounters, mtu: usize, pkt: &mut [u8]) {
+    /// Delivers the inner packet at `rx[r]`, in place in its receive buffer (the bytes
+    /// before it, the decapsulated headers, may be overwritten).
+    fn deliver(
+        &mut self,
+        tun: &SyncDevice,
+        c: &WorkerCounters,
+        mtu: usize,
+        rx: &mut [u8],
+        r: std::ops::Range<usize>,
+    ) {
+        let pkt = &mut rx[r.clone()];
         match self {
             TunWriter::Coalescing(co) => {
                 WorkerCounters::add(&c.rx_packets, 1);
                 WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
                 if pkt.len() > mtu {
-                    // A peer's TSO segment: the kernel segments it at our MSS.
+                    // A peer's TSO super-packet: the kernel segments it at our MSS, written
+                    // straight from the receive buffer with its header in the headroom.
                     write_pending(tun, c, co);
-                    match gso::mss_for(pkt, mtu) {
-                        Some(mss) if co.push_oversized(pkt, mss) => write_pending(tun, c, co),
-                        _ => c.drop(DropReason::TooBig),
+                    let at = gso::mss_for(pkt, mtu)
+                        .and_then(|mss| gro::oversized_in_place(rx, r.clone(), mss));
+                    match at {
+                        Some(s) => {
+                            if tun.send(&rx[s..r.end]).is_err() {
+                                WorkerCounters::add(&c.tun_write_errors, 1);
+                            }
+                        }
+                        None => c.drop(DropReason::TooBig),
                     }
                 } else if !co.push(pkt) {
                     write_pending(tun, c, co);

@@ -9,6 +9,7 @@
 
 pub(crate) mod counters;
 mod inbound;
+pub(crate) mod inject;
 mod outbound;
 mod sys;
 mod tx;
@@ -143,13 +144,14 @@ pub(crate) struct Dataplane {
 impl Dataplane {
     /// Starts one worker per TUN queue, each with its own socket on `local`, `node`'s port.
     /// For vxlan it also binds the [`SourceSockets`] and draws `node`'s source ports from
-    /// them. `local` is the underlay interface's address: `node.public_ip` (what peers send
+    /// them. Worker i gets `injectors[i]`, if there is one (see [`inject`]). `local` is the underlay interface's address: `node.public_ip` (what peers send
     /// to) differs from it behind NAT.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         mut node: Node,
         local: Ipv4Addr,
         tun_queues: Vec<SyncDevice>,
+        injectors: Vec<inject::Injector>,
         table: Arc<LeaseTable>,
         seed: u64,
         offloads: Offloads,
@@ -174,6 +176,7 @@ impl Dataplane {
             stop: Arc::new(AtomicBool::new(false)),
             tun_dead: Arc::new(AtomicBool::new(false)),
         };
+        let mut injectors = injectors.into_iter();
         for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
             let w = Worker {
                 tun,
@@ -187,6 +190,7 @@ impl Dataplane {
                 ip_id: (seed >> (i * 16 % 48)) as u16,
                 offloads,
                 send_error_logged: false,
+                inject: injectors.next(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))

@@ -1,7 +1,11 @@
-//! The TUN side of a worker: read the TUN (one read may be a 64 KB TSO packet, split into
-//! segments by tun-rs), encapsulate each segment in place, and send the datagrams in
-//! `UDP_SEGMENT` runs ([`super::tx::gso_runs`]), each from the socket bound to the source
-//! port the core chose and with the TOS it chose.
+//! The TUN side of a worker: read the TUN (one read may be a 64 KB TSO packet), and either
+//! - hand a TSO super-packet for a vxlan peer to the kernel whole: encapsulated once, in
+//!   place, and written to the injection TAP for the kernel's UDP-tunnel GSO
+//!   ([`crate::offload::tunnel`], [`super::inject`]); or
+//! - split it into segments ([`crate::offload::gso::split_read`], tun-rs's split),
+//!   encapsulate each in place, and send the datagrams in `UDP_SEGMENT` runs
+//!   ([`super::tx::gso_runs`]), each from the socket bound to the source port the core
+//!   chose and with the TOS it chose.
 
 use std::io::{self, ErrorKind, IoSlice};
 use std::ops::Range;
@@ -12,17 +16,30 @@ use super::counters::WorkerCounters;
 use super::sys;
 use super::tx::{gso_runs, Pending, MAX_GSO_SEGMENTS};
 use super::worker::{Drained, Worker, MAX_PACKET, READS_PER_ROUND};
-use crate::encap::{DropReason, Outbound, HEADROOM};
+use crate::encap::{DropReason, Outbound, HEADROOM, VXLAN_OVERHEAD};
+use crate::offload::{gso, tunnel};
 
 /// Segments per TUN read batch (tun-rs's IDEAL_BATCH_SIZE).
 const BATCH: usize = 128;
 /// Segment buffers one TUN read may fill (64 KB at the smallest useful MSS, with margin).
 const SEGMENTS_PER_READ: usize = 64;
+/// Where a raw TUN read puts its packet: room before it for the virtio-net header it comes
+/// with, and for the tunnel header, Ethernet and outer headers a whole super-packet gets.
+const RAW_AT: usize = 128;
+const _: () = assert!(RAW_AT >= tunnel::PREFIX + VXLAN_OVERHEAD && RAW_AT >= VIRTIO_NET_HDR_LEN);
+
+/// What one TUN read gave.
+enum Read {
+    /// This many packets, cut into the segment buffers.
+    Segments(usize),
+    /// A TSO super-packet that can leave whole, in the raw buffer up to this end.
+    Whole(tunnel::Tso, usize),
+}
 
 /// The TUN side's buffers, allocated once.
 pub(super) struct TxBuffers {
-    /// Raw TUN reads (virtio-net header + up to 64 KB).
-    tun_read: Vec<u8>,
+    /// Raw TUN reads: the virtio-net header ends and the packet starts at [`RAW_AT`].
+    raw: Vec<u8>,
     /// Segments from TUN reads, each at HEADROOM.
     tx: Vec<Vec<u8>>,
     sizes: Vec<usize>,
@@ -33,7 +50,7 @@ pub(super) struct TxBuffers {
 impl TxBuffers {
     pub(super) fn new() -> TxBuffers {
         TxBuffers {
-            tun_read: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            raw: vec![0; RAW_AT + MAX_PACKET],
             tx: (0..BATCH).map(|_| vec![0; HEADROOM + MAX_PACKET]).collect(),
             sizes: vec![0; BATCH],
             sends: Vec::with_capacity(BATCH),
@@ -63,13 +80,23 @@ impl Worker {
                 self.flush_sends(b);
                 used = 0;
             }
-            let n = match self.tun.recv_multiple(
-                &mut b.tun_read,
-                &mut b.tx[used..],
-                &mut b.sizes[used..],
-                HEADROOM,
-            ) {
-                Ok(n) => n,
+            let n = match self.read_tun(b, used) {
+                Ok(Read::Segments(n)) => n,
+                Ok(Read::Whole(tso, end)) => {
+                    // What is waiting may belong to the same flow: it leaves first.
+                    self.flush_sends(b);
+                    used = 0;
+                    if self.send_whole(b, end, &tso) {
+                        continue;
+                    }
+                    match self.split_raw(b, end, used) {
+                        Ok(n) => n,
+                        Err(_) => {
+                            c.drop(DropReason::MalformedInner);
+                            continue;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
                     break;
@@ -121,6 +148,97 @@ impl Worker {
         }
         self.flush_sends(b);
         drained
+    }
+
+    /// One TUN read into the raw buffer (with offloads) or straight into the next segment
+    /// buffer (without). A TSO super-packet that the injection TAP can take whole, and
+    /// whose segments fit the MTU, comes back as [`Read::Whole`]; the rest is cut.
+    fn read_tun(&mut self, b: &mut TxBuffers, used: usize) -> io::Result<Read> {
+        if !self.offloads.tun {
+            let n = self.tun.recv(&mut b.tx[used][HEADROOM..])?;
+            b.sizes[used] = n;
+            return Ok(Read::Segments(1));
+        }
+        let n = self.tun.recv(&mut b.raw[RAW_AT - VIRTIO_NET_HDR_LEN..])?;
+        let end = RAW_AT - VIRTIO_NET_HDR_LEN + n;
+        if n <= VIRTIO_NET_HDR_LEN {
+            return Err(io::Error::new(ErrorKind::InvalidData, "short TUN read"));
+        }
+        if self.inject.is_some() {
+            let (vh, pkt) = (
+                &b.raw[RAW_AT - VIRTIO_NET_HDR_LEN..RAW_AT],
+                &b.raw[RAW_AT..end],
+            );
+            if let Some(tso) = tunnel::tso_read(vh, pkt) {
+                if tso.segment_len() <= self.node.mtu {
+                    return Ok(Read::Whole(tso, end));
+                }
+            }
+        }
+        self.split_raw(b, end, used).map(Read::Segments)
+    }
+
+    /// Cuts the raw read ending at `end` into the segment buffers from `used` on.
+    fn split_raw(&self, b: &mut TxBuffers, end: usize, used: usize) -> io::Result<usize> {
+        let (vh, pkt) = b.raw[RAW_AT - VIRTIO_NET_HDR_LEN..end].split_at_mut(VIRTIO_NET_HDR_LEN);
+        gso::split_read(vh, pkt, &mut b.tx[used..], &mut b.sizes[used..], HEADROOM)
+    }
+
+    /// Encapsulates the super-packet in the raw buffer once and writes it to the injection
+    /// TAP for the kernel to segment. True when it is dealt with (sent, answered or
+    /// dropped); false when the TAP refused it, and from then on this worker splits in
+    /// userspace again (the caller splits this one).
+    fn send_whole(&mut self, b: &mut TxBuffers, end: usize, tso: &tunnel::Tso) -> bool {
+        let counters = self.counters.clone();
+        let c = &*counters;
+        let len = end - RAW_AT;
+        let ip_id = self.ip_id.wrapping_add(1);
+        let snap = self.table.load();
+        match self
+            .node
+            .outbound_super(&snap, &mut b.raw, RAW_AT, len, ip_id, tso.segment_len())
+        {
+            Outbound::Send(t) => {
+                let Some(inj) = self.inject.as_mut() else {
+                    return false;
+                };
+                let Some(frame) = tunnel::frame(&mut b.raw, t.datagram, RAW_AT, tso, inj.mac)
+                else {
+                    return false;
+                };
+                match inj.write(&b.raw[frame]) {
+                    Ok(_) => {
+                        // The kernel numbers the segments' outer IP IDs from ours on.
+                        self.ip_id = ip_id.wrapping_add(tso.segments as u16 - 1);
+                        WorkerCounters::add(&c.tx_packets, tso.segments as u64);
+                        WorkerCounters::add(&c.tx_bytes, len as u64);
+                        WorkerCounters::add(&c.tunnel_gso_frames, 1);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "the injection TAP refused a tunnel GSO frame ({e}); this worker \
+                             splits super-packets in userspace from now on"
+                        );
+                        self.inject = None;
+                        false
+                    }
+                }
+            }
+            Outbound::Reply { packet, reason } => {
+                self.ip_id = ip_id;
+                c.drop(reason);
+                match self.write_tun_one(&mut b.raw, packet) {
+                    Ok(_) => WorkerCounters::add(&c.icmp_sent, 1),
+                    Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
+                }
+                true
+            }
+            Outbound::Drop(r) => {
+                c.drop(r);
+                true
+            }
+        }
     }
 
     /// Writes one packet at `buf[r]` to the TUN, with a zero virtio-net header in front of

@@ -278,6 +278,33 @@ impl Node {
         len: usize,
         ip_id: u16,
     ) -> Outbound {
+        self.outbound_segmented(table, buf, start, len, ip_id, None)
+    }
+
+    /// [`outbound`](Self::outbound) for a TSO super-packet that leaves whole, for the
+    /// kernel to cut into segments of at most `segment` bytes (headers included) after
+    /// encapsulation: the MTU budget applies to each segment, not to the super-packet.
+    pub fn outbound_super(
+        &self,
+        table: &Snapshot,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        ip_id: u16,
+        segment: usize,
+    ) -> Outbound {
+        self.outbound_segmented(table, buf, start, len, ip_id, Some(segment))
+    }
+
+    fn outbound_segmented(
+        &self,
+        table: &Snapshot,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        ip_id: u16,
+        segment: Option<usize>,
+    ) -> Outbound {
         let overhead = self.format.overhead();
         let Some(end) = start
             .checked_add(len)
@@ -313,7 +340,7 @@ impl Node {
         if peer.public_ip == self.public_ip || self.subnet.contains(&dst) {
             return Outbound::Drop(DropReason::Loop);
         }
-        if tot > self.mtu && df {
+        if segment.unwrap_or(tot) > self.mtu && df {
             let mtu = self.mtu.min(u16::MAX as usize) as u16;
             return self.icmp_error(
                 buf,

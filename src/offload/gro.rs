@@ -221,19 +221,7 @@ impl Coalescer {
         let pkt = &mut self.buf[PKT..PKT + len];
         let mut hdr = virtio_net::Repr::default();
         match self.tcp.take() {
-            Some(t) if segs > 1 => {
-                put16(pkt, 2, len as u16); // IPv4 total length: `ipv4::Packet` has no setter
-                ipv4::Packet::new_unchecked(&mut *pkt).fill_checksum();
-                partial_checksum(pkt, t.ihl, ipv4::PROTO_TCP, tcp::CHECKSUM_OFFSET);
-                hdr = virtio_net::Repr {
-                    flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                    gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-                    hdr_len: (t.ihl + t.thl) as u16,
-                    gso_size: self.mss as u16,
-                    csum_start: t.ihl as u16,
-                    csum_offset: tcp::CHECKSUM_OFFSET as u16,
-                };
-            }
+            Some(t) if segs > 1 => hdr = finish_gso(pkt, &t, self.mss),
             _ => {
                 // One packet: let the kernel finish a TCP or UDP checksum (it may have come
                 // partial from a kernel peer), unless UDP sent none.
@@ -268,6 +256,43 @@ impl Coalescer {
         hdr.emit(&mut self.buf[..PKT]);
         Some(&self.buf[..PKT + len])
     }
+}
+
+/// Fixes up a TCP super-packet for a GSO write (IPv4 total length and checksum, TCP
+/// checksum partial) and returns its virtio-net header, segmenting at `mss`.
+fn finish_gso(pkt: &mut [u8], t: &Tcp, mss: usize) -> virtio_net::Repr {
+    put16(pkt, 2, pkt.len() as u16); // IPv4 total length: `ipv4::Packet` has no setter
+    ipv4::Packet::new_unchecked(&mut *pkt).fill_checksum();
+    partial_checksum(pkt, t.ihl, ipv4::PROTO_TCP, tcp::CHECKSUM_OFFSET);
+    virtio_net::Repr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: (t.ihl + t.thl) as u16,
+        gso_size: mss as u16,
+        csum_start: t.ihl as u16,
+        csum_offset: tcp::CHECKSUM_OFFSET as u16,
+    }
+}
+
+/// [`Coalescer::push_oversized`] and [`Coalescer::flush`] in place, without the copy: the
+/// oversized TCP/IPv4 packet at `buf[pkt]` (a peer's TSO super-packet) gets its virtio-net
+/// header written into the headroom before it (the decapsulated outer headers). Returns
+/// where the bytes to write to the TUN start (they end at `pkt.end`), or `None` if it is not
+/// such a packet or there is no headroom.
+pub fn oversized_in_place(
+    buf: &mut [u8],
+    pkt: std::ops::Range<usize>,
+    mss: usize,
+) -> Option<usize> {
+    let start = pkt.start.checked_sub(PKT)?;
+    let bytes = buf.get(pkt.clone())?;
+    let t = tcp4(bytes).map(|(ip, seg)| Tcp::of(&ip, &seg))?;
+    if mss == 0 || mss > u16::MAX as usize || bytes.len() > MAX_LEN {
+        return None;
+    }
+    let hdr = finish_gso(&mut buf[pkt.clone()], &t, mss);
+    hdr.emit(&mut buf[start..pkt.start]);
+    Some(start)
 }
 
 /// The datagrams of one `UDP_GRO` read of `len` bytes with segment size `stride` (0: one
@@ -443,6 +468,24 @@ mod tests {
             (VIRTIO_NET_HDR_GSO_TCPV4, 1398)
         );
         assert_eq!(pkt, whole);
+        // In place: the same bytes, without the copy into the coalescer.
+        let mut buf = vec![0xee; 50];
+        buf.extend_from_slice(&whole);
+        let s = oversized_in_place(&mut buf, 50..50 + whole.len(), 1398).unwrap();
+        assert_eq!(s, 50 - virtio_net::LEN);
+        let mut co = Coalescer::new();
+        assert!(co.push_oversized(&whole, 1398));
+        assert_eq!(&buf[s..], co.flush().unwrap());
+        assert_eq!(
+            oversized_in_place(&mut buf, 5..5 + whole.len(), 1398),
+            None,
+            "no headroom"
+        );
+        assert_eq!(
+            oversized_in_place(&mut buf, 50..60, 1398),
+            None,
+            "not TCP/IPv4"
+        );
     }
 
     #[test]

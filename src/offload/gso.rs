@@ -72,6 +72,75 @@ pub fn split_tcp4(
     Ok(n)
 }
 
+/// Cuts one TUN read (its virtio-net header `vhdr`, then `pkt`) into the packets it holds,
+/// each copied to `bufs[i][offset..]` with its length in `sizes[i]`, as tun-rs's
+/// `recv_multiple` does after its own read: a plain packet is finished (its partial
+/// checksum completed) and copied; a GSO super-packet is validated as tun-rs validates it
+/// (the header length re-derived from the TCP header, the checksum field inside the
+/// packet) and split by tun-rs's `gso_split`. Returns how many packets were written.
+pub fn split_read(
+    vhdr: &[u8],
+    pkt: &mut [u8],
+    bufs: &mut [Vec<u8>],
+    sizes: &mut [usize],
+    offset: usize,
+) -> std::io::Result<usize> {
+    use std::io::{Error, ErrorKind};
+    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+    let h = crate::wire::virtio_net::Repr::parse(
+        &crate::wire::virtio_net::Packet::new_checked(vhdr)
+            .map_err(|_| bad("short virtio-net header"))?,
+    );
+    let len = pkt.len();
+    if h.gso_type == crate::wire::virtio_net::VIRTIO_NET_HDR_GSO_NONE {
+        if h.flags & crate::wire::virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
+            && !crate::offload::gro::complete_checksum(pkt, &h)
+        {
+            return Err(bad("checksum field outside the packet"));
+        }
+        let out = bufs
+            .first_mut()
+            .and_then(|b| b.get_mut(offset..offset + len))
+            .ok_or_else(|| bad("packet larger than the buffer"))?;
+        out.copy_from_slice(pkt);
+        sizes[0] = len;
+        return Ok(1);
+    }
+    if h.gso_size == 0 {
+        return Err(bad("GSO size 0"));
+    }
+    let is_v6 = match pkt.first().map(|b| b >> 4) {
+        Some(4) => false,
+        Some(6) => true,
+        _ => return Err(bad("GSO packet neither IPv4 nor IPv6")),
+    };
+    let cs = h.csum_start as usize;
+    let hdr_len = match h.gso_type & !crate::wire::virtio_net::VIRTIO_NET_HDR_GSO_ECN {
+        crate::wire::virtio_net::VIRTIO_NET_HDR_GSO_TCPV4
+        | crate::wire::virtio_net::VIRTIO_NET_HDR_GSO_TCPV6 => {
+            let thl = (*pkt.get(cs + 12).ok_or_else(|| bad("short TCP header"))? >> 4) as usize * 4;
+            if !(20..=60).contains(&thl) {
+                return Err(bad("bad TCP header length"));
+            }
+            cs + thl
+        }
+        crate::wire::virtio_net::VIRTIO_NET_HDR_GSO_UDP_L4 => cs + 8,
+        _ => return Err(bad("unknown GSO type")),
+    };
+    if len < hdr_len || cs + h.csum_offset as usize + 2 > len {
+        return Err(bad("GSO headers past the packet"));
+    }
+    let hdr = tun_rs::VirtioNetHdr {
+        flags: h.flags,
+        gso_type: h.gso_type,
+        hdr_len: hdr_len as u16,
+        gso_size: h.gso_size,
+        csum_start: h.csum_start,
+        csum_offset: h.csum_offset,
+    };
+    tun_rs::gso_split(pkt, hdr, bufs, sizes, offset, is_v6)
+}
+
 /// The MSS that makes TCP/IPv4 segments of `pkt` fit `mtu`, from its own header lengths.
 /// Only the IPv4 header and the TCP data offset are read (neither the protocol nor the TCP
 /// header is validated): [`split_tcp4`] checks the rest.

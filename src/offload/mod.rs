@@ -11,6 +11,8 @@
 //!   merges consecutive segments of one TCP flow into one super-packet written once with a
 //!   GSO header (or hands a peer's oversized segment to the kernel's GSO), leaving L4
 //!   checksums partial for the kernel to finish only if it must.
+//! - [`tunnel`]: the tunnel header for a TAP write that hands a whole encapsulated TSO
+//!   super-packet to the kernel's UDP-tunnel GSO (Linux 6.17+), so nothing is split here.
 //! - [`gro::datagrams`]: the `UDP_GRO` batch iterator, cutting one `recvmsg` that returned
 //!   a flow's datagrams back to back into those datagrams by their stride.
 //!
@@ -19,3 +21,4 @@
 
 pub mod gro;
 pub mod gso;
+pub mod tunnel;
