@@ -1,13 +1,22 @@
 //! Per-64 KB costs of the offload paths: splitting a TSO super-packet (weft's splitter, and
-//! tun-rs's, which the transmit path uses), coalescing received segments back into one
-//! (weft's receive path), and the Internet checksum per KB.
+//! tun-rs's, which the transmit path uses where tunnel GSO does not apply), handing it
+//! whole to the kernel instead (recognising the TSO read, encapsulating once, building the
+//! tunnel header: what the transmit path does per 64 KB with tunnel GSO), coalescing
+//! received segments back into one, a peer's super-packet readied for the TUN in place
+//! (weft's receive paths), and the Internet checksum per KB.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use weft::offload::gro::Coalescer;
+use weft::encap::{Outbound, VXLAN_OVERHEAD};
+use weft::lease::table::BackendKind;
+use weft::lease::LeaseTable;
+use weft::offload::gro::{self, Coalescer};
 use weft::offload::gso::split_tcp4;
+use weft::offload::tunnel;
+use weft::testkit;
 use weft::wire::checksum;
+use weft::wire::udp::ChecksumMode;
 
 const MSS: usize = 1398;
 
@@ -52,6 +61,44 @@ fn bench(c: &mut Criterion) {
             let mut input = pkt.clone();
             tun_rs::gso_split(black_box(&mut input), hdr, &mut bufs, &mut sizes, 64, false).unwrap()
         })
+    });
+
+    // The tunnel GSO transmit step: TUN read recognised, encapsulated once, framed.
+    let mut vhdr = [0u8; 10];
+    hdr.encode(&mut vhdr).unwrap();
+    let mut read = pkt.clone();
+    let sum = checksum::pseudo_header_v4(
+        [10, 244, 1, 11].into(),
+        [10, 244, 2, 11].into(),
+        6,
+        (read.len() - 20) as u16,
+    );
+    read[36..38].copy_from_slice(&checksum::fold(sum).to_be_bytes());
+    let node = testkit::node(1, true, 1, ChecksumMode::Zero);
+    let table = LeaseTable::new("10.244.0.0/16".parse().unwrap());
+    table.upsert(testkit::peer(2, BackendKind::Vxlan, 1));
+    let at = tunnel::PREFIX + VXLAN_OVERHEAD;
+    let mut buf = vec![0u8; at + read.len()];
+    buf[at..].copy_from_slice(&read);
+    g.bench_function("tunnel_gso_frame_64k", |b| {
+        b.iter(|| {
+            let tso = tunnel::tso_read(black_box(&vhdr), &buf[at..]).unwrap();
+            let snap = table.load();
+            let Outbound::Send(t) =
+                node.outbound_super(&snap, &mut buf, at, read.len(), 1, tso.segment_len())
+            else {
+                panic!("not sent")
+            };
+            tunnel::frame(&mut buf, t.datagram, at, &tso, [2, 0, 0, 0, 0, 2]).unwrap()
+        })
+    });
+
+    // The receive side's step for a peer's whole super-packet: header in place, no copy.
+    let mut rx = vec![0u8; 64 + pkt.len()];
+    rx[64..].copy_from_slice(&pkt);
+    let end = rx.len();
+    g.bench_function("gro_oversized_in_place_64k", |b| {
+        b.iter(|| gro::oversized_in_place(black_box(&mut rx), 64..end, MSS).unwrap())
     });
 
     let mut segs = Vec::new();

@@ -150,7 +150,10 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
     (c, a, b)
 }
 
-fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> BTreeMap<&'static str, f64> {
+/// Every repeat's value of each metric.
+type Samples = BTreeMap<&'static str, Vec<f64>>;
+
+fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
     let (c, a, b) = build(mode, weft, &o.weft_args);
     let t = o.seconds.to_string();
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
@@ -212,7 +215,46 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> BTreeMap<&'static st
         }
     }
     drop(c);
-    samples.into_iter().map(|(k, v)| (k, median(v))).collect()
+    samples
+}
+
+/// Every repeat's values, per mode and metric (a failed run as null).
+fn samples_json(all: &BTreeMap<String, Samples>) -> serde_json::Value {
+    let num = |x: &f64| {
+        if x.is_finite() {
+            serde_json::json!(x)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    let mut out = serde_json::Map::new();
+    for (m, r) in all {
+        let mut row = serde_json::Map::new();
+        for (k, v) in r {
+            row.insert(k.to_string(), v.iter().map(num).collect());
+        }
+        out.insert(m.clone(), serde_json::Value::Object(row));
+    }
+    serde_json::Value::Object(out)
+}
+
+/// The smallest and largest finite value.
+fn range(v: &[f64]) -> Option<(f64, f64)> {
+    let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    let lo = f.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = f.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (!f.is_empty()).then_some((lo, hi))
+}
+
+/// A ratio's spread over the repeats: the smallest numerator over the largest
+/// denominator, and the other way round.
+fn ratio_spread(num: &[f64], den: &[f64]) -> String {
+    match (range(num), range(den)) {
+        (Some((nl, nh)), Some((dl, dh))) if dl > 0.0 && dh > 0.0 => {
+            format!("{}-{}", fmt(nl / dh), fmt(nh / dl))
+        }
+        _ => "-".into(),
+    }
 }
 
 fn fmt(v: f64) -> String {
@@ -313,9 +355,24 @@ fn main() {
     let o = opts();
     let weft = harness::weft_next_to_exe();
     let mut results: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
+    let mut all: BTreeMap<String, Samples> = BTreeMap::new();
     for m in &o.modes {
-        results.insert(m.clone(), measure(m, &o, &weft));
+        let samples = measure(m, &o, &weft);
+        results.insert(
+            m.clone(),
+            samples
+                .iter()
+                .map(|(k, v)| (*k, median(v.clone())))
+                .collect(),
+        );
+        all.insert(m.clone(), samples);
     }
+    let samples = |m: &str, k: &str| -> Vec<f64> {
+        all.get(m)
+            .and_then(|r| r.get(k))
+            .cloned()
+            .unwrap_or_default()
+    };
     let get = |m: &str, k: &str| {
         results
             .get(m)
@@ -332,15 +389,19 @@ fn main() {
     for m in &o.modes {
         print!("{m:>14}");
     }
-    println!("{:>16}{:>16}", "weft-vxlan/kern", "weft-vxlan/hgw");
+    println!(
+        "{:>16}{:>13}{:>16}",
+        "weft-vxlan/kern", "(spread)", "weft-vxlan/hgw"
+    );
     for (k, label, unit, _) in METRICS {
         print!("{:<24}", format!("{label} ({unit})"));
         for m in &o.modes {
             print!("{:>14}", fmt(get(m, k)));
         }
         println!(
-            "{:>16}{:>16}",
+            "{:>16}{:>13}{:>16}",
             fmt(get("weft-vxlan", k) / get("kernel-vxlan", k)),
+            ratio_spread(&samples("weft-vxlan", k), &samples("kernel-vxlan", k)),
             fmt(get("weft-vxlan", k) / get("host-gw", k))
         );
     }
@@ -349,9 +410,10 @@ fn main() {
         for (k, ..) in METRICS {
             let v = get(m, k);
             println!(
-                "bench mode={m} metric={k} value={} vs_kernel_vxlan={} vs_host_gw={}",
+                "bench mode={m} metric={k} value={} vs_kernel_vxlan={} spread={} vs_host_gw={}",
                 fmt(v),
                 fmt(v / get("kernel-vxlan", k)),
+                ratio_spread(&samples(m, k), &samples("kernel-vxlan", k)),
                 fmt(v / get("host-gw", k))
             );
         }
@@ -361,6 +423,7 @@ fn main() {
         "repeats": o.repeats,
         "seconds": o.seconds,
         "weft_args": o.weft_args,
+        "samples": samples_json(&all),
         "results": results
             .iter()
             .map(|(m, r)| {

@@ -84,6 +84,17 @@ pub fn flannel_rules(
     out
 }
 
+/// Adds to flanneld's FORWARD accepts (if `rules` has them) one for frames arriving on the
+/// tunnel GSO injection TAP `dev`: weft's own encapsulated super-packets, which the kernel
+/// forwards out of the underlay. On a node whose FORWARD policy is DROP (Docker sets it)
+/// they would otherwise never leave.
+pub fn accept_forwarded_from(rules: &mut [ChainRules], dev: &str) {
+    for c in rules.iter_mut().filter(|c| c.chain == "FLANNEL-FWD") {
+        c.rules
+            .push(format!("-A {} -i {dev} {FWD_COMMENT} -j ACCEPT", c.chain));
+    }
+}
+
 /// The lines of one table in `iptables-save` output.
 fn table_lines<'a>(save: &'a str, table: &str) -> Vec<&'a str> {
     let mut inside = false;
@@ -331,6 +342,30 @@ mod tests {
         );
         assert_eq!(plain.len(), 1);
         assert!(plain[0].rules[5].ends_with("-j MASQUERADE"));
+        let mut with_tap =
+            flannel_rules(net("10.244.0.0/16"), net("10.244.1.0/24"), true, true, true);
+        accept_forwarded_from(&mut with_tap, "weft0-tx");
+        assert_eq!(
+            with_tap[1].rules.last().unwrap(),
+            "-A FLANNEL-FWD -i weft0-tx -m comment --comment \"flanneld forward\" -j ACCEPT"
+        );
+        assert_eq!(
+            with_tap[0].rules.len(),
+            plain[0].rules.len(),
+            "masquerade rules unchanged"
+        );
+        let mut masq_only = flannel_rules(
+            net("10.244.0.0/16"),
+            net("10.244.1.0/24"),
+            true,
+            true,
+            false,
+        );
+        accept_forwarded_from(&mut masq_only, "weft0-tx");
+        assert!(
+            masq_only.iter().all(|c| c.chain != "FLANNEL-FWD"),
+            "no FORWARD rules asked for"
+        );
         assert!(flannel_rules(
             net("10.244.0.0/16"),
             net("10.244.1.0/24"),

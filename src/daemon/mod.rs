@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{self, Backend, DataplaneSettings, Health, Running, Setup};
-use crate::config::NetConfig;
+use crate::config::{BackendConfig, NetConfig};
 use crate::dataplane::counters::Counters;
 use crate::dataplane::Offloads;
 use crate::lease::LeaseTable;
@@ -243,13 +243,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     // The table starts from the store's current leases, before anything forwards.
     let table = Arc::new(LeaseTable::new(cfg.network));
     let resync = Duration::from_secs(args.iptables_resync as u64);
-    let rules = crate::masq::flannel_rules(
+    let mut rules = crate::masq::flannel_rules(
         cfg.network,
         ours.lease.subnet,
         args.ip_masq,
         !args.ip_masq_fully_random_disable,
         args.iptables_forward_rules,
     );
+    if args.tunnel_gso && args.tun_offload && matches!(cfg.backend, BackendConfig::Vxlan { .. }) {
+        let tap = crate::dataplane::inject::tap_name(&args.tun_name);
+        crate::masq::accept_forwarded_from(&mut rules, &tap);
+    }
     let mut policy = Policy::new(
         ours.clone(),
         cfg.network,
