@@ -822,14 +822,15 @@ fn iface_by_ip_and_a_public_ip_behind_nat_are_what_leases_advertise() {
     ));
 }
 
-/// Checks one captured VXLAN frame (Ethernet onwards) as a wire would see it: outer IPv4
-/// with TTL 64, DF clear and a valid checksum, a complete outer UDP checksum, and a valid
-/// inner IPv4 and (for TCP) TCP checksum. Returns the outer IPv4 total length.
-fn check_wire_frame(f: &[u8]) -> Result<usize, String> {
+/// Checks one captured frame (Ethernet onwards) as a wire would see it: outer IPv4 with
+/// TTL 64, DF clear and a valid checksum, a complete outer UDP checksum, and a valid inner
+/// IPv4 and (for TCP) TCP checksum, the inner packet starting at `inner` (64 for VXLAN, 42
+/// for flannel's udp format). Returns the outer IPv4 total length.
+fn check_wire_frame(f: &[u8], inner: usize) -> Result<usize, String> {
     use weft::wire::checksum::{fold, pseudo_header_v4, sum};
     let be = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
     let ip4 = |i: usize| Ipv4Addr::new(f[i], f[i + 1], f[i + 2], f[i + 3]);
-    if f.len() < 14 + 20 + 8 + 8 + 14 + 20 {
+    if f.len() < inner + 20 {
         return Err(format!("short frame of {} bytes", f.len()));
     }
     let tot = be(16) as usize;
@@ -847,7 +848,6 @@ fn check_wire_frame(f: &[u8]) -> Result<usize, String> {
     if be(40) == 0 || !fold(sum(udp, pseudo_header_v4(ip4(26), ip4(30), 17, ulen))) != 0 {
         return Err(format!("outer UDP checksum {:#06x}", be(40)));
     }
-    let inner = 14 + 20 + 8 + 8 + 14;
     let ihl = (f[inner] & 0x0f) as usize * 4;
     if weft::wire::checksum::checksum(&f[inner..inner + ihl]) != 0 {
         return Err("inner IPv4 checksum".into());
@@ -864,7 +864,19 @@ fn check_wire_frame(f: &[u8]) -> Result<usize, String> {
 
 #[test]
 fn tunnel_gso_leaves_segmenting_to_the_kernel_and_the_wire_is_kernel_vxlans() {
-    let mut c = Cluster::new(weft(), VXLAN);
+    tunnel_gso_case(VXLAN, 64, "vxlan", "8472");
+}
+
+#[test]
+fn tunnel_gso_carries_flannels_udp_format_too() {
+    tunnel_gso_case(UDP, 42, "udp", "8285");
+}
+
+/// Tunnel GSO on a two-node cluster of `conf` (inner packets at `inner` in each frame,
+/// the backend port `port`): node 1 hands super-packets to the kernel and its wire is
+/// checked; node 2, with rp_filter set, falls back to splitting and says why.
+fn tunnel_gso_case(conf: &str, inner: usize, label: &str, port: &str) {
+    let mut c = Cluster::new(weft(), conf);
     c.add_node(Kind::Weft);
     c.add_node(Kind::Weft);
     // Node 2 filters reverse paths: frames injected with its own address as source would be
@@ -897,11 +909,11 @@ fn tunnel_gso_leaves_segmenting_to_the_kernel_and_the_wire_is_kernel_vxlans() {
             "off",
         ],
     );
-    let file = c.dir.join("tunnel-gso.pcap");
+    let file = c.dir.join(format!("tunnel-gso-{label}.pcap"));
     let cap = harness::Capture::start_with(
         &c.nodes[0].ns,
         "eth0",
-        "udp dst port 8472 and src host 192.0.2.1",
+        &format!("udp dst port {port} and src host 192.0.2.1"),
         &file,
         0,
         Some(3000),
@@ -935,7 +947,7 @@ fn tunnel_gso_leaves_segmenting_to_the_kernel_and_the_wire_is_kernel_vxlans() {
     }
     let mut full = 0;
     for (i, f) in frames.iter().enumerate() {
-        match check_wire_frame(f) {
+        match check_wire_frame(f, inner) {
             Ok(tot) => {
                 assert!(
                     tot <= 1500,
@@ -952,7 +964,7 @@ fn tunnel_gso_leaves_segmenting_to_the_kernel_and_the_wire_is_kernel_vxlans() {
         frames.len()
     );
     harness::figure(&format!(
-        "tunnel GSO: {whole} super-packets handed whole to the kernel; {} captured frames ({full} of 1500 bytes) all with kernel vxlan's TTL, DF and complete checksums; iperf3 {:.2} Gbit/s whole, {:.2} Gbit/s split (rp_filter node)",
+        "tunnel GSO ({label}): {whole} super-packets handed whole to the kernel; {} captured frames ({full} of 1500 bytes) all with TTL 64, DF clear and complete checksums; iperf3 {:.2} Gbit/s whole, {:.2} Gbit/s split (rp_filter node)",
         frames.len(),
         there.bps / 1e9,
         back.bps / 1e9

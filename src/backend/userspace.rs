@@ -130,10 +130,9 @@ impl Backend for Userspace {
         // One route for the whole cluster network, as flannel's udp backend has.
         tun.route(s.network).map_err(configure)?;
 
-        let injectors = if offloads.tunnel_gso
-            && offloads.tun
-            && matches!(self.cfg, BackendConfig::Vxlan { .. })
-        {
+        // Both formats: for flannel's udp one the "tunnel header" is just the outer UDP
+        // header, and the kernel's UDP-tunnel GSO replicates it all the same.
+        let injectors = if offloads.tunnel_gso && offloads.tun {
             match open_injectors(&s, &d.tun_name, d.workers) {
                 Ok(i) => i,
                 Err(e) => {

@@ -57,7 +57,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_UDP_GSO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub udp_gso: bool,
     /// Tunnel GSO: a pod's TSO super-packet is encapsulated once and handed whole to the
-    /// kernel, which segments it inside the tunnel (Linux 6.17+, vxlan, `--tun-offload`;
+    /// kernel, which segments it inside the tunnel (Linux 6.17+, either backend, `--tun-offload`;
     /// probed at start, with a fallback to splitting in userspace).
     #[arg(long, env = "WEFT_TUNNEL_GSO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub tunnel_gso: bool,

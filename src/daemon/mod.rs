@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{self, Backend, DataplaneSettings, Health, Running, Setup};
-use crate::config::{BackendConfig, NetConfig};
+use crate::config::NetConfig;
 use crate::dataplane::counters::Counters;
 use crate::dataplane::Offloads;
 use crate::lease::LeaseTable;
@@ -250,7 +250,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         !args.ip_masq_fully_random_disable,
         args.iptables_forward_rules,
     );
-    if args.tunnel_gso && args.tun_offload && matches!(cfg.backend, BackendConfig::Vxlan { .. }) {
+    if args.tunnel_gso && args.tun_offload {
         let tap = crate::dataplane::inject::tap_name(&args.tun_name);
         crate::masq::accept_forwarded_from(&mut rules, &tap);
     }

@@ -1,5 +1,5 @@
 //! The TUN side of a worker: read the TUN (one read may be a 64 KB TSO packet), and either
-//! - hand a TSO super-packet for a vxlan peer to the kernel whole: encapsulated once, in
+//! - hand a TSO super-packet to the kernel whole: encapsulated once, in
 //!   place, and written to the injection TAP for the kernel's UDP-tunnel GSO
 //!   ([`crate::offload::tunnel`], [`super::inject`]); or
 //! - split it into segments ([`crate::offload::gso::split_read`], tun-rs's split),

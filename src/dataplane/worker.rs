@@ -59,7 +59,7 @@ pub struct Offloads {
     pub busy_poll_us: u32,
     /// Underlay socket buffer size, each way, in bytes.
     pub socket_buffer: u32,
-    /// Hand TSO super-packets to the kernel whole, for its UDP-tunnel GSO (vxlan, with
+    /// Hand TSO super-packets to the kernel whole, for its UDP-tunnel GSO (with
     /// `tun`, where the kernel has it).
     pub tunnel_gso: bool,
 }
@@ -90,7 +90,7 @@ pub(crate) struct Worker {
     /// Set when the TUN device is gone (shared by the workers; the daemon recreates it).
     pub(crate) tun_dead: Arc<AtomicBool>,
     /// This worker's queue of the injection TAP, when TSO super-packets leave whole
-    /// (`--tunnel-gso`, Linux 6.17+, vxlan).
+    /// (`--tunnel-gso`, Linux 6.17+).
     pub(crate) inject: Option<super::inject::Injector>,
 }
 

@@ -10,7 +10,8 @@
 //! which carries it whole to the peer) produces exactly the datagrams kernel vxlan would:
 //! outer IP ID incremented per segment, outer UDP checksum complete, inner checksums
 //! complete. A TAP, not the TUN: the kernel checks `outer_th_offset >= ETH_HLEN + 20`,
-//! so the frame needs an Ethernet header.
+//! so the frame needs an Ethernet header. flannel's udp format works the same way: there
+//! the tunnel header between the outer UDP header and the inner IPv4 packet is empty.
 //!
 //! The frame is injected as if received, so it is *forwarded*: its outer TTL is written
 //! one higher (the wire sees 64, as from kernel vxlan), and the TAP needs `forwarding`,
