@@ -25,13 +25,13 @@ fn out(o: &std::process::Output) -> String {
     )
 }
 
-/// Three weft nodes with two pods each; node 2 runs two workers (a multi-queue TUN and two
-/// SO_REUSEPORT sockets), the others one.
+/// Three weft nodes with two pods each; node 2 runs one worker (a single-queue TUN), the
+/// others the default two (a multi-queue TUN and two SO_REUSEPORT sockets).
 fn three_nodes(conf: &str) -> Cluster {
     let mut c = Cluster::new(weft(), conf);
     for i in 0..3 {
         c.add_node(Kind::Weft);
-        c.start_weft(i, if i == 1 { &["--workers", "2"] } else { &[] });
+        c.start_weft(i, if i == 1 { &["--workers", "1"] } else { &[] });
         c.add_pod(i, None);
         c.add_pod(i, None);
     }

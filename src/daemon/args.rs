@@ -46,8 +46,9 @@ pub struct RunArgs {
     /// Name of the TUN device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0", value_parser = parse_ifname)]
     pub tun_name: String,
-    /// Forwarding threads (each with its own TUN queue and UDP socket).
-    #[arg(long, env = "WEFT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Forwarding threads (each with its own TUN queue and UDP socket). Two measured best on
+    /// two vCPUs with tunnel GSO: four streams +26 %, one stream and ping RTT unchanged.
+    #[arg(long, env = "WEFT_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
     /// TUN offloads: a virtio-net header with TSO and checksum offload, so one TUN read or
     /// write moves up to 64 KB (`--tun-offload=false` to switch off).
