@@ -2,7 +2,8 @@
 //! A UDP_GRO read whose stride lies (any value, against any bytes) is cut into datagrams,
 //! each checked by the vxlan receive path and coalesced for the TUN, as a worker does. No
 //! panic; every datagram lies inside the read; whatever reaches the TUN carries a
-//! well-formed virtio-net header and a valid IPv4 packet of the length it says.
+//! well-formed virtio-net header and a valid IPv4 packet of the length it says, and a
+//! merged UDP super-packet the lengths the kernel's UDP GSO needs.
 
 #[path = "common.rs"]
 mod common;
@@ -23,6 +24,15 @@ fn check_out(out: &[u8]) {
     let ip = ipv4::Packet::new_checked(pkt).expect("invalid IPv4 to the TUN");
     assert_eq!(ip.total_len() as usize, pkt.len());
     assert!((hdr.csum_start as usize + hdr.csum_offset as usize + 2) <= pkt.len() || hdr.flags == 0);
+    if hdr.gso_type == virtio_net::VIRTIO_NET_HDR_GSO_UDP_L4 {
+        // A merged UDP super-packet: its UDP length covers the rest, and every datagram the
+        // kernel cuts from it holds a UDP header and at most gso_size bytes.
+        let ihl = ip.header_len();
+        assert_eq!(hdr.hdr_len as usize, ihl + 8);
+        assert_eq!(u16::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5]]) as usize, pkt.len() - ihl);
+        assert!(hdr.gso_size > 0 && pkt.len() > ihl + 8 + hdr.gso_size as usize);
+        assert!((pkt.len() - ihl - 8).div_ceil(hdr.gso_size as usize) <= gro::MAX_UDP_SEGMENTS);
+    }
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// probed at start, with a fallback to splitting in userspace).
     #[arg(long, env = "WEFT_TUNNEL_GSO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub tunnel_gso: bool,
+    /// Write consecutive UDP datagrams of one flow to the TUN as one `UDP_L4` GSO packet,
+    /// which the kernel cuts back into the same datagrams at the pod (`--tun-offload`).
+    #[arg(long, env = "WEFT_TUN_UDP_COALESCE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub tun_udp_coalesce: bool,
     /// UDP GRO: receive a flow's datagrams in one syscall (`UDP_GRO`).
     #[arg(long, env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub udp_gro: bool,

@@ -167,6 +167,7 @@ fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings 
             busy_poll_us: args.busy_poll_us,
             socket_buffer: args.socket_buffer,
             tunnel_gso: args.tunnel_gso,
+            udp_coalesce: args.tun_udp_coalesce,
         },
     }
 }

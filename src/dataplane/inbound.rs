@@ -25,8 +25,9 @@ pub(super) struct RxBuffers {
 }
 
 impl RxBuffers {
-    /// Buffers for a TUN with (`offload`) or without a virtio-net header.
-    pub(super) fn new(offload: bool) -> RxBuffers {
+    /// Buffers for a TUN with (`offload`) or without a virtio-net header, merging UDP
+    /// datagrams into one write when `merge_udp`.
+    pub(super) fn new(offload: bool, merge_udp: bool) -> RxBuffers {
         RxBuffers {
             rxs: (0..sys::RECV_BATCH)
                 .map(|_| vec![0; HEADROOM + MAX_PACKET])
@@ -41,7 +42,7 @@ impl RxBuffers {
                 };
                 sys::RECV_BATCH
             ],
-            writer: TunWriter::new(offload),
+            writer: TunWriter::new(offload, merge_udp),
         }
     }
 }
@@ -117,9 +118,9 @@ pub(super) enum TunWriter {
 }
 
 impl TunWriter {
-    fn new(offload: bool) -> TunWriter {
+    fn new(offload: bool, merge_udp: bool) -> TunWriter {
         if offload {
-            TunWriter::Coalescing(Box::default())
+            TunWriter::Coalescing(Box::new(Coalescer::new().merging_udp(merge_udp)))
         } else {
             TunWriter::Plain {
                 scratch: vec![0; MAX_PACKET],

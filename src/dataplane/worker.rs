@@ -62,6 +62,9 @@ pub struct Offloads {
     /// Hand TSO super-packets to the kernel whole, for its UDP-tunnel GSO (with
     /// `tun`, where the kernel has it).
     pub tunnel_gso: bool,
+    /// Merge consecutive UDP datagrams of a flow into one `UDP_L4` GSO write to the TUN
+    /// (with `tun`).
+    pub udp_coalesce: bool,
 }
 
 /// What a worker owns.
@@ -116,7 +119,7 @@ impl Worker {
             .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
         let mut tx = TxBuffers::new();
-        let mut rx = RxBuffers::new(self.offloads.tun);
+        let mut rx = RxBuffers::new(self.offloads.tun, self.offloads.udp_coalesce);
         let busy = Duration::from_micros(self.offloads.busy_poll_us as u64);
         let mut idle_since: Option<std::time::Instant> = None;
         while !self.stop.load(Ordering::Relaxed) && !self.tun_dead.load(Ordering::Relaxed) {

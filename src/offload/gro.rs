@@ -8,9 +8,18 @@
 //! fields (TOS, TTL, DF, no options, no fragments) and TCP header length and options; the
 //! next sequence number; the same ACK number; ACK or ACK|PSH only, and nothing merges after
 //! a PSH or a short segment. The super-packet keeps the first segment's window.
+//!
+//! Consecutive UDP/IPv4 datagrams of one flow are merged too (as the kernel's UDP GRO does
+//! for a socket that asked for it): same addresses, ports and IP header fields, the same
+//! payload size but for a shorter last one, at most [`MAX_UDP_SEGMENTS`]. The result is
+//! written once with `gso_type = UDP_L4` and the datagram size as `gso_size`; the kernel
+//! carries it whole through the bridge and the pod's veth and cuts it back into the same
+//! datagrams at the pod's socket (or wherever a device cannot take it). One TUN write, one
+//! trip through forwarding, bridge and netfilter, instead of one per datagram.
 
 use crate::wire::virtio_net::{
     self, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 use crate::wire::{be16, checksum, ipv4, put16, tcp};
 
@@ -18,6 +27,41 @@ use crate::wire::{be16, checksum, ipv4, put16, tcp};
 const PKT: usize = virtio_net::LEN;
 /// The largest IPv4 packet.
 const MAX_LEN: usize = 65535;
+
+/// The most datagrams one UDP super-packet carries (the kernel's `UDP_MAX_SEGMENTS` was 64
+/// until 6.9).
+pub const MAX_UDP_SEGMENTS: usize = 64;
+
+/// A UDP/IPv4 datagram's facts for a merge: header length, ports, payload length.
+#[derive(Debug, Clone, Copy)]
+struct Udp {
+    ihl: usize,
+    ports: [u8; 4],
+    payload: usize,
+}
+
+/// A mergeable UDP/IPv4 datagram: no IP options, unfragmented, the UDP length agreeing
+/// with the IP total length (which agrees with the packet), some payload.
+fn udp4(pkt: &[u8]) -> Option<Udp> {
+    let ip = ipv4::Packet::new_checked(pkt).ok()?;
+    let ihl = ip.header_len();
+    if ip.protocol() != ipv4::PROTO_UDP
+        || ihl != ipv4::HEADER_LEN
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+        || ip.total_len() as usize != pkt.len()
+        || pkt.len() < ihl + 8
+        || be16(pkt, ihl + 4) as usize != pkt.len() - ihl
+    {
+        return None;
+    }
+    let payload = pkt.len() - ihl - 8;
+    (payload > 0).then(|| Udp {
+        ihl,
+        ports: [pkt[ihl], pkt[ihl + 1], pkt[ihl + 2], pkt[ihl + 3]],
+        payload,
+    })
+}
 
 /// The TCP/IPv4 facts a merge decision needs.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +119,10 @@ pub struct Coalescer {
     segs: usize,
     /// TCP super-packet state: header lengths, payload per segment, next sequence number.
     tcp: Option<Tcp>,
+    /// UDP super-packet state (the first datagram's facts), when UDP merging is on.
+    udp: Option<Udp>,
+    /// Whether UDP datagrams are merged (`--tun-udp-coalesce`).
+    merge_udp: bool,
     mss: usize,
     next_seq: u32,
     /// No more segments may join (after PSH, a short segment, or a forced GSO packet).
@@ -95,10 +143,18 @@ impl Coalescer {
             len: 0,
             segs: 0,
             tcp: None,
+            udp: None,
+            merge_udp: true,
             mss: 0,
             next_seq: 0,
             closed: false,
         }
+    }
+
+    /// The same coalescer with UDP merging on or off (on by default).
+    pub fn merging_udp(mut self, on: bool) -> Coalescer {
+        self.merge_udp = on;
+        self
     }
 
     /// True when nothing is pending.
@@ -121,6 +177,9 @@ impl Coalescer {
         if self.segs == 0 {
             self.start(pkt);
             return true;
+        }
+        if self.udp.is_some() {
+            return self.push_udp(pkt);
         }
         let (Some(cur), Some((ip, seg))) = (self.tcp, tcp4(pkt)) else {
             return false;
@@ -176,10 +235,38 @@ impl Coalescer {
         true
     }
 
+    /// Merges a datagram into the pending UDP super-packet, if it belongs there.
+    fn push_udp(&mut self, pkt: &[u8]) -> bool {
+        let (Some(cur), Some(u)) = (self.udp, udp4(pkt)) else {
+            return false;
+        };
+        let head = &self.buf[PKT..PKT + ipv4::HEADER_LEN];
+        let ok = !self.closed
+            && u.ports == cur.ports
+            && u.payload <= cur.payload
+            && self.segs < MAX_UDP_SEGMENTS
+            && self.len + u.payload <= MAX_LEN
+            // TOS, the flags word (DF), TTL and protocol, and both addresses.
+            && pkt[1] == head[1]
+            && pkt[6..10] == head[6..10]
+            && pkt[12..20] == head[12..20];
+        if !ok {
+            return false;
+        }
+        let at = PKT + self.len;
+        self.buf[at..at + u.payload].copy_from_slice(&pkt[u.ihl + 8..]);
+        self.len += u.payload;
+        self.segs += 1;
+        // Only the last datagram may be shorter.
+        self.closed = u.payload < cur.payload;
+        true
+    }
+
     fn start(&mut self, pkt: &[u8]) {
         self.buf[PKT..PKT + pkt.len()].copy_from_slice(pkt);
         self.len = pkt.len();
         self.segs = 1;
+        self.udp = if self.merge_udp { udp4(pkt) } else { None };
         self.tcp = tcp4(pkt)
             .map(|(ip, seg)| Tcp::of(&ip, &seg))
             .filter(|t| t.ihl == ipv4::HEADER_LEN && t.payload > 0 && mergeable_flags(t.flags));
@@ -203,6 +290,7 @@ impl Coalescer {
         self.buf[PKT..PKT + pkt.len()].copy_from_slice(pkt);
         self.len = pkt.len();
         self.tcp = Some(t);
+        self.udp = None;
         self.mss = mss;
         // Forces a GSO header even though it arrived as one packet.
         self.segs = t.payload.div_ceil(mss).max(2);
@@ -220,8 +308,22 @@ impl Coalescer {
         let len = self.len;
         let pkt = &mut self.buf[PKT..PKT + len];
         let mut hdr = virtio_net::Repr::default();
-        match self.tcp.take() {
-            Some(t) if segs > 1 => hdr = finish_gso(pkt, &t, self.mss),
+        match (self.tcp.take(), self.udp.take()) {
+            (Some(t), _) if segs > 1 => hdr = finish_gso(pkt, &t, self.mss),
+            (None, Some(u)) if segs > 1 => {
+                put16(pkt, 2, len as u16); // IPv4 total length: `ipv4::Packet` has no setter
+                ipv4::Packet::new_unchecked(&mut *pkt).fill_checksum();
+                put16(pkt, u.ihl + 4, (len - u.ihl) as u16); // UDP length
+                partial_checksum(pkt, u.ihl, ipv4::PROTO_UDP, 6);
+                hdr = virtio_net::Repr {
+                    flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                    gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+                    hdr_len: (u.ihl + 8) as u16,
+                    gso_size: u.payload as u16,
+                    csum_start: u.ihl as u16,
+                    csum_offset: 6,
+                };
+            }
             _ => {
                 // One packet: let the kernel finish a TCP or UDP checksum (it may have come
                 // partial from a kernel peer), unless UDP sent none.
@@ -433,9 +535,9 @@ mod tests {
             .udp(1, 2)
             .write(&mut udp, b"hello")
             .unwrap();
-        let mut c = Coalescer::new();
+        let mut c = Coalescer::new().merging_udp(false);
         assert!(c.push(&udp));
-        assert!(!c.push(&udp)); // UDP never merges
+        assert!(!c.push(&udp)); // with UDP merging off, UDP never merges
         let (hdr, pkt) = finish(c.flush().unwrap());
         assert_eq!(
             (hdr.flags, hdr.gso_type, hdr.csum_start, hdr.csum_offset),
@@ -485,6 +587,95 @@ mod tests {
             oversized_in_place(&mut buf, 50..60, 1398),
             None,
             "not TCP/IPv4"
+        );
+    }
+
+    fn udp_datagram(payload: &[u8], id: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 244, 1, 11], [10, 244, 2, 11], 64)
+            .udp(5001, 5201)
+            .write(&mut v, payload)
+            .unwrap();
+        v[4..6].copy_from_slice(&id.to_be_bytes());
+        let c = checksum::checksum(&{
+            let mut h = v[..20].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        });
+        v[10..12].copy_from_slice(&c.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn a_flows_udp_datagrams_become_one_udp_gso_write_that_cuts_back_into_them() {
+        let payloads: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![i; if i == 4 { 300 } else { 1400 }])
+            .collect();
+        let dgrams: Vec<Vec<u8>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| udp_datagram(p, 100 + i as u16))
+            .collect();
+        let mut c = Coalescer::new();
+        for d in &dgrams {
+            assert!(c.push(d), "datagram refused");
+        }
+        // Nothing joins after the short last one.
+        assert!(!c.push(&dgrams[0]));
+        assert_eq!(c.segments(), 5);
+        let out = c.flush().unwrap().to_vec();
+        let raw = &out[virtio_net::LEN..];
+        // The checksum field holds the pseudo-header sum of the whole, for the kernel to
+        // adjust per datagram as it cuts.
+        let want = checksum::fold(checksum::pseudo_header_v4(
+            [10, 244, 1, 11].into(),
+            [10, 244, 2, 11].into(),
+            17,
+            (raw.len() - 20) as u16,
+        ));
+        assert_eq!(be16(raw, 26), want);
+        let (hdr, pkt) = finish(&out);
+        assert_eq!(
+            (
+                hdr.gso_type,
+                hdr.gso_size,
+                hdr.hdr_len,
+                hdr.csum_start,
+                hdr.csum_offset
+            ),
+            (VIRTIO_NET_HDR_GSO_UDP_L4, 1400, 28, 20, 6)
+        );
+        assert_eq!(pkt.len(), 28 + 4 * 1400 + 300);
+        assert_eq!(be16(&pkt, 2) as usize, pkt.len());
+        assert_eq!(be16(&pkt, 24) as usize, pkt.len() - 20);
+        assert_eq!(checksum::checksum(&pkt[..20]), 0);
+        // The payloads, back to back, cut by gso_size, are the datagrams' payloads.
+        let cut: Vec<&[u8]> = pkt[28..].chunks(1400).collect();
+        assert_eq!(cut.len(), 5);
+        for (c, p) in cut.iter().zip(&payloads) {
+            assert_eq!(c, &&p[..]);
+        }
+    }
+
+    #[test]
+    fn udp_datagrams_of_other_flows_or_sizes_or_with_merging_off_stay_apart() {
+        let a = udp_datagram(&[1; 1000], 1);
+        let mut other_port = udp_datagram(&[1; 1000], 2);
+        other_port[20..22].copy_from_slice(&5002u16.to_be_bytes());
+        let bigger = udp_datagram(&[1; 1001], 3);
+        let mut c = Coalescer::new();
+        assert!(c.push(&a));
+        assert!(!c.push(&other_port), "another flow merged");
+        assert!(!c.push(&bigger), "a larger datagram merged");
+        let (hdr, pkt) = finish(c.flush().unwrap());
+        assert_eq!(hdr.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+        assert_eq!(pkt.len(), a.len());
+        let mut off = Coalescer::new().merging_udp(false);
+        assert!(off.push(&a));
+        assert!(
+            !off.push(&udp_datagram(&[1; 1000], 4)),
+            "merged with merging off"
         );
     }
 
