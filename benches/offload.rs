@@ -2,8 +2,8 @@
 //! tun-rs's, which the transmit path uses where tunnel GSO does not apply), handing it
 //! whole to the kernel instead (recognising the TSO read, encapsulating once, building the
 //! tunnel header: what the transmit path does per 64 KB with tunnel GSO), coalescing
-//! received segments back into one, a peer's super-packet readied for the TUN in place
-//! (weft's receive paths), and the Internet checksum per KB.
+//! received segments (or a flow's UDP datagrams) back into one, a peer's super-packet
+//! readied for the TUN in place (weft's receive paths), and the Internet checksum per KB.
 
 use std::hint::black_box;
 
@@ -108,6 +108,27 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for s in &segs {
                 assert!(co.push(black_box(s)));
+            }
+            co.flush().unwrap().len()
+        })
+    });
+
+    // UDP coalescing: 46 datagrams of 1400 bytes of one flow into one UDP_L4 write.
+    let dgrams: Vec<Vec<u8>> = (0..46u16)
+        .map(|i| {
+            let mut v = Vec::new();
+            etherparse::PacketBuilder::ipv4([10, 244, 1, 11], [10, 244, 2, 11], 64)
+                .udp(5001, 5201)
+                .write(&mut v, &[i as u8; 1400])
+                .unwrap();
+            v
+        })
+        .collect();
+    let mut co = Coalescer::new();
+    g.bench_function("gro_coalesce_udp_46x1400", |b| {
+        b.iter(|| {
+            for d in &dgrams {
+                assert!(co.push(black_box(d)));
             }
             co.flush().unwrap().len()
         })
