@@ -550,6 +550,59 @@ impl Cluster {
         self.push_node(ns, Ipv4Addr::new(192, 0, 2, public), Kind::Weft)
     }
 
+    /// Adds a weft node on another underlay subnet, behind a router: the router sits on the
+    /// underlay bridge as 192.0.2.254 and on a link to the node as 198.51.100.1; the node's
+    /// eth0 is 198.51.100.`i`/24 with its default route via the router, and every node
+    /// already on the bridge gets a route to 198.51.100.0/24 via 192.0.2.254. The node
+    /// reaches the others only through a gateway, as a node in another rack would.
+    pub fn add_node_behind_router(&mut self) -> usize {
+        let i = self.nodes.len() + 1;
+        let r = self.add_host("rtr", 254);
+        ns_sh(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let ns = self.add_ns(&format!("n{i}"));
+        sh(&[
+            "ip", "-n", &r, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &r,
+            "addr",
+            "add",
+            "198.51.100.1/24",
+            "dev",
+            "lan0",
+        ]);
+        sh(&["ip", "-n", &r, "link", "set", "lan0", "up"]);
+        let own = format!("198.51.100.{i}/24");
+        sh(&["ip", "-n", &ns, "addr", "add", &own, "dev", "eth0"]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+        ]);
+        for n in &self.nodes {
+            sh(&[
+                "ip",
+                "-n",
+                &n.ns,
+                "route",
+                "replace",
+                "198.51.100.0/24",
+                "via",
+                "192.0.2.254",
+            ]);
+        }
+        self.push_node(ns, Ipv4Addr::new(198, 51, 100, i as u8), Kind::Weft)
+    }
+
     /// Starts weft on node `i` with extra flags and waits for its subnet.env and /healthz.
     pub fn start_weft(&mut self, i: usize, extra: &[&str]) -> SubnetEnv {
         self.spawn_weft(i, extra);

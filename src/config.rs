@@ -19,7 +19,13 @@ pub enum BackendConfig {
         port: u16,
         /// Underlay MTU override (flannel's `MTU` key), if set.
         mtu: Option<u32>,
+        /// flannel's `DirectRouting`: peers on the node's own underlay subnet get a plain
+        /// route (`subnet via public-ip`) instead of the tunnel.
+        direct_routing: bool,
     },
+    /// flannel's host-gw: a plain route to each peer's subnet via its public IP, no
+    /// encapsulation (nodes must share a layer-2 network).
+    HostGw,
     /// flannel's udp backend format.
     Udp {
         /// UDP port, both ends (default 8285).
@@ -33,6 +39,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Vxlan { .. } => crate::lease::backend_type::VXLAN,
             BackendConfig::Udp { .. } => crate::lease::backend_type::UDP,
+            BackendConfig::HostGw => crate::lease::backend_type::HOST_GW,
         }
     }
 
@@ -41,13 +48,15 @@ impl BackendConfig {
         match self {
             BackendConfig::Vxlan { .. } => crate::encap::VXLAN_OVERHEAD as u32,
             BackendConfig::Udp { .. } => crate::encap::UDP_OVERHEAD as u32,
+            BackendConfig::HostGw => 0,
         }
     }
 
-    /// The UDP port the backend listens and sends on.
-    pub fn port(&self) -> u16 {
+    /// The UDP port the backend listens and sends on (none for host-gw).
+    pub fn port(&self) -> Option<u16> {
         match *self {
-            BackendConfig::Vxlan { port, .. } | BackendConfig::Udp { port } => port,
+            BackendConfig::Vxlan { port, .. } | BackendConfig::Udp { port } => Some(port),
+            BackendConfig::HostGw => None,
         }
     }
 
@@ -271,7 +280,7 @@ impl NetConfig {
         };
         match b.backend_type.as_deref().unwrap_or("") {
             // flanneld fails too ("backend type  not supported"): say so, and how to fix it.
-            "" => err("Backend.Type is missing: set \"vxlan\" (recommended) or \"udp\""),
+            "" => err("Backend.Type is missing: set \"vxlan\" (recommended), \"host-gw\" or \"udp\""),
             "vxlan" => {
                 let vni = match b.vni {
                     None | Some(0) => 1,
@@ -284,9 +293,6 @@ impl NetConfig {
                 };
                 if b.gbp == Some(true) {
                     return err("Backend.GBP is true: VXLAN group-based policy is not supported by weft; remove it or set it to false");
-                }
-                if b.direct_routing == Some(true) {
-                    return err("Backend.DirectRouting is true: direct routing is not supported by weft yet; set it to false");
                 }
                 if b.learning == Some(true) {
                     return err("Backend.Learning is true: weft's VTEP has no MAC learning; set it to false (flannel's default)");
@@ -304,13 +310,15 @@ impl NetConfig {
                     vni,
                     port: port(vxlan::PORT_LINUX)?,
                     mtu,
+                    direct_routing: b.direct_routing == Some(true),
                 })
             }
+            "host-gw" => Ok(BackendConfig::HostGw),
             "udp" => Ok(BackendConfig::Udp {
                 port: port(crate::encap::udp::PORT_FLANNEL)?,
             }),
             other => err(format!(
-                "Backend.Type {other:?} is not supported by weft: use \"vxlan\" or \"udp\""
+                "Backend.Type {other:?} is not supported by weft: use \"vxlan\", \"host-gw\" or \"udp\""
             )),
         }
     }
@@ -352,7 +360,8 @@ mod tests {
             BackendConfig::Vxlan {
                 vni: 1,
                 port: 8472,
-                mtu: None
+                mtu: None,
+                direct_routing: false,
             }
         );
         assert_eq!(c.backend.pod_mtu(1500), 1450);
@@ -393,10 +402,26 @@ mod tests {
             BackendConfig::Vxlan {
                 vni: 42,
                 port: 4789,
-                mtu: Some(9000)
+                mtu: Some(9000),
+                direct_routing: false,
             }
         );
         assert_eq!(v.backend.pod_mtu(1500), 8950);
+        let d =
+            parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#)
+                .unwrap();
+        assert!(matches!(
+            d.backend,
+            BackendConfig::Vxlan {
+                direct_routing: true,
+                ..
+            }
+        ));
+        // host-gw: no encapsulation, so pods get the underlay MTU, as flanneld writes it.
+        let h = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap();
+        assert_eq!(h.backend, BackendConfig::HostGw);
+        assert_eq!(h.backend.pod_mtu(1500), 1500);
+        assert_eq!(h.backend.type_name(), "host-gw");
     }
 
     #[test]
@@ -455,8 +480,8 @@ mod tests {
                 "SubnetMin 10.244.9.0 is above SubnetMax",
             ),
             (
-                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
-                "Backend.Type \"host-gw\"",
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#,
+                "Backend.Type \"ipip\" is not supported by weft: use \"vxlan\", \"host-gw\"",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,

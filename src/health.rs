@@ -122,6 +122,7 @@ pub(crate) fn leases_text(table: &LeaseTable) -> String {
         let backend = match p.backend {
             BackendKind::Vxlan => format!("vxlan vni={} mac={}", p.vni, p.vtep_mac),
             BackendKind::Udp => "udp".to_string(),
+            BackendKind::HostGw => "host-gw".to_string(),
             BackendKind::Other => "other".to_string(),
         };
         s.push_str(&format!("{} {} {}\n", p.subnet, p.public_ip, backend));

@@ -96,9 +96,12 @@ fn init_logging(v: u8) {
 }
 
 fn cleanup() -> Result<(), String> {
-    let guards = weft::daemon::cleanup().map_err(|e| format!("cleanup: {e}"))?;
+    let (guards, others) = weft::daemon::cleanup().map_err(|e| format!("cleanup: {e}"))?;
     for g in &guards {
         println!("removed the fail-closed route for {g}");
+    }
+    for o in &others {
+        println!("removed {o}");
     }
     if guards.is_empty() {
         println!("no fail-closed route to remove");
@@ -126,13 +129,20 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
         c.subnet_count()
     );
     match c.backend {
-        BackendConfig::Vxlan { vni, port, mtu } => {
+        BackendConfig::Vxlan {
+            vni,
+            port,
+            mtu,
+            direct_routing,
+        } => {
             println!(
-                "Backend    vxlan VNI {vni} port {port}{}",
-                mtu.map(|m| format!(" MTU {m}")).unwrap_or_default()
+                "Backend    vxlan VNI {vni} port {port}{}{}",
+                mtu.map(|m| format!(" MTU {m}")).unwrap_or_default(),
+                if direct_routing { " DirectRouting" } else { "" }
             )
         }
         BackendConfig::Udp { port } => println!("Backend    udp port {port}"),
+        BackendConfig::HostGw => println!("Backend    host-gw (routes via each node's public IP)"),
     }
     println!(
         "pod MTU    {} on a 1500-byte underlay",

@@ -9,13 +9,27 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteProtocol, RouteType,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::wire::MacAddr;
 
 /// The route protocol number marking weft's fail-closed guard routes (`ip route` shows
 /// `proto 87`), so weft and `weft cleanup` find their own and nobody else's.
 pub(crate) const GUARD_PROTO: u8 = 87;
+
+/// The protocol of the peer routes weft's kernel backends install (host-gw, DirectRouting,
+/// kernel vxlan): weft's number, as for the guard, but unicast. A restart after a crash
+/// finds the ones a previous weft left by it and adopts or removes them; nobody else's
+/// routes are touched.
+pub(crate) const PEER_PROTO: u8 = GUARD_PROTO;
 
 /// The guard's metric: far above the TUN's route to the same network (metric 0), which
 /// wins while it exists; the guard only answers once that route is gone.
@@ -38,6 +52,54 @@ pub struct Link {
     pub mtu: u32,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// Its hardware address, if it has a 6-byte one.
+    pub mac: Option<MacAddr>,
+    /// Its kind (`vxlan`, `veth`, `tun`, ...), if the kernel says.
+    pub kind: Option<String>,
+}
+
+/// A route to a peer's pod subnet, as the kernel backends install it: `dst via gateway dev
+/// oif [onlink] proto 87`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRoute {
+    /// The peer's subnet.
+    pub dst: Ipv4Net,
+    /// The next hop: the peer's public IP (host-gw, DirectRouting) or its subnet's first
+    /// address (vxlan, with `onlink`).
+    pub gateway: Ipv4Addr,
+    /// The outgoing interface.
+    pub oif: u32,
+    /// `onlink`: the gateway is reachable on `oif` without a connected subnet.
+    pub onlink: bool,
+}
+
+impl std::fmt::Display for PeerRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} via {} (if {})", self.dst, self.gateway, self.oif)?;
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        Ok(())
+    }
+}
+
+/// A kernel vxlan device, as flanneld's vxlan backend creates `flannel.<VNI>`.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec {
+    /// Its name (`flannel.<VNI>`).
+    pub name: String,
+    /// VNI.
+    pub vni: u32,
+    /// Destination (and listening) UDP port.
+    pub port: u16,
+    /// The underlay interface it sends through.
+    pub underlay: u32,
+    /// Its local (source) address.
+    pub local: Ipv4Addr,
+    /// Its MAC: the VTEP MAC the lease publishes.
+    pub mac: MacAddr,
+    /// Its MTU.
+    pub mtu: u32,
 }
 
 fn nl_err(what: &str, e: rtnetlink::Error) -> io::Error {
@@ -68,11 +130,26 @@ impl Netlink {
                     name: String::new(),
                     mtu: 0,
                     up: m.header.flags.contains(LinkFlags::Up),
+                    mac: None,
+                    kind: None,
                 };
                 for a in m.attributes {
                     match a {
                         LinkAttribute::IfName(n) => l.name = n,
                         LinkAttribute::Mtu(v) => l.mtu = v,
+                        LinkAttribute::Address(b) => {
+                            l.mac = <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr)
+                        }
+                        LinkAttribute::LinkInfo(infos) => {
+                            for i in infos {
+                                if let LinkInfo::Kind(k) = i {
+                                    l.kind = Some(match k {
+                                        InfoKind::Vxlan => "vxlan".to_string(),
+                                        other => other.to_string(),
+                                    });
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -248,12 +325,18 @@ impl Netlink {
                 if m.header.table != 254 {
                     continue;
                 }
+                let ours = m.header.protocol == RouteProtocol::Other(GUARD_PROTO);
                 let mut r = RouteInfo {
                     dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, m.header.destination_prefix_length)
                         .map_err(io::Error::other)?,
                     oif: None,
-                    guard: m.header.kind == RouteType::Unreachable
-                        && m.header.protocol == RouteProtocol::Other(GUARD_PROTO),
+                    gateway: None,
+                    metric: 0,
+                    unicast: m.header.kind == RouteType::Unicast,
+                    guard: m.header.kind == RouteType::Unreachable && ours,
+                    peer: m.header.kind == RouteType::Unicast
+                        && m.header.protocol == RouteProtocol::Other(PEER_PROTO),
+                    onlink: m.header.flags.contains(RouteFlags::Onlink),
                 };
                 for a in &m.attributes {
                     match a {
@@ -262,10 +345,229 @@ impl Netlink {
                                 .map_err(io::Error::other)?
                         }
                         RouteAttribute::Oif(i) => r.oif = Some(*i),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                        RouteAttribute::Priority(p) => r.metric = *p,
                         _ => {}
                     }
                 }
                 out.push(r);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The message for a peer route.
+    fn peer_message(r: &PeerRoute) -> rtnetlink::packet_route::route::RouteMessage {
+        let b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix_len())
+            .gateway(r.gateway)
+            .output_interface(r.oif)
+            .protocol(RouteProtocol::Other(PEER_PROTO));
+        if r.onlink {
+            b.onlink().build()
+        } else {
+            b.build()
+        }
+    }
+
+    /// Adds or replaces a peer route (any route to the same destination at metric 0 is
+    /// replaced, as flanneld replaces a stale one).
+    pub fn replace_peer_route(&self, r: &PeerRoute) -> io::Result<()> {
+        self.rt.block_on(async {
+            self.handle
+                .route()
+                .add(Self::peer_message(r))
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err(&format!("add route {r}"), e))
+        })
+    }
+
+    /// Deletes a peer route, if present.
+    pub fn del_peer_route(&self, r: &PeerRoute) -> io::Result<()> {
+        self.rt.block_on(async {
+            match self
+                .handle
+                .route()
+                .del(Self::peer_message(r))
+                .execute()
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+                Err(e) => Err(nl_err(&format!("delete route {r}"), e)),
+            }
+        })
+    }
+
+    /// The peer routes weft installed (unicast, weft's protocol, the main table), this run's
+    /// or a crashed one's.
+    pub fn peer_routes(&self) -> io::Result<Vec<PeerRoute>> {
+        Ok(self
+            .list_routes()?
+            .into_iter()
+            .filter(|r| r.peer)
+            .filter_map(|r| {
+                Some(PeerRoute {
+                    dst: r.dst,
+                    gateway: r.gateway?,
+                    oif: r.oif?,
+                    onlink: r.onlink,
+                })
+            })
+            .collect())
+    }
+
+    /// How the main table reaches `ip`: (gateway, interface) of the longest-prefix unicast
+    /// route, lowest metric first, weft's own peer routes left out; `None` if no route.
+    /// flanneld's `ip.DirectRouting` asks the kernel the same question (`RouteGet`): a route
+    /// without a gateway means the address is on a connected subnet.
+    pub fn route_to(&self, ip: Ipv4Addr) -> io::Result<Option<(Option<Ipv4Addr>, Option<u32>)>> {
+        Ok(self
+            .list_routes()?
+            .into_iter()
+            .filter(|r| r.unicast && !r.peer && r.dst.contains(&ip))
+            .min_by_key(|r| (std::cmp::Reverse(r.dst.prefix_len()), r.metric))
+            .map(|r| (r.gateway, r.oif)))
+    }
+
+    /// Creates a vxlan device as flanneld does (`ip link add flannel.1 address <mac> mtu <mtu>
+    /// type vxlan id 1 local <ip> dev <underlay> dstport 8472 nolearning`); returns its index.
+    pub fn add_vxlan(&self, v: &VxlanSpec) -> io::Result<u32> {
+        self.rt.block_on(async {
+            let msg = LinkVxlan::new(&v.name, v.vni)
+                .dev(v.underlay)
+                .local(v.local)
+                .port(v.port)
+                .learning(false)
+                .address(v.mac.0.to_vec())
+                .mtu(v.mtu)
+                .build();
+            self.handle
+                .link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| nl_err(&format!("create vxlan device {}", v.name), e))
+        })?;
+        self.link_by_name(&v.name)?
+            .map(|l| l.index)
+            .ok_or_else(|| io::Error::other(format!("{} vanished after creation", v.name)))
+    }
+
+    /// Sets an interface's hardware address.
+    pub fn set_mac(&self, index: u32, mac: MacAddr) -> io::Result<()> {
+        self.rt.block_on(async {
+            let msg = LinkUnspec::new_with_index(index)
+                .address(mac.0.to_vec())
+                .build();
+            self.handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| nl_err("set link address", e))
+        })
+    }
+
+    /// `ip neigh replace <ip> dev <index> lladdr <mac> nud permanent`.
+    pub fn replace_neigh(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> io::Result<()> {
+        self.rt.block_on(async {
+            self.handle
+                .neighbours()
+                .add(index, IpAddr::V4(ip))
+                .link_layer_address(&mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err(&format!("add neighbour {ip}"), e))
+        })
+    }
+
+    /// `bridge fdb replace <mac> dev <index> self dst <dst> permanent`.
+    pub fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> io::Result<()> {
+        self.rt.block_on(async {
+            self.handle
+                .neighbours()
+                .add_bridge(index, &mac.0)
+                .destination(IpAddr::V4(dst))
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err(&format!("add fdb entry {mac} dst {dst}"), e))
+        })
+    }
+
+    /// Deletes `ip`'s neighbour entry on `index`, if present.
+    pub fn del_neigh(&self, index: u32, ip: Ipv4Addr) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        self.del_neighbour(m, &format!("delete neighbour {ip}"))
+    }
+
+    /// Deletes the fdb entry `mac dst dst` on `index`, if present.
+    pub fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        self.del_neighbour(m, &format!("delete fdb entry {mac}"))
+    }
+
+    fn del_neighbour(&self, m: NeighbourMessage, what: &str) -> io::Result<()> {
+        self.rt.block_on(async {
+            match self.handle.neighbours().del(m).execute().await {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+                Err(e) => Err(nl_err(what, e)),
+            }
+        })
+    }
+
+    /// The permanent entries on interface `index`: ARP (`(ip, mac)`) with `bridge = false`,
+    /// fdb (`(dst, mac)`) with `bridge = true`.
+    pub fn neighbours(&self, index: u32, bridge: bool) -> io::Result<Vec<(Ipv4Addr, MacAddr)>> {
+        self.rt.block_on(async {
+            let mut req = self.handle.neighbours().get();
+            req = if bridge {
+                req.set_address_family(AddressFamily::Bridge)
+            } else {
+                req.set_address_family(AddressFamily::Inet)
+            };
+            let mut s = req.execute();
+            let mut out = Vec::new();
+            while let Some(m) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list neighbours", e))?
+            {
+                if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+                    _ => None,
+                });
+                let mac = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => {
+                        <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr)
+                    }
+                    _ => None,
+                });
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.push((ip, mac));
+                }
             }
             Ok(out)
         })
@@ -328,7 +630,12 @@ impl Netlink {
 struct RouteInfo {
     dst: Ipv4Net,
     oif: Option<u32>,
+    gateway: Option<Ipv4Addr>,
+    metric: u32,
+    unicast: bool,
     guard: bool,
+    peer: bool,
+    onlink: bool,
 }
 
 /// What weft installed on one interface, undone when dropped: its routes, then the

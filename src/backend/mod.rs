@@ -1,9 +1,21 @@
-//! Backends: what differs per net-conf `Backend.Type`. A backend says what this node
-//! publishes in its lease, what MTU pods get, and what it programs to forward (today the
-//! userspace dataplane on a TUN for `vxlan` and `udp`; routes for host-gw and a kernel
-//! vxlan device are next). The daemon sees one only through [`Backend`] and [`Running`];
-//! [`for_config`] is the one place a backend is chosen.
+//! Backends: what differs per net-conf `Backend.Type` and `--dataplane`. A backend says
+//! what this node publishes in its lease, what MTU pods get, and what it programs to
+//! forward:
+//!
+//! | `Backend.Type` | `--dataplane userspace` | `--dataplane kernel` |
+//! |---|---|---|
+//! | `vxlan` | [`userspace`]: weft's TUN dataplane | [`kernel_vxlan`]: `flannel.<VNI>` |
+//! | `vxlan` + `DirectRouting` | the same, plus [`routes`] for peers on our L2 | the same |
+//! | `udp` | [`userspace`] | refused: flanneld's udp is userspace too |
+//! | `host-gw` | [`hostgw`]: routes only, whatever `--dataplane` says | |
+//!
+//! `--dataplane auto` is kernel vxlan where the kernel can make the device, else
+//! userspace. The daemon sees a backend only through [`Backend`] and [`Running`];
+//! [`for_config`] is the one place one is chosen.
 
+pub mod hostgw;
+pub mod kernel_vxlan;
+pub(crate) mod routes;
 pub mod userspace;
 
 use std::net::Ipv4Addr;
@@ -12,13 +24,14 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::config::BackendConfig;
-use crate::daemon::Error;
+use crate::daemon::{DataplaneChoice, Error, Underlay};
 use crate::dataplane::counters::Counters;
 use crate::dataplane::Offloads;
 use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer};
 use crate::netlink::Netlink;
 
 /// What a backend is given to start forwarding.
+#[derive(Clone)]
 pub struct Setup<'a> {
     /// Netlink, for links and routes.
     pub nl: &'a Arc<Netlink>,
@@ -76,8 +89,14 @@ pub trait Running {
     /// One line for the start-up log: what forwards, and how.
     fn describe(&self) -> String;
 
-    /// The live peers changed (already published to the table).
+    /// The live peers changed (already published to the table; our own lease among them).
     fn peers_changed(&mut self, _peers: &[Peer]) {}
+
+    /// Devices whose traffic the kernel forwards on weft's behalf (the userspace
+    /// dataplane's injection TAP), for flanneld's FORWARD accepts.
+    fn forwarded_from(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Checks that what the backend installed is still there (someone may delete or set
     /// down a device, or flush a route), repairing what it can in place.
@@ -97,11 +116,155 @@ pub enum Health {
     Broken(String),
 }
 
-/// The backend for a net-conf.json's `Backend`.
-pub fn for_config(cfg: &BackendConfig) -> Box<dyn Backend> {
-    match cfg {
-        BackendConfig::Vxlan { .. } | BackendConfig::Udp { .. } => {
+/// The backend for a net-conf.json's `Backend`, the `--dataplane` flag and the underlay
+/// chosen; refused with the reason and the fix where they cannot go together.
+pub fn for_config(
+    cfg: &BackendConfig,
+    dataplane: DataplaneChoice,
+    underlay: &Underlay,
+) -> Result<Box<dyn Backend>, Error> {
+    Ok(match (*cfg, dataplane) {
+        (BackendConfig::HostGw, _) => {
+            if underlay.public_ip != underlay.local_ip {
+                // As flanneld's hostgw.New refuses it.
+                return Err(Error::Backend(format!(
+                    "host-gw: the public IP {} differs from {}'s address {} (a node behind NAT); host-gw routes straight to each node's address, which NAT hides: use Backend.Type vxlan",
+                    underlay.public_ip, underlay.name, underlay.local_ip
+                )));
+            }
+            Box::new(hostgw::HostGw)
+        }
+        (BackendConfig::Udp { .. }, DataplaneChoice::Kernel) => {
+            return Err(Error::Backend(
+                "--dataplane kernel: the udp backend has no kernel dataplane (flanneld's is a userspace proxy too); use --dataplane userspace, or Backend.Type vxlan".into(),
+            ))
+        }
+        (BackendConfig::Vxlan { .. }, DataplaneChoice::Kernel) => {
+            Box::new(kernel_vxlan::KernelVxlan::new(*cfg))
+        }
+        (BackendConfig::Vxlan { .. }, DataplaneChoice::Auto) => Box::new(Auto {
+            kernel: kernel_vxlan::KernelVxlan::new(*cfg),
+            user: userspace::Userspace::new(*cfg),
+        }),
+        (BackendConfig::Vxlan { .. } | BackendConfig::Udp { .. }, _) => {
             Box::new(userspace::Userspace::new(*cfg))
         }
+    })
+}
+
+/// `--dataplane auto`: the kernel's vxlan device where the kernel can make one (the vxlan
+/// module loads on the first request for one), else weft's userspace dataplane. Both read
+/// the VTEP MAC from the lease, so they publish the same lease.
+struct Auto {
+    kernel: kernel_vxlan::KernelVxlan,
+    user: userspace::Userspace,
+}
+
+impl Backend for Auto {
+    fn name(&self) -> &'static str {
+        self.kernel.name()
+    }
+
+    fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
+        self.kernel.pod_mtu(underlay_mtu)
+    }
+
+    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs {
+        self.kernel.lease_attrs(public_ip, ours)
+    }
+
+    fn start(&self, setup: Setup<'_>) -> Result<Box<dyn Running>, Error> {
+        match self.kernel.start(setup.clone()) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!(
+                    "--dataplane auto: the kernel's vxlan is unavailable ({e}); using weft's userspace dataplane"
+                );
+                self.user.start(setup)
+            }
+        }
+    }
+}
+
+/// Removes what a kernel backend of an earlier run left in the kernel (after a crash, or a
+/// switch of backend): weft's peer routes, which would shadow the TUN's route for the
+/// cluster network, and `flannel.*` vxlan devices (weft's, or those of a flanneld this
+/// node ran before). Called once at start, before any backend programs anything; returns
+/// a line per removal.
+pub fn remove_leftovers(nl: &Netlink) -> std::io::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for r in nl.peer_routes()? {
+        nl.del_peer_route(&r)?;
+        done.push(format!("route {r}"));
+    }
+    for l in nl.links()? {
+        if l.name.starts_with("flannel.") && l.kind.as_deref() == Some("vxlan") {
+            nl.del_link(l.index)?;
+            done.push(format!("vxlan device {}", l.name));
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn underlay(public: [u8; 4]) -> Underlay {
+        Underlay {
+            name: "eth0".into(),
+            mtu: 1500,
+            local_ip: Ipv4Addr::new(192, 0, 2, 1),
+            public_ip: public.into(),
+        }
+    }
+
+    fn refusal(cfg: BackendConfig, dp: DataplaneChoice, u: &Underlay) -> String {
+        match for_config(&cfg, dp, u) {
+            Err(e) => e.to_string(),
+            Ok(b) => panic!("{} accepted", b.name()),
+        }
+    }
+
+    #[test]
+    fn each_backend_and_dataplane_is_chosen_in_one_place() {
+        let vxlan = BackendConfig::Vxlan {
+            vni: 1,
+            port: 8472,
+            mtu: None,
+            direct_routing: false,
+        };
+        let u = underlay([192, 0, 2, 1]);
+        for dp in [
+            DataplaneChoice::Userspace,
+            DataplaneChoice::Kernel,
+            DataplaneChoice::Auto,
+        ] {
+            let b = for_config(&vxlan, dp, &u).unwrap();
+            assert_eq!(b.name(), "vxlan");
+            assert_eq!(b.pod_mtu(1500), 1450);
+            let h = for_config(&BackendConfig::HostGw, dp, &u).unwrap();
+            assert_eq!(h.name(), "host-gw");
+            assert_eq!(h.pod_mtu(1500), 1500);
+            let a = h.lease_attrs(u.public_ip, None);
+            assert_eq!(
+                a.to_json(),
+                r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+            );
+        }
+        let udp = BackendConfig::Udp { port: 8285 };
+        assert_eq!(
+            for_config(&udp, DataplaneChoice::Auto, &u).unwrap().name(),
+            "udp"
+        );
+        let e = refusal(udp, DataplaneChoice::Kernel, &u);
+        assert!(e.contains("--dataplane userspace"), "{e}");
+        // host-gw behind NAT, refused as flanneld's hostgw.New refuses it.
+        let e = refusal(
+            BackendConfig::HostGw,
+            DataplaneChoice::Userspace,
+            &underlay([203, 0, 113, 7]),
+        );
+        assert!(e.contains("NAT") && e.contains("vxlan"), "{e}");
     }
 }

@@ -5,13 +5,17 @@
 
 use std::net::Ipv4Addr;
 
+use std::collections::BTreeMap;
+
+use super::routes::{reachable_directly, OnceLog, RouteSet};
 use super::{Backend, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::daemon::Error;
 use crate::dataplane::inject::{self, Injector};
 use crate::dataplane::{open_tun, Dataplane};
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};
-use crate::lease::{Lease, LeaseAttrs, VxlanBackendData};
+use crate::lease::table::BackendKind;
+use crate::lease::{Lease, LeaseAttrs, Peer, VxlanBackendData};
 use crate::netlink::LinkGuard;
 use crate::wire::udp::ChecksumMode;
 use crate::wire::MacAddr;
@@ -36,6 +40,7 @@ pub fn lease_attrs(
             LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac })
         }
         BackendConfig::Udp { .. } => LeaseAttrs::udp(public_ip),
+        BackendConfig::HostGw => super::hostgw::HostGw.lease_attrs(public_ip, ours),
     }
 }
 
@@ -57,6 +62,11 @@ pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
             src_ports: LINUX_SRC_PORTS,
         },
         BackendConfig::Udp { port } => Format::Udp { port },
+        BackendConfig::HostGw => {
+            return Err(Error::Backend(
+                "host-gw has no userspace dataplane: it forwards by kernel routes".into(),
+            ))
+        }
     })
 }
 
@@ -156,6 +166,18 @@ impl Backend for Userspace {
             udp_checksum: ChecksumMode::Zero,
             hash_seed: rand::random(),
         };
+        let direct = match self.cfg {
+            BackendConfig::Vxlan {
+                direct_routing: true,
+                ..
+            } => Some(Direct {
+                routes: RouteSet::new(s.nl.clone()),
+                underlay: super::hostgw::underlay_index(s.nl, s.underlay)?,
+                ours: s.lease.subnet,
+                skipped: OnceLog::default(),
+            }),
+            _ => None,
+        };
         let dp = Dataplane::start(
             node,
             s.local_ip,
@@ -169,12 +191,23 @@ impl Backend for Userspace {
         .map_err(Error::Dataplane)?;
         Ok(Box::new(Forwarding {
             describe: format!(
-                "{} backend via {} (MTU {}, {} worker(s), offloads {offloads:?})",
+                "{} backend via {} (MTU {}, {} worker(s), offloads {offloads:?}{})",
                 self.name(),
                 d.tun_name,
                 s.pod_mtu,
-                d.workers
+                d.workers,
+                if direct.is_some() {
+                    "; DirectRouting"
+                } else {
+                    ""
+                }
             ),
+            direct,
+            forwarded_from: if offloads.tunnel_gso {
+                vec![inject::tap_name(&d.tun_name)]
+            } else {
+                Vec::new()
+            },
             tun_name: d.tun_name.clone(),
             pod_mtu: s.pod_mtu,
             dp,
@@ -195,10 +228,53 @@ fn open_injectors(s: &Setup<'_>, tun: &str, workers: usize) -> std::io::Result<V
     Ok(taps)
 }
 
-/// The running userspace dataplane. Fields drop in order: the workers stop and are joined
-/// first, then the route and the TUN go.
+/// `DirectRouting` beside the userspace dataplane: peers on our layer-2 network get a plain
+/// route via their public IP, more specific than the TUN's route for the whole network, so
+/// their packets never reach the TUN.
+struct Direct {
+    routes: RouteSet,
+    underlay: u32,
+    ours: ipnet::Ipv4Net,
+    skipped: OnceLog,
+}
+
+impl Direct {
+    fn update(&mut self, nl: &crate::netlink::Netlink, peers: &[Peer]) {
+        let want = peers
+            .iter()
+            .filter(|p| p.subnet != self.ours && p.backend == BackendKind::Vxlan)
+            .filter(|p| reachable_directly(nl, p.public_ip, self.underlay))
+            .map(|p| crate::netlink::PeerRoute {
+                dst: p.subnet,
+                gateway: p.public_ip,
+                oif: self.underlay,
+                onlink: false,
+            });
+        match self.routes.set(want) {
+            Ok(changes) => {
+                for c in changes {
+                    tracing::info!("DirectRouting: {c}");
+                }
+                self.skipped.note(BTreeMap::new());
+            }
+            Err(e) => {
+                let mut failed = BTreeMap::new();
+                failed.insert(
+                    self.ours,
+                    format!("DirectRouting: cannot program the direct routes (those peers go through the tunnel meanwhile): {e}"),
+                );
+                self.skipped.note(failed);
+            }
+        }
+    }
+}
+
+/// The running userspace dataplane. Fields drop in order: the direct routes go, the workers
+/// stop and are joined, then the route and the TUN go.
 struct Forwarding {
+    direct: Option<Direct>,
     describe: String,
+    forwarded_from: Vec<String>,
     tun_name: String,
     pod_mtu: u32,
     dp: Dataplane,
@@ -210,7 +286,22 @@ impl Running for Forwarding {
         self.describe.clone()
     }
 
+    fn forwarded_from(&self) -> Vec<String> {
+        self.forwarded_from.clone()
+    }
+
+    fn peers_changed(&mut self, peers: &[Peer]) {
+        if let Some(d) = self.direct.as_mut() {
+            d.update(self.tun.netlink(), peers);
+        }
+    }
+
     fn check(&mut self) -> Health {
+        if let Some(d) = self.direct.as_mut() {
+            if let Health::Repaired(r) = d.routes.check("DirectRouting") {
+                tracing::warn!("{r}");
+            }
+        }
         let name = &self.tun_name;
         if self.dp.tun_gone() {
             return Health::Broken(format!("TUN {name} is gone (its reads fail)"));

@@ -3,6 +3,17 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+/// `--dataplane`: where a vxlan node encapsulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataplaneChoice {
+    /// weft's userspace dataplane on a TUN.
+    Userspace,
+    /// The kernel's vxlan device, programmed by weft.
+    Kernel,
+    /// Kernel when the vxlan module is there, else userspace.
+    Auto,
+}
+
 /// `weft run`'s settings, from flags or `WEFT_<FLAG>` variables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -43,6 +54,12 @@ pub struct RunArgs {
     /// Port for /healthz, /metrics and /leases (0: off).
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// Where vxlan packets are encapsulated: `userspace` (weft's own dataplane on a TUN),
+    /// `kernel` (a `flannel.<VNI>` vxlan device programmed as flanneld programs it) or
+    /// `auto` (kernel when the vxlan module loads, else userspace). The wire is the same,
+    /// so a cluster may mix them. host-gw needs neither; udp has only the userspace one.
+    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value_t = DataplaneChoice::Userspace)]
+    pub dataplane: DataplaneChoice,
     /// Name of the TUN device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0", value_parser = parse_ifname)]
     pub tun_name: String,

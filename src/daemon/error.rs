@@ -91,6 +91,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The backend cannot run with these flags or this underlay (what, and the fix).
+    #[error("{0}")]
+    Backend(String),
     /// The forwarding workers could not start.
     #[error("cannot start the dataplane: {0}")]
     Dataplane(std::io::Error),

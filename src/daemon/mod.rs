@@ -5,7 +5,9 @@
 //!    [`wait_config`]);
 //! 3. **guard**: the fail-closed route for the cluster network, kept across stops and
 //!    crashes ([`fail_closed`]);
-//! 3. **backend**: chosen from the config ([`crate::backend::for_config`]);
+//! 3. **backend**: chosen from the config and `--dataplane`
+//!    ([`crate::backend::for_config`]); what an earlier run's kernel backend left is
+//!    removed ([`crate::backend::remove_leftovers`]);
 //! 4. **lease**: acquired through the store's primitives ([`acquire_lease`]);
 //! 5. **dataplane**: the backend programs the node and starts forwarding, returning a
 //!    guard; flanneld's iptables rules and subnet.env follow;
@@ -21,7 +23,7 @@ mod error;
 pub mod policy;
 mod underlay;
 
-pub use args::{flanneld_env_aliases, RunArgs};
+pub use args::{flanneld_env_aliases, DataplaneChoice, RunArgs};
 pub use error::Error;
 pub use underlay::{find_underlay, Underlay};
 
@@ -110,14 +112,16 @@ pub fn fail_closed(nl: &Netlink, network: ipnet::Ipv4Net) -> Result<()> {
         .map_err(|source| Error::Guard { network, source })
 }
 
-/// `weft cleanup`: removes every fail-closed guard route and returns their networks.
-pub fn cleanup() -> std::io::Result<Vec<ipnet::Ipv4Net>> {
+/// `weft cleanup`: removes every fail-closed guard route, and whatever a crashed kernel
+/// backend left (peer routes, `flannel.*` vxlan devices); returns the guards' networks
+/// and a line per other removal.
+pub fn cleanup() -> std::io::Result<(Vec<ipnet::Ipv4Net>, Vec<String>)> {
     let nl = Netlink::new()?;
     let guards = nl.guards()?;
     for g in &guards {
         nl.del_guard(*g)?;
     }
-    Ok(guards)
+    Ok((guards, backend::remove_leftovers(&nl)?))
 }
 
 /// Phase 4: our lease: reuse ours (keeping backend data such as the VTEP MAC), else the
@@ -150,6 +154,20 @@ pub fn acquire_lease(
             }
             Err(e) => return Err(Error::Acquire(e)),
         }
+    }
+}
+
+/// Phase 3b: what an earlier run's kernel backend left (a crash, or a change of backend or
+/// dataplane) is removed before this run's backend programs anything, so a stale route
+/// cannot shadow the TUN's and no leftover device holds the VXLAN port.
+fn adopt(nl: &Netlink) {
+    match backend::remove_leftovers(nl) {
+        Ok(done) => {
+            for d in done {
+                tracing::info!("removed {d}, left by an earlier run");
+            }
+        }
+        Err(e) => tracing::warn!("cannot remove what an earlier run left: {e}"),
     }
 }
 
@@ -213,7 +231,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         tracing::warn!("{w}");
     }
     fail_closed(&nl, cfg.network)?;
-    let backend = backend::for_config(&cfg.backend);
+    let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
+    adopt(&nl);
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
         return Err(Error::MtuTooSmall {
@@ -251,10 +270,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         !args.ip_masq_fully_random_disable,
         args.iptables_forward_rules,
     );
-    if args.tunnel_gso && args.tun_offload {
-        let tap = crate::dataplane::inject::tap_name(&args.tun_name);
-        crate::masq::accept_forwarded_from(&mut rules, &tap);
-    }
     let mut policy = Policy::new(
         ours.clone(),
         cfg.network,
@@ -293,6 +308,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut running = start()?;
     running.peers_changed(&peers);
+    for dev in running.forwarded_from() {
+        crate::masq::accept_forwarded_from(&mut rules, &dev);
+    }
     let description = running.describe();
     let mut running = Some(running);
     let rules = install_rules(rules, args.ip_masq)?;
@@ -337,8 +355,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     drop(rules);
     drop(running);
     tracing::info!(
-        "stopped; removed {}, its route{}; lease {} and the fail-closed route for {} left in place",
-        args.tun_name,
+        "stopped; removed what the {} backend installed{}; lease {} and the fail-closed route for {} left in place",
+        backend.name(),
         if had_rules {
             " and the iptables rules"
         } else {

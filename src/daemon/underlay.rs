@@ -228,6 +228,8 @@ mod tests {
 
     fn link(index: u32, name: &str) -> Link {
         Link {
+            mac: None,
+            kind: None,
             index,
             name: name.into(),
             mtu: 1500 - index,

@@ -21,6 +21,8 @@ pub mod backend_type {
     pub const VXLAN: &str = "vxlan";
     /// The udp backend.
     pub const UDP: &str = "udp";
+    /// The host-gw backend (no BackendData).
+    pub const HOST_GW: &str = "host-gw";
 }
 
 /// The value flanneld stores under `<prefix>/subnets/<key>` (`pkg/lease/lease.go`

@@ -32,7 +32,9 @@ pub enum BackendKind {
     Vxlan,
     /// flannel's udp format.
     Udp,
-    /// Anything else (host-gw, wireguard, ...): weft cannot reach it.
+    /// flannel's host-gw: reached by a plain route via its public IP.
+    HostGw,
+    /// Anything else (wireguard, ipip, ...): weft cannot reach it.
     Other,
 }
 
@@ -62,6 +64,7 @@ impl Peer {
                 (BackendKind::Vxlan, d.vni, d.vtep_mac)
             }
             "" | backend_type::UDP => (BackendKind::Udp, 0, MacAddr::default()),
+            backend_type::HOST_GW => (BackendKind::HostGw, 0, MacAddr::default()),
             _ => (BackendKind::Other, 0, MacAddr::default()),
         };
         Ok(Peer {

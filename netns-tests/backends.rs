@@ -1,0 +1,383 @@
+//! flannel's other backends and the kernel dataplane, on real namespaces: host-gw routes as
+//! flanneld makes them, vxlan with DirectRouting across a router, and weft's kernel vxlan
+//! dataplane (`--dataplane kernel`) in one cluster with weft's userspace dataplane and a
+//! flanneld-style node. What weft programs is read back with `ip` and `bridge`, never with
+//! weft. Root only, like the rest.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::path::Path;
+use std::time::Duration;
+
+use harness::{iperf3, ns_run, ns_sh, wait_for, Capture, Cluster, Kind, ETCD_PREFIX};
+
+const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const DIRECT: &str =
+    r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+
+fn weft() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// `ip route show <dst>` on node `i`'s namespace, as one line ("" when there is none).
+fn route(c: &Cluster, i: usize, dst: &str) -> String {
+    ns_sh(&c.nodes[i].ns, &["ip", "route", "show", dst])
+        .trim()
+        .to_string()
+}
+
+/// Waits until node `i`'s route to `dst` satisfies `ok`; returns it.
+fn wait_route(c: &Cluster, i: usize, dst: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    wait_for(
+        &format!("node {}: route to {dst} {what}", i + 1),
+        Duration::from_secs(10),
+        || {
+            let r = route(c, i, dst);
+            ok(&r).then_some(r)
+        },
+    )
+}
+
+/// The unicast routes with weft's protocol on node `i` (the guard is `unreachable`).
+fn weft_peer_routes(c: &Cluster, i: usize) -> Vec<String> {
+    ns_sh(&c.nodes[i].ns, &["ip", "route", "show", "proto", "87"])
+        .lines()
+        .filter(|l| !l.starts_with("unreachable"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// iperf3 TCP both ways between the first pods of nodes `a` and `b`: each must carry data.
+fn iperf_both_ways(c: &Cluster, a: usize, b: usize) -> (f64, f64) {
+    let (pa, pb) = (c.nodes[a].pods[0].clone(), c.nodes[b].pods[0].clone());
+    let there = iperf3(&pa, &pb, 2, None);
+    let back = iperf3(&pb, &pa, 2, None);
+    assert!(
+        there.bytes > 0.0 && back.bytes > 0.0,
+        "iperf3 between nodes {} and {} carried nothing",
+        a + 1,
+        b + 1
+    );
+    (there.bps / 1e9, back.bps / 1e9)
+}
+
+#[test]
+fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
+    let mut c = Cluster::with_etcd(weft(), HOST_GW);
+    for _ in 0..2 {
+        c.add_node(Kind::Weft);
+    }
+    let f = c.add_node(Kind::HostGw);
+    for i in 0..2 {
+        c.start_weft(i, &[]);
+    }
+    // A stock flanneld host-gw node: its lease exactly as flanneld's hostgw backend stores
+    // it (BackendType, no BackendData), written with etcdctl.
+    let fsub = "10.244.177.0/24";
+    c.start_hostgw_node(f, fsub.parse().unwrap());
+    let key = format!("{ETCD_PREFIX}/subnets/10.244.177.0-24");
+    c.etcd().ctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"192.0.2.3","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    c.wait_converged();
+    // weft's own leases say host-gw as flanneld's do, with no BackendData.
+    for (k, v) in c.etcd().get_prefix(&format!("{ETCD_PREFIX}/subnets/")) {
+        if v.contains("192.0.2.1\"") || v.contains("192.0.2.2\"") {
+            assert!(v.contains(r#""BackendType":"host-gw""#), "{k}: {v}");
+            assert!(!v.contains("BackendData"), "{k}: {v}");
+        }
+    }
+    for i in 0..3 {
+        c.add_pod(i, None);
+    }
+    c.program_hostgw_routes(f);
+    // And a host-gw lease of a node no route reaches directly: skipped, and named.
+    let far_key = format!("{ETCD_PREFIX}/subnets/10.244.199.0-24");
+    c.etcd().ctl(&[
+        "put",
+        &far_key,
+        r#"{"PublicIP":"203.0.113.9","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    c.wait_converged();
+    let (s1, s2) = (c.subnet(0).to_string(), c.subnet(1).to_string());
+    // Routes as flanneld's RouteNetwork makes them: subnet via the peer's public IP on eth0.
+    for (i, dst, via) in [
+        (0, &s2, "192.0.2.2"),
+        (1, &s1, "192.0.2.1"),
+        (0, &fsub.to_string(), "192.0.2.3"),
+    ] {
+        wait_route(&c, i, dst, &format!("via {via}"), |r| {
+            r.starts_with(&format!("{dst} via {via} dev eth0"))
+        });
+    }
+    // No TUN: host-gw has no dataplane of weft's.
+    assert!(!ns_run(&c.nodes[0].ns, &["ip", "link", "show", "weft0"])
+        .status
+        .success());
+    assert_eq!(
+        route(&c, 0, "10.244.199.0/24"),
+        "",
+        "an unreachable peer got a route"
+    );
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(
+        log.contains("10.244.199.0/24 via 203.0.113.9") && log.contains("layer-2"),
+        "the skipped peer is not named:\n{log}"
+    );
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (there, back) = iperf_both_ways(&c, 0, 1);
+    harness::figure(&format!(
+        "weft host-gw pod to pod, 2 s TCP: {there:.2} / {back:.2} Gbit/s"
+    ));
+    iperf_both_ways(&c, 0, f);
+
+    // A deleted route comes back (flanneld's route check).
+    ns_sh(&c.nodes[0].ns, &["ip", "route", "del", &s2]);
+    wait_route(&c, 0, &s2, "restored", |r| r.contains("via 192.0.2.2"));
+    // A lease removed takes its route with it.
+    c.etcd().ctl(&["del", &key]);
+    wait_route(&c, 0, fsub, "gone", str::is_empty);
+
+    // A crash leaves the routes (traffic keeps flowing); the restart adopts them and drops
+    // the one whose lease went away meanwhile.
+    c.etcd().ctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"192.0.2.3","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    wait_route(&c, 0, fsub, "back", |r| r.contains("via 192.0.2.3"));
+    c.kill_weft(0);
+    assert!(route(&c, 0, &s2).contains("via 192.0.2.2"));
+    c.etcd().ctl(&["del", &key]);
+    c.start_weft(0, &[]);
+    wait_route(&c, 0, fsub, "removed after the restart", str::is_empty);
+    wait_route(&c, 0, &s2, "kept after the restart", |r| {
+        r.contains("via 192.0.2.2")
+    });
+    // A clean stop removes every route weft added; the fail-closed guard stays.
+    assert!(c.stop_weft(0));
+    assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());
+    assert!(
+        ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "proto", "87"])
+            .contains("unreachable 10.244.0.0/16")
+    );
+}
+
+#[test]
+fn direct_routing_routes_peers_on_the_underlay_and_tunnels_the_rest() {
+    let mut c = Cluster::new(weft(), DIRECT);
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    let far = c.add_node_behind_router();
+    // Node 1 with the kernel dataplane, nodes 2 and 3 with weft's userspace one.
+    c.start_weft(0, &["--dataplane", "kernel"]);
+    c.start_weft(1, &[]);
+    c.start_weft(far, &[]);
+    for i in 0..3 {
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let (s1, s2, s3) = (
+        c.subnet(0).to_string(),
+        c.subnet(1).to_string(),
+        c.subnet(far).to_string(),
+    );
+    // Same underlay subnet: a plain route, as flanneld's DirectRouting installs it.
+    wait_route(&c, 0, &s2, "direct", |r| {
+        r.starts_with(&format!("{s2} via 192.0.2.2 dev eth0"))
+    });
+    wait_route(&c, 1, &s1, "direct", |r| {
+        r.starts_with(&format!("{s1} via 192.0.2.1 dev eth0"))
+    });
+    // Behind the router: through vxlan (node 1's flannel.1; node 2's TUN route for the
+    // whole network, so no route of its own).
+    let gw3 = c.subnet(far).network().to_string();
+    wait_route(&c, 0, &s3, "via flannel.1", |r| {
+        r.starts_with(&format!("{s3} via {gw3} dev flannel.1")) && r.contains("onlink")
+    });
+    assert_eq!(route(&c, 1, &s3), "");
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+
+    // Pods on nodes 1 and 2 talk without vxlan: nothing on port 8472 and nothing through
+    // node 2's TUN; pods on nodes 1 and 3 through vxlan.
+    let before = c.metrics(1);
+    let cap = Capture::start(
+        &c.nodes[0].ns,
+        "eth0",
+        "udp port 8472",
+        &c.dir.join("direct.pcap"),
+    );
+    iperf_both_ways(&c, 0, 1);
+    let tunnelled = cap.stop();
+    assert!(
+        tunnelled.is_empty(),
+        "{} vxlan frames between nodes on one subnet",
+        tunnelled.len()
+    );
+    let after = c.metrics(1);
+    for k in [
+        "weft_packets_total{direction=\"tx\"}",
+        "weft_packets_total{direction=\"rx\"}",
+    ] {
+        assert_eq!(
+            before[k], after[k],
+            "{k}: node 2's TUN carried direct traffic"
+        );
+    }
+    let cap = Capture::start(
+        &c.nodes[0].ns,
+        "eth0",
+        "udp port 8472",
+        &c.dir.join("tunnel.pcap"),
+    );
+    iperf_both_ways(&c, 0, far);
+    iperf_both_ways(&c, 1, far);
+    assert!(!cap.stop().is_empty(), "no vxlan frames to the routed node");
+}
+
+#[test]
+fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    let k = c.add_node(Kind::KernelVxlan);
+    c.start_kernel_node(k, "10.244.50.0/24".parse().unwrap());
+    c.start_weft(0, &["--dataplane", "kernel"]);
+    c.start_weft(1, &[]);
+    for i in 0..3 {
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    c.program_kernel_peers(k);
+    let ns = c.nodes[0].ns.clone();
+    let leases = c.leases();
+    let lease = |ip: &str| {
+        leases
+            .iter()
+            .find(|l| l.attrs.public_ip.to_string() == ip)
+            .unwrap_or_else(|| panic!("no lease for {ip}"))
+            .clone()
+    };
+    let (l1, l2) = (lease("192.0.2.1"), lease("192.0.2.2"));
+    let mac = |l: &weft::lease::Lease| l.attrs.vxlan_data().unwrap().vtep_mac.to_string();
+
+    // flannel.1 as flanneld creates it.
+    let link = ns_sh(&ns, &["ip", "-d", "link", "show", "flannel.1"]);
+    for want in [
+        "mtu 1450",
+        &format!("link/ether {}", mac(&l1)),
+        "vxlan id 1 local 192.0.2.1 dev eth0",
+        "dstport 8472",
+        "nolearning",
+    ] {
+        assert!(link.contains(want), "flannel.1 lacks {want:?}:\n{link}");
+    }
+    let addr = ns_sh(&ns, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
+    assert!(
+        addr.contains(&format!("inet {}/32", l1.subnet.network())),
+        "{addr}"
+    );
+    // Per peer: permanent ARP and FDB entries, then the onlink route.
+    for (l, gw) in [
+        (&l2, l2.subnet.network().to_string()),
+        (&lease("192.0.2.3"), "10.244.50.0".to_string()),
+    ] {
+        let arp = ns_sh(&ns, &["ip", "neigh", "show", "dev", "flannel.1", &gw]);
+        assert!(
+            arp.contains(&format!("lladdr {}", mac(l))) && arp.contains("PERMANENT"),
+            "ARP for {gw}: {arp}"
+        );
+        let fdb = ns_sh(&ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        assert!(
+            fdb.contains(&format!(
+                "{} dst {} self permanent",
+                mac(l),
+                l.attrs.public_ip
+            )),
+            "FDB for {}: {fdb}",
+            l.attrs.public_ip
+        );
+        let dst = l.subnet.to_string();
+        wait_route(&c, 0, &dst, "onlink", |r| {
+            r.starts_with(&format!("{dst} via {gw} dev flannel.1")) && r.contains("onlink")
+        });
+    }
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (there, back) = iperf_both_ways(&c, 0, 1);
+    harness::figure(&format!(
+        "weft kernel vxlan <-> weft userspace vxlan, 2 s TCP: {there:.2} / {back:.2} Gbit/s"
+    ));
+    iperf_both_ways(&c, 0, k);
+    iperf_both_ways(&c, 1, k);
+
+    // What someone removes comes back: a route, an ARP entry, the device itself.
+    let s2 = l2.subnet.to_string();
+    let gw2 = l2.subnet.network().to_string();
+    ns_sh(&ns, &["ip", "route", "del", &s2]);
+    wait_route(&c, 0, &s2, "restored", |r| r.contains("dev flannel.1"));
+    ns_sh(&ns, &["ip", "neigh", "del", &gw2, "dev", "flannel.1"]);
+    wait_for("the ARP entry restored", Duration::from_secs(10), || {
+        ns_sh(&ns, &["ip", "neigh", "show", "dev", "flannel.1", &gw2])
+            .contains("PERMANENT")
+            .then_some(())
+    });
+    ns_sh(&ns, &["ip", "link", "del", "flannel.1"]);
+    wait_route(&c, 0, &s2, "back after the device was deleted", |r| {
+        r.contains("dev flannel.1")
+    });
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed after the repair:\n{}",
+        failed.join("\n")
+    );
+
+    // kill -9: the device outlives weft; the restart replaces it and forwards again.
+    c.kill_weft(0);
+    assert!(ns_run(&ns, &["ip", "link", "show", "flannel.1"])
+        .status
+        .success());
+    c.start_weft(0, &["--dataplane", "kernel"]);
+    c.wait_converged();
+    wait_route(&c, 0, &s2, "after the restart", |r| {
+        r.contains("dev flannel.1")
+    });
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed after the restart:\n{}",
+        failed.join("\n")
+    );
+    // The VTEP MAC survived the restart (the lease's).
+    let link = ns_sh(&ns, &["ip", "link", "show", "flannel.1"]);
+    assert!(link.contains(&mac(&l1)), "{link}");
+    // A clean stop takes the device, its entries and routes with it.
+    assert!(c.stop_weft(0));
+    assert!(!ns_run(&ns, &["ip", "link", "show", "flannel.1"])
+        .status
+        .success());
+    assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());
+}
+
+#[test]
+fn refusals_name_the_flag_and_the_fix() {
+    let mut c = Cluster::new(
+        weft(),
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
+    );
+    c.add_node(Kind::Weft);
+    c.spawn_weft_env(0, &["--dataplane", "kernel"], &[]);
+    let (ok, log) = c.wait_exit(0, Duration::from_secs(10));
+    assert!(!ok);
+    assert!(
+        log.contains("--dataplane kernel") && log.contains("--dataplane userspace"),
+        "{log}"
+    );
+}

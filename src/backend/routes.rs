@@ -1,0 +1,163 @@
+//! Peer routes in the kernel, kept in step with the lease table: what host-gw,
+//! DirectRouting and the kernel vxlan dataplane share.
+//!
+//! A [`RouteSet`] holds the routes a backend wants and makes the kernel's set of weft peer
+//! routes (unicast, `proto 87`) exactly that: missing ones are added, changed ones replaced,
+//! ones for leases that went away, or left by a crashed weft, removed. `check` does the
+//! same against what is there now, so a route someone deleted comes back (flanneld's route
+//! check loop, every second here instead of every ten). Dropping the set removes its routes.
+//!
+//! [`reachable_directly`] is flanneld's `ip.DirectRouting`: a peer is on our layer-2 network
+//! when the kernel's route to its public IP has no gateway.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+
+use super::Health;
+use crate::netlink::{Netlink, PeerRoute};
+
+/// The routes a backend wants, and the kernel made to match.
+pub(crate) struct RouteSet {
+    nl: Arc<Netlink>,
+    want: BTreeMap<Ipv4Net, PeerRoute>,
+    last_err: Option<String>,
+}
+
+impl RouteSet {
+    /// An empty set; the first [`RouteSet::set`] removes peer routes a previous weft left.
+    pub(crate) fn new(nl: Arc<Netlink>) -> RouteSet {
+        RouteSet {
+            nl,
+            want: BTreeMap::new(),
+            last_err: None,
+        }
+    }
+
+    /// Wants exactly `routes` (one per destination; a later one wins) and makes the kernel
+    /// hold them. Returns a line per change, or the first netlink error.
+    pub(crate) fn set(
+        &mut self,
+        routes: impl IntoIterator<Item = PeerRoute>,
+    ) -> Result<Vec<String>, String> {
+        self.want = routes.into_iter().map(|r| (r.dst, r)).collect();
+        self.sync()
+    }
+
+    /// For [`Running::check`](super::Running::check): puts back what someone removed or
+    /// changed. An error (the underlay down for a moment, say) is logged when it first
+    /// appears and retried on the next check, not logged every second.
+    pub(crate) fn check(&mut self, label: &str) -> Health {
+        match self.sync() {
+            Ok(c) => {
+                if self.last_err.take().is_some() {
+                    tracing::info!("{label}: peer routes programmable again");
+                }
+                if c.is_empty() {
+                    Health::Fine
+                } else {
+                    Health::Repaired(format!("{label}: {}", c.join("; ")))
+                }
+            }
+            Err(e) => {
+                if self.last_err.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("{label}: cannot restore the peer routes (retrying): {e}");
+                    self.last_err = Some(e);
+                }
+                Health::Fine
+            }
+        }
+    }
+
+    /// Makes the kernel's weft peer routes equal to the wanted ones: a line per change.
+    pub(crate) fn sync(&self) -> Result<Vec<String>, String> {
+        let have: BTreeSet<PeerRoute> = self
+            .nl
+            .peer_routes()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let mut changed = Vec::new();
+        let mut first_err = None;
+        for r in &have {
+            if self.want.get(&r.dst) != Some(r) {
+                match self.nl.del_peer_route(r) {
+                    Ok(()) => changed.push(format!("removed route {r}")),
+                    Err(e) => {
+                        first_err.get_or_insert(e.to_string());
+                    }
+                }
+            }
+        }
+        for r in self.want.values() {
+            if !have.contains(r) {
+                match self.nl.replace_peer_route(r) {
+                    Ok(()) => changed.push(format!("route {r}")),
+                    Err(e) => {
+                        first_err.get_or_insert(e.to_string());
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+}
+
+impl Drop for RouteSet {
+    fn drop(&mut self) {
+        for r in self.want.values() {
+            if let Err(e) = self.nl.del_peer_route(r) {
+                tracing::warn!("cannot remove route {r}: {e}");
+            }
+        }
+    }
+}
+
+/// True when the kernel reaches `ip` without a gateway out of `underlay`: the peer shares
+/// our layer-2 network, so a plain route via its address works (flanneld's
+/// `ip.DirectRouting`, which host-gw needs for every peer and DirectRouting tests per peer).
+pub(crate) fn reachable_directly(nl: &Netlink, ip: Ipv4Addr, underlay: u32) -> bool {
+    matches!(nl.route_to(ip), Ok(Some((None, Some(oif)))) if oif == underlay)
+}
+
+/// Logs a set of subnets once per change, so a peer skipped on every lease update is named
+/// when it starts being skipped, not every 250 ms.
+#[derive(Default)]
+pub(crate) struct OnceLog {
+    last: BTreeSet<Ipv4Net>,
+}
+
+impl OnceLog {
+    /// Logs `why(subnet, detail)` for each entry of `now` not in the previous call's set.
+    pub(crate) fn note(&mut self, now: BTreeMap<Ipv4Net, String>) {
+        for (sn, line) in &now {
+            if !self.last.contains(sn) {
+                tracing::warn!("{line}");
+            }
+        }
+        self.last = now.into_keys().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_log_remembers_only_the_current_set() {
+        let mut l = OnceLog::default();
+        let a: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let b: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        l.note([(a, "a".to_string())].into());
+        assert_eq!(l.last, [a].into());
+        l.note([(a, "a".to_string()), (b, "b".to_string())].into());
+        assert_eq!(l.last, [a, b].into());
+        l.note(BTreeMap::new());
+        assert!(l.last.is_empty());
+    }
+}
