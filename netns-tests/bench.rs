@@ -1,7 +1,9 @@
 //! The throughput bench: one two-node topology per mode (plain routing as flannel's host-gw,
-//! kernel vxlan configured as flanneld does, weft vxlan, weft udp), measured in one run with
+//! kernel vxlan configured as flanneld does, weft vxlan, weft udp, and weft's kernel
+//! backends: weft host-gw and weft's kernel vxlan dataplane), measured in one run with
 //! iperf3 and ping, each figure the median of repeated runs, weft's as ratios to kernel
-//! vxlan and host-gw from the same run. Writes a table, `bench …` lines, JSON and an SVG
+//! vxlan and host-gw from the same run; weft's kernel backends also against the plain
+//! baseline of the same kernel path, which they must equal. Writes a table, `bench …` lines, JSON and an SVG
 //! chart. Run as root: `netns-tests/bench` (see `--help`).
 
 #[path = "harness.rs"]
@@ -13,7 +15,20 @@ use std::path::PathBuf;
 
 use harness::{iperf3_json, ns_run, Cluster, Iperf, Kind, Pod};
 
-const MODES: [&str; 4] = ["host-gw", "kernel-vxlan", "weft-vxlan", "weft-udp"];
+const MODES: [&str; 6] = [
+    "host-gw",
+    "kernel-vxlan",
+    "weft-vxlan",
+    "weft-udp",
+    "weft-host-gw",
+    "weft-kernel-vxlan",
+];
+
+/// weft's kernel backends and the plain setup of the same kernel path.
+const BASELINES: [(&str, &str); 2] = [
+    ("weft-host-gw", "host-gw"),
+    ("weft-kernel-vxlan", "kernel-vxlan"),
+];
 
 /// (key, label, unit, higher is better)
 const METRICS: [(&str, &str, &str, bool); 8] = [
@@ -109,10 +124,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, Pod, Pod) {
-    let backend = if mode == "weft-udp" { "udp" } else { "vxlan" };
+    let backend = match mode {
+        "weft-udp" => "udp",
+        "weft-host-gw" => "host-gw",
+        _ => "vxlan",
+    };
     let conf = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#);
     let mut c = Cluster::new(weft, &conf);
-    let args: Vec<&str> = weft_args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = weft_args.iter().map(String::as_str).collect();
+    if mode == "weft-kernel-vxlan" {
+        args.extend(["--dataplane", "kernel"]);
+    }
     match mode {
         "host-gw" => {
             for i in 0..2 {
@@ -277,7 +299,9 @@ fn svg(results: &BTreeMap<String, BTreeMap<&'static str, f64>>, modes: &[String]
         .map(|m| (m.0, m.1, m.2))
         .chain([("udp64_kpps", "UDP 64 B rate", "kpps")])
         .collect();
-    let colors = ["#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e"];
+    let colors = [
+        "#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd",
+    ];
     let (w, h, top, bottom, left) = (900.0, 420.0, 50.0, 80.0, 40.0);
     let gw = (w - left * 2.0) / groups.len() as f64;
     let bw = gw * 0.8 / modes.len() as f64;
@@ -404,6 +428,33 @@ fn main() {
             ratio_spread(&samples("weft-vxlan", k), &samples("kernel-vxlan", k)),
             fmt(get("weft-vxlan", k) / get("host-gw", k))
         );
+    }
+    let base: Vec<(&str, &str)> = BASELINES
+        .iter()
+        .copied()
+        .filter(|(w, b)| o.modes.iter().any(|m| m == w) && o.modes.iter().any(|m| m == b))
+        .collect();
+    if !base.is_empty() {
+        println!("\n== weft's kernel backends against the same kernel path set up by hand (1.00 = no cost)");
+        print!("{:<24}", "metric");
+        for (w, b) in &base {
+            print!("{:>34}", format!("{w}/{b} (spread)"));
+        }
+        println!();
+        for (k, label, unit, _) in METRICS {
+            print!("{:<24}", format!("{label} ({unit})"));
+            for (w, b) in &base {
+                print!(
+                    "{:>34}",
+                    format!(
+                        "{} ({})",
+                        fmt(get(w, k) / get(b, k)),
+                        ratio_spread(&samples(w, k), &samples(b, k))
+                    )
+                );
+            }
+            println!();
+        }
     }
     println!();
     for m in &o.modes {
