@@ -154,11 +154,17 @@ fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     c.kill_weft(0);
     assert!(route(&c, 0, &s2).contains("via 192.0.2.2"));
     c.etcd().ctl(&["del", &key]);
+    let logged = std::fs::metadata(&c.nodes[0].log).unwrap().len() as usize;
     c.start_weft(0, &[]);
     wait_route(&c, 0, fsub, "removed after the restart", str::is_empty);
     wait_route(&c, 0, &s2, "kept after the restart", |r| {
         r.contains("via 192.0.2.2")
     });
+    // Adopted, not removed and added again: the restarted weft never touched that route.
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    let after = &log[logged..];
+    assert!(after.contains(&format!("removed route {fsub}")), "{after}");
+    assert!(!after.contains(&format!("{s2} via 192.0.2.2")), "{after}");
     // A clean stop removes every route weft added; the fail-closed guard stays.
     assert!(c.stop_weft(0));
     assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());

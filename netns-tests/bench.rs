@@ -129,7 +129,11 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
         "weft-host-gw" => "host-gw",
         _ => "vxlan",
     };
-    let conf = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#);
+    // weft's nodes get the subnets the hand-made modes use (10.244.1.0/24 and 10.244.2.0/24),
+    // so no mode differs from another in its addresses.
+    let conf = format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0","Backend":{{"Type":"{backend}"}}}}"#
+    );
     let mut c = Cluster::new(weft, &conf);
     let mut args: Vec<&str> = weft_args.iter().map(String::as_str).collect();
     if mode == "weft-kernel-vxlan" {

@@ -1038,8 +1038,8 @@ impl Cluster {
         self.publish_static(i, subnet, 1500);
     }
 
-    /// For a node without weft: its subnet.env and flanneld's masquerading rules, as
-    /// flanneld run with `--ip-masq` (kube-flannel.yml) writes and installs them, so its pods
+    /// For a node without weft: its subnet.env and flanneld's masquerading and FORWARD rules,
+    /// as flanneld run with `--ip-masq` (kube-flannel.yml) writes and installs them, so its pods
     /// come up through the CNI plugin like every other node's.
     fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
         let network = self.network;
@@ -1050,7 +1050,10 @@ impl Cluster {
             ipmasq: true,
         };
         env.write(&self.nodes[i].subnet_file).unwrap();
-        let rules = weft::masq::flannel_rules(network, subnet, true, false, false);
+        // flanneld's defaults: --ip-masq as kube-flannel.yml passes it, --random-fully
+        // where iptables has it, and --iptables-forward-rules (on by default), as weft's
+        // nodes install them, so every mode of the bench crosses the same netfilter rules.
+        let rules = weft::masq::flannel_rules(network, subnet, true, true, true);
         let input = weft::masq::restore_input("", &rules);
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.nodes[i].ns])

@@ -232,18 +232,26 @@ impl Netlink {
 
     /// Sets an interface's MTU and transmit queue length and brings it up.
     pub fn set_mtu_up(&self, index: u32, mtu: u32, txqueuelen: u32) -> io::Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .mtu(mtu)
+            .txqueuelen(txqueuelen)
+            .up()
+            .build();
+        self.set_link(msg, "set link mtu/up")
+    }
+
+    fn set_link(
+        &self,
+        msg: rtnetlink::packet_route::link::LinkMessage,
+        what: &str,
+    ) -> io::Result<()> {
         self.rt.block_on(async {
-            let msg = LinkUnspec::new_with_index(index)
-                .mtu(mtu)
-                .txqueuelen(txqueuelen)
-                .up()
-                .build();
             self.handle
                 .link()
                 .set(msg)
                 .execute()
                 .await
-                .map_err(|e| nl_err("set link mtu/up", e))
+                .map_err(|e| nl_err(what, e))
         })
     }
 
@@ -458,17 +466,10 @@ impl Netlink {
 
     /// Sets an interface's hardware address.
     pub fn set_mac(&self, index: u32, mac: MacAddr) -> io::Result<()> {
-        self.rt.block_on(async {
-            let msg = LinkUnspec::new_with_index(index)
-                .address(mac.0.to_vec())
-                .build();
-            self.handle
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .map_err(|e| nl_err("set link address", e))
-        })
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.0.to_vec())
+            .build();
+        self.set_link(msg, "set link address")
     }
 
     /// `ip neigh replace <ip> dev <index> lladdr <mac> nud permanent`.

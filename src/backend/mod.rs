@@ -186,23 +186,32 @@ impl Backend for Auto {
     }
 }
 
-/// Removes what a kernel backend of an earlier run left in the kernel (after a crash, or a
-/// switch of backend): weft's peer routes, which would shadow the TUN's route for the
-/// cluster network, and `flannel.*` vxlan devices (weft's, or those of a flanneld this
-/// node ran before). Called once at start, before any backend programs anything; returns
-/// a line per removal.
-pub fn remove_leftovers(nl: &Netlink) -> std::io::Result<Vec<String>> {
+/// Removes the `flannel.*` vxlan devices an earlier run left (weft's after a crash, or a
+/// flanneld's this node ran before): their routes to peers' subnets would shadow the TUN's
+/// route for the whole cluster network, and a device holds the VXLAN port. Called once at
+/// start, before any backend programs anything (the kernel dataplane makes its own device
+/// anew); returns a line per removal. Peer routes are not touched here: every backend's
+/// [`routes::RouteSet`] adopts those of an earlier run that it still wants and removes the
+/// rest, so host-gw pods keep forwarding across a crash and restart.
+pub fn remove_leftover_devices(nl: &Netlink) -> std::io::Result<Vec<String>> {
     let mut done = Vec::new();
-    for r in nl.peer_routes()? {
-        nl.del_peer_route(&r)?;
-        done.push(format!("route {r}"));
-    }
     for l in nl.links()? {
         if l.name.starts_with("flannel.") && l.kind.as_deref() == Some("vxlan") {
             nl.del_link(l.index)?;
             done.push(format!("vxlan device {}", l.name));
         }
     }
+    Ok(done)
+}
+
+/// For `weft cleanup`: every peer route weft added and every `flannel.*` vxlan device.
+pub fn remove_leftovers(nl: &Netlink) -> std::io::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for r in nl.peer_routes()? {
+        nl.del_peer_route(&r)?;
+        done.push(format!("route {r}"));
+    }
+    done.extend(remove_leftover_devices(nl)?);
     Ok(done)
 }
 

@@ -166,17 +166,21 @@ impl Backend for Userspace {
             udp_checksum: ChecksumMode::Zero,
             hash_seed: rand::random(),
         };
-        let direct = match self.cfg {
-            BackendConfig::Vxlan {
-                direct_routing: true,
-                ..
-            } => Some(Direct {
-                routes: RouteSet::new(s.nl.clone()),
-                underlay: super::hostgw::underlay_index(s.nl, s.underlay)?,
-                ours: s.lease.subnet,
-                skipped: OnceLog::default(),
-            }),
-            _ => None,
+        // Always a route set: without DirectRouting it wants nothing, and its first update
+        // removes peer routes an earlier run (host-gw, DirectRouting) left, which would
+        // shadow the TUN's route.
+        let direct = Direct {
+            enabled: matches!(
+                self.cfg,
+                BackendConfig::Vxlan {
+                    direct_routing: true,
+                    ..
+                }
+            ),
+            routes: RouteSet::new(s.nl.clone()),
+            underlay: super::hostgw::underlay_index(s.nl, s.underlay)?,
+            ours: s.lease.subnet,
+            skipped: OnceLog::default(),
         };
         let dp = Dataplane::start(
             node,
@@ -196,7 +200,7 @@ impl Backend for Userspace {
                 d.tun_name,
                 s.pod_mtu,
                 d.workers,
-                if direct.is_some() {
+                if direct.enabled {
                     "; DirectRouting"
                 } else {
                     ""
@@ -232,6 +236,7 @@ fn open_injectors(s: &Setup<'_>, tun: &str, workers: usize) -> std::io::Result<V
 /// route via their public IP, more specific than the TUN's route for the whole network, so
 /// their packets never reach the TUN.
 struct Direct {
+    enabled: bool,
     routes: RouteSet,
     underlay: u32,
     ours: ipnet::Ipv4Net,
@@ -242,6 +247,7 @@ impl Direct {
     fn update(&mut self, nl: &crate::netlink::Netlink, peers: &[Peer]) {
         let want = peers
             .iter()
+            .filter(|_| self.enabled)
             .filter(|p| p.subnet != self.ours && p.backend == BackendKind::Vxlan)
             .filter(|p| reachable_directly(nl, p.public_ip, self.underlay))
             .map(|p| crate::netlink::PeerRoute {
@@ -272,7 +278,7 @@ impl Direct {
 /// The running userspace dataplane. Fields drop in order: the direct routes go, the workers
 /// stop and are joined, then the route and the TUN go.
 struct Forwarding {
-    direct: Option<Direct>,
+    direct: Direct,
     describe: String,
     forwarded_from: Vec<String>,
     tun_name: String,
@@ -291,16 +297,12 @@ impl Running for Forwarding {
     }
 
     fn peers_changed(&mut self, peers: &[Peer]) {
-        if let Some(d) = self.direct.as_mut() {
-            d.update(self.tun.netlink(), peers);
-        }
+        self.direct.update(self.tun.netlink(), peers);
     }
 
     fn check(&mut self) -> Health {
-        if let Some(d) = self.direct.as_mut() {
-            if let Health::Repaired(r) = d.routes.check("DirectRouting") {
-                tracing::warn!("{r}");
-            }
+        if let Health::Repaired(r) = self.direct.routes.check("DirectRouting") {
+            tracing::warn!("{r}");
         }
         let name = &self.tun_name;
         if self.dp.tun_gone() {

@@ -6,8 +6,8 @@
 //! 3. **guard**: the fail-closed route for the cluster network, kept across stops and
 //!    crashes ([`fail_closed`]);
 //! 3. **backend**: chosen from the config and `--dataplane`
-//!    ([`crate::backend::for_config`]); what an earlier run's kernel backend left is
-//!    removed ([`crate::backend::remove_leftovers`]);
+//!    ([`crate::backend::for_config`]); a vxlan device an earlier run left is removed
+//!    ([`crate::backend::remove_leftover_devices`]);
 //! 4. **lease**: acquired through the store's primitives ([`acquire_lease`]);
 //! 5. **dataplane**: the backend programs the node and starts forwarding, returning a
 //!    guard; flanneld's iptables rules and subnet.env follow;
@@ -157,11 +157,12 @@ pub fn acquire_lease(
     }
 }
 
-/// Phase 3b: what an earlier run's kernel backend left (a crash, or a change of backend or
-/// dataplane) is removed before this run's backend programs anything, so a stale route
-/// cannot shadow the TUN's and no leftover device holds the VXLAN port.
+/// Phase 3b: a vxlan device an earlier run left (a crash, or a change of backend or
+/// dataplane) is removed before this run's backend programs anything, so its routes cannot
+/// shadow the TUN's and it does not hold the VXLAN port; the backend's route set adopts or
+/// removes the earlier run's peer routes.
 fn adopt(nl: &Netlink) {
-    match backend::remove_leftovers(nl) {
+    match backend::remove_leftover_devices(nl) {
         Ok(done) => {
             for d in done {
                 tracing::info!("removed {d}, left by an earlier run");
