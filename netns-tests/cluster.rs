@@ -970,3 +970,171 @@ fn tunnel_gso_case(conf: &str, inner: usize, label: &str, port: &str) {
         back.bps / 1e9
     ));
 }
+
+#[test]
+fn a_storm_to_a_leaseless_subnet_gets_icmp_errors_at_the_kernels_rate() {
+    use weft::encap::ratelimit::PER_DEST_BURST;
+    let mut c = Cluster::new(weft(), VXLAN);
+    c.add_node(Kind::Weft);
+    c.start_weft(0, &[]);
+    let pod = c.add_pod(0, None);
+    let cap = harness::Capture::start(
+        &pod.ns,
+        "eth0",
+        "icmp[icmptype] == icmp-unreach",
+        &c.dir.join("storm.pcap"),
+    );
+    let before = c.metrics(0);
+    // 20,000 datagrams to an address in the cluster network that no lease holds (weft
+    // leases among the first 100 /24s): each one an ICMP net unreachable without a limit.
+    let storm = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(20000):\n  try: s.sendto(b'x'*32,('10.244.250.1',9))\n  except OSError: pass";
+    let t = Instant::now();
+    assert!(ns_run(&pod.ns, &["python3", "-c", storm]).status.success());
+    let secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = cap.stop().len() as u64;
+    let after = c.metrics(0);
+    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0);
+    let (sent, limited, no_lease) = (
+        delta("weft_icmp_sent_total"),
+        delta("weft_icmp_ratelimited_total"),
+        delta("weft_drops_total{reason=\"no_lease\"}"),
+    );
+    // One destination (the pod): its burst, then one a second, as the kernel's
+    // icmp_ratelimit allows; every other packet is counted, not answered.
+    let limit = PER_DEST_BURST + secs.ceil() as u64 + 1;
+    assert!(no_lease > 1000, "only {no_lease} packets reached weft");
+    assert_eq!(
+        sent + limited,
+        no_lease,
+        "every no-lease drop is answered or limited"
+    );
+    assert!(
+        sent >= PER_DEST_BURST && sent <= limit,
+        "{sent} errors sent in {secs:.2} s (limit {limit})"
+    );
+    assert!(
+        seen <= limit && seen >= PER_DEST_BURST,
+        "the pod saw {seen} net unreachables (weft counted {sent})"
+    );
+    harness::figure(&format!(
+        "ICMP storm: {no_lease} packets to a leaseless subnet in {secs:.2} s -> {sent} net unreachables ({limited} rate-limited)"
+    ));
+}
+
+/// `CapEff`, `CapPrm`, `CapBnd`, `CapInh`, `CapAmb` and `NoNewPrivs` of one thread, from
+/// `/proc/<pid>/task/<tid>/status` (the kernel's view, not weft's).
+fn thread_caps(pid: u32, tid: &str) -> std::collections::HashMap<String, u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+    s.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let v = v.trim();
+            match k {
+                "CapEff" | "CapPrm" | "CapBnd" | "CapInh" | "CapAmb" => {
+                    Some((k.to_string(), u64::from_str_radix(v, 16).ok()?))
+                }
+                "NoNewPrivs" => Some((k.to_string(), v.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_node_keeps_only_net_admin_and_net_raw_and_still_repairs_itself() {
+    const NET_ADMIN_RAW: u64 = (1 << 12) | (1 << 13);
+    let mut c = Cluster::new(weft(), VXLAN);
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    // Node 1 starts as deploy/weft.service starts it: root, but with only CAP_NET_ADMIN and
+    // CAP_NET_RAW in its bounding set (CapabilityBoundingSet=), so set-up itself must
+    // need no more. `setpriv` then execs weft: its pid is weft's.
+    c.launcher = [
+        "setpriv",
+        "--bounding-set",
+        "-all,+net_admin,+net_raw",
+        "--inh-caps",
+        "-all",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.start_weft(0, &[]);
+    c.launcher.clear();
+    c.start_weft(1, &[]);
+    for i in 0..2 {
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let pid = c.nodes[0].child.as_ref().unwrap().id();
+    // The drop happens right after the ready line; give it a moment.
+    harness::wait_for("the capabilities to drop", Duration::from_secs(5), || {
+        (thread_caps(pid, &pid.to_string()).get("CapEff") == Some(&NET_ADMIN_RAW)).then_some(())
+    });
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        tids.len() >= 3,
+        "expected the control thread and two workers: {tids:?}"
+    );
+    for tid in &tids {
+        let t = thread_caps(pid, tid);
+        let want = if *tid == pid.to_string() {
+            NET_ADMIN_RAW
+        } else {
+            0
+        };
+        for k in ["CapEff", "CapPrm"] {
+            assert_eq!(t[k], want, "thread {tid} {k}: {t:?}");
+        }
+        assert_eq!(t["CapInh"], 0, "thread {tid}: {t:?}");
+        assert_eq!(t["CapAmb"], 0, "thread {tid}: {t:?}");
+        assert_eq!(t["NoNewPrivs"], 1, "thread {tid}: {t:?}");
+        assert_eq!(
+            t["CapBnd"] & !NET_ADMIN_RAW,
+            0,
+            "thread {tid} may regain more: {t:?}"
+        );
+    }
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+
+    // What it kept is what its repairs need: a TUN recreated (CAP_NET_ADMIN) and
+    // flanneld's rules restored by iptables-restore (run with CAP_NET_ADMIN and CAP_NET_RAW).
+    let ns = c.nodes[0].ns.clone();
+    harness::ns_sh(&ns, &["ip", "link", "del", "weft0"]);
+    harness::ns_sh(&ns, &["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+    harness::wait_for(
+        "the TUN and the rules repaired",
+        Duration::from_secs(15),
+        || {
+            let nat = harness::ns_sh(&ns, &["iptables-save", "-t", "nat"]);
+            let rules = nat
+                .lines()
+                .filter(|l| l.starts_with("-A FLANNEL-POSTRTG"))
+                .count();
+            let tun = ns_run(&ns, &["ip", "link", "show", "weft0"])
+                .status
+                .success();
+            (tun && rules == 6).then_some(())
+        },
+    );
+    harness::wait_for("pings after the repairs", Duration::from_secs(10), || {
+        c.ping_all().is_empty().then_some(())
+    });
+    // The recreated workers hold nothing either.
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        if tid != pid.to_string() {
+            assert_eq!(thread_caps(pid, &tid)["CapEff"], 0, "thread {tid}");
+        }
+    }
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(!log.contains("cannot drop capabilities"), "{log}");
+}

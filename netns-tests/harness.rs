@@ -192,6 +192,9 @@ pub struct Cluster {
     pub network: Ipv4Net,
     /// Helper processes (the kube API stand-in), killed with the cluster.
     helpers: Vec<Child>,
+    /// A command weft is started through inside its namespace (e.g. `setpriv` with a
+    /// reduced capability set, as a systemd unit would start it); empty by default.
+    pub launcher: Vec<String>,
     _one: MutexGuard<'static, ()>,
 }
 
@@ -369,6 +372,7 @@ impl Cluster {
             etcd: None,
             network,
             helpers: Vec::new(),
+            launcher: Vec::new(),
             _one: one,
         };
         FileStore::open(c.lease_dir())
@@ -713,13 +717,9 @@ impl Cluster {
                 self.dir.join("leases").display().to_string(),
             ],
         };
-        let mut args = vec![
-            "netns".to_string(),
-            "exec".into(),
-            n.ns.clone(),
-            self.weft.display().to_string(),
-            "run".into(),
-        ];
+        let mut args = vec!["netns".to_string(), "exec".into(), n.ns.clone()];
+        args.extend(self.launcher.iter().cloned());
+        args.extend([self.weft.display().to_string(), "run".into()]);
         // eth0 unless the test chooses the underlay itself.
         if !extra.iter().any(|a| a.starts_with("--iface")) {
             args.extend(["--iface".into(), "eth0".into()]);

@@ -94,6 +94,8 @@ pub(crate) fn serve(addr: SocketAddr, status: Arc<Status>) -> std::io::Result<()
     std::thread::Builder::new()
         .name("weft-healthz".into())
         .spawn(move || {
+            // Serving reads needs no privilege.
+            crate::privilege::drop_all_in_this_thread();
             for conn in listener.incoming().flatten() {
                 let _ = handle(conn, &status);
             }
@@ -105,13 +107,29 @@ fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body) = status.respond(path);
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or("");
+    let path = words.next().unwrap_or("/");
+    let (status, body) = respond_to(status, method, path);
+    // HEAD: the headers GET would get, no body.
+    let shown = if method == "HEAD" { "" } else { body.as_str() };
     write!(
         conn,
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{shown}",
         body.len()
     )
+}
+
+/// Read-only: GET (and HEAD) are answered, anything else is refused with 405, so nothing
+/// reaching the port can change or trigger anything.
+fn respond_to(status: &Status, method: &str, path: &str) -> (&'static str, String) {
+    match method {
+        "GET" | "HEAD" => status.respond(path),
+        _ => (
+            "405 Method Not Allowed",
+            "read-only: only GET and HEAD are served\n".to_string(),
+        ),
+    }
 }
 
 /// The table as text: `subnet public-ip backend [vni mac]`.
@@ -133,6 +151,20 @@ pub(crate) fn leases_text(table: &LeaseTable) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_reads_are_served() {
+        let s = Status::starting("x");
+        assert_eq!(respond_to(&s, "GET", "/healthz").0, "200 OK");
+        assert_eq!(respond_to(&s, "HEAD", "/healthz").0, "200 OK");
+        for m in ["POST", "PUT", "DELETE", "PATCH", ""] {
+            assert_eq!(
+                respond_to(&s, m, "/healthz").0,
+                "405 Method Not Allowed",
+                "{m}"
+            );
+        }
+    }
 
     #[test]
     fn healthz_is_live_while_starting_and_503_with_the_reason_when_something_is_wrong() {

@@ -19,6 +19,7 @@ pub mod lease;
 pub mod masq;
 pub(crate) mod netlink;
 pub mod offload;
+pub mod privilege;
 pub mod store;
 pub mod subnet_env;
 #[doc(hidden)]

@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// so a cluster may mix them. host-gw needs neither; udp has only the userspace one.
     #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value_t = DataplaneChoice::Userspace)]
     pub dataplane: DataplaneChoice,
+    /// Least privilege once forwarding: the control thread keeps only CAP_NET_ADMIN and
+    /// CAP_NET_RAW, every other thread nothing, all with no_new_privs
+    /// (`--drop-capabilities=false` to keep what weft was started with).
+    #[arg(long, env = "WEFT_DROP_CAPABILITIES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub drop_capabilities: bool,
     /// Name of the TUN device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0", value_parser = parse_ifname)]
     pub tun_name: String,

@@ -212,6 +212,8 @@ fn install_rules(
 
 /// Runs the agent until a signal or a fatal error.
 pub fn run(args: RunArgs) -> Result<()> {
+    // Before any thread starts: each drops its own capabilities (crate::privilege).
+    crate::privilege::enable(args.drop_capabilities);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
@@ -337,6 +339,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         description,
         args.subnet_file.display()
     );
+    if args.drop_capabilities {
+        match crate::privilege::keep_only(&crate::privilege::CONTROL) {
+            Ok(()) => tracing::info!(
+                "capabilities: CAP_NET_ADMIN and CAP_NET_RAW kept for the control thread, none for the others (--drop-capabilities=false keeps them all)"
+            ),
+            Err(e) => tracing::warn!("cannot drop capabilities, running with what weft was started with: {e}"),
+        }
+    }
 
     // Phase 6.
     let outcome = control_loop(

@@ -21,6 +21,8 @@ pub struct WorkerCounters {
     pub rx_bytes: AtomicU64,
     /// ICMP errors written back to the TUN.
     pub icmp_sent: AtomicU64,
+    /// ICMP errors not sent: the kernel's rate limits said no.
+    pub icmp_ratelimited: AtomicU64,
     /// Underlay sends that failed (buffer full, no route).
     pub send_errors: AtomicU64,
     /// TUN writes that failed.
@@ -58,6 +60,8 @@ pub struct Totals {
     pub rx_bytes: u64,
     /// See [`WorkerCounters::icmp_sent`].
     pub icmp_sent: u64,
+    /// See [`WorkerCounters::icmp_ratelimited`].
+    pub icmp_ratelimited: u64,
     /// See [`WorkerCounters::send_errors`].
     pub send_errors: u64,
     /// See [`WorkerCounters::tun_write_errors`].
@@ -97,6 +101,7 @@ impl Counters {
             t.rx_packets += w.rx_packets.load(Relaxed);
             t.rx_bytes += w.rx_bytes.load(Relaxed);
             t.icmp_sent += w.icmp_sent.load(Relaxed);
+            t.icmp_ratelimited += w.icmp_ratelimited.load(Relaxed);
             t.send_errors += w.send_errors.load(Relaxed);
             t.tun_write_errors += w.tun_write_errors.load(Relaxed);
             t.tunnel_gso_frames += w.tunnel_gso_frames.load(Relaxed);
@@ -151,6 +156,12 @@ impl Totals {
             "counter",
             "ICMP errors sent back to pods.",
             &[(String::new(), self.icmp_sent)],
+        );
+        metric(
+            "weft_icmp_ratelimited_total",
+            "counter",
+            "ICMP errors not sent: the per-destination or node-wide rate limit (the kernel's icmp_ratelimit and icmp_msgs_per_sec) said no.",
+            &[(String::new(), self.icmp_ratelimited)],
         );
         metric(
             "weft_send_errors_total",

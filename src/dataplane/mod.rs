@@ -177,6 +177,10 @@ impl Dataplane {
             tun_dead: Arc::new(AtomicBool::new(false)),
         };
         let mut injectors = injectors.into_iter();
+        let icmp_limit = Arc::new(std::sync::Mutex::new(
+            crate::encap::ratelimit::IcmpLimiter::default(),
+        ));
+        let clock = std::time::Instant::now();
         for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
             let w = Worker {
                 tun,
@@ -191,6 +195,8 @@ impl Dataplane {
                 offloads,
                 send_error_logged: false,
                 inject: injectors.next(),
+                icmp_limit: icmp_limit.clone(),
+                clock,
             };
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))

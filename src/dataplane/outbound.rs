@@ -136,10 +136,7 @@ impl Worker {
                     }
                     Outbound::Reply { packet, reason } => {
                         c.drop(reason);
-                        match self.write_tun_one(&mut b.tx[i], packet) {
-                            Ok(_) => WorkerCounters::add(&c.icmp_sent, 1),
-                            Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
-                        }
+                        self.reply(&mut b.tx[i], packet, c);
                     }
                     Outbound::Drop(r) => c.drop(r),
                 }
@@ -228,16 +225,38 @@ impl Worker {
             Outbound::Reply { packet, reason } => {
                 self.ip_id = ip_id;
                 c.drop(reason);
-                match self.write_tun_one(&mut b.raw, packet) {
-                    Ok(_) => WorkerCounters::add(&c.icmp_sent, 1),
-                    Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
-                }
+                self.reply(&mut b.raw, packet, c);
                 true
             }
             Outbound::Drop(r) => {
                 c.drop(r);
                 true
             }
+        }
+    }
+
+    /// Writes the ICMP error the core built at `buf[packet]` back to the TUN, unless the
+    /// node's ICMP rate limit (the kernel's, [`crate::encap::ratelimit`]) says no: a storm
+    /// of packets to a subnet nobody leases gets a few errors a second, not one each.
+    fn reply(&mut self, buf: &mut [u8], packet: Range<usize>, c: &WorkerCounters) {
+        let to = buf
+            .get(packet.start + 16..packet.start + 20)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(std::net::Ipv4Addr::from)
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        let now = self.clock.elapsed().as_nanos() as u64;
+        let allowed = self
+            .icmp_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(to, now);
+        if !allowed {
+            WorkerCounters::add(&c.icmp_ratelimited, 1);
+            return;
+        }
+        match self.write_tun_one(buf, packet) {
+            Ok(_) => WorkerCounters::add(&c.icmp_sent, 1),
+            Err(_) => WorkerCounters::add(&c.tun_write_errors, 1),
         }
     }
 

@@ -95,6 +95,10 @@ pub(crate) struct Worker {
     /// This worker's queue of the injection TAP, when TSO super-packets leave whole
     /// (`--tunnel-gso`, Linux 6.17+).
     pub(crate) inject: Option<super::inject::Injector>,
+    /// The node's ICMP error rate limit (shared by the workers; locked only for errors).
+    pub(crate) icmp_limit: Arc<std::sync::Mutex<crate::encap::ratelimit::IcmpLimiter>>,
+    /// The clock the limiter counts in (the dataplane's start).
+    pub(crate) clock: std::time::Instant,
 }
 
 /// Was the source drained (it said WouldBlock)?
@@ -103,6 +107,8 @@ pub(super) type Drained = bool;
 impl Worker {
     /// Runs until `stop` is set. Returns an error only if polling itself fails.
     pub(super) fn run(mut self, index: usize) -> io::Result<()> {
+        // A worker only reads and writes the descriptors it was handed.
+        crate::privilege::drop_all_in_this_thread();
         if self.offloads.pin {
             let cores = core_affinity::get_core_ids().unwrap_or_default();
             if let Some(core) = cores.get(index % cores.len().max(1)) {

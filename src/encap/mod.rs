@@ -8,6 +8,7 @@
 //! no payload copy, no allocation. ICMP errors are built in place too, over the offending
 //! packet's headroom, quoting its first bytes where they already are.
 
+pub mod ratelimit;
 pub mod udp;
 pub mod vxlan;
 

@@ -385,6 +385,8 @@ impl EtcdStore {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("weft-etcd")
+            // The client only talks to its server: no privilege needed.
+            .on_thread_start(crate::privilege::drop_all_in_this_thread)
             .enable_all()
             .build()
             .map_err(|e| StoreError::Remote {
