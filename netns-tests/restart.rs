@@ -252,3 +252,48 @@ fn healthz_answers_before_the_config_and_systemd_hears_ready() {
         weft::subnet_env::SubnetEnv::read(&c.nodes[n].subnet_file).ok()
     });
 }
+
+#[test]
+fn an_underlay_down_for_5_s_comes_back_by_itself_with_the_same_lease() {
+    let mut c = two_nodes();
+    let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    assert!(poke(&p1, &p2), "no traffic before the test");
+    let subnet = c.subnet(0);
+    let ns = c.nodes[0].ns.clone();
+    harness::ns_sh(&ns, &["ip", "link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!poke(&p1, &p2), "pods talked over a downed underlay");
+    harness::ns_sh(&ns, &["ip", "link", "set", "eth0", "up"]);
+    let t = std::time::Instant::now();
+    // Nobody touches weft: forwarding resumes on its own.
+    harness::wait_for("pods to talk again", Duration::from_secs(15), || {
+        poke(&p1, &p2).then_some(())
+    });
+    let back = t.elapsed();
+    assert!(
+        c.nodes[0]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "weft exited"
+    );
+    assert_eq!(c.subnet(0), subnet, "subnet.env changed");
+    assert!(
+        c.leases()
+            .iter()
+            .any(|l| l.subnet == subnet && l.attrs.public_ip == c.nodes[0].ip),
+        "the lease was lost"
+    );
+    assert_eq!(
+        c.http(0, "/healthz").as_deref(),
+        Some("ok\n"),
+        "not healthy after the outage"
+    );
+    harness::figure(&format!(
+        "underlay down 5 s: pod-to-pod ping answered {:.1} s after the link came back, same lease {subnet}",
+        back.as_secs_f64()
+    ));
+}
