@@ -298,6 +298,8 @@ impl Running for Forwarding {
 
     fn peers_changed(&mut self, peers: &[Peer]) {
         self.direct.update(self.tun.netlink(), peers);
+        let senders: Vec<std::net::Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
+        self.dp.set_senders(&senders);
     }
 
     fn check(&mut self) -> Health {

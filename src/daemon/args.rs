@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// so a cluster may mix them. host-gw needs neither; udp has only the userspace one.
     #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value_t = DataplaneChoice::Userspace)]
     pub dataplane: DataplaneChoice,
+    /// Drop datagrams from hosts that hold no lease in the kernel (a BPF filter on the
+    /// vxlan/udp sockets), before they are copied to weft or wake a worker
+    /// (`--udp-sender-filter=false` to leave every check to userspace).
+    #[arg(long, env = "WEFT_UDP_SENDER_FILTER", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub udp_sender_filter: bool,
     /// Least privilege once forwarding: the control thread keeps only CAP_NET_ADMIN and
     /// CAP_NET_RAW, every other thread nothing, all with no_new_privs
     /// (`--drop-capabilities=false` to keep what weft was started with).

@@ -187,6 +187,7 @@ fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings 
             socket_buffer: args.socket_buffer,
             tunnel_gso: args.tunnel_gso,
             udp_coalesce: args.tun_udp_coalesce,
+            sender_filter: args.udp_sender_filter,
         },
     }
 }

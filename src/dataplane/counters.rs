@@ -23,6 +23,9 @@ pub struct WorkerCounters {
     pub icmp_sent: AtomicU64,
     /// ICMP errors not sent: the kernel's rate limits said no.
     pub icmp_ratelimited: AtomicU64,
+    /// Datagrams the kernel dropped for this worker's socket (the sender filter, or a full
+    /// receive buffer): the socket's own counter, as last read.
+    pub socket_drops: AtomicU64,
     /// Underlay sends that failed (buffer full, no route).
     pub send_errors: AtomicU64,
     /// TUN writes that failed.
@@ -62,6 +65,8 @@ pub struct Totals {
     pub icmp_sent: u64,
     /// See [`WorkerCounters::icmp_ratelimited`].
     pub icmp_ratelimited: u64,
+    /// See [`WorkerCounters::socket_drops`].
+    pub socket_drops: u64,
     /// See [`WorkerCounters::send_errors`].
     pub send_errors: u64,
     /// See [`WorkerCounters::tun_write_errors`].
@@ -102,6 +107,7 @@ impl Counters {
             t.rx_bytes += w.rx_bytes.load(Relaxed);
             t.icmp_sent += w.icmp_sent.load(Relaxed);
             t.icmp_ratelimited += w.icmp_ratelimited.load(Relaxed);
+            t.socket_drops += w.socket_drops.load(Relaxed);
             t.send_errors += w.send_errors.load(Relaxed);
             t.tun_write_errors += w.tun_write_errors.load(Relaxed);
             t.tunnel_gso_frames += w.tunnel_gso_frames.load(Relaxed);
@@ -162,6 +168,12 @@ impl Totals {
             "counter",
             "ICMP errors not sent: the per-destination or node-wide rate limit (the kernel's icmp_ratelimit and icmp_msgs_per_sec) said no.",
             &[(String::new(), self.icmp_ratelimited)],
+        );
+        metric(
+            "weft_socket_drops_total",
+            "counter",
+            "Datagrams the kernel dropped before weft read them: from senders that hold no lease (the sender filter), or for a full receive buffer.",
+            &[(String::new(), self.socket_drops)],
         );
         metric(
             "weft_send_errors_total",

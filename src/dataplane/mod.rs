@@ -8,6 +8,7 @@
 //! address, link state and route are set over netlink ([`crate::netlink`]).
 
 pub(crate) mod counters;
+pub(crate) mod filter;
 mod inbound;
 pub(crate) mod inject;
 mod outbound;
@@ -17,7 +18,7 @@ mod worker;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -139,6 +140,11 @@ pub(crate) struct Dataplane {
     threads: Vec<JoinHandle<io::Result<()>>>,
     stop: Arc<AtomicBool>,
     tun_dead: Arc<AtomicBool>,
+    /// The workers' receiving sockets (duplicated descriptors), for the sender filter;
+    /// empty when `--udp-sender-filter` is off.
+    filtered: Vec<std::net::UdpSocket>,
+    /// Whether the last update could not list every sender (logged once per change).
+    unfiltered: std::sync::atomic::AtomicBool,
 }
 
 impl Dataplane {
@@ -175,6 +181,15 @@ impl Dataplane {
             threads: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             tun_dead: Arc::new(AtomicBool::new(false)),
+            filtered: if offloads.sender_filter {
+                socks
+                    .iter()
+                    .map(|s| s.try_clone())
+                    .collect::<io::Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            },
+            unfiltered: std::sync::atomic::AtomicBool::new(false),
         };
         let mut injectors = injectors.into_iter();
         let icmp_limit = Arc::new(std::sync::Mutex::new(
@@ -208,6 +223,31 @@ impl Dataplane {
 }
 
 impl Dataplane {
+    /// Lets only datagrams from `senders` (the leases' public IPs) into the workers'
+    /// sockets ([`filter`]); past [`filter::MAX_SENDERS`] the filter is lifted and every
+    /// datagram reaches the userspace check, which holds the same rule.
+    pub(crate) fn set_senders(&self, senders: &[Ipv4Addr]) {
+        if self.filtered.is_empty() {
+            return;
+        }
+        let prog = filter::program(senders);
+        let lifted = prog.is_none();
+        if lifted != self.unfiltered.swap(lifted, Ordering::Relaxed) && lifted {
+            tracing::info!(
+                "{} peers: more than the sender filter lists ({}); datagrams from unknown senders are dropped in userspace instead",
+                senders.len(),
+                filter::MAX_SENDERS
+            );
+        }
+        let prog = prog.unwrap_or_default();
+        for s in &self.filtered {
+            if let Err(e) = sys::attach_filter(s, &prog) {
+                tracing::warn!("cannot set the sender filter: {e}");
+                return;
+            }
+        }
+    }
+
     /// Whether a worker found the TUN device gone.
     pub(crate) fn tun_gone(&self) -> bool {
         self.tun_dead.load(std::sync::atomic::Ordering::Relaxed)

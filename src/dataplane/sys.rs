@@ -56,6 +56,82 @@ pub(super) fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
+/// Attaches (or atomically replaces) the classic BPF program `prog` on socket `fd`
+/// (`SO_ATTACH_FILTER`; no privilege needed). An empty `prog` detaches any.
+pub(super) fn attach_filter(fd: &impl AsRawFd, prog: &[super::filter::Insn]) -> io::Result<()> {
+    if prog.is_empty() {
+        // SAFETY: SO_DETACH_FILTER takes no value; `fd` is a live socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_DETACH_FILTER,
+                std::ptr::null(),
+                0,
+            )
+        };
+        let e = io::Error::last_os_error();
+        return if rc == 0 || e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    let insns: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `insns`, alive for the call; the kernel copies the program
+    // and reads exactly `len` instructions; we pass the struct's own size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The socket's drop counter (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`): datagrams the kernel
+/// dropped for it, by its filter or for a full receive buffer.
+pub(super) fn socket_drops(fd: &impl AsRawFd) -> io::Result<u32> {
+    /// `SO_MEMINFO` (include/uapi/asm-generic/socket.h).
+    const SO_MEMINFO: i32 = 55;
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a u32 array on our stack whose size we pass in `len`; the kernel
+    // writes at most `len` bytes and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
 fn sockaddr_v4(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,

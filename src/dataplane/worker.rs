@@ -65,6 +65,9 @@ pub struct Offloads {
     /// Merge consecutive UDP datagrams of a flow into one `UDP_L4` GSO write to the TUN
     /// (with `tun`).
     pub udp_coalesce: bool,
+    /// Drop datagrams from senders that hold no lease in the kernel, before they reach a
+    /// worker (a BPF socket filter, [`super::filter`]).
+    pub sender_filter: bool,
 }
 
 /// What a worker owns.
@@ -128,7 +131,18 @@ impl Worker {
         let mut rx = RxBuffers::new(self.offloads.tun, self.offloads.udp_coalesce);
         let busy = Duration::from_micros(self.offloads.busy_poll_us as u64);
         let mut idle_since: Option<std::time::Instant> = None;
+        let mut drops_read = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) && !self.tun_dead.load(Ordering::Relaxed) {
+            // What the kernel dropped for this socket (its sender filter, a full buffer),
+            // read once a second for /metrics.
+            if drops_read.elapsed() >= Duration::from_secs(1) {
+                drops_read = std::time::Instant::now();
+                if let Ok(d) = super::sys::socket_drops(&self.sock) {
+                    self.counters
+                        .socket_drops
+                        .store(d as u64, Ordering::Relaxed);
+                }
+            }
             // Optionally spin (non-blocking polls) for a while before sleeping: a sleeping
             // worker costs a wake-up (an IPI and a halt exit on a VM) per burst.
             let timeout = match idle_since {

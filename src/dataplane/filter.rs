@@ -1,0 +1,137 @@
+//! The sender filter: a classic BPF program on each worker's UDP socket that keeps only
+//! datagrams whose outer source address is a lease's public IP, so a flood from a host
+//! that holds no lease is dropped in the kernel's softirq, before it is queued, copied to
+//! weft or wakes a worker (kernel vxlan drops such packets just as early). The userspace
+//! policy ([`crate::encap::Node::inbound`]) still checks every datagram that passes.
+//!
+//! Pure: [`program`] builds the instructions; `sys::attach_filter` installs them. The
+//! kernel counts what the filter drops in the socket's drop counter, which weft exports as
+//! `weft_socket_drops_total`.
+
+use std::net::Ipv4Addr;
+
+/// `BPF_LD | BPF_W | BPF_ABS`: load the 32-bit word at offset k.
+const LD_W_ABS: u16 = 0x20;
+/// `BPF_JMP | BPF_JEQ | BPF_K`.
+const JEQ_K: u16 = 0x15;
+/// `BPF_RET | BPF_K`.
+const RET_K: u16 = 0x06;
+/// `SKF_NET_OFF + 12`: the IPv4 source address, relative to the network header.
+const SRC_ADDR: u32 = (-0x10_0000i32 + 12) as u32;
+
+/// The most addresses one program lists: a conditional jump reaches at most 255
+/// instructions ahead. A larger cluster runs without the filter (every datagram then
+/// reaches the userspace check).
+pub(crate) const MAX_SENDERS: usize = 255;
+
+/// One instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Insn {
+    /// Opcode.
+    pub(crate) code: u16,
+    /// Jump offset if true.
+    pub(crate) jt: u8,
+    /// Jump offset if false.
+    pub(crate) jf: u8,
+    /// Constant.
+    pub(crate) k: u32,
+}
+
+/// The program accepting exactly the datagrams from `senders` (duplicates allowed), or
+/// `None` when there are more than [`MAX_SENDERS`] distinct ones.
+pub(crate) fn program(senders: &[Ipv4Addr]) -> Option<Vec<Insn>> {
+    let mut s: Vec<u32> = senders.iter().map(|a| u32::from(*a)).collect();
+    s.sort_unstable();
+    s.dedup();
+    if s.len() > MAX_SENDERS {
+        return None;
+    }
+    let n = s.len();
+    let mut p = Vec::with_capacity(n + 3);
+    p.push(Insn {
+        code: LD_W_ABS,
+        jt: 0,
+        jf: 0,
+        k: SRC_ADDR,
+    });
+    for (i, a) in s.iter().enumerate() {
+        // From instruction i + 1, the accept at n + 2 is n - i ahead.
+        p.push(Insn {
+            code: JEQ_K,
+            jt: (n - i) as u8,
+            jf: 0,
+            k: *a,
+        });
+    }
+    p.push(Insn {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    });
+    p.push(Insn {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    });
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `p` as the kernel would on a datagram from `src` (only the instructions
+    /// `program` emits): true when kept.
+    fn run(p: &[Insn], src: Ipv4Addr) -> bool {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = p[pc];
+            match i.code {
+                LD_W_ABS => {
+                    assert_eq!(i.k, SRC_ADDR);
+                    a = u32::from(src);
+                    pc += 1;
+                }
+                JEQ_K => pc += 1 + if a == i.k { i.jt } else { i.jf } as usize,
+                RET_K => return i.k != 0,
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_exactly_the_lease_holders() {
+        let peers: Vec<Ipv4Addr> = (1..=200u8).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+        let p = program(&peers).unwrap();
+        for a in &peers {
+            assert!(run(&p, *a), "{a} dropped");
+        }
+        for a in [
+            Ipv4Addr::new(192, 0, 2, 201),
+            Ipv4Addr::new(203, 0, 113, 1),
+            Ipv4Addr::UNSPECIFIED,
+        ] {
+            assert!(!run(&p, a), "{a} kept");
+        }
+        // No leases: nothing is kept.
+        assert!(!run(&program(&[]).unwrap(), Ipv4Addr::new(192, 0, 2, 1)));
+    }
+
+    #[test]
+    fn the_largest_program_still_reaches_its_accept_and_a_larger_one_is_refused() {
+        let peers: Vec<Ipv4Addr> = (0..MAX_SENDERS as u32)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
+            .collect();
+        let p = program(&peers).unwrap();
+        assert!(run(&p, peers[0]) && run(&p, peers[MAX_SENDERS - 1]));
+        let mut more = peers.clone();
+        more.push(Ipv4Addr::new(192, 0, 2, 1));
+        assert!(program(&more).is_none());
+        // Duplicates do not count twice.
+        more.pop();
+        more.push(peers[3]);
+        assert!(program(&more).is_some());
+    }
+}
