@@ -432,12 +432,18 @@ impl Netlink {
     /// flanneld's `ip.DirectRouting` asks the kernel the same question (`RouteGet`): a route
     /// without a gateway means the address is on a connected subnet.
     pub fn route_to(&self, ip: Ipv4Addr) -> io::Result<Option<(Option<Ipv4Addr>, Option<u32>)>> {
-        Ok(self
-            .list_routes()?
-            .into_iter()
-            .filter(|r| r.unicast && !r.peer && r.dst.contains(&ip))
-            .min_by_key(|r| (std::cmp::Reverse(r.dst.prefix_len()), r.metric))
-            .map(|r| (r.gateway, r.oif)))
+        Ok(self.routing()?.route_to(ip))
+    }
+
+    /// The main table's unicast routes (weft's own peer routes left out), read once, to
+    /// answer [`Routing::route_to`] for many addresses without a dump each.
+    pub fn routing(&self) -> io::Result<Routing> {
+        Ok(Routing(
+            self.list_routes()?
+                .into_iter()
+                .filter(|r| r.unicast && !r.peer)
+                .collect(),
+        ))
     }
 
     /// Creates a vxlan device as flanneld does (`ip link add flannel.1 address <mac> mtu <mtu>
@@ -624,6 +630,20 @@ impl Netlink {
                 Err(e) => Err(nl_err("delete guard route", e)),
             }
         })
+    }
+}
+
+/// A snapshot of the main table, from [`Netlink::routing`].
+pub struct Routing(Vec<RouteInfo>);
+
+impl Routing {
+    /// (gateway, interface) of the longest-prefix route to `ip`, lowest metric first.
+    pub fn route_to(&self, ip: Ipv4Addr) -> Option<(Option<Ipv4Addr>, Option<u32>)> {
+        self.0
+            .iter()
+            .filter(|r| r.dst.contains(&ip))
+            .min_by_key(|r| (std::cmp::Reverse(r.dst.prefix_len()), r.metric))
+            .map(|r| (r.gateway, r.oif))
     }
 }
 

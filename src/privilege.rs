@@ -4,7 +4,9 @@
 //! - the control thread keeps `CAP_NET_ADMIN` (netlink: routes, links, neighbours; the TUN
 //!   and vxlan device it may recreate; `SO_RCVBUFFORCE`) and `CAP_NET_RAW` (the
 //!   `iptables-restore` it runs to resync flanneld's rules), nothing else, in its effective,
-//!   permitted and bounding sets, with none inheritable;
+//!   permitted and bounding sets (as root, none inheritable; not as root, the two kept are
+//!   also inheritable and ambient, which is how an unprivileged process hands them to
+//!   iptables);
 //! - the worker threads, the health server and the store clients' runtime threads keep
 //!   nothing: they only read and write descriptors they were handed;
 //! - every thread sets `no_new_privs`, so a program weft runs (iptables) cannot gain more
@@ -14,7 +16,8 @@
 //! functions here act on the calling thread. The kernel enforces the rest; the netns test
 //! reads every thread's `/proc/<pid>/task/<tid>/status`.
 //!
-//! One `unsafe` call: `prctl(PR_SET_NO_NEW_PRIVS)`, which libc exposes only as a raw call.
+//! Two `unsafe` calls: `prctl(PR_SET_NO_NEW_PRIVS)` and `geteuid`, which libc exposes only
+//! as raw calls.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,14 +61,33 @@ pub fn keep_only(keep: &[Capability]) -> Result<(), String> {
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| err("clear the ambient set", e))?;
-    caps::clear(None, CapSet::Inheritable).map_err(|e| err("clear the inheritable set", e))?;
     let have = caps::read(None, CapSet::Permitted).map_err(|e| err("read capabilities", e))?;
     let kept: CapsHashSet = have.intersection(&keep).copied().collect();
+    // Root's execve grants the bounding set (within the permitted one, under
+    // no_new_privs), so iptables gets what this thread kept. A non-root weft (a unit with
+    // User= and AmbientCapabilities=) passes them on only as ambient capabilities, which
+    // must also be inheritable.
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let inheritable = if root {
+        CapsHashSet::new()
+    } else {
+        kept.clone()
+    };
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .map_err(|e| err("set the inheritable set", e))?;
     caps::set(None, CapSet::Effective, &kept).map_err(|e| err("set the effective set", e))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(|e| err("set the permitted set", e))?;
+    if !root {
+        for c in &kept {
+            caps::raise(None, CapSet::Ambient, *c)
+                .map_err(|e| err("raise an ambient capability", e))?;
+        }
+    }
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers and only sets a
     // flag of the calling thread.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+    let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0 {
         return Err(format!(
             "cannot set no_new_privs: {}",
             std::io::Error::last_os_error()

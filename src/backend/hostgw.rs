@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
-use super::routes::{reachable_directly, OnceLog, RouteSet};
+use super::routes::{OnceLog, Reach, RouteSet};
 use super::{Backend, Health, Running, Setup};
 use crate::daemon::Error;
 use crate::lease::table::BackendKind;
@@ -83,6 +83,7 @@ impl Running for HostGwRoutes {
     fn peers_changed(&mut self, peers: &[Peer]) {
         let mut want = Vec::new();
         let mut skipped = BTreeMap::new();
+        let reach = Reach::read(&self.nl);
         for p in peers.iter().filter(|p| p.subnet != self.ours) {
             if p.backend != BackendKind::HostGw {
                 // As flanneld's RouteNetwork: "Ignoring non-host-gw subnet".
@@ -93,7 +94,7 @@ impl Running for HostGwRoutes {
                         p.subnet, p.public_ip, p.backend
                     ),
                 );
-            } else if !reachable_directly(&self.nl, p.public_ip, self.underlay) {
+            } else if !reach.direct(p.public_ip, self.underlay) {
                 skipped.insert(
                     p.subnet,
                     format!(

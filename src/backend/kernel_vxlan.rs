@@ -23,7 +23,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use super::hostgw::underlay_index;
-use super::routes::{reachable_directly, OnceLog, RouteSet};
+use super::routes::{OnceLog, Reach, RouteSet};
 use super::{userspace, Backend, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::daemon::Error;
@@ -219,7 +219,8 @@ impl Device {
             if !(has_arp && has_fdb) {
                 match self.program_entry(*sn, ip, mac) {
                     Ok(()) => fixed.push(format!("restored the ARP/FDB entries for {sn}")),
-                    Err(e) => fixed.push(format!("cannot restore the entries for {sn}: {e}")),
+                    // Retried on the next check; said once a second at debug, not warn.
+                    Err(e) => tracing::debug!("cannot restore the entries for {sn} yet: {e}"),
                 }
             }
         }
@@ -247,6 +248,7 @@ impl Running for Device {
         let mut want_routes = Vec::new();
         let mut want_entries = BTreeMap::new();
         let mut skipped = BTreeMap::new();
+        let reach = self.direct_routing.then(|| Reach::read(&self.nl));
         for p in peers.iter().filter(|p| p.subnet != self.ours) {
             if p.backend != BackendKind::Vxlan {
                 // flanneld: "ignoring non-vxlan v4Subnet".
@@ -265,8 +267,9 @@ impl Running for Device {
                         p.subnet, p.public_ip, p.vni, self.vni
                     ),
                 );
-            } else if self.direct_routing
-                && reachable_directly(&self.nl, p.public_ip, self.underlay)
+            } else if reach
+                .as_ref()
+                .is_some_and(|r| r.direct(p.public_ip, self.underlay))
             {
                 want_routes.push(PeerRoute {
                     dst: p.subnet,

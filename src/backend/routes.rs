@@ -7,7 +7,7 @@
 //! same against what is there now, so a route someone deleted comes back (flanneld's route
 //! check loop, every second here instead of every ten). Dropping the set removes its routes.
 //!
-//! [`reachable_directly`] is flanneld's `ip.DirectRouting`: a peer is on our layer-2 network
+//! [`Reach`] is flanneld's `ip.DirectRouting`: a peer is on our layer-2 network
 //! when the kernel's route to its public IP has no gateway.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -118,11 +118,24 @@ impl Drop for RouteSet {
     }
 }
 
-/// True when the kernel reaches `ip` without a gateway out of `underlay`: the peer shares
+/// Whether the kernel reaches an address without a gateway out of the underlay: the peer shares
 /// our layer-2 network, so a plain route via its address works (flanneld's
 /// `ip.DirectRouting`, which host-gw needs for every peer and DirectRouting tests per peer).
-pub(crate) fn reachable_directly(nl: &Netlink, ip: Ipv4Addr, underlay: u32) -> bool {
-    matches!(nl.route_to(ip), Ok(Some((None, Some(oif)))) if oif == underlay)
+///
+/// One route dump answers for every peer of an update: build a [`Reach`] and ask it.
+pub(crate) struct Reach(Option<crate::netlink::Routing>);
+
+impl Reach {
+    /// Reads the main table once (an unreadable table makes every peer unreachable
+    /// directly: the tunnel, or no route, until the next update).
+    pub(crate) fn read(nl: &Netlink) -> Reach {
+        Reach(nl.routing().ok())
+    }
+
+    /// True when `ip` is reached without a gateway out of `underlay`.
+    pub(crate) fn direct(&self, ip: Ipv4Addr, underlay: u32) -> bool {
+        matches!(self.0.as_ref().and_then(|r| r.route_to(ip)), Some((None, Some(oif))) if oif == underlay)
+    }
 }
 
 /// Logs a set of subnets once per change, so a peer skipped on every lease update is named

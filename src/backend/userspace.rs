@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use std::collections::BTreeMap;
 
-use super::routes::{reachable_directly, OnceLog, RouteSet};
+use super::routes::{OnceLog, Reach, RouteSet};
 use super::{Backend, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::daemon::Error;
@@ -257,11 +257,15 @@ struct Direct {
 
 impl Direct {
     fn update(&mut self, nl: &crate::netlink::Netlink, peers: &[Peer]) {
+        let reach = self.enabled.then(|| Reach::read(nl));
         let want = peers
             .iter()
-            .filter(|_| self.enabled)
             .filter(|p| p.subnet != self.ours && p.backend == BackendKind::Vxlan)
-            .filter(|p| reachable_directly(nl, p.public_ip, self.underlay))
+            .filter(|p| {
+                reach
+                    .as_ref()
+                    .is_some_and(|r| r.direct(p.public_ip, self.underlay))
+            })
             .map(|p| crate::netlink::PeerRoute {
                 dst: p.subnet,
                 gateway: p.public_ip,

@@ -24,7 +24,7 @@ pub struct WorkerCounters {
     /// ICMP errors not sent: the kernel's rate limits said no.
     pub icmp_ratelimited: AtomicU64,
     /// Datagrams the kernel dropped for this worker's socket (the sender filter, or a full
-    /// receive buffer): the socket's own counter, as last read.
+    /// receive buffer): the socket's own counter, added up as read once a second.
     pub socket_drops: AtomicU64,
     /// Underlay sends that failed (buffer full, no route).
     pub send_errors: AtomicU64,

@@ -19,10 +19,10 @@ const RET_K: u16 = 0x06;
 /// `SKF_NET_OFF + 12`: the IPv4 source address, relative to the network header.
 const SRC_ADDR: u32 = (-0x10_0000i32 + 12) as u32;
 
-/// The most addresses one program lists: a conditional jump reaches at most 255
-/// instructions ahead. A larger cluster runs without the filter (every datagram then
+/// The most addresses one program lists: two instructions each, within the kernel's
+/// 4096-instruction limit. A larger cluster runs without the filter (every datagram then
 /// reaches the userspace check).
-pub(crate) const MAX_SENDERS: usize = 255;
+pub(crate) const MAX_SENDERS: usize = 2000;
 
 /// One instruction (`struct sock_filter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,8 @@ pub(crate) struct Insn {
 }
 
 /// The program accepting exactly the datagrams from `senders` (duplicates allowed), or
-/// `None` when there are more than [`MAX_SENDERS`] distinct ones.
+/// `None` when there are more than [`MAX_SENDERS`] distinct ones: load the source address,
+/// then per sender "equal: accept, else go on", and drop at the end.
 pub(crate) fn program(senders: &[Ipv4Addr]) -> Option<Vec<Insn>> {
     let mut s: Vec<u32> = senders.iter().map(|a| u32::from(*a)).collect();
     s.sort_unstable();
@@ -46,35 +47,29 @@ pub(crate) fn program(senders: &[Ipv4Addr]) -> Option<Vec<Insn>> {
     if s.len() > MAX_SENDERS {
         return None;
     }
-    let n = s.len();
-    let mut p = Vec::with_capacity(n + 3);
+    let ret = |k| Insn {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut p = Vec::with_capacity(2 * s.len() + 2);
     p.push(Insn {
         code: LD_W_ABS,
         jt: 0,
         jf: 0,
         k: SRC_ADDR,
     });
-    for (i, a) in s.iter().enumerate() {
-        // From instruction i + 1, the accept at n + 2 is n - i ahead.
+    for a in s {
         p.push(Insn {
             code: JEQ_K,
-            jt: (n - i) as u8,
-            jf: 0,
-            k: *a,
+            jt: 0,
+            jf: 1,
+            k: a,
         });
+        p.push(ret(u32::MAX));
     }
-    p.push(Insn {
-        code: RET_K,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    });
-    p.push(Insn {
-        code: RET_K,
-        jt: 0,
-        jf: 0,
-        k: u32::MAX,
-    });
+    p.push(ret(0));
     Some(p)
 }
 
@@ -120,12 +115,14 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_program_still_reaches_its_accept_and_a_larger_one_is_refused() {
+    fn the_largest_program_fits_the_kernel_and_a_larger_one_is_refused() {
         let peers: Vec<Ipv4Addr> = (0..MAX_SENDERS as u32)
             .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
             .collect();
         let p = program(&peers).unwrap();
+        assert!(p.len() <= 4096, "BPF_MAXINSNS");
         assert!(run(&p, peers[0]) && run(&p, peers[MAX_SENDERS - 1]));
+        assert!(!run(&p, Ipv4Addr::new(192, 0, 2, 1)));
         let mut more = peers.clone();
         more.push(Ipv4Addr::new(192, 0, 2, 1));
         assert!(program(&more).is_none());

@@ -240,11 +240,15 @@ impl Dataplane {
             );
         }
         let prog = prog.unwrap_or_default();
+        // Every socket, even past a failure, so they do not differ more than they must.
+        let mut failed = None;
         for s in &self.filtered {
             if let Err(e) = sys::attach_filter(s, &prog) {
-                tracing::warn!("cannot set the sender filter: {e}");
-                return;
+                failed = Some(e);
             }
+        }
+        if let Some(e) = failed {
+            tracing::warn!("cannot set the sender filter: {e}");
         }
     }
 

@@ -244,12 +244,17 @@ impl Worker {
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(std::net::Ipv4Addr::from)
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        // As the kernel (icmpv4_mask_allow): "fragmentation needed" is never limited, or
+        // path MTU discovery would stall for every destination past the burst.
+        let frag_needed = buf.get(packet.start + 20..packet.start + 22)
+            == Some(&[3, crate::wire::icmpv4::CODE_FRAG_NEEDED][..]);
         let now = self.clock.elapsed().as_nanos() as u64;
-        let allowed = self
-            .icmp_limit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(to, now);
+        let allowed = frag_needed
+            || self
+                .icmp_limit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(to, now);
         if !allowed {
             WorkerCounters::add(&c.icmp_ratelimited, 1);
             return;

@@ -132,15 +132,20 @@ impl Worker {
         let busy = Duration::from_micros(self.offloads.busy_poll_us as u64);
         let mut idle_since: Option<std::time::Instant> = None;
         let mut drops_read = std::time::Instant::now();
+        // The socket's counter starts at 0 with the socket; the shared counter outlives
+        // recreated dataplanes, so it gets the differences.
+        let mut drops_seen: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) && !self.tun_dead.load(Ordering::Relaxed) {
             // What the kernel dropped for this socket (its sender filter, a full buffer),
             // read once a second for /metrics.
             if drops_read.elapsed() >= Duration::from_secs(1) {
                 drops_read = std::time::Instant::now();
                 if let Ok(d) = super::sys::socket_drops(&self.sock) {
-                    self.counters
-                        .socket_drops
-                        .store(d as u64, Ordering::Relaxed);
+                    WorkerCounters::add(
+                        &self.counters.socket_drops,
+                        d.wrapping_sub(drops_seen) as u64,
+                    );
+                    drops_seen = d;
                 }
             }
             // Optionally spin (non-blocking polls) for a while before sleeping: a sleeping

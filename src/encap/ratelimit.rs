@@ -2,8 +2,9 @@
 //! destination, `net.ipv4.icmp_ratelimit` (one every 1000 ms after a burst of 6, the
 //! kernel's `XRLIM_BURST_FACTOR`, `inet_peer_xrlim_allow`), and for the whole node,
 //! `net.ipv4.icmp_msgs_per_sec` (1000) with `icmp_msgs_burst` (50). So a pod flooding a
-//! subnet nobody leases, or sending oversized DF packets, gets a few errors a second, not
-//! one per packet, and a storm from many sources gets at most the node's rate.
+//! subnet nobody leases gets a few errors a second, not one per packet, and a storm from
+//! many sources gets at most the node's rate. "Fragmentation needed" is not limited, as the
+//! kernel does not limit it (path MTU discovery must not stall): the caller skips it.
 //!
 //! Pure: the caller passes a monotonic time in nanoseconds. Memory is bounded: destinations
 //! share a fixed table of slots by hash, a new one taking over its slot with a full burst
