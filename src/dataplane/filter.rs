@@ -19,10 +19,12 @@ const RET_K: u16 = 0x06;
 /// `SKF_NET_OFF + 12`: the IPv4 source address, relative to the network header.
 const SRC_ADDR: u32 = (-0x10_0000i32 + 12) as u32;
 
-/// The most addresses one program lists: two instructions each, within the kernel's
-/// 4096-instruction limit. A larger cluster runs without the filter (every datagram then
-/// reaches the userspace check).
-pub(crate) const MAX_SENDERS: usize = 2000;
+/// The most addresses one program lists. The program scans them in order on every received
+/// skb, so its length is a per-packet cost: 256 senders is at most 514 (JIT-compiled)
+/// instructions per skb; past that the filter is lifted and the userspace check, one hash
+/// lookup per datagram, does the work alone. (Two instructions each would fit about 2,000
+/// in the kernel's 4,096, but then each skb would pay thousands.)
+pub(crate) const MAX_SENDERS: usize = 256;
 
 /// One instruction (`struct sock_filter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
