@@ -2,6 +2,8 @@
 //! API. Node `i` of a test cluster is 192.0.2.`i` with subnet 10.244.`i`.0/24 and VTEP MAC
 //! 0e:00:00:00:`i`:01, as in the kernel vectors (`tests/data`).
 
+pub mod fuzz;
+
 use std::net::Ipv4Addr;
 
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};

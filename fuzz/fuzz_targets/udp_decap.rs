@@ -1,7 +1,5 @@
 #![no_main]
-//! udp-backend decapsulation: the same invariants as the vxlan target.
+//! See `weft::testkit::fuzz::udp_decap` for what this target checks; `tests/fuzz_regressions.rs`
+//! replays its seeds and corpus through the same function.
 
-#[path = "common.rs"]
-mod common;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| common::check(data, false));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft::testkit::fuzz::udp_decap(data));

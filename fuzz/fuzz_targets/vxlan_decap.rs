@@ -1,8 +1,5 @@
 #![no_main]
-//! VXLAN decapsulation: arbitrary outer datagrams and socket payloads never panic, and
-//! whatever is delivered is valid, policy-conforming, and survives a round trip.
+//! See `weft::testkit::fuzz::vxlan_decap` for what this target checks; `tests/fuzz_regressions.rs`
+//! replays its seeds and corpus through the same function.
 
-#[path = "common.rs"]
-mod common;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| common::check(data, true));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft::testkit::fuzz::vxlan_decap(data));

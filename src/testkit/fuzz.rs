@@ -1,0 +1,274 @@
+//! The fuzz targets' bodies: each takes one input and panics if weft mishandles it. The
+//! cargo-fuzz targets in `fuzz/` call these, and `tests/fuzz_regressions.rs` replays every
+//! committed seed, past find and minimized corpus entry through the same functions, so an
+//! input that once crashed a target stays a test in `cargo test`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::SystemTime;
+
+use crate::config::NetConfig;
+use crate::encap::{Inbound, Node, Outbound, HEADROOM, VXLAN_OVERHEAD};
+use crate::lease::alloc::allocate;
+use crate::lease::table::{BackendKind, Peer};
+use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs, Snapshot};
+use crate::offload::gro::{self, datagrams, Coalescer};
+use crate::offload::{gso, tunnel};
+use crate::wire::udp::ChecksumMode;
+use crate::wire::{ipv4, virtio_net};
+
+/// A target's body: panics if weft mishandles the input.
+pub type Target = fn(&[u8]);
+
+/// Every target, by its cargo-fuzz name.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("vxlan_decap", vxlan_decap),
+    ("udp_decap", udp_decap),
+    ("net_conf", net_conf),
+    ("lease_json", lease_json),
+    ("gro_datagrams", gro_datagrams),
+    ("virtio_split", virtio_split),
+];
+
+fn node(i: u8, vxlan: bool) -> Node {
+    super::node(i, vxlan, 1, ChecksumMode::Full)
+}
+
+fn two_nodes(b: BackendKind) -> Snapshot {
+    Snapshot::build(
+        "10.244.0.0/16".parse().unwrap_or_default(),
+        [super::peer(1, b, 1), super::peer(2, b, 1)],
+        0,
+    )
+}
+
+/// VXLAN decapsulation: arbitrary outer datagrams and socket payloads never panic, and
+/// whatever is delivered is valid, policy-conforming, and survives a round trip.
+pub fn vxlan_decap(data: &[u8]) {
+    decap(data, true)
+}
+
+/// udp-backend decapsulation: the same invariants as `vxlan_decap`.
+pub fn udp_decap(data: &[u8]) {
+    decap(data, false)
+}
+
+/// Feeds `data` to both nodes of the kernel vectors' two-node setup, as a raw outer datagram
+/// and as a socket payload, and checks every delivered packet: a valid IPv4 packet from the
+/// sender's subnet to the receiver's, which the sender re-encapsulates into a datagram the
+/// receiver delivers unchanged.
+fn decap(data: &[u8], vxlan: bool) {
+    let table = two_nodes(if vxlan {
+        BackendKind::Vxlan
+    } else {
+        BackendKind::Udp
+    });
+    for (rx, tx) in [(2u8, 1u8), (1, 2)] {
+        let (rxn, txn) = (node(rx, vxlan), node(tx, vxlan));
+        let mut raw = data.to_vec();
+        if let Inbound::Deliver(r) = rxn.inbound_datagram(&table, &mut raw) {
+            verify(&table, &rxn, &txn, &raw[r]);
+        }
+        let mut payload = data.to_vec();
+        let from = SocketAddrV4::new(txn.public_ip, 40000);
+        if let Inbound::Deliver(r) = rxn.inbound(&table, from, &mut payload, 0, data.len(), 0) {
+            verify(&table, &rxn, &txn, &payload[r]);
+        }
+    }
+}
+
+fn verify(table: &Snapshot, rx: &Node, tx: &Node, inner: &[u8]) {
+    let ip = ipv4::Packet::new_checked(inner).expect("delivered a malformed packet");
+    assert!(ip.verify_checksum(), "delivered a bad header checksum");
+    assert_eq!(ip.total_len() as usize, inner.len());
+    assert!(tx.subnet.contains(&ip.src()), "spoofed source delivered");
+    assert!(
+        rx.subnet.contains(&ip.dst()),
+        "foreign destination delivered"
+    );
+    let mut buf = vec![0u8; HEADROOM + inner.len()];
+    buf[HEADROOM..].copy_from_slice(inner);
+    // Oversized DF packets legitimately come back as ICMP errors instead.
+    if let Outbound::Send(t) = tx.outbound(table, &mut buf, HEADROOM, inner.len(), 1) {
+        let mut d = buf[t.datagram].to_vec();
+        match rx.inbound_datagram(table, &mut d) {
+            Inbound::Deliver(r) => assert_eq!(&d[r], inner, "round trip changed the packet"),
+            other => panic!("re-encapsulated packet dropped: {other:?}"),
+        }
+    }
+}
+
+/// net-conf.json: parsing never panics, and an accepted config obeys flannel's rules and
+/// can always hand out a subnet to the first node.
+pub fn net_conf(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(c) = NetConfig::parse(text) else {
+        return;
+    };
+    let plen = c.network.prefix_len();
+    assert!(c.subnet_len <= 30 && c.subnet_len >= plen + 2, "{c:?}");
+    assert!(
+        c.network.contains(&c.subnet_min) && c.network.contains(&c.subnet_max),
+        "{c:?}"
+    );
+    assert!(c.subnet_min <= c.subnet_max, "{c:?}");
+    let mask = u32::MAX << (32 - c.subnet_len);
+    assert_eq!(u32::from(c.subnet_min) & mask, u32::from(c.subnet_min));
+    assert_eq!(u32::from(c.subnet_max) & mask, u32::from(c.subnet_max));
+    assert!(c.subnet_count() >= 1);
+    let now = SystemTime::UNIX_EPOCH;
+    let a = allocate(
+        &c,
+        &[],
+        Ipv4Addr::new(192, 0, 2, 1),
+        None,
+        now,
+        data.len() as u64,
+    )
+    .expect("an empty network must have a free subnet");
+    assert!(c.is_compatible(a.subnet), "{a:?} for {c:?}");
+    let _ = c.backend.pod_mtu(1500);
+}
+
+/// Lease JSON and subnet keys: parsing never panics, and what parses round-trips through
+/// flannel's serialization unchanged.
+pub fn lease_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(a) = LeaseAttrs::from_json(text) {
+        let again = LeaseAttrs::from_json(&a.to_json()).expect("our own JSON must parse");
+        assert_eq!(again, a);
+        let subnet = "10.244.1.0/24".parse().unwrap_or_default();
+        let lease = Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: a,
+            expiration: None,
+        };
+        if let Ok(p) = Peer::from_lease(&lease) {
+            assert_eq!(p.public_ip, lease.attrs.public_ip);
+        }
+    }
+    if let Ok((v4, v6)) = parse_subnet_key(text) {
+        assert_eq!(parse_subnet_key(&subnet_key(v4, v6)).ok(), Some((v4, v6)));
+    }
+}
+
+/// Checks what the receive path hands the TUN: a well-formed virtio-net header and a valid
+/// IPv4 packet of the length it says, and for a merged UDP super-packet the lengths the
+/// kernel's UDP GSO needs.
+fn check_tun_write(out: &[u8]) {
+    let vnet = virtio_net::Packet::new_checked(out).expect("short TUN write");
+    let hdr = virtio_net::Repr::parse(&vnet);
+    let pkt = vnet.payload();
+    let ip = ipv4::Packet::new_checked(pkt).expect("invalid IPv4 to the TUN");
+    assert_eq!(ip.total_len() as usize, pkt.len());
+    let csum_end = hdr.csum_start as usize + hdr.csum_offset as usize + 2;
+    assert!(csum_end <= pkt.len() || hdr.flags == 0);
+    if hdr.gso_type == virtio_net::VIRTIO_NET_HDR_GSO_UDP_L4 {
+        // Its UDP length covers the rest, and every datagram the kernel cuts from it holds a
+        // UDP header and at most gso_size bytes.
+        let ihl = ip.header_len();
+        assert_eq!(hdr.hdr_len as usize, ihl + 8);
+        assert_eq!(
+            u16::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5]]) as usize,
+            pkt.len() - ihl
+        );
+        assert!(hdr.gso_size > 0 && pkt.len() > ihl + 8 + hdr.gso_size as usize);
+        let segments = (pkt.len() - ihl - 8).div_ceil(hdr.gso_size as usize);
+        assert!(segments <= gro::MAX_UDP_SEGMENTS);
+    }
+}
+
+/// A UDP_GRO read whose stride lies (the first two bytes, little-endian, against the rest)
+/// is cut into datagrams, each checked by the vxlan receive path and coalesced for the TUN,
+/// as a worker does. No panic; every datagram lies inside the read; every TUN write passes
+/// `check_tun_write`.
+pub fn gro_datagrams(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let stride = u16::from_le_bytes([data[0], data[1]]) as usize;
+    let mut read = data[2..].to_vec();
+    let len = read.len();
+    let table = two_nodes(BackendKind::Vxlan);
+    let rx = node(2, true);
+    let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000);
+    let mut co = Coalescer::new();
+    for d in datagrams(len, stride) {
+        assert!(d.start < d.end && d.end <= len);
+        let Inbound::Deliver(r) = rx.inbound(&table, from, &mut read, d.start, d.len(), 0) else {
+            continue;
+        };
+        let pkt = &read[r.clone()];
+        if pkt.len() > rx.mtu {
+            if let Some(out) = co.flush() {
+                check_tun_write(out);
+            }
+            // As the worker does: the header written in place, before the packet.
+            if let Some(mss) = gso::mss_for(pkt, rx.mtu) {
+                if let Some(s) = gro::oversized_in_place(&mut read, r.clone(), mss) {
+                    check_tun_write(&read[s..r.end]);
+                }
+            }
+        } else if !co.push(pkt) {
+            check_tun_write(
+                co.flush()
+                    .expect("a refused push leaves something to flush"),
+            );
+            assert!(co.push(pkt));
+        }
+    }
+    if let Some(out) = co.flush() {
+        check_tun_write(out);
+    }
+}
+
+/// A TUN read with an arbitrary virtio-net header (a hostile gso_type, hdr_len, csum_start
+/// or gso_size) and packet goes through the transmit path as a worker takes it: a TSO
+/// super-packet that may leave whole is encapsulated once and framed for the injection TAP
+/// (the frame must pass the kernel's own tunnel-header checks); anything else is cut by
+/// `gso::split_read` and each segment encapsulated. No panic, and everything stays in its
+/// buffer.
+pub fn virtio_split(data: &[u8]) {
+    if data.len() <= virtio_net::LEN {
+        return;
+    }
+    let (vhdr, pkt) = data.split_at(virtio_net::LEN);
+    let table = two_nodes(BackendKind::Vxlan);
+    let tx = node(1, true);
+    if let Some(tso) = tunnel::tso_read(vhdr, pkt) {
+        assert!(tso.gso_size > 0 && tso.headers < pkt.len() && tso.segments >= 1);
+        let at = tunnel::PREFIX + VXLAN_OVERHEAD;
+        let mut buf = vec![0u8; at + pkt.len()];
+        buf[at..].copy_from_slice(pkt);
+        let seg = tso.segment_len();
+        if let Outbound::Send(t) = tx.outbound_super(&table, &mut buf, at, pkt.len(), 1, seg) {
+            if let Some(f) = tunnel::frame(&mut buf, t.datagram, at, &tso, [2, 0, 0, 0, 0, 2]) {
+                assert!(
+                    tunnel::kernel_accepts(&buf[f]),
+                    "a frame the kernel would refuse"
+                );
+                assert_eq!(&buf[at..], pkt, "the inner super-packet was modified");
+            }
+        }
+    }
+    let mut input = pkt.to_vec();
+    let vh = vhdr.to_vec();
+    let mut bufs = vec![vec![0u8; HEADROOM + 2048]; 16];
+    let mut sizes = vec![0usize; 16];
+    let Ok(n) = gso::split_read(&vh, &mut input, &mut bufs, &mut sizes, HEADROOM) else {
+        return;
+    };
+    for i in 0..n.min(bufs.len()) {
+        assert!(
+            HEADROOM + sizes[i] <= bufs[i].len(),
+            "segment overflows its buffer"
+        );
+        if let Outbound::Send(t) = tx.outbound(&table, &mut bufs[i], HEADROOM, sizes[i], 1) {
+            assert!(t.datagram.end <= bufs[i].len());
+        }
+    }
+}
