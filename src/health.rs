@@ -22,6 +22,8 @@ use crate::lease::LeaseTable;
 #[derive(Default)]
 pub(crate) struct Status {
     inner: Mutex<Inner>,
+    /// Lease renewals that succeeded and that failed.
+    renewals: [std::sync::atomic::AtomicU64; 2],
 }
 
 #[derive(Default)]
@@ -55,6 +57,20 @@ impl Status {
         i.forwarding = Some((counters, table));
     }
 
+    /// Counts one renewal of our lease, as `weft_lease_renewals_total{result}`.
+    pub(crate) fn renewed(&self, ok: bool) {
+        self.renewals[usize::from(!ok)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn renewals_text(&self) -> String {
+        let n = |i: usize| self.renewals[i].load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "# HELP weft_lease_renewals_total Renewals of this node's lease, by result.\n# TYPE weft_lease_renewals_total counter\nweft_lease_renewals_total{{result=\"ok\"}} {}\nweft_lease_renewals_total{{result=\"error\"}} {}\n",
+            n(0),
+            n(1)
+        )
+    }
+
     /// What is wrong now, if anything (`None` clears it).
     pub(crate) fn set_problem(&self, problem: Option<String>) {
         self.lock().problem = problem;
@@ -73,7 +89,9 @@ impl Status {
             },
             "/metrics" | "/leases" => match &i.forwarding {
                 Some((counters, table)) if path == "/metrics" => {
-                    ("200 OK", counters.totals().prometheus(table.load().len()))
+                    let mut text = counters.totals().prometheus(table.load().len());
+                    text.push_str(&self.renewals_text());
+                    ("200 OK", text)
                 }
                 Some((_, table)) => ("200 OK", leases_text(table)),
                 None => (UNAVAILABLE, "starting\n".to_string()),

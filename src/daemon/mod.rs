@@ -433,6 +433,7 @@ pub(crate) fn control_loop(
                     Action::Renew => {
                         tracing::debug!("renewing lease {}", policy.lease().lease.key());
                         let r = crate::store::renew(store, policy.lease(), now.wall);
+                        status.renewed(r.is_ok());
                         events.push_back(Event::Renewed(r.map_err(|e| e.to_string())));
                     }
                     Action::ResyncRules => {

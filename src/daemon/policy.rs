@@ -84,6 +84,9 @@ pub struct Policy {
     peers: Option<Vec<Peer>>,
     present: bool,
     store_down_since: Option<Instant>,
+    /// When renewals began to fail (reads may still work: a read-only or full lease
+    /// directory), and how many have failed since.
+    renew_failing: Option<(Instant, u32)>,
 }
 
 impl Policy {
@@ -109,6 +112,7 @@ impl Policy {
             peers: None,
             present: true,
             store_down_since: None,
+            renew_failing: None,
         }
     }
 
@@ -125,7 +129,11 @@ impl Policy {
     /// What is wrong, for `/healthz`: the store unreachable (reads or renewals failing)
     /// for longer than the renew margin, the window in which our lease must be renewed.
     pub fn problem(&self, now: Now) -> Option<String> {
-        let since = self.store_down_since?;
+        let failing = self.renew_failing.map(|(t, _)| t);
+        let since = match (self.store_down_since, failing) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         let down = now.mono.saturating_duration_since(since);
         (down > self.margin).then(|| {
             format!(
@@ -191,15 +199,28 @@ impl Policy {
                 self.ours = l;
                 self.present = true;
                 self.store_down_since = None;
+                if let Some((_, failed)) = self.renew_failing.take() {
+                    out.push(Action::Info(format!(
+                        "renewed lease {} after {failed} failed attempt(s)",
+                        self.ours.lease.key()
+                    )));
+                }
             }
             Event::Renewed(Ok(None)) => out.push(Action::Revoked),
             Event::Renewed(Err(e)) => {
-                self.store_down_since.get_or_insert(now.mono);
                 self.next_renew = now.mono + RENEW_RETRY;
-                out.push(Action::Warn(format!(
-                    "cannot renew lease {} (retrying in 1 min): {e}",
-                    self.ours.lease.key()
-                )));
+                // Once per failing streak: the retries every minute stay quiet until one
+                // succeeds (the lease store's own outage is logged by the reads).
+                match &mut self.renew_failing {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        self.renew_failing = Some((now.mono, 1));
+                        out.push(Action::Warn(format!(
+                            "cannot renew lease {} (forwarding on; retrying every minute, logged once): {e}",
+                            self.ours.lease.key()
+                        )));
+                    }
+                }
             }
         }
         out
@@ -308,24 +329,36 @@ mod tests {
         let due = now.after(LEASE_TTL - HOUR);
         assert!(p.on(due, Event::Tick).contains(&Action::Renew));
         let a = p.on(due, Event::Renewed(Err("etcd unreachable".into())));
-        assert!(matches!(&a[..], [Action::Warn(w)] if w.contains("retrying in 1 min")));
+        assert!(matches!(&a[..], [Action::Warn(w)] if w.contains("retrying every minute")));
         assert!(!p
             .on(due.after(Duration::from_secs(59)), Event::Tick)
             .contains(&Action::Renew));
         let retry = due.after(RENEW_RETRY);
+        assert!(p.on(retry, Event::Tick).contains(&Action::Renew));
+        // The second failure of the streak is not logged again; reads that work (a
+        // read-only lease directory) neither end the streak nor log anything.
+        assert_eq!(p.on(retry, Event::Renewed(Err("read-only".into()))), vec![]);
+        assert_eq!(p.on(retry, Event::Leases(Ok(vec![ours.clone()]))), vec![]);
+        assert!(p.problem(retry).is_none(), "within the margin");
+        assert!(p
+            .problem(due.after(HOUR + Duration::from_secs(1)))
+            .is_some());
+        let retry = retry.after(RENEW_RETRY);
         assert!(p.on(retry, Event::Tick).contains(&Action::Renew));
         // Success moves the expiry 24 h on: nothing due for 23 h.
         let renewed = Lease {
             expiration: Some(retry.wall + LEASE_TTL),
             ..ours
         };
-        assert_eq!(
-            p.on(
-                retry,
-                Event::Renewed(Ok(Some(Stored::ours(renewed.clone()))))
-            ),
-            vec![]
+        let a = p.on(
+            retry,
+            Event::Renewed(Ok(Some(Stored::ours(renewed.clone())))),
         );
+        assert!(
+            matches!(&a[..], [Action::Info(m)] if m.contains("after 2 failed")),
+            "{a:?}"
+        );
+        assert!(p.problem(retry.after(2 * HOUR)).is_none());
         assert_eq!(p.lease().lease, renewed);
         assert!(!p
             .on(retry.after(HOUR), Event::Tick)
