@@ -6,6 +6,7 @@
 #[path = "harness.rs"]
 mod harness;
 
+use std::fs;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
@@ -534,4 +535,254 @@ fn ip_masq_masquerades_traffic_leaving_the_cluster_but_not_pod_to_pod() {
         !after.contains("FLANNEL"),
         "rules left after a clean stop:\n{after}"
     );
+}
+
+/// Runs `openssl` in `dir`; it must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is not installed (apt-get install openssl)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+const P256: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+/// A self-signed CA `name` in `dir`: `name.crt`, `name.key`.
+fn make_ca(dir: &Path, name: &str) {
+    let (crt, key, subj) = (
+        format!("{name}.crt"),
+        format!("{name}.key"),
+        format!("/CN={name}"),
+    );
+    let mut a = vec!["req", "-x509", "-nodes", "-days", "2", "-subj", &subj];
+    a.extend(P256);
+    a.extend(["-keyout", &key, "-out", &crt]);
+    openssl(dir, &a);
+}
+
+/// A key and certificate `name` (CN `cn`) signed by CA `ca`, with the openssl extension
+/// lines `ext` (subjectAltName, extendedKeyUsage).
+fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    let (key, csr, crt, subj) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("/CN={cn}"),
+    );
+    let mut a = vec!["req", "-nodes", "-subj", &subj];
+    a.extend(P256);
+    a.extend(["-keyout", &key, "-out", &csr]);
+    openssl(dir, &a);
+    let (ca_crt, ca_key, extf) = (
+        format!("{ca}.crt"),
+        format!("{ca}.key"),
+        format!("{name}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+            "-out",
+            &crt,
+        ],
+    );
+}
+
+/// Starts weft on a new node whose store flags are `weft_args` and expects it to give up
+/// with a message containing every one of `says`; returns the message line.
+fn refused(c: &mut Cluster, weft_args: Vec<String>, says: &[&str]) -> String {
+    c.etcd().weft_args = weft_args;
+    let i = c.add_node(Kind::Weft);
+    c.spawn_weft_env(i, &[], &[]);
+    let child = c.nodes[i].child.as_mut().unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    c.nodes[i].child = None;
+    let log = fs::read_to_string(&c.nodes[i].log).unwrap_or_default();
+    let st = status.unwrap_or_else(|| panic!("weft did not give up within 30 s:\n{log}"));
+    assert!(
+        !st.success(),
+        "weft started with a wrong credential:\n{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| says.iter().all(|s| l.contains(s)))
+        .unwrap_or_else(|| panic!("no line saying {says:?} in:\n{log}"));
+    // The message, without the timestamp and level.
+    line.split_once(" weft: ")
+        .map_or(line, |(_, m)| m)
+        .to_string()
+}
+
+/// etcd with TLS client certificates (a CA, server and client certificates the test makes
+/// with openssl, `--client-cert-auth`): two nodes connect, lease and forward; a node given
+/// a CA that did not sign etcd's certificate, or no client certificate, is refused with a
+/// message naming the flag to fix.
+#[test]
+fn etcd_with_tls_client_certificates_connects_and_a_wrong_ca_is_refused_clearly() {
+    let pki = std::env::temp_dir().join(format!("weft-pki-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&pki);
+    fs::create_dir_all(&pki).unwrap();
+    make_ca(&pki, "ca");
+    make_ca(&pki, "other-ca");
+    make_cert(
+        &pki,
+        "ca",
+        "server",
+        "etcd",
+        "subjectAltName=IP:192.0.2.250\nextendedKeyUsage=serverAuth\n",
+    );
+    make_cert(
+        &pki,
+        "ca",
+        "client",
+        "weft",
+        "extendedKeyUsage=clientAuth\n",
+    );
+    let f = |n: &str| pki.join(n).display().to_string();
+    let server = [
+        "--cert-file",
+        &f("server.crt"),
+        "--key-file",
+        &f("server.key"),
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        &f("ca.crt"),
+    ];
+    let ctl = [
+        "--cacert",
+        &f("ca.crt"),
+        "--cert",
+        &f("client.crt"),
+        "--key",
+        &f("client.key"),
+    ];
+    let good: Vec<String> = [
+        "--etcd-cafile",
+        &f("ca.crt"),
+        "--etcd-certfile",
+        &f("client.crt"),
+        "--etcd-keyfile",
+        &f("client.key"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut c = Cluster::with_etcd_args(
+        weft(),
+        VXLAN,
+        "https",
+        &strings(&server),
+        &strings(&ctl),
+        &good,
+    );
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed over a TLS etcd:\n{}",
+        failed.join("\n")
+    );
+    assert_eq!(c.etcd().get_prefix(&subnets_prefix()).len(), 2);
+    let mut wrong_ca = good.clone();
+    wrong_ca[1] = f("other-ca.crt");
+    let ca_line = refused(&mut c, wrong_ca, &["--etcd-cafile"]);
+    let no_cert = good[..2].to_vec();
+    let cert_line = refused(&mut c, no_cert, &["--etcd-certfile"]);
+    let _ = fs::remove_dir_all(&pki);
+    harness::figure(&format!(
+        "etcd over TLS with client certificates: 2 nodes leased and forwarded; a wrong CA refused: {ca_line}; no client certificate refused: {cert_line}"
+    ));
+}
+
+/// etcd with username/password auth (`etcdctl user add`, `auth enable`): nodes with the
+/// right password connect and forward; a wrong password is refused with a message naming
+/// the flag.
+#[test]
+fn etcd_with_password_auth_connects_and_a_wrong_password_is_refused_clearly() {
+    let mut c = Cluster::with_etcd(weft(), VXLAN);
+    {
+        let e = c.etcd();
+        e.ctl(&["user", "add", "root:weft-root-pw"]);
+        e.ctl(&["user", "add", "flannel:flannel-pw"]);
+        e.ctl(&["role", "add", "flannel"]);
+        e.ctl(&[
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "flannel",
+            "readwrite",
+            &format!("{ETCD_PREFIX}/"),
+        ]);
+        e.ctl(&["user", "grant-role", "flannel", "flannel"]);
+        e.ctl(&["auth", "enable"]);
+        e.ctl_args = ["--user", "root:weft-root-pw"].map(String::from).to_vec();
+        e.weft_args = [
+            "--etcd-username",
+            "flannel",
+            "--etcd-password",
+            "flannel-pw",
+        ]
+        .map(String::from)
+        .to_vec();
+    }
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed over an authenticated etcd:\n{}",
+        failed.join("\n")
+    );
+    let wrong = [
+        "--etcd-username",
+        "flannel",
+        "--etcd-password",
+        "not-the-password",
+    ]
+    .map(String::from)
+    .to_vec();
+    let line = refused(&mut c, wrong, &["--etcd-password"]);
+    let anon = refused(&mut c, Vec::new(), &["--etcd-username"]);
+    harness::figure(&format!(
+        "etcd with password auth: 2 nodes leased and forwarded as user flannel (a role limited to {ETCD_PREFIX}/); a wrong password refused: {line}; no user refused: {anon}"
+    ));
 }

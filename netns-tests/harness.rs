@@ -207,6 +207,12 @@ pub struct Etcd {
     pub ns: String,
     /// Its client URL.
     pub url: String,
+    /// Extra flags for etcd itself (TLS files, `--client-cert-auth`).
+    pub server_args: Vec<String>,
+    /// Extra flags for etcdctl (`--cacert`, `--cert`, `--key`, `--user`).
+    pub ctl_args: Vec<String>,
+    /// Extra flags for the weft nodes (`--etcd-cafile` and so on).
+    pub weft_args: Vec<String>,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -238,6 +244,7 @@ impl Etcd {
                 peer,
             ])
             .args(["--initial-cluster", &format!("weft-test={peer}")])
+            .args(&self.server_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -272,6 +279,7 @@ impl Etcd {
                 &self.url,
             ])
             .args(["--command-timeout", "5s"])
+            .args(&self.ctl_args)
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
@@ -388,6 +396,19 @@ impl Cluster {
     /// As `new`, but the leases live in a real etcd server started on the underlay (its
     /// own namespace, 192.0.2.250) with `net_conf` at `<prefix>/config`.
     pub fn with_etcd(weft: &Path, net_conf: &str) -> Cluster {
+        Cluster::with_etcd_args(weft, net_conf, "http", &[], &[], &[])
+    }
+
+    /// As `with_etcd`, with the client URL's `scheme` and extra flags for etcd, etcdctl
+    /// and weft (for TLS: the files the test made; see [`Etcd`]).
+    pub fn with_etcd_args(
+        weft: &Path,
+        net_conf: &str,
+        scheme: &str,
+        server: &[String],
+        ctl: &[String],
+        weft_args: &[String],
+    ) -> Cluster {
         let mut c = Cluster::new(weft, net_conf);
         assert!(
             run(&["sh", "-c", "command -v etcd && command -v etcdctl"])
@@ -398,7 +419,10 @@ impl Cluster {
         let ns = c.add_host("etcd", 250);
         let mut etcd = Etcd {
             ns,
-            url: "http://192.0.2.250:2379".into(),
+            url: format!("{scheme}://192.0.2.250:2379"),
+            server_args: server.to_vec(),
+            ctl_args: ctl.to_vec(),
+            weft_args: weft_args.to_vec(),
             data: c.dir.join("etcd-data"),
             log: c.dir.join("etcd.log"),
             child: None,
@@ -711,8 +735,12 @@ impl Cluster {
             .unwrap();
         let port = n.healthz.to_string();
         let store = match &self.etcd {
-            Some(e) => ["--etcd-endpoints".to_string(), e.url.clone()],
-            None => [
+            Some(e) => {
+                let mut v = vec!["--etcd-endpoints".to_string(), e.url.clone()];
+                v.extend(e.weft_args.iter().cloned());
+                v
+            }
+            None => vec![
                 "--lease-dir".to_string(),
                 self.dir.join("leases").display().to_string(),
             ],
@@ -724,9 +752,8 @@ impl Cluster {
         if !extra.iter().any(|a| a.starts_with("--iface")) {
             args.extend(["--iface".into(), "eth0".into()]);
         }
+        args.extend(store);
         args.extend([
-            store[0].clone(),
-            store[1].clone(),
             "--subnet-file".into(),
             n.subnet_file.display().to_string(),
             "--healthz-port".into(),

@@ -358,10 +358,39 @@ pub struct EtcdStore {
 }
 
 fn remote(what: &str) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
-    move |e| StoreError::Remote {
-        what: format!("etcd {what}"),
-        detail: e.to_string(),
+    move |e| {
+        let detail = e.to_string();
+        match refusal(&detail) {
+            Some(fix) => StoreError::Refused {
+                what: format!("etcd {what}"),
+                detail: format!("{fix} (etcd said: {detail})"),
+            },
+            None => StoreError::Remote {
+                what: format!("etcd {what}"),
+                detail,
+            },
+        }
     }
+}
+
+/// What to fix, if an etcd client error says the server or we refused the other's
+/// identity: a TLS certificate nobody vouches for, a client certificate etcd wants and did
+/// not get, or a user and password it does not accept. `None` for everything else (an etcd
+/// that is down or slow is retried).
+pub fn refusal(detail: &str) -> Option<&'static str> {
+    const RULES: [(&str, &str); 7] = [
+        ("invalid peer certificate", "etcd's TLS certificate is not signed by the CA weft trusts: give --etcd-cafile the CA that signed it (and an https:// endpoint whose address the certificate names)"),
+        ("CertificateRequired", "etcd wants a client certificate: give --etcd-certfile and --etcd-keyfile"),
+        ("BadCertificate", "etcd refused weft's client certificate: give --etcd-certfile and --etcd-keyfile signed by etcd's --trusted-ca-file"),
+        ("UnknownCA", "etcd refused weft's client certificate: give --etcd-certfile and --etcd-keyfile signed by etcd's --trusted-ca-file"),
+        ("authentication failed", "etcd refused the user name or password: check --etcd-username and --etcd-password"),
+        ("user name is empty", "etcd has authentication enabled: give --etcd-username and --etcd-password"),
+        ("permission denied", "etcd's user lacks permission on the prefix: grant the user's role readwrite on --etcd-prefix"),
+    ];
+    RULES
+        .iter()
+        .find(|(needle, _)| detail.contains(needle))
+        .map(|(_, fix)| *fix)
 }
 
 async fn deadline<T>(
@@ -897,5 +926,26 @@ mod tests {
         bad(&|o| o.keyfile = Some("/k".into()), "--etcd-certfile");
         bad(&|o| o.username = Some("u".into()), "--etcd-password");
         bad(&|o| o.cafile = Some("/ca".into()), "https://");
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::refusal;
+
+    #[test]
+    fn credential_errors_name_the_flag_and_outages_are_retried() {
+        // As etcd-client 0.21 and etcd 3.4 word them.
+        let ca = "grpc request error: code: 'The service is currently unavailable', message: \"invalid peer certificate: UnknownIssuer\", source: tonic::transport::Error(Transport, ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))";
+        assert!(refusal(ca).unwrap().contains("--etcd-cafile"));
+        let pw = "grpc request error: code: 'Client specified an invalid argument', message: \"etcdserver: authentication failed, invalid user ID or password\"";
+        assert!(refusal(pw).unwrap().contains("--etcd-password"));
+        let no_cert = "grpc request error: code: 'Unknown error', message: \"transport error\", source: tonic::transport::Error(Transport, hyper::Error(Io, Custom { kind: InvalidData, error: \"received fatal alert: BadCertificate\" }))";
+        assert!(refusal(no_cert).unwrap().contains("--etcd-certfile"));
+        let anon = "grpc request error: code: 'Client specified an invalid argument', message: \"etcdserver: user name is empty\"";
+        assert!(refusal(anon).unwrap().contains("--etcd-username"));
+        let down = "grpc request error: code: 'The service is currently unavailable', message: \"tcp connect error: Connection refused (os error 111)\"";
+        assert_eq!(refusal(down), None);
+        assert_eq!(refusal("no answer within 5s"), None);
     }
 }

@@ -52,6 +52,15 @@ pub enum StoreError {
         /// The cause, as the client reported it.
         detail: String,
     },
+    /// The store refused who we are (a TLS certificate it or we do not trust, a wrong or
+    /// missing password): not retried at start, as retrying cannot fix it.
+    #[error("{what}: {detail}")]
+    Refused {
+        /// The store and the operation.
+        what: String,
+        /// The cause and the flag to fix.
+        detail: String,
+    },
     /// A key the store needs is absent.
     #[error("{0}")]
     Missing(String),
