@@ -11,11 +11,13 @@ use crate::encap::DropReason;
 #[repr(align(64))]
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
-    /// Inner packets read from the TUN and sent to a peer.
+    /// Inner packets read from the TUN and sent to a peer, in wire packets (a TSO
+    /// super-packet counts as the segments it is cut into).
     pub tx_packets: AtomicU64,
     /// Their inner bytes.
     pub tx_bytes: AtomicU64,
-    /// Inner packets received from a peer and written to the TUN.
+    /// Inner packets received from a peer and written to the TUN, in wire packets (a
+    /// peer's super-packet counts as the segments it stands for).
     pub rx_packets: AtomicU64,
     /// Their inner bytes.
     pub rx_bytes: AtomicU64,

@@ -141,14 +141,17 @@ impl TunWriter {
         let pkt = &mut rx[r.clone()];
         match self {
             TunWriter::Coalescing(co) => {
-                WorkerCounters::add(&c.rx_packets, 1);
                 WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
                 if pkt.len() > mtu {
                     // A peer's TSO super-packet: the kernel segments it at our MSS, written
                     // straight from the receive buffer with its header in the headroom.
+                    // Counted as the segments it stands for, as the sender counts them, so
+                    // packets sent = packets delivered + drops across nodes.
                     write_pending(tun, c, co);
-                    let at = gso::mss_for(pkt, mtu)
-                        .and_then(|mss| gro::oversized_in_place(rx, r.clone(), mss));
+                    let mss = gso::mss_for(pkt, mtu);
+                    let segments = mss.map_or(1, |m| (pkt.len() - (mtu - m)).div_ceil(m));
+                    WorkerCounters::add(&c.rx_packets, segments as u64);
+                    let at = mss.and_then(|mss| gro::oversized_in_place(rx, r.clone(), mss));
                     match at {
                         Some(s) => {
                             if tun.send(&rx[s..r.end]).is_err() {
@@ -157,9 +160,12 @@ impl TunWriter {
                         }
                         None => c.drop(DropReason::TooBig),
                     }
-                } else if !co.push(pkt) {
-                    write_pending(tun, c, co);
-                    co.push(pkt);
+                } else {
+                    WorkerCounters::add(&c.rx_packets, 1);
+                    if !co.push(pkt) {
+                        write_pending(tun, c, co);
+                        co.push(pkt);
+                    }
                 }
             }
             TunWriter::Plain { scratch } if pkt.len() > mtu => {
