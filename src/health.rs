@@ -215,4 +215,23 @@ mod tests {
         assert_eq!(s.respond("/healthz").0, "200 OK");
         assert_eq!(s.respond("/nope").0, "404 Not Found");
     }
+
+    #[test]
+    fn renewals_are_counted_by_result() {
+        let s = Status::starting("x");
+        let table = Arc::new(LeaseTable::new("10.244.0.0/16".parse().unwrap()));
+        s.forwarding(Counters::with_workers(1), table);
+        s.renewed(false);
+        s.renewed(false);
+        s.renewed(true);
+        let (_, text) = s.respond("/metrics");
+        assert!(
+            text.contains("weft_lease_renewals_total{result=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_lease_renewals_total{result=\"error\"} 2\n"),
+            "{text}"
+        );
+    }
 }
