@@ -42,12 +42,7 @@ fn three_nodes(conf: &str) -> Cluster {
 /// Two weft nodes with one pod each, converged.
 fn two_nodes(conf: &str) -> Cluster {
     let mut c = Cluster::new(weft(), conf);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &[]);
     c
 }
 
@@ -1247,12 +1242,7 @@ fn a_garbage_flood_from_a_leaseless_host_is_counted_and_never_delivered() {
 /// stream: nothing of it delivered, all of it counted, no log line. Returns the figure.
 fn weft_under_flood(name: &str, conf: &str, port: u16) -> String {
     let mut c = Cluster::new(weft(), conf);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &[]);
     let host = c.add_host("flood", 200);
     let before = c.metrics(1);
     let pid = c.nodes[1].child.as_ref().unwrap().id();
@@ -1311,12 +1301,7 @@ fn in_echos(ns: &str) -> u64 {
 #[test]
 fn forged_vxlan_from_a_spoofed_known_peer_reaches_no_pod() {
     let mut c = Cluster::new(weft(), VXLAN);
-    for i in 0..3 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(3, &[]);
     let host = c.add_host("forge", 200);
     let leases = c.leases();
     let lease = |i: usize| {

@@ -31,12 +31,7 @@ fn subnets_prefix() -> String {
 
 fn etcd_cluster(conf: &str, nodes: usize, extra: &[&str]) -> Cluster {
     let mut c = Cluster::with_etcd(weft(), conf);
-    for i in 0..nodes {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, extra);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(nodes, extra);
     c
 }
 
@@ -705,12 +700,7 @@ fn etcd_with_tls_client_certificates_connects_and_a_wrong_ca_is_refused_clearly(
         &strings(&ctl),
         &good,
     );
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &[]);
     let failed = c.ping_all();
     assert!(
         failed.is_empty(),
@@ -760,12 +750,7 @@ fn etcd_with_password_auth_connects_and_a_wrong_password_is_refused_clearly() {
         .map(String::from)
         .to_vec();
     }
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &[]);
     let failed = c.ping_all();
     assert!(
         failed.is_empty(),

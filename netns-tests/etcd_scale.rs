@@ -117,15 +117,6 @@ fn phase(which: &str, url: &str) {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn in_ns(ns: &str, phase: &str, env: &[(&str, String)]) -> String {
     let mut cmd = std::process::Command::new("ip");
     cmd.args(["netns", "exec", ns])
@@ -169,7 +160,7 @@ fn main() {
     c.start_weft(1, &[]);
     let pid2 = c.nodes[1].child.as_ref().unwrap().id();
     std::thread::sleep(Duration::from_secs(1));
-    let rss_before = rss_kb(pid2);
+    let rss_before = harness::rss_kb(pid2);
 
     let env = |extra: Vec<(&'static str, String)>| {
         let mut v = vec![("WEFT_SCALE_ETCD", url.clone())];
@@ -181,7 +172,7 @@ fn main() {
     let fill_ms: u64 = fill.split_whitespace().nth(2).unwrap().parse().unwrap();
     let burst = wait_lines(&c, 1, n + 1, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
-    let rss_after = rss_kb(pid2);
+    let rss_after = harness::rss_kb(pid2);
 
     // A new node: from process start to a table with every lease.
     let t = Instant::now();
@@ -190,7 +181,7 @@ fn main() {
     wait_lines(&c, 0, n + 2, Duration::from_secs(120));
     let first_full = t.elapsed();
     let pid1 = c.nodes[0].child.as_ref().unwrap().id();
-    let rss_new = rss_kb(pid1);
+    let rss_new = harness::rss_kb(pid1);
 
     let lat = in_ns(
         &ns1,

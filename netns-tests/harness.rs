@@ -70,6 +70,16 @@ pub fn ns_sh(ns: &str, args: &[&str]) -> String {
     sh(&v)
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS` in /proc; 0 if it is gone).
+pub fn rss_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Polls `f` until it returns `Some` or `limit` passes. Deadlines are generous: they bound
 /// a hang, they do not measure speed.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -635,6 +645,17 @@ impl Cluster {
     pub fn start_weft(&mut self, i: usize, extra: &[&str]) -> SubnetEnv {
         self.spawn_weft(i, extra);
         self.finish_start(i)
+    }
+
+    /// Adds `n` weft nodes, each started with `extra` and given one pod, and waits until
+    /// every table holds every lease.
+    pub fn add_weft_nodes(&mut self, n: usize, extra: &[&str]) {
+        for _ in 0..n {
+            let i = self.add_node(Kind::Weft);
+            self.start_weft(i, extra);
+            self.add_pod(i, None);
+        }
+        self.wait_converged();
     }
 
     /// Starts weft on nodes 0 and 1 at the same instant; returns their subnets.

@@ -21,12 +21,7 @@ fn weft() -> &'static Path {
 /// Two weft nodes with one pod each, converged.
 fn two_nodes() -> Cluster {
     let mut c = Cluster::new(weft(), VXLAN);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &[]);
     c
 }
 
@@ -400,12 +395,7 @@ fn a_read_only_or_full_lease_directory_keeps_forwarding_and_renewal_is_retried()
         .unwrap()
         .write_config(&config)
         .unwrap();
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &["--subnet-lease-renew-margin", "1439"]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &["--subnet-lease-renew-margin", "1439"]);
     let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
     let logs: Vec<(std::path::PathBuf, usize)> = (0..2)
         .map(|i| {

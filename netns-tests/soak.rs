@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{iperf3_json, iperf3_per_second, Cluster, Kind};
+use harness::{iperf3_json, iperf3_per_second, Cluster};
 use weft::lease::{Lease, LeaseAttrs, VxlanBackendData};
 use weft::store::file::FileStore;
 use weft::wire::MacAddr;
@@ -26,15 +26,6 @@ struct Sample {
     rss_kb: [u64; 2],
     fds: [u64; 2],
     leases: [u64; 2],
-}
-
-fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn fd_count(pid: u32) -> u64 {
@@ -104,12 +95,7 @@ fn main() {
     let secs = (minutes * 60.0).round() as u64;
     let weft = harness::weft_next_to_exe();
     let mut c = Cluster::new(&weft, VXLAN);
-    for i in 0..2 {
-        c.add_node(Kind::Weft);
-        c.start_weft(i, &[]);
-        c.add_pod(i, None);
-    }
-    c.wait_converged();
+    c.add_weft_nodes(2, &[]);
     let pids = [0, 1].map(|i| c.nodes[i].child.as_ref().unwrap().id());
     let logs_before = [0, 1].map(|i| std::fs::metadata(&c.nodes[i].log).map_or(0, |m| m.len()));
     // Counters from here on: what start-up counted (the kernel's IPv6 router
@@ -140,7 +126,7 @@ fn main() {
             let leases = [0, 1].map(|i| c.metrics(i).get("weft_leases").copied().unwrap_or(0));
             samples.push(Sample {
                 t: start.elapsed().as_secs_f64(),
-                rss_kb: pids.map(|p| status_kb(p, "VmRSS:")),
+                rss_kb: pids.map(harness::rss_kb),
                 fds: pids.map(fd_count),
                 leases,
             });
