@@ -89,26 +89,6 @@ fn opts() -> Opts {
     o
 }
 
-/// Busy CPU seconds of the whole machine so far (all CPUs), from /proc/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or("");
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
-    let busy: f64 = v
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .take(6)
-        .map(|(_, x)| x)
-        .sum();
-    busy / 100.0
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -195,9 +175,9 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
     };
     for r in 0..o.repeats {
         eprintln!("bench: {mode}: run {}/{}", r + 1, o.repeats);
-        let cpu0 = cpu_seconds();
+        let cpu0 = harness::machine_busy_seconds();
         if let Some(v) = run(&["-t", &t, "-O", "1"]) {
-            let cpu = cpu_seconds() - cpu0;
+            let cpu = harness::machine_busy_seconds() - cpu0;
             let s = Iperf::from_json(&v, false);
             push("tcp1_gbps", s.bps / 1e9);
             // All bytes moved, including the omitted first second, against all CPU time.

@@ -80,6 +80,26 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Busy CPU seconds of the whole machine so far, all CPUs together, from /proc/stat: user,
+/// nice, system, irq, softirq and steal (everything but idle and iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .take(6)
+        .map(|(_, x)| x)
+        .sum();
+    busy / 100.0
+}
+
 /// Polls `f` until it returns `Some` or `limit` passes. Deadlines are generous: they bound
 /// a hang, they do not measure speed.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
