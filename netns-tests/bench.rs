@@ -89,20 +89,6 @@ fn opts() -> Opts {
     o
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, Pod, Pod) {
     let backend = match mode {
         "weft-udp" => "udp",
@@ -370,7 +356,7 @@ fn main() {
             m.clone(),
             samples
                 .iter()
-                .map(|(k, v)| (*k, median(v.clone())))
+                .map(|(k, v)| (*k, harness::median(v.clone())))
                 .collect(),
         );
         all.insert(m.clone(), samples);

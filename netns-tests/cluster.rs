@@ -1200,17 +1200,11 @@ struct FloodRun {
 }
 
 impl FloodRun {
-    fn median(v: impl Iterator<Item = f64>) -> f64 {
-        let mut v: Vec<f64> = v.collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-
     /// Median quiet and flooded rates (bit/s).
     fn rates(&self) -> (f64, f64) {
         (
-            Self::median(self.quiet.iter().map(|r| r.bps)),
-            Self::median(self.flooded.iter().map(|r| r.bps)),
+            harness::median(self.quiet.iter().map(|r| r.bps).collect()),
+            harness::median(self.flooded.iter().map(|r| r.bps).collect()),
         )
     }
 
@@ -1267,6 +1261,11 @@ fn control_target() -> Option<String> {
     std::env::var("WEFT_TEST_FLOOD_TO").ok()
 }
 
+/// The flood's rate in Mbit/s: `WEFT_TEST_FLOOD_MBIT`, 1600 by default.
+fn flood_mbit() -> String {
+    std::env::var("WEFT_TEST_FLOOD_MBIT").unwrap_or_else(|_| "1600".into())
+}
+
 /// The vCPUs the machine was busy while `f` ran, and what `f` returned.
 fn busy_during<T>(f: impl FnOnce() -> T) -> (f64, T) {
     let (b0, t0) = (harness::machine_busy_seconds(), Instant::now());
@@ -1288,7 +1287,7 @@ fn flood_during_iperf3(c: &Cluster, flooder: &str, port: u16) -> FloodRun {
         harness::Iperf::from_json(&v, false)
     };
     let to = control_target().unwrap_or(format!("{}:{port}", c.nodes[1].ip));
-    let mbit = std::env::var("WEFT_TEST_FLOOD_MBIT").unwrap_or_else(|_| "1600".into());
+    let mbit = flood_mbit();
     let mut run = FloodRun {
         quiet: Vec::new(),
         flooded: Vec::new(),
@@ -1360,7 +1359,7 @@ fn a_garbage_flood_from_a_leaseless_host_is_counted_and_never_delivered() {
     let udp = weft_under_flood("weft udp", UDP, 8285);
     harness::figure(&format!(
         "garbage flood (random 1400 B datagrams, {} Mbit/s offered) from a leaseless host {} under iperf3 TCP: {kernel}; {vxlan}; {udp}",
-        std::env::var("WEFT_TEST_FLOOD_MBIT").unwrap_or_else(|_| "1600".into()),
+        flood_mbit(),
         control_target().map_or("at a node".to_string(), |t| format!("aimed at {t} (a control: no node receives it)"))
     ));
 }
@@ -1377,7 +1376,7 @@ fn weft_under_flood(name: &str, conf: &str, port: u16) -> String {
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     let run = flood_during_iperf3(&c, &host, port);
     let sent = run.sent;
-    // Node 2's weft over the quiet run, the flood's first 0.5 s and the flooded run.
+    // Node 2's weft over all the rounds: quiet streams, the flood alone, flooded streams.
     let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     let after = c.metrics(1);

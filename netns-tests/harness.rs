@@ -100,6 +100,21 @@ pub fn machine_busy_seconds() -> f64 {
     busy / 100.0
 }
 
+/// The median of the finite values in `v` (NaN if there are none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Polls `f` until it returns `Some` or `limit` passes. Deadlines are generous: they bound
 /// a hang, they do not measure speed.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
