@@ -29,6 +29,9 @@ use weft::store::LeaseStore;
 use weft::subnet_env::SubnetEnv;
 use weft::wire::MacAddr;
 
+#[path = "preflight.rs"]
+pub mod preflight;
+
 /// One cluster at a time on this host: clusters are cheap to build but iperf3 on two cores
 /// is not, and figures from overlapping runs would mean nothing.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -131,26 +134,19 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-/// Fails unless we are root with the tools the tests need.
+/// Fails unless we are root with the tools, devices and binaries the tests need, naming
+/// what is missing and the fix.
 pub fn require_root() {
-    let uid = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
-    });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "the netns tests need root (ip netns, veth, TUN): run them as root, as CI does"
+    let host = preflight::Host::here(
+        &["weft", "weft-cni"],
+        "cargo build --release --all-targets (./scripts/test does)",
     );
-    for tool in ["ip", "ping", "iperf3", "python3", "bridge"] {
-        assert!(
-            run(&["sh", "-c", &format!("command -v {tool}")])
-                .status
-                .success(),
-            "{tool} is not installed: run ./scripts/test, which installs it"
-        );
-    }
+    let problems = host.problems();
+    assert!(
+        problems.is_empty(),
+        "this host cannot run the netns tests:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 /// Deletes namespaces left behind by runs whose process has died.
@@ -1314,12 +1310,7 @@ impl Cluster {
 
 /// The weft binary next to the running example (target/<profile>/examples/x -> ../weft).
 pub fn weft_next_to_exe() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let weft = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("weft"))
-        .expect("target dir");
+    let weft = preflight::profile_dir().join("weft");
     assert!(weft.exists(), "build weft first: cargo build --release");
     weft
 }
