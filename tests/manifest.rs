@@ -145,15 +145,26 @@ fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
         .unwrap_or_else(|e| panic!("weft would refuse {argv:?}: {e}"))
         .cmd;
     assert!(run.kube_subnet_mgr && run.ip_masq);
-    // The probes are on the healthz port weft listens on.
-    let port = c.ports.as_ref().unwrap()[0].container_port;
-    assert_eq!(port, i32::from(run.healthz_port));
+    // The probes are on the healthz port and address weft listens on: loopback, which
+    // kubelet reaches on a host-network pod and no other pod does; metrics apart.
+    let ports = c.ports.as_ref().unwrap();
+    let port = |name: &str| ports.iter().find(|p| p.name.as_deref() == Some(name));
+    assert_eq!(
+        port("healthz").unwrap().container_port,
+        i32::from(run.healthz_port)
+    );
+    assert_eq!(
+        port("metrics").unwrap().container_port,
+        i32::from(run.metrics_port)
+    );
+    assert_eq!(run.healthz_ip.to_string(), "127.0.0.1");
     for (probe, path) in [
         (&c.liveness_probe, "/healthz"),
         (&c.readiness_probe, "/readyz"),
     ] {
         let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
     }
     // Not privileged; the capabilities weft needs.
     let sc = c.security_context.as_ref().unwrap();

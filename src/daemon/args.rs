@@ -48,12 +48,20 @@ pub struct RunArgs {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
-    /// Address for the health and metrics endpoint.
+    /// Address for /healthz, /readyz, /metrics and /leases (as flanneld's, every address by
+    /// default; 127.0.0.1 keeps them from pods when probes come from the node itself).
     #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: IpAddr,
-    /// Port for /healthz, /metrics and /leases (0: off).
+    /// Port for /healthz, /readyz, /metrics and /leases (0: off).
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// Address for a second listener serving the same paths, for a scraper that must
+    /// reach the node from elsewhere while --healthz-ip stays on loopback.
+    #[arg(long, env = "WEFT_METRICS_IP", default_value = "0.0.0.0")]
+    pub metrics_ip: IpAddr,
+    /// Port for that second listener (0: off).
+    #[arg(long, env = "WEFT_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
     /// Where vxlan packets are encapsulated: `userspace` (weft's own dataplane on a TUN),
     /// `kernel` (a `flannel.<VNI>` vxlan device programmed as flanneld programs it) or
     /// `auto` (kernel when the vxlan module loads, else userspace). The wire is the same,

@@ -221,9 +221,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     // /healthz first, as flanneld serves it before it waits for its config.
     let status = crate::health::Status::starting("choosing the underlay");
-    if args.healthz_port != 0 {
-        let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
-        crate::health::serve(addr, status.clone()).map_err(Error::Healthz)?;
+    for (what, ip, port) in [
+        ("healthz", args.healthz_ip, args.healthz_port),
+        ("metrics", args.metrics_ip, args.metrics_port),
+    ] {
+        if port != 0 {
+            let addr = SocketAddr::new(ip, port);
+            let limits = crate::health::Limits::default();
+            crate::health::serve(what, addr, status.clone(), limits).map_err(Error::Healthz)?;
+        }
     }
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
     let underlay = find_underlay(&nl, &args)?;

@@ -1,15 +1,21 @@
-//! `--healthz-port`: `/healthz` and `/readyz` (as flanneld serves them), `/metrics`
-//! (Prometheus text), and `/leases` (the forwarding table, one lease per line). A tiny
-//! HTTP/1.0 responder on its own thread: one request per connection, no dependencies.
+//! `--healthz-port` and `--metrics-port`: `/healthz` and `/readyz` (as flanneld serves
+//! them), `/metrics` (Prometheus text: weft's counters and the standard `process_*`
+//! metrics), and `/leases` (the forwarding table, one lease per line). What each path
+//! answers is decided here, without I/O; [`server`] serves it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::dataplane::counters::Counters;
 use crate::lease::table::BackendKind;
 use crate::lease::LeaseTable;
+
+mod process;
+pub(crate) mod server;
+
+pub(crate) use server::{serve, Limits};
+
+const OK: u16 = 200;
+const UNAVAILABLE: u16 = 503;
 
 /// What the endpoints report, shared by the agent (which updates it) and the server thread.
 ///
@@ -76,77 +82,40 @@ impl Status {
         self.lock().problem = problem;
     }
 
-    /// The status line and body for `path`.
-    pub(crate) fn respond(&self, path: &str) -> (&'static str, String) {
+    /// The status code and body for `path`.
+    pub(crate) fn respond(&self, path: &str) -> (u16, String) {
         let i = self.lock();
-        const UNAVAILABLE: &str = "503 Service Unavailable";
         match path {
             "/healthz" | "/readyz" => match (&i.problem, &i.starting) {
                 (Some(p), _) => (UNAVAILABLE, format!("unhealthy: {p}\n")),
-                (None, Some(s)) if path == "/healthz" => ("200 OK", format!("starting: {s}\n")),
+                (None, Some(s)) if path == "/healthz" => (OK, format!("starting: {s}\n")),
                 (None, Some(s)) => (UNAVAILABLE, format!("not ready: starting: {s}\n")),
-                (None, None) => ("200 OK", "ok\n".to_string()),
+                (None, None) => (OK, "ok\n".to_string()),
             },
             "/metrics" | "/leases" => match &i.forwarding {
                 Some((counters, table)) if path == "/metrics" => {
                     let mut text = counters.totals().prometheus(table.load().len());
                     text.push_str(&self.renewals_text());
-                    ("200 OK", text)
+                    text.push_str(&process::prometheus());
+                    (OK, text)
                 }
-                Some((_, table)) => ("200 OK", leases_text(table)),
+                Some((_, table)) => (OK, leases_text(table)),
                 None => (UNAVAILABLE, "starting\n".to_string()),
             },
             _ => (
-                "404 Not Found",
+                404,
                 "not found; try /healthz, /readyz, /metrics or /leases\n".to_string(),
             ),
         }
     }
 }
 
-/// Serves `status` on `addr` in a background thread.
-pub(crate) fn serve(addr: SocketAddr, status: Arc<Status>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on --healthz {addr}: {e}"))
-    })?;
-    std::thread::Builder::new()
-        .name("weft-healthz".into())
-        .spawn(move || {
-            // Serving reads needs no privilege.
-            crate::privilege::drop_all_in_this_thread();
-            for conn in listener.incoming().flatten() {
-                let _ = handle(conn, &status);
-            }
-        })?;
-    Ok(())
-}
-
-fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    let method = words.next().unwrap_or("");
-    let path = words.next().unwrap_or("/");
-    let (status, body) = respond_to(status, method, path);
-    // HEAD: the headers GET would get, no body.
-    let shown = if method == "HEAD" { "" } else { body.as_str() };
-    write!(
-        conn,
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{shown}",
-        body.len()
-    )
-}
-
 /// Read-only: GET (and HEAD) are answered, anything else is refused with 405, so nothing
 /// reaching the port can change or trigger anything.
-fn respond_to(status: &Status, method: &str, path: &str) -> (&'static str, String) {
+fn respond_to(status: &Status, method: &str, path: &str) -> (u16, String) {
     match method {
         "GET" | "HEAD" => status.respond(path),
-        _ => (
-            "405 Method Not Allowed",
-            "read-only: only GET and HEAD are served\n".to_string(),
-        ),
+        _ => (405, "read-only: only GET and HEAD are served\n".to_string()),
     }
 }
 
@@ -173,14 +142,10 @@ mod tests {
     #[test]
     fn only_reads_are_served() {
         let s = Status::starting("x");
-        assert_eq!(respond_to(&s, "GET", "/healthz").0, "200 OK");
-        assert_eq!(respond_to(&s, "HEAD", "/healthz").0, "200 OK");
+        assert_eq!(respond_to(&s, "GET", "/healthz").0, OK);
+        assert_eq!(respond_to(&s, "HEAD", "/healthz").0, OK);
         for m in ["POST", "PUT", "DELETE", "PATCH", ""] {
-            assert_eq!(
-                respond_to(&s, m, "/healthz").0,
-                "405 Method Not Allowed",
-                "{m}"
-            );
+            assert_eq!(respond_to(&s, m, "/healthz").0, 405, "{m}");
         }
     }
 
@@ -189,31 +154,25 @@ mod tests {
         let s = Status::starting("waiting for the network config");
         assert_eq!(
             s.respond("/healthz"),
-            (
-                "200 OK",
-                "starting: waiting for the network config\n".into()
-            )
+            (OK, "starting: waiting for the network config\n".into())
         );
-        assert_eq!(s.respond("/readyz").0, "503 Service Unavailable");
-        assert_eq!(s.respond("/metrics").0, "503 Service Unavailable");
+        assert_eq!(s.respond("/readyz").0, UNAVAILABLE);
+        assert_eq!(s.respond("/metrics").0, UNAVAILABLE);
         let table = Arc::new(LeaseTable::new("10.244.0.0/16".parse().unwrap()));
         s.forwarding(Counters::with_workers(1), table);
-        assert_eq!(s.respond("/healthz"), ("200 OK", "ok\n".into()));
-        assert_eq!(s.respond("/readyz"), ("200 OK", "ok\n".into()));
-        assert_eq!(s.respond("/metrics").0, "200 OK");
+        assert_eq!(s.respond("/healthz"), (OK, "ok\n".into()));
+        assert_eq!(s.respond("/readyz"), (OK, "ok\n".into()));
+        assert_eq!(s.respond("/metrics").0, OK);
         s.set_problem(Some("worker thread(s) [0] died".into()));
         for p in ["/healthz", "/readyz"] {
             assert_eq!(
                 s.respond(p),
-                (
-                    "503 Service Unavailable",
-                    "unhealthy: worker thread(s) [0] died\n".into()
-                )
+                (UNAVAILABLE, "unhealthy: worker thread(s) [0] died\n".into())
             );
         }
         s.set_problem(None);
-        assert_eq!(s.respond("/healthz").0, "200 OK");
-        assert_eq!(s.respond("/nope").0, "404 Not Found");
+        assert_eq!(s.respond("/healthz").0, OK);
+        assert_eq!(s.respond("/nope").0, 404);
     }
 
     #[test]
