@@ -466,21 +466,8 @@ fn ip_masq_masquerades_traffic_leaving_the_cluster_but_not_pod_to_pod() {
 
     // A host on the underlay outside the cluster network: it sees the node's address.
     let host = c.add_host("ext", 200);
-    let listen = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',7000))\ns.settimeout(10)\nd,a=s.recvfrom(100)\nprint(a[0])";
-    let send = |ns: &str, to: &str| {
-        let code = format!("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor _ in range(20):\n  s.sendto(b'x',('{to}',7000)); time.sleep(0.1)");
-        ns_run(ns, &["python3", "-c", &code]);
-    };
-    let seen_by = |listener: &str, sender: &str, to: &str| -> String {
-        let listener = listener.to_string();
-        let h = std::thread::spawn(move || ns_run(&listener, &["python3", "-c", listen]));
-        std::thread::sleep(Duration::from_millis(300));
-        send(sender, to);
-        let o = h.join().unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
     let pod = c.nodes[0].pods[0].clone();
-    let src = seen_by(&host, &pod.ns, "192.0.2.200");
+    let src = harness::udp_source_seen(&host, &pod.ns, "192.0.2.200");
     assert_eq!(
         src, "192.0.2.1",
         "traffic leaving the cluster must carry the node's address"
@@ -489,7 +476,7 @@ fn ip_masq_masquerades_traffic_leaving_the_cluster_but_not_pod_to_pod() {
     assert!(o.status.success(), "pod cannot reach the outside host");
     // Pod to pod keeps the pod's address.
     let other = c.nodes[1].pods[0].clone();
-    let src = seen_by(&other.ns, &pod.ns, &other.ip.to_string());
+    let src = harness::udp_source_seen(&other.ns, &pod.ns, &other.ip.to_string());
     assert_eq!(
         src,
         pod.ip.to_string(),

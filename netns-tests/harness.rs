@@ -1315,6 +1315,19 @@ pub fn weft_next_to_exe() -> PathBuf {
     weft
 }
 
+/// The source address a UDP listener in `listener` (port 7000) sees on datagrams that
+/// `sender` sends to `to`: where masquerading shows.
+pub fn udp_source_seen(listener: &str, sender: &str, to: &str) -> String {
+    let listen = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',7000))\ns.settimeout(10)\nd,a=s.recvfrom(100)\nprint(a[0])";
+    let listener = listener.to_string();
+    let h = std::thread::spawn(move || ns_run(&listener, &["python3", "-c", listen]));
+    std::thread::sleep(Duration::from_millis(300));
+    let send = format!("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor _ in range(20):\n  s.sendto(b'x',('{to}',7000)); time.sleep(0.1)");
+    ns_run(sender, &["python3", "-c", &send]);
+    let o = h.join().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 /// Prints a measured figure and appends it to `target/tmp/figures.txt`, which
 /// `scripts/test` prints at the end (cargo hides a passing test's output).
 pub fn figure(line: &str) {

@@ -84,7 +84,7 @@ pub struct NetConfig {
     pub subnet_max: Ipv4Addr,
     /// The backend.
     pub backend: BackendConfig,
-    /// flannel's `EnableNFTables` (only `false` is accepted: no nftables rules yet).
+    /// flannel's `EnableNFTables`: flanneld's nftables rules instead of its iptables ones.
     pub enable_nftables: bool,
     /// Non-fatal notes about the input (normalised values), for the log.
     pub warnings: Vec<String>,
@@ -159,9 +159,6 @@ impl NetConfig {
         }
         if raw.enable_ipv4 == Some(false) {
             return err("EnableIPv4 is false: weft needs an IPv4 Network; set EnableIPv4 to true (the default)");
-        }
-        if raw.enable_nftables == Some(true) {
-            return err("EnableNFTables is true: weft installs flanneld's iptables rules and has no nftables implementation yet; set EnableNFTables to false (on an nftables host the iptables-nft commands install the same rules)");
         }
 
         let net_s = match raw.network.as_deref() {
@@ -387,11 +384,11 @@ mod tests {
         // Backend without a Type: refused, as flanneld refuses it.
         let e = parse(r#"{"Network":"10.10.0.0/24","Backend":{}}"#).unwrap_err();
         assert!(e.to_string().contains("Backend.Type is missing"), "{e}");
-        // EnableNFTables: refused until weft has nftables rules, never silently ignored.
-        let e =
+        // EnableNFTables: flanneld's nftables rules.
+        let n =
             parse(r#"{"Network":"10.10.0.0/24","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#)
-                .unwrap_err();
-        assert!(e.to_string().contains("EnableNFTables"), "{e}");
+                .unwrap();
+        assert!(n.enable_nftables);
 
         let u = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
         assert_eq!(u.backend, BackendConfig::Udp { port: 8285 });

@@ -10,7 +10,7 @@
 //!    ([`crate::backend::remove_leftover_devices`]);
 //! 4. **lease**: acquired through the store's primitives ([`acquire_lease`]);
 //! 5. **dataplane**: the backend programs the node and starts forwarding, returning a
-//!    guard; flanneld's iptables rules and subnet.env follow;
+//!    guard; flanneld's iptables or nftables rules and subnet.env follow;
 //! 6. **control loop**: the store's changes drive the sans-IO [`policy::Policy`], whose
 //!    actions (publish, renew, resync rules, stop) the loop performs ([`control_loop`]).
 //!
@@ -38,7 +38,7 @@ use crate::config::NetConfig;
 use crate::dataplane::counters::Counters;
 use crate::dataplane::Offloads;
 use crate::lease::LeaseTable;
-use crate::masq::InstalledRules;
+use crate::masq::{InstalledRules, Mode};
 use crate::netlink::Netlink;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
@@ -192,20 +192,29 @@ fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings 
     }
 }
 
-/// Phase 5b: flanneld's iptables rules, if any are asked for. A failure is fatal for
-/// `--ip-masq` (pods would leave unmasqueraded) and a warning for the FORWARD accepts
-/// alone; either way the guard is kept, so the next resync retries.
-fn install_rules(
-    rules: Vec<crate::masq::ChainRules>,
-    ip_masq: bool,
-) -> Result<Option<InstalledRules>> {
-    if rules.is_empty() {
+/// Phase 5b: flanneld's rules in the mode net-conf chose (`EnableNFTables`), after the
+/// other mode's are removed, as flanneld removes them at start. A failure is fatal for
+/// `--ip-masq` (pods would leave unmasqueraded) and a warning otherwise; either way the
+/// guard is kept, so the next resync retries.
+fn install_rules(plan: &crate::masq::Plan, mode: Mode) -> Result<Option<InstalledRules>> {
+    let other = match mode {
+        Mode::Iptables => Mode::Nftables,
+        Mode::Nftables => Mode::Iptables,
+    };
+    if let Err(e) = crate::masq::remove_leftovers(other) {
+        tracing::debug!(error = %e, "no rules of the other mode removed");
+    }
+    if !crate::masq::wanted(plan, mode) {
         return Ok(None);
     }
-    let (installed, first) = InstalledRules::install(rules);
+    let (installed, first) = InstalledRules::install(plan, mode);
     match first {
-        Err(e) if ip_masq => return Err(Error::Masq(e)),
-        Err(e) => tracing::warn!("cannot install the FORWARD accept rules (--iptables-forward-rules=false to skip them): {e}"),
+        Err(e) if plan.masq => return Err(Error::Masq(e)),
+        Err(e) => tracing::warn!(
+            mode = installed.mode(),
+            error = %e,
+            "cannot install flanneld's forward rules (--iptables-forward-rules=false to skip them)"
+        ),
         Ok(()) => {}
     }
     Ok(Some(installed))
@@ -273,18 +282,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     // The table starts from the store's current leases, before anything forwards.
     let table = Arc::new(LeaseTable::new(cfg.network));
     let resync = Duration::from_secs(args.iptables_resync as u64);
-    let mut rules = crate::masq::flannel_rules(
-        cfg.network,
-        ours.lease.subnet,
-        args.ip_masq,
-        !args.ip_masq_fully_random_disable,
-        args.iptables_forward_rules,
-    );
+    let mode = Mode::from_config(cfg.enable_nftables);
+    let mut plan = crate::masq::Plan {
+        network: cfg.network,
+        subnet: ours.lease.subnet,
+        masq: args.ip_masq,
+        random_fully: !args.ip_masq_fully_random_disable,
+        forward: args.iptables_forward_rules,
+        forward_from: Vec::new(),
+    };
     let mut policy = Policy::new(
         ours.clone(),
         cfg.network,
         Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
-        (!rules.is_empty()).then_some(resync),
+        crate::masq::wanted(&plan, mode).then_some(resync),
         BACKEND_CHECK,
         Now::read(),
     );
@@ -318,12 +329,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut running = start()?;
     running.peers_changed(&peers);
-    for dev in running.forwarded_from() {
-        crate::masq::accept_forwarded_from(&mut rules, &dev);
-    }
+    plan.forward_from = running.forwarded_from();
     let description = running.describe();
     let mut running = Some(running);
-    let rules = install_rules(rules, args.ip_masq)?;
+    let rules = install_rules(&plan, mode)?;
     SubnetEnv {
         network: cfg.network,
         subnet: ours.lease.subnet,
@@ -369,17 +378,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         &stop,
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let had_rules = rules.is_some();
+    let had_rules = rules.as_ref().map(|r| r.mode());
     drop(rules);
     drop(running);
     tracing::info!(
         "stopped; removed what the {} backend installed{}; lease {} and the fail-closed route for {} left in place",
         backend.name(),
-        if had_rules {
-            " and the iptables rules"
-        } else {
-            ""
-        },
+        had_rules.map(|m| format!(" and the {m} rules")).unwrap_or_default(),
         policy.lease().lease.key(),
         cfg.network
     );
@@ -390,7 +395,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 pub(crate) struct Kept<'a> {
     /// The forwarding table.
     pub(crate) table: &'a LeaseTable,
-    /// flanneld's iptables rules, if any.
+    /// flanneld's iptables or nftables rules, if any.
     pub(crate) rules: Option<&'a InstalledRules>,
     /// What /healthz reports.
     pub(crate) status: &'a crate::health::Status,

@@ -1,6 +1,6 @@
-//! flanneld's iptables rules: masquerading for traffic leaving the cluster network
-//! (`--ip-masq`, nat table, chain FLANNEL-POSTRTG) and the FORWARD accepts (filter table,
-//! chain FLANNEL-FWD, `--iptables-forward-rules`).
+//! flanneld's iptables rules (its default mode): masquerading for traffic leaving the
+//! cluster network (`--ip-masq`, nat table, chain FLANNEL-POSTRTG) and the FORWARD accepts
+//! (filter table, chain FLANNEL-FWD, `--iptables-forward-rules`).
 //!
 //! The rules are written exactly as `iptables-save` prints them, so one `iptables-save`
 //! tells whether they are intact; any drift is repaired with one `iptables-restore
@@ -82,6 +82,17 @@ pub fn flannel_rules(
         });
     }
     out
+}
+
+/// Both of flanneld's chains with their jumps and no rules: what [`removal_input`] needs to
+/// remove them whatever the flags were that installed them.
+pub fn all_chains() -> Vec<ChainRules> {
+    let any: Ipv4Net = "0.0.0.0/0".parse().unwrap_or_default();
+    let mut chains = flannel_rules(any, any, true, true, true);
+    for c in &mut chains {
+        c.rules.clear();
+    }
+    chains
 }
 
 /// Adds to flanneld's FORWARD accepts (if `rules` has them) one for frames arriving on the
@@ -245,47 +256,17 @@ impl Iptables {
         Ok(problems)
     }
 
-    /// Removes the rules.
+    /// Removes the rules (iptables missing: there are none).
     pub fn remove(&self) -> Result<(), String> {
-        let save = self.save()?;
+        let save = match self.save() {
+            Err(e) if e.starts_with("cannot run iptables-save") => return Ok(()),
+            r => r?,
+        };
         let input = removal_input(&save, &self.chains);
         if input.is_empty() {
             return Ok(());
         }
         self.restore(&input)
-    }
-}
-
-/// flanneld's rules while weft runs: checked and repaired by [`resync`](Self::resync),
-/// removed (in one restore) when dropped.
-pub struct InstalledRules {
-    ipt: Iptables,
-}
-
-impl InstalledRules {
-    /// Installs `chains`. Returns the guard even when the first install failed (the next
-    /// resync tries again), with the error beside it.
-    pub fn install(chains: Vec<ChainRules>) -> (InstalledRules, Result<(), String>) {
-        let ipt = Iptables::new(chains);
-        let r = ipt.ensure().map(|_| ());
-        (InstalledRules { ipt }, r)
-    }
-
-    /// Checks the rules, repairs any drift, and logs what it repaired.
-    pub fn resync(&self) {
-        match self.ipt.ensure() {
-            Ok(p) if !p.is_empty() => tracing::info!("repaired iptables rules ({})", p.join("; ")),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot check iptables rules: {e}"),
-        }
-    }
-}
-
-impl Drop for InstalledRules {
-    fn drop(&mut self) {
-        if let Err(e) = self.ipt.remove() {
-            tracing::warn!("cannot remove iptables rules: {e}");
-        }
     }
 }
 
