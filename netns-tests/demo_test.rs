@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use harness::preflight::{dev_numbers, profile_dir, TOOLS};
+use harness::preflight::{profile_dir, TOOLS};
 
 /// The built demo; the tests need it built beside them.
 fn demo() -> PathBuf {
@@ -186,17 +186,4 @@ fn an_unknown_backend_is_a_usage_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("usage: cluster-demo [vxlan|udp]"), "{err}");
-}
-
-#[test]
-fn device_numbers_decode_as_glibc_does() {
-    assert_eq!(dev_numbers((10 << 8) | 200), (10, 200));
-    assert_eq!(dev_numbers((1 << 8) | 3), (1, 3));
-    // Minors past 255 and majors past 4095 live in the high bits.
-    let (major, minor) = (4100u64, 300u64);
-    let rdev = (minor & 0xff)
-        | ((major & 0xfff) << 8)
-        | ((minor & !0xff) << 12)
-        | ((major & !0xfff) << 32);
-    assert_eq!(dev_numbers(rdev), (major, minor));
 }

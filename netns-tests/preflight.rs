@@ -3,8 +3,8 @@
 //! machine meets a list of fixes, not a panic half-way through setting up namespaces.
 
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,10 +26,6 @@ pub const TOOLS: &[(&str, &str)] = &[
 
 /// Debian's CNI plugins that weft-cni delegates to, as kube-flannel.yml's conflist has it.
 pub const CNI_PLUGINS: &[&str] = &["bridge", "host-local", "portmap"];
-
-/// The TUN clone device's numbers (`mknod /dev/net/tun c 10 200`).
-const TUN_MAJOR: u64 = 10;
-const TUN_MINOR: u64 = 200;
 
 /// The host as the demo or a test sees it; every path can be changed, so the checks can
 /// be pointed at a host that lacks something.
@@ -83,33 +79,9 @@ impl Host {
     }
 
     fn tun_problem(&self) -> Option<String> {
-        let tun = self.tun.display();
-        let make = format!(
-            "mkdir -p /dev/net && mknod {tun} c {TUN_MAJOR} {TUN_MINOR} (in a container: \
-             run it with --device {tun})"
-        );
-        let Ok(meta) = fs::metadata(&self.tun) else {
-            return Some(format!("{tun} is missing: {make}"));
-        };
-        let (major, minor) = dev_numbers(meta.rdev());
-        if !meta.file_type().is_char_device() || (major, minor) != (TUN_MAJOR, TUN_MINOR) {
-            return Some(format!(
-                "{tun} is not the TUN device (it is {}, not char {TUN_MAJOR}:{TUN_MINOR}): \
-                 rm {tun} && {make}",
-                describe(&meta)
-            ));
-        }
-        match OpenOptions::new().read(true).write(true).open(&self.tun) {
-            Ok(_) => None,
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Some(format!(
-                "{tun} does not open ({e}): the kernel has no TUN driver loaded: modprobe tun"
-            )),
-            // Not root is reported on its own; anything else is shown as the kernel says it.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !is_root() => None,
-            Err(e) => Some(format!(
-                "{tun} does not open ({e}): a container needs --device {tun} and CAP_NET_ADMIN"
-            )),
-        }
+        let p = weft::host::tun_device_problem(&self.tun)?;
+        // Not root is reported on its own.
+        (is_root() || !p.contains("Permission denied")).then_some(p)
     }
 
     fn package_problem(&self) -> Option<String> {
@@ -181,27 +153,6 @@ pub fn is_root() -> bool {
 
 fn is_executable(p: &Path) -> bool {
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Linux's major and minor numbers of a device (glibc's `gnu_dev_major`/`minor` encoding).
-pub fn dev_numbers(rdev: u64) -> (u64, u64) {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & 0xffff_f000);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xffff_ff00);
-    (major, minor)
-}
-
-fn describe(meta: &fs::Metadata) -> String {
-    let t = meta.file_type();
-    if t.is_char_device() {
-        let (major, minor) = dev_numbers(meta.rdev());
-        format!("char {major}:{minor}")
-    } else if t.is_dir() {
-        "a directory".into()
-    } else if t.is_block_device() {
-        "a block device".into()
-    } else {
-        "a regular file".into()
-    }
 }
 
 /// Makes and deletes one network namespace: root in a container without CAP_SYS_ADMIN

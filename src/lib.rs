@@ -15,6 +15,7 @@ pub mod daemon;
 pub(crate) mod dataplane;
 pub mod encap;
 pub(crate) mod health;
+pub mod host;
 pub mod lease;
 pub mod masq;
 pub(crate) mod netlink;

@@ -82,6 +82,11 @@ pub trait Backend {
     /// Programs the node and starts forwarding. Dropping the result stops forwarding and
     /// removes everything it installed.
     fn start(&self, setup: Setup<'_>) -> Result<Box<dyn Running>, Error>;
+
+    /// Whether it forwards through a TUN device (checked at start, before a lease is taken).
+    fn needs_tun(&self) -> bool {
+        false
+    }
 }
 
 /// A started backend.

@@ -99,6 +99,10 @@ impl Backend for Userspace {
         lease_attrs(&self.cfg, public_ip, ours, self.new_mac)
     }
 
+    fn needs_tun(&self) -> bool {
+        true
+    }
+
     fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
         let d = &s.dataplane;
         let mut offloads = d.offloads;

@@ -175,6 +175,10 @@ pub struct RunArgs {
     /// Accept forwarded traffic to and from the cluster network (flanneld's FLANNEL-FWD).
     #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub iptables_forward_rules: bool,
+    /// In iptables mode, refuse to start without br_netfilter, as flanneld does
+    /// (`--br-netfilter-check=false` to carry on without it).
+    #[arg(long, env = "WEFT_BR_NETFILTER_CHECK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub br_netfilter_check: bool,
     /// Re-check the iptables rules every this many seconds (1-3600).
     #[arg(long, env = "WEFT_IPTABLES_RESYNC", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub iptables_resync: u32,

@@ -97,6 +97,9 @@ pub enum Error {
     /// The forwarding workers could not start.
     #[error("cannot start the dataplane: {0}")]
     Dataplane(std::io::Error),
+    /// The host lacks what weft needs (br_netfilter, the TUN device): what, and the fix.
+    #[error("{0}")]
+    Host(String),
     /// The health endpoint could not listen.
     #[error("{0}")]
     Healthz(std::io::Error),

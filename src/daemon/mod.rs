@@ -220,6 +220,19 @@ fn install_rules(plan: &crate::masq::Plan, mode: Mode) -> Result<Option<Installe
     Ok(Some(installed))
 }
 
+/// flanneld's start-up check: in iptables mode, br_netfilter (unless
+/// `--br-netfilter-check=false`).
+fn check_host(cfg: &NetConfig, args: &RunArgs) -> Result<()> {
+    if cfg.enable_nftables || !args.br_netfilter_check {
+        return Ok(());
+    }
+    let bridge = std::path::Path::new("/proc/sys/net/bridge");
+    match crate::host::br_netfilter_problem(bridge, true, false) {
+        Some(p) => Err(Error::Host(p)),
+        None => Ok(()),
+    }
+}
+
 /// Runs the agent until a signal or a fatal error.
 pub fn run(args: RunArgs) -> Result<()> {
     // Before any thread starts: each drops its own capabilities (crate::privilege).
@@ -249,8 +262,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    check_host(&cfg, &args)?;
     fail_closed(&nl, cfg.network)?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
+    if backend.needs_tun() {
+        if let Some(p) = crate::host::tun_device_problem(std::path::Path::new("/dev/net/tun")) {
+            return Err(Error::Host(p));
+        }
+    }
     adopt(&nl);
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
