@@ -225,3 +225,39 @@ fn switching_modes_leaves_no_rule_of_the_other() {
     let save = iptables_save(&ns);
     assert!(!save.contains("FLANNEL"), "iptables rules left:\n{save}");
 }
+
+/// `--ip-blackhole-route` (flanneld's, for CNI setups without a bridge, such as Canal's
+/// per-pod /32 routes): a blackhole route for the node's subnet, there from the start and
+/// back within a resync when deleted, so an unused address of the subnet goes nowhere
+/// instead of out through the cluster route.
+#[test]
+fn ip_blackhole_route_keeps_a_blackhole_for_the_subnet() {
+    let mut c = Cluster::new(weft(), IPT);
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    c.start_weft(0, &["--ip-blackhole-route"]);
+    c.start_weft(1, &[]);
+    let ns = c.nodes[0].ns.clone();
+    let subnet = c.subnet(0).to_string();
+    let blackholes = || ns_sh(&ns, &["ip", "route", "show", "type", "blackhole"]);
+    until("the blackhole route", || blackholes().contains(&subnet));
+    let unused = c.subnet(0).hosts().nth(100).unwrap().to_string();
+    let o = ns_run(&ns, &["ip", "route", "get", &unused]);
+    assert!(!o.status.success(), "{unused} is routed somewhere");
+    // Another node's subnet still goes through the cluster route.
+    let elsewhere = c.subnet(1).hosts().nth(100).unwrap().to_string();
+    assert!(ns_run(&ns, &["ip", "route", "get", &elsewhere])
+        .status
+        .success());
+    ns_sh(&ns, &["ip", "route", "del", "blackhole", &subnet]);
+    assert!(!blackholes().contains(&subnet));
+    until("the blackhole route back", || {
+        blackholes().contains(&subnet)
+    });
+    // Node 2 was not asked for one.
+    let other = ns_sh(
+        &c.nodes[1].ns,
+        &["ip", "route", "show", "type", "blackhole"],
+    );
+    assert!(other.trim().is_empty(), "{other}");
+}

@@ -26,6 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: acquire a lease, create the TUN device, forward pod traffic.
+    #[command(version, display_name = "weft")]
     Run(Box<weft::daemon::RunArgs>),
     /// Remove what `weft run` leaves behind on purpose: the fail-closed `unreachable` route
     /// for the cluster network (route protocol 87). Run it when uninstalling weft; while it

@@ -345,6 +345,7 @@ impl Netlink {
                     peer: m.header.kind == RouteType::Unicast
                         && m.header.protocol == RouteProtocol::Other(PEER_PROTO),
                     onlink: m.header.flags.contains(RouteFlags::Onlink),
+                    blackhole: m.header.kind == RouteType::BlackHole,
                 };
                 for a in &m.attributes {
                     match a {
@@ -605,6 +606,31 @@ impl Netlink {
         })
     }
 
+    /// Adds `blackhole dst` to the main table unless a blackhole route to `dst` is there
+    /// (flanneld's `--ip-blackhole-route`, as its `AddBlackholeV4Route`); true when added.
+    pub fn ensure_blackhole(&self, dst: Ipv4Net) -> io::Result<bool> {
+        if self
+            .list_routes()?
+            .iter()
+            .any(|r| r.blackhole && r.dst == dst)
+        {
+            return Ok(false);
+        }
+        self.rt.block_on(async {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .kind(RouteType::BlackHole)
+                .build();
+            self.handle
+                .route()
+                .add(msg)
+                .execute()
+                .await
+                .map(|()| true)
+                .map_err(|e| nl_err("add blackhole route", e))
+        })
+    }
+
     /// The destinations of weft's guard routes.
     pub fn guards(&self) -> io::Result<Vec<Ipv4Net>> {
         Ok(self
@@ -657,6 +683,7 @@ struct RouteInfo {
     guard: bool,
     peer: bool,
     onlink: bool,
+    blackhole: bool,
 }
 
 /// What weft installed on one interface, undone when dropped: its routes, then the

@@ -175,6 +175,10 @@ pub struct RunArgs {
     /// Accept forwarded traffic to and from the cluster network (flanneld's FLANNEL-FWD).
     #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub iptables_forward_rules: bool,
+    /// Keep a blackhole route for this node's subnet (flanneld's, for CNI setups without a
+    /// bridge such as Canal): re-added every --iptables-resync seconds if missing.
+    #[arg(long, env = "WEFT_IP_BLACKHOLE_ROUTE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_blackhole_route: bool,
     /// In iptables mode, refuse to start without br_netfilter, as flanneld does
     /// (`--br-netfilter-check=false` to carry on without it).
     #[arg(long, env = "WEFT_BR_NETFILTER_CHECK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

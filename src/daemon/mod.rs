@@ -233,6 +233,43 @@ fn check_host(cfg: &NetConfig, args: &RunArgs) -> Result<()> {
     }
 }
 
+/// `--ip-blackhole-route`: a blackhole route for this node's subnet, added at start and
+/// whenever a resync finds it gone, as flanneld adds it (which also leaves it at exit).
+/// A failure is logged once until the route is back.
+pub(crate) struct BlackholeRoute {
+    nl: Arc<Netlink>,
+    subnet: ipnet::Ipv4Net,
+    failing: AtomicBool,
+}
+
+impl BlackholeRoute {
+    fn new(nl: Arc<Netlink>, subnet: ipnet::Ipv4Net) -> BlackholeRoute {
+        let b = BlackholeRoute {
+            nl,
+            subnet,
+            failing: AtomicBool::new(false),
+        };
+        b.ensure();
+        b
+    }
+
+    fn ensure(&self) {
+        let subnet = self.subnet;
+        match self.nl.ensure_blackhole(subnet) {
+            Ok(added) => {
+                if added {
+                    tracing::info!(%subnet, "--ip-blackhole-route: added blackhole route");
+                }
+                self.failing.store(false, Ordering::Relaxed);
+            }
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(%subnet, error = %e, "--ip-blackhole-route: cannot add the blackhole route; retrying every resync")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Runs the agent until a signal or a fatal error.
 pub fn run(args: RunArgs) -> Result<()> {
     // Before any thread starts: each drops its own capabilities (crate::privilege).
@@ -314,7 +351,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         ours.clone(),
         cfg.network,
         Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
-        crate::masq::wanted(&plan, mode).then_some(resync),
+        (crate::masq::wanted(&plan, mode) || args.ip_blackhole_route).then_some(resync),
         BACKEND_CHECK,
         Now::read(),
     );
@@ -352,6 +389,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let description = running.describe();
     let mut running = Some(running);
     let rules = install_rules(&plan, mode)?;
+    let blackhole = args
+        .ip_blackhole_route
+        .then(|| BlackholeRoute::new(nl.clone(), ours.lease.subnet));
     SubnetEnv {
         network: cfg.network,
         subnet: ours.lease.subnet,
@@ -392,6 +432,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         Kept {
             table: &table,
             rules: rules.as_ref(),
+            blackhole: blackhole.as_ref(),
             status: &status,
         },
         &stop,
@@ -416,6 +457,8 @@ pub(crate) struct Kept<'a> {
     pub(crate) table: &'a LeaseTable,
     /// flanneld's iptables or nftables rules, if any.
     pub(crate) rules: Option<&'a InstalledRules>,
+    /// `--ip-blackhole-route`, if asked for.
+    pub(crate) blackhole: Option<&'a BlackholeRoute>,
     /// What /healthz reports.
     pub(crate) status: &'a crate::health::Status,
 }
@@ -435,6 +478,7 @@ pub(crate) fn control_loop(
     let Kept {
         table,
         rules,
+        blackhole,
         status,
     } = kept;
     let mut events = VecDeque::new();
@@ -469,6 +513,9 @@ pub(crate) fn control_loop(
                     Action::ResyncRules => {
                         if let Some(r) = rules {
                             r.resync()
+                        }
+                        if let Some(b) = blackhole {
+                            b.ensure()
                         }
                     }
                     Action::CheckBackend => backend_problem = check_backend(running, start, policy),
