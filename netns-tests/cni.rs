@@ -219,13 +219,114 @@ fn weft_cni_errors_are_cni_error_objects() {
     assert!(!ok && code(&v) == 1, "{v}");
     let (ok, v) = weft_cni(&[("CNI_COMMAND", "VERSION")], "");
     assert!(
-        ok && v["supportedVersions"].as_array().unwrap().len() == 4,
+        ok && v["supportedVersions"].as_array().unwrap().len() == 5,
         "{v}"
     );
+    assert_eq!(v["supportedVersions"][4], "1.1.0", "{v}");
     // DEL of a container never added succeeds.
     let mut del = base;
     del[0] = ("CNI_COMMAND", "DEL");
     let (ok, _) = weft_cni(&del, &conf(&env_file));
     assert!(ok, "DEL of an unknown container must succeed");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// kube-flannel.yml's conflist at cniVersion 1.1.0, weft-cni alone: Debian's plugins 1.1.1
+/// stop at 1.0.0, so its portmap cannot sit in a 1.1.0 list (libcni would hand it 1.1.0).
+fn cni_1_1(c: &Cluster, i: usize) -> CniRuntime {
+    let mut rt = CniRuntime::kube_flannel(c, i);
+    rt.conflist["cniVersion"] = "1.1.0".into();
+    rt.conflist["plugins"].as_array_mut().unwrap().truncate(1);
+    rt
+}
+
+/// A 1.1.0 conflist driven with libcni's semantics: STATUS says "not available" (50) until
+/// weft writes subnet.env; ADD runs Debian's bridge at 1.0.0 and answers 1.1.0; pods on two
+/// nodes reach each other; GC releases an attachment the runtime lost without a DEL (its
+/// saved delegate config and host-local's address) and keeps the valid one working.
+#[test]
+fn a_cni_1_1_conflist_gets_status_add_and_gc() {
+    require_plugins();
+    let mut c = Cluster::new(weft(), VXLAN);
+    c.add_node(Kind::Weft);
+    c.add_node(Kind::Weft);
+    let err = cni_1_1(&c, 0).status().unwrap_err();
+    assert!(
+        err.contains("\"code\":50") && err.contains("subnet.env"),
+        "{err}"
+    );
+    for i in 0..2 {
+        c.start_weft(i, &[]);
+    }
+    c.wait_converged();
+    cni_1_1(&c, 0).status().unwrap();
+
+    let mut pods = Vec::new();
+    for (i, name) in [(0, "a"), (1, "b"), (1, "c")] {
+        let ns = c.add_ns(&format!("v11{name}"));
+        let id = format!("{}-{name}", c.prefix);
+        let result = cni_1_1(&c, i).add(&id, &ns).unwrap();
+        assert_eq!(result["cniVersion"], "1.1.0", "{result}");
+        pods.push((
+            Pod {
+                ns,
+                ip: pod_ip(&result).0,
+            },
+            id,
+        ));
+    }
+    for (to, _) in &pods[1..] {
+        let o = ns_run(
+            &pods[0].0.ns,
+            &[
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &to.ip.to_string(),
+            ],
+        );
+        assert!(o.status.success(), "ping {} failed", to.ip);
+    }
+
+    // Node 2's runtime lost pod c (no DEL ever came): GC with b alone valid releases c.
+    let node2 = c.dir.join("n2");
+    let (b, cc) = (&pods[1], &pods[2]);
+    let lease = |p: &Pod| node2.join(format!("ipam/cbr0/{}", p.ip));
+    let saved = |id: &str| node2.join(format!("cni-flannel/{id}"));
+    assert!(lease(&cc.0).exists() && saved(&cc.1).exists());
+    cni_1_1(&c, 1).gc(&[&b.1], &[(&b.1, &b.0.ns)]).unwrap();
+    assert!(
+        !lease(&cc.0).exists(),
+        "GC left host-local's reservation of {}",
+        cc.0.ip
+    );
+    assert!(!saved(&cc.1).exists(), "GC left c's saved delegate config");
+    assert!(
+        lease(&b.0).exists() && saved(&b.1).exists(),
+        "GC touched the valid pod"
+    );
+    let o = ns_run(
+        &pods[0].0.ns,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &b.0.ip.to_string(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "the valid pod stopped answering after GC"
+    );
+    // A runtime that cached b and now lists nothing valid: libcni DELs b, GC finds nothing.
+    cni_1_1(&c, 1).gc(&[], &[(&b.1, &b.0.ns)]).unwrap();
+    assert!(!lease(&b.0).exists() && !saved(&b.1).exists());
 }

@@ -1637,6 +1637,20 @@ impl CniRuntime {
         pod_ns: &str,
         conf: &serde_json::Value,
     ) -> Result<String, String> {
+        let netns = format!("/var/run/netns/{pod_ns}");
+        self.exec_as(plugin, command, [container, &netns, "eth0"], conf)
+    }
+
+    /// Runs one plugin with CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME set to `attachment`
+    /// (libcni sets all three empty for GC and STATUS).
+    fn exec_as(
+        &self,
+        plugin: &str,
+        command: &str,
+        attachment: [&str; 3],
+        conf: &serde_json::Value,
+    ) -> Result<String, String> {
+        let [container, netns, ifname] = attachment;
         let exe = self
             .path
             .split(':')
@@ -1648,8 +1662,8 @@ impl CniRuntime {
             .arg(&exe)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container)
-            .env("CNI_NETNS", format!("/var/run/netns/{pod_ns}"))
-            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", &self.path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1699,6 +1713,55 @@ impl CniRuntime {
             );
         }
         prev.ok_or_else(|| "empty plugin list".into())
+    }
+
+    /// libcni's `GetStatusNetworkList`: nothing for a list below 1.1.0; else STATUS to each
+    /// plugin in order, the first error returned.
+    pub fn status(&self) -> Result<(), String> {
+        let version = self.conflist["cniVersion"].as_str().unwrap_or("");
+        if !weft::cni::at_least(version, "1.1.0") {
+            return Ok(());
+        }
+        for k in 0..self.plugins() {
+            let conf = self.plugin_conf(k, None);
+            let plugin = conf["type"].as_str().unwrap().to_string();
+            self.exec_as(&plugin, "STATUS", ["", "", ""], &conf)?;
+        }
+        Ok(())
+    }
+
+    /// libcni's `GCNetworkList`: DEL through the list for each attachment the runtime has
+    /// cached (container, pod namespace) that is not `valid`; then, for a 1.1.0 list, GC to
+    /// every plugin with the valid attachments injected under both of libcni's keys. Every
+    /// error is kept.
+    pub fn gc(&self, valid: &[&str], cached: &[(&str, &str)]) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for (container, pod_ns) in cached.iter().filter(|(c, _)| !valid.contains(c)) {
+            if let Err(e) = self.del(container, pod_ns) {
+                errors.push(e);
+            }
+        }
+        let version = self.conflist["cniVersion"].as_str().unwrap_or("");
+        if weft::cni::at_least(version, "1.1.0") {
+            let attachments: Vec<serde_json::Value> = valid
+                .iter()
+                .map(|c| serde_json::json!({"containerID": c, "ifname": "eth0"}))
+                .collect();
+            for k in 0..self.plugins() {
+                let mut conf = self.plugin_conf(k, None);
+                conf["cni.dev/valid-attachments"] = attachments.clone().into();
+                conf["cni.dev/attachments"] = attachments.clone().into();
+                let plugin = conf["type"].as_str().unwrap().to_string();
+                if let Err(e) = self.exec_as(&plugin, "GC", ["", "", ""], &conf) {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
     }
 
     /// DEL through the list in reverse (cniVersion 0.3.1 passes no prevResult to DEL).

@@ -22,7 +22,11 @@ fn run_version_prints_the_version_and_exits() {
     for args in [&["run", "--version"][..], &["--version"]] {
         let (ok, out) = weft(args);
         assert!(ok, "{args:?}: {out}");
-        assert_eq!(out, format!("weft {}\n", env!("CARGO_PKG_VERSION")), "{args:?}");
+        assert_eq!(
+            out,
+            format!("weft {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
     }
 }
 

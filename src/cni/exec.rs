@@ -33,6 +33,31 @@ pub fn find(path: &[String], plugin: &str) -> Result<PathBuf, CniError> {
 /// printed. A failing plugin's error object comes back as its error, code kept, message
 /// prefixed with the plugin's name.
 pub fn run(plugin: &Path, command: &str, config: &[u8]) -> Result<Vec<u8>, CniError> {
+    run_env(plugin, command, config, &[])
+}
+
+/// The versions `plugin` says it speaks (VERSION).
+pub fn versions(plugin: &Path) -> Result<Vec<String>, CniError> {
+    let out = run(plugin, "VERSION", br#"{"cniVersion":"1.0.0"}"#)?;
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    Ok(v["supportedVersions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// As [`run`], with `env` set for the plugin besides `CNI_COMMAND` (GC's DEL of an
+/// attachment names its container, which the runtime's environment does not).
+pub fn run_env(
+    plugin: &Path,
+    command: &str,
+    config: &[u8],
+    env: &[(&str, &str)],
+) -> Result<Vec<u8>, CniError> {
     let name = plugin
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -42,6 +67,7 @@ pub fn run(plugin: &Path, command: &str, config: &[u8]) -> Result<Vec<u8>, CniEr
     };
     let mut child = Command::new(plugin)
         .env("CNI_COMMAND", command)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

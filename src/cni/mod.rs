@@ -12,18 +12,22 @@
 //!
 //! Layout: this file is the protocol (commands, environment, versions, error objects);
 //! [`flannel`] the pure config building; [`exec`] finding and running the delegate;
-//! [`plugin`] the commands.
+//! [`plugin`] the commands; `gc_status` the 1.1 verbs GC and STATUS.
 
 pub mod exec;
 pub mod flannel;
+mod gc_status;
 pub mod plugin;
 
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-/// CNI versions this plugin speaks (CHECK needs 0.4.0 or later).
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// CNI versions this plugin speaks (CHECK needs 0.4.0 or later, GC and STATUS 1.1.0).
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The latest of [`SUPPORTED_VERSIONS`].
+pub const LATEST: &str = "1.1.0";
 
 /// The CNI spec's well-known error codes.
 pub mod code {
@@ -43,6 +47,8 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     /// Try again later (a transient condition, such as no subnet.env yet).
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot service ADD requests (1.1.0).
+    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
 }
 
 /// A CNI error object: printed on stdout, with a non-zero exit.
@@ -93,6 +99,10 @@ pub enum Command {
     Check,
     /// Report supported versions.
     Version,
+    /// Remove what belongs to attachments the runtime no longer has (1.1.0).
+    Gc,
+    /// Say whether ADD can be served (1.1.0).
+    Status,
 }
 
 /// What the runtime passed in the environment.
@@ -115,28 +125,26 @@ impl Invocation {
             Some("DEL") => Command::Del,
             Some("CHECK") => Command::Check,
             Some("VERSION") => Command::Version,
+            Some("GC") => Command::Gc,
+            Some("STATUS") => Command::Status,
             Some(other) => {
                 return Err(CniError::new(
                     code::INVALID_ENV,
-                    format!("CNI_COMMAND {other:?} is not ADD, DEL, CHECK or VERSION"),
+                    format!("CNI_COMMAND {other:?} is not ADD, DEL, CHECK, GC, STATUS or VERSION"),
                 ))
             }
             None => return Err(CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set")),
         };
-        if command == Command::Version {
-            return Ok(Invocation {
-                command,
-                container_id: String::new(),
-                path: Vec::new(),
-            });
-        }
-        let mut need = vec!["CNI_CONTAINERID", "CNI_PATH"];
-        if command != Command::Del {
+        // GC and STATUS have no attachment: the spec requires CNI_PATH for GC only.
+        let need = match command {
+            Command::Version | Command::Status => vec![],
+            Command::Gc => vec!["CNI_PATH"],
             // DEL may come after the namespace is gone, so without CNI_NETNS.
-            need.extend(["CNI_NETNS", "CNI_IFNAME"]);
-        } else {
-            need.push("CNI_IFNAME");
-        }
+            Command::Del => vec!["CNI_CONTAINERID", "CNI_PATH", "CNI_IFNAME"],
+            Command::Add | Command::Check => {
+                vec!["CNI_CONTAINERID", "CNI_PATH", "CNI_NETNS", "CNI_IFNAME"]
+            }
+        };
         let missing: Vec<&str> = need.into_iter().filter(|k| get(k).is_none()).collect();
         if !missing.is_empty() {
             return Err(CniError::new(
@@ -172,7 +180,19 @@ impl Invocation {
 
 /// The VERSION answer.
 pub fn version_result() -> String {
-    json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS}).to_string()
+    json!({"cniVersion": LATEST, "supportedVersions": SUPPORTED_VERSIONS}).to_string()
+}
+
+/// A CNI version as numbers, for ordering (`None`: not `x.y.z`).
+pub fn version_tuple(v: &str) -> Option<(u32, u32, u32)> {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    let t = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(t)
+}
+
+/// Whether `version` is `at_least` or later.
+pub fn at_least(version: &str, at_least: &str) -> bool {
+    version_tuple(version) >= version_tuple(at_least) && version_tuple(version).is_some()
 }
 
 /// Parses a network config from stdin: a JSON object with a supported `cniVersion`.
@@ -243,7 +263,19 @@ mod tests {
         );
         let v = Invocation::from_env(&env(&[("CNI_COMMAND", "VERSION")])).unwrap();
         assert_eq!(v.command, Command::Version);
-        for bad in [env(&[]), env(&[("CNI_COMMAND", "GC")])] {
+        // GC needs CNI_PATH alone; STATUS nothing.
+        let gc = Invocation::from_env(&env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")])).unwrap();
+        assert_eq!(
+            (gc.command, gc.path.as_slice()),
+            (Command::Gc, &["/x".to_string()][..])
+        );
+        let st = Invocation::from_env(&env(&[("CNI_COMMAND", "STATUS")])).unwrap();
+        assert_eq!(st.command, Command::Status);
+        for bad in [
+            env(&[]),
+            env(&[("CNI_COMMAND", "GC")]),
+            env(&[("CNI_COMMAND", "NOPE")]),
+        ] {
             assert_eq!(
                 Invocation::from_env(&bad).unwrap_err().code,
                 code::INVALID_ENV
@@ -268,6 +300,8 @@ mod tests {
             assert!(parse_config(text.as_bytes()).is_ok(), "{v}");
         }
         assert!(!has_check("0.3.1") && has_check("0.4.0") && has_check("1.0.0"));
+        assert!(at_least("1.1.0", "1.1.0") && at_least("1.10.0", "1.2.0"));
+        assert!(!at_least("1.0.0", "1.1.0") && !at_least("junk", "0.1.0"));
     }
 
     #[test]
@@ -279,6 +313,7 @@ mod tests {
             json!({"cniVersion":"1.0.0","code":11,"msg":"no subnet.env"})
         );
         let v: Value = serde_json::from_str(&version_result()).unwrap();
-        assert_eq!(v["supportedVersions"][3], "1.0.0");
+        assert_eq!(v["supportedVersions"][4], "1.1.0");
+        assert_eq!(v["cniVersion"], "1.1.0");
     }
 }

@@ -1,6 +1,10 @@
 //! The plugin's commands: ADD builds and saves the delegate's config and runs it; DEL runs
 //! the delegate with the saved config and forgets it; CHECK asks the delegate; VERSION
-//! answers from the spec.
+//! answers from the spec; GC and STATUS are in [`super::gc_status`].
+//!
+//! A 1.1.0 config meets delegates that stop at 1.0.0 (Debian's plugins 1.1.1 refuse 1.1.0
+//! outright, though 1.1.0 only adds optional result fields): the delegate is then run at
+//! 1.0.0 and its result relabelled 1.1.0, which is what libcni's own conversion does.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,6 +33,8 @@ pub fn handle(env: &HashMap<String, String>, stdin: &[u8]) -> Result<String, (Cn
         Command::Add => add(&inv, &conf, &saved),
         Command::Del => del(&inv, &saved),
         Command::Check => check(&inv, &cfg, &version, &saved),
+        Command::Gc => super::gc_status::gc(&inv, &cfg, &conf, &version),
+        Command::Status => super::gc_status::status(&inv, &conf, &version),
         Command::Version => unreachable!("answered above"),
     };
     r.map_err(|e| (e, version))
@@ -40,13 +46,36 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> CniError {
 
 fn add(inv: &Invocation, conf: &flannel::PluginConf, saved: &PathBuf) -> Result<String, CniError> {
     let env = flannel::subnet_env(conf)?;
-    let delegate = flannel::delegate_conf(conf, &env)?;
+    let mut delegate = flannel::delegate_conf(conf, &env)?;
     let plugin = exec::find(&inv.path, flannel::delegate_type(&delegate)?)?;
+    let wanted = conf.cni_version.as_str();
+    let speaks = delegate_version(&plugin, wanted);
+    if speaks != wanted {
+        delegate.insert("cniVersion".into(), Value::String(speaks.into()));
+    }
     let bytes = Value::Object(delegate).to_string();
     // Saved first, so a DEL after a half-done ADD can still undo it.
     save(saved, bytes.as_bytes())?;
     let out = exec::run(&plugin, "ADD", bytes.as_bytes())?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    if speaks == wanted {
+        return Ok(String::from_utf8_lossy(&out).into_owned());
+    }
+    let mut result: Value = serde_json::from_slice(&out)
+        .map_err(|e| CniError::new(code::DECODE, format!("the delegate's ADD result: {e}")))?;
+    result["cniVersion"] = Value::String(wanted.into());
+    Ok(result.to_string())
+}
+
+/// The version to run the delegate at: the config's, except that a 1.1.0 config runs a
+/// delegate that stops at 1.0.0 at 1.0.0.
+fn delegate_version<'a>(plugin: &std::path::Path, wanted: &'a str) -> &'a str {
+    if wanted != "1.1.0" {
+        return wanted;
+    }
+    match exec::versions(plugin) {
+        Ok(v) if !v.iter().any(|x| x == "1.1.0") && v.iter().any(|x| x == "1.0.0") => "1.0.0",
+        _ => wanted,
+    }
 }
 
 fn del(inv: &Invocation, saved: &PathBuf) -> Result<String, CniError> {
@@ -100,7 +129,12 @@ fn check(
         ));
     };
     if let Some(prev) = cfg.get("prevResult") {
-        delegate.insert("prevResult".into(), prev.clone());
+        // The delegate may run at an older version than the config (see ADD).
+        let mut prev = prev.clone();
+        if let (Some(v), Some(p)) = (delegate.get("cniVersion").cloned(), prev.as_object_mut()) {
+            p.insert("cniVersion".into(), v);
+        }
+        delegate.insert("prevResult".into(), prev);
     }
     let plugin = exec::find(&inv.path, flannel::delegate_type(&delegate)?)?;
     exec::run(
