@@ -231,6 +231,13 @@ fn weft_cni_errors_are_cni_error_objects() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Whether `from` gets answers from `to` (two pings).
+fn pings(from: &Pod, to: &Pod) -> bool {
+    let to = to.ip.to_string();
+    let argv = ["ping", "-c", "2", "-i", "0.2", "-W", "2", to.as_str()];
+    ns_run(&from.ns, &argv).status.success()
+}
+
 /// kube-flannel.yml's conflist at cniVersion 1.1.0, weft-cni alone: Debian's plugins 1.1.1
 /// stop at 1.0.0, so its portmap cannot sit in a 1.1.0 list (libcni would hand it 1.1.0).
 fn cni_1_1(c: &Cluster, i: usize) -> CniRuntime {
@@ -276,20 +283,7 @@ fn a_cni_1_1_conflist_gets_status_add_and_gc() {
         ));
     }
     for (to, _) in &pods[1..] {
-        let o = ns_run(
-            &pods[0].0.ns,
-            &[
-                "ping",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &to.ip.to_string(),
-            ],
-        );
-        assert!(o.status.success(), "ping {} failed", to.ip);
+        assert!(pings(&pods[0].0, to), "ping {} failed", to.ip);
     }
 
     // Node 2's runtime lost pod c (no DEL ever came): GC with b alone valid releases c.
@@ -309,21 +303,8 @@ fn a_cni_1_1_conflist_gets_status_add_and_gc() {
         lease(&b.0).exists() && saved(&b.1).exists(),
         "GC touched the valid pod"
     );
-    let o = ns_run(
-        &pods[0].0.ns,
-        &[
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &b.0.ip.to_string(),
-        ],
-    );
     assert!(
-        o.status.success(),
+        pings(&pods[0].0, &b.0),
         "the valid pod stopped answering after GC"
     );
     // A runtime that cached b and now lists nothing valid: libcni DELs b, GC finds nothing.

@@ -74,21 +74,12 @@ fn refused(argv: &[&str], path: Option<&Path>) -> String {
     err
 }
 
-/// `sh -c` in a private mount namespace: `mount` first, then the demo.
+/// The demo in a private mount namespace where `mount` ran first.
 fn with_mount(mount: &str) -> String {
-    let demo = demo();
-    refused(
-        &[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &format!("{mount} && exec {}", demo.display()),
-        ],
-        None,
-    )
+    let mut argv = harness::after_private_mount(mount);
+    argv.push(demo().display().to_string());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    refused(&argv, None)
 }
 
 #[test]

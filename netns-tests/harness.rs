@@ -1133,21 +1133,7 @@ impl Cluster {
         // where iptables has it, and --iptables-forward-rules (on by default), as weft's
         // nodes install them, so every mode of the bench crosses the same netfilter rules.
         let rules = weft::masq::flannel_rules(network, subnet, true, true, true);
-        let input = weft::masq::restore_input("", &rules);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[i].ns])
-            .args(["iptables-restore", "--noflush"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("cannot run iptables-restore");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "iptables-restore failed");
+        iptables_restore(&self.nodes[i].ns, &weft::masq::restore_input("", &rules));
     }
 
     /// Writes a lease as a node's agent would: in etcd as flanneld writes it (24 h etcd
@@ -1313,6 +1299,39 @@ pub fn weft_next_to_exe() -> PathBuf {
     let weft = preflight::profile_dir().join("weft");
     assert!(weft.exists(), "build weft first: cargo build --release");
     weft
+}
+
+/// `iptables-restore --noflush` of `input` in namespace `ns`; it must succeed.
+pub fn iptables_restore(ns: &str, input: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("cannot run iptables-restore");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    assert!(
+        child.wait().unwrap().success(),
+        "iptables-restore of\n{input}"
+    );
+}
+
+/// A command prefix that runs the rest in a mount namespace of its own where `mount` (a
+/// shell command) ran first: what a host without some file looks like to one process.
+pub fn after_private_mount(mount: &str) -> Vec<String> {
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!("{mount} && exec \"$0\" \"$@\""),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The source address a UDP listener in `listener` (port 7000) sees on datagrams that

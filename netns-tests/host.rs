@@ -21,17 +21,7 @@ fn weft() -> &'static Path {
 
 /// Runs weft with an empty tmpfs mounted over `dir` first, in a mount namespace of its own.
 fn without(dir: &str) -> Vec<String> {
-    [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &format!("mount -t tmpfs none {dir} && exec \"$0\" \"$@\""),
-    ]
-    .map(String::from)
-    .to_vec()
+    harness::after_private_mount(&format!("mount -t tmpfs none {dir}"))
 }
 
 /// Starts weft on node 0 and waits for it to exit by itself: its log.

@@ -92,25 +92,6 @@ fn matches_flanneld(c: &Cluster, i: usize) -> Result<(), String> {
     }
 }
 
-fn restore(ns: &str, input: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "iptables-restore of\n{input}"
-    );
-}
-
 fn iptables_save(ns: &str) -> String {
     String::from_utf8_lossy(&ns_run(ns, &["iptables-save"]).stdout).into_owned()
 }
@@ -142,7 +123,7 @@ fn nftables_mode_installs_flanneds_tables_and_keeps_them() {
         ),
     );
     let ns = c.nodes[0].ns.clone();
-    restore(&ns, &leftover);
+    harness::iptables_restore(&ns, &leftover);
     assert!(iptables_save(&ns).contains("FLANNEL-POSTRTG"));
     for i in 0..2 {
         c.start_weft(i, &[]);

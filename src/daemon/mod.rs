@@ -220,16 +220,35 @@ fn install_rules(plan: &crate::masq::Plan, mode: Mode) -> Result<Option<Installe
     Ok(Some(installed))
 }
 
-/// flanneld's start-up check: in iptables mode, br_netfilter (unless
-/// `--br-netfilter-check=false`).
-fn check_host(cfg: &NetConfig, args: &RunArgs) -> Result<()> {
-    if cfg.enable_nftables || !args.br_netfilter_check {
-        return Ok(());
-    }
+/// The host checks, before a lease is taken: flanneld's br_netfilter check in iptables
+/// mode (unless `--br-netfilter-check=false`), and the TUN device for a backend that
+/// forwards through one.
+fn check_host(cfg: &NetConfig, args: &RunArgs, backend: &dyn Backend) -> Result<()> {
     let bridge = std::path::Path::new("/proc/sys/net/bridge");
-    match crate::host::br_netfilter_problem(bridge, true, false) {
-        Some(p) => Err(Error::Host(p)),
-        None => Ok(()),
+    let tun = std::path::Path::new("/dev/net/tun");
+    let br_netfilter = !cfg.enable_nftables && args.br_netfilter_check;
+    let problem = br_netfilter
+        .then(|| crate::host::br_netfilter_problem(bridge, true, false))
+        .flatten()
+        .or_else(|| {
+            backend
+                .needs_tun()
+                .then(|| crate::host::tun_device_problem(tun))
+                .flatten()
+        });
+    problem.map_or(Ok(()), |p| Err(Error::Host(p)))
+}
+
+/// flanneld's traffic rules as this node wants them (the forward-from devices are the
+/// started backend's to add).
+fn rules_plan(cfg: &NetConfig, args: &RunArgs, subnet: ipnet::Ipv4Net) -> crate::masq::Plan {
+    crate::masq::Plan {
+        network: cfg.network,
+        subnet,
+        masq: args.ip_masq,
+        random_fully: !args.ip_masq_fully_random_disable,
+        forward: args.iptables_forward_rules,
+        forward_from: Vec::new(),
     }
 }
 
@@ -299,14 +318,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    check_host(&cfg, &args)?;
     fail_closed(&nl, cfg.network)?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
-    if backend.needs_tun() {
-        if let Some(p) = crate::host::tun_device_problem(std::path::Path::new("/dev/net/tun")) {
-            return Err(Error::Host(p));
-        }
-    }
+    check_host(&cfg, &args, backend.as_ref())?;
     adopt(&nl);
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
@@ -339,14 +353,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let table = Arc::new(LeaseTable::new(cfg.network));
     let resync = Duration::from_secs(args.iptables_resync as u64);
     let mode = Mode::from_config(cfg.enable_nftables);
-    let mut plan = crate::masq::Plan {
-        network: cfg.network,
-        subnet: ours.lease.subnet,
-        masq: args.ip_masq,
-        random_fully: !args.ip_masq_fully_random_disable,
-        forward: args.iptables_forward_rules,
-        forward_from: Vec::new(),
-    };
+    let mut plan = rules_plan(&cfg, &args, ours.lease.subnet);
     let mut policy = Policy::new(
         ours.clone(),
         cfg.network,
