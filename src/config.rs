@@ -4,8 +4,9 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use serde::Deserialize;
+use serde_json::Value;
 
+use crate::gojson;
 use crate::wire::vxlan;
 
 /// The backend weft runs.
@@ -99,40 +100,122 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// flanneld's `subnet.Config` fields (pkg/subnet/config.go), as Go matches keys to them.
+const CONFIG_FIELDS: &[&str] = &[
+    "EnableIPv4",
+    "EnableIPv6",
+    "EnableNFTables",
+    "Network",
+    "IPv6Network",
+    "SubnetMin",
+    "SubnetMax",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "SubnetLen",
+    "IPv6SubnetLen",
+    "Backend",
+];
+
+/// The Backend keys flanneld reads: `Type` (parseBackendType) and the vxlan backend's
+/// `VXLANConfig` (json tags `vni`, `port`, `mtu`, `gbp`, `learning`, `directRouting`;
+/// udp's `Port` is among them).
+const BACKEND_FIELDS: &[&str] = &[
+    "Type",
+    "VNI",
+    "Port",
+    "MTU",
+    "GBP",
+    "Learning",
+    "DirectRouting",
+];
+
+/// net-conf.json as flanneld's `json.Unmarshal` fills its struct: keys in any case, `null`
+/// per field type, the last of repeated keys.
 struct RawConfig {
     network: Option<String>,
-    #[serde(rename = "EnableIPv4")]
     enable_ipv4: Option<bool>,
-    #[serde(rename = "EnableIPv6")]
     enable_ipv6: Option<bool>,
-    #[serde(rename = "IPv6Network")]
     ipv6_network: Option<String>,
-    #[serde(rename = "EnableNFTables")]
     enable_nftables: Option<bool>,
     subnet_len: Option<i64>,
     subnet_min: Option<String>,
     subnet_max: Option<String>,
-    backend: Option<RawBackend>,
+    /// `None`: no Backend key; `Some(None)`: `"Backend": null`, which flanneld reads as a
+    /// backend without a type.
+    backend: Option<Option<RawBackend>>,
+    /// Keys flanneld would ignore: reported, so a typo is never silent.
+    unknown: Vec<String>,
 }
 
-#[derive(Deserialize)]
 struct RawBackend {
-    #[serde(rename = "Type")]
     backend_type: Option<String>,
-    #[serde(rename = "VNI")]
     vni: Option<i64>,
-    #[serde(rename = "Port")]
     port: Option<i64>,
-    #[serde(rename = "MTU")]
     mtu: Option<i64>,
-    #[serde(rename = "GBP")]
     gbp: Option<bool>,
-    #[serde(rename = "DirectRouting")]
     direct_routing: Option<bool>,
-    #[serde(rename = "Learning")]
     learning: Option<bool>,
+    unknown: Vec<String>,
+}
+
+impl RawConfig {
+    fn read(json: &str) -> Result<RawConfig, String> {
+        let o = gojson::Object::parse(json).map_err(|e| e.to_string())?;
+        let f = |name: &str| o.field(name, CONFIG_FIELDS);
+        let uint = u32::MAX as i64;
+        let backend = match f("Backend") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v @ Value::Object(_)) => Some(Some(RawBackend::read(v)?)),
+            Some(v) => {
+                return Err(format!(
+                    "Backend is a JSON {}, not an object",
+                    gojson::kind(v)
+                ))
+            }
+        };
+        Ok(RawConfig {
+            network: gojson::address_text("Network", f("Network"))?,
+            enable_ipv4: gojson::boolean("EnableIPv4", f("EnableIPv4"))?,
+            enable_ipv6: gojson::boolean("EnableIPv6", f("EnableIPv6"))?,
+            ipv6_network: gojson::address_text("IPv6Network", f("IPv6Network"))?,
+            enable_nftables: gojson::boolean("EnableNFTables", f("EnableNFTables"))?,
+            subnet_len: gojson::integer("SubnetLen", f("SubnetLen"), 0, uint)?,
+            subnet_min: gojson::address_text("SubnetMin", f("SubnetMin"))?,
+            subnet_max: gojson::address_text("SubnetMax", f("SubnetMax"))?,
+            backend,
+            unknown: o.unknown(CONFIG_FIELDS),
+        })
+    }
+}
+
+impl RawBackend {
+    fn read(v: &Value) -> Result<RawBackend, String> {
+        let o = gojson::Object::from_value(v).unwrap_or_default();
+        let f = |name: &str| o.field(name, BACKEND_FIELDS);
+        let int =
+            |name: &str| gojson::integer(&format!("Backend.{name}"), f(name), i64::MIN, i64::MAX);
+        Ok(RawBackend {
+            backend_type: gojson::string("Backend.Type", f("Type"))?,
+            vni: int("VNI")?,
+            port: int("Port")?,
+            mtu: int("MTU")?,
+            gbp: gojson::boolean("Backend.GBP", f("GBP"))?,
+            direct_routing: gojson::boolean("Backend.DirectRouting", f("DirectRouting"))?,
+            learning: gojson::boolean("Backend.Learning", f("Learning"))?,
+            unknown: o.unknown(BACKEND_FIELDS),
+        })
+    }
+}
+
+/// An IPv4 CIDR as Go's `net.ParseCIDR` reads one: a dotted quad without leading zeros
+/// and a decimal prefix length.
+fn parse_cidr(s: &str) -> Option<Ipv4Net> {
+    let (addr, len) = s.split_once('/')?;
+    if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -146,10 +229,25 @@ fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
 impl NetConfig {
     /// Parses and checks a `net-conf.json` document.
     pub fn parse(json: &str) -> Result<NetConfig, ConfigError> {
-        let raw: RawConfig = serde_json::from_str(json).or_else(|e| {
+        let raw = RawConfig::read(json).or_else(|e| {
             err(format!("not valid JSON for a flannel network config ({e}); expected e.g. {{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}"))
         })?;
         let mut warnings = Vec::new();
+        let backend_unknown = raw.backend.iter().flatten().flat_map(|b| b.unknown.iter());
+        for k in raw.unknown.iter().chain(backend_unknown) {
+            warnings.push(format!(
+                "unknown key {k:?} ignored, as flanneld ignores it: check its spelling"
+            ));
+        }
+        // flanneld parses the IPv6 fields whatever EnableIPv6 says: garbage there fails.
+        if let Some(v6) = &raw.ipv6_network {
+            if v6.parse::<ipnet::Ipv6Net>().is_err() {
+                return err(format!("IPv6Network {v6:?} is not an IPv6 CIDR (e.g. \"fd00:10:244::/56\"), which flanneld refuses even with EnableIPv6 false"));
+            }
+        }
+        if raw.enable_ipv4 == Some(false) && raw.enable_ipv6 != Some(true) {
+            return err("EnableIPv4 is false and EnableIPv6 is not true: no address family is left (flanneld: \"none defined stack\"); remove EnableIPv4 or set it to true");
+        }
 
         if raw.enable_ipv6 == Some(true) {
             return err(format!(
@@ -165,11 +263,14 @@ impl NetConfig {
             None | Some("") => return err("Network is missing: set it to the cluster CIDR, e.g. \"Network\": \"10.244.0.0/16\""),
             Some(s) => s,
         };
-        let given: Ipv4Net = net_s.parse().or_else(|_| {
-            err(format!(
-                "Network {net_s:?} is not an IPv4 CIDR (e.g. \"10.244.0.0/16\")"
-            ))
-        })?;
+        let given: Ipv4Net = parse_cidr(net_s).map_or_else(
+            || {
+                err(format!(
+                    "Network {net_s:?} is not an IPv4 CIDR (e.g. \"10.244.0.0/16\"; no leading zeros)"
+                ))
+            },
+            Ok,
+        )?;
         let network = given.trunc();
         if network != given {
             // flannel's IP4Net parsing masks host bits silently; keep its behaviour but say so.
@@ -242,10 +343,16 @@ impl NetConfig {
             return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet could be allocated"));
         }
 
-        if raw.backend.is_none() {
+        let backend_given = raw.backend.is_some();
+        if !backend_given {
             warnings.push("no Backend in the network config: weft uses udp, the default in flanneld's code (pkg/subnet/config.go; its documentation says vxlan), so that it agrees with stock flanneld nodes; set \"Backend\":{\"Type\":\"vxlan\"} for the vxlan backend".to_string());
         }
-        let backend = Self::backend(raw.backend)?;
+        let backend = match raw.backend {
+            // "Backend": null: flanneld reads a backend without a type.
+            Some(None) => return err("Backend is null: set \"Backend\":{\"Type\":\"vxlan\"} (recommended), \"host-gw\" or \"udp\""),
+            Some(Some(b)) => Self::backend(Some(b))?,
+            None => Self::backend(None)?,
+        };
         Ok(NetConfig {
             network,
             subnet_len,
@@ -275,7 +382,8 @@ impl NetConfig {
                 )),
             }
         };
-        match b.backend_type.as_deref().unwrap_or("") {
+        // flanneld lower-cases the type (pkg/backend/manager.go).
+        match b.backend_type.as_deref().unwrap_or("").to_ascii_lowercase().as_str() {
             // flanneld fails too ("backend type  not supported"): say so, and how to fix it.
             "" => err("Backend.Type is missing: set \"vxlan\" (recommended), \"host-gw\" or \"udp\""),
             "vxlan" => {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub(crate) mod dataplane;
 pub mod encap;
+pub mod gojson;
 pub(crate) mod health;
 pub mod host;
 pub mod lease;
