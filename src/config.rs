@@ -208,16 +208,6 @@ impl RawBackend {
     }
 }
 
-/// An IPv4 CIDR as Go's `net.ParseCIDR` reads one: a dotted quad without leading zeros
-/// and a decimal prefix length.
-fn parse_cidr(s: &str) -> Option<Ipv4Net> {
-    let (addr, len) = s.split_once('/')?;
-    if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
-}
-
 fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
     s.parse().or_else(|_| {
         err(format!(
@@ -263,7 +253,7 @@ impl NetConfig {
             None | Some("") => return err("Network is missing: set it to the cluster CIDR, e.g. \"Network\": \"10.244.0.0/16\""),
             Some(s) => s,
         };
-        let given: Ipv4Net = parse_cidr(net_s).map_or_else(
+        let given: Ipv4Net = gojson::parse_ipv4_cidr(net_s).map_or_else(
             || {
                 err(format!(
                     "Network {net_s:?} is not an IPv4 CIDR (e.g. \"10.244.0.0/16\"; no leading zeros)"

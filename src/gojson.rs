@@ -140,6 +140,16 @@ pub fn address_text(field: &str, v: Option<&Value>) -> Result<Option<String>, St
     }
 }
 
+/// An IPv4 CIDR as Go's `net.ParseCIDR` reads one: a dotted quad without leading zeros and
+/// a decimal prefix length (host bits kept; Go returns them masked beside the address).
+pub fn parse_ipv4_cidr(s: &str) -> Option<ipnet::Ipv4Net> {
+    let (addr, len) = s.split_once('/')?;
+    if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ipnet::Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

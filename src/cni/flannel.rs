@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 
 use super::{code, CniError};
-use crate::subnet_env::SubnetEnv;
+use ipnet::Ipv4Net;
 
 /// flannel's default `subnetFile`.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -79,9 +79,90 @@ pub fn plugin_conf(cfg: &Map<String, Value>) -> Result<PluginConf, CniError> {
     })
 }
 
+/// subnet.env as flannel's plugin reads it (`loadFlannelSubnetEnv`): `KEY=value` lines,
+/// other lines ignored (an `export KEY=` line is no key, a quoted value no number or
+/// CIDR), `FLANNEL_NETWORK` a comma-separated list (duplicates collapsed), the CIDRs'
+/// host bits masked, `FLANNEL_IPMASQ` true only when it says `true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlannelEnv {
+    /// FLANNEL_NETWORK: each a route for the pods.
+    pub networks: Vec<Ipv4Net>,
+    /// FLANNEL_SUBNET, masked: host-local's range.
+    pub subnet: Ipv4Net,
+    /// FLANNEL_MTU.
+    pub mtu: u32,
+    /// FLANNEL_IPMASQ.
+    pub ipmasq: bool,
+}
+
+impl FlannelEnv {
+    /// Parses `text` from `path` (named in errors).
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<FlannelEnv, CniError> {
+        let bad = |k: &str, v: &str| invalid(format!("{}: {k}={v} is not valid", path.display()));
+        let cidr = |k: &str, v: &str| {
+            crate::gojson::parse_ipv4_cidr(v)
+                .map(|n| n.trunc())
+                .ok_or_else(|| bad(k, v))
+        };
+        let (mut networks, mut subnet, mut mtu, mut ipmasq) =
+            (None::<Vec<Ipv4Net>>, None, None, None);
+        let mut v6 = Vec::new();
+        for line in text.lines() {
+            let (k, v) = line.split_once('=').unwrap_or((line, ""));
+            match k {
+                "FLANNEL_NETWORK" => {
+                    let mut nets: Vec<Ipv4Net> = Vec::new();
+                    for c in v.split(',') {
+                        let n = cidr(k, c)?;
+                        if !nets.contains(&n) {
+                            nets.push(n);
+                        }
+                    }
+                    networks = Some(nets);
+                }
+                "FLANNEL_SUBNET" => subnet = Some(cidr(k, v)?),
+                "FLANNEL_MTU" => mtu = Some(v.parse::<u32>().map_err(|_| bad(k, v))?),
+                "FLANNEL_IPMASQ" => ipmasq = Some(v == "true"),
+                "FLANNEL_IPV6_NETWORK" | "FLANNEL_IPV6_SUBNET" => v6.push(k),
+                _ => {}
+            }
+        }
+        if !v6.is_empty() {
+            return Err(invalid(format!(
+                "{}: {} present: IPv6 pods are not supported by weft-cni yet, and a dual-stack node would give IPv4-only pods",
+                path.display(),
+                v6.join(", ")
+            )));
+        }
+        let missing: Vec<&str> = [
+            ("FLANNEL_NETWORK", networks.is_none()),
+            ("FLANNEL_SUBNET", subnet.is_none()),
+            ("FLANNEL_MTU", mtu.is_none()),
+            ("FLANNEL_IPMASQ", ipmasq.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(k, _)| *k)
+        .collect();
+        match (networks, subnet, mtu, ipmasq) {
+            (Some(networks), Some(subnet), Some(mtu), Some(ipmasq)) => Ok(FlannelEnv {
+                networks,
+                subnet,
+                mtu,
+                ipmasq,
+            }),
+            _ => Err(invalid(format!(
+                "{} is missing {}",
+                path.display(),
+                missing.join(", ")
+            ))),
+        }
+    }
+}
+
 /// Reads and parses the node's subnet.env: a missing file is "try again later" (flanneld
 /// or weft has not written it yet); a malformed one names the key.
-pub fn subnet_env(conf: &PluginConf) -> Result<SubnetEnv, CniError> {
+pub fn subnet_env(conf: &PluginConf) -> Result<FlannelEnv, CniError> {
     let path = &conf.subnet_file;
     let text = std::fs::read_to_string(path).map_err(|e| {
         let c = if e.kind() == std::io::ErrorKind::NotFound {
@@ -97,14 +178,14 @@ pub fn subnet_env(conf: &PluginConf) -> Result<SubnetEnv, CniError> {
             ),
         )
     })?;
-    SubnetEnv::parse(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))
+    FlannelEnv::parse(&text, path)
 }
 
 /// The delegate's config for ADD: the plugin's `delegate` with flannel's defaults (type
 /// `bridge`, `ipMasq` = not FLANNEL_IPMASQ, `mtu` = FLANNEL_MTU, `isGateway` for a bridge,
 /// the network's name and version) and host-local IPAM over the node's subnet with a route
 /// to the cluster network after any routes the config gives.
-pub fn delegate_conf(conf: &PluginConf, env: &SubnetEnv) -> Result<Map<String, Value>, CniError> {
+pub fn delegate_conf(conf: &PluginConf, env: &FlannelEnv) -> Result<Map<String, Value>, CniError> {
     let mut d = conf.delegate.clone();
     d.insert("name".into(), Value::String(conf.name.clone()));
     d.entry("type").or_insert_with(|| json!("bridge"));
@@ -120,14 +201,16 @@ pub fn delegate_conf(conf: &PluginConf, env: &SubnetEnv) -> Result<Map<String, V
     ipam.entry("type").or_insert_with(|| json!("host-local"));
     ipam.insert(
         "ranges".into(),
-        json!([[{ "subnet": env.subnet.trunc().to_string() }]]),
+        json!([[{ "subnet": env.subnet.to_string() }]]),
     );
     let mut routes = match ipam.get("routes") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(r)) if r.iter().all(Value::is_object) => r.clone(),
         Some(_) => return Err(invalid("ipam.routes must be an array of route objects")),
     };
-    routes.push(json!({ "dst": env.network.to_string() }));
+    for n in &env.networks {
+        routes.push(json!({ "dst": n.to_string() }));
+    }
     ipam.insert("routes".into(), Value::Array(routes));
     d.insert("ipam".into(), Value::Object(ipam));
     Ok(d)
@@ -158,12 +241,45 @@ mod tests {
         p
     }
 
-    fn env() -> SubnetEnv {
+    fn env() -> FlannelEnv {
         // What weft (and flanneld) write: FLANNEL_SUBNET is the first address.
-        SubnetEnv::parse(
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
-        )
-        .unwrap()
+        parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap()
+    }
+
+    fn parse_env(text: &str) -> Result<FlannelEnv, CniError> {
+        FlannelEnv::parse(text, std::path::Path::new("subnet.env"))
+    }
+
+    /// flannel-io/cni-plugin's `loadFlannelSubnetEnv` (flannel.go:129): a list of networks,
+    /// duplicates collapsed, host bits masked, IPMASQ true only for `true`, `export` lines
+    /// and quoted values not understood.
+    #[test]
+    fn subnet_env_is_read_as_flannels_plugin_reads_it() {
+        let e = parse_env("FLANNEL_NETWORK=10.244.0.0/16,10.245.0.1/16,10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=yes\n").unwrap();
+        let nets: Vec<String> = e.networks.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.244.0.0/16", "10.245.0.0/16"]);
+        assert_eq!(e.subnet.to_string(), "10.244.7.0/24");
+        assert!(!e.ipmasq);
+        let d = delegate_conf(&plugin_conf(&first_plugin()).unwrap(), &e).unwrap();
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst": "10.244.0.0/16"}, {"dst": "10.245.0.0/16"}])
+        );
+        let exported = parse_env("export FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap_err();
+        assert!(
+            exported.msg.contains("missing FLANNEL_NETWORK"),
+            "{exported}"
+        );
+        let quoted = parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=\"1450\"\nFLANNEL_IPMASQ=true\n").unwrap_err();
+        assert!(quoted.msg.contains("FLANNEL_MTU"), "{quoted}");
+        let none = parse_env("").unwrap_err();
+        assert!(
+            none.msg
+                .contains("missing FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ"),
+            "{none}"
+        );
+        let v6 = parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap_err();
+        assert!(v6.msg.contains("IPv6"), "{v6}");
     }
 
     #[test]
