@@ -214,15 +214,15 @@ fn weft_cni_errors_are_cni_error_objects() {
     // An unsupported version: incompatible (1). VERSION answers without stdin.
     let (ok, v) = weft_cni(
         &base,
-        r#"{"cniVersion":"0.2.0","name":"cbr0","type":"flannel"}"#,
+        r#"{"cniVersion":"0.5.0","name":"cbr0","type":"flannel"}"#,
     );
     assert!(!ok && code(&v) == 1, "{v}");
     let (ok, v) = weft_cni(&[("CNI_COMMAND", "VERSION")], "");
     assert!(
-        ok && v["supportedVersions"].as_array().unwrap().len() == 5,
+        ok && v["supportedVersions"].as_array().unwrap().len() == 7,
         "{v}"
     );
-    assert_eq!(v["supportedVersions"][4], "1.1.0", "{v}");
+    assert_eq!(v["supportedVersions"][6], "1.1.0", "{v}");
     // DEL of a container never added succeeds.
     let mut del = base;
     del[0] = ("CNI_COMMAND", "DEL");

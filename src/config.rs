@@ -140,6 +140,9 @@ struct RawConfig {
     subnet_len: Option<i64>,
     subnet_min: Option<String>,
     subnet_max: Option<String>,
+    /// flanneld's `*ip.IP6` fields: `null` leaves them unset; any string must parse.
+    ipv6_subnet_min: Option<String>,
+    ipv6_subnet_max: Option<String>,
     /// `None`: no Backend key; `Some(None)`: `"Backend": null`, which flanneld reads as a
     /// backend without a type.
     backend: Option<Option<RawBackend>>,
@@ -174,6 +177,7 @@ impl RawConfig {
                 ))
             }
         };
+        gojson::integer("IPv6SubnetLen", f("IPv6SubnetLen"), 0, uint)?;
         Ok(RawConfig {
             network: gojson::address_text("Network", f("Network"))?,
             enable_ipv4: gojson::boolean("EnableIPv4", f("EnableIPv4"))?,
@@ -183,9 +187,19 @@ impl RawConfig {
             subnet_len: gojson::integer("SubnetLen", f("SubnetLen"), 0, uint)?,
             subnet_min: gojson::address_text("SubnetMin", f("SubnetMin"))?,
             subnet_max: gojson::address_text("SubnetMax", f("SubnetMax"))?,
+            ipv6_subnet_min: ipv6_pointer("IPv6SubnetMin", f("IPv6SubnetMin"))?,
+            ipv6_subnet_max: ipv6_pointer("IPv6SubnetMax", f("IPv6SubnetMax"))?,
             backend,
             unknown: o.unknown(CONFIG_FIELDS),
         })
+    }
+}
+
+/// A Go pointer to an address type: `null` is nil; anything else goes to the parser.
+fn ipv6_pointer(field: &str, v: Option<&Value>) -> Result<Option<String>, String> {
+    match v {
+        Some(Value::Null) => Ok(None),
+        other => gojson::address_text(field, other),
     }
 }
 
@@ -235,6 +249,16 @@ impl NetConfig {
                 return err(format!("IPv6Network {v6:?} is not an IPv6 CIDR (e.g. \"fd00:10:244::/56\"), which flanneld refuses even with EnableIPv6 false"));
             }
         }
+        for (field, v) in [
+            ("IPv6SubnetMin", &raw.ipv6_subnet_min),
+            ("IPv6SubnetMax", &raw.ipv6_subnet_max),
+        ] {
+            if let Some(a) = v {
+                if a.parse::<std::net::Ipv6Addr>().is_err() {
+                    return err(format!("{field} {a:?} is not an IPv6 address, which flanneld refuses even with EnableIPv6 false"));
+                }
+            }
+        }
         if raw.enable_ipv4 == Some(false) && raw.enable_ipv6 != Some(true) {
             return err("EnableIPv4 is false and EnableIPv6 is not true: no address family is left (flanneld: \"none defined stack\"); remove EnableIPv4 or set it to true");
         }
@@ -261,6 +285,10 @@ impl NetConfig {
             },
             Ok,
         )?;
+        if given.prefix_len() == 0 {
+            // flanneld's CheckNetworkConfig takes 0.0.0.0/0 for an unset Network.
+            return err(format!("Network {net_s:?} is the whole address space: set the cluster CIDR, e.g. \"10.244.0.0/16\""));
+        }
         let network = given.trunc();
         if network != given {
             // flannel's IP4Net parsing masks host bits silently; keep its behaviour but say so.

@@ -137,6 +137,17 @@ fn flanneld_checks_weft_had_skipped() {
         r#"{"Network":"10.3.0.0/16","EnableIPv4":false}"#,
         "none defined stack",
     );
+    refused(
+        r#"{"Network":"10.3.0.0/16","IPv6SubnetMin":"nope"}"#,
+        "IPv6SubnetMin",
+    );
+    refused(
+        r#"{"Network":"10.3.0.0/16","IPv6SubnetLen":-2}"#,
+        "IPv6SubnetLen",
+    );
+    ok(r#"{"Network":"10.3.0.0/16","IPv6SubnetMin":null,"IPv6SubnetMax":"fc00:0:0:f::"}"#);
+    // CheckNetworkConfig: 0.0.0.0/0 is an empty Network.
+    refused(r#"{"Network":"0.0.0.0/0"}"#, "whole address space");
 }
 
 /// A repeated key, in one spelling or several: the last one, as Go keeps it.

@@ -38,7 +38,7 @@ fn invalid(msg: impl Into<String>) -> CniError {
 /// Reads flannel's keys from a network config (already version-checked).
 pub fn plugin_conf(cfg: &Map<String, Value>) -> Result<PluginConf, CniError> {
     let string = |k: &str, default: &str| -> Result<String, CniError> {
-        match cfg.get(k) {
+        match super::key(cfg, k) {
             None | Some(Value::Null) => Ok(default.to_string()),
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
             Some(Value::String(_)) => Ok(default.to_string()),
@@ -46,7 +46,7 @@ pub fn plugin_conf(cfg: &Map<String, Value>) -> Result<PluginConf, CniError> {
         }
     };
     let object = |k: &str| -> Result<Map<String, Value>, CniError> {
-        match cfg.get(k) {
+        match super::key(cfg, k) {
             None | Some(Value::Null) => Ok(Map::new()),
             Some(Value::Object(m)) => Ok(m.clone()),
             Some(_) => Err(invalid(format!("{k:?} must be an object"))),
@@ -66,7 +66,7 @@ pub fn plugin_conf(cfg: &Map<String, Value>) -> Result<PluginConf, CniError> {
             ));
         }
     }
-    if let Some(rc) = cfg.get("runtimeConfig").filter(|v| !v.is_null()) {
+    if let Some(rc) = super::key(cfg, "runtimeConfig").filter(|v| !v.is_null()) {
         delegate.insert("runtimeConfig".into(), rc.clone());
     }
     Ok(PluginConf {
@@ -134,9 +134,10 @@ impl FlannelEnv {
                 v6.join(", ")
             )));
         }
+        // flannel's message names the IPv6 alternatives too.
         let missing: Vec<&str> = [
-            ("FLANNEL_NETWORK", networks.is_none()),
-            ("FLANNEL_SUBNET", subnet.is_none()),
+            ("FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK", networks.is_none()),
+            ("FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET", subnet.is_none()),
             ("FLANNEL_MTU", mtu.is_none()),
             ("FLANNEL_IPMASQ", ipmasq.is_none()),
         ]
@@ -275,7 +276,7 @@ mod tests {
         let none = parse_env("").unwrap_err();
         assert!(
             none.msg
-                .contains("missing FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ"),
+                .contains("missing FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ"),
             "{none}"
         );
         let v6 = parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap_err();

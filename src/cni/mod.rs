@@ -23,8 +23,12 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-/// CNI versions this plugin speaks (CHECK needs 0.4.0 or later, GC and STATUS 1.1.0).
-pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// CNI versions this plugin speaks, as flannel's (libcni's `version.All`): CHECK needs
+/// 0.4.0 or later, GC and STATUS 1.1.0. A config without `cniVersion` is 0.1.0, as libcni
+/// reads it.
+pub const SUPPORTED_VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// The latest of [`SUPPORTED_VERSIONS`].
 pub const LATEST: &str = "1.1.0";
@@ -156,11 +160,14 @@ impl Invocation {
             ));
         }
         let container_id = get("CNI_CONTAINERID").cloned().unwrap_or_default();
-        if container_id.contains(['/', '\0']) || container_id == "." || container_id == ".." {
+        if !container_id.is_empty() && !cni_name(&container_id) {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_CONTAINERID {container_id:?} is not a valid container ID"),
+                format!("CNI_CONTAINERID {container_id:?} has invalid characters (libcni's skel allows [a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
             ));
+        }
+        if let Some(ifname) = get("CNI_IFNAME") {
+            check_ifname(ifname)?;
         }
         let path = get("CNI_PATH")
             .map(|p| {
@@ -176,6 +183,65 @@ impl Invocation {
             path,
         })
     }
+}
+
+/// The netconf keys flannel's plugin and libcni read (`types.NetConf` and flannel's
+/// `NetConf`): Go's `encoding/json` matches each of them in any case.
+const NETCONF_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "capabilities",
+    "ipam",
+    "dns",
+    "args",
+    "prevResult",
+    "runtimeConfig",
+    "subnetFile",
+    "dataDir",
+    "delegate",
+];
+
+/// A netconf key as Go reads it into flannel's struct: the key itself, or the same key in
+/// another case when no field has that exact name (the map holds keys sorted, so among
+/// several spellings the last in that order wins, not the document's).
+pub fn key<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.get(name).or_else(|| {
+        map.iter()
+            .rev()
+            .find(|(k, _)| !NETCONF_KEYS.contains(&k.as_str()) && k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+/// libcni's rule for container IDs and network names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn cni_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// libcni's interface name check: at most 15 bytes, not `.` or `..`, no `/`, `:` or space.
+fn check_ifname(name: &str) -> Result<(), CniError> {
+    let bad = |why: &str| {
+        Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_IFNAME {name:?} {why}"),
+        ))
+    };
+    if name.len() > 15 {
+        return bad("is too long: interface names have at most 15 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("is . or ..");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return bad("contains / or : or whitespace");
+    }
+    Ok(())
 }
 
 /// The VERSION answer.
@@ -209,7 +275,11 @@ pub fn parse_config(stdin: &[u8]) -> Result<serde_json::Map<String, Value>, CniE
             "the network config on stdin is not a JSON object",
         ));
     };
-    let version = map.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    // libcni reads a config without cniVersion as 0.1.0.
+    let version = match key(&map, "cniVersion").and_then(Value::as_str) {
+        None | Some("") => "0.1.0",
+        Some(v) => v,
+    };
     if !SUPPORTED_VERSIONS.contains(&version) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -218,6 +288,21 @@ pub fn parse_config(stdin: &[u8]) -> Result<serde_json::Map<String, Value>, CniE
                 SUPPORTED_VERSIONS.join(", ")
             ),
         ));
+    }
+    match key(&map, "name").and_then(Value::as_str) {
+        None | Some("") => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "missing network name (the config's \"name\")",
+            ))
+        }
+        Some(n) if !cni_name(n) => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("network name {n:?} has invalid characters (libcni allows [a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+            ))
+        }
+        Some(_) => {}
     }
     Ok(map)
 }
@@ -281,23 +366,51 @@ mod tests {
                 code::INVALID_ENV
             );
         }
-        let mut traversal = add;
-        traversal.insert("CNI_CONTAINERID".into(), "../../etc".into());
-        assert_eq!(
-            Invocation::from_env(&traversal).unwrap_err().code,
-            code::INVALID_ENV
-        );
+        for (k, v) in [
+            ("CNI_CONTAINERID", "../../etc"),
+            ("CNI_CONTAINERID", "_x"),
+            ("CNI_IFNAME", "a-sixteen-chars!"),
+            ("CNI_IFNAME", "eth:0"),
+            ("CNI_IFNAME", ".."),
+        ] {
+            let mut bad = add.clone();
+            bad.insert(k.into(), v.into());
+            assert_eq!(
+                Invocation::from_env(&bad).unwrap_err().code,
+                code::INVALID_ENV,
+                "{k}={v}"
+            );
+        }
     }
 
     #[test]
     fn configs_need_json_and_a_supported_version() {
         assert_eq!(parse_config(b"{not json").unwrap_err().code, code::DECODE);
         assert_eq!(parse_config(b"[1]").unwrap_err().code, code::DECODE);
-        let e = parse_config(br#"{"cniVersion":"0.2.0","type":"flannel"}"#).unwrap_err();
+        let e = parse_config(br#"{"cniVersion":"0.5.0","name":"n","type":"flannel"}"#).unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
         for v in SUPPORTED_VERSIONS {
-            let text = format!(r#"{{"cniVersion":"{v}","type":"flannel"}}"#);
+            let text = format!(r#"{{"cniVersion":"{v}","name":"n","type":"flannel"}}"#);
             assert!(parse_config(text.as_bytes()).is_ok(), "{v}");
+        }
+        // No cniVersion: 0.1.0, as libcni reads it. No name, or a bad one: refused, as
+        // libcni's skel refuses it.
+        assert!(parse_config(br#"{"name":"n","type":"flannel"}"#).is_ok());
+        // Keys in any case, as Go's encoding/json reads them.
+        let m = parse_config(br#"{"CNIVersion":"0.5.0","Name":"n"}"#).unwrap_err();
+        assert_eq!(m.code, code::INCOMPATIBLE_VERSION);
+        let m = parse_config(br#"{"cniversion":"1.0.0","NAME":"n","SubnetFile":"/x"}"#).unwrap();
+        assert_eq!(key(&m, "subnetFile"), Some(&Value::from("/x")));
+        for bad in [
+            r#"{"type":"flannel"}"#,
+            r#"{"name":"","type":"flannel"}"#,
+            r#"{"name":"-x","type":"flannel"}"#,
+        ] {
+            assert_eq!(
+                parse_config(bad.as_bytes()).unwrap_err().code,
+                code::INVALID_CONFIG,
+                "{bad}"
+            );
         }
         assert!(!has_check("0.3.1") && has_check("0.4.0") && has_check("1.0.0"));
         assert!(at_least("1.1.0", "1.1.0") && at_least("1.10.0", "1.2.0"));
@@ -313,7 +426,7 @@ mod tests {
             json!({"cniVersion":"1.0.0","code":11,"msg":"no subnet.env"})
         );
         let v: Value = serde_json::from_str(&version_result()).unwrap();
-        assert_eq!(v["supportedVersions"][4], "1.1.0");
+        assert_eq!(v["supportedVersions"][6], "1.1.0");
         assert_eq!(v["cniVersion"], "1.1.0");
     }
 }

@@ -22,10 +22,10 @@ pub fn handle(env: &HashMap<String, String>, stdin: &[u8]) -> Result<String, (Cn
         return Ok(super::version_result());
     }
     let cfg = parse_config(stdin).map_err(fail)?;
-    let version = cfg
-        .get("cniVersion")
+    let version = super::key(&cfg, "cniVersion")
         .and_then(Value::as_str)
-        .unwrap_or("1.0.0")
+        .filter(|v| !v.is_empty())
+        .unwrap_or("0.1.0")
         .to_string();
     let conf = flannel::plugin_conf(&cfg).map_err(|e| (e, version.clone()))?;
     let saved = conf.data_dir.join(&inv.container_id);
@@ -128,7 +128,7 @@ fn check(
             format!("{} is not a JSON object", saved.display()),
         ));
     };
-    if let Some(prev) = cfg.get("prevResult") {
+    if let Some(prev) = super::key(cfg, "prevResult") {
         // The delegate may run at an older version than the config (see ADD).
         let mut prev = prev.clone();
         if let (Some(v), Some(p)) = (delegate.get("cniVersion").cloned(), prev.as_object_mut()) {
