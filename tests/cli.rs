@@ -44,3 +44,22 @@ fn flanneld_flags_and_wefts_own_are_in_runs_help() {
         assert!(help.contains(flag), "{flag} missing from\n{help}");
     }
 }
+
+/// `weft check-config` names every key no field takes, so a typo is never silent.
+#[test]
+fn check_config_warns_of_unknown_keys() {
+    let dir = std::env::temp_dir().join(format!("weft-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("net-conf.json");
+    std::fs::write(
+        &file,
+        r#"{"network":"10.244.0.0/16","SubnetLne":26,"backend":{"type":"vxlan","vni":2,"Prot":4789}}"#,
+    )
+    .unwrap();
+    let (ok, out) = weft(&["check-config", &file.display().to_string()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("warning: unknown key \"SubnetLne\""), "{out}");
+    assert!(out.contains("warning: unknown key \"Prot\""), "{out}");
+    assert!(out.contains("VNI 2"), "lower-case vni not read: {out}");
+}

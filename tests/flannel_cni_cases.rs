@@ -141,3 +141,17 @@ fn delegate_ipam_with_two_networks() {
         json!([{"dst": "10.1.0.0/16"}, {"dst": "192.168.0.0/16"}])
     );
 }
+
+/// flannel_linux_test.go:76 and :82 (`onlyIpv6FlannelSubnetEnv`, `dualStackFlannelSubnetEnv`):
+/// flannel's plugin gives IPv6 and dual-stack pods; weft-cni refuses both by name until weft
+/// has IPv6 pods, rather than an IPv4-only pod on a dual-stack node.
+#[test]
+fn ipv6_and_dual_stack_envs_are_named_refusals_until_dual_stack() {
+    for text in [
+        "\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+        "\nFLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+    ] {
+        let e = FlannelEnv::parse(text, Path::new("subnet.env")).unwrap_err();
+        assert!(e.msg.contains("IPv6 pods are not supported by weft-cni yet"), "{e}");
+    }
+}

@@ -180,3 +180,16 @@ fn unknown_keys_are_named() {
         clean.warnings
     );
 }
+
+/// config_test.go:51 TestIPv6ConfigDefaults and :115 TestIPv6ConfigOverrides: flanneld
+/// takes these IPv6-only configs; weft refuses them by name until it has IPv6 pod networks
+/// (the dual-stack issue turns these into the upstream expectations).
+#[test]
+fn ipv6_configs_are_named_refusals_until_dual_stack() {
+    for json in [
+        r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#,
+        r#"{ "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::", "IPv6SubnetMax": "fc00:0:0:f::", "IPv6SubnetLen": 124, "enableIPv4": false }"#,
+    ] {
+        refused(json, "IPv6 pod networks are not supported by weft yet");
+    }
+}
