@@ -247,6 +247,8 @@ fn health_on_loopback_is_out_of_pods_reach_and_metrics_listen_apart() {
         assert_eq!(get_from(&pod.ns, host, healthz, "/healthz").0, 0, "{host}");
     }
     // ... while a scraper reaches the metrics listener, which serves the same paths.
+    let pid = c.nodes[0].child.as_ref().unwrap().id();
+    let cpu_before = cpu_seconds(pid);
     let (code, text) = get_from(&pod.ns, "192.0.2.1", metrics_port, "/metrics");
     assert_eq!(code, 200, "{text}");
     assert!(text.contains("weft_leases 1\n"), "{text}");
@@ -255,7 +257,6 @@ fn health_on_loopback_is_out_of_pods_reach_and_metrics_listen_apart() {
         (200, "ok\n".into())
     );
     // The process metrics are weft's own, as /proc shows them.
-    let pid = c.nodes[0].child.as_ref().unwrap().id();
     assert_eq!(
         metric(&text, "process_threads"),
         proc_status(pid, "Threads:")
@@ -271,7 +272,24 @@ fn health_on_loopback_is_out_of_pods_reach_and_metrics_listen_apart() {
         (metric(&text, "process_open_fds") - fds).abs() <= 3.0,
         "{text}"
     );
-    assert!(metric(&text, "process_cpu_seconds_total") > 0.0);
+    // CPU seconds: what /proc said just before the scrape, at most what it says after (a
+    // node that has just started may have used less than one 10 ms tick: 0 is honest).
+    let cpu = metric(&text, "process_cpu_seconds_total");
+    let after = cpu_seconds(pid);
+    assert!(
+        cpu >= cpu_before - 0.011 && cpu <= after + 0.011,
+        "{cpu_before} <= {cpu} <= {after}"
+    );
+}
+
+/// utime + stime of `pid`, in seconds (USER_HZ 100).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<f64> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f[11] + f[12]) / 100.0
 }
 
 /// The pod's gateway: the node's cni0 address, the first of its subnet.
