@@ -40,12 +40,12 @@ pub(super) fn status(
 ) -> Result<String, CniError> {
     require_1_1(version, "STATUS")?;
     let not_available = |e: CniError| CniError::new(code::PLUGIN_NOT_AVAILABLE, e.msg);
-    flannel::subnet_env(conf).map_err(not_available)?;
+    let env = flannel::subnet_env(conf).map_err(not_available)?;
     if inv.path.is_empty() {
         // No CNI_PATH (optional for STATUS): the delegate cannot be looked for.
         return Ok(String::new());
     }
-    forward(inv, conf, "STATUS", Map::new()).map_err(|e| match e.code {
+    forward(inv, conf, &env, "STATUS", Map::new()).map_err(|e| match e.code {
         code::INVALID_ENV => not_available(e),
         _ => e,
     })?;
@@ -86,8 +86,8 @@ pub(super) fn gc(
         }
     }
     // Without subnet.env there is no delegate config to forward with: nothing to collect.
-    if flannel::subnet_env(conf).is_ok() {
-        if let Err(e) = forward(inv, conf, "GC", keys) {
+    if let Ok(env) = flannel::subnet_env(conf) {
+        if let Err(e) = forward(inv, conf, &env, "GC", keys) {
             errors.push(e);
         }
     }
@@ -155,11 +155,11 @@ fn release(inv: &Invocation, saved: &Path, id: &str) -> Result<(), CniError> {
 fn forward(
     inv: &Invocation,
     conf: &flannel::PluginConf,
+    env: &flannel::FlannelEnv,
     command: &str,
     extra: Map<String, Value>,
 ) -> Result<(), CniError> {
-    let env = flannel::subnet_env(conf)?;
-    let mut delegate = flannel::delegate_conf(conf, &env)?;
+    let mut delegate = flannel::delegate_conf(conf, env)?;
     let plugin = exec::find(&inv.path, flannel::delegate_type(&delegate)?)?;
     if !exec::versions(&plugin)?.iter().any(|v| v == "1.1.0") {
         return Ok(());

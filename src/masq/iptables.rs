@@ -9,9 +9,7 @@
 //! weft's chains is touched but the one jump rule per table. Removal on shutdown is one
 //! restore too. Rule text and drift checks are pure; only [`Iptables`] runs programs.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use super::tool::{self, ToolError};
 use ipnet::Ipv4Net;
 
 const MASQ_COMMENT: &str = "-m comment --comment \"flanneld masq\"";
@@ -207,43 +205,21 @@ impl Iptables {
         Iptables { chains }
     }
 
-    fn save(&self) -> Result<String, String> {
-        let o = Command::new("iptables-save")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run iptables-save: {e} (install iptables)"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "iptables-save failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    fn save(&self) -> Result<String, ToolError> {
+        tool::run("iptables-save", &[], "", "iptables")
     }
 
     fn restore(&self, input: &str) -> Result<(), String> {
-        let mut child = Command::new("iptables-restore")
-            .args(["-w", "5", "--noflush"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run iptables-restore: {e} (install iptables)"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(input.as_bytes())
-                .map_err(|e| format!("iptables-restore: {e}"))?;
+        match tool::run(
+            "iptables-restore",
+            &["-w", "5", "--noflush"],
+            input,
+            "iptables",
+        ) {
+            Ok(_) => Ok(()),
+            Err(ToolError::Failed(e)) => Err(format!("{e}\ninput was:\n{input}")),
+            Err(e) => Err(e.into()),
         }
-        let o = child
-            .wait_with_output()
-            .map_err(|e| format!("iptables-restore: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "iptables-restore failed: {}\ninput was:\n{input}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        Ok(())
     }
 
     /// Checks the rules and repairs them if needed; returns what was wrong (empty: intact).
@@ -259,7 +235,7 @@ impl Iptables {
     /// Removes the rules (iptables missing: there are none).
     pub fn remove(&self) -> Result<(), String> {
         let save = match self.save() {
-            Err(e) if e.starts_with("cannot run iptables-save") => return Ok(()),
+            Err(ToolError::Missing(_)) => return Ok(()),
             r => r?,
         };
         let input = removal_input(&save, &self.chains);

@@ -13,6 +13,7 @@
 
 pub mod iptables;
 pub mod nftables;
+mod tool;
 
 use ipnet::Ipv4Net;
 

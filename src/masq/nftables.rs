@@ -13,10 +13,9 @@
 //! re-applies on a difference. flanneld checks once whether the kernel takes `masquerade
 //! fully-random` and falls back to plain `masquerade`; so does [`Nftables::new`].
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use super::tool::{self, ToolError};
 use super::Plan;
 
 /// flanneld's table names.
@@ -145,27 +144,8 @@ pub fn drift(reference: &str, now: &str) -> Vec<String> {
 }
 
 /// Runs `nft` with `args`, feeding it `stdin`; returns its output.
-fn nft(args: &[&str], stdin: &str) -> Result<String, String> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e} (install nftables)"))?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(stdin.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
-    }
-    let o = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "nft {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+fn nft(args: &[&str], stdin: &str) -> Result<String, ToolError> {
+    tool::run("nft", args, stdin, "nftables")
 }
 
 /// The rules of one node, applied with `nft` and kept as the kernel listed them.
@@ -198,7 +178,7 @@ impl Nftables {
     }
 
     fn listing() -> Result<String, String> {
-        nft(&["list", "ruleset"], "").map(|l| our_tables(&l))
+        Ok(our_tables(&nft(&["list", "ruleset"], "")?))
     }
 
     /// Applies the script unless the kernel's listing is still the one it left; returns
@@ -234,8 +214,8 @@ impl Nftables {
             ));
         }
         match nft(&["-f", "-"], &script) {
-            Err(e) if e.starts_with("cannot run nft") => Ok(()),
-            r => r.map(|_| ()),
+            Err(ToolError::Missing(_)) => Ok(()),
+            r => r.map(|_| ()).map_err(String::from),
         }
     }
 }
