@@ -718,11 +718,6 @@ impl LinkGuard {
         &self.routes
     }
 
-    /// The netlink connection.
-    pub(crate) fn netlink(&self) -> &Netlink {
-        &self.nl
-    }
-
     /// Adds (or replaces) a route to `dst` out of this interface, removed on drop.
     pub(crate) fn route(&mut self, dst: Ipv4Net) -> io::Result<()> {
         self.nl.replace_route(dst, self.index)?;

@@ -13,10 +13,15 @@
 //! userspace. The daemon sees a backend only through [`Backend`] and [`Running`];
 //! [`for_config`] is the one place one is chosen.
 
+mod error;
 pub mod hostgw;
 pub mod kernel_vxlan;
+pub mod plan;
+pub(crate) mod reconcile;
 pub(crate) mod routes;
 pub mod userspace;
+
+pub use error::Error;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -24,11 +29,34 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::config::BackendConfig;
-use crate::daemon::{DataplaneChoice, Error, Underlay};
 use crate::dataplane::counters::Counters;
 use crate::dataplane::Offloads;
 use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer};
 use crate::netlink::Netlink;
+
+/// `--dataplane`: where a vxlan node encapsulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataplaneChoice {
+    /// weft's userspace dataplane on a TUN.
+    Userspace,
+    /// The kernel's vxlan device, programmed by weft.
+    Kernel,
+    /// Kernel when the vxlan module is there, else userspace.
+    Auto,
+}
+
+/// The underlay: the interface pods' traffic is tunnelled over, and our addresses on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    /// Interface name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// The interface address the sockets bind.
+    pub local_ip: Ipv4Addr,
+    /// This node's public IP: what the lease advertises (`--public-ip`, else `local_ip`).
+    pub public_ip: Ipv4Addr,
+}
 
 /// What a backend is given to start forwarding.
 #[derive(Clone)]
@@ -132,7 +160,7 @@ pub fn for_config(
         (BackendConfig::HostGw, _) => {
             if underlay.public_ip != underlay.local_ip {
                 // As flanneld's hostgw.New refuses it.
-                return Err(Error::Backend(format!(
+                return Err(Error::Unsupported(format!(
                     "host-gw: the public IP {} differs from {}'s address {} (a node behind NAT); host-gw routes straight to each node's address, which NAT hides: use Backend.Type vxlan",
                     underlay.public_ip, underlay.name, underlay.local_ip
                 )));
@@ -140,7 +168,7 @@ pub fn for_config(
             Box::new(hostgw::HostGw)
         }
         (BackendConfig::Udp { .. }, DataplaneChoice::Kernel) => {
-            return Err(Error::Backend(
+            return Err(Error::Unsupported(
                 "--dataplane kernel: the udp backend has no kernel dataplane (flanneld's is a userspace proxy too); use --dataplane userspace, or Backend.Type vxlan".into(),
             ))
         }

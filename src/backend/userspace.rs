@@ -5,18 +5,15 @@
 
 use std::net::Ipv4Addr;
 
-use std::collections::BTreeMap;
-
-use super::routes::{OnceLog, Reach, RouteSet};
-use super::{Backend, Health, Running, Setup};
+use super::plan::{LinkPlan, PeerRule, Tunnel};
+use super::reconcile::{link_index, Reconciler};
+use super::{Backend, DataplaneSettings, Error, Health, Running, Setup};
 use crate::config::BackendConfig;
-use crate::daemon::Error;
 use crate::dataplane::inject::{self, Injector};
-use crate::dataplane::{open_tun, Dataplane};
+use crate::dataplane::{open_tun, Dataplane, Offloads};
 use crate::encap::{Format, Node, LINUX_SRC_PORTS};
 use crate::lease::table::BackendKind;
 use crate::lease::{Lease, LeaseAttrs, Peer, VxlanBackendData};
-use crate::netlink::LinkGuard;
 use crate::wire::udp::ChecksumMode;
 use crate::wire::MacAddr;
 
@@ -63,7 +60,7 @@ pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
         },
         BackendConfig::Udp { port } => Format::Udp { port },
         BackendConfig::HostGw => {
-            return Err(Error::Backend(
+            return Err(Error::Unsupported(
                 "host-gw has no userspace dataplane: it forwards by kernel routes".into(),
             ))
         }
@@ -106,73 +103,46 @@ impl Backend for Userspace {
     fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
         let d = &s.dataplane;
         let mut offloads = d.offloads;
-        let queues = match open_tun(&d.tun_name, d.workers, offloads.tun) {
-            Err(e) if offloads.tun => {
-                // Probe: a kernel without TUN offloads still gets a working, slower dataplane.
-                tracing::warn!("TUN offloads unavailable ({e}); continuing without them");
-                offloads.tun = false;
-                open_tun(&d.tun_name, d.workers, false)
-            }
-            r => r,
-        }
-        .map_err(|source| Error::Tun {
-            name: d.tun_name.clone(),
-            source,
-        })?;
-        let configure = |source| Error::Configure {
-            name: d.tun_name.clone(),
-            source,
-        };
-        let index =
-            s.nl.link_by_name(&d.tun_name)
-                .map_err(configure)?
-                .ok_or_else(|| configure(std::io::Error::other("vanished after creation")))?
-                .index;
-        // From here on, dropping `tun` removes the route and the device.
-        let mut tun = LinkGuard::new(s.nl.clone(), index, true);
+        let queues = open_queues(d, &mut offloads)?;
+        let index = link_index(s.nl, &d.tun_name)?;
         // No IPv6 on the TUN: weft forwards IPv4 only, and router solicitations would only
         // be counted as drops. Best effort: the kernel may have IPv6 off already.
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", d.tun_name),
             "1",
         );
-        let nl = tun.netlink();
-        nl.set_mtu_up(index, s.pod_mtu, TUN_TXQUEUELEN)
-            .map_err(configure)?;
-        nl.add_addr(index, s.lease.subnet.network(), 32)
-            .map_err(configure)?;
-        // One route for the whole cluster network, as flannel's udp backend has.
-        tun.route(s.network).map_err(configure)?;
-
-        // Both formats: for flannel's udp one the "tunnel header" is just the outer UDP
-        // header, and the kernel's UDP-tunnel GSO replicates it all the same.
-        // Behind NAT (--public-ip is not the interface's address) a NAT router rewrites the
-        // outer headers of every frame, and the super-frames tunnel GSO hands the kernel
-        // do not survive it: measured, a NATed node's pod TCP out fell to 0.00 Gbit/s with
-        // it and ran at 5 Gbit/s without (iface_by_ip_and_a_public_ip_behind_nat_...).
-        if offloads.tunnel_gso && s.public_ip != s.local_ip {
-            tracing::info!(
-                "behind NAT (public IP {} on {}): tunnel GSO off, TSO super-packets are split in userspace",
-                s.public_ip,
-                s.local_ip
-            );
-            offloads.tunnel_gso = false;
-        }
-        let injectors = if offloads.tunnel_gso && offloads.tun {
-            match open_injectors(&s, &d.tun_name, d.workers) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(
-                        "tunnel GSO unavailable ({e}); TSO super-packets are split in userspace"
-                    );
-                    offloads.tunnel_gso = false;
-                    Vec::new()
-                }
+        let direct_routing = matches!(
+            self.cfg,
+            BackendConfig::Vxlan {
+                direct_routing: true,
+                ..
             }
-        } else {
-            offloads.tunnel_gso = false;
-            Vec::new()
+        );
+        // Always a reconciler for the peer routes: without DirectRouting it wants none,
+        // and its first update removes those an earlier run (host-gw, DirectRouting) left,
+        // which would shadow the TUN's route.
+        let rule = PeerRule {
+            ours: s.lease.subnet,
+            kind: BackendKind::Vxlan,
+            vni: None,
+            direct_routing,
+            tunnel: Tunnel::Tun,
+            underlay: link_index(s.nl, s.underlay)?,
+            underlay_name: s.underlay.to_string(),
         };
+        let mut reconciler = Reconciler::new(s.nl, rule, "DirectRouting");
+        // One route for the whole cluster network, as flannel's udp backend has. From here
+        // on, dropping the reconciler removes the route and the device.
+        let link = LinkPlan {
+            name: d.tun_name.clone(),
+            mtu: s.pod_mtu,
+            txqueuelen: TUN_TXQUEUELEN,
+            address: s.lease.subnet.network(),
+            mac: None,
+            routes: vec![s.network],
+        };
+        reconciler.adopt_device(index, link)?;
+        let injectors = tunnel_gso(&s, &mut offloads);
         let node = Node {
             public_ip: s.public_ip,
             subnet: s.lease.subnet,
@@ -181,22 +151,6 @@ impl Backend for Userspace {
             // The UDP socket sends only the payload; the kernel writes the outer headers.
             udp_checksum: ChecksumMode::Zero,
             hash_seed: rand::random(),
-        };
-        // Always a route set: without DirectRouting it wants nothing, and its first update
-        // removes peer routes an earlier run (host-gw, DirectRouting) left, which would
-        // shadow the TUN's route.
-        let direct = Direct {
-            enabled: matches!(
-                self.cfg,
-                BackendConfig::Vxlan {
-                    direct_routing: true,
-                    ..
-                }
-            ),
-            routes: RouteSet::new(s.nl.clone()),
-            underlay: super::hostgw::underlay_index(s.nl, s.underlay)?,
-            ours: s.lease.subnet,
-            skipped: OnceLog::default(),
         };
         let dp = Dataplane::start(
             node,
@@ -216,24 +170,69 @@ impl Backend for Userspace {
                 d.tun_name,
                 s.pod_mtu,
                 d.workers,
-                if direct.enabled {
+                if direct_routing {
                     "; DirectRouting"
                 } else {
                     ""
                 }
             ),
-            direct,
             forwarded_from: if offloads.tunnel_gso {
                 vec![inject::tap_name(&d.tun_name)]
             } else {
                 Vec::new()
             },
-            tun_name: d.tun_name.clone(),
-            pod_mtu: s.pod_mtu,
             dp,
-            tun,
+            reconciler,
         }))
     }
+}
+
+/// The TUN's queues, one per worker, with offloads if the kernel has them (a kernel
+/// without gets a working, slower dataplane).
+fn open_queues(
+    d: &DataplaneSettings,
+    offloads: &mut Offloads,
+) -> Result<Vec<tun_rs::SyncDevice>, Error> {
+    match open_tun(&d.tun_name, d.workers, offloads.tun) {
+        Err(e) if offloads.tun => {
+            tracing::warn!(error = %e, "TUN offloads unavailable; continuing without them");
+            offloads.tun = false;
+            open_tun(&d.tun_name, d.workers, false)
+        }
+        r => r,
+    }
+    .map_err(|source| Error::Tun {
+        name: d.tun_name.clone(),
+        source,
+    })
+}
+
+/// Tunnel GSO's injection TAP, where it can be had: both formats can use it (for flannel's
+/// udp one the "tunnel header" is just the outer UDP header, and the kernel's UDP-tunnel
+/// GSO replicates it all the same). Turned off in `offloads` where it cannot.
+fn tunnel_gso(s: &Setup<'_>, offloads: &mut Offloads) -> Vec<Injector> {
+    // Behind NAT (--public-ip is not the interface's address) a NAT router rewrites the
+    // outer headers of every frame, and the super-frames tunnel GSO hands the kernel do
+    // not survive it: measured, a NATed node's pod TCP out fell to 0.00 Gbit/s with it
+    // and ran at 5 Gbit/s without (iface_by_ip_and_a_public_ip_behind_nat_...).
+    if offloads.tunnel_gso && s.public_ip != s.local_ip {
+        tracing::info!(
+            public_ip = %s.public_ip,
+            local_ip = %s.local_ip,
+            "behind NAT: tunnel GSO off, TSO super-packets are split in userspace"
+        );
+        offloads.tunnel_gso = false;
+    }
+    if !(offloads.tunnel_gso && offloads.tun) {
+        offloads.tunnel_gso = false;
+        return Vec::new();
+    }
+    let d = &s.dataplane;
+    open_injectors(s, &d.tun_name, d.workers).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "tunnel GSO unavailable; TSO super-packets are split in userspace");
+        offloads.tunnel_gso = false;
+        Vec::new()
+    })
 }
 
 /// Opens the injection TAP ([`inject`]) with one queue per worker and brings it up.
@@ -248,63 +247,13 @@ fn open_injectors(s: &Setup<'_>, tun: &str, workers: usize) -> std::io::Result<V
     Ok(taps)
 }
 
-/// `DirectRouting` beside the userspace dataplane: peers on our layer-2 network get a plain
-/// route via their public IP, more specific than the TUN's route for the whole network, so
-/// their packets never reach the TUN.
-struct Direct {
-    enabled: bool,
-    routes: RouteSet,
-    underlay: u32,
-    ours: ipnet::Ipv4Net,
-    skipped: OnceLog,
-}
-
-impl Direct {
-    fn update(&mut self, nl: &crate::netlink::Netlink, peers: &[Peer]) {
-        let reach = self.enabled.then(|| Reach::read(nl));
-        let want = peers
-            .iter()
-            .filter(|p| p.subnet != self.ours && p.backend == BackendKind::Vxlan)
-            .filter(|p| {
-                reach
-                    .as_ref()
-                    .is_some_and(|r| r.direct(p.public_ip, self.underlay))
-            })
-            .map(|p| crate::netlink::PeerRoute {
-                dst: p.subnet,
-                gateway: p.public_ip,
-                oif: self.underlay,
-                onlink: false,
-            });
-        match self.routes.set(want) {
-            Ok(changes) => {
-                for c in changes {
-                    tracing::info!("DirectRouting: {c}");
-                }
-                self.skipped.note(BTreeMap::new());
-            }
-            Err(e) => {
-                let mut failed = BTreeMap::new();
-                failed.insert(
-                    self.ours,
-                    format!("DirectRouting: cannot program the direct routes (those peers go through the tunnel meanwhile): {e}"),
-                );
-                self.skipped.note(failed);
-            }
-        }
-    }
-}
-
-/// The running userspace dataplane. Fields drop in order: the direct routes go, the workers
-/// stop and are joined, then the route and the TUN go.
+/// The running userspace dataplane. Fields drop in order: the workers stop and are
+/// joined, then the reconciler removes the direct routes, the TUN's route and the TUN.
 struct Forwarding {
-    direct: Direct,
     describe: String,
     forwarded_from: Vec<String>,
-    tun_name: String,
-    pod_mtu: u32,
     dp: Dataplane,
-    tun: LinkGuard,
+    reconciler: Reconciler,
 }
 
 impl Running for Forwarding {
@@ -317,59 +266,19 @@ impl Running for Forwarding {
     }
 
     fn peers_changed(&mut self, peers: &[Peer]) {
-        self.direct.update(self.tun.netlink(), peers);
+        self.reconciler.update(peers);
         let senders: Vec<std::net::Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
         self.dp.set_senders(&senders);
     }
 
     fn check(&mut self) -> Health {
-        if let Health::Repaired(r) = self.direct.routes.check("DirectRouting") {
-            tracing::warn!("{r}");
-        }
-        let name = &self.tun_name;
         if self.dp.tun_gone() {
-            return Health::Broken(format!("TUN {name} is gone (its reads fail)"));
+            return Health::Broken("the TUN is gone (its reads fail)".into());
         }
         let dead = self.dp.dead_workers();
         if !dead.is_empty() {
             return Health::Broken(format!("worker thread(s) {dead:?} died"));
         }
-        let nl = self.tun.netlink();
-        let link = match nl.link_by_name(name) {
-            Ok(l) => l,
-            // Netlink itself failing says nothing about the device: look again later.
-            Err(_) => return Health::Fine,
-        };
-        match link {
-            None => Health::Broken(format!("TUN {name} was deleted")),
-            Some(l) if l.index != self.tun.index() => {
-                Health::Broken(format!("{name} was replaced by another device"))
-            }
-            Some(l) => {
-                let mut fixed = Vec::new();
-                if !l.up {
-                    // The kernel drops a down device's routes with it.
-                    if let Err(e) = nl.set_mtu_up(l.index, self.pod_mtu, TUN_TXQUEUELEN) {
-                        return Health::Broken(format!(
-                            "{name} was set down and cannot be set up: {e}"
-                        ));
-                    }
-                    fixed.push(format!("{name} was set down: set it up"));
-                }
-                for &r in self.tun.routes() {
-                    if !nl.has_route(r, l.index).unwrap_or(true) {
-                        if let Err(e) = nl.replace_route(r, l.index) {
-                            return Health::Broken(format!("the route to {r} via {name} was removed and cannot be restored: {e}"));
-                        }
-                        fixed.push(format!("restored the route to {r} via {name}"));
-                    }
-                }
-                if fixed.is_empty() {
-                    Health::Fine
-                } else {
-                    Health::Repaired(fixed.join("; "))
-                }
-            }
-        }
+        self.reconciler.check()
     }
 }

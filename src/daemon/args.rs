@@ -3,16 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-/// `--dataplane`: where a vxlan node encapsulates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DataplaneChoice {
-    /// weft's userspace dataplane on a TUN.
-    Userspace,
-    /// The kernel's vxlan device, programmed by weft.
-    Kernel,
-    /// Kernel when the vxlan module is there, else userspace.
-    Auto,
-}
+use crate::backend::DataplaneChoice;
 
 /// `weft run`'s settings, from flags or `WEFT_<FLAG>` variables.
 #[derive(Debug, Clone, clap::Args)]

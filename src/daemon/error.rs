@@ -46,32 +46,6 @@ pub enum Error {
     /// No lease could be acquired.
     #[error("cannot acquire a lease: {0}")]
     Acquire(StoreError),
-    /// Our lease's backend data cannot be read back.
-    #[error("our lease {key}: {detail}")]
-    OwnLease {
-        /// The lease key.
-        key: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The TUN device could not be created.
-    #[error(
-        "cannot create TUN device {name}: {source} (is /dev/net/tun there, and are you root?)"
-    )]
-    Tun {
-        /// The device name.
-        name: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A device could not be configured (MTU, address, route).
-    #[error("cannot configure {name}: {source}")]
-    Configure {
-        /// The device name.
-        name: String,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// The fail-closed guard route could not be installed.
     #[error("cannot install the fail-closed route for {network} (pods' packets would leave unencapsulated while weft is down): {source}")]
     Guard {
@@ -91,15 +65,12 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// The backend cannot run with these flags or this underlay (what, and the fix).
-    #[error("{0}")]
-    Backend(String),
-    /// The forwarding workers could not start.
-    #[error("cannot start the dataplane: {0}")]
-    Dataplane(std::io::Error),
     /// The host lacks what weft needs (br_netfilter, the TUN device): what, and the fix.
     #[error("{0}")]
     Host(String),
+    /// The backend could not start.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::Error),
     /// The health endpoint could not listen.
     #[error("{0}")]
     Healthz(std::io::Error),

@@ -23,9 +23,10 @@ mod error;
 pub mod policy;
 mod underlay;
 
-pub use args::{flanneld_env_aliases, DataplaneChoice, RunArgs};
+pub use crate::backend::{DataplaneChoice, Underlay};
+pub use args::{flanneld_env_aliases, RunArgs};
 pub use error::Error;
-pub use underlay::{find_underlay, Underlay};
+pub use underlay::find_underlay;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -378,17 +379,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Phase 5: the backend forwards; flanneld's rules; subnet.env for the CNI plugin.
     let counters = Counters::with_workers(args.workers as usize);
     let start = || {
-        backend.start(Setup {
-            nl: &nl,
-            underlay: &underlay.name,
-            local_ip: underlay.local_ip,
-            public_ip: underlay.public_ip,
-            network: cfg.network,
-            lease: &ours.lease,
-            pod_mtu,
-            table: table.clone(),
-            dataplane: dataplane_settings(&args, &counters),
-        })
+        backend
+            .start(Setup {
+                nl: &nl,
+                underlay: &underlay.name,
+                local_ip: underlay.local_ip,
+                public_ip: underlay.public_ip,
+                network: cfg.network,
+                lease: &ours.lease,
+                pod_mtu,
+                table: table.clone(),
+                dataplane: dataplane_settings(&args, &counters),
+            })
+            .map_err(Error::from)
     };
     let mut running = start()?;
     running.peers_changed(&peers);

@@ -20,20 +20,8 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use regex::Regex;
 
 use super::{Error, Result, RunArgs};
+use crate::backend::Underlay;
 use crate::netlink::{Link, Netlink};
-
-/// The underlay: the interface pods' traffic is tunnelled over, and our addresses on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Underlay {
-    /// Interface name.
-    pub name: String,
-    /// Its MTU.
-    pub mtu: u32,
-    /// The interface address the sockets bind.
-    pub local_ip: Ipv4Addr,
-    /// This node's public IP: what the lease advertises (`--public-ip`, else `local_ip`).
-    pub public_ip: Ipv4Addr,
-}
 
 /// The interfaces and IPv4 addresses of this namespace, as netlink lists them.
 #[derive(Debug, Clone, Default)]

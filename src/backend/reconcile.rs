@@ -1,0 +1,246 @@
+//! The one reconciler: makes the kernel hold what a backend's plan wants, and keeps it so.
+//!
+//! Every backend hands its [`PeerRule`] and, where it forwards through a device, the device
+//! and its [`LinkPlan`] to a [`Reconciler`]. On each lease change [`Reconciler::update`]
+//! plans and applies (tunnel entries first, so the kernel never ARPs for an onlink gateway,
+//! then the routes); [`Reconciler::check`], every second, puts back what someone undid: a
+//! device set down, its MAC rewritten, its routes, entries or peer routes removed. A device
+//! deleted or replaced is beyond repair in place: the backend is restarted. Dropping the
+//! reconciler removes the peer routes, then the device (the kernel takes its entries along).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+
+use super::plan::{Entry, LinkPlan, PeerPlan, PeerRule};
+use super::routes::{OnceLog, Reach, RouteSet};
+use super::{Error, Health};
+use crate::lease::Peer;
+use crate::netlink::{LinkGuard, Netlink};
+
+/// A device weft made and the state it wants on it.
+struct Device {
+    guard: LinkGuard,
+    plan: LinkPlan,
+}
+
+/// Applies a backend's plans and repairs what it installed. Fields drop in order: the peer
+/// routes go first, then the device.
+pub(crate) struct Reconciler {
+    routes: RouteSet,
+    device: Option<Device>,
+    nl: Arc<Netlink>,
+    rule: PeerRule,
+    label: String,
+    entries: BTreeMap<Ipv4Net, Entry>,
+    skipped: OnceLog,
+}
+
+impl Reconciler {
+    /// For a backend forwarding by `rule`; `label` prefixes its log lines. The first
+    /// [`update`](Self::update) removes peer routes an earlier run left that it does not want.
+    pub(crate) fn new(nl: &Arc<Netlink>, rule: PeerRule, label: &str) -> Reconciler {
+        Reconciler {
+            routes: RouteSet::new(nl.clone()),
+            device: None,
+            nl: nl.clone(),
+            rule,
+            label: label.to_string(),
+            entries: BTreeMap::new(),
+            skipped: OnceLog::default(),
+        }
+    }
+
+    /// Takes the device `index` (just created: deleted when the reconciler drops) and
+    /// configures it as `plan` says: address, MTU, up, MAC, routes.
+    pub(crate) fn adopt_device(&mut self, index: u32, plan: LinkPlan) -> Result<(), Error> {
+        let configure = |source| Error::Configure {
+            name: plan.name.clone(),
+            source,
+        };
+        let mut guard = LinkGuard::new(self.nl.clone(), index, true);
+        self.nl
+            .add_addr(index, plan.address, 32)
+            .map_err(configure)?;
+        self.nl
+            .set_mtu_up(index, plan.mtu, plan.txqueuelen)
+            .map_err(configure)?;
+        for &r in &plan.routes {
+            guard.route(r).map_err(configure)?;
+        }
+        self.device = Some(Device { guard, plan });
+        // As flanneld (#1795): the MAC after link-up must be the one the lease publishes
+        // (systemd's MACAddressPolicy may rewrite it).
+        if let Some(fixed) = self.fix_mac() {
+            tracing::warn!("{fixed}");
+        }
+        Ok(())
+    }
+
+    /// Plans for the live `peers` and makes the kernel match.
+    pub(crate) fn update(&mut self, peers: &[Peer]) {
+        let reach = self.rule.needs_reach().then(|| Reach::read(&self.nl));
+        let underlay = self.rule.underlay;
+        let on_link = |ip| reach.as_ref().is_some_and(|r| r.direct(ip, underlay));
+        let plan = self.rule.plan(peers, &on_link);
+        self.apply(plan);
+    }
+
+    fn apply(&mut self, plan: PeerPlan) {
+        self.skipped.note(plan.skipped);
+        let label = &self.label;
+        if let Some(index) = self.device.as_ref().map(|d| d.guard.index()) {
+            for (sn, e) in &self.entries {
+                if plan.entries.get(sn) != Some(e) {
+                    remove_entry(&self.nl, index, *sn, e, label);
+                }
+            }
+            for (sn, e) in &plan.entries {
+                if self.entries.get(sn) == Some(e) {
+                    continue;
+                }
+                if let Err(err) = program_entry(&self.nl, index, *sn, e) {
+                    tracing::warn!(%sn, error = %err, "{label}: cannot program the tunnel entries (retried by the check)");
+                }
+            }
+        }
+        self.entries = plan.entries;
+        match self.routes.set(plan.routes) {
+            Ok(changes) => {
+                for c in changes {
+                    tracing::info!("{label}: {c}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{label}: cannot program the peer routes (retrying)")
+            }
+        }
+    }
+
+    /// Puts back what someone undid; a device deleted, replaced, or that cannot be set up
+    /// again is [`Health::Broken`].
+    pub(crate) fn check(&mut self) -> Health {
+        let mut fixed = Vec::new();
+        if self.device.is_some() {
+            match self.check_device() {
+                Ok(f) => fixed.extend(f),
+                Err(broken) => return Health::Broken(broken),
+            }
+            fixed.extend(self.fix_mac());
+            fixed.extend(self.restore_entries());
+        }
+        if let Health::Repaired(r) = self.routes.check(&self.label) {
+            fixed.push(r);
+        }
+        if fixed.is_empty() {
+            Health::Fine
+        } else {
+            Health::Repaired(fixed.join("; "))
+        }
+    }
+
+    /// The device still there under its name, up, with its routes: what was repaired, or
+    /// why it cannot be. Netlink itself failing says nothing about the device.
+    fn check_device(&self) -> Result<Vec<String>, String> {
+        let Some(Device { guard, plan }) = &self.device else {
+            return Ok(Vec::new());
+        };
+        let name = &plan.name;
+        let link = match self.nl.link_by_name(name) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err(format!("{name} was deleted")),
+            Err(_) => return Ok(Vec::new()),
+        };
+        if link.index != guard.index() {
+            return Err(format!("{name} was replaced by another device"));
+        }
+        let mut fixed = Vec::new();
+        if !link.up {
+            // The kernel drops a down device's routes with it; they are put back below.
+            self.nl
+                .set_mtu_up(link.index, plan.mtu, plan.txqueuelen)
+                .map_err(|e| format!("{name} was set down and cannot be set up: {e}"))?;
+            fixed.push(format!("{name} was set down: set it up"));
+        }
+        for &r in guard.routes() {
+            if !self.nl.has_route(r, link.index).unwrap_or(true) {
+                self.nl.replace_route(r, link.index).map_err(|e| {
+                    format!("the route to {r} via {name} was removed and cannot be restored: {e}")
+                })?;
+                fixed.push(format!("restored the route to {r} via {name}"));
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Puts the plan's MAC back if something changed it: what was done, if anything.
+    fn fix_mac(&self) -> Option<String> {
+        let d = self.device.as_ref()?;
+        let (index, name, mac) = (d.guard.index(), &d.plan.name, d.plan.mac?);
+        let link = self.nl.link_by_index(index).ok()??;
+        if link.mac == Some(mac) {
+            return None;
+        }
+        let got = link.mac.map(|m| m.to_string()).unwrap_or_default();
+        Some(match self.nl.set_mac(index, mac) {
+            Ok(()) => format!("{name}'s MAC was {got}, not the lease's VtepMAC {mac}: set it back"),
+            Err(e) => format!(
+                "{name}'s MAC is {got}, not the lease's VtepMAC {mac}, and cannot be set: {e}"
+            ),
+        })
+    }
+
+    /// Tunnel entries someone deleted or changed, put back: a line per repair.
+    fn restore_entries(&self) -> Vec<String> {
+        let Some(index) = self.device.as_ref().map(|d| d.guard.index()) else {
+            return Vec::new();
+        };
+        let (Ok(arp), Ok(fdb)) = (
+            self.nl.neighbours(index, false),
+            self.nl.neighbours(index, true),
+        ) else {
+            return Vec::new();
+        };
+        let mut fixed = Vec::new();
+        for (sn, e) in &self.entries {
+            if arp.contains(&(sn.network(), e.mac)) && fdb.contains(&(e.public_ip, e.mac)) {
+                continue;
+            }
+            match program_entry(&self.nl, index, *sn, e) {
+                Ok(()) => fixed.push(format!("restored the ARP/FDB entries for {sn}")),
+                // Retried on the next check; said once a second at debug, not warn.
+                Err(err) => tracing::debug!(%sn, error = %err, "cannot restore the entries yet"),
+            }
+        }
+        fixed
+    }
+}
+
+/// The neighbour and FDB entry of one tunnelled peer.
+fn program_entry(nl: &Netlink, index: u32, sn: Ipv4Net, e: &Entry) -> std::io::Result<()> {
+    nl.replace_neigh(index, sn.network(), e.mac)?;
+    nl.replace_fdb(index, e.mac, e.public_ip)
+}
+
+fn remove_entry(nl: &Netlink, index: u32, sn: Ipv4Net, e: &Entry, label: &str) {
+    if let Err(err) = nl.del_neigh(index, sn.network()) {
+        tracing::warn!(%sn, error = %err, "{label}: cannot remove the neighbour entry");
+    }
+    if let Err(err) = nl.del_fdb(index, e.mac, e.public_ip) {
+        tracing::warn!(%sn, error = %err, "{label}: cannot remove the FDB entry");
+    }
+}
+
+/// The index of interface `name` (the underlay, or a device just made).
+pub(crate) fn link_index(nl: &Netlink, name: &str) -> Result<u32, Error> {
+    let configure = |source| Error::Configure {
+        name: name.to_string(),
+        source,
+    };
+    Ok(nl
+        .link_by_name(name)
+        .map_err(configure)?
+        .ok_or_else(|| configure(std::io::Error::other("no such interface")))?
+        .index)
+}
