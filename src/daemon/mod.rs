@@ -21,6 +21,8 @@
 mod args;
 mod error;
 pub mod policy;
+#[cfg(test)]
+mod tests;
 mod underlay;
 
 pub use crate::backend::{DataplaneChoice, Underlay};
@@ -44,7 +46,7 @@ use crate::netlink::Netlink;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
-use crate::store::{Acquired, LeaseStore};
+use crate::store::{Acquired, LeaseStore, Stored};
 use crate::subnet_env::SubnetEnv;
 use policy::{Action, Event, Now, Policy};
 
@@ -290,7 +292,8 @@ impl BlackholeRoute {
     }
 }
 
-/// Runs the agent until a signal or a fatal error.
+/// Runs the agent until a signal or a fatal error: [`prepare`], [`start_forwarding`],
+/// the [`ControlLoop`], then [`shutdown`].
 pub fn run(args: RunArgs) -> Result<()> {
     // Before any thread starts: each drops its own capabilities (crate::privilege).
     crate::privilege::enable(args.drop_capabilities);
@@ -298,7 +301,30 @@ pub fn run(args: RunArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
     }
-    // /healthz first, as flanneld serves it before it waits for its config.
+    let status = serve_health(&args)?;
+    let (node, mut store) = prepare(&args, &status, &stop)?;
+    let mut fwd = start_forwarding(&args, &node, store.as_mut(), &status)?;
+    let start = || node.start_backend(&args);
+    let control = ControlLoop {
+        store: store.as_mut(),
+        policy: &mut fwd.policy,
+        running: &mut fwd.running,
+        start: &start,
+        kept: Kept {
+            table: &node.table,
+            rules: fwd.rules.as_ref(),
+            blackhole: fwd.blackhole.as_ref(),
+            status: &status,
+        },
+        backend_problem: None,
+    };
+    let outcome = control.run(&stop);
+    shutdown(&node, fwd);
+    outcome
+}
+
+/// /healthz (and /metrics) first, as flanneld serves it before it waits for its config.
+fn serve_health(args: &RunArgs) -> Result<Arc<crate::health::Status>> {
     let status = crate::health::Status::starting("choosing the underlay");
     for (what, ip, port) in [
         ("healthz", args.healthz_ip, args.healthz_port),
@@ -310,18 +336,58 @@ pub fn run(args: RunArgs) -> Result<()> {
             crate::health::serve(what, addr, status.clone(), limits).map_err(Error::Healthz)?;
         }
     }
+    Ok(status)
+}
+
+/// What [`prepare`] settled before anything forwards.
+struct Node {
+    nl: Arc<Netlink>,
+    underlay: Underlay,
+    cfg: NetConfig,
+    backend: Box<dyn Backend>,
+    pod_mtu: u32,
+    ours: Stored,
+    table: Arc<LeaseTable>,
+    counters: Counters,
+}
+
+impl Node {
+    /// Starts the backend (at start, and again after it broke).
+    fn start_backend(&self, args: &RunArgs) -> Result<Box<dyn Running>> {
+        let setup = Setup {
+            nl: &self.nl,
+            underlay: &self.underlay.name,
+            local_ip: self.underlay.local_ip,
+            public_ip: self.underlay.public_ip,
+            network: self.cfg.network,
+            lease: &self.ours.lease,
+            pod_mtu: self.pod_mtu,
+            table: self.table.clone(),
+            dataplane: dataplane_settings(args, &self.counters),
+        };
+        Ok(self.backend.start(setup)?)
+    }
+}
+
+/// The underlay, the store and its config, the fail-closed guard, the backend and the
+/// host checks, then our lease.
+fn prepare(
+    args: &RunArgs,
+    status: &crate::health::Status,
+    stop: &AtomicBool,
+) -> Result<(Node, Box<dyn LeaseStore>)> {
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
-    let underlay = find_underlay(&nl, &args)?;
-    let mut store = open_store(&args)?;
+    let underlay = find_underlay(&nl, args)?;
+    let mut store = open_store(args)?;
     status.step("waiting for the network config");
-    let cfg = wait_config(store.as_ref(), &args, &stop)?;
+    let cfg = wait_config(store.as_ref(), args, stop)?;
     status.step("acquiring a lease");
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
     fail_closed(&nl, cfg.network)?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
-    check_host(&cfg, &args, backend.as_ref())?;
+    check_host(&cfg, args, backend.as_ref())?;
     adopt(&nl);
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
@@ -331,81 +397,106 @@ pub fn run(args: RunArgs) -> Result<()> {
             pod_mtu,
         });
     }
+    let (public_ip, file) = (underlay.public_ip, &args.subnet_file);
     let acquired = acquire_lease(
         store.as_mut(),
         &cfg,
         backend.as_ref(),
-        underlay.public_ip,
-        &args.subnet_file,
-        &stop,
+        public_ip,
+        file,
+        stop,
     )?;
-    let ours = acquired.stored;
     tracing::info!(
-        "lease {} ({:?}, {} attempt(s)) for {} on {} in {}",
-        ours.lease,
-        acquired.source,
-        acquired.attempts,
-        underlay.public_ip,
-        underlay.name,
-        store.describe()
+        lease = %acquired.stored.lease,
+        source = ?acquired.source,
+        attempts = acquired.attempts,
+        public_ip = %underlay.public_ip,
+        underlay = %underlay.name,
+        store = %store.describe(),
+        "lease acquired"
     );
+    let node = Node {
+        nl,
+        table: Arc::new(LeaseTable::new(cfg.network)),
+        counters: Counters::with_workers(args.workers as usize),
+        underlay,
+        cfg,
+        backend,
+        pod_mtu,
+        ours: acquired.stored,
+    };
+    Ok((node, store))
+}
 
-    // The table starts from the store's current leases, before anything forwards.
-    let table = Arc::new(LeaseTable::new(cfg.network));
+/// What forwards, and what the control loop keeps current.
+struct Forwarding {
+    policy: Policy,
+    running: Option<Box<dyn Running>>,
+    rules: Option<InstalledRules>,
+    blackhole: Option<BlackholeRoute>,
+}
+
+/// The table from the store's current leases, the backend, flanneld's rules, subnet.env
+/// for the CNI plugin; then the node says it is ready.
+fn start_forwarding(
+    args: &RunArgs,
+    node: &Node,
+    store: &mut dyn LeaseStore,
+    status: &crate::health::Status,
+) -> Result<Forwarding> {
+    let (cfg, subnet) = (&node.cfg, node.ours.lease.subnet);
     let resync = Duration::from_secs(args.iptables_resync as u64);
     let mode = Mode::from_config(cfg.enable_nftables);
-    let mut plan = rules_plan(&cfg, &args, ours.lease.subnet);
+    let mut plan = rules_plan(cfg, args, subnet);
     let mut policy = Policy::new(
-        ours.clone(),
+        node.ours.clone(),
         cfg.network,
         Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
         (crate::masq::wanted(&plan, mode) || args.ip_blackhole_route).then_some(resync),
         BACKEND_CHECK,
         Now::read(),
     );
+    // The table starts from the store's current leases, before anything forwards.
     let first = store.leases().map_err(|e| e.to_string());
     let mut peers = Vec::new();
     for a in policy.on(Now::read(), Event::Leases(first)) {
         match a {
             Action::Publish(p) => {
-                table.replace_all(p.iter().copied());
+                node.table.replace_all(p.iter().copied());
                 peers = p;
             }
             Action::Warn(w) => tracing::warn!("{w}"),
             _ => {}
         }
     }
-
-    // Phase 5: the backend forwards; flanneld's rules; subnet.env for the CNI plugin.
-    let counters = Counters::with_workers(args.workers as usize);
-    let start = || {
-        backend
-            .start(Setup {
-                nl: &nl,
-                underlay: &underlay.name,
-                local_ip: underlay.local_ip,
-                public_ip: underlay.public_ip,
-                network: cfg.network,
-                lease: &ours.lease,
-                pod_mtu,
-                table: table.clone(),
-                dataplane: dataplane_settings(&args, &counters),
-            })
-            .map_err(Error::from)
-    };
-    let mut running = start()?;
+    let mut running = node.start_backend(args)?;
     running.peers_changed(&peers);
     plan.forward_from = running.forwarded_from();
-    let description = running.describe();
-    let mut running = Some(running);
     let rules = install_rules(&plan, mode)?;
     let blackhole = args
         .ip_blackhole_route
-        .then(|| BlackholeRoute::new(nl.clone(), ours.lease.subnet));
+        .then(|| BlackholeRoute::new(node.nl.clone(), subnet));
+    announce(args, node, running.as_ref(), status)?;
+    Ok(Forwarding {
+        policy,
+        running: Some(running),
+        rules,
+        blackhole,
+    })
+}
+
+/// subnet.env for the CNI plugin, /healthz and systemd told we forward, then the
+/// capabilities the control thread no longer needs dropped.
+fn announce(
+    args: &RunArgs,
+    node: &Node,
+    running: &dyn Running,
+    status: &crate::health::Status,
+) -> Result<()> {
     SubnetEnv {
-        network: cfg.network,
-        subnet: ours.lease.subnet,
-        mtu: pod_mtu,
+        network: node.cfg.network,
+        subnet: node.ours.lease.subnet,
+        mtu: node.pod_mtu,
         ipmasq: args.ip_masq,
     }
     .write(&args.subnet_file)
@@ -413,15 +504,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         path: args.subnet_file.clone(),
         source,
     })?;
-    status.forwarding(counters.clone(), table.clone());
+    status.forwarding(node.counters.clone(), node.table.clone());
     // For a Type=notify systemd unit (a no-op without NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!("cannot tell systemd we are ready: {e}");
+        tracing::warn!(error = %e, "cannot tell systemd we are ready");
     }
     tracing::info!(
         "forwarding {} with the {}; subnet.env at {}",
-        cfg.network,
-        description,
+        node.cfg.network,
+        running.describe(),
         args.subnet_file.display()
     );
     if args.drop_capabilities {
@@ -429,36 +520,31 @@ pub fn run(args: RunArgs) -> Result<()> {
             Ok(()) => tracing::info!(
                 "capabilities: CAP_NET_ADMIN and CAP_NET_RAW kept for the control thread, none for the others (--drop-capabilities=false keeps them all)"
             ),
-            Err(e) => tracing::warn!("cannot drop capabilities, running with what weft was started with: {e}"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop capabilities, running with what weft was started with"),
         }
     }
+    Ok(())
+}
 
-    // Phase 6.
-    let outcome = control_loop(
-        store.as_mut(),
-        &mut policy,
-        &mut running,
-        &start,
-        Kept {
-            table: &table,
-            rules: rules.as_ref(),
-            blackhole: blackhole.as_ref(),
-            status: &status,
-        },
-        &stop,
-    );
+/// Removes what the backend and the rules installed; the lease and the guard stay.
+fn shutdown(node: &Node, fwd: Forwarding) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let Forwarding {
+        policy,
+        running,
+        rules,
+        blackhole: _,
+    } = fwd;
     let had_rules = rules.as_ref().map(|r| r.mode());
     drop(rules);
     drop(running);
     tracing::info!(
         "stopped; removed what the {} backend installed{}; lease {} and the fail-closed route for {} left in place",
-        backend.name(),
+        node.backend.name(),
         had_rules.map(|m| format!(" and the {m} rules")).unwrap_or_default(),
         policy.lease().lease.key(),
-        cfg.network
+        node.cfg.network
     );
-    outcome
 }
 
 /// What the control loop keeps current besides the backend.
@@ -473,78 +559,92 @@ pub(crate) struct Kept<'a> {
     pub(crate) status: &'a crate::health::Status,
 }
 
-/// Phase 6: wait for the store to change (or the watch interval), feed the policy the
-/// leases and the time, and carry out its actions, until `stop` is set or our lease is
+/// The control loop: wait for the store to change (or the watch interval), feed the policy
+/// the leases and the time, and carry out its actions, until `stop` is set or our lease is
 /// revoked. A backend found broken (its TUN deleted, say) is stopped and started again
 /// with `start`; if that fails, the next check tries again.
-pub(crate) fn control_loop(
-    store: &mut dyn LeaseStore,
-    policy: &mut Policy,
-    running: &mut Option<Box<dyn Running>>,
-    start: &dyn Fn() -> Result<Box<dyn Running>>,
-    kept: Kept<'_>,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let Kept {
-        table,
-        rules,
-        blackhole,
-        status,
-    } = kept;
-    let mut events = VecDeque::new();
-    let mut backend_problem = None;
-    while !stop.load(Ordering::Relaxed) {
-        store.wait_change(WATCH_INTERVAL);
-        let now = Now::read();
-        // A store answering from its cache while unreachable counts as an outage: the
-        // table stays on the last leases and /healthz measures the outage.
-        let leases = match store.leases() {
-            Ok(_) if !store.reachable() => Err(format!("{} is unreachable", store.describe())),
-            r => r.map_err(|e| e.to_string()),
-        };
-        events.push_back(Event::Leases(leases));
-        events.push_back(Event::Tick);
-        while let Some(ev) = events.pop_front() {
-            for action in policy.on(now, ev) {
-                match action {
-                    Action::Publish(peers) => {
-                        tracing::debug!("forwarding table now {} peer(s)", peers.len());
-                        table.replace_all(peers.iter().copied());
-                        if let Some(r) = running.as_mut() {
-                            r.peers_changed(&peers);
-                        }
-                    }
-                    Action::Renew => {
-                        tracing::debug!("renewing lease {}", policy.lease().lease.key());
-                        let r = crate::store::renew(store, policy.lease(), now.wall);
-                        status.renewed(r.is_ok());
-                        events.push_back(Event::Renewed(r.map_err(|e| e.to_string())));
-                    }
-                    Action::ResyncRules => {
-                        if let Some(r) = rules {
-                            r.resync()
-                        }
-                        if let Some(b) = blackhole {
-                            b.ensure()
-                        }
-                    }
-                    Action::CheckBackend => backend_problem = check_backend(running, start, policy),
-                    Action::Warn(w) => tracing::warn!("{w}"),
-                    Action::Info(m) => tracing::info!("{m}"),
-                    Action::Revoked => {
-                        return Err(Error::Revoked {
-                            key: policy.lease().lease.key(),
-                            store: store.describe(),
-                        })
-                    }
-                }
-            }
-        }
-        status.set_problem(policy.problem(now).or_else(|| backend_problem.clone()));
-    }
-    Ok(())
+pub(crate) struct ControlLoop<'a> {
+    pub(crate) store: &'a mut dyn LeaseStore,
+    pub(crate) policy: &'a mut Policy,
+    pub(crate) running: &'a mut Option<Box<dyn Running>>,
+    pub(crate) start: &'a dyn Fn() -> Result<Box<dyn Running>>,
+    pub(crate) kept: Kept<'a>,
+    /// What the last backend check left wrong, for /healthz.
+    pub(crate) backend_problem: Option<String>,
 }
 
+impl ControlLoop<'_> {
+    /// Steps on each change or [`WATCH_INTERVAL`] until `stop` is set.
+    pub(crate) fn run(mut self, stop: &AtomicBool) -> Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            self.store.wait_change(WATCH_INTERVAL);
+            self.step(Now::read())?;
+        }
+        Ok(())
+    }
+
+    /// One round at `now`: the leases and a tick into the policy, its actions carried out.
+    pub(crate) fn step(&mut self, now: Now) -> Result<()> {
+        // A store answering from its cache while unreachable counts as an outage: the
+        // table stays on the last leases and /healthz measures the outage.
+        let leases = match self.store.leases() {
+            Ok(_) if !self.store.reachable() => {
+                Err(format!("{} is unreachable", self.store.describe()))
+            }
+            r => r.map_err(|e| e.to_string()),
+        };
+        let mut events = VecDeque::from([Event::Leases(leases), Event::Tick]);
+        while let Some(ev) = events.pop_front() {
+            for action in self.policy.on(now, ev) {
+                events.extend(self.perform(now, action)?);
+            }
+        }
+        let problem = self.policy.problem(now);
+        let status = self.kept.status;
+        status.set_problem(problem.or_else(|| self.backend_problem.clone()));
+        Ok(())
+    }
+
+    /// Carries out one action: the event it leads to, if any.
+    fn perform(&mut self, now: Now, action: Action) -> Result<Option<Event>> {
+        match action {
+            Action::Publish(peers) => {
+                tracing::debug!(peers = peers.len(), "forwarding table updated");
+                self.kept.table.replace_all(peers.iter().copied());
+                if let Some(r) = self.running.as_mut() {
+                    r.peers_changed(&peers);
+                }
+            }
+            Action::Renew => {
+                let lease = self.policy.lease();
+                tracing::debug!(lease = %lease.lease.key(), "renewing the lease");
+                let r = crate::store::renew(self.store, lease, now.wall);
+                self.kept.status.renewed(r.is_ok());
+                return Ok(Some(Event::Renewed(r.map_err(|e| e.to_string()))));
+            }
+            Action::ResyncRules => {
+                if let Some(r) = self.kept.rules {
+                    r.resync()
+                }
+                if let Some(b) = self.kept.blackhole {
+                    b.ensure()
+                }
+            }
+            Action::CheckBackend => {
+                self.backend_problem = check_backend(self.running, self.start, self.policy)
+            }
+            Action::Warn(w) => tracing::warn!("{w}"),
+            Action::Info(m) => tracing::info!("{m}"),
+            Action::Revoked => {
+                return Err(Error::Revoked {
+                    key: self.policy.lease().lease.key(),
+                    store: self.store.describe(),
+                })
+            }
+        }
+        Ok(None)
+    }
+}
 /// Checks the running backend; repairs are logged, a broken one is replaced. Returns what
 /// is still wrong (a broken dataplane that could not be recreated), for `/healthz`.
 fn check_backend(

@@ -27,8 +27,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
@@ -36,6 +36,7 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 
+use super::watch::{Cache, Watch, RETRY};
 use super::{LeaseStore, StoreError, Stored, LEASE_TTL};
 use crate::config::NetConfig;
 use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
@@ -46,8 +47,6 @@ pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 /// Deadline for one request (a list of 5,000 leases takes a few milliseconds).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between attempts to reach etcd again.
-const RETRY: Duration = Duration::from_millis(500);
 
 /// How to reach etcd: flanneld's `--etcd-*` flags.
 #[derive(Debug, Clone, Default)]
@@ -321,28 +320,9 @@ impl LeaseCache {
     }
 }
 
-/// What the watch task and the store share.
-struct Shared {
-    cache: Mutex<Watched>,
-    changed: Condvar,
-}
-
-struct Watched {
-    cache: LeaseCache,
-    /// False while etcd is unreachable (the cache then holds the last leases seen).
-    online: bool,
-    /// True once the first listing arrived.
-    synced: bool,
-}
-
-impl Shared {
-    fn update(&self, f: impl FnOnce(&mut Watched)) {
-        let mut w = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let before = w.cache.generation();
-        f(&mut w);
-        if w.cache.generation() != before {
-            self.changed.notify_all();
-        }
+impl Cache for LeaseCache {
+    fn len(&self) -> usize {
+        LeaseCache::len(self)
     }
 }
 
@@ -352,7 +332,7 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     endpoints: String,
-    shared: Arc<Shared>,
+    watch: Arc<Watch<LeaseCache>>,
     seen_generation: u64,
     watching: bool,
 }
@@ -411,17 +391,7 @@ impl EtcdStore {
     /// yet is retried by the calls, so nodes may start before it.
     pub fn open(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
         opts.validate().map_err(StoreError::Missing)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weft-etcd")
-            // The client only talks to its server: no privilege needed.
-            .on_thread_start(crate::privilege::drop_all_in_this_thread)
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Remote {
-                what: "etcd runtime".into(),
-                detail: e.to_string(),
-            })?;
+        let rt = super::watch::runtime("weft-etcd")?;
         let options = opts.connect_options()?;
         let endpoints = opts.endpoints.clone();
         let client = rt.block_on(async {
@@ -434,14 +404,11 @@ impl EtcdStore {
             client,
             prefix: opts.prefix.clone(),
             endpoints: opts.endpoints.join(","),
-            shared: Arc::new(Shared {
-                cache: Mutex::new(Watched {
-                    cache: LeaseCache::new(&opts.prefix),
-                    online: false,
-                    synced: false,
-                }),
-                changed: Condvar::new(),
-            }),
+            watch: Watch::new(
+                LeaseCache::new(&opts.prefix),
+                format!("etcd at {}", opts.endpoints.join(",")),
+                "lease(s)",
+            ),
             seen_generation: u64::MAX,
             watching: false,
         })
@@ -505,11 +472,10 @@ impl EtcdStore {
             return;
         }
         self.watching = true;
-        let shared = self.shared.clone();
+        let watch = self.watch.clone();
         let client = self.client.clone();
         let prefix = self.subnets_prefix();
-        let endpoints = self.endpoints.clone();
-        self.rt.spawn(watch_loop(client, prefix, endpoints, shared));
+        self.rt.spawn(watch_loop(client, prefix, watch));
     }
 
     /// Writes `value` at `key` under a fresh lease if `cond` holds; revokes the lease if not.
@@ -546,9 +512,10 @@ impl EtcdStore {
     }
 
     fn record(&self, key: &str, value: &str, etcd_lease: i64, revision: i64) {
-        self.shared.update(|w| {
-            w.cache
-                .put(key.as_bytes(), value.as_bytes(), etcd_lease, revision)
+        self.watch.update(|c| {
+            changed(c, |c| {
+                c.put(key.as_bytes(), value.as_bytes(), etcd_lease, revision)
+            })
         });
     }
 
@@ -583,155 +550,101 @@ impl EtcdStore {
             .block_on(deadline("write config", c.put(key, json, None)))
             .map(|_| ())
     }
-
-    /// Blocks until the watch has listed the leases once (or `limit` passes); true if so.
-    pub fn wait_synced(&mut self, limit: Duration) -> bool {
-        self.start_watch();
-        let end = Instant::now() + limit;
-        let mut w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        while !w.synced {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            w = self
-                .shared
-                .changed
-                .wait_timeout(w, left.min(Duration::from_millis(50)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
-    }
-
-    /// The cache's size and revision, and whether etcd is reachable (for metrics/benches).
-    pub fn watch_state(&self) -> (usize, i64, bool) {
-        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        (w.cache.len(), w.cache.revision(), w.online)
-    }
 }
 
-/// The watch task: keeps `shared` current until the runtime is dropped.
-async fn watch_loop(mut c: Client, prefix: String, endpoints: String, shared: Arc<Shared>) {
-    let mut need_list = true;
-    let mut warned = false;
-    let offline = |why: String, warned: &mut bool| {
-        let mut w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if w.online || !*warned {
-            tracing::warn!(
-                "etcd at {endpoints} unreachable ({why}); forwarding on the last {} lease(s) and retrying",
-                w.cache.len()
-            );
-            *warned = true;
-        }
-        w.online = false;
-    };
+/// Whether `f` changed what the cache's leases are.
+fn changed(c: &mut LeaseCache, f: impl FnOnce(&mut LeaseCache)) -> bool {
+    let before = c.generation();
+    f(c);
+    c.generation() != before
+}
+
+/// What the watch task does after a watch stream ends.
+#[derive(PartialEq, Eq)]
+enum After {
+    /// List the leases again (the revision was compacted away, or the watch canceled).
+    Relist,
+    /// Watch again from the cache's revision.
+    Rewatch,
+}
+
+/// The watch task: lists, then follows the watch from the listed revision, until the
+/// runtime is dropped.
+async fn watch_loop(mut c: Client, prefix: String, watch: Arc<Watch<LeaseCache>>) {
+    let mut relist = true;
     loop {
-        if need_list {
-            match deadline(
-                "list leases",
-                c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await
-            {
+        if relist {
+            let list = c.get(prefix.clone(), Some(GetOptions::new().with_prefix()));
+            match deadline("list leases", list).await {
                 Ok(resp) => {
                     let rev = resp.header().map_or(0, |h| h.revision());
-                    shared.update(|w| {
-                        w.cache.reset(
-                            resp.kvs()
-                                .iter()
-                                .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
-                            rev,
-                        );
-                        w.synced = true;
-                    });
-                    shared.changed.notify_all();
-                    need_list = false;
+                    let kvs = resp.kvs().iter();
+                    let entries =
+                        kvs.map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision()));
+                    watch.listed(|cache| changed(cache, |cache| cache.reset(entries, rev)));
                 }
                 Err(e) => {
-                    offline(e.to_string(), &mut warned);
+                    watch.offline(&e.to_string());
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
             }
         }
-        let from = {
-            let w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-            w.cache.revision() + 1
-        };
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from)
-            .with_progress_notify();
-        let mut stream = match deadline("watch leases", c.watch(prefix.clone(), Some(opts))).await {
-            Ok(s) => s,
-            Err(e) => {
-                offline(e.to_string(), &mut warned);
-                tokio::time::sleep(RETRY).await;
-                continue;
+        relist = follow(&mut c, &prefix, &watch).await == After::Relist;
+    }
+}
+
+/// Follows one watch stream from the cache's revision into the cache.
+async fn follow(c: &mut Client, prefix: &str, watch: &Watch<LeaseCache>) -> After {
+    let from = watch.read(|cache| cache.revision()) + 1;
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(from)
+        .with_progress_notify();
+    let (after, why) = match deadline("watch leases", c.watch(prefix, Some(opts))).await {
+        Err(e) => (After::Rewatch, e.to_string()),
+        Ok(mut stream) => loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => break (After::Rewatch, "watch stream closed".into()),
+                Err(e) => break (After::Rewatch, e.to_string()),
+            };
+            if resp.compact_revision() > 0 {
+                tracing::info!(
+                    from,
+                    compacted = resp.compact_revision(),
+                    "etcd compacted the watched revision away; listing the leases again"
+                );
+                return After::Relist;
             }
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    if resp.compact_revision() > 0 {
-                        tracing::info!(
-                            "etcd compacted revision {from} away (now at {}); listing the leases again",
-                            resp.compact_revision()
-                        );
-                        need_list = true;
-                        break;
-                    }
-                    if resp.canceled() {
-                        offline(
-                            format!("watch canceled: {}", resp.cancel_reason()),
-                            &mut warned,
-                        );
-                        need_list = true;
-                        tokio::time::sleep(RETRY).await;
-                        break;
-                    }
-                    let was_offline = {
-                        let mut w = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-                        let was = !w.online;
-                        w.online = true;
-                        was
-                    };
-                    if was_offline && warned {
-                        tracing::info!("etcd at {endpoints} reachable again; watching leases from revision {from}");
-                        warned = false;
-                    }
-                    let header_rev = resp.header().map_or(0, |h| h.revision());
-                    shared.update(|w| {
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            match ev.event_type() {
-                                etcd_client::EventType::Put => {
-                                    w.cache
-                                        .put(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
-                                }
-                                etcd_client::EventType::Delete => {
-                                    w.cache.delete(kv.key(), kv.mod_revision())
-                                }
-                            }
-                        }
-                        if resp.events().is_empty() && !resp.created() {
-                            w.cache.progress(header_rev); // a progress notification
-                        }
-                    });
-                }
-                Ok(None) => {
-                    offline("watch stream closed".into(), &mut warned);
-                    tokio::time::sleep(RETRY).await;
-                    break;
-                }
-                Err(e) => {
-                    offline(e.to_string(), &mut warned);
-                    tokio::time::sleep(RETRY).await;
-                    break;
-                }
+            if resp.canceled() {
+                break (
+                    After::Relist,
+                    format!("watch canceled: {}", resp.cancel_reason()),
+                );
             }
+            watch.update(|cache| changed(cache, |cache| apply(cache, &resp)));
+        },
+    };
+    watch.offline(&why);
+    tokio::time::sleep(RETRY).await;
+    after
+}
+
+/// One watch response's events (or progress) into the cache.
+fn apply(cache: &mut LeaseCache, resp: &etcd_client::WatchResponse) {
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        match ev.event_type() {
+            etcd_client::EventType::Put => {
+                cache.put(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+            }
+            etcd_client::EventType::Delete => cache.delete(kv.key(), kv.mod_revision()),
         }
+    }
+    if resp.events().is_empty() && !resp.created() {
+        // A progress notification.
+        cache.progress(resp.header().map_or(0, |h| h.revision()));
     }
 }
 
@@ -756,16 +669,16 @@ impl LeaseStore for EtcdStore {
 
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
         self.start_watch();
-        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if !w.synced {
-            drop(w);
+        match self.watch.synced(|c| c.leases()) {
+            Some((leases, generation)) => {
+                self.seen_generation = generation;
+                Ok(leases)
+            }
             // Before the first listing there is nothing to forward on: read directly.
-            return self
+            None => self
                 .list_stored()
-                .map(|v| v.into_iter().map(|s| s.lease).collect());
+                .map(|v| v.into_iter().map(|s| s.lease).collect()),
         }
-        self.seen_generation = w.cache.generation();
-        Ok(w.cache.leases())
     }
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
@@ -773,8 +686,7 @@ impl LeaseStore for EtcdStore {
     }
 
     fn reachable(&self) -> bool {
-        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        !w.synced || w.online
+        self.watch.reachable()
     }
 
     fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError> {
@@ -801,15 +713,7 @@ impl LeaseStore for EtcdStore {
 
     fn wait_change(&mut self, timeout: Duration) {
         self.start_watch();
-        let w = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if w.cache.generation() != self.seen_generation {
-            return;
-        }
-        let seen = self.seen_generation;
-        let _ = self
-            .shared
-            .changed
-            .wait_timeout_while(w, timeout, |w| w.cache.generation() == seen);
+        self.watch.wait_change(self.seen_generation, timeout);
     }
 
     fn describe(&self) -> String {

@@ -281,12 +281,13 @@ pub fn network_available_patch(now: &str) -> serde_json::Value {
 // The I/O half: a `LeaseStore` over the Kubernetes API.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 
+use super::watch::{Cache, Watch, RETRY};
 use super::{Acquired, LeaseStore, StoreError, Stored};
 use crate::config::NetConfig;
 
@@ -326,33 +327,12 @@ pub const API_CALLS: &[(&str, &str)] = &[
     ("pods", "get"),
 ];
 
-/// The nodes as last listed and watched.
-#[derive(Default)]
-struct Cache {
-    nodes: BTreeMap<String, Node>,
-    /// Bumped on every change.
-    generation: u64,
-    /// False while the API server cannot be reached (the nodes are then the last seen).
-    online: bool,
-    /// True once the first listing arrived.
-    synced: bool,
-}
+/// The nodes as last listed and watched, by name.
+type Nodes = BTreeMap<String, Node>;
 
-struct Shared {
-    cache: Mutex<Cache>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn update(&self, f: impl FnOnce(&mut Cache)) {
-        let mut c = self.lock();
-        f(&mut c);
-        c.generation += 1;
-        self.changed.notify_all();
+impl Cache for Nodes {
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
     }
 }
 
@@ -363,7 +343,7 @@ pub struct KubeStore {
     opts: KubeOptions,
     keys: Annotations,
     url: String,
-    shared: Arc<Shared>,
+    watch: Arc<Watch<Nodes>>,
     seen_generation: u64,
     watching: bool,
     /// The node name found through our pod.
@@ -398,14 +378,7 @@ impl KubeStore {
                 "--kube-subnet-mgr needs the node's name: set NODE_NAME (the manifest sets it from spec.nodeName), or POD_NAME and POD_NAMESPACE".into(),
             ));
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weft-kube")
-            // The client only talks to its server: no privilege needed.
-            .on_thread_start(crate::privilege::drop_all_in_this_thread)
-            .enable_all()
-            .build()
-            .map_err(|e| remote("runtime", e))?;
+        let rt = super::watch::runtime("weft-kube")?;
         let config = rt.block_on(async {
             let mut config = match &opts.kubeconfig {
                 Some(path) => {
@@ -442,11 +415,8 @@ impl KubeStore {
             api: Api::all(client),
             opts: opts.clone(),
             keys,
+            watch: Watch::new(Nodes::new(), format!("kube API at {url}"), "node(s)"),
             url,
-            shared: Arc::new(Shared {
-                cache: Mutex::new(Cache::default()),
-                changed: Condvar::new(),
-            }),
             seen_generation: u64::MAX,
             watching: false,
             resolved: std::sync::OnceLock::new(),
@@ -457,8 +427,8 @@ impl KubeStore {
         if std::mem::replace(&mut self.watching, true) {
             return;
         }
-        let (api, shared, url) = (self.api.clone(), self.shared.clone(), self.url.clone());
-        self.rt.spawn(watch_loop(api, shared, url));
+        self.rt
+            .spawn(watch_loop(self.api.clone(), self.watch.clone()));
     }
 
     /// Our node's name: NODE_NAME, else the `spec.nodeName` of our pod (looked up once).
@@ -528,100 +498,81 @@ impl KubeStore {
 
 /// Lists the nodes, then watches from the list's resourceVersion; a 410 (or any break)
 /// lists again. While the API server is away the cache keeps the last nodes.
-async fn watch_loop(api: Api<Node>, shared: Arc<Shared>, url: String) {
+async fn watch_loop(api: Api<Node>, watch: Arc<Watch<Nodes>>) {
     let mut rv: Option<String> = None;
-    let mut warned = false;
     loop {
-        if rv.is_none() {
-            match deadline("list nodes", api.list(&ListParams::default())).await {
+        let from = match rv.take() {
+            Some(from) => from,
+            None => match deadline("list nodes", api.list(&ListParams::default())).await {
                 Ok(list) => {
-                    rv = list.metadata.resource_version.clone();
-                    shared.update(|c| {
-                        c.nodes = list
-                            .items
-                            .into_iter()
-                            .filter_map(|n| Some((n.metadata.name.clone()?, n)))
-                            .collect();
-                        c.synced = true;
-                        c.online = true;
+                    let from = list.metadata.resource_version.clone().unwrap_or_default();
+                    let nodes = list.items.into_iter();
+                    let named = nodes.filter_map(|n| Some((n.metadata.name.clone()?, n)));
+                    watch.listed(|c| {
+                        *c = named.collect();
+                        true
                     });
-                    if std::mem::take(&mut warned) {
-                        tracing::info!("kube API at {url} reachable again; watching nodes");
-                    }
+                    from
                 }
                 Err(e) => {
-                    offline(&shared, &url, &e.to_string(), &mut warned);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    watch.offline(&e.to_string());
+                    tokio::time::sleep(RETRY).await;
                     continue;
                 }
-            }
-        }
-        let from = rv.clone().unwrap_or_default();
-        let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-        let stream = match deadline("watch nodes", api.watch(&params, &from)).await {
-            Ok(s) => s,
-            Err(e) => {
-                offline(&shared, &url, &e.to_string(), &mut warned);
-                rv = None;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+            },
         };
-        let mut stream = stream.boxed();
-        loop {
-            match stream.try_next().await {
-                Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
-                    rv = n.metadata.resource_version.clone().or(rv);
-                    if let Some(name) = n.metadata.name.clone() {
-                        shared.update(|c| {
-                            c.nodes.insert(name, n);
-                        });
-                    }
-                }
-                Ok(Some(WatchEvent::Deleted(n))) => {
-                    rv = n.metadata.resource_version.clone().or(rv);
-                    if let Some(name) = n.metadata.name.as_deref() {
-                        shared.update(|c| {
-                            c.nodes.remove(name);
-                        });
-                    }
-                }
-                Ok(Some(WatchEvent::Bookmark(b))) => rv = Some(b.metadata.resource_version),
-                Ok(Some(WatchEvent::Error(e))) => {
-                    if e.code == 410 {
-                        tracing::info!(
-                            "kube watch expired ({}); listing the nodes again",
-                            e.message
-                        );
-                    } else {
-                        tracing::warn!("kube watch error {}: {}; listing again", e.code, e.message);
-                    }
-                    rv = None;
-                    break;
-                }
-                // The server ended the watch (its timeout): watch again from rv.
-                Ok(None) => break,
-                Err(e) => {
-                    offline(&shared, &url, &e.to_string(), &mut warned);
-                    rv = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-            }
-        }
+        rv = follow(&api, &watch, from).await;
     }
 }
 
-fn offline(shared: &Shared, url: &str, why: &str, warned: &mut bool) {
-    let mut c = shared.lock();
-    if !*warned {
-        tracing::warn!(
-            "kube API at {url} unreachable ({why}); forwarding on the last {} node(s) and retrying",
-            c.nodes.len()
-        );
-        *warned = true;
+/// Follows one watch from `from` into the cache: the resourceVersion to watch again from
+/// when the server ends it, or `None` to list again.
+async fn follow(api: &Api<Node>, watch: &Watch<Nodes>, from: String) -> Option<String> {
+    let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+    let mut stream = match deadline("watch nodes", api.watch(&params, &from)).await {
+        Ok(s) => s.boxed(),
+        Err(e) => {
+            watch.offline(&e.to_string());
+            tokio::time::sleep(RETRY).await;
+            return None;
+        }
+    };
+    let mut rv = from;
+    loop {
+        match stream.try_next().await {
+            Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+                rv = n.metadata.resource_version.clone().unwrap_or(rv);
+                if let Some(name) = n.metadata.name.clone() {
+                    watch.update(|c| {
+                        c.insert(name, n);
+                        true
+                    });
+                }
+            }
+            Ok(Some(WatchEvent::Deleted(n))) => {
+                rv = n.metadata.resource_version.clone().unwrap_or(rv);
+                if let Some(name) = n.metadata.name.as_deref() {
+                    watch.update(|c| c.remove(name).is_some());
+                }
+            }
+            Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
+            Ok(Some(WatchEvent::Error(e))) => {
+                if e.code == 410 {
+                    tracing::info!(reason = %e.message, "kube watch expired; listing the nodes again");
+                } else {
+                    tracing::warn!(code = e.code, reason = %e.message, "kube watch error; listing again");
+                }
+                return None;
+            }
+            // The server ended the watch (its timeout): watch again from rv.
+            Ok(None) => return Some(rv),
+            Err(e) => {
+                watch.offline(&e.to_string());
+                tokio::time::sleep(RETRY).await;
+                return None;
+            }
+        }
     }
-    c.online = false;
 }
 
 impl LeaseStore for KubeStore {
@@ -640,12 +591,13 @@ impl LeaseStore for KubeStore {
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
         self.start_watch();
         let now = SystemTime::now();
-        let c = self.shared.lock();
-        if c.synced {
-            self.seen_generation = c.generation;
-            return Ok(node_leases(c.nodes.values(), &self.keys, now));
+        let keys = &self.keys;
+        if let Some((leases, generation)) =
+            self.watch.synced(|c| node_leases(c.values(), keys, now))
+        {
+            self.seen_generation = generation;
+            return Ok(leases);
         }
-        drop(c);
         // Before the watch's first listing: list directly.
         let list = self.rt.block_on(deadline(
             "list nodes",
@@ -743,15 +695,7 @@ impl LeaseStore for KubeStore {
 
     fn wait_change(&mut self, timeout: Duration) {
         self.start_watch();
-        let c = self.shared.lock();
-        let seen = self.seen_generation;
-        if c.generation != seen {
-            return;
-        }
-        let _ = self
-            .shared
-            .changed
-            .wait_timeout_while(c, timeout, |c| c.generation == seen);
+        self.watch.wait_change(self.seen_generation, timeout);
     }
 
     fn describe(&self) -> String {
@@ -766,8 +710,7 @@ impl LeaseStore for KubeStore {
     }
 
     fn reachable(&self) -> bool {
-        let c = self.shared.lock();
-        !c.synced || c.online
+        self.watch.reachable()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod file;
 pub mod kube;
+pub(crate) mod watch;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -1,0 +1,200 @@
+//! The watch machinery the etcd and kube stores share: a cache their watch task keeps
+//! current, what the control loop waits on, whether the server answers, and when to say
+//! so. Each store keeps only its API's parts (what it lists and watches, how an event
+//! changes its cache).
+//!
+//! Rules, the same for both stores:
+//! - the cache keeps the last state seen while the server is away, so the dataplane
+//!   forwards on the last leases;
+//! - an outage is logged once when it starts (with how many entries the dataplane keeps)
+//!   and once when it ends, not on every retry; retries come every [`RETRY`];
+//! - the store counts as reachable until its first listing has failed (nothing is kept
+//!   yet, so there is nothing to warn about) and after any answer since.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::StoreError;
+
+/// How long a watch task waits before it tries again after a failure.
+pub(crate) const RETRY: Duration = Duration::from_millis(500);
+
+/// A cache a watch task keeps: how many entries it holds, for the outage message.
+pub(crate) trait Cache: Send + 'static {
+    /// The entries the dataplane would keep forwarding on.
+    fn len(&self) -> usize;
+}
+
+struct State<C> {
+    cache: C,
+    /// Bumped on every change a waiter must see.
+    generation: u64,
+    /// False while the server cannot be reached.
+    online: bool,
+    /// True once the first listing arrived.
+    synced: bool,
+    /// True while an outage has been logged and its end not yet.
+    warned: bool,
+}
+
+/// The shared state of one store's watch.
+pub(crate) struct Watch<C> {
+    state: Mutex<State<C>>,
+    changed: Condvar,
+    /// The server, for messages ("etcd at http://...").
+    server: String,
+    /// What the cache holds, for messages ("lease(s)").
+    noun: &'static str,
+}
+
+impl<C: Cache> Watch<C> {
+    /// A watch of `server` starting from `cache`, not yet synced.
+    pub(crate) fn new(cache: C, server: String, noun: &'static str) -> Arc<Watch<C>> {
+        Arc::new(Watch {
+            state: Mutex::new(State {
+                cache,
+                generation: 0,
+                online: false,
+                synced: false,
+                warned: false,
+            }),
+            changed: Condvar::new(),
+            server,
+            noun,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the cache.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&C) -> R) -> R {
+        f(&self.lock().cache)
+    }
+
+    /// The cache and its generation, once the first listing arrived.
+    pub(crate) fn synced<R>(&self, f: impl FnOnce(&C) -> R) -> Option<(R, u64)> {
+        let s = self.lock();
+        s.synced.then(|| (f(&s.cache), s.generation))
+    }
+
+    /// Changes the cache from an answer of the server (which is therefore reachable);
+    /// `f` says whether anything a waiter must see changed.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut C) -> bool) {
+        let mut s = self.lock();
+        self.back_online(&mut s);
+        if f(&mut s.cache) {
+            s.generation += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Replaces the cache from a full listing: the watch is synced from here on.
+    pub(crate) fn listed(&self, f: impl FnOnce(&mut C) -> bool) {
+        let mut s = self.lock();
+        self.back_online(&mut s);
+        let first = !s.synced;
+        s.synced = true;
+        if f(&mut s.cache) || first {
+            s.generation += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    fn back_online(&self, s: &mut State<C>) {
+        s.online = true;
+        if std::mem::take(&mut s.warned) {
+            tracing::info!("{} reachable again; watching", self.server);
+        }
+    }
+
+    /// The server did not answer (`why`): logged once per outage.
+    pub(crate) fn offline(&self, why: &str) {
+        let mut s = self.lock();
+        if !s.warned {
+            tracing::warn!(
+                "{} unreachable ({why}); forwarding on the last {} {} and retrying",
+                self.server,
+                s.cache.len(),
+                self.noun
+            );
+            s.warned = true;
+        }
+        s.online = false;
+    }
+
+    /// Whether the server answers (true before the first listing failed: see the module).
+    pub(crate) fn reachable(&self) -> bool {
+        let s = self.lock();
+        !s.synced || s.online
+    }
+
+    /// Waits up to `timeout` for a generation other than `seen`.
+    pub(crate) fn wait_change(&self, seen: u64, timeout: Duration) {
+        let s = self.lock();
+        if s.generation != seen {
+            return;
+        }
+        let _ = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| s.generation == seen);
+    }
+}
+
+/// A store's client runtime: one worker thread, named, that drops every capability (the
+/// client only talks to its server).
+pub(crate) fn runtime(name: &str) -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(crate::privilege::drop_all_in_this_thread)
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Remote {
+            what: format!("{name} runtime"),
+            detail: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Cache for Vec<u32> {
+        fn len(&self) -> usize {
+            Vec::len(self)
+        }
+    }
+
+    #[test]
+    fn waiters_see_changes_and_reachability_follows_answers() {
+        let w = Watch::new(Vec::<u32>::new(), "test".into(), "entries");
+        assert!(w.reachable(), "before the first listing nothing is kept");
+        assert!(w.synced(|c| c.len()).is_none());
+        w.offline("refused");
+        assert!(w.reachable(), "still: nothing listed yet");
+        w.listed(|c| {
+            c.push(1);
+            true
+        });
+        let (n, g) = w.synced(|c| c.len()).unwrap();
+        assert_eq!(n, 1);
+        w.offline("refused");
+        assert!(!w.reachable());
+        w.read(|c| assert_eq!(c, &[1]));
+        // An answer that changes nothing: reachable again, and waiters are not woken.
+        w.update(|_| false);
+        assert!(w.reachable());
+        assert_eq!(w.synced(|_| ()).unwrap().1, g);
+        w.wait_change(g, Duration::from_millis(20));
+        let w2 = w.clone();
+        let h = std::thread::spawn(move || w2.wait_change(g, Duration::from_secs(60)));
+        w.update(|c| {
+            c.push(2);
+            true
+        });
+        h.join().unwrap();
+        assert_eq!(w.synced(|c| c.clone()).unwrap(), (vec![1, 2], g + 1));
+    }
+}
