@@ -96,12 +96,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub udp_gro: bool,
     /// Pin worker i to CPU i (modulo the CPUs weft may use). Off by default: measured on two
-    /// cores, pinning did not help (see README).
+    /// cores, pinning did not help (see docs/performance.md, "How weft moves data").
     #[arg(long, env = "WEFT_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub cpu_affinity: bool,
     /// Keep polling this many microseconds after the last packet before sleeping (0: off).
     /// Measured on two cores with tunnel GSO: 10 beat 0, 20 and 50 on one TCP stream, CPU
-    /// per GB and ping RTT (README, "Busy polling").
+    /// per GB and ping RTT (docs/performance.md, "How weft moves data").
     #[arg(long, env = "WEFT_BUSY_POLL_US", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub busy_poll_us: u32,
     /// Underlay UDP socket buffers, each way, in bytes (SO_RCVBUFFORCE/SO_SNDBUFFORCE).
