@@ -22,6 +22,7 @@ pub mod masq;
 pub(crate) mod netlink;
 pub mod offload;
 pub mod privilege;
+pub mod quiet;
 pub mod store;
 pub mod subnet_env;
 #[doc(hidden)]

@@ -1,7 +1,8 @@
 //! Link, address and route programming through rtnetlink (never by running `ip`).
 //!
-//! rtnetlink is asynchronous; weft drives it from a private current-thread tokio runtime,
-//! only at start-up and shutdown, so the packet path never sees it.
+//! rtnetlink is asynchronous; weft drives it from a private current-thread tokio runtime
+//! on the control thread (start-up, lease changes, the backend's checks every second,
+//! shutdown), so the packet path never sees it.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};

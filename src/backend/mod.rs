@@ -5,12 +5,16 @@
 //! | `Backend.Type` | `--dataplane userspace` | `--dataplane kernel` |
 //! |---|---|---|
 //! | `vxlan` | [`userspace`]: weft's TUN dataplane | [`kernel_vxlan`]: `flannel.<VNI>` |
-//! | `vxlan` + `DirectRouting` | the same, plus [`routes`] for peers on our L2 | the same |
+//! | `vxlan` + `DirectRouting` | the same, plus a route for each peer on our L2 | the same |
 //! | `udp` | [`userspace`] | refused: flanneld's udp is userspace too |
 //! | `host-gw` | [`hostgw`]: routes only, whatever `--dataplane` says | |
 //!
 //! `--dataplane auto` is kernel vxlan where the kernel can make the device, else
-//! userspace. The daemon sees a backend only through [`Backend`] and [`Running`];
+//! userspace.
+//!
+//! Each backend says what it wants of the kernel as a plan ([`plan`]: a [`plan::PeerRule`]
+//! for the peers, a [`plan::LinkPlan`] for its device), and one reconciler (`reconcile`)
+//! applies it, checks it every second and repairs it, for every backend alike. The daemon sees a backend only through [`Backend`] and [`Running`];
 //! [`for_config`] is the one place one is chosen.
 
 mod error;
@@ -30,7 +34,7 @@ use ipnet::Ipv4Net;
 
 use crate::config::BackendConfig;
 use crate::dataplane::counters::Counters;
-use crate::dataplane::Offloads;
+use crate::dataplane::{Offloads, Tuning};
 use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer};
 use crate::netlink::Netlink;
 
@@ -93,6 +97,8 @@ pub struct DataplaneSettings {
     pub workers: usize,
     /// Offloads to try.
     pub offloads: Offloads,
+    /// How the workers run.
+    pub tuning: Tuning,
 }
 
 /// A kind of backend.

@@ -6,7 +6,7 @@
 //! (the userspace dataplane's TUN route covers the whole network and its table decides). A
 //! [`PeerRule`] says which, per backend; [`PeerRule::plan`] turns the live peers into a
 //! [`PeerPlan`] (routes, entries, and the peers skipped with the reason), and
-//! [`LinkPlan`] is the device it wants. [`super::reconcile::Reconciler`] applies both.
+//! [`LinkPlan`] is the device it wants. The reconciler (`super::reconcile`) applies both.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use super::plan::{Entry, LinkPlan, PeerPlan, PeerRule};
-use super::routes::{OnceLog, Reach, RouteSet};
+use super::routes::{Reach, RouteSet};
 use super::{Error, Health};
 use crate::lease::Peer;
 use crate::netlink::{LinkGuard, Netlink};
+use crate::quiet::QuietSet;
 
 /// A device weft made and the state it wants on it.
 struct Device {
@@ -34,7 +35,7 @@ pub(crate) struct Reconciler {
     rule: PeerRule,
     label: String,
     entries: BTreeMap<Ipv4Net, Entry>,
-    skipped: OnceLog,
+    skipped: QuietSet<Ipv4Net>,
 }
 
 impl Reconciler {
@@ -48,7 +49,7 @@ impl Reconciler {
             rule,
             label: label.to_string(),
             entries: BTreeMap::new(),
-            skipped: OnceLog::default(),
+            skipped: QuietSet::default(),
         }
     }
 
@@ -88,7 +89,9 @@ impl Reconciler {
     }
 
     fn apply(&mut self, plan: PeerPlan) {
-        self.skipped.note(plan.skipped);
+        for (subnet, why) in self.skipped.news(plan.skipped.iter()) {
+            tracing::warn!(%subnet, "{why}");
+        }
         let label = &self.label;
         if let Some(index) = self.device.as_ref().map(|d| d.guard.index()) {
             for (sn, e) in &self.entries {

@@ -18,12 +18,13 @@ use ipnet::Ipv4Net;
 
 use super::Health;
 use crate::netlink::{Netlink, PeerRoute};
+use crate::quiet::Quiet;
 
 /// The routes a backend wants, and the kernel made to match.
 pub(crate) struct RouteSet {
     nl: Arc<Netlink>,
     want: BTreeMap<Ipv4Net, PeerRoute>,
-    last_err: Option<String>,
+    failing: Quiet<String>,
 }
 
 impl RouteSet {
@@ -32,7 +33,7 @@ impl RouteSet {
         RouteSet {
             nl,
             want: BTreeMap::new(),
-            last_err: None,
+            failing: Quiet::new(),
         }
     }
 
@@ -52,7 +53,7 @@ impl RouteSet {
     pub(crate) fn check(&mut self, label: &str) -> Health {
         match self.sync() {
             Ok(c) => {
-                if self.last_err.take().is_some() {
+                if self.failing.clear() {
                     tracing::info!("{label}: peer routes programmable again");
                 }
                 if c.is_empty() {
@@ -62,9 +63,8 @@ impl RouteSet {
                 }
             }
             Err(e) => {
-                if self.last_err.as_deref() != Some(e.as_str()) {
-                    tracing::warn!("{label}: cannot restore the peer routes (retrying): {e}");
-                    self.last_err = Some(e);
+                if self.failing.report(e.clone()) {
+                    tracing::warn!(error = %e, "{label}: cannot restore the peer routes (retrying)");
                 }
                 Health::Fine
             }
@@ -135,42 +135,5 @@ impl Reach {
     /// True when `ip` is reached without a gateway out of `underlay`.
     pub(crate) fn direct(&self, ip: Ipv4Addr, underlay: u32) -> bool {
         matches!(self.0.as_ref().and_then(|r| r.route_to(ip)), Some((None, Some(oif))) if oif == underlay)
-    }
-}
-
-/// Logs a set of subnets once per change, so a peer skipped on every lease update is named
-/// when it starts being skipped, not every 250 ms.
-#[derive(Default)]
-pub(crate) struct OnceLog {
-    last: BTreeSet<Ipv4Net>,
-}
-
-impl OnceLog {
-    /// Logs `why(subnet, detail)` for each entry of `now` not in the previous call's set.
-    pub(crate) fn note(&mut self, now: BTreeMap<Ipv4Net, String>) {
-        for (sn, line) in &now {
-            if !self.last.contains(sn) {
-                tracing::warn!("{line}");
-            }
-        }
-        self.last = now.into_keys().collect();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn once_log_remembers_only_the_current_set() {
-        let mut l = OnceLog::default();
-        let a: Ipv4Net = "10.244.2.0/24".parse().unwrap();
-        let b: Ipv4Net = "10.244.3.0/24".parse().unwrap();
-        l.note([(a, "a".to_string())].into());
-        assert_eq!(l.last, [a].into());
-        l.note([(a, "a".to_string()), (b, "b".to_string())].into());
-        assert_eq!(l.last, [a, b].into());
-        l.note(BTreeMap::new());
-        assert!(l.last.is_empty());
     }
 }

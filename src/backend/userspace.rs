@@ -160,6 +160,7 @@ impl Backend for Userspace {
             s.table,
             rand::random(),
             offloads,
+            d.tuning,
             &d.counters,
         )
         .map_err(Error::Dataplane)?;

@@ -1,18 +1,15 @@
-//! `weft run`: the node agent, as a sequence of named phases, each a function:
+//! `weft run`: the node agent, as four named steps ([`run`]):
 //!
-//! 1. **underlay**: the interface, its address and the public IP ([`find_underlay`]);
-//! 2. **store**: etcd or the embedded directory, then the network config ([`open_store`],
-//!    [`wait_config`]);
-//! 3. **guard**: the fail-closed route for the cluster network, kept across stops and
-//!    crashes ([`fail_closed`]);
-//! 3. **backend**: chosen from the config and `--dataplane`
-//!    ([`crate::backend::for_config`]); a vxlan device an earlier run left is removed
-//!    ([`crate::backend::remove_leftover_devices`]);
-//! 4. **lease**: acquired through the store's primitives ([`acquire_lease`]);
-//! 5. **dataplane**: the backend programs the node and starts forwarding, returning a
-//!    guard; flanneld's iptables or nftables rules and subnet.env follow;
-//! 6. **control loop**: the store's changes drive the sans-IO [`policy::Policy`], whose
-//!    actions (publish, renew, resync rules, stop) the loop performs ([`control_loop`]).
+//! - **prepare** ([`prepare`]): the underlay ([`find_underlay`]), the store and its network
+//!   config ([`open_store`], [`wait_config`]), the fail-closed guard route ([`fail_closed`]),
+//!   the backend ([`crate::backend::for_config`]) and the host checks, what an earlier run
+//!   left removed, then our lease ([`acquire_lease`]);
+//! - **start forwarding** ([`start_forwarding`]): the table from the store's leases, the
+//!   backend started, flanneld's iptables or nftables rules, subnet.env, ready;
+//! - **control loop** ([`ControlLoop`]): the store's changes and the time drive the sans-IO
+//!   [`policy::Policy`], whose actions (publish, renew, resync rules, check the backend,
+//!   stop) the loop performs;
+//! - **shutdown** ([`shutdown`]).
 //!
 //! Everything installed is held by a guard (the backend's [`Running`], the
 //! [`InstalledRules`]) whose `Drop` removes it, so every exit path, error or signal,
@@ -39,10 +36,11 @@ use std::time::{Duration, SystemTime};
 use crate::backend::{self, Backend, DataplaneSettings, Health, Running, Setup};
 use crate::config::NetConfig;
 use crate::dataplane::counters::Counters;
-use crate::dataplane::Offloads;
+use crate::dataplane::{Offloads, Tuning};
 use crate::lease::LeaseTable;
 use crate::masq::{InstalledRules, Mode};
 use crate::netlink::Netlink;
+use crate::quiet::Quiet;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
@@ -185,11 +183,13 @@ fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings 
             tun: args.tun_offload,
             gso: args.udp_gso,
             gro: args.udp_gro,
+            tunnel_gso: args.tunnel_gso,
+            udp_coalesce: args.tun_udp_coalesce,
+        },
+        tuning: Tuning {
             pin: args.cpu_affinity,
             busy_poll_us: args.busy_poll_us,
             socket_buffer: args.socket_buffer,
-            tunnel_gso: args.tunnel_gso,
-            udp_coalesce: args.tun_udp_coalesce,
             sender_filter: args.udp_sender_filter,
         },
     }
@@ -261,7 +261,7 @@ fn rules_plan(cfg: &NetConfig, args: &RunArgs, subnet: ipnet::Ipv4Net) -> crate:
 pub(crate) struct BlackholeRoute {
     nl: Arc<Netlink>,
     subnet: ipnet::Ipv4Net,
-    failing: AtomicBool,
+    failing: Quiet<()>,
 }
 
 impl BlackholeRoute {
@@ -269,7 +269,7 @@ impl BlackholeRoute {
         let b = BlackholeRoute {
             nl,
             subnet,
-            failing: AtomicBool::new(false),
+            failing: Quiet::new(),
         };
         b.ensure();
         b
@@ -282,9 +282,9 @@ impl BlackholeRoute {
                 if added {
                     tracing::info!(%subnet, "--ip-blackhole-route: added blackhole route");
                 }
-                self.failing.store(false, Ordering::Relaxed);
+                self.failing.clear();
             }
-            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
+            Err(e) if self.failing.report(()) => {
                 tracing::warn!(%subnet, error = %e, "--ip-blackhole-route: cannot add the blackhole route; retrying every resync")
             }
             Err(_) => {}
@@ -302,8 +302,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
     }
     let status = serve_health(&args)?;
-    let (node, mut store) = prepare(&args, &status, &stop)?;
-    let mut fwd = start_forwarding(&args, &node, store.as_mut(), &status)?;
+    let (node, mut store) =
+        tracing::info_span!("prepare").in_scope(|| prepare(&args, &status, &stop))?;
+    let subnet = node.ours.lease.subnet;
+    let mut fwd = tracing::info_span!("start", %subnet)
+        .in_scope(|| start_forwarding(&args, &node, store.as_mut(), &status))?;
+    let _span = tracing::info_span!("node", %subnet).entered();
     let start = || node.start_backend(&args);
     let control = ControlLoop {
         store: store.as_mut(),

@@ -18,7 +18,7 @@ mod worker;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -28,8 +28,8 @@ use tun_rs::{DeviceBuilder, SyncDevice};
 use crate::encap::Node;
 use crate::lease::LeaseTable;
 use counters::Counters;
-pub(crate) use worker::Offloads;
 use worker::Worker;
+pub(crate) use worker::{Offloads, Tuning};
 
 /// Creates the TUN device `name` with `queues` queues (multi-queue when more than one),
 /// non-blocking, with the virtio-net header and TSO/checksum offloads when `offload`.
@@ -144,7 +144,7 @@ pub(crate) struct Dataplane {
     /// empty when `--udp-sender-filter` is off.
     filtered: Vec<std::net::UdpSocket>,
     /// Whether the last update could not list every sender (logged once per change).
-    unfiltered: std::sync::atomic::AtomicBool,
+    unfiltered: crate::quiet::Quiet<()>,
 }
 
 impl Dataplane {
@@ -161,17 +161,18 @@ impl Dataplane {
         table: Arc<LeaseTable>,
         seed: u64,
         offloads: Offloads,
+        tuning: Tuning,
         counters: &Counters,
     ) -> io::Result<Dataplane> {
         let bind = SocketAddrV4::new(local, node.format.port());
         // Bind every socket before starting any worker, so a port clash fails start-up.
         let socks = tun_queues
             .iter()
-            .map(|_| open_socket(bind, offloads.gro, offloads.socket_buffer))
+            .map(|_| open_socket(bind, offloads.gro, tuning.socket_buffer))
             .collect::<io::Result<Vec<_>>>()?;
         let src_ports = Arc::new(match node.format {
             crate::encap::Format::Vxlan { .. } => {
-                SourceSockets::open(local, SOURCE_PORT_SOCKETS, offloads.socket_buffer)?
+                SourceSockets::open(local, SOURCE_PORT_SOCKETS, tuning.socket_buffer)?
             }
             crate::encap::Format::Udp { .. } => SourceSockets::none(),
         });
@@ -181,7 +182,7 @@ impl Dataplane {
             threads: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             tun_dead: Arc::new(AtomicBool::new(false)),
-            filtered: if offloads.sender_filter {
+            filtered: if tuning.sender_filter {
                 socks
                     .iter()
                     .map(|s| s.try_clone())
@@ -189,7 +190,7 @@ impl Dataplane {
             } else {
                 Vec::new()
             },
-            unfiltered: std::sync::atomic::AtomicBool::new(false),
+            unfiltered: crate::quiet::Quiet::new(),
         };
         let mut injectors = injectors.into_iter();
         let icmp_limit = Arc::new(std::sync::Mutex::new(
@@ -208,7 +209,8 @@ impl Dataplane {
                 tun_dead: dp.tun_dead.clone(),
                 ip_id: (seed >> (i * 16 % 48)) as u16,
                 offloads,
-                send_error_logged: false,
+                tuning,
+                send_errors: crate::quiet::Quiet::new(),
                 inject: injectors.next(),
                 icmp_limit: icmp_limit.clone(),
                 clock,
@@ -232,7 +234,9 @@ impl Dataplane {
         }
         let prog = filter::program(senders);
         let lifted = prog.is_none();
-        if lifted != self.unfiltered.swap(lifted, Ordering::Relaxed) && lifted {
+        if !lifted {
+            self.unfiltered.clear();
+        } else if self.unfiltered.report(()) {
             tracing::info!(
                 "{} peers: more than the sender filter lists ({}); datagrams from unknown senders are dropped in userspace instead",
                 senders.len(),

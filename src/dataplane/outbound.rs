@@ -310,9 +310,8 @@ impl Worker {
                     runs.skip_to(run.start);
                 }
                 Err(e) => {
-                    if !self.send_error_logged {
-                        self.send_error_logged = true;
-                        tracing::warn!("underlay send to {dst} failed: {e} (counted in weft_send_errors_total; logged once)");
+                    if self.send_errors.report(e.kind()) {
+                        tracing::warn!(%dst, error = %e, "underlay send failed (counted in weft_send_errors_total; logged once per kind of error)");
                     }
                     WorkerCounters::add(&c.send_errors, group.len() as u64)
                 }

@@ -53,18 +53,23 @@ pub struct Offloads {
     pub gso: bool,
     /// `UDP_GRO` receives.
     pub gro: bool,
-    /// Pin worker i to CPU i.
-    pub pin: bool,
-    /// Microseconds to keep polling without sleeping after the last packet (0: never spin).
-    pub busy_poll_us: u32,
-    /// Underlay socket buffer size, each way, in bytes.
-    pub socket_buffer: u32,
     /// Hand TSO super-packets to the kernel whole, for its UDP-tunnel GSO (with
     /// `tun`, where the kernel has it).
     pub tunnel_gso: bool,
     /// Merge consecutive UDP datagrams of a flow into one `UDP_L4` GSO write to the TUN
     /// (with `tun`).
     pub udp_coalesce: bool,
+}
+
+/// How the workers run, beside the offloads: from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Pin worker i to CPU i.
+    pub pin: bool,
+    /// Microseconds to keep polling without sleeping after the last packet (0: never spin).
+    pub busy_poll_us: u32,
+    /// Underlay socket buffer size, each way, in bytes.
+    pub socket_buffer: u32,
     /// Drop datagrams from senders that hold no lease in the kernel, before they reach a
     /// worker (a BPF socket filter, [`super::filter`]).
     pub sender_filter: bool,
@@ -91,8 +96,10 @@ pub(crate) struct Worker {
     pub(crate) ip_id: u16,
     /// Offloads in use; `gso` is turned off at run time if the kernel refuses it.
     pub(crate) offloads: Offloads,
-    /// Whether a send error has been logged (they are counted, and logged once).
-    pub(crate) send_error_logged: bool,
+    /// How it runs.
+    pub(crate) tuning: Tuning,
+    /// Send errors logged (they are counted, and logged once per kind).
+    pub(crate) send_errors: crate::quiet::Quiet<io::ErrorKind>,
     /// Set when the TUN device is gone (shared by the workers; the daemon recreates it).
     pub(crate) tun_dead: Arc<AtomicBool>,
     /// This worker's queue of the injection TAP, when TSO super-packets leave whole
@@ -112,7 +119,7 @@ impl Worker {
     pub(super) fn run(mut self, index: usize) -> io::Result<()> {
         // A worker only reads and writes the descriptors it was handed.
         crate::privilege::drop_all_in_this_thread();
-        if self.offloads.pin {
+        if self.tuning.pin {
             let cores = core_affinity::get_core_ids().unwrap_or_default();
             if let Some(core) = cores.get(index % cores.len().max(1)) {
                 if !core_affinity::set_for_current(*core) {
@@ -129,7 +136,7 @@ impl Worker {
         let mut events = Events::with_capacity(8);
         let mut tx = TxBuffers::new();
         let mut rx = RxBuffers::new(self.offloads.tun, self.offloads.udp_coalesce);
-        let busy = Duration::from_micros(self.offloads.busy_poll_us as u64);
+        let busy = Duration::from_micros(self.tuning.busy_poll_us as u64);
         let mut idle_since: Option<std::time::Instant> = None;
         let mut drops_read = std::time::Instant::now();
         // The socket's counter starts at 0 with the socket; the shared counter outlives

@@ -113,6 +113,8 @@ pub fn wanted(plan: &Plan, mode: Mode) -> bool {
 pub struct InstalledRules {
     rules: Box<dyn Rules>,
     mode: Mode,
+    /// A resync failing, logged once until it works again.
+    failing: crate::quiet::Quiet<String>,
 }
 
 impl InstalledRules {
@@ -136,7 +138,15 @@ impl InstalledRules {
             Mode::Nftables => Box::new(Nftables::new(plan)),
         };
         let r = rules.ensure().map(|_| ());
-        (InstalledRules { rules, mode }, r)
+        let failing = crate::quiet::Quiet::new();
+        (
+            InstalledRules {
+                rules,
+                mode,
+                failing,
+            },
+            r,
+        )
     }
 
     /// `iptables` or `nftables`.
@@ -147,12 +157,20 @@ impl InstalledRules {
     /// Checks the rules, repairs any drift, and logs what it repaired.
     pub fn resync(&self) {
         let mode = self.mode.name();
-        match self.rules.ensure() {
+        let outcome = self.rules.ensure();
+        if outcome.is_ok() && self.failing.clear() {
+            tracing::info!(mode, "flanneld's rules can be checked again");
+        }
+        match outcome {
             Ok(p) if !p.is_empty() => {
                 tracing::info!(mode, repaired = %p.join("; "), "repaired flanneld's rules")
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(mode, error = %e, "cannot check flanneld's rules"),
+            Err(e) => {
+                if self.failing.report(e.to_string()) {
+                    tracing::warn!(mode, error = %e, "cannot check flanneld's rules (retried every resync)");
+                }
+            }
         }
     }
 }

@@ -340,10 +340,10 @@ pub struct EtcdStore {
 fn remote(what: &str) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
     move |e| {
         let detail = e.to_string();
-        match refusal(&detail) {
-            Some(fix) => StoreError::Refused {
+        match refusal(&e) {
+            Some(r) => StoreError::Refused {
                 what: format!("etcd {what}"),
-                detail: format!("{fix} (etcd said: {detail})"),
+                detail: format!("{} (etcd said: {detail})", r.fix()),
             },
             None => StoreError::Remote {
                 what: format!("etcd {what}"),
@@ -353,24 +353,100 @@ fn remote(what: &str) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
     }
 }
 
-/// What to fix, if an etcd client error says the server or we refused the other's
-/// identity: a TLS certificate nobody vouches for, a client certificate etcd wants and did
-/// not get, or a user and password it does not accept. `None` for everything else (an etcd
-/// that is down or slow is retried).
-pub fn refusal(detail: &str) -> Option<&'static str> {
-    const RULES: [(&str, &str); 7] = [
-        ("invalid peer certificate", "etcd's TLS certificate is not signed by the CA weft trusts: give --etcd-cafile the CA that signed it (and an https:// endpoint whose address the certificate names)"),
-        ("CertificateRequired", "etcd wants a client certificate: give --etcd-certfile and --etcd-keyfile"),
-        ("BadCertificate", "etcd refused weft's client certificate: give --etcd-certfile and --etcd-keyfile signed by etcd's --trusted-ca-file"),
-        ("UnknownCA", "etcd refused weft's client certificate: give --etcd-certfile and --etcd-keyfile signed by etcd's --trusted-ca-file"),
-        ("authentication failed", "etcd refused the user name or password: check --etcd-username and --etcd-password"),
-        ("user name is empty", "etcd has authentication enabled: give --etcd-username and --etcd-password"),
-        ("permission denied", "etcd's user lacks permission on the prefix: grant the user's role readwrite on --etcd-prefix"),
-    ];
-    RULES
-        .iter()
-        .find(|(needle, _)| detail.contains(needle))
-        .map(|(_, fix)| *fix)
+/// Why etcd, or the TLS handshake with it, refused who we are: retrying cannot fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// etcd's certificate is not signed by a CA weft trusts.
+    UnknownCa,
+    /// etcd wants a client certificate and got none.
+    CertificateRequired,
+    /// etcd refused weft's client certificate.
+    BadClientCertificate,
+    /// etcd refused the user name or password (or the token made from them).
+    AuthFailed,
+    /// etcd has authentication on and got no user name.
+    UserEmpty,
+    /// The user lacks permission on the prefix.
+    PermissionDenied,
+}
+
+impl Refusal {
+    /// What to do about it, naming the flag.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Refusal::UnknownCa => "etcd's TLS certificate is not signed by the CA weft trusts: give --etcd-cafile the CA that signed it (and an https:// endpoint whose address the certificate names)",
+            Refusal::CertificateRequired => "etcd wants a client certificate: give --etcd-certfile and --etcd-keyfile",
+            Refusal::BadClientCertificate => "etcd refused weft's client certificate: give --etcd-certfile and --etcd-keyfile signed by etcd's --trusted-ca-file",
+            Refusal::AuthFailed => "etcd refused the user name or password: check --etcd-username and --etcd-password",
+            Refusal::UserEmpty => "etcd has authentication enabled: give --etcd-username and --etcd-password",
+            Refusal::PermissionDenied => "etcd's user lacks permission on the prefix: grant the user's role readwrite on --etcd-prefix",
+        }
+    }
+}
+
+/// etcd's own errors for a bad or missing user, sent with code InvalidArgument; etcd's
+/// Go client tells its errors apart by these exact descriptions too (`rpctypes`).
+const ETCD_AUTH_FAILED: &str = "etcdserver: authentication failed, invalid user ID or password";
+const ETCD_USER_EMPTY: &str = "etcdserver: user name is empty";
+
+/// Whether an etcd client error is a refusal of who we are: by gRPC status code, etcd's
+/// error, or the TLS error in its cause chain. `None` for everything else (an etcd that is
+/// down or slow is retried).
+pub fn refusal(e: &etcd_client::Error) -> Option<Refusal> {
+    if let etcd_client::Error::GRpcStatus(s) = e {
+        match (s.code(), s.message()) {
+            (tonic::Code::PermissionDenied, _) => return Some(Refusal::PermissionDenied),
+            (tonic::Code::Unauthenticated, _) => return Some(Refusal::AuthFailed),
+            (tonic::Code::InvalidArgument, ETCD_AUTH_FAILED) => return Some(Refusal::AuthFailed),
+            (tonic::Code::InvalidArgument, ETCD_USER_EMPTY) => return Some(Refusal::UserEmpty),
+            _ => {}
+        }
+    }
+    // etcd_client's error does not chain its cause: start from the one it wraps.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        if let Some(r) = tls_refusal(c) {
+            return Some(r);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// The refusal a TLS error stands for: rustls's own error where the stack kept it, or the
+/// alert's description where tokio-rustls handed it over as text (the one place a message
+/// is read, and only rustls's fixed wording of an alert name).
+fn tls_refusal(c: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    use rustls::AlertDescription as A;
+    let inner = c
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .map(|e| e as &(dyn std::error::Error + 'static));
+    let alert = match c
+        .downcast_ref::<rustls::Error>()
+        .or_else(|| inner?.downcast_ref())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => return Some(Refusal::UnknownCa),
+        Some(rustls::Error::AlertReceived(a)) => *a,
+        Some(_) => return None,
+        None => {
+            let text = inner?.to_string();
+            let name = text.strip_prefix("received fatal alert: ")?;
+            [A::CertificateRequired, A::BadCertificate, A::UnknownCA]
+                .into_iter()
+                .find(|a| format!("{a:?}") == name)?
+        }
+    };
+    match alert {
+        A::CertificateRequired => Some(Refusal::CertificateRequired),
+        A::BadCertificate | A::UnknownCA => Some(Refusal::BadClientCertificate),
+        _ => None,
+    }
 }
 
 async fn deadline<T>(
@@ -835,21 +911,52 @@ mod tests {
 
 #[cfg(test)]
 mod refusal_tests {
-    use super::refusal;
+    use super::{refusal, Refusal};
+    use std::io::{Error as IoError, ErrorKind::InvalidData};
+
+    fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    /// A status whose cause is `source`, as tonic reports a failed connection.
+    fn failed_with(source: IoError) -> etcd_client::Error {
+        let s = tonic::Status::from_error(Box::new(source));
+        etcd_client::Error::GRpcStatus(s)
+    }
 
     #[test]
     fn credential_errors_name_the_flag_and_outages_are_retried() {
-        // As etcd-client 0.21 and etcd 3.4 word them.
-        let ca = "grpc request error: code: 'The service is currently unavailable', message: \"invalid peer certificate: UnknownIssuer\", source: tonic::transport::Error(Transport, ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))";
-        assert!(refusal(ca).unwrap().contains("--etcd-cafile"));
-        let pw = "grpc request error: code: 'Client specified an invalid argument', message: \"etcdserver: authentication failed, invalid user ID or password\"";
-        assert!(refusal(pw).unwrap().contains("--etcd-password"));
-        let no_cert = "grpc request error: code: 'Unknown error', message: \"transport error\", source: tonic::transport::Error(Transport, hyper::Error(Io, Custom { kind: InvalidData, error: \"received fatal alert: BadCertificate\" }))";
-        assert!(refusal(no_cert).unwrap().contains("--etcd-certfile"));
-        let anon = "grpc request error: code: 'Client specified an invalid argument', message: \"etcdserver: user name is empty\"";
-        assert!(refusal(anon).unwrap().contains("--etcd-username"));
-        let down = "grpc request error: code: 'The service is currently unavailable', message: \"tcp connect error: Connection refused (os error 111)\"";
-        assert_eq!(refusal(down), None);
-        assert_eq!(refusal("no answer within 5s"), None);
+        use tonic::Code;
+        // etcd 3.4's answers for a wrong password, no user, and no permission.
+        let pw = "etcdserver: authentication failed, invalid user ID or password";
+        let pw = refusal(&status(Code::InvalidArgument, pw)).unwrap();
+        assert_eq!(pw, Refusal::AuthFailed);
+        assert!(pw.fix().contains("--etcd-password"));
+        let anon = refusal(&status(
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+        ));
+        assert!(anon.unwrap().fix().contains("--etcd-username"));
+        let denied = status(Code::PermissionDenied, "etcdserver: permission denied");
+        assert_eq!(refusal(&denied), Some(Refusal::PermissionDenied));
+        // The TLS stack's errors, typed and as tokio-rustls hands an alert over.
+        let ca = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let ca = refusal(&failed_with(IoError::new(InvalidData, ca))).unwrap();
+        assert!(ca.fix().contains("--etcd-cafile"));
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let no_cert = refusal(&failed_with(IoError::new(InvalidData, alert)));
+        assert_eq!(no_cert, Some(Refusal::CertificateRequired));
+        let bad = IoError::new(InvalidData, "received fatal alert: BadCertificate");
+        let bad = refusal(&failed_with(bad)).unwrap();
+        assert!(bad.fix().contains("--etcd-certfile"));
+        // An etcd that is down, slow, or answers anything else: retried.
+        let down = IoError::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        assert_eq!(refusal(&failed_with(down)), None);
+        assert_eq!(
+            refusal(&status(Code::Unavailable, "etcdserver: request timed out")),
+            None
+        );
+        let other = IoError::new(InvalidData, "received fatal alert: HandshakeFailure");
+        assert_eq!(refusal(&failed_with(other)), None);
     }
 }

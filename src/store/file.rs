@@ -32,11 +32,30 @@ pub struct FileStore {
     dir: PathBuf,
     /// How many [`DirLock`]s of this store are alive (the `flock` is taken once).
     lock_depth: Arc<AtomicUsize>,
-    /// Parsed leases by file name, keyed on (mtime, size, inode) to skip unchanged files.
+    /// Parsed leases by file name, with the file's identity, to skip unchanged files.
     cache: HashMap<String, (FileKey, Option<Lease>)>,
 }
 
-type FileKey = (i64, i64, u64, u64);
+/// What tells a lease file unchanged since it was parsed: written at the same time, the
+/// same inode (not replaced by a rename) and the same size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileKey {
+    mtime: i64,
+    mtime_nsec: i64,
+    inode: u64,
+    len: u64,
+}
+
+impl FileKey {
+    fn of(md: &fs::Metadata) -> FileKey {
+        FileKey {
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+            inode: md.ino(),
+            len: md.len(),
+        }
+    }
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -237,7 +256,7 @@ impl LeaseStore for FileStore {
             if !md.is_file() {
                 continue;
             }
-            let key: FileKey = (md.mtime(), md.mtime_nsec(), md.ino(), md.len());
+            let key = FileKey::of(&md);
             let parsed = match self.cache.remove(&name) {
                 Some((k, l)) if k == key => l,
                 _ => {

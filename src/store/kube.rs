@@ -1,7 +1,8 @@
 //! The kube subnet manager's protocol core (flannel's `pkg/subnet/kube`), pure: Node
-//! objects in, leases and patches out. No client here: the I/O half (list/watch of nodes,
-//! patches) sits on top of these functions, so what flanneld decides on a node is decided
-//! here the same way, and unit-tested with the values flanneld writes.
+//! objects in, leases and patches out. The I/O half below it ([`KubeStore`]: list/watch of
+//! nodes through [`super::watch`], patches) sits on top of these functions, so what flanneld
+//! decides on a node is decided here the same way, and unit-tested with the values flanneld
+//! writes.
 //!
 //! In kube mode a node's lease is its `spec.podCIDR` (or the IPv4 one of `spec.podCIDRs`)
 //! plus annotations under a prefix (default `flannel.alpha.coreos.com/`):
@@ -372,7 +373,7 @@ impl KubeStore {
     /// server), a kubeconfig (with the URL overriding its server), or the in-cluster
     /// service account. Connecting is lazy, as with etcd.
     pub fn open(opts: &KubeOptions) -> Result<KubeStore, StoreError> {
-        let keys = Annotations::new(&opts.prefix).map_err(StoreError::Missing)?;
+        let keys = Annotations::new(&opts.prefix).map_err(StoreError::Invalid)?;
         if opts.node_name.is_empty() && opts.pod.is_none() {
             return Err(StoreError::Invalid(
                 "--kube-subnet-mgr needs the node's name: set NODE_NAME (the manifest sets it from spec.nodeName), or POD_NAME and POD_NAMESPACE".into(),
@@ -404,7 +405,7 @@ impl KubeStore {
             }
             Ok::<_, String>(config)
         });
-        let config = config.map_err(StoreError::Missing)?;
+        let config = config.map_err(StoreError::Invalid)?;
         let url = config.cluster_url.to_string();
         let client = {
             let _guard = rt.enter();
@@ -644,8 +645,9 @@ impl LeaseStore for KubeStore {
                     "node {name} is not registered (yet) in the Kubernetes API"
                 ))
             })?;
+            // A podCIDR that does not parse will not fix itself: refused, not retried.
             let subnet = pod_cidr_v4(&node)
-                .map_err(StoreError::Missing)?
+                .map_err(StoreError::Invalid)?
                 .ok_or_else(|| {
                     StoreError::Missing(format!(
                         "node {name} pod cidr not assigned (waiting for kube-controller-manager)"

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::StoreError;
+use crate::quiet::Quiet;
 
 /// How long a watch task waits before it tries again after a failure.
 pub(crate) const RETRY: Duration = Duration::from_millis(500);
@@ -33,14 +34,14 @@ struct State<C> {
     online: bool,
     /// True once the first listing arrived.
     synced: bool,
-    /// True while an outage has been logged and its end not yet.
-    warned: bool,
 }
 
 /// The shared state of one store's watch.
 pub(crate) struct Watch<C> {
     state: Mutex<State<C>>,
     changed: Condvar,
+    /// An outage logged and its end not yet.
+    outage: Quiet<()>,
     /// The server, for messages ("etcd at http://...").
     server: String,
     /// What the cache holds, for messages ("lease(s)").
@@ -56,9 +57,9 @@ impl<C: Cache> Watch<C> {
                 generation: 0,
                 online: false,
                 synced: false,
-                warned: false,
             }),
             changed: Condvar::new(),
+            outage: Quiet::new(),
             server,
             noun,
         })
@@ -104,7 +105,7 @@ impl<C: Cache> Watch<C> {
 
     fn back_online(&self, s: &mut State<C>) {
         s.online = true;
-        if std::mem::take(&mut s.warned) {
+        if self.outage.clear() {
             tracing::info!("{} reachable again; watching", self.server);
         }
     }
@@ -112,14 +113,13 @@ impl<C: Cache> Watch<C> {
     /// The server did not answer (`why`): logged once per outage.
     pub(crate) fn offline(&self, why: &str) {
         let mut s = self.lock();
-        if !s.warned {
+        if self.outage.report(()) {
             tracing::warn!(
                 "{} unreachable ({why}); forwarding on the last {} {} and retrying",
                 self.server,
                 s.cache.len(),
                 self.noun
             );
-            s.warned = true;
         }
         s.online = false;
     }
