@@ -193,6 +193,58 @@ impl RawConfig {
             unknown: o.unknown(CONFIG_FIELDS),
         })
     }
+
+    /// One warning for each key flanneld would ignore, top-level keys first, then the
+    /// Backend's.
+    fn unknown_key_warnings(&self) -> Vec<String> {
+        let backend_unknown = self.backend.iter().flatten().flat_map(|b| b.unknown.iter());
+        self.unknown
+            .iter()
+            .chain(backend_unknown)
+            .map(|k| {
+                format!("unknown key {k:?} ignored, as flanneld ignores it: check its spelling")
+            })
+            .collect()
+    }
+
+    /// Checks the IPv6 fields: flanneld parses them whatever EnableIPv6 says, so garbage
+    /// there fails even when IPv6 is off.
+    fn check_ipv6_fields(&self) -> Result<(), ConfigError> {
+        if let Some(v6) = &self.ipv6_network {
+            if v6.parse::<ipnet::Ipv6Net>().is_err() {
+                return err(format!("IPv6Network {v6:?} is not an IPv6 CIDR (e.g. \"fd00:10:244::/56\"), which flanneld refuses even with EnableIPv6 false"));
+            }
+        }
+        for (field, v) in [
+            ("IPv6SubnetMin", &self.ipv6_subnet_min),
+            ("IPv6SubnetMax", &self.ipv6_subnet_max),
+        ] {
+            if let Some(a) = v {
+                if a.parse::<std::net::Ipv6Addr>().is_err() {
+                    return err(format!("{field} {a:?} is not an IPv6 address, which flanneld refuses even with EnableIPv6 false"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks EnableIPv4 and EnableIPv6: at least one family, as flanneld requires, and
+    /// IPv4 alone, as weft supports.
+    fn check_address_families(&self) -> Result<(), ConfigError> {
+        if self.enable_ipv4 == Some(false) && self.enable_ipv6 != Some(true) {
+            return err("EnableIPv4 is false and EnableIPv6 is not true: no address family is left (flanneld: \"none defined stack\"); remove EnableIPv4 or set it to true");
+        }
+        if self.enable_ipv6 == Some(true) {
+            return err(format!(
+                "EnableIPv6 is true (IPv6Network {:?}): IPv6 pod networks are not supported by weft yet; set EnableIPv6 to false",
+                self.ipv6_network.as_deref().unwrap_or("")
+            ));
+        }
+        if self.enable_ipv4 == Some(false) {
+            return err("EnableIPv4 is false: weft needs an IPv4 Network; set EnableIPv4 to true (the default)");
+        }
+        Ok(())
+    }
 }
 
 /// A Go pointer to an address type: `null` is nil; anything else goes to the parser.
@@ -230,50 +282,76 @@ fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
     })
 }
 
+/// Reads `SubnetMin` or `SubnetMax` (`field`): unset, empty or `0.0.0.0` gives `default`;
+/// an address must lie inside `network` on a `subnet_len` boundary.
+fn subnet_bound(
+    field: &str,
+    v: Option<&str>,
+    default: u64,
+    network: Ipv4Net,
+    subnet_len: u8,
+) -> Result<Ipv4Addr, ConfigError> {
+    let mask = u32::MAX << (32 - subnet_len);
+    match v {
+        None | Some("") | Some("0.0.0.0") => Ok(Ipv4Addr::from(default as u32)),
+        Some(s) => {
+            let a = parse_addr(field, s)?;
+            if !network.contains(&a) {
+                return err(format!("{field} {a} is outside Network {network}: it must be a subnet address inside it"));
+            }
+            if u32::from(a) & mask != u32::from(a) {
+                return err(format!(
+                    "{field} {a} is not on a SubnetLen (/{subnet_len}) boundary: use {}",
+                    Ipv4Addr::from(u32::from(a) & mask)
+                ));
+            }
+            Ok(a)
+        }
+    }
+}
+
+/// Reads `Backend.Port`: unset or 0 gives the backend's `default`, else a UDP port.
+fn backend_port(port: Option<i64>, default: u16) -> Result<u16, ConfigError> {
+    match port {
+        None | Some(0) => Ok(default),
+        Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Some(p) => err(format!(
+            "Backend.Port {p} is not a UDP port (1-65535, or 0 for the default {default})"
+        )),
+    }
+}
+
 impl NetConfig {
     /// Parses and checks a `net-conf.json` document.
+    ///
+    /// The steps run in this order and each stops at the first rule broken, so a document
+    /// with several faults always reports the same one.
     pub fn parse(json: &str) -> Result<NetConfig, ConfigError> {
         let raw = RawConfig::read(json).or_else(|e| {
             err(format!("not valid JSON for a flannel network config ({e}); expected e.g. {{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}"))
         })?;
-        let mut warnings = Vec::new();
-        let backend_unknown = raw.backend.iter().flatten().flat_map(|b| b.unknown.iter());
-        for k in raw.unknown.iter().chain(backend_unknown) {
-            warnings.push(format!(
-                "unknown key {k:?} ignored, as flanneld ignores it: check its spelling"
-            ));
-        }
-        // flanneld parses the IPv6 fields whatever EnableIPv6 says: garbage there fails.
-        if let Some(v6) = &raw.ipv6_network {
-            if v6.parse::<ipnet::Ipv6Net>().is_err() {
-                return err(format!("IPv6Network {v6:?} is not an IPv6 CIDR (e.g. \"fd00:10:244::/56\"), which flanneld refuses even with EnableIPv6 false"));
-            }
-        }
-        for (field, v) in [
-            ("IPv6SubnetMin", &raw.ipv6_subnet_min),
-            ("IPv6SubnetMax", &raw.ipv6_subnet_max),
-        ] {
-            if let Some(a) = v {
-                if a.parse::<std::net::Ipv6Addr>().is_err() {
-                    return err(format!("{field} {a:?} is not an IPv6 address, which flanneld refuses even with EnableIPv6 false"));
-                }
-            }
-        }
-        if raw.enable_ipv4 == Some(false) && raw.enable_ipv6 != Some(true) {
-            return err("EnableIPv4 is false and EnableIPv6 is not true: no address family is left (flanneld: \"none defined stack\"); remove EnableIPv4 or set it to true");
-        }
+        let mut warnings = raw.unknown_key_warnings();
+        raw.check_ipv6_fields()?;
+        raw.check_address_families()?;
+        let network = Self::network(raw.network.as_deref(), &mut warnings)?;
+        let subnet_len = Self::subnet_len(raw.subnet_len, network)?;
+        let (subnet_min, subnet_max) = Self::subnet_bounds(&raw, network, subnet_len)?;
+        let backend = Self::backend_section(raw.backend, &mut warnings)?;
+        Ok(NetConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+            enable_nftables: raw.enable_nftables.unwrap_or(false),
+            warnings,
+        })
+    }
 
-        if raw.enable_ipv6 == Some(true) {
-            return err(format!(
-                "EnableIPv6 is true (IPv6Network {:?}): IPv6 pod networks are not supported by weft yet; set EnableIPv6 to false",
-                raw.ipv6_network.as_deref().unwrap_or("")
-            ));
-        }
-        if raw.enable_ipv4 == Some(false) {
-            return err("EnableIPv4 is false: weft needs an IPv4 Network; set EnableIPv4 to true (the default)");
-        }
-
-        let net_s = match raw.network.as_deref() {
+    /// Reads `Network`: it must be a non-empty IPv4 CIDR that is not `0.0.0.0/0`. Host bits
+    /// are masked off, as flannel does, with a warning.
+    fn network(given: Option<&str>, warnings: &mut Vec<String>) -> Result<Ipv4Net, ConfigError> {
+        let net_s = match given {
             None | Some("") => return err("Network is missing: set it to the cluster CIDR, e.g. \"Network\": \"10.244.0.0/16\""),
             Some(s) => s,
         };
@@ -296,9 +374,15 @@ impl NetConfig {
                 "Network {net_s:?} has host bits set; using {network}"
             ));
         }
-        let plen = network.prefix_len();
+        Ok(network)
+    }
 
-        let subnet_len = match raw.subnet_len {
+    /// Reads `SubnetLen` with flanneld's CheckNetworkConfig rules: a given length must be at
+    /// most 30 and leave room for four subnets; an unset (or 0) length defaults to /24, or
+    /// to the network's prefix + 2 for networks smaller than a /22 (down to a /28).
+    fn subnet_len(given: Option<i64>, network: Ipv4Net) -> Result<u8, ConfigError> {
+        let plen = network.prefix_len();
+        match given {
             Some(l) if l != 0 => {
                 if !(0..=32).contains(&l) {
                     return err(format!("SubnetLen {l} is not a prefix length (0-32)"));
@@ -315,71 +399,58 @@ impl NetConfig {
                         plen + 2
                     ));
                 }
-                l
+                Ok(l)
             }
             _ => {
                 if plen > 28 {
-                    return err(format!(
+                    err(format!(
                         "Network {network} is too small: the smallest useful flannel network is a /28"
-                    ));
+                    ))
                 } else if plen <= 22 {
-                    24
+                    Ok(24)
                 } else {
-                    plen + 2
+                    Ok(plen + 2)
                 }
             }
-        };
+        }
+    }
 
+    /// Reads `SubnetMin` and `SubnetMax`, by default the second and the last subnet of the
+    /// network, and checks that the range is not empty.
+    fn subnet_bounds(
+        raw: &RawConfig,
+        network: Ipv4Net,
+        subnet_len: u8,
+    ) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
         let size = 1u64 << (32 - subnet_len);
         let net_lo = u32::from(network.network()) as u64;
-        let net_hi = net_lo + (1u64 << (32 - plen)); // exclusive
-        let mask = u32::MAX << (32 - subnet_len);
-        let bound = |field: &str,
-                     v: &Option<String>,
-                     default: u64|
-         -> Result<Ipv4Addr, ConfigError> {
-            match v.as_deref() {
-                None | Some("") | Some("0.0.0.0") => Ok(Ipv4Addr::from(default as u32)),
-                Some(s) => {
-                    let a = parse_addr(field, s)?;
-                    if !network.contains(&a) {
-                        return err(format!("{field} {a} is outside Network {network}: it must be a subnet address inside it"));
-                    }
-                    if u32::from(a) & mask != u32::from(a) {
-                        return err(format!(
-                            "{field} {a} is not on a SubnetLen (/{subnet_len}) boundary: use {}",
-                            Ipv4Addr::from(u32::from(a) & mask)
-                        ));
-                    }
-                    Ok(a)
-                }
-            }
+        let net_hi = net_lo + (1u64 << (32 - network.prefix_len())); // exclusive
+        let bound = |field: &str, v: &Option<String>, default: u64| {
+            subnet_bound(field, v.as_deref(), default, network, subnet_len)
         };
         let subnet_min = bound("SubnetMin", &raw.subnet_min, net_lo + size)?;
         let subnet_max = bound("SubnetMax", &raw.subnet_max, net_hi - size)?;
         if subnet_min > subnet_max {
             return err(format!("SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet could be allocated"));
         }
+        Ok((subnet_min, subnet_max))
+    }
 
-        let backend_given = raw.backend.is_some();
-        if !backend_given {
+    /// Reads the `Backend` section: absent means udp (with a warning), `null` is refused,
+    /// an object goes to [`NetConfig::backend`].
+    fn backend_section(
+        raw: Option<Option<RawBackend>>,
+        warnings: &mut Vec<String>,
+    ) -> Result<BackendConfig, ConfigError> {
+        if raw.is_none() {
             warnings.push("no Backend in the network config: weft uses udp, the default in flanneld's code (pkg/subnet/config.go; its documentation says vxlan), so that it agrees with stock flanneld nodes; set \"Backend\":{\"Type\":\"vxlan\"} for the vxlan backend".to_string());
         }
-        let backend = match raw.backend {
+        match raw {
             // "Backend": null: flanneld reads a backend without a type.
-            Some(None) => return err("Backend is null: set \"Backend\":{\"Type\":\"vxlan\"} (recommended), \"host-gw\" or \"udp\""),
-            Some(Some(b)) => Self::backend(Some(b))?,
-            None => Self::backend(None)?,
-        };
-        Ok(NetConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            backend,
-            enable_nftables: raw.enable_nftables.unwrap_or(false),
-            warnings,
-        })
+            Some(None) => err("Backend is null: set \"Backend\":{\"Type\":\"vxlan\"} (recommended), \"host-gw\" or \"udp\""),
+            Some(Some(b)) => Self::backend(Some(b)),
+            None => Self::backend(None),
+        }
     }
 
     fn backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
@@ -391,59 +462,54 @@ impl NetConfig {
                 port: crate::encap::udp::PORT_FLANNEL,
             });
         };
-        let port = |default: u16| -> Result<u16, ConfigError> {
-            match b.port {
-                None | Some(0) => Ok(default),
-                Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
-                Some(p) => err(format!(
-                    "Backend.Port {p} is not a UDP port (1-65535, or 0 for the default {default})"
-                )),
-            }
-        };
         // flanneld lower-cases the type (pkg/backend/manager.go).
         match b.backend_type.as_deref().unwrap_or("").to_ascii_lowercase().as_str() {
             // flanneld fails too ("backend type  not supported"): say so, and how to fix it.
             "" => err("Backend.Type is missing: set \"vxlan\" (recommended), \"host-gw\" or \"udp\""),
-            "vxlan" => {
-                let vni = match b.vni {
-                    None | Some(0) => 1,
-                    Some(v) if (1..=vxlan::VNI_MAX as i64).contains(&v) => v as u32,
-                    Some(v) => {
-                        return err(format!(
-                            "Backend.VNI {v} is out of range: a VNI is 24 bits (1-16777215)"
-                        ))
-                    }
-                };
-                if b.gbp == Some(true) {
-                    return err("Backend.GBP is true: VXLAN group-based policy is not supported by weft; remove it or set it to false");
-                }
-                if b.learning == Some(true) {
-                    return err("Backend.Learning is true: weft's VTEP has no MAC learning; set it to false (flannel's default)");
-                }
-                let mtu = match b.mtu {
-                    None | Some(0) => None,
-                    Some(m) if (68 + 50..=65535).contains(&m) => Some(m as u32),
-                    Some(m) => {
-                        return err(format!(
-                            "Backend.MTU {m} is out of range: it is the underlay MTU, 118-65535"
-                        ))
-                    }
-                };
-                Ok(BackendConfig::Vxlan {
-                    vni,
-                    port: port(vxlan::PORT_LINUX)?,
-                    mtu,
-                    direct_routing: b.direct_routing == Some(true),
-                })
-            }
+            "vxlan" => Self::vxlan_backend(&b),
             "host-gw" => Ok(BackendConfig::HostGw),
             "udp" => Ok(BackendConfig::Udp {
-                port: port(crate::encap::udp::PORT_FLANNEL)?,
+                port: backend_port(b.port, crate::encap::udp::PORT_FLANNEL)?,
             }),
             other => err(format!(
                 "Backend.Type {other:?} is not supported by weft: use \"vxlan\", \"host-gw\" or \"udp\""
             )),
         }
+    }
+
+    /// Reads the vxlan backend's keys: `VNI`, `GBP`, `Learning`, `MTU`, `Port` and
+    /// `DirectRouting`, in that order.
+    fn vxlan_backend(b: &RawBackend) -> Result<BackendConfig, ConfigError> {
+        let vni = match b.vni {
+            None | Some(0) => 1,
+            Some(v) if (1..=vxlan::VNI_MAX as i64).contains(&v) => v as u32,
+            Some(v) => {
+                return err(format!(
+                    "Backend.VNI {v} is out of range: a VNI is 24 bits (1-16777215)"
+                ))
+            }
+        };
+        if b.gbp == Some(true) {
+            return err("Backend.GBP is true: VXLAN group-based policy is not supported by weft; remove it or set it to false");
+        }
+        if b.learning == Some(true) {
+            return err("Backend.Learning is true: weft's VTEP has no MAC learning; set it to false (flannel's default)");
+        }
+        let mtu = match b.mtu {
+            None | Some(0) => None,
+            Some(m) if (68 + 50..=65535).contains(&m) => Some(m as u32),
+            Some(m) => {
+                return err(format!(
+                    "Backend.MTU {m} is out of range: it is the underlay MTU, 118-65535"
+                ))
+            }
+        };
+        Ok(BackendConfig::Vxlan {
+            vni,
+            port: backend_port(b.port, vxlan::PORT_LINUX)?,
+            mtu,
+            direct_routing: b.direct_routing == Some(true),
+        })
     }
 
     /// The number of subnets between SubnetMin and SubnetMax.

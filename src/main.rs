@@ -10,7 +10,7 @@ use weft::backend::userspace;
 use weft::config::{BackendConfig, NetConfig};
 use weft::encap::{DropReason, Inbound, Node, Outbound, HEADROOM};
 use weft::lease::alloc::allocate;
-use weft::lease::{Lease, LeaseTable, Peer};
+use weft::lease::{Lease, LeaseTable, Peer, Snapshot};
 use weft::subnet_env::SubnetEnv;
 use weft::wire::udp::ChecksumMode;
 use weft::wire::MacAddr;
@@ -156,6 +156,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `weft demo`: builds a simulated cluster of `nodes` nodes, shows node1's subnet.env,
+/// then sends a ping, packets answered with ICMP, and datagrams node2 drops.
 fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(), String> {
     let cfg = match config {
         Some(f) => read_config(&f)?,
@@ -163,6 +165,32 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
             .map_err(|e| e.to_string())?,
     };
     println!("== weft demo: the pure core alone, {nodes} simulated nodes, no devices (./scripts/demo runs a real cluster)");
+    let (leases, local) = demo_cluster(&cfg, nodes, dir)?;
+    println!(
+        "subnet.env of node1 ({}):\n{}",
+        dir.join("node1/subnet.env").display(),
+        SubnetEnv::read(&dir.join("node1/subnet.env"))
+            .map_err(|e| e.to_string())?
+            .render()
+    );
+
+    let table = LeaseTable::new(cfg.network);
+    table.replace_all(leases.iter().filter_map(|l| Peer::from_lease(l).ok()));
+    let (n1, n2) = (&local[0], &local[1]);
+    let snap = table.load();
+    let mut buf = vec![0u8; HEADROOM + 2048];
+    let from = demo_ping(&snap, n1, n2, &mut buf)?;
+    demo_icmp_replies(&cfg, &snap, n1, n2, &mut buf);
+    demo_drops(&snap, n1, n2, from, &mut buf)
+}
+
+/// Builds the simulated cluster: allocates each node's lease (node `i` has public IP
+/// 192.0.2.`i`), writes its subnet.env under `dir`, and prints the lease.
+fn demo_cluster(
+    cfg: &NetConfig,
+    nodes: u8,
+    dir: &std::path::Path,
+) -> Result<(Vec<Lease>, Vec<Node>), String> {
     let now = SystemTime::now();
     let seed = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -173,7 +201,7 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
     for i in 1..=nodes {
         let public_ip = Ipv4Addr::new(192, 0, 2, i);
         let a = allocate(
-            &cfg,
+            cfg,
             &leases,
             public_ip,
             None,
@@ -210,32 +238,31 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
         });
         leases.push(lease);
     }
-    println!(
-        "subnet.env of node1 ({}):\n{}",
-        dir.join("node1/subnet.env").display(),
-        SubnetEnv::read(&dir.join("node1/subnet.env"))
-            .map_err(|e| e.to_string())?
-            .render()
-    );
+    Ok((leases, local))
+}
 
-    let table = LeaseTable::new(cfg.network);
-    table.replace_all(leases.iter().filter_map(|l| Peer::from_lease(l).ok()));
-    let (n1, n2) = (&local[0], &local[1]);
-    let host = |n: &Node, h: u32| Ipv4Addr::from(u32::from(n.subnet.network()) + h);
-    let mut drops = [0u64; DropReason::COUNT];
+/// Pod address `h` in node `n`'s subnet.
+fn pod_ip(n: &Node, h: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(n.subnet.network()) + h)
+}
 
-    // A ping from a pod on node1 to a pod on node2.
-    let ping = icmp_echo(host(n1, 2), host(n2, 2), 56, true);
-    let mut buf = vec![0u8; HEADROOM + 2048];
+/// A ping from a pod on node1 to a pod on node2: encapsulated by node1, shown on the
+/// wire, and delivered by node2. Returns the tunnel's source address, for later datagrams.
+fn demo_ping(
+    snap: &Snapshot,
+    n1: &Node,
+    n2: &Node,
+    buf: &mut [u8],
+) -> Result<SocketAddrV4, String> {
+    let ping = icmp_echo(pod_ip(n1, 2), pod_ip(n2, 2), 56, true);
     buf[HEADROOM..HEADROOM + ping.len()].copy_from_slice(&ping);
-    let snap = table.load();
-    let Outbound::Send(t) = n1.outbound(&snap, &mut buf, HEADROOM, ping.len(), 1) else {
+    let Outbound::Send(t) = n1.outbound(snap, buf, HEADROOM, ping.len(), 1) else {
         return Err("the ping was not encapsulated".into());
     };
     println!(
         "ping {} -> {}: {} bytes to {} (udp src port {})",
-        host(n1, 2),
-        host(n2, 2),
+        pod_ip(n1, 2),
+        pod_ip(n2, 2),
         t.datagram.len(),
         t.dst,
         t.src_port
@@ -243,23 +270,27 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
     println!("  on the wire: {}", hex(&buf[t.datagram.clone()]));
     let from = SocketAddrV4::new(n1.public_ip, t.src_port);
     let p = t.udp_payload();
-    match n2.inbound(&snap, from, &mut buf, p.start, p.len(), 0) {
+    match n2.inbound(snap, from, buf, p.start, p.len(), 0) {
         Inbound::Deliver(r) if buf[r.clone()] == ping[..] => {
             println!("  node2 delivers the original {} bytes to its TUN", r.len())
         }
         other => return Err(format!("node2 did not deliver the ping: {other:?}")),
     }
+    Ok(from)
+}
 
-    // Too big with DF, and to a subnet nobody leases.
+/// Packets node1 answers with ICMP instead of sending: too big with DF, and to a subnet
+/// nobody leases.
+fn demo_icmp_replies(cfg: &NetConfig, snap: &Snapshot, n1: &Node, n2: &Node, buf: &mut [u8]) {
     for (what, pkt) in [
         (
             "1451-byte DF packet",
-            icmp_echo(host(n1, 2), host(n2, 2), n1.mtu - 27, true),
+            icmp_echo(pod_ip(n1, 2), pod_ip(n2, 2), n1.mtu - 27, true),
         ),
         (
             "packet to an unleased subnet",
             icmp_echo(
-                host(n1, 2),
+                pod_ip(n1, 2),
                 Ipv4Addr::from(u32::from(cfg.subnet_max) + 9),
                 8,
                 false,
@@ -267,7 +298,7 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
         ),
     ] {
         buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
-        match n1.outbound(&snap, &mut buf, HEADROOM, pkt.len(), 2) {
+        match n1.outbound(snap, buf, HEADROOM, pkt.len(), 2) {
             Outbound::Reply { packet, reason } => {
                 let icmp = &buf[packet.start + 20..packet.end];
                 println!(
@@ -281,20 +312,30 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
             other => println!("{what}: {other:?}"),
         }
     }
+}
 
-    // A spoofed packet: node1's tunnel carrying a source from node2's subnet.
-    let spoof = icmp_echo(host(n2, 7), host(n2, 2), 8, false);
+/// Datagrams node2 drops: a spoofed packet (node1's tunnel, from `from`, carrying a source
+/// from node2's subnet) and garbage from a stranger; then node2's drop counters.
+fn demo_drops(
+    snap: &Snapshot,
+    n1: &Node,
+    n2: &Node,
+    from: SocketAddrV4,
+    buf: &mut [u8],
+) -> Result<(), String> {
+    let mut drops = [0u64; DropReason::COUNT];
+    let spoof = icmp_echo(pod_ip(n2, 7), pod_ip(n2, 2), 8, false);
     buf[HEADROOM..HEADROOM + spoof.len()].copy_from_slice(&spoof);
-    let peer2 = *snap.lookup(host(n2, 2)).ok_or("no lease for node2")?;
-    if let Outbound::Send(t) = n1.encap(&mut buf, HEADROOM, spoof.len(), &peer2, 3) {
+    let peer2 = *snap.lookup(pod_ip(n2, 2)).ok_or("no lease for node2")?;
+    if let Outbound::Send(t) = n1.encap(buf, HEADROOM, spoof.len(), &peer2, 3) {
         let p = t.udp_payload();
-        if let Inbound::Drop(r) = n2.inbound(&snap, from, &mut buf, p.start, p.len(), 0) {
+        if let Inbound::Drop(r) = n2.inbound(snap, from, buf, p.start, p.len(), 0) {
             drops[r.index()] += 1;
         }
     }
     let mut garbage = [0x08u8, 0, 0, 0, 0, 0, 2, 0, 1, 2, 3];
     if let Inbound::Drop(r) = n2.inbound(
-        &snap,
+        snap,
         SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9),
         &mut garbage,
         0,

@@ -76,15 +76,7 @@ pub fn allocate(
     random: u64,
 ) -> Result<Allocation, AllocError> {
     let live: Vec<&Lease> = leases.iter().filter(|l| !l.is_expired(now)).collect();
-    let mut stale = Vec::new();
-    let mut mine = None;
-    for l in live.iter().filter(|l| l.attrs.public_ip == public_ip) {
-        if cfg.is_compatible(l.subnet) && mine.is_none() {
-            mine = Some(l);
-        } else if !cfg.is_compatible(l.subnet) {
-            stale.push(l.subnet);
-        }
-    }
+    let (mine, stale) = own_lease(cfg, &live, public_ip);
     if let Some(l) = mine {
         return Ok(Allocation {
             subnet: l.subnet,
@@ -94,17 +86,63 @@ pub fn allocate(
             stale,
         });
     }
+    let taken = merged_intervals(&live);
+    if let Some(p) = free_previous(cfg, previous, &taken) {
+        return Ok(Allocation {
+            subnet: p,
+            source: Source::Previous,
+            stale,
+        });
+    }
+    let subnet = random_free_subnet(cfg, &taken, random)?;
+    Ok(Allocation {
+        subnet,
+        source: Source::Fresh,
+        stale,
+    })
+}
 
-    // Intervals of live leases, sorted, for overlap checks in O(log n).
-    let mut taken: Vec<(u64, u64)> = live
-        .iter()
-        .map(|l| {
-            let lo = u32::from(l.subnet.network()) as u64;
-            (lo, lo + (1u64 << (32 - l.subnet.prefix_len())))
-        })
-        .collect();
+/// Step 1: the first live lease with our public IP that fits the config, and the subnets
+/// of those that do not (stale, to delete).
+fn own_lease<'a>(
+    cfg: &NetConfig,
+    live: &[&'a Lease],
+    public_ip: Ipv4Addr,
+) -> (Option<&'a Lease>, Vec<Ipv4Net>) {
+    let mut stale = Vec::new();
+    let mut mine = None;
+    for &l in live.iter().filter(|l| l.attrs.public_ip == public_ip) {
+        if cfg.is_compatible(l.subnet) && mine.is_none() {
+            mine = Some(l);
+        } else if !cfg.is_compatible(l.subnet) {
+            stale.push(l.subnet);
+        }
+    }
+    (mine, stale)
+}
+
+/// Step 2: `previous`, if it fits the config and no taken interval overlaps it.
+fn free_previous(
+    cfg: &NetConfig,
+    previous: Option<Ipv4Net>,
+    taken: &[(u64, u64)],
+) -> Option<Ipv4Net> {
+    let p = previous.filter(|&p| cfg.is_compatible(p))?;
+    let (lo, hi) = interval(p);
+    overlap_end(taken, lo, hi).is_none().then_some(p)
+}
+
+/// The addresses `subnet` covers, as a half-open interval.
+fn interval(subnet: Ipv4Net) -> (u64, u64) {
+    let lo = u32::from(subnet.network()) as u64;
+    (lo, lo + (1u64 << (32 - subnet.prefix_len())))
+}
+
+/// The intervals of the live leases, sorted and with overlapping ones merged, so that
+/// [`overlap_end`] can answer with a binary search, in O(log n).
+fn merged_intervals(live: &[&Lease]) -> Vec<(u64, u64)> {
+    let mut taken: Vec<(u64, u64)> = live.iter().map(|l| interval(l.subnet)).collect();
     taken.sort_unstable();
-    // Merge overlapping intervals so the binary search below is exact.
     let mut merged: Vec<(u64, u64)> = Vec::with_capacity(taken.len());
     for (lo, hi) in taken {
         match merged.last_mut() {
@@ -112,34 +150,32 @@ pub fn allocate(
             _ => merged.push((lo, hi)),
         }
     }
-    let overlaps = |lo: u64, hi: u64| -> Option<u64> {
-        // The first merged interval that ends after lo.
-        let i = merged.partition_point(|&(_, end)| end <= lo);
-        merged
-            .get(i)
-            .filter(|&&(start, _)| start < hi)
-            .map(|&(_, end)| end)
-    };
+    merged
+}
 
-    if let Some(p) = previous {
-        if cfg.is_compatible(p) {
-            let lo = u32::from(p.network()) as u64;
-            if overlaps(lo, lo + (1u64 << (32 - p.prefix_len()))).is_none() {
-                return Ok(Allocation {
-                    subnet: p,
-                    source: Source::Previous,
-                    stale,
-                });
-            }
-        }
-    }
+/// If a merged interval overlaps `lo..hi`, the end of the first such interval.
+fn overlap_end(merged: &[(u64, u64)], lo: u64, hi: u64) -> Option<u64> {
+    // The first merged interval that ends after lo.
+    let i = merged.partition_point(|&(_, end)| end <= lo);
+    merged
+        .get(i)
+        .filter(|&&(start, _)| start < hi)
+        .map(|&(_, end)| end)
+}
 
+/// Step 3: walks SubnetMin..=SubnetMax, collects the first [`RANDOM_POOL`] subnets no
+/// taken interval overlaps, and picks `random % count` of them.
+fn random_free_subnet(
+    cfg: &NetConfig,
+    taken: &[(u64, u64)],
+    random: u64,
+) -> Result<Ipv4Net, AllocError> {
     let size = 1u64 << (32 - cfg.subnet_len);
     let max = u32::from(cfg.subnet_max) as u64;
     let mut pool: Vec<u64> = Vec::with_capacity(RANDOM_POOL);
     let mut at = u32::from(cfg.subnet_min) as u64;
     while at <= max && pool.len() < RANDOM_POOL {
-        match overlaps(at, at + size) {
+        match overlap_end(taken, at, at + size) {
             // Skip past the blocking lease, rounded up to a subnet boundary.
             Some(end) => at = end.div_ceil(size) * size,
             None => {
@@ -158,12 +194,7 @@ pub fn allocate(
     }
     let pick = pool[(random % pool.len() as u64) as usize];
     // `pick` lies in [SubnetMin, SubnetMax], so it fits in 32 bits.
-    let subnet = Ipv4Net::new(Ipv4Addr::from(pick as u32), cfg.subnet_len).unwrap_or_default();
-    Ok(Allocation {
-        subnet,
-        source: Source::Fresh,
-        stale,
-    })
+    Ok(Ipv4Net::new(Ipv4Addr::from(pick as u32), cfg.subnet_len).unwrap_or_default())
 }
 
 #[cfg(test)]
