@@ -103,6 +103,14 @@ pub struct VxlanSpec {
     pub mtu: u32,
 }
 
+/// A route to `dst` out of interface `index`, no gateway.
+fn device_route(dst: Ipv4Net, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .output_interface(index)
+        .build()
+}
+
 fn nl_err(what: &str, e: rtnetlink::Error) -> io::Error {
     io::Error::other(format!("netlink: {what}: {e}"))
 }
@@ -272,10 +280,7 @@ impl Netlink {
     /// Adds (or replaces) a route to `dst` out of interface `index`.
     pub fn replace_route(&self, dst: Ipv4Net, index: u32) -> io::Result<()> {
         self.rt.block_on(async {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst.network(), dst.prefix_len())
-                .output_interface(index)
-                .build();
+            let msg = device_route(dst, index);
             self.handle
                 .route()
                 .add(msg)
@@ -289,10 +294,7 @@ impl Netlink {
     /// Deletes the route to `dst` out of interface `index`, if present.
     pub fn del_route(&self, dst: Ipv4Net, index: u32) -> io::Result<()> {
         self.rt.block_on(async {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst.network(), dst.prefix_len())
-                .output_interface(index)
-                .build();
+            let msg = device_route(dst, index);
             match self.handle.route().del(msg).execute().await {
                 Ok(()) => Ok(()),
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),

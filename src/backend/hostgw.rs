@@ -7,10 +7,10 @@
 use std::net::Ipv4Addr;
 
 use super::plan::{PeerRule, Tunnel};
-use super::reconcile::{link_index, Reconciler};
-use super::{Backend, Error, Health, Running, Setup};
+use super::reconcile::{link_index, Reconciled, Reconciler};
+use super::{Backend, Error, Running, Setup};
 use crate::lease::table::BackendKind;
-use crate::lease::{backend_type, Lease, LeaseAttrs, Peer};
+use crate::lease::{backend_type, Lease, LeaseAttrs};
 
 /// The host-gw backend.
 pub struct HostGw;
@@ -41,32 +41,12 @@ impl Backend for HostGw {
             underlay: link_index(s.nl, s.underlay)?,
             underlay_name: s.underlay.to_string(),
         };
-        Ok(Box::new(HostGwRoutes {
+        Ok(Box::new(Reconciled {
             describe: format!(
                 "host-gw backend: a route via each peer's public IP on {}",
                 s.underlay
             ),
             reconciler: Reconciler::new(s.nl, rule, "host-gw"),
         }))
-    }
-}
-
-/// host-gw forwarding: a route per peer.
-struct HostGwRoutes {
-    describe: String,
-    reconciler: Reconciler,
-}
-
-impl Running for HostGwRoutes {
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-
-    fn peers_changed(&mut self, peers: &[Peer]) {
-        self.reconciler.update(peers);
-    }
-
-    fn check(&mut self) -> Health {
-        self.reconciler.check()
     }
 }

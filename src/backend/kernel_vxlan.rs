@@ -16,16 +16,12 @@
 //! entries and routes with it); after a crash the next start finds the device by name and
 //! recreates it, and adopts or removes the routes by weft's route protocol.
 
-use std::net::Ipv4Addr;
-
 use super::plan::{LinkPlan, PeerRule, Tunnel};
-use super::reconcile::{link_index, Reconciler};
-use super::{userspace, Backend, Error, Health, Running, Setup};
+use super::reconcile::{link_index, Reconciled, Reconciler};
+use super::{Error, Running, Setup};
 use crate::config::BackendConfig;
 use crate::lease::table::BackendKind;
-use crate::lease::{Lease, LeaseAttrs, Peer};
 use crate::netlink::VxlanSpec;
-use crate::wire::MacAddr;
 
 /// The vxlan device's transmit queue (what `ip link add ... type vxlan` gives it).
 const TXQUEUELEN: u32 = 1000;
@@ -35,133 +31,84 @@ pub fn device_name(vni: u32) -> String {
     format!("flannel.{vni}")
 }
 
-/// The kernel vxlan dataplane.
-pub struct KernelVxlan {
-    cfg: BackendConfig,
-    new_mac: MacAddr,
-}
-
-impl KernelVxlan {
-    /// For a vxlan backend config, with a fresh VTEP MAC for a new lease.
-    pub fn new(cfg: BackendConfig) -> KernelVxlan {
-        KernelVxlan {
-            cfg,
-            new_mac: MacAddr::local_unicast(rand::random()),
+/// Makes and programs `flannel.<VNI>` for a vxlan backend config, and starts keeping it.
+pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
+    let BackendConfig::Vxlan {
+        vni,
+        port,
+        direct_routing,
+        ..
+    } = *cfg
+    else {
+        return Err(Error::Unsupported(
+            "the kernel dataplane exists for vxlan only".into(),
+        ));
+    };
+    let name = device_name(vni);
+    let configure = |source| Error::Configure {
+        name: name.clone(),
+        source,
+    };
+    let underlay = link_index(s.nl, s.underlay)?;
+    let mac = s
+        .lease
+        .attrs
+        .vxlan_data()
+        .map_err(|e| Error::OwnLease {
+            key: s.lease.key(),
+            detail: e.to_string(),
+        })?
+        .vtep_mac;
+    // One left by a crashed weft (or by flanneld) may have another VNI, port, address
+    // or MAC: start from a device we made.
+    if let Some(old) = s.nl.link_by_name(&name).map_err(configure)? {
+        tracing::info!("replacing the existing {name} (left by an earlier run)");
+        s.nl.del_link(old.index).map_err(configure)?;
+    }
+    let spec = VxlanSpec {
+        name: name.clone(),
+        vni,
+        port,
+        underlay,
+        local: s.local_ip,
+        mac,
+        mtu: s.pod_mtu,
+    };
+    let index = s.nl.add_vxlan(&spec).map_err(configure)?;
+    // flanneld sets accept_ra=0; best effort (absent where IPv6 is off).
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
+    let rule = PeerRule {
+        ours: s.lease.subnet,
+        kind: BackendKind::Vxlan,
+        vni: Some(vni),
+        direct_routing,
+        tunnel: Tunnel::Device { index },
+        underlay,
+        underlay_name: s.underlay.to_string(),
+    };
+    let mut reconciler = Reconciler::new(s.nl, rule, &name);
+    let link = LinkPlan {
+        name: name.clone(),
+        mtu: s.pod_mtu,
+        txqueuelen: TXQUEUELEN,
+        address: s.lease.subnet.network(),
+        mac: Some(mac),
+        routes: Vec::new(),
+    };
+    // From here on, dropping the reconciler deletes the device.
+    reconciler.adopt_device(index, link)?;
+    let describe = format!(
+        "vxlan backend in the kernel: {name} (VNI {vni}, MTU {}, on {}{})",
+        s.pod_mtu,
+        s.underlay,
+        if direct_routing {
+            ", DirectRouting"
+        } else {
+            ""
         }
-    }
-}
-
-impl Backend for KernelVxlan {
-    fn name(&self) -> &'static str {
-        self.cfg.type_name()
-    }
-
-    fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
-        self.cfg.pod_mtu(underlay_mtu)
-    }
-
-    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs {
-        userspace::lease_attrs(&self.cfg, public_ip, ours, self.new_mac)
-    }
-
-    fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
-        let BackendConfig::Vxlan {
-            vni,
-            port,
-            direct_routing,
-            ..
-        } = self.cfg
-        else {
-            return Err(Error::Unsupported(
-                "the kernel dataplane exists for vxlan only".into(),
-            ));
-        };
-        let name = device_name(vni);
-        let configure = |source| Error::Configure {
-            name: name.clone(),
-            source,
-        };
-        let underlay = link_index(s.nl, s.underlay)?;
-        let mac = s
-            .lease
-            .attrs
-            .vxlan_data()
-            .map_err(|e| Error::OwnLease {
-                key: s.lease.key(),
-                detail: e.to_string(),
-            })?
-            .vtep_mac;
-        // One left by a crashed weft (or by flanneld) may have another VNI, port, address
-        // or MAC: start from a device we made.
-        if let Some(old) = s.nl.link_by_name(&name).map_err(configure)? {
-            tracing::info!("replacing the existing {name} (left by an earlier run)");
-            s.nl.del_link(old.index).map_err(configure)?;
-        }
-        let spec = VxlanSpec {
-            name: name.clone(),
-            vni,
-            port,
-            underlay,
-            local: s.local_ip,
-            mac,
-            mtu: s.pod_mtu,
-        };
-        let index = s.nl.add_vxlan(&spec).map_err(configure)?;
-        // flanneld sets accept_ra=0; best effort (absent where IPv6 is off).
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
-        let rule = PeerRule {
-            ours: s.lease.subnet,
-            kind: BackendKind::Vxlan,
-            vni: Some(vni),
-            direct_routing,
-            tunnel: Tunnel::Device { index },
-            underlay,
-            underlay_name: s.underlay.to_string(),
-        };
-        let mut reconciler = Reconciler::new(s.nl, rule, &name);
-        let link = LinkPlan {
-            name: name.clone(),
-            mtu: s.pod_mtu,
-            txqueuelen: TXQUEUELEN,
-            address: s.lease.subnet.network(),
-            mac: Some(mac),
-            routes: Vec::new(),
-        };
-        // From here on, dropping the reconciler deletes the device.
-        reconciler.adopt_device(index, link)?;
-        let describe = format!(
-            "vxlan backend in the kernel: {name} (VNI {vni}, MTU {}, on {}{})",
-            s.pod_mtu,
-            s.underlay,
-            if direct_routing {
-                ", DirectRouting"
-            } else {
-                ""
-            }
-        );
-        Ok(Box::new(Device {
-            describe,
-            reconciler,
-        }))
-    }
-}
-
-/// The running device: the reconciler holds it and what weft programmed on it.
-struct Device {
-    describe: String,
-    reconciler: Reconciler,
-}
-
-impl Running for Device {
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-
-    fn peers_changed(&mut self, peers: &[Peer]) {
-        self.reconciler.update(peers);
-    }
-
-    fn check(&mut self) -> Health {
-        self.reconciler.check()
-    }
+    );
+    Ok(Box::new(Reconciled {
+        describe,
+        reconciler,
+    }))
 }

@@ -37,6 +37,7 @@ use crate::dataplane::counters::Counters;
 use crate::dataplane::{Offloads, Tuning};
 use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer};
 use crate::netlink::Netlink;
+use crate::wire::MacAddr;
 
 /// `--dataplane`: where a vxlan node encapsulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -162,7 +163,7 @@ pub fn for_config(
     dataplane: DataplaneChoice,
     underlay: &Underlay,
 ) -> Result<Box<dyn Backend>, Error> {
-    Ok(match (*cfg, dataplane) {
+    let dataplane = match (*cfg, dataplane) {
         (BackendConfig::HostGw, _) => {
             if underlay.public_ip != underlay.local_ip {
                 // As flanneld's hostgw.New refuses it.
@@ -171,55 +172,64 @@ pub fn for_config(
                     underlay.public_ip, underlay.name, underlay.local_ip
                 )));
             }
-            Box::new(hostgw::HostGw)
+            return Ok(Box::new(hostgw::HostGw));
         }
         (BackendConfig::Udp { .. }, DataplaneChoice::Kernel) => {
             return Err(Error::Unsupported(
                 "--dataplane kernel: the udp backend has no kernel dataplane (flanneld's is a userspace proxy too); use --dataplane userspace, or Backend.Type vxlan".into(),
             ))
         }
-        (BackendConfig::Vxlan { .. }, DataplaneChoice::Kernel) => {
-            Box::new(kernel_vxlan::KernelVxlan::new(*cfg))
-        }
-        (BackendConfig::Vxlan { .. }, DataplaneChoice::Auto) => Box::new(Auto {
-            kernel: kernel_vxlan::KernelVxlan::new(*cfg),
-            user: userspace::Userspace::new(*cfg),
-        }),
-        (BackendConfig::Vxlan { .. } | BackendConfig::Udp { .. }, _) => {
-            Box::new(userspace::Userspace::new(*cfg))
-        }
-    })
+        (BackendConfig::Udp { .. }, _) => DataplaneChoice::Userspace,
+        (BackendConfig::Vxlan { .. }, d) => d,
+    };
+    Ok(Box::new(Encap {
+        cfg: *cfg,
+        new_mac: MacAddr::local_unicast(rand::random()),
+        dataplane,
+    }))
 }
 
-/// `--dataplane auto`: the kernel's vxlan device where the kernel can make one (the vxlan
-/// module loads on the first request for one), else weft's userspace dataplane. Both read
-/// the VTEP MAC from the lease, so they publish the same lease.
-struct Auto {
-    kernel: kernel_vxlan::KernelVxlan,
-    user: userspace::Userspace,
+/// vxlan and udp: encapsulation, in the kernel's vxlan device ([`kernel_vxlan`]) or weft's
+/// userspace dataplane ([`userspace`]). With `--dataplane auto`, the kernel's device where
+/// the kernel can make one (the vxlan module loads on the first request for one), else
+/// userspace. Both read the VTEP MAC from the lease, so they publish the same lease.
+struct Encap {
+    cfg: BackendConfig,
+    /// The VTEP MAC of a new lease (a restart keeps the lease's).
+    new_mac: MacAddr,
+    /// Kernel, userspace or auto (udp: always userspace).
+    dataplane: DataplaneChoice,
 }
 
-impl Backend for Auto {
+impl Backend for Encap {
     fn name(&self) -> &'static str {
-        self.kernel.name()
+        self.cfg.type_name()
     }
 
     fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
-        self.kernel.pod_mtu(underlay_mtu)
+        self.cfg.pod_mtu(underlay_mtu)
     }
 
     fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs {
-        self.kernel.lease_attrs(public_ip, ours)
+        userspace::lease_attrs(&self.cfg, public_ip, ours, self.new_mac)
+    }
+
+    fn needs_tun(&self) -> bool {
+        self.dataplane == DataplaneChoice::Userspace
     }
 
     fn start(&self, setup: Setup<'_>) -> Result<Box<dyn Running>, Error> {
-        match self.kernel.start(setup.clone()) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                tracing::warn!(
-                    "--dataplane auto: the kernel's vxlan is unavailable ({e}); using weft's userspace dataplane"
-                );
-                self.user.start(setup)
+        match self.dataplane {
+            DataplaneChoice::Userspace => userspace::start(&self.cfg, setup),
+            DataplaneChoice::Kernel => kernel_vxlan::start(&self.cfg, setup),
+            DataplaneChoice::Auto => {
+                kernel_vxlan::start(&self.cfg, setup.clone()).or_else(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "--dataplane auto: the kernel's vxlan is unavailable; using weft's userspace dataplane"
+                    );
+                    userspace::start(&self.cfg, setup)
+                })
             }
         }
     }

@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 
 use super::plan::{Entry, LinkPlan, PeerPlan, PeerRule};
 use super::routes::{Reach, RouteSet};
-use super::{Error, Health};
+use super::{Error, Health, Running};
 use crate::lease::Peer;
 use crate::netlink::{LinkGuard, Netlink};
 use crate::quiet::QuietSet;
@@ -217,6 +217,28 @@ impl Reconciler {
             }
         }
         fixed
+    }
+}
+
+/// A backend whose forwarding is all in its reconciled plan (host-gw, the kernel's vxlan).
+pub(crate) struct Reconciled {
+    /// [`Running::describe`]'s line.
+    pub(crate) describe: String,
+    /// What it installed, and keeps.
+    pub(crate) reconciler: Reconciler,
+}
+
+impl Running for Reconciled {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn peers_changed(&mut self, peers: &[Peer]) {
+        self.reconciler.update(peers);
+    }
+
+    fn check(&mut self) -> Health {
+        self.reconciler.check()
     }
 }
 

@@ -67,125 +67,97 @@ pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
     })
 }
 
-/// The userspace vxlan or udp backend.
-pub struct Userspace {
-    cfg: BackendConfig,
-    new_mac: MacAddr,
+/// Opens the TUN, programs it and starts the workers for a vxlan or udp backend config.
+pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
+    let d = &s.dataplane;
+    let mut offloads = d.offloads;
+    let queues = open_queues(d, &mut offloads)?;
+    let index = link_index(s.nl, &d.tun_name)?;
+    // No IPv6 on the TUN: weft forwards IPv4 only, and router solicitations would only
+    // be counted as drops. Best effort: the kernel may have IPv6 off already.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", d.tun_name),
+        "1",
+    );
+    let rule = peer_rule(cfg, &s)?;
+    let direct_routing = rule.direct_routing;
+    let mut reconciler = Reconciler::new(s.nl, rule, "DirectRouting");
+    // One route for the whole cluster network, as flannel's udp backend has. From here
+    // on, dropping the reconciler removes the route and the device.
+    let link = LinkPlan {
+        name: d.tun_name.clone(),
+        mtu: s.pod_mtu,
+        txqueuelen: TUN_TXQUEUELEN,
+        address: s.lease.subnet.network(),
+        mac: None,
+        routes: vec![s.network],
+    };
+    reconciler.adopt_device(index, link)?;
+    let injectors = tunnel_gso(&s, &mut offloads);
+    let node = Node {
+        public_ip: s.public_ip,
+        subnet: s.lease.subnet,
+        mtu: s.pod_mtu as usize,
+        format: format(cfg, s.lease)?,
+        // The UDP socket sends only the payload; the kernel writes the outer headers.
+        udp_checksum: ChecksumMode::Zero,
+        hash_seed: rand::random(),
+    };
+    let (local, table, seed) = (s.local_ip, s.table.clone(), rand::random());
+    let dp = Dataplane::start(
+        node,
+        local,
+        queues,
+        injectors,
+        table,
+        seed,
+        offloads,
+        d.tuning,
+        &d.counters,
+    )
+    .map_err(Error::Dataplane)?;
+    let routing = if direct_routing {
+        "; DirectRouting"
+    } else {
+        ""
+    };
+    Ok(Box::new(Forwarding {
+        describe: format!(
+            "{} backend via {} (MTU {}, {} worker(s), offloads {offloads:?}{routing})",
+            cfg.type_name(),
+            d.tun_name,
+            s.pod_mtu,
+            d.workers,
+        ),
+        forwarded_from: if offloads.tunnel_gso {
+            vec![inject::tap_name(&d.tun_name)]
+        } else {
+            Vec::new()
+        },
+        dp,
+        reconciler,
+    }))
 }
 
-impl Userspace {
-    /// For this backend config (vxlan or udp), with a fresh VTEP MAC for a new lease.
-    pub fn new(cfg: BackendConfig) -> Userspace {
-        Userspace {
+/// DirectRouting's routes beside the TUN. Always a rule, so always a reconciler for the
+/// peer routes: without DirectRouting it wants none, and its first update removes those an
+/// earlier run (host-gw, DirectRouting) left, which would shadow the TUN's route.
+fn peer_rule(cfg: &BackendConfig, s: &Setup<'_>) -> Result<PeerRule, Error> {
+    Ok(PeerRule {
+        ours: s.lease.subnet,
+        kind: BackendKind::Vxlan,
+        vni: None,
+        direct_routing: matches!(
             cfg,
-            new_mac: MacAddr::local_unicast(rand::random()),
-        }
-    }
-}
-
-impl Backend for Userspace {
-    fn name(&self) -> &'static str {
-        self.cfg.type_name()
-    }
-
-    fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
-        self.cfg.pod_mtu(underlay_mtu)
-    }
-
-    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs {
-        lease_attrs(&self.cfg, public_ip, ours, self.new_mac)
-    }
-
-    fn needs_tun(&self) -> bool {
-        true
-    }
-
-    fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
-        let d = &s.dataplane;
-        let mut offloads = d.offloads;
-        let queues = open_queues(d, &mut offloads)?;
-        let index = link_index(s.nl, &d.tun_name)?;
-        // No IPv6 on the TUN: weft forwards IPv4 only, and router solicitations would only
-        // be counted as drops. Best effort: the kernel may have IPv6 off already.
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", d.tun_name),
-            "1",
-        );
-        let direct_routing = matches!(
-            self.cfg,
             BackendConfig::Vxlan {
                 direct_routing: true,
                 ..
             }
-        );
-        // Always a reconciler for the peer routes: without DirectRouting it wants none,
-        // and its first update removes those an earlier run (host-gw, DirectRouting) left,
-        // which would shadow the TUN's route.
-        let rule = PeerRule {
-            ours: s.lease.subnet,
-            kind: BackendKind::Vxlan,
-            vni: None,
-            direct_routing,
-            tunnel: Tunnel::Tun,
-            underlay: link_index(s.nl, s.underlay)?,
-            underlay_name: s.underlay.to_string(),
-        };
-        let mut reconciler = Reconciler::new(s.nl, rule, "DirectRouting");
-        // One route for the whole cluster network, as flannel's udp backend has. From here
-        // on, dropping the reconciler removes the route and the device.
-        let link = LinkPlan {
-            name: d.tun_name.clone(),
-            mtu: s.pod_mtu,
-            txqueuelen: TUN_TXQUEUELEN,
-            address: s.lease.subnet.network(),
-            mac: None,
-            routes: vec![s.network],
-        };
-        reconciler.adopt_device(index, link)?;
-        let injectors = tunnel_gso(&s, &mut offloads);
-        let node = Node {
-            public_ip: s.public_ip,
-            subnet: s.lease.subnet,
-            mtu: s.pod_mtu as usize,
-            format: format(&self.cfg, s.lease)?,
-            // The UDP socket sends only the payload; the kernel writes the outer headers.
-            udp_checksum: ChecksumMode::Zero,
-            hash_seed: rand::random(),
-        };
-        let dp = Dataplane::start(
-            node,
-            s.local_ip,
-            queues,
-            injectors,
-            s.table,
-            rand::random(),
-            offloads,
-            d.tuning,
-            &d.counters,
-        )
-        .map_err(Error::Dataplane)?;
-        Ok(Box::new(Forwarding {
-            describe: format!(
-                "{} backend via {} (MTU {}, {} worker(s), offloads {offloads:?}{})",
-                self.name(),
-                d.tun_name,
-                s.pod_mtu,
-                d.workers,
-                if direct_routing {
-                    "; DirectRouting"
-                } else {
-                    ""
-                }
-            ),
-            forwarded_from: if offloads.tunnel_gso {
-                vec![inject::tap_name(&d.tun_name)]
-            } else {
-                Vec::new()
-            },
-            dp,
-            reconciler,
-        }))
-    }
+        ),
+        tunnel: Tunnel::Tun,
+        underlay: link_index(s.nl, s.underlay)?,
+        underlay_name: s.underlay.to_string(),
+    })
 }
 
 /// The TUN's queues, one per worker, with offloads if the kernel has them (a kernel

@@ -254,7 +254,7 @@ mod health_tests {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -264,7 +264,7 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    fn lease(subnet: &str, ip: u8, expiration: Option<SystemTime>) -> Lease {
+    pub(crate) fn lease(subnet: &str, ip: u8, expiration: Option<SystemTime>) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
             ipv6_subnet: None,

@@ -14,25 +14,14 @@ use super::{ControlLoop, Error, Kept, BACKEND_CHECK};
 use crate::backend::{Health, Running};
 use crate::config::NetConfig;
 use crate::health::Status;
-use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer, VxlanBackendData};
+use crate::lease::{Lease, LeaseTable, Peer};
 use crate::store::{LeaseStore, StoreError, Stored, LEASE_TTL};
-use crate::wire::MacAddr;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn lease(n: u8, expiration: SystemTime) -> Lease {
-    Lease {
-        subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-        ipv6_subnet: None,
-        attrs: LeaseAttrs::vxlan(
-            Ipv4Addr::new(192, 0, 2, n),
-            VxlanBackendData {
-                vni: 1,
-                vtep_mac: MacAddr([0x0e, 0, 0, 0, n, 1]),
-            },
-        ),
-        expiration: Some(expiration),
-    }
+    let subnet = format!("10.244.{n}.0/24");
+    super::policy::tests::lease(&subnet, n, Some(expiration))
 }
 
 /// Leases in memory; `down` makes every call fail as an unreachable server would,
