@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod atomic_file;
 pub mod backend;
 pub mod cni;
 pub mod config;

@@ -135,13 +135,13 @@ impl FileStore {
     /// Writes `DIR/config` (for tools and tests; weft itself only reads it).
     pub fn write_config(&self, json: &str) -> Result<(), StoreError> {
         let p = self.dir.join("config");
-        write_atomic(&p, json.as_bytes()).map_err(io_err(&p))
+        crate::atomic_file::write(&p, json.as_bytes()).map_err(io_err(&p))
     }
 
     /// Writes a lease as another node (or a person) would: replace or create.
     pub fn put(&self, lease: &Lease) -> Result<(), StoreError> {
         let p = self.lease_path(lease);
-        write_atomic(&p, render(lease).as_bytes()).map_err(io_err(&p))
+        crate::atomic_file::write(&p, render(lease).as_bytes()).map_err(io_err(&p))
     }
 
     fn create_exclusive(&self, lease: &Lease) -> Result<bool, StoreError> {
@@ -216,24 +216,6 @@ fn first_line(text: &str) -> &str {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("")
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
 }
 
 impl LeaseStore for FileStore {
