@@ -7,19 +7,14 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::time::Duration;
 
-use harness::{iperf3, ns_run, ns_sh, wait_for, Capture, Cluster, Kind, ETCD_PREFIX};
+use harness::{iperf3, ns_run, ns_sh, wait_for, weft, Capture, Cluster, Kind, ETCD_PREFIX};
 
 const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const DIRECT: &str =
     r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// `ip route show <dst>` on node `i`'s namespace, as one line ("" when there is none).
 fn route(c: &Cluster, i: usize, dst: &str) -> String {

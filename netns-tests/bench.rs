@@ -4,8 +4,11 @@
 //! iperf3 and ping, each figure the median of repeated runs, weft's as ratios to kernel
 //! vxlan and host-gw from the same run; weft's kernel backends also against the plain
 //! baseline of the same kernel path, which they must equal. Writes a table, `bench …` lines, JSON and an SVG
-//! chart. Run as root: `netns-tests/bench` (see `--help`).
+//! chart. Run as root: `netns-tests/bench` (see `--help`). `--flood` runs the garbage-flood
+//! lab instead (see `flood_lab.rs`).
 
+#[path = "flood_lab.rs"]
+mod flood_lab;
 #[path = "harness.rs"]
 mod harness;
 
@@ -48,13 +51,21 @@ struct Opts {
     out: PathBuf,
     modes: Vec<String>,
     weft_args: Vec<String>,
+    /// `--flood`: the garbage-flood lab, at `flood_mbit` Mbit/s, aimed at `flood_to` if given.
+    flood: bool,
+    flood_mbit: String,
+    flood_to: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..] [--weft-args '...'] [--out DIR]\n\
-         modes: {}; defaults: 3 repeats of 5 s, out target/bench",
-        MODES.join(",")
+         \x20      netns-tests/bench --flood [--flood-mbit M] [--flood-to ADDR:PORT] [--quick] [--repeats N] [--seconds S] [--out DIR]\n\
+         modes: {}; defaults: 3 repeats of 5 s, out target/bench; --flood: the garbage-flood lab,\n\
+         3 rounds of a quiet then a flooded 5 s stream per setup, {} Mbit/s (WEFT_TEST_FLOOD_MBIT),\n\
+         aimed at the node unless --flood-to (WEFT_TEST_FLOOD_TO) names a control target",
+        MODES.join(","),
+        harness::flood_mbit()
     );
     std::process::exit(2)
 }
@@ -66,6 +77,9 @@ fn opts() -> Opts {
         out: PathBuf::from("target/bench"),
         modes: MODES.iter().map(|s| s.to_string()).collect(),
         weft_args: Vec::new(),
+        flood: false,
+        flood_mbit: harness::flood_mbit(),
+        flood_to: std::env::var("WEFT_TEST_FLOOD_TO").ok(),
     };
     let mut a = std::env::args().skip(1);
     while let Some(arg) = a.next() {
@@ -80,6 +94,9 @@ fn opts() -> Opts {
             "--out" => o.out = val().into(),
             "--modes" => o.modes = val().split(',').map(String::from).collect(),
             "--weft-args" => o.weft_args = val().split_whitespace().map(String::from).collect(),
+            "--flood" => o.flood = true,
+            "--flood-mbit" => o.flood_mbit = val(),
+            "--flood-to" => o.flood_to = Some(val()),
             _ => usage(),
         }
     }
@@ -348,6 +365,17 @@ fn svg(results: &BTreeMap<String, BTreeMap<&'static str, f64>>, modes: &[String]
 fn main() {
     let o = opts();
     let weft = harness::weft_next_to_exe();
+    if o.flood {
+        let lab = flood_lab::LabOpts {
+            rounds: o.repeats,
+            seconds: o.seconds,
+            mbit: o.flood_mbit.clone(),
+            to: o.flood_to.clone(),
+            out: o.out.clone(),
+        };
+        flood_lab::run(&weft, &lab);
+        return;
+    }
     let mut results: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
     let mut all: BTreeMap<String, Samples> = BTreeMap::new();
     for m in &o.modes {

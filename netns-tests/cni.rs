@@ -9,14 +9,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use harness::{iperf3, ns_run, Cluster, CniRuntime, Kind, Pod};
+use harness::{iperf3, ns_run, weft, Cluster, CniRuntime, Kind, Pod};
 use ipnet::Ipv4Net;
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 fn require_plugins() {
     assert!(
@@ -101,19 +97,7 @@ fn kube_flannel_conflist_with_debians_plugins_sets_up_and_tears_down_pods() {
     }
     // Pods on different nodes reach each other and carry iperf3 through weft.
     let (p1, p2) = (&pods[0].0, &pods[1].0);
-    let o = ns_run(
-        &p1.ns,
-        &[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &p2.ip.to_string(),
-        ],
-    );
+    let o = harness::try_in_ns(&p1.ns, &format!("ping -c 3 -i 0.2 -W 2 {}", p2.ip));
     assert!(o.status.success(), "ping between CNI pods failed");
     let r = iperf3(p1, p2, 2, None);
     assert!(r.bytes > 0.0, "iperf3 moved nothing");

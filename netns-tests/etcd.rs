@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{iperf3, iperf3_json, ns_run, ns_sh, sh, Cluster, Kind, ETCD_PREFIX};
+use harness::{iperf3, iperf3_json, ns_run, ns_sh, weft, Cluster, Kind, ETCD_PREFIX};
 use weft::lease::{Lease, LeaseAttrs};
 use weft::store::etcd::{EtcdOptions, EtcdStore};
 use weft::store::{LeaseStore, StoreError};
@@ -20,10 +20,6 @@ use weft::store::{LeaseStore, StoreError};
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 /// Three subnets in all (10.244.1-3.0/24): races for them are frequent.
 const TINY: &str = r#"{"Network":"10.244.0.0/22","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 fn subnets_prefix() -> String {
     format!("{ETCD_PREFIX}/subnets/")
@@ -187,20 +183,8 @@ fn forwarding_survives_etcd_down_and_a_partition_across_a_compaction() {
     // 2. The nodes are cut off from etcd (etcd itself stays up); meanwhile a lease is
     // added, another deleted, and the history compacted past the nodes' watch revision.
     let etcd_ns = c.etcd().ns.clone();
-    let cut = [
-        "iptables",
-        "-I",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "2379",
-        "-s",
-        "192.0.2.0/28",
-        "-j",
-        "DROP",
-    ];
-    ns_sh(&etcd_ns, &cut);
+    let cut = "INPUT -p tcp --dport 2379 -s 192.0.2.0/28 -j DROP";
+    harness::in_ns(&etcd_ns, &format!("iptables -I {cut}"));
     harness::wait_for(
         "both nodes to notice the partition",
         Duration::from_secs(30),
@@ -234,11 +218,7 @@ fn forwarding_survives_etcd_down_and_a_partition_across_a_compaction() {
         "pings during the partition:\n{}",
         failed.join("\n")
     );
-    let uncut: Vec<&str> = cut
-        .iter()
-        .map(|s| if *s == "-I" { "-D" } else { s })
-        .collect();
-    ns_sh(&etcd_ns, &uncut);
+    harness::in_ns(&etcd_ns, &format!("iptables -D {cut}"));
     until_all_tables(
         &c,
         "the table after the partition healed",
@@ -484,17 +464,7 @@ fn ip_masq_masquerades_traffic_leaving_the_cluster_but_not_pod_to_pod() {
     );
 
     // Someone deletes a rule: weft puts it back within the resync period (5 s).
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns,
-        "iptables",
-        "-t",
-        "nat",
-        "-F",
-        "FLANNEL-POSTRTG",
-    ]);
+    harness::in_ns(&ns, "iptables -t nat -F FLANNEL-POSTRTG");
     harness::wait_for(
         "weft to restore FLANNEL-POSTRTG",
         Duration::from_secs(15),

@@ -8,10 +8,9 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use harness::{Cluster, Kind};
+use harness::{weft, Cluster, Kind};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -84,10 +83,6 @@ for _ in range(count):
     print(code, time.perf_counter() - t, flush=True)
     time.sleep(0.1)
 "#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// Probes node `i`'s health port from its own namespace; returns each probe's latency in
 /// ms, or the probe that failed.

@@ -7,17 +7,12 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::time::Duration;
 
-use harness::{Cluster, Kind};
+use harness::{weft, Cluster, Kind};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const NFT: &str = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// Runs weft with an empty tmpfs mounted over `dir` first, in a mount namespace of its own.
 fn without(dir: &str) -> Vec<String> {

@@ -11,15 +11,11 @@ mod harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{iperf3, Cluster, Kind};
+use harness::{iperf3, weft, Cluster, Kind};
 use serde_json::{json, Value};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const P: &str = "flannel.alpha.coreos.com/";
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// Registers node `i` (named n<i+1>) with podCIDR 10.244.<i+1>.0/24, as the kubelet and
 /// kube-controller-manager would, and starts weft there in kube mode, told its node by
@@ -209,19 +205,8 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         "the VTEP MAC changed"
     );
     tables_hold(&c, 2, "node 1's table after the restart");
-    let o = harness::ns_run(
-        &p1.ns,
-        &[
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &c.nodes[1].pods[0].ip.to_string(),
-        ],
-    );
+    let dst = c.nodes[1].pods[0].ip;
+    let o = harness::try_in_ns(&p1.ns, &format!("ping -c 2 -i 0.2 -W 2 {dst}"));
     assert!(o.status.success(), "ping after the restart failed");
     // Every call the nodes made is one the manifest's ClusterRole grants
     // (weft::store::kube::API_CALLS, which tests/manifest.rs holds the manifest to).

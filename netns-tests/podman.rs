@@ -10,17 +10,13 @@
 mod harness;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use harness::{Cluster, CniRuntime};
+use harness::{weft, Cluster, CniRuntime};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const IMAGE: &str = "localhost/weft-busybox";
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// podman's own directories for node `i`: config, CNI plugins and conflist, storage.
 struct Podman {

@@ -10,13 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use harness::{ns_run, Capture, Cluster, Kind, Pod};
+use harness::{ns_run, weft, Capture, Cluster, Kind, Pod};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// Two weft nodes with one pod each, converged.
 fn two_nodes() -> Cluster {
@@ -30,21 +26,9 @@ fn two_nodes() -> Cluster {
 fn poke(from: &Pod, to: &Pod) -> bool {
     let code = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(20):\n  try: s.sendto(b'leak?',(sys.argv[1],5001))\n  except OSError: pass";
     let _ = ns_run(&from.ns, &["python3", "-c", code, &to.ip.to_string()]);
-    ns_run(
-        &from.ns,
-        &[
-            "ping",
-            "-c",
-            "5",
-            "-i",
-            "0.1",
-            "-W",
-            "1",
-            &to.ip.to_string(),
-        ],
-    )
-    .status
-    .success()
+    harness::try_in_ns(&from.ns, &format!("ping -c 5 -i 0.1 -W 1 {}", to.ip))
+        .status
+        .success()
 }
 
 /// Frames on the router's side of the underlay whose IP destination is a pod address.

@@ -7,10 +7,9 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::time::Duration;
 
-use harness::{ns_run, ns_sh, Cluster, Kind};
+use harness::{ns_run, ns_sh, weft, Cluster, Kind};
 use weft::store::file::FileStore;
 
 const NFT: &str = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
@@ -37,10 +36,6 @@ const FLANNELD_TABLE: &str = r#"table ip flannel-ipv4 {
         ip saddr != NET ip daddr NET masquerade fully-random
     }
 }"#;
-
-fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-}
 
 /// A listing as (the table's own lines, each chain's lines), indentation and blank lines
 /// dropped, chains by name: flanneld creates postrtg before forward, so the order of the
