@@ -39,12 +39,26 @@ impl<K: PartialEq> Quiet<K> {
 }
 
 /// A condition per key: the keys reported and still holding.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QuietSet<K: Ord> {
     last: BTreeSet<K>,
 }
 
+impl<K: Ord> Default for QuietSet<K> {
+    fn default() -> QuietSet<K> {
+        QuietSet {
+            last: BTreeSet::new(),
+        }
+    }
+}
+
 impl<K: Ord + Clone> QuietSet<K> {
+    /// True the first time `k` is seen, never again (for conditions that come and go too
+    /// fast to log each time: a kind of send error on the packet path).
+    pub fn first(&mut self, k: K) -> bool {
+        self.last.insert(k)
+    }
+
     /// The condition holds for exactly `now`'s keys: those of them that are news (the
     /// caller logs them); keys no longer there are forgotten, so they are news again if they
     /// come back.

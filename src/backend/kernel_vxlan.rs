@@ -21,7 +21,7 @@ use super::reconcile::{link_index, Reconciled, Reconciler};
 use super::{Error, Running, Setup};
 use crate::config::BackendConfig;
 use crate::lease::table::BackendKind;
-use crate::netlink::VxlanSpec;
+use crate::netlink::{Netlink, VxlanSpec};
 
 /// The vxlan device's transmit queue (what `ip link add ... type vxlan` gives it).
 const TXQUEUELEN: u32 = 1000;
@@ -29,6 +29,24 @@ const TXQUEUELEN: u32 = 1000;
 /// flanneld's name for the vxlan device of `vni`.
 pub fn device_name(vni: u32) -> String {
     format!("flannel.{vni}")
+}
+
+/// Creates the device `spec` describes, in place of one of its name an earlier run left
+/// (a crashed weft's, or flanneld's, which may have another VNI, port, address or MAC).
+fn create(nl: &Netlink, spec: &VxlanSpec) -> Result<u32, Error> {
+    let name = &spec.name;
+    let configure = |source| Error::Configure {
+        name: name.clone(),
+        source,
+    };
+    if let Some(old) = nl.link_by_name(name).map_err(configure)? {
+        tracing::info!("replacing the existing {name} (left by an earlier run)");
+        nl.del_link(old.index).map_err(configure)?;
+    }
+    let index = nl.add_vxlan(spec).map_err(configure)?;
+    // flanneld sets accept_ra=0; best effort (absent where IPv6 is off).
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
+    Ok(index)
 }
 
 /// Makes and programs `flannel.<VNI>` for a vxlan backend config, and starts keeping it.
@@ -45,10 +63,6 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         ));
     };
     let name = device_name(vni);
-    let configure = |source| Error::Configure {
-        name: name.clone(),
-        source,
-    };
     let underlay = link_index(s.nl, s.underlay)?;
     let mac = s
         .lease
@@ -59,12 +73,6 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
             detail: e.to_string(),
         })?
         .vtep_mac;
-    // One left by a crashed weft (or by flanneld) may have another VNI, port, address
-    // or MAC: start from a device we made.
-    if let Some(old) = s.nl.link_by_name(&name).map_err(configure)? {
-        tracing::info!("replacing the existing {name} (left by an earlier run)");
-        s.nl.del_link(old.index).map_err(configure)?;
-    }
     let spec = VxlanSpec {
         name: name.clone(),
         vni,
@@ -74,9 +82,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         mac,
         mtu: s.pod_mtu,
     };
-    let index = s.nl.add_vxlan(&spec).map_err(configure)?;
-    // flanneld sets accept_ra=0; best effort (absent where IPv6 is off).
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
+    let index = create(s.nl, &spec)?;
     let rule = PeerRule {
         ours: s.lease.subnet,
         kind: BackendKind::Vxlan,
@@ -97,15 +103,14 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     };
     // From here on, dropping the reconciler deletes the device.
     reconciler.adopt_device(index, link)?;
+    let routing = if direct_routing {
+        ", DirectRouting"
+    } else {
+        ""
+    };
     let describe = format!(
-        "vxlan backend in the kernel: {name} (VNI {vni}, MTU {}, on {}{})",
-        s.pod_mtu,
-        s.underlay,
-        if direct_routing {
-            ", DirectRouting"
-        } else {
-            ""
-        }
+        "vxlan backend in the kernel: {name} (VNI {vni}, MTU {}, on {}{routing})",
+        s.pod_mtu, s.underlay
     );
     Ok(Box::new(Reconciled {
         describe,

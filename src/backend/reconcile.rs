@@ -18,7 +18,7 @@ use super::routes::{Reach, RouteSet};
 use super::{Error, Health, Running};
 use crate::lease::Peer;
 use crate::netlink::{LinkGuard, Netlink};
-use crate::quiet::QuietSet;
+use crate::quiet::{Quiet, QuietSet};
 
 /// A device weft made and the state it wants on it.
 struct Device {
@@ -36,6 +36,8 @@ pub(crate) struct Reconciler {
     label: String,
     entries: BTreeMap<Ipv4Net, Entry>,
     skipped: QuietSet<Ipv4Net>,
+    /// Peer routes that could not be programmed, logged once until they can.
+    failing: Quiet<String>,
 }
 
 impl Reconciler {
@@ -50,6 +52,7 @@ impl Reconciler {
             label: label.to_string(),
             entries: BTreeMap::new(),
             skipped: QuietSet::default(),
+            failing: Quiet::new(),
         }
     }
 
@@ -111,12 +114,15 @@ impl Reconciler {
         self.entries = plan.entries;
         match self.routes.set(plan.routes) {
             Ok(changes) => {
+                self.failing.clear();
                 for c in changes {
                     tracing::info!("{label}: {c}");
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "{label}: cannot program the peer routes (retrying)")
+                if self.failing.report(e.clone()) {
+                    tracing::warn!(error = %e, "{label}: cannot program the peer routes (retried on each change and check; a tunnelled backend's packets for those peers take the tunnel meanwhile)");
+                }
             }
         }
     }
@@ -127,7 +133,9 @@ impl Reconciler {
         let mut fixed = Vec::new();
         if self.device.is_some() {
             match self.check_device() {
-                Ok(f) => fixed.extend(f),
+                Ok(Some(f)) => fixed.extend(f),
+                // Netlink itself failing says nothing about the device: look again later.
+                Ok(None) => return Health::Fine,
                 Err(broken) => return Health::Broken(broken),
             }
             fixed.extend(self.fix_mac());
@@ -143,17 +151,17 @@ impl Reconciler {
         }
     }
 
-    /// The device still there under its name, up, with its routes: what was repaired, or
-    /// why it cannot be. Netlink itself failing says nothing about the device.
-    fn check_device(&self) -> Result<Vec<String>, String> {
+    /// The device still there under its name, up, with its routes: what was repaired
+    /// (`None`: netlink could not say), or why it cannot be.
+    fn check_device(&self) -> Result<Option<Vec<String>>, String> {
         let Some(Device { guard, plan }) = &self.device else {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         };
         let name = &plan.name;
         let link = match self.nl.link_by_name(name) {
             Ok(Some(l)) => l,
             Ok(None) => return Err(format!("{name} was deleted")),
-            Err(_) => return Ok(Vec::new()),
+            Err(_) => return Ok(None),
         };
         if link.index != guard.index() {
             return Err(format!("{name} was replaced by another device"));
@@ -174,7 +182,7 @@ impl Reconciler {
                 fixed.push(format!("restored the route to {r} via {name}"));
             }
         }
-        Ok(fixed)
+        Ok(Some(fixed))
     }
 
     /// Puts the plan's MAC back if something changed it: what was done, if anything.
@@ -199,6 +207,9 @@ impl Reconciler {
         let Some(index) = self.device.as_ref().map(|d| d.guard.index()) else {
             return Vec::new();
         };
+        if self.entries.is_empty() {
+            return Vec::new();
+        }
         let (Ok(arp), Ok(fdb)) = (
             self.nl.neighbours(index, false),
             self.nl.neighbours(index, true),

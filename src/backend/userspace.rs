@@ -134,6 +134,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         } else {
             Vec::new()
         },
+        tun_name: d.tun_name.clone(),
         dp,
         reconciler,
     }))
@@ -224,6 +225,7 @@ fn open_injectors(s: &Setup<'_>, tun: &str, workers: usize) -> std::io::Result<V
 /// joined, then the reconciler removes the direct routes, the TUN's route and the TUN.
 struct Forwarding {
     describe: String,
+    tun_name: String,
     forwarded_from: Vec<String>,
     dp: Dataplane,
     reconciler: Reconciler,
@@ -246,7 +248,7 @@ impl Running for Forwarding {
 
     fn check(&mut self) -> Health {
         if self.dp.tun_gone() {
-            return Health::Broken("the TUN is gone (its reads fail)".into());
+            return Health::Broken(format!("TUN {} is gone (its reads fail)", self.tun_name));
         }
         let dead = self.dp.dead_workers();
         if !dead.is_empty() {

@@ -433,10 +433,11 @@ fn prepare(
 }
 
 /// What forwards, and what the control loop keeps current.
+/// Fields drop in order, as [`shutdown`] drops them: the rules, then the backend.
 struct Forwarding {
-    policy: Policy,
-    running: Option<Box<dyn Running>>,
     rules: Option<InstalledRules>,
+    running: Option<Box<dyn Running>>,
+    policy: Policy,
     blackhole: Option<BlackholeRoute>,
 }
 

@@ -210,7 +210,7 @@ impl Dataplane {
                 ip_id: (seed >> (i * 16 % 48)) as u16,
                 offloads,
                 tuning,
-                send_errors: crate::quiet::Quiet::new(),
+                send_errors: crate::quiet::QuietSet::default(),
                 inject: injectors.next(),
                 icmp_limit: icmp_limit.clone(),
                 clock,

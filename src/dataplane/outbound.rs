@@ -310,7 +310,7 @@ impl Worker {
                     runs.skip_to(run.start);
                 }
                 Err(e) => {
-                    if self.send_errors.report(e.kind()) {
+                    if self.send_errors.first(e.kind()) {
                         tracing::warn!(%dst, error = %e, "underlay send failed (counted in weft_send_errors_total; logged once per kind of error)");
                     }
                     WorkerCounters::add(&c.send_errors, group.len() as u64)

@@ -99,7 +99,7 @@ pub(crate) struct Worker {
     /// How it runs.
     pub(crate) tuning: Tuning,
     /// Send errors logged (they are counted, and logged once per kind).
-    pub(crate) send_errors: crate::quiet::Quiet<io::ErrorKind>,
+    pub(crate) send_errors: crate::quiet::QuietSet<io::ErrorKind>,
     /// Set when the TUN device is gone (shared by the workers; the daemon recreates it).
     pub(crate) tun_dead: Arc<AtomicBool>,
     /// This worker's queue of the injection TAP, when TSO super-packets leave whole

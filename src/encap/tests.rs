@@ -37,24 +37,23 @@ const B_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const A_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 1, 1]);
 const B_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 2, 1]);
 
-fn peer_a() -> Peer {
+/// Node `n`'s vxlan peer: 10.244.n.0/24 at 192.0.2.n.
+fn peer(n: u8, public_ip: Ipv4Addr, vtep_mac: MacAddr) -> Peer {
     Peer {
-        subnet: "10.244.1.0/24".parse().unwrap(),
-        public_ip: A_IP,
+        subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+        public_ip,
         backend: BackendKind::Vxlan,
         vni: 1,
-        vtep_mac: A_MAC,
+        vtep_mac,
     }
 }
 
+fn peer_a() -> Peer {
+    peer(1, A_IP, A_MAC)
+}
+
 fn peer_b() -> Peer {
-    Peer {
-        subnet: "10.244.2.0/24".parse().unwrap(),
-        public_ip: B_IP,
-        backend: BackendKind::Vxlan,
-        vni: 1,
-        vtep_mac: B_MAC,
-    }
+    peer(2, B_IP, B_MAC)
 }
 
 fn table() -> Snapshot {
@@ -118,20 +117,17 @@ fn check_vectors(text: &str, csum: ChecksumMode) -> usize {
         let sport = u16::from_be_bytes([datagram[20], datagram[21]]);
         let mut tx = vec![0xa5u8; datagram.len()];
         tx[VXLAN_OVERHEAD..].copy_from_slice(inner);
-        vxlan::Headers {
-            vni: 1,
-            src_mac: sender.vtep_mac,
-            dst_mac: receiver.vtep_mac,
-            src_port: sport,
-            dst_port: 8472,
-        }
-        .emit(
-            &mut tx,
-            sender.public_ip,
-            receiver.public_ip,
-            ip.ident(),
-            csum,
-        );
+        let emit = |buf: &mut [u8], csum| {
+            let h = vxlan::Headers {
+                vni: 1,
+                src_mac: sender.vtep_mac,
+                dst_mac: receiver.vtep_mac,
+                src_port: sport,
+                dst_port: 8472,
+            };
+            h.emit(buf, sender.public_ip, receiver.public_ip, ip.ident(), csum);
+        };
+        emit(&mut tx, csum);
         if csum == ChecksumMode::Full || tx == datagram {
             assert_eq!(tx, datagram, "{desc}");
         } else {
@@ -150,20 +146,7 @@ fn check_vectors(text: &str, csum: ChecksumMode) -> usize {
                 datagram[VXLAN_OVERHEAD..],
                 "{desc}: inner was complete"
             );
-            vxlan::Headers {
-                vni: 1,
-                src_mac: sender.vtep_mac,
-                dst_mac: receiver.vtep_mac,
-                src_port: sport,
-                dst_port: 8472,
-            }
-            .emit(
-                &mut fixed,
-                sender.public_ip,
-                receiver.public_ip,
-                ip.ident(),
-                ChecksumMode::Full,
-            );
+            emit(&mut fixed, ChecksumMode::Full);
             assert_eq!(
                 fixed[26..28],
                 datagram[26..28],

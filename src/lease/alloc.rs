@@ -227,6 +227,11 @@ mod tests {
         Some(now() + Duration::from_secs(3600))
     }
 
+    /// `allocate` for us, now, with `previous` as subnet.env's subnet.
+    fn with_previous(c: &NetConfig, leases: &[Lease], previous: &str) -> Allocation {
+        allocate(c, leases, ME, Some(previous.parse().unwrap()), now(), 0).unwrap()
+    }
+
     #[test]
     fn reuses_own_lease_then_previous_then_fresh() {
         let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
@@ -234,67 +239,27 @@ mod tests {
             lease("10.244.7.0/24", 1, later()),
             lease("10.244.1.0/24", 2, later()),
         ];
-        let a = allocate(
-            &c,
-            &leases,
-            ME,
-            Some("10.244.9.0/24".parse().unwrap()),
-            now(),
-            0,
-        )
-        .unwrap();
+        let a = with_previous(&c, &leases, "10.244.9.0/24");
         assert_eq!(a.subnet, "10.244.7.0/24".parse().unwrap());
         assert_eq!(a.source, Source::ExistingLease { reservation: false });
 
         let leases = vec![lease("10.244.1.0/24", 2, later())];
-        let a = allocate(
-            &c,
-            &leases,
-            ME,
-            Some("10.244.9.0/24".parse().unwrap()),
-            now(),
-            0,
-        )
-        .unwrap();
+        let a = with_previous(&c, &leases, "10.244.9.0/24");
         assert_eq!(
             (a.subnet, a.source),
             ("10.244.9.0/24".parse().unwrap(), Source::Previous)
         );
 
         // The previous subnet is someone else's now: pick fresh, never steal it.
-        let a = allocate(
-            &c,
-            &leases,
-            ME,
-            Some("10.244.1.0/24".parse().unwrap()),
-            now(),
-            0,
-        )
-        .unwrap();
+        let a = with_previous(&c, &leases, "10.244.1.0/24");
         assert_eq!(
             (a.subnet, a.source),
             ("10.244.2.0/24".parse().unwrap(), Source::Fresh)
         );
         // A previous subnet that no longer fits the config is ignored.
-        let a = allocate(
-            &c,
-            &leases,
-            ME,
-            Some("10.244.0.0/24".parse().unwrap()),
-            now(),
-            0,
-        )
-        .unwrap();
+        let a = with_previous(&c, &leases, "10.244.0.0/24");
         assert_eq!(a.source, Source::Fresh);
-        let a = allocate(
-            &c,
-            &leases,
-            ME,
-            Some("10.9.0.0/24".parse().unwrap()),
-            now(),
-            0,
-        )
-        .unwrap();
+        let a = with_previous(&c, &leases, "10.9.0.0/24");
         assert_eq!(a.source, Source::Fresh);
     }
 

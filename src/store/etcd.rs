@@ -119,7 +119,11 @@ impl EtcdOptions {
             .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            o = o.with_user(u.clone(), p.clone());
+            // A token expires (etcd's simple tokens after 5 idle minutes, or a restart):
+            // the client asks for a new one instead of failing every call after.
+            o = o
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
         }
         if self.endpoints.iter().any(|e| e.starts_with("https://")) {
             let read = |flag: &str, p: &PathBuf| {
@@ -362,7 +366,7 @@ pub enum Refusal {
     CertificateRequired,
     /// etcd refused weft's client certificate.
     BadClientCertificate,
-    /// etcd refused the user name or password (or the token made from them).
+    /// etcd refused the user name or password.
     AuthFailed,
     /// etcd has authentication on and got no user name.
     UserEmpty,
@@ -396,7 +400,6 @@ pub fn refusal(e: &etcd_client::Error) -> Option<Refusal> {
     if let etcd_client::Error::GRpcStatus(s) = e {
         match (s.code(), s.message()) {
             (tonic::Code::PermissionDenied, _) => return Some(Refusal::PermissionDenied),
-            (tonic::Code::Unauthenticated, _) => return Some(Refusal::AuthFailed),
             (tonic::Code::InvalidArgument, ETCD_AUTH_FAILED) => return Some(Refusal::AuthFailed),
             (tonic::Code::InvalidArgument, ETCD_USER_EMPTY) => return Some(Refusal::UserEmpty),
             _ => {}
@@ -588,7 +591,7 @@ impl EtcdStore {
     }
 
     fn record(&self, key: &str, value: &str, etcd_lease: i64, revision: i64) {
-        self.watch.update(|c| {
+        self.watch.record(|c| {
             changed(c, |c| {
                 c.put(key.as_bytes(), value.as_bytes(), etcd_lease, revision)
             })
@@ -956,6 +959,9 @@ mod refusal_tests {
             refusal(&status(Code::Unavailable, "etcdserver: request timed out")),
             None
         );
+        // An expired token is the client's to refresh, not a wrong password.
+        let token = status(Code::Unauthenticated, "etcdserver: invalid auth token");
+        assert_eq!(refusal(&token), None);
         let other = IoError::new(InvalidData, "received fatal alert: HandshakeFailure");
         assert_eq!(refusal(&failed_with(other)), None);
     }

@@ -8,8 +8,8 @@
 //!   forwards on the last leases;
 //! - an outage is logged once when it starts (with how many entries the dataplane keeps)
 //!   and once when it ends, not on every retry; retries come every [`RETRY`];
-//! - the store counts as reachable until its first listing has failed (nothing is kept
-//!   yet, so there is nothing to warn about) and after any answer since.
+//! - before the first listing arrives the store counts as reachable (nothing is kept
+//!   yet, so there is no outage to measure); after it, only while the server answers.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,8 +17,9 @@ use std::time::Duration;
 use super::StoreError;
 use crate::quiet::Quiet;
 
-/// How long a watch task waits before it tries again after a failure.
-pub(crate) const RETRY: Duration = Duration::from_millis(500);
+/// How long a watch task waits before it tries again after a failure (as flanneld's
+/// kube watch; its etcd watch retried every second too).
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
 
 /// A cache a watch task keeps: how many entries it holds, for the outage message.
 pub(crate) trait Cache: Send + 'static {
@@ -85,6 +86,16 @@ impl<C: Cache> Watch<C> {
     pub(crate) fn update(&self, f: impl FnOnce(&mut C) -> bool) {
         let mut s = self.lock();
         self.back_online(&mut s);
+        if f(&mut s.cache) {
+            s.generation += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Changes the cache from one of our own writes (the watch will confirm it), which
+    /// says nothing about whether the watch reaches the server.
+    pub(crate) fn record(&self, f: impl FnOnce(&mut C) -> bool) {
+        let mut s = self.lock();
         if f(&mut s.cache) {
             s.generation += 1;
             self.changed.notify_all();
