@@ -79,8 +79,12 @@ pub use process::{example_beside, rss_kb, weft_next_to_exe};
 pub use traffic::{iperf3, iperf3_json, iperf3_per_second, udp_source_seen, Iperf};
 
 /// The weft binary cargo built for this test. cargo tells integration tests and benches
-/// where it is (`CARGO_BIN_EXE_weft`), not examples: they use [`weft_next_to_exe`].
-#[cfg(test)]
+/// where it is (`CARGO_BIN_EXE_weft`), not examples (`cargo build --all-targets` also
+/// builds them in test mode): they find it beside themselves ([`weft_next_to_exe`]).
 pub fn weft() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_BIN_EXE_weft"))
+    static WEFT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    WEFT.get_or_init(|| match option_env!("CARGO_BIN_EXE_weft") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => weft_next_to_exe(),
+    })
 }
