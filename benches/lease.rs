@@ -21,6 +21,7 @@ fn peer(subnet: Ipv4Net, i: u32) -> Peer {
         backend: BackendKind::Vxlan,
         vni: 1,
         vtep_mac: MacAddr::default(),
+        super_datagrams: true,
     }
 }
 

@@ -1,11 +1,12 @@
 //! The throughput bench: one two-node topology per mode (plain routing as flannel's host-gw,
-//! kernel vxlan configured as flanneld does, weft vxlan, weft udp, and weft's kernel
-//! backends: weft host-gw and weft's kernel vxlan dataplane), measured in one run with
-//! iperf3 and ping, each figure the median of repeated runs, weft's as ratios to kernel
-//! vxlan and host-gw from the same run; weft's kernel backends also against the plain
-//! baseline of the same kernel path, which they must equal. Writes a table, `bench …` lines, JSON and an SVG
-//! chart. Run as root: `netns-tests/bench` (see `--help`). `--flood` runs the garbage-flood
-//! lab instead (see `flood_lab.rs`).
+//! kernel vxlan configured as flanneld does, weft vxlan, weft udp, weft's kernel backends:
+//! weft host-gw and weft's kernel vxlan dataplane; flannel's own udp proxy on both nodes,
+//! and weft udp on node 1 with flannel's proxy on node 2), measured in one run with iperf3
+//! and ping, each figure the median of repeated runs, weft's as ratios to kernel vxlan and
+//! host-gw from the same run; weft's kernel backends also against the plain baseline of the
+//! same kernel path, which they must equal, and weft udp against flannel's proxy. Writes a
+//! table, `bench …` lines, JSON and an SVG chart. Run as root: `netns-tests/bench` (see
+//! `--help`). `--flood` runs the garbage-flood lab instead (see `flood_lab.rs`).
 
 #[path = "flood_lab.rs"]
 mod flood_lab;
@@ -18,19 +19,27 @@ use std::path::PathBuf;
 
 use harness::{iperf3_json, ns_run, Cluster, Iperf, Kind, Pod};
 
-const MODES: [&str; 6] = [
+const MODES: [&str; 8] = [
     "host-gw",
     "kernel-vxlan",
     "weft-vxlan",
     "weft-udp",
     "weft-host-gw",
     "weft-kernel-vxlan",
+    "flannel-udp",
+    "weft-flannel-udp",
 ];
 
 /// weft's kernel backends and the plain setup of the same kernel path.
 const BASELINES: [(&str, &str); 2] = [
     ("weft-host-gw", "host-gw"),
     ("weft-kernel-vxlan", "kernel-vxlan"),
+];
+
+/// weft's udp backend, alone and beside flannel's, against flannel's own udp proxy.
+const UDP_BASELINES: [(&str, &str); 2] = [
+    ("weft-udp", "flannel-udp"),
+    ("weft-flannel-udp", "flannel-udp"),
 ];
 
 /// (key, label, unit, higher is better)
@@ -108,7 +117,7 @@ fn opts() -> Opts {
 
 fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, Pod, Pod) {
     let backend = match mode {
-        "weft-udp" => "udp",
+        "weft-udp" | "flannel-udp" | "weft-flannel-udp" => "udp",
         "weft-host-gw" => "host-gw",
         _ => "vxlan",
     };
@@ -140,6 +149,24 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
             for i in 0..2 {
                 c.program_kernel_peers(i);
             }
+        }
+        "flannel-udp" => {
+            for i in 0..2 {
+                c.add_node(Kind::FlannelUdp);
+                c.start_flannel_udp_node(i, format!("10.244.{}.0/24", i + 1).parse().unwrap());
+            }
+            for i in 0..2 {
+                c.program_flannel_udp_peers(i);
+            }
+        }
+        "weft-flannel-udp" => {
+            // flannel's lease first (10.244.2.0/24), so weft takes the other (10.244.1.0/24).
+            c.add_node(Kind::Weft);
+            c.add_node(Kind::FlannelUdp);
+            c.start_flannel_udp_node(1, "10.244.2.0/24".parse().unwrap());
+            c.start_weft(0, &args);
+            c.wait_converged();
+            c.program_flannel_udp_peers(1);
         }
         _ => {
             for i in 0..2 {
@@ -287,7 +314,7 @@ fn svg(results: &BTreeMap<String, BTreeMap<&'static str, f64>>, modes: &[String]
         .chain([("udp64_kpps", "UDP 64 B rate", "kpps")])
         .collect();
     let colors = [
-        "#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd",
+        "#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
     ];
     let (w, h, top, bottom, left) = (900.0, 420.0, 50.0, 80.0, 40.0);
     let gw = (w - left * 2.0) / groups.len() as f64;
@@ -347,19 +374,90 @@ fn svg(results: &BTreeMap<String, BTreeMap<&'static str, f64>>, modes: &[String]
             h - bottom + 32.0
         );
     }
-    for (mi, m) in modes.iter().enumerate() {
-        let x = left + mi as f64 * 200.0;
-        let _ = write!(
-            s,
-            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{m}</text>"#,
-            h - 30.0,
-            colors[mi % colors.len()],
-            x + 18.0,
-            h - 20.0
-        );
-    }
+    legend(&mut s, modes, &colors, h - 40.0, left);
     s.push_str("</svg>\n");
     s
+}
+
+/// The chart's legend from (`left`, `top`): four modes a row, each in its bar colour.
+fn legend(s: &mut String, modes: &[String], colors: &[&str], top: f64, left: f64) {
+    for (mi, m) in modes.iter().enumerate() {
+        let x = left + (mi % 4) as f64 * 200.0;
+        let y = top + (mi / 4) as f64 * 18.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{y}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{m}</text>"#,
+            colors[mi % colors.len()],
+            x + 18.0,
+            y + 10.0
+        );
+    }
+}
+
+/// The medians, a column per mode, with weft vxlan's ratios to kernel vxlan (and its
+/// spread) and to host-gw.
+fn median_table(
+    modes: &[String],
+    get: &dyn Fn(&str, &str) -> f64,
+    samples: &dyn Fn(&str, &str) -> Vec<f64>,
+) {
+    print!("{:<24}", "metric");
+    for m in modes {
+        print!("{m:>18}");
+    }
+    println!(
+        "{:>16}{:>13}{:>16}",
+        "weft-vxlan/kern", "(spread)", "weft-vxlan/hgw"
+    );
+    for (k, label, unit, _) in METRICS {
+        print!("{:<24}", format!("{label} ({unit})"));
+        for m in modes {
+            print!("{:>18}", fmt(get(m, k)));
+        }
+        println!(
+            "{:>16}{:>13}{:>16}",
+            fmt(get("weft-vxlan", k) / get("kernel-vxlan", k)),
+            ratio_spread(&samples("weft-vxlan", k), &samples("kernel-vxlan", k)),
+            fmt(get("weft-vxlan", k) / get("host-gw", k))
+        );
+    }
+}
+
+/// One ratio table: each pair's `w`/`b` per metric, with the spread over the repeats, for
+/// the pairs whose modes both ran.
+fn ratio_table(
+    title: &str,
+    pairs: &[(&str, &str)],
+    modes: &[String],
+    get: &dyn Fn(&str, &str) -> f64,
+    samples: &dyn Fn(&str, &str) -> Vec<f64>,
+) {
+    let ran = |m: &str| modes.iter().any(|x| x == m);
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .copied()
+        .filter(|(w, b)| ran(w) && ran(b))
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    println!("\n== {title}");
+    print!("{:<24}", "metric");
+    for (w, b) in &pairs {
+        print!("{:>40}", format!("{w}/{b} (spread)"));
+    }
+    println!();
+    for (k, label, unit, _) in METRICS {
+        print!("{:<24}", format!("{label} ({unit})"));
+        for (w, b) in &pairs {
+            let spread = ratio_spread(&samples(w, k), &samples(b, k));
+            print!(
+                "{:>40}",
+                format!("{} ({spread})", fmt(get(w, k) / get(b, k)))
+            );
+        }
+        println!();
+    }
 }
 
 fn main() {
@@ -407,55 +505,34 @@ fn main() {
         "\n== bench: {} repeat(s) of {} s, medians; weft args: {:?}",
         o.repeats, o.seconds, o.weft_args
     );
-    print!("{:<24}", "metric");
-    for m in &o.modes {
-        print!("{m:>14}");
-    }
-    println!(
-        "{:>16}{:>13}{:>16}",
-        "weft-vxlan/kern", "(spread)", "weft-vxlan/hgw"
+    median_table(&o.modes, &get, &samples);
+    ratio_table(
+        "weft's kernel backends against the same kernel path set up by hand (1.00 = no cost)",
+        &BASELINES,
+        &o.modes,
+        &get,
+        &samples,
     );
-    for (k, label, unit, _) in METRICS {
-        print!("{:<24}", format!("{label} ({unit})"));
-        for m in &o.modes {
-            print!("{:>14}", fmt(get(m, k)));
-        }
-        println!(
-            "{:>16}{:>13}{:>16}",
-            fmt(get("weft-vxlan", k) / get("kernel-vxlan", k)),
-            ratio_spread(&samples("weft-vxlan", k), &samples("kernel-vxlan", k)),
-            fmt(get("weft-vxlan", k) / get("host-gw", k))
-        );
-    }
-    let base: Vec<(&str, &str)> = BASELINES
-        .iter()
-        .copied()
-        .filter(|(w, b)| o.modes.iter().any(|m| m == w) && o.modes.iter().any(|m| m == b))
-        .collect();
-    if !base.is_empty() {
-        println!("\n== weft's kernel backends against the same kernel path set up by hand (1.00 = no cost)");
-        print!("{:<24}", "metric");
-        for (w, b) in &base {
-            print!("{:>34}", format!("{w}/{b} (spread)"));
-        }
-        println!();
-        for (k, label, unit, _) in METRICS {
-            print!("{:<24}", format!("{label} ({unit})"));
-            for (w, b) in &base {
-                print!(
-                    "{:>34}",
-                    format!(
-                        "{} ({})",
-                        fmt(get(w, k) / get(b, k)),
-                        ratio_spread(&samples(w, k), &samples(b, k))
-                    )
-                );
-            }
-            println!();
-        }
-    }
+    ratio_table(
+        "weft's udp backend against flannel's own udp proxy (above 1.00: weft moves more)",
+        &UDP_BASELINES,
+        &o.modes,
+        &get,
+        &samples,
+    );
     println!();
-    for m in &o.modes {
+    bench_lines(&o.modes, &get, &samples);
+    write_outputs(&o, &results, &all);
+}
+
+/// One `bench mode=… metric=…` line per mode and metric, with the ratios to kernel vxlan
+/// (and its spread) and to host-gw.
+fn bench_lines(
+    modes: &[String],
+    get: &dyn Fn(&str, &str) -> f64,
+    samples: &dyn Fn(&str, &str) -> Vec<f64>,
+) {
+    for m in modes {
         for (k, ..) in METRICS {
             let v = get(m, k);
             println!(
@@ -467,12 +544,20 @@ fn main() {
             );
         }
     }
+}
+
+/// Writes `bench.json` (medians and every repeat's value) and `bench.svg` into `o.out`.
+fn write_outputs(
+    o: &Opts,
+    results: &BTreeMap<String, BTreeMap<&'static str, f64>>,
+    all: &BTreeMap<String, Samples>,
+) {
     std::fs::create_dir_all(&o.out).expect("cannot create the output directory");
     let json = serde_json::json!({
         "repeats": o.repeats,
         "seconds": o.seconds,
         "weft_args": o.weft_args,
-        "samples": samples_json(&all),
+        "samples": samples_json(all),
         "results": results
             .iter()
             .map(|(m, r)| {
@@ -487,6 +572,6 @@ fn main() {
     let jp = o.out.join("bench.json");
     std::fs::write(&jp, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
     let sp = o.out.join("bench.svg");
-    std::fs::write(&sp, svg(&results, &o.modes)).expect("write svg");
+    std::fs::write(&sp, svg(results, &o.modes)).expect("write svg");
     println!("wrote {} and {}", jp.display(), sp.display());
 }

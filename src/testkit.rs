@@ -20,6 +20,8 @@ pub fn peer(i: u8, backend: BackendKind, vni: u32) -> Peer {
         backend,
         vni,
         vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
+        // A weft node: takes super-datagrams in either format.
+        super_datagrams: true,
     }
 }
 

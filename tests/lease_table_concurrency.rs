@@ -29,6 +29,7 @@ fn peer(i: u32, tag: u32) -> Peer {
         backend: BackendKind::Vxlan,
         vni: i,
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
+        super_datagrams: true,
     }
 }
 

@@ -48,6 +48,8 @@ pub enum Kind {
     KernelVxlan,
     /// Plain routes between nodes (flannel's host-gw).
     HostGw,
+    /// flannel's own udp-backend proxy (`proxy_amd64.c`), driven as flanneld drives it.
+    FlannelUdp,
 }
 
 /// A pod: a namespace behind a node's cni0.

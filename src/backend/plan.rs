@@ -202,6 +202,7 @@ mod tests {
             backend,
             vni,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, n]),
+            super_datagrams: true,
         }
     }
 

@@ -22,7 +22,8 @@ use crate::wire::MacAddr;
 pub const TUN_TXQUEUELEN: u32 = 5000;
 
 /// The lease attributes for `backend`: vxlan keeps the VTEP MAC of `ours` (our existing
-/// lease) or uses `new_mac`; udp has nothing but the public IP.
+/// lease) or uses `new_mac`; udp is flanneld's (the public IP alone) plus the mark saying
+/// this node takes super-datagrams ([`crate::lease::SUPER_DATAGRAMS`]).
 pub fn lease_attrs(
     backend: &BackendConfig,
     public_ip: Ipv4Addr,
@@ -36,7 +37,7 @@ pub fn lease_attrs(
                 .map_or(new_mac, |d| d.vtep_mac);
             LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac })
         }
-        BackendConfig::Udp { .. } => LeaseAttrs::udp(public_ip),
+        BackendConfig::Udp { .. } => LeaseAttrs::weft_udp(public_ip),
         BackendConfig::HostGw => super::hostgw::HostGw.lease_attrs(public_ip, ours),
     }
 }
@@ -183,7 +184,9 @@ fn open_queues(
 
 /// Tunnel GSO's injection TAP, where it can be had: both formats can use it (for flannel's
 /// udp one the "tunnel header" is just the outer UDP header, and the kernel's UDP-tunnel
-/// GSO replicates it all the same). Turned off in `offloads` where it cannot.
+/// GSO replicates it all the same). Turned off in `offloads` where it cannot. Which peers
+/// get super-packets whole is decided per packet ([`crate::lease::Peer::super_datagrams`]):
+/// flanneld's udp proxy gets them split.
 fn tunnel_gso(s: &Setup<'_>, offloads: &mut Offloads) -> Vec<Injector> {
     // Behind NAT (--public-ip is not the interface's address) a NAT router rewrites the
     // outer headers of every frame, and the super-frames tunnel GSO hands the kernel do

@@ -1,7 +1,9 @@
 //! The TUN side of a worker: read the TUN (one read may be a 64 KB TSO packet), and either
 //! - hand a TSO super-packet to the kernel whole: encapsulated once, in
 //!   place, and written to the injection TAP for the kernel's UDP-tunnel GSO
-//!   ([`crate::offload::tunnel`], [`super::inject`]); or
+//!   ([`crate::offload::tunnel`], [`super::inject`]), when its peer takes super-datagrams
+//!   ([`crate::lease::Peer::super_datagrams`]: a veth or bridge underlay delivers the
+//!   frame as one datagram, which flanneld's udp proxy would truncate); or
 //! - split it into segments ([`crate::offload::gso::split_read`], tun-rs's split),
 //!   encapsulate each in place, and send the datagrams in `UDP_SEGMENT` runs
 //!   ([`super::tx::gso_runs`]), each from the socket bound to the source port the core
@@ -139,6 +141,8 @@ impl Worker {
                         self.reply(&mut b.tx[i], packet, c);
                     }
                     Outbound::Drop(r) => c.drop(r),
+                    // Only outbound_super splits; a segment never gets here.
+                    Outbound::Split => c.drop(DropReason::MalformedInner),
                 }
             }
             used += n;
@@ -183,45 +187,26 @@ impl Worker {
 
     /// Encapsulates the super-packet in the raw buffer once and writes it to the injection
     /// TAP for the kernel to segment. True when it is dealt with (sent, answered or
-    /// dropped); false when the TAP refused it, and from then on this worker splits in
-    /// userspace again (the caller splits this one).
+    /// dropped); false when the caller must split it: its peer cannot take it whole
+    /// ([`Outbound::Split`]), or the TAP refused it, and from then on this worker splits in
+    /// userspace again. Either way the raw buffer holds the read as it came, virtio-net
+    /// header included.
     fn send_whole(&mut self, b: &mut TxBuffers, end: usize, tso: &tunnel::Tso) -> bool {
         let counters = self.counters.clone();
         let c = &*counters;
         let len = end - RAW_AT;
         let ip_id = self.ip_id.wrapping_add(1);
         let snap = self.table.load();
-        match self
-            .node
-            .outbound_super(&snap, &mut b.raw, RAW_AT, len, ip_id, tso.segment_len())
-        {
-            Outbound::Send(t) => {
-                let Some(inj) = self.inject.as_mut() else {
-                    return false;
-                };
-                let Some(frame) = tunnel::frame(&mut b.raw, t.datagram, RAW_AT, tso, inj.mac)
-                else {
-                    return false;
-                };
-                match inj.write(&b.raw[frame]) {
-                    Ok(_) => {
-                        // The kernel numbers the segments' outer IP IDs from ours on.
-                        self.ip_id = ip_id.wrapping_add(tso.segments as u16 - 1);
-                        WorkerCounters::add(&c.tx_packets, tso.segments as u64);
-                        WorkerCounters::add(&c.tx_bytes, len as u64);
-                        WorkerCounters::add(&c.tunnel_gso_frames, 1);
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "the injection TAP refused a tunnel GSO frame ({e}); this worker \
-                             splits super-packets in userspace from now on"
-                        );
-                        self.inject = None;
-                        false
-                    }
-                }
-            }
+        // The outer headers and the tunnel header overwrite the read's virtio-net header,
+        // which a split after all still needs.
+        let mut vh = [0u8; VIRTIO_NET_HDR_LEN];
+        vh.copy_from_slice(&b.raw[RAW_AT - VIRTIO_NET_HDR_LEN..RAW_AT]);
+        let outcome =
+            self.node
+                .outbound_super(&snap, &mut b.raw, RAW_AT, len, ip_id, tso.segment_len());
+        let sent = match outcome {
+            Outbound::Send(t) => self.inject_whole(b, t.datagram, len, ip_id, tso),
+            Outbound::Split => false,
             Outbound::Reply { packet, reason } => {
                 self.ip_id = ip_id;
                 c.drop(reason);
@@ -231,6 +216,47 @@ impl Worker {
             Outbound::Drop(r) => {
                 c.drop(r);
                 true
+            }
+        };
+        if !sent {
+            b.raw[RAW_AT - VIRTIO_NET_HDR_LEN..RAW_AT].copy_from_slice(&vh);
+        }
+        sent
+    }
+
+    /// Writes the encapsulated super-packet (`datagram` in the raw buffer, `len` inner
+    /// bytes) to the injection TAP behind its tunnel header. False when it did not go.
+    fn inject_whole(
+        &mut self,
+        b: &mut TxBuffers,
+        datagram: Range<usize>,
+        len: usize,
+        ip_id: u16,
+        tso: &tunnel::Tso,
+    ) -> bool {
+        let c = &*self.counters;
+        let Some(inj) = self.inject.as_mut() else {
+            return false;
+        };
+        let Some(frame) = tunnel::frame(&mut b.raw, datagram, RAW_AT, tso, inj.mac) else {
+            return false;
+        };
+        match inj.write(&b.raw[frame]) {
+            Ok(_) => {
+                // The kernel numbers the segments' outer IP IDs from ours on.
+                self.ip_id = ip_id.wrapping_add(tso.segments as u16 - 1);
+                WorkerCounters::add(&c.tx_packets, tso.segments as u64);
+                WorkerCounters::add(&c.tx_bytes, len as u64);
+                WorkerCounters::add(&c.tunnel_gso_frames, 1);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "the injection TAP refused a tunnel GSO frame ({e}); this worker \
+                             splits super-packets in userspace from now on"
+                );
+                self.inject = None;
+                false
             }
         }
     }

@@ -178,6 +178,10 @@ pub enum Outbound {
     },
     /// Drop it.
     Drop(DropReason),
+    /// A TSO super-packet ([`Node::outbound_super`]) for a peer that cannot take it as one
+    /// datagram (flanneld's udp proxy, [`Peer::super_datagrams`]): cut it into segments and
+    /// send those. Nothing was written to the buffer.
+    Split,
 }
 
 /// What to do with a datagram received from the underlay.
@@ -285,6 +289,8 @@ impl Node {
     /// [`outbound`](Self::outbound) for a TSO super-packet that leaves whole, for the
     /// kernel to cut into segments of at most `segment` bytes (headers included) after
     /// encapsulation: the MTU budget applies to each segment, not to the super-packet.
+    /// [`Outbound::Split`] when the peer cannot take it whole: on a veth or bridge underlay
+    /// it would arrive as one datagram of up to 64 KB.
     pub fn outbound_super(
         &self,
         table: &Snapshot,
@@ -340,6 +346,9 @@ impl Node {
         };
         if peer.public_ip == self.public_ip || self.subnet.contains(&dst) {
             return Outbound::Drop(DropReason::Loop);
+        }
+        if segment.is_some() && !peer.super_datagrams {
+            return Outbound::Split;
         }
         if segment.unwrap_or(tot) > self.mtu && df {
             let mtu = self.mtu.min(u16::MAX as usize) as u16;

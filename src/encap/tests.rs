@@ -45,6 +45,7 @@ fn peer(n: u8, public_ip: Ipv4Addr, vtep_mac: MacAddr) -> Peer {
         backend: BackendKind::Vxlan,
         vni: 1,
         vtep_mac,
+        super_datagrams: true,
     }
 }
 
@@ -569,6 +570,47 @@ fn udp_backend_round_trip_and_policy() {
         b.inbound_datagram(&t, &mut d),
         Inbound::Drop(DropReason::MalformedInner)
     );
+}
+
+/// A super-packet leaves whole only for a peer that takes super-datagrams: flanneld's udp
+/// proxy (no mark in its lease) gets [`Outbound::Split`] and the buffer untouched; weft's
+/// udp node and every vxlan peer get it encapsulated once.
+#[test]
+fn super_packets_leave_whole_only_for_peers_that_take_them() {
+    let udp_peer = |p: Peer, super_datagrams| Peer {
+        backend: BackendKind::Udp,
+        vni: 0,
+        vtep_mac: MacAddr::default(),
+        super_datagrams,
+        ..p
+    };
+    let pkt = icmp_echo([10, 244, 1, 5], [10, 244, 2, 5], 8000, true);
+    for (takes, want_whole) in [(false, false), (true, true)] {
+        let (ua, ub) = (udp_peer(peer_a(), true), udp_peer(peer_b(), takes));
+        let t = Snapshot::build("10.244.0.0/16".parse().unwrap(), [ua, ub], 0);
+        let a = udp_node(&ua);
+        let mut buf = vec![0xa5u8; HEADROOM + pkt.len()];
+        buf[HEADROOM..].copy_from_slice(&pkt);
+        let before = buf.clone();
+        let o = a.outbound_super(&t, &mut buf, HEADROOM, pkt.len(), 5, 1400);
+        if want_whole {
+            assert!(matches!(o, Outbound::Send(_)), "{o:?}");
+        } else {
+            assert_eq!(o, Outbound::Split);
+            assert_eq!(buf, before, "a split super-packet was written to");
+        }
+        // A packet within the MTU is never split, whoever the peer.
+        let small = icmp_echo([10, 244, 1, 5], [10, 244, 2, 5], 100, true);
+        buf[HEADROOM..HEADROOM + small.len()].copy_from_slice(&small);
+        let o = a.outbound(&t, &mut buf, HEADROOM, small.len(), 6);
+        assert!(matches!(o, Outbound::Send(_)), "{o:?}");
+    }
+    // vxlan peers (kernel vxlan or weft) all take them.
+    let (a, t) = (node_for(&peer_a(), ChecksumMode::Full), table());
+    let mut buf = vec![0u8; HEADROOM + pkt.len()];
+    buf[HEADROOM..].copy_from_slice(&pkt);
+    let o = a.outbound_super(&t, &mut buf, HEADROOM, pkt.len(), 5, 1400);
+    assert!(matches!(o, Outbound::Send(_)), "{o:?}");
 }
 
 #[test]

@@ -25,6 +25,14 @@ pub mod backend_type {
     pub const HOST_GW: &str = "host-gw";
 }
 
+/// The mark a weft udp node puts in its lease's `BackendData`, `{"SuperDatagrams":true}`:
+/// "send me TSO super-packets whole" (one UDP datagram of up to 64 KB that the kernel's
+/// UDP-tunnel GSO left unsegmented, which a veth or bridge underlay carries as it is).
+/// weft's receive path takes those; flannel's udp proxy reads into a buffer of one MTU and
+/// would truncate them, and its udp backend ignores a peer's BackendData, so the mark
+/// costs it nothing. A udp peer without the mark gets segments.
+pub const SUPER_DATAGRAMS: &str = "SuperDatagrams";
+
 /// The value flanneld stores under `<prefix>/subnets/<key>` (`pkg/lease/lease.go`
 /// `LeaseAttrs`). Field names and their JSON spelling are flannel's; unknown fields are
 /// ignored on read, as Go's `encoding/json` does.
@@ -95,6 +103,28 @@ impl LeaseAttrs {
             backend_type: String::new(),
             backend_data: serde_json::Value::Null,
             backend_v6_data: serde_json::Value::Null,
+        }
+    }
+
+    /// Attributes of a weft udp-backend node: flanneld's udp lease plus the
+    /// [`SUPER_DATAGRAMS`] mark, `{"PublicIP":"192.0.2.1","PublicIPv6":null,
+    /// "BackendData":{"SuperDatagrams":true}}` (still no BackendType, as flanneld's).
+    pub fn weft_udp(public_ip: Ipv4Addr) -> LeaseAttrs {
+        LeaseAttrs {
+            backend_data: serde_json::json!({ SUPER_DATAGRAMS: true }),
+            ..LeaseAttrs::udp(public_ip)
+        }
+    }
+
+    /// True when the node takes TSO super-packets whole, as one unsegmented datagram:
+    /// every vxlan node (kernel vxlan's receive path segments them, weft's takes them), and
+    /// a udp node whose lease carries the [`SUPER_DATAGRAMS`] mark (weft's). flanneld's
+    /// udp proxy does not: its lease has no BackendData.
+    pub fn takes_super_datagrams(&self) -> bool {
+        match self.backend_type.as_str() {
+            backend_type::VXLAN => true,
+            "" | backend_type::UDP => self.backend_data[SUPER_DATAGRAMS] == true,
+            _ => false,
         }
     }
 
@@ -261,6 +291,42 @@ mod tests {
         // What weft wrote before, with a BackendType, still reads as udp (see table.rs).
         let old = LeaseAttrs::from_json(r#"{"PublicIP":"192.0.2.4","BackendType":"udp"}"#).unwrap();
         assert_eq!(old.backend_type, "udp");
+    }
+
+    #[test]
+    fn only_leases_that_say_so_get_super_datagrams() {
+        // flanneld's udp lease, as flannel's source writes it: its proxy truncates them.
+        let flanneld = LeaseAttrs::from_json(r#"{"PublicIP":"192.0.2.4","PublicIPv6":null}"#);
+        assert!(!flanneld.unwrap().takes_super_datagrams());
+        // weft's udp lease: flanneld's plus the mark in BackendData, still no BackendType.
+        const WEFT_UDP: &str =
+            r#"{"PublicIP":"192.0.2.5","PublicIPv6":null,"BackendData":{"SuperDatagrams":true}}"#;
+        let w = LeaseAttrs::weft_udp(Ipv4Addr::new(192, 0, 2, 5));
+        assert_eq!(w.to_json(), WEFT_UDP);
+        assert_eq!(LeaseAttrs::from_json(WEFT_UDP).unwrap(), w);
+        assert!(w.takes_super_datagrams());
+        // Every vxlan node (kernel vxlan or weft) takes them; anything else does not.
+        let vxlan = r#"{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:02:01"}}"#;
+        for (json, takes) in [
+            (vxlan, true),
+            (r#"{"PublicIP":"192.0.2.4","BackendType":"udp"}"#, false),
+            (
+                r#"{"PublicIP":"192.0.2.4","BackendData":{"SuperDatagrams":false}}"#,
+                false,
+            ),
+            (
+                r#"{"PublicIP":"192.0.2.4","BackendData":{"SuperDatagrams":"yes"}}"#,
+                false,
+            ),
+            (r#"{"PublicIP":"192.0.2.4","BackendType":"host-gw"}"#, false),
+            (
+                r#"{"PublicIP":"192.0.2.4","BackendType":"wireguard","BackendData":{"SuperDatagrams":true}}"#,
+                false,
+            ),
+        ] {
+            let a = LeaseAttrs::from_json(json).unwrap();
+            assert_eq!(a.takes_super_datagrams(), takes, "{json}");
+        }
     }
 
     #[test]

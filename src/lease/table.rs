@@ -51,11 +51,19 @@ pub struct Peer {
     pub vni: u32,
     /// Its VTEP MAC (vxlan only; zero otherwise).
     pub vtep_mac: MacAddr,
+    /// It takes a TSO super-packet encapsulated once, as one unsegmented datagram of up
+    /// to 64 KB ([`LeaseAttrs::takes_super_datagrams`]: vxlan peers and weft's udp
+    /// nodes). False for flanneld's udp proxy, which gets segments: the one flag the
+    /// packet path reads to choose.
+    ///
+    /// [`LeaseAttrs::takes_super_datagrams`]: super::LeaseAttrs::takes_super_datagrams
+    pub super_datagrams: bool,
 }
 
 impl Peer {
     /// The peer a lease describes. A vxlan lease must carry valid `BackendData`; a lease
-    /// with no BackendType is what flanneld's udp backend writes, so it is a udp peer.
+    /// with no BackendType is what flanneld's udp backend writes, so it is a udp peer, one
+    /// that takes super-datagrams only if its BackendData says so (weft's).
     pub fn from_lease(lease: &Lease) -> Result<Peer, LeaseError> {
         let a = &lease.attrs;
         let (backend, vni, vtep_mac) = match a.backend_type.as_str() {
@@ -73,6 +81,7 @@ impl Peer {
             backend,
             vni,
             vtep_mac,
+            super_datagrams: a.takes_super_datagrams(),
         })
     }
 }
@@ -328,11 +337,42 @@ mod tests {
             backend: BackendKind::Vxlan,
             vni: 1,
             vtep_mac: MacAddr([0x0e, 0, 0, 0, host, 1]),
+            super_datagrams: true,
         }
     }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_peer_carries_whether_it_takes_super_datagrams() {
+        let peer_of = |json: &str| {
+            let lease = Lease {
+                subnet: "10.244.9.0/24".parse().unwrap(),
+                ipv6_subnet: None,
+                attrs: super::super::LeaseAttrs::from_json(json).unwrap(),
+                expiration: None,
+            };
+            Peer::from_lease(&lease).unwrap()
+        };
+        // flanneld's udp backend writes exactly this (flannel's udp_amd64.go).
+        let flanneld = peer_of(r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);
+        assert_eq!(
+            (flanneld.backend, flanneld.super_datagrams),
+            (BackendKind::Udp, false)
+        );
+        let weft = peer_of(
+            r#"{"PublicIP":"192.0.2.9","PublicIPv6":null,"BackendData":{"SuperDatagrams":true}}"#,
+        );
+        assert_eq!(
+            (weft.backend, weft.super_datagrams),
+            (BackendKind::Udp, true)
+        );
+        let vxlan = peer_of(
+            r#"{"PublicIP":"192.0.2.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:09:01"}}"#,
+        );
+        assert!(vxlan.super_datagrams);
     }
 
     #[test]

@@ -900,7 +900,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(l.attrs, udp);
+        assert!(!l.attrs.takes_super_datagrams());
         assert_eq!(own_annotations(&n3, &keys(), &udp).1, None);
+        // weft's udp node adds its mark in backend-data (backend-type stays ""), and reads
+        // back as a node that takes super-datagrams.
+        let weft_udp = LeaseAttrs::weft_udp(Ipv4Addr::new(192, 0, 2, 3));
+        let patch = own_annotations(&n3, &keys(), &weft_udp).1.unwrap();
+        let a = &patch["metadata"]["annotations"];
+        assert_eq!(
+            a["flannel.alpha.coreos.com/backend-data"],
+            r#"{"SuperDatagrams":true}"#
+        );
+        assert_eq!(a["flannel.alpha.coreos.com/backend-type"], "");
+        for (k, v) in a.as_object().unwrap() {
+            let annotations = n3.metadata.annotations.as_mut().unwrap();
+            annotations.insert(k.clone(), v.as_str().unwrap().into());
+        }
+        let l = node_lease(&n3, &keys(), SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.attrs, weft_udp);
+        assert!(l.attrs.takes_super_datagrams());
+        assert_eq!(own_annotations(&n3, &keys(), &weft_udp).1, None);
     }
 
     #[test]
