@@ -1,18 +1,22 @@
 //! flannel's other backends and the kernel dataplane, on real namespaces: host-gw routes as
-//! flanneld makes them, vxlan with DirectRouting across a router, and weft's kernel vxlan
+//! flanneld makes them, vxlan with DirectRouting across a router, weft's kernel vxlan
 //! dataplane (`--dataplane kernel`) in one cluster with weft's userspace dataplane and a
-//! flanneld-style node. What weft programs is read back with `ip` and `bridge`, never with
-//! weft. Root only, like the rest.
+//! flanneld-style node, and weft's udp backend with flannel's own udp proxy. What weft
+//! programs is read back with `ip` and `bridge`, never with weft. Root only, like the rest.
 
 #[path = "harness.rs"]
 mod harness;
 
 use std::time::Duration;
 
-use harness::{iperf3, ns_run, ns_sh, wait_for, weft, Capture, Cluster, Kind, ETCD_PREFIX};
+use harness::kernel_nodes::{flanneld_udp_lease, FLANNEL_UDP_MTU};
+use harness::{
+    iperf3, ns_run, ns_sh, try_in_ns, wait_for, weft, Capture, Cluster, Kind, Pod, ETCD_PREFIX,
+};
 
 const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const UDP: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
 const DIRECT: &str =
     r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 
@@ -160,11 +164,21 @@ fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     let after = &log[logged..];
     assert!(after.contains(&format!("removed route {fsub}")), "{after}");
     assert!(!after.contains(&format!("{s2} via 192.0.2.2")), "{after}");
-    // A clean stop removes every route weft added; the fail-closed guard stays.
+    // A clean stop leaves the routes forwarding, as flanneld v0.27+ leaves them, for the
+    // next start to adopt; `weft cleanup` removes them, and the fail-closed guard.
+    let routes = weft_peer_routes(&c, 0);
     assert!(c.stop_weft(0));
+    assert_eq!(weft_peer_routes(&c, 0), routes);
+    let (p1, p2) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
+    let ping = format!("ping -c 2 -W 2 {}", p2.ip);
+    assert!(
+        harness::try_in_ns(&p1.ns, &ping).status.success(),
+        "pods lost each other with weft stopped"
+    );
+    ns_sh(&c.nodes[0].ns, &[&c.weft.display().to_string(), "cleanup"]);
     assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());
     assert!(
-        ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "proto", "87"])
+        !ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "proto", "87"])
             .contains("unreachable 10.244.0.0/16")
     );
 }
@@ -340,12 +354,22 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
         failed.join("\n")
     );
 
-    // kill -9: the device outlives weft; the restart replaces it and forwards again.
+    // kill -9: the device outlives weft; the restart adopts it (the same device, not a
+    // new one) and forwards on.
     c.kill_weft(0);
-    assert!(ns_run(&ns, &["ip", "link", "show", "flannel.1"])
-        .status
-        .success());
+    let index = ns_sh(&ns, &["cat", "/sys/class/net/flannel.1/ifindex"]);
+    let logged = std::fs::metadata(&c.nodes[0].log).unwrap().len() as usize;
     c.start_weft(0, &["--dataplane", "kernel"]);
+    assert_eq!(
+        ns_sh(&ns, &["cat", "/sys/class/net/flannel.1/ifindex"]),
+        index
+    );
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(
+        log[logged..].contains("adopting the existing flannel.1"),
+        "{}",
+        &log[logged..]
+    );
     c.wait_converged();
     wait_route(&c, 0, &s2, "after the restart", |r| {
         r.contains("dev flannel.1")
@@ -359,20 +383,106 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
     // The VTEP MAC survived the restart (the lease's).
     let link = ns_sh(&ns, &["ip", "link", "show", "flannel.1"]);
     assert!(link.contains(&mac(&l1)), "{link}");
-    // A clean stop takes the device, its entries and routes with it.
+    // A clean stop leaves the device, its entries and routes forwarding (flanneld v0.27+);
+    // `weft cleanup` takes them.
     assert!(c.stop_weft(0));
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed with weft stopped:\n{}",
+        failed.join("\n")
+    );
+    ns_sh(&ns, &[&c.weft.display().to_string(), "cleanup"]);
     assert!(!ns_run(&ns, &["ip", "link", "show", "flannel.1"])
         .status
         .success());
     assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());
 }
 
+/// A weft udp node with its default flags and a stock flanneld udp node: flannel's own
+/// proxy (`proxy_amd64.c`, built from flannel's source and driven as flanneld drives it),
+/// its lease flanneld's literal value, over a veth and bridge underlay. The bug this guards
+/// against (issue 25): weft handed the kernel whole TSO super-packets (tunnel GSO), the
+/// veth carried each across as one ~64 KB datagram, and flannel's proxy, reading into a
+/// buffer of one MTU, wrote truncated garbage into its TUN: TCP to it moved 0 bytes. A udp
+/// peer whose lease lacks weft's `SuperDatagrams` mark now gets segments.
+#[test]
+fn flannels_own_udp_proxy_and_a_weft_udp_node_carry_tcp_both_ways() {
+    let mut c = Cluster::new(weft(), UDP);
+    let w = c.add_node(Kind::Weft);
+    let f = c.add_node(Kind::FlannelUdp);
+    c.start_flannel_udp_node(f, "10.244.200.0/24".parse().unwrap());
+    c.start_weft(w, &[]);
+    c.wait_converged();
+    c.program_flannel_udp_peers(f);
+    let (pw, pf) = (c.add_pod(w, None), c.add_pod(f, None));
+    // Small, 1400-byte and the largest unfragmented pings (the pod MTU, DF set), both ways.
+    let largest = (FLANNEL_UDP_MTU - 28).to_string();
+    for (a, b) in [(&pw, &pf), (&pf, &pw)] {
+        for size in ["56", "1400", &largest] {
+            ping_df(a, b, size);
+        }
+    }
+    let there = iperf3(&pw, &pf, 3, None);
+    let back = iperf3(&pf, &pw, 3, None);
+    assert!(
+        there.bps > 10e6 && back.bps > 10e6,
+        "TCP between weft's udp node and flannel's proxy: {:.1} Mbit/s there ({} bytes), \
+         {:.1} Mbit/s back ({} bytes); weft's counters: {:?}",
+        there.bps / 1e6,
+        there.bytes,
+        back.bps / 1e6,
+        back.bytes,
+        c.metrics(w)
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect::<Vec<_>>()
+    );
+    // flanneld's lease is its literal value; weft's carries the mark flanneld ignores.
+    let stored = |ip: [u8; 4]| {
+        let l = c
+            .leases()
+            .into_iter()
+            .find(|l| l.attrs.public_ip.octets() == ip);
+        l.expect("a lease per node").attrs
+    };
+    assert_eq!(
+        stored([192, 0, 2, 2]).to_json(),
+        flanneld_udp_lease([192, 0, 2, 2].into())
+    );
+    assert!(stored([192, 0, 2, 1]).takes_super_datagrams());
+    assert!(!stored([192, 0, 2, 2]).takes_super_datagrams());
+    assert_eq!(
+        c.metrics(w)["weft_tunnel_gso_frames_total"],
+        0,
+        "weft handed flannel's proxy whole super-packets"
+    );
+    harness::figure(&format!(
+        "weft udp <-> flannel's own udp proxy: pings of 56, 1400 and {largest} B (DF) both \
+         ways; TCP {:.2} Gbit/s to flannel, {:.2} Gbit/s back",
+        there.bps / 1e9,
+        back.bps / 1e9
+    ));
+}
+
+/// Pings `to` from `from` with `size` bytes of payload and DF set; it must answer.
+fn ping_df(from: &Pod, to: &Pod, size: &str) {
+    let o = try_in_ns(
+        &from.ns,
+        &format!("ping -c 3 -i 0.2 -W 2 -M do -s {size} {}", to.ip),
+    );
+    assert!(
+        o.status.success(),
+        "ping -s {size} {} -> {} failed: {}",
+        from.ip,
+        to.ip,
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
 #[test]
 fn refusals_name_the_flag_and_the_fix() {
-    let mut c = Cluster::new(
-        weft(),
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
-    );
+    let mut c = Cluster::new(weft(), UDP);
     c.add_node(Kind::Weft);
     c.spawn_weft_env(0, &["--dataplane", "kernel"], &[]);
     let (ok, log) = c.wait_exit(0, Duration::from_secs(10));

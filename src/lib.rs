@@ -16,6 +16,7 @@ pub mod daemon;
 pub(crate) mod dataplane;
 pub mod encap;
 pub mod gojson;
+pub mod handover;
 pub(crate) mod health;
 pub mod host;
 pub mod lease;
@@ -26,6 +27,10 @@ pub mod privilege;
 pub mod quiet;
 pub mod store;
 pub mod subnet_env;
+pub mod teardown;
 #[doc(hidden)]
 pub mod testkit;
 pub mod wire;
+
+/// weft's version, as `weft --version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -57,6 +59,37 @@ pub struct Link {
     pub mac: Option<MacAddr>,
     /// Its kind (`vxlan`, `veth`, `tun`, ...), if the kernel says.
     pub kind: Option<String>,
+    /// A vxlan device's settings, read back.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// What a vxlan device was made with, as the kernel reports it (`ip -d link show`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VxlanInfo {
+    /// VNI.
+    pub vni: u32,
+    /// Destination UDP port.
+    pub port: u16,
+    /// Local (source) address.
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device's index.
+    pub underlay: u32,
+}
+
+impl VxlanInfo {
+    fn read(attrs: &[InfoVxlan]) -> VxlanInfo {
+        let mut v = VxlanInfo::default();
+        for a in attrs {
+            match *a {
+                InfoVxlan::Id(id) => v.vni = id,
+                InfoVxlan::Port(p) => v.port = p,
+                InfoVxlan::Local(ip) => v.local = Some(ip),
+                InfoVxlan::Link(i) => v.underlay = i,
+                _ => {}
+            }
+        }
+        v
+    }
 }
 
 /// A route to a peer's pod subnet, as the kernel backends install it: `dst via gateway dev
@@ -141,6 +174,7 @@ impl Netlink {
                     up: m.header.flags.contains(LinkFlags::Up),
                     mac: None,
                     kind: None,
+                    vxlan: None,
                 };
                 for a in m.attributes {
                     match a {
@@ -151,11 +185,17 @@ impl Netlink {
                         }
                         LinkAttribute::LinkInfo(infos) => {
                             for i in infos {
-                                if let LinkInfo::Kind(k) = i {
-                                    l.kind = Some(match k {
-                                        InfoKind::Vxlan => "vxlan".to_string(),
-                                        other => other.to_string(),
-                                    });
+                                match i {
+                                    LinkInfo::Kind(k) => {
+                                        l.kind = Some(match k {
+                                            InfoKind::Vxlan => "vxlan".to_string(),
+                                            other => other.to_string(),
+                                        })
+                                    }
+                                    LinkInfo::Data(InfoData::Vxlan(v)) => {
+                                        l.vxlan = Some(VxlanInfo::read(&v))
+                                    }
+                                    _ => {}
                                 }
                             }
                         }
@@ -731,6 +771,9 @@ impl LinkGuard {
 
 impl Drop for LinkGuard {
     fn drop(&mut self) {
+        if crate::teardown::keeping() {
+            return;
+        }
         for r in self.routes.drain(..).rev() {
             if let Err(e) = self.nl.del_route(r, self.index) {
                 tracing::warn!("cannot remove route {r}: {e}");

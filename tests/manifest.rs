@@ -11,6 +11,7 @@ use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 const MANIFEST: &str = include_str!("../deploy/kube-weft.yml");
@@ -133,7 +134,31 @@ fn the_config_map_holds_kube_flannels_conflist_and_a_config_weft_accepts() {
 #[test]
 fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
     let ds: DaemonSet = find("DaemonSet");
-    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let spec = ds.spec.unwrap();
+    // Rolled out by hand-over: the new pod beside the old, never a node without weft.
+    let rolling = spec.update_strategy.unwrap().rolling_update.unwrap();
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.unwrap();
+    // Both pods see the same state directory, where the old one's hand-over socket is.
+    let c0 = &pod.containers[0];
+    let state = c0
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/run/weft");
+    let vol = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| Some(&v.name) == state.map(|m| &m.name));
+    assert_eq!(
+        vol.and_then(|v| v.host_path.as_ref())
+            .map(|h| h.path.as_str()),
+        Some("/run/weft")
+    );
     assert_eq!(pod.host_network, Some(true));
     let sa: ServiceAccount = find("ServiceAccount");
     assert_eq!(pod.service_account_name, sa.metadata.name);

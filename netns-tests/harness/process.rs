@@ -92,6 +92,36 @@ impl Cluster {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "weft already runs on node {}", i + 1);
         let _ = fs::remove_file(&n.subnet_file);
+        self.spawn_beside(i, extra, env);
+    }
+
+    /// Hands node `i` over: starts a second weft there with `extra` while the first runs,
+    /// and waits for the first to exit by itself. Returns the first's exit status (whether it
+    /// was 0) and how long the hand-over took, from the second's start to the first's exit.
+    pub fn hand_over(&mut self, i: usize, extra: &[&str]) -> (bool, Duration) {
+        let mut old = self.nodes[i].child.take().expect("weft is not running");
+        let t0 = Instant::now();
+        self.spawn_beside(i, extra, &[]);
+        let st = wait_for("the old weft to exit", Duration::from_secs(30), || {
+            old.try_wait().ok().flatten()
+        });
+        (st.success(), t0.elapsed())
+    }
+
+    /// Starts a weft on node `i` beside whatever runs there and waits for it to exit;
+    /// returns (success, the node's log). For starts that must be refused.
+    pub fn spawn_weft_and_wait(
+        &mut self,
+        i: usize,
+        extra: &[&str],
+        limit: Duration,
+    ) -> (bool, String) {
+        self.spawn_beside(i, extra, &[]);
+        self.wait_exit(i, limit)
+    }
+
+    fn spawn_beside(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
+        let n = &mut self.nodes[i];
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -123,6 +153,13 @@ impl Cluster {
             "--healthz-port".into(),
             port,
         ]);
+        // The hand-over socket in the cluster's directory, not the host's /run/weft.
+        if !extra.iter().any(|a| a.starts_with("--state-dir")) {
+            args.extend([
+                "--state-dir".into(),
+                self.dir.join("state").display().to_string(),
+            ]);
+        }
         // As kube-flannel.yml runs flanneld: with --ip-masq, so subnet.env says
         // FLANNEL_IPMASQ=true and the CNI bridge leaves pod-to-pod traffic un-NATed.
         if !extra.iter().any(|a| a.starts_with("--ip-masq")) {

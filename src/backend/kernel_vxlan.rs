@@ -12,16 +12,17 @@
 //!   network gets `<subnet> via <PublicIP>` instead, and no entries.
 //!
 //! The wire is the kernel's own, so weft's userspace nodes and stock flanneld nodes talk
-//! to it as to any `flannel.1`. On a clean stop the device goes (and the kernel takes its
-//! entries and routes with it); after a crash the next start finds the device by name and
-//! recreates it, and adopts or removes the routes by weft's route protocol.
+//! to it as to any `flannel.1`. A stop leaves the device, its entries and routes forwarding
+//! (as flanneld v0.27+ leaves them; [`crate::teardown`]); the next start, after a stop, a
+//! crash or in a hand-over, adopts a device made as it would make it (else replaces it),
+//! and adopts or removes the routes by weft's route protocol. `weft cleanup` removes them.
 
 use super::plan::{LinkPlan, PeerRule, Tunnel};
 use super::reconcile::{link_index, Reconciled, Reconciler};
 use super::{Error, Running, Setup};
 use crate::config::BackendConfig;
 use crate::lease::table::BackendKind;
-use crate::netlink::{Netlink, VxlanSpec};
+use crate::netlink::{Link, Netlink, VxlanInfo, VxlanSpec};
 
 /// The vxlan device's transmit queue (what `ip link add ... type vxlan` gives it).
 const TXQUEUELEN: u32 = 1000;
@@ -40,13 +41,35 @@ fn create(nl: &Netlink, spec: &VxlanSpec) -> Result<u32, Error> {
         source,
     };
     if let Some(old) = nl.link_by_name(name).map_err(configure)? {
-        tracing::info!("replacing the existing {name} (left by an earlier run)");
+        if made_as(&old, spec) {
+            // A stop leaves the device forwarding; the next start takes it as it is, so
+            // pods on this node lose nothing across a restart or a hand-over.
+            tracing::info!("adopting the existing {name} (left by an earlier run)");
+            return Ok(old.index);
+        }
+        tracing::info!(
+            "replacing the existing {name} (left by an earlier run, made otherwise: {:?})",
+            old.vxlan
+        );
         nl.del_link(old.index).map_err(configure)?;
     }
     let index = nl.add_vxlan(spec).map_err(configure)?;
     // flanneld sets accept_ra=0; best effort (absent where IPv6 is off).
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
     Ok(index)
+}
+
+/// Whether `link` is a vxlan device made as `spec` says (VNI, port, local address,
+/// underlay); its MTU, address, MAC and state are set again by the reconciler.
+fn made_as(link: &Link, spec: &VxlanSpec) -> bool {
+    link.kind.as_deref() == Some("vxlan")
+        && link.vxlan
+            == Some(VxlanInfo {
+                vni: spec.vni,
+                port: spec.port,
+                local: Some(spec.local),
+                underlay: spec.underlay,
+            })
 }
 
 /// Makes and programs `flannel.<VNI>` for a vxlan backend config, and starts keeping it.

@@ -122,6 +122,12 @@ pub trait Backend {
     fn needs_tun(&self) -> bool {
         false
     }
+
+    /// The kernel device it forwards through and adopts from an earlier run, if any (the
+    /// start-up removal of what earlier runs left spares it).
+    fn kernel_device(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A started backend.
@@ -137,6 +143,18 @@ pub trait Running {
     fn forwarded_from(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Whether the kernel forwards for it with no weft process running (kernel vxlan,
+    /// host-gw): then a stop leaves what it installed, as flanneld's does, for the next
+    /// start to adopt ([`crate::teardown`]). A userspace dataplane's TUN dies with its
+    /// process; its stop removes the rest and the fail-closed guard answers.
+    fn outlives_process(&self) -> bool {
+        false
+    }
+
+    /// Called before it is dropped at a hand-over: let the successor take the traffic
+    /// first, so that nothing is left in what this process closes.
+    fn yield_to_successor(&mut self) {}
 
     /// Checks that what the backend installed is still there (someone may delete or set
     /// down a device, or flush a route), repairing what it can in place.
@@ -218,6 +236,14 @@ impl Backend for Encap {
         self.dataplane == DataplaneChoice::Userspace
     }
 
+    fn kernel_device(&self) -> Option<String> {
+        match (self.cfg, self.dataplane) {
+            (_, DataplaneChoice::Userspace) => None,
+            (BackendConfig::Vxlan { vni, .. }, _) => Some(kernel_vxlan::device_name(vni)),
+            _ => None,
+        }
+    }
+
     fn start(&self, setup: Setup<'_>) -> Result<Box<dyn Running>, Error> {
         match self.dataplane {
             DataplaneChoice::Userspace => userspace::start(&self.cfg, setup),
@@ -238,14 +264,16 @@ impl Backend for Encap {
 /// Removes the `flannel.*` vxlan devices an earlier run left (weft's after a crash, or a
 /// flanneld's this node ran before): their routes to peers' subnets would shadow the TUN's
 /// route for the whole cluster network, and a device holds the VXLAN port. Called once at
-/// start, before any backend programs anything (the kernel dataplane makes its own device
-/// anew); returns a line per removal. Peer routes are not touched here: every backend's
+/// start, before any backend programs anything, sparing `spare` (the kernel dataplane's
+/// own device, which it adopts when it is made as it would make it); returns a line per
+/// removal. Peer routes are not touched here: every backend's
 /// [`routes::RouteSet`] adopts those of an earlier run that it still wants and removes the
 /// rest, so host-gw pods keep forwarding across a crash and restart.
-pub fn remove_leftover_devices(nl: &Netlink) -> std::io::Result<Vec<String>> {
+pub fn remove_leftover_devices(nl: &Netlink, spare: Option<&str>) -> std::io::Result<Vec<String>> {
     let mut done = Vec::new();
     for l in nl.links()? {
-        if l.name.starts_with("flannel.") && l.kind.as_deref() == Some("vxlan") {
+        let spared = spare == Some(l.name.as_str());
+        if l.name.starts_with("flannel.") && l.kind.as_deref() == Some("vxlan") && !spared {
             nl.del_link(l.index)?;
             done.push(format!("vxlan device {}", l.name));
         }
@@ -260,7 +288,7 @@ pub fn remove_leftovers(nl: &Netlink) -> std::io::Result<Vec<String>> {
         nl.del_peer_route(&r)?;
         done.push(format!("route {r}"));
     }
-    done.extend(remove_leftover_devices(nl)?);
+    done.extend(remove_leftover_devices(nl, None)?);
     Ok(done)
 }
 

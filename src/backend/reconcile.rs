@@ -251,6 +251,10 @@ impl Running for Reconciled {
     fn check(&mut self) -> Health {
         self.reconciler.check()
     }
+
+    fn outlives_process(&self) -> bool {
+        true
+    }
 }
 
 /// The neighbour and FDB entry of one tunnelled peer.

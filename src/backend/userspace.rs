@@ -249,6 +249,10 @@ impl Running for Forwarding {
         self.dp.set_senders(&senders);
     }
 
+    fn yield_to_successor(&mut self) {
+        self.dp.yield_to_successor();
+    }
+
     fn check(&mut self) -> Health {
         if self.dp.tun_gone() {
             return Health::Broken(format!("TUN {} is gone (its reads fail)", self.tun_name));

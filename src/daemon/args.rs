@@ -39,6 +39,11 @@ pub struct RunArgs {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
+    /// Where a running weft listens for its successor (`weft run` started again on the
+    /// node hands the node over without an outage): a directory only root may write,
+    /// shared by the old and the new process (a DaemonSet mounts it from the host).
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/run/weft")]
+    pub state_dir: PathBuf,
     /// Address for /healthz, /readyz, /metrics and /leases (as flanneld's, every address by
     /// default; 127.0.0.1 keeps them from pods when probes come from the node itself).
     #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]

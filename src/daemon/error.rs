@@ -74,6 +74,9 @@ pub enum Error {
     /// The health endpoint could not listen.
     #[error("{0}")]
     Healthz(std::io::Error),
+    /// A weft already runs on this node and the node cannot be handed over.
+    #[error(transparent)]
+    Handover(#[from] crate::handover::Error),
     /// Our lease was deleted or taken over: stop, as flanneld does.
     #[error(
         "lease {key} has been revoked (deleted from {store}): shutting down, as flanneld does"

@@ -13,7 +13,8 @@
 //!
 //! Everything installed is held by a guard (the backend's [`Running`], the
 //! [`InstalledRules`]) whose `Drop` removes it, so every exit path, error or signal,
-//! cleans up the same way. Leases are left in place, as flanneld leaves them.
+//! cleans up the same way, unless [`crate::teardown`] says leave it (a kernel dataplane's
+//! stop, a hand-over to a successor). Leases are left in place, as flanneld leaves them.
 
 mod args;
 mod error;
@@ -113,16 +114,22 @@ pub fn fail_closed(nl: &Netlink, network: ipnet::Ipv4Net) -> Result<()> {
         .map_err(|source| Error::Guard { network, source })
 }
 
-/// `weft cleanup`: removes every fail-closed guard route, and whatever a crashed kernel
-/// backend left (peer routes, `flannel.*` vxlan devices); returns the guards' networks
-/// and a line per other removal.
+/// `weft cleanup`: removes every fail-closed guard route, and whatever a stopped or
+/// crashed weft left (peer routes, `flannel.*` vxlan devices, flanneld's iptables and
+/// nftables rules); returns the guards' networks and a line per other removal.
 pub fn cleanup() -> std::io::Result<(Vec<ipnet::Ipv4Net>, Vec<String>)> {
     let nl = Netlink::new()?;
     let guards = nl.guards()?;
     for g in &guards {
         nl.del_guard(*g)?;
     }
-    Ok((guards, backend::remove_leftovers(&nl)?))
+    let mut done = backend::remove_leftovers(&nl)?;
+    for mode in [Mode::Iptables, Mode::Nftables] {
+        if crate::masq::remove_leftovers(mode).is_ok() {
+            done.push(format!("flanneld's {} rules, if any", mode.name()));
+        }
+    }
+    Ok((guards, done))
 }
 
 /// Phase 4: our lease: reuse ours (keeping backend data such as the VTEP MAC), else the
@@ -160,10 +167,11 @@ pub fn acquire_lease(
 
 /// Phase 3b: a vxlan device an earlier run left (a crash, or a change of backend or
 /// dataplane) is removed before this run's backend programs anything, so its routes cannot
-/// shadow the TUN's and it does not hold the VXLAN port; the backend's route set adopts or
-/// removes the earlier run's peer routes.
-fn adopt(nl: &Netlink) {
-    match backend::remove_leftover_devices(nl) {
+/// shadow the TUN's and it does not hold the VXLAN port; `spare`, the kernel dataplane's
+/// own device, is left for it to adopt. The backend's route set adopts or removes the
+/// earlier run's peer routes.
+fn adopt(nl: &Netlink, spare: Option<&str>) {
+    match backend::remove_leftover_devices(nl, spare) {
         Ok(done) => {
             for d in done {
                 tracing::info!("removed {d}, left by an earlier run");
@@ -292,8 +300,9 @@ impl BlackholeRoute {
     }
 }
 
-/// Runs the agent until a signal or a fatal error: [`prepare`], [`start_forwarding`],
-/// the [`ControlLoop`], then [`shutdown`].
+/// Runs the agent until a signal, a hand-over or a fatal error: [`prepare`],
+/// [`start_forwarding`] (beside a predecessor, then taking the node from it, when one
+/// runs: [`crate::handover`]), the [`ControlLoop`], then [`shutdown`].
 pub fn run(args: RunArgs) -> Result<()> {
     // Before any thread starts: each drops its own capabilities (crate::privilege).
     crate::privilege::enable(args.drop_capabilities);
@@ -301,13 +310,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
     }
+    let predecessor = find_predecessor(&args)?;
     let status = serve_health(&args)?;
-    let (node, mut store) =
-        tracing::info_span!("prepare").in_scope(|| prepare(&args, &status, &stop))?;
+    let (node, mut store) = tracing::info_span!("prepare")
+        .in_scope(|| prepare(&args, &status, &stop, predecessor.as_ref()))?;
     let subnet = node.ours.lease.subnet;
     let mut fwd = tracing::info_span!("start", %subnet)
         .in_scope(|| start_forwarding(&args, &node, store.as_mut(), &status))?;
     let _span = tracing::info_span!("node", %subnet).entered();
+    if let Some(p) = predecessor {
+        take_over(p);
+    }
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let _listener = listen_for_successor(&args, &node, &stop, &handed_over);
     let start = || node.start_backend(&args);
     let control = ControlLoop {
         store: store.as_mut(),
@@ -323,8 +338,60 @@ pub fn run(args: RunArgs) -> Result<()> {
         backend_problem: None,
     };
     let outcome = control.run(&stop);
-    shutdown(&node, fwd);
+    shutdown(&node, fwd, handed_over.load(Ordering::SeqCst));
     outcome
+}
+
+/// Flags a successor may change without refusal: the log level.
+const HANDOVER_MAY_DIFFER: &[&str] = &["v"];
+
+/// A weft already running on this node, that answered with the same flags. From here until
+/// [`take_over`], what this process adopts is its predecessor's: left in place on failure.
+fn find_predecessor(args: &RunArgs) -> Result<Option<crate::handover::Predecessor>> {
+    let flags = crate::handover::flags_of(&format!("{args:#?}"));
+    let found = crate::handover::find(&args.state_dir, &flags, HANDOVER_MAY_DIFFER)?;
+    if let Some(p) = &found {
+        tracing::info!(
+            pid = p.identity.pid,
+            version = %p.identity.version,
+            subnet = %p.identity.subnet,
+            "weft already runs on this node: starting beside it, then taking the node over"
+        );
+        crate::teardown::keep_state(true);
+    }
+    Ok(found)
+}
+
+/// Tells the predecessor to go, now that this process forwards; from here on what it
+/// installed is ours (removed at a stop as ours is).
+fn take_over(p: crate::handover::Predecessor) {
+    match p.take() {
+        Ok(pid) => tracing::info!(pid, "took the node over; the old weft exits"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the old weft did not confirm the hand-over; forwarding anyway")
+        }
+    }
+    crate::teardown::keep_state(false);
+}
+
+/// This process's hand-over socket, for the next weft started on the node (none, with a
+/// warning, where the state directory cannot hold one: a restart is then an outage).
+fn listen_for_successor(
+    args: &RunArgs,
+    node: &Node,
+    stop: &Arc<AtomicBool>,
+    handed_over: &Arc<AtomicBool>,
+) -> Option<crate::handover::Listener> {
+    let identity = crate::handover::Identity {
+        pid: std::process::id(),
+        version: crate::VERSION.to_string(),
+        flags: crate::handover::flags_of(&format!("{args:#?}")),
+        network: node.cfg.network.to_string(),
+        subnet: node.ours.lease.subnet.to_string(),
+    };
+    crate::handover::listen(&args.state_dir, identity, stop.clone(), handed_over.clone())
+        .inspect_err(|e| tracing::warn!(error = %e, "no hand-over socket: a restart of this node will not be seamless"))
+        .ok()
 }
 
 /// /healthz (and /metrics) first, as flanneld serves it before it waits for its config.
@@ -373,18 +440,23 @@ impl Node {
     }
 }
 
-/// The underlay, the store and its config, the fail-closed guard, the backend and the
-/// host checks, then our lease.
+/// The underlay, the store and its config (a predecessor's network, if one runs), the
+/// fail-closed guard, the backend and the host checks, then our lease.
 fn prepare(
     args: &RunArgs,
     status: &crate::health::Status,
     stop: &AtomicBool,
+    predecessor: Option<&crate::handover::Predecessor>,
 ) -> Result<(Node, Box<dyn LeaseStore>)> {
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
     let underlay = find_underlay(&nl, args)?;
     let mut store = open_store(args)?;
     status.step("waiting for the network config");
     let cfg = wait_config(store.as_ref(), args, stop)?;
+    if let Some(p) = predecessor {
+        // Before anything is touched: a change of Network is refused, not adopted.
+        p.check_network(&cfg.network.to_string())?;
+    }
     status.step("acquiring a lease");
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -392,7 +464,7 @@ fn prepare(
     fail_closed(&nl, cfg.network)?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
     check_host(&cfg, args, backend.as_ref())?;
-    adopt(&nl);
+    adopt(&nl, backend.kernel_device().as_deref());
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
         return Err(Error::MtuTooSmall {
@@ -531,25 +603,41 @@ fn announce(
     Ok(())
 }
 
-/// Removes what the backend and the rules installed; the lease and the guard stay.
-fn shutdown(node: &Node, fwd: Forwarding) {
+/// Removes what the backend and the rules installed, unless the node was handed over or
+/// the kernel forwards without us (kernel vxlan, host-gw: left for the next start to
+/// adopt, as flanneld leaves them); the lease and the guard stay.
+fn shutdown(node: &Node, fwd: Forwarding, handed_over: bool) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let Forwarding {
         policy,
-        running,
+        mut running,
         rules,
         blackhole: _,
     } = fwd;
+    if let Some(r) = running.as_mut().filter(|_| handed_over) {
+        r.yield_to_successor();
+    }
+    let outlives = running.as_ref().is_some_and(|r| r.outlives_process());
+    if handed_over || outlives {
+        crate::teardown::keep_state(true);
+    }
     let had_rules = rules.as_ref().map(|r| r.mode());
     drop(rules);
     drop(running);
-    tracing::info!(
-        "stopped; removed what the {} backend installed{}; lease {} and the fail-closed route for {} left in place",
-        node.backend.name(),
-        had_rules.map(|m| format!(" and the {m} rules")).unwrap_or_default(),
-        policy.lease().lease.key(),
-        node.cfg.network
-    );
+    let rules = had_rules
+        .map(|m| format!(" and the {m} rules"))
+        .unwrap_or_default();
+    let (backend, lease) = (node.backend.name(), policy.lease().lease.key());
+    if handed_over {
+        tracing::info!("handed over: the {backend} backend's devices and routes{rules} left to the new weft; exiting");
+    } else if outlives {
+        tracing::info!("stopped; what the {backend} backend installed{rules} left forwarding for the next start to adopt (`weft cleanup` removes it); lease {lease} left in place");
+    } else {
+        tracing::info!(
+            "stopped; removed what the {backend} backend installed{rules}; lease {lease} and the fail-closed route for {} left in place",
+            node.cfg.network
+        );
+    }
 }
 
 /// What the control loop keeps current besides the backend.

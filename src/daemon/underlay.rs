@@ -218,6 +218,7 @@ mod tests {
         Link {
             mac: None,
             kind: None,
+            vxlan: None,
             index,
             name: name.into(),
             mtu: 1500 - index,

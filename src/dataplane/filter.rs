@@ -75,6 +75,37 @@ pub(crate) fn program(senders: &[Ipv4Addr]) -> Option<Vec<Insn>> {
     Some(p)
 }
 
+/// `BPF_ALU | BPF_MOD | BPF_K`.
+const MOD_K: u16 = 0x94;
+/// `BPF_ALU | BPF_ADD | BPF_K`.
+const ADD_K: u16 = 0x04;
+/// `BPF_RET | BPF_A`.
+const RET_A: u16 = 0x16;
+/// `SKF_AD_OFF + SKF_AD_RXHASH`: the skb's flow hash.
+const RXHASH: u32 = (-0x1000i32 + 32) as u32;
+
+/// The reuseport program a node handed over leaves on its port's socket group
+/// (`SO_ATTACH_REUSEPORT_CBPF`): pick socket `n + hash mod n`, where the first `n` sockets
+/// of the group are the predecessor's and the next `n` its successor's, so that every
+/// datagram goes to the successor while the predecessor drains its own and closes them.
+/// Once only `n` sockets are left, every index is past the end and the kernel falls back
+/// to its hash over all of them; at the next hand-over the same program steers to the
+/// newcomer again.
+pub(crate) fn successor_steering(n: u32) -> Vec<Insn> {
+    let insn = |code, k| Insn {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    vec![
+        insn(LD_W_ABS, RXHASH),
+        insn(MOD_K, n.max(1)),
+        insn(ADD_K, n),
+        insn(RET_A, 0),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

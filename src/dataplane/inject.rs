@@ -121,12 +121,13 @@ fn read_sysctl(path: &str) -> io::Result<u32> {
         .map_err(|_| io::Error::other(format!("{path}: not a number: {s:?}")))
 }
 
-/// Creates the TAP `name` with `queues` queues and configures it to forward what is
+/// Creates the TAP `name` with `queues` queues (always multi-queue, so a successor's
+/// hand-over attaches its own queues to the same TAP) and configures it to forward what is
 /// written to it. The caller brings the link up (netlink). Fails, with the reason, where
 /// the kernel cannot take tunnel GSO frames or would drop them.
 pub(crate) fn open(name: &str, queues: usize) -> io::Result<Vec<Injector>> {
     let taps = (0..queues.max(1))
-        .map(|_| open_queue(name, queues > 1))
+        .map(|_| open_queue(name, true))
         .collect::<io::Result<Vec<_>>>()?;
     let conf = format!("/proc/sys/net/ipv4/conf/{name}");
     sysctl(&format!("{conf}/forwarding"), "1")?;

@@ -31,13 +31,15 @@ use counters::Counters;
 use worker::Worker;
 pub(crate) use worker::{Offloads, Tuning};
 
-/// Creates the TUN device `name` with `queues` queues (multi-queue when more than one),
-/// non-blocking, with the virtio-net header and TSO/checksum offloads when `offload`.
-/// Returns one handle per queue.
+/// Creates the TUN device `name` with `queues` queues, non-blocking, with the virtio-net
+/// header and TSO/checksum offloads when `offload`. Returns one handle per queue. Always
+/// multi-queue: where `name` exists (a predecessor forwards on it, [`crate::handover`]),
+/// the queues are attached to it beside the predecessor's, and the device lives on when
+/// the predecessor's go.
 pub(crate) fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<SyncDevice>> {
     let first = DeviceBuilder::new()
         .name(name)
-        .multi_queue(queues > 1)
+        .multi_queue(true)
         .offload(offload)
         .build_sync()?;
     let mut out = Vec::with_capacity(queues);
@@ -145,6 +147,9 @@ pub(crate) struct Dataplane {
     filtered: Vec<std::net::UdpSocket>,
     /// Whether the last update could not list every sender (logged once per change).
     unfiltered: crate::quiet::Quiet<()>,
+    /// A duplicate of the first worker's socket: its `SO_REUSEPORT` group is steered to a
+    /// successor at a hand-over ([`Dataplane::yield_to_successor`]).
+    group: Option<std::net::UdpSocket>,
 }
 
 impl Dataplane {
@@ -191,6 +196,7 @@ impl Dataplane {
                 Vec::new()
             },
             unfiltered: crate::quiet::Quiet::new(),
+            group: socks.first().and_then(|s| s.try_clone().ok()),
         };
         let mut injectors = injectors.into_iter();
         let icmp_limit = Arc::new(std::sync::Mutex::new(
@@ -276,8 +282,36 @@ impl Dataplane {
     }
 }
 
+/// How long a node handed over keeps draining its sockets and TUN queues after steering
+/// new datagrams to its successor, before it closes them.
+const DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Dataplane {
+    /// At a hand-over, before this dataplane stops: every datagram from now on goes to the
+    /// successor's sockets ([`filter::successor_steering`]), and the TUN's flows follow as
+    /// the successor writes them; the workers drain what is already theirs for [`DRAIN`].
+    /// Closing sockets and queues still holding packets would drop those.
+    pub(crate) fn yield_to_successor(&mut self) {
+        let Some(sock) = self.group.as_ref() else {
+            return;
+        };
+        let prog = filter::successor_steering(self.threads.len() as u32);
+        match sys::attach_reuseport_filter(sock, &prog) {
+            Ok(()) => std::thread::sleep(DRAIN),
+            Err(e) => tracing::warn!(error = %e, "cannot steer the port to the successor"),
+        }
+    }
+}
+
 impl Drop for Dataplane {
     fn drop(&mut self) {
+        // Our duplicates of the workers' sockets first: each worker then closes its own
+        // socket and TUN queue the moment it stops, rather than leaving them open and
+        // unread (their queues filling, then dropped) until the slowest worker has seen
+        // the stop. In a hand-over the kernel sends what they would have read to the
+        // successor's sockets and queues instead.
+        self.filtered.clear();
+        self.group = None;
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.threads.drain(..) {
             match t.join() {

@@ -56,6 +56,15 @@ pub(super) fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
+/// Attaches `prog` to `fd`'s `SO_REUSEPORT` group, choosing the socket each datagram
+/// goes to (`SO_ATTACH_REUSEPORT_CBPF`; see [`super::filter::successor_steering`]).
+pub(super) fn attach_reuseport_filter(
+    fd: &impl AsRawFd,
+    prog: &[super::filter::Insn],
+) -> io::Result<()> {
+    set_program(fd, libc::SO_ATTACH_REUSEPORT_CBPF, prog)
+}
+
 /// Attaches (or atomically replaces) the classic BPF program `prog` on socket `fd`
 /// (`SO_ATTACH_FILTER`; no privilege needed). An empty `prog` detaches any.
 pub(super) fn attach_filter(fd: &impl AsRawFd, prog: &[super::filter::Insn]) -> io::Result<()> {
@@ -67,6 +76,15 @@ pub(super) fn attach_filter(fd: &impl AsRawFd, prog: &[super::filter::Insn]) -> 
             r => r,
         };
     }
+    set_program(fd, libc::SO_ATTACH_FILTER, prog)
+}
+
+/// Sets a classic BPF program `prog` as socket option `opt` (`SO_ATTACH_FILTER`, ...).
+fn set_program(
+    fd: &impl AsRawFd,
+    opt: libc::c_int,
+    prog: &[super::filter::Insn],
+) -> io::Result<()> {
     let insns: Vec<libc::sock_filter> = prog
         .iter()
         .map(|i| libc::sock_filter {
@@ -86,7 +104,7 @@ pub(super) fn attach_filter(fd: &impl AsRawFd, prog: &[super::filter::Insn]) -> 
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
+            opt,
             (&fprog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
@@ -321,5 +339,48 @@ mod filter_tests {
         assert!(arrives(&tx, &rx), "still filtered after the detach");
         // Detaching when nothing is attached is fine too.
         attach_filter(&rx, &[]).unwrap();
+    }
+
+    fn reuseport_socket(port: u16) -> UdpSocket {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.into()
+    }
+
+    fn received(socks: &[UdpSocket]) -> usize {
+        let mut b = [0u8; 8];
+        socks
+            .iter()
+            .map(|s| std::iter::from_fn(|| s.recv(&mut b).ok()).count())
+            .sum()
+    }
+
+    #[test]
+    fn a_handed_over_port_steers_every_datagram_to_the_successors_sockets() {
+        let first = reuseport_socket(0);
+        let port = first.local_addr().unwrap().port();
+        let old = [first, reuseport_socket(port)];
+        let new = [reuseport_socket(port), reuseport_socket(port)];
+        let steering = super::super::filter::successor_steering(2);
+        attach_reuseport_filter(&old[0], &steering).unwrap();
+        let send = |n: usize| {
+            for _ in 0..n {
+                // A new source port each time: another 4-tuple, another hash.
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                tx.send_to(b"x", (Ipv4Addr::LOCALHOST, port)).unwrap();
+            }
+        };
+        send(32);
+        assert_eq!(received(&old), 0, "the predecessor still got datagrams");
+        assert_eq!(received(&new), 32);
+        // The predecessor gone, its program's indexes are out of range: the kernel hashes
+        // over the successor's sockets, which get everything.
+        drop(old);
+        send(32);
+        assert_eq!(received(&new), 32);
     }
 }

@@ -75,13 +75,16 @@ pub struct Tuning {
     pub sender_filter: bool,
 }
 
-/// What a worker owns.
+/// What a worker owns. Its socket closes before its TUN queue (fields drop in order): a
+/// TUN queue's close waits out an RCU grace period (milliseconds), and a socket left open
+/// and unread that long would drop what reached it, where closed the kernel hands it to a
+/// sibling (or, in a hand-over, a successor) instead.
 pub(crate) struct Worker {
-    /// This worker's TUN queue.
-    pub(crate) tun: SyncDevice,
     /// This worker's UDP socket (SO_REUSEPORT with its siblings), non-blocking: it
     /// receives, and sends what leaves from the backend port (flannel's udp format).
     pub(crate) sock: UdpSocket,
+    /// This worker's TUN queue.
+    pub(crate) tun: SyncDevice,
     /// The sockets vxlan datagrams leave from, one per source port (shared by workers).
     pub(crate) src_ports: Arc<SourceSockets>,
     /// This node.

@@ -59,6 +59,19 @@ impl Default for Limits {
     }
 }
 
+/// A listener on `addr` with `SO_REUSEPORT`, so a successor binds beside its predecessor
+/// during a hand-over ([`crate::handover`]); any other process on the port still makes it
+/// fail.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// Binds `addr` and serves `status` there from a thread named `weft-<what>`; returns the
 /// bound address (its port is chosen when `addr`'s is 0). Binding and the runtime are made
 /// here, so a port in use fails start-up.
@@ -68,7 +81,7 @@ pub(crate) fn serve(
     status: Arc<Status>,
     limits: Limits,
 ) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+    let listener = bind_shared(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen on {addr} (--{what}-ip, --{what}-port): {e}"),

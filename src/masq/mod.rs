@@ -59,7 +59,8 @@ impl Mode {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `iptables` or `nftables`.
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
@@ -177,6 +178,9 @@ impl InstalledRules {
 
 impl Drop for InstalledRules {
     fn drop(&mut self) {
+        if crate::teardown::keeping() {
+            return;
+        }
         if let Err(e) = self.rules.remove() {
             tracing::warn!(mode = self.mode.name(), error = %e, "cannot remove flanneld's rules");
         }

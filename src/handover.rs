@@ -1,0 +1,481 @@
+//! Hand-over: a second `weft run` on a node where weft already runs takes the node over
+//! without losing a packet, and the first exits 0 by itself.
+//!
+//! Nothing is passed but words. Everything the dataplane forwards on can be shared while
+//! both run: the TUN is multi-queue (the successor attaches its own queues to the same
+//! device), the UDP sockets and the health listeners are `SO_REUSEPORT` (the successor
+//! binds beside them), the kernel dataplanes' devices and routes are adopted as a restart
+//! after a crash adopts them. So the successor starts forwarding *beside* its predecessor,
+//! and only then tells it to go; the predecessor stops its workers and exits leaving the
+//! devices, routes and rules in place ([`crate::teardown`]), and the kernel steers what it
+//! would have read to the successor's queues and sockets.
+//!
+//! The conversation, one JSON line each way, over a Unix socket in `--state-dir` named
+//! after the network namespace (nodes that share a filesystem, as namespaces on one host
+//! do, never meet; the successor finds its predecessor's socket in a DaemonSet pod that
+//! mounts the state directory from the host):
+//!
+//! 1. successor: [`Hello`]; predecessor: its [`Identity`] (pid, version, flags, network,
+//!    subnet). The successor refuses, and exits with the difference, when the flags
+//!    differ; the predecessor carries on untouched;
+//! 2. the successor prepares (store, network config, which must be the predecessor's, its
+//!    lease, which is the same lease) and starts forwarding beside it, its guards set to
+//!    leave what they adopted should it fail ([`crate::teardown::keep_state`]);
+//! 3. successor: `take`; predecessor: `leaving`, then it stops.
+//!
+//! A socket nobody listens on (a weft killed with -9) is stale: removed, and the start
+//! goes on. A predecessor that accepts and does not answer within [`ANSWER`] is left
+//! alone and the successor refuses to start, saying so.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::linux::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long a predecessor has to answer each line.
+pub const ANSWER: Duration = Duration::from_secs(5);
+
+/// How long a predecessor waits for its successor between the hello and `take` (the
+/// successor reads its store and takes its lease meanwhile).
+pub const PREPARE: Duration = Duration::from_secs(120);
+
+/// Why a hand-over did not happen. The predecessor, if any, keeps forwarding in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state directory or the socket cannot be used.
+    #[error("--state-dir {path}: {source}")]
+    Socket {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something listens on the socket but does not answer.
+    #[error("a weft at {path} accepted but did not answer within {secs} s; it is left alone. Stop it (its pid: `fuser {path}`), or remove {path} if no weft runs")]
+    NoAnswer {
+        /// The socket's path.
+        path: PathBuf,
+        /// The wait.
+        secs: u64,
+    },
+    /// The running weft answered something else than weft's hand-over.
+    #[error("{path}: not a weft hand-over answer ({detail}); the process there is left alone")]
+    Garbled {
+        /// The socket's path.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The running weft was started with other flags.
+    #[error("weft (pid {pid}, {version}) already runs on this node with other flags: {diff}. It keeps forwarding. To hand the node over, start this weft with the same flags; to change them, stop that weft first (a userspace node is down until this one forwards)")]
+    Flags {
+        /// The running weft's pid.
+        pid: u32,
+        /// Its version.
+        version: String,
+        /// The flags that differ.
+        diff: String,
+    },
+    /// The running weft forwards another network than the store now holds.
+    #[error("weft (pid {pid}) forwards {theirs} but the network config now says {ours}: a change of Network is not a hand-over. It keeps forwarding; stop it and run `weft cleanup` first")]
+    Network {
+        /// The running weft's pid.
+        pid: u32,
+        /// Its network.
+        theirs: String,
+        /// The store's.
+        ours: String,
+    },
+}
+
+/// The successor's first line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Its pid.
+    pub pid: u32,
+    /// Its version.
+    pub version: String,
+}
+
+/// What a running weft says about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// Its pid.
+    pub pid: u32,
+    /// Its version.
+    pub version: String,
+    /// Its flags, by name (secrets by fingerprint).
+    pub flags: BTreeMap<String, String>,
+    /// The cluster network it forwards.
+    pub network: String,
+    /// Its lease's subnet.
+    pub subnet: String,
+}
+
+/// The hand-over socket in `state_dir` for this network namespace.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.st_ino());
+    state_dir.join(format!("weft-netns-{netns}.sock"))
+}
+
+/// The top-level fields of a `{:#?}` rendering of a struct, by name: one line each at four
+/// spaces, a nested value's lines joined to its field's. Fields whose name says secret are
+/// kept as a fingerprint only.
+pub fn flags_of(debug: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in debug.lines().skip(1).filter(|l| l.starts_with("    ")) {
+        let top = line.starts_with("    ") && !line.starts_with("     ");
+        match (top, line.trim_start().split_once(": ")) {
+            (true, Some((name, value))) => {
+                out.insert(name.to_string(), value.trim_end_matches(',').to_string());
+                last = Some(name.to_string());
+            }
+            _ => {
+                if let Some(v) = last.as_ref().and_then(|n| out.get_mut(n)) {
+                    v.push_str(line.trim());
+                }
+            }
+        }
+    }
+    for (name, value) in out.iter_mut() {
+        *value = value.trim_end_matches(',').to_string();
+        if ["password", "token", "secret"]
+            .iter()
+            .any(|s| name.contains(s))
+        {
+            *value = format!("fingerprint {:016x}", fnv1a(value.as_bytes()));
+        }
+    }
+    out
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The flags that differ between `ours` and `theirs`, as `--flag (VALUE, running: VALUE)`;
+/// flags only one side knows (a newer weft's) are not compared, nor `ignored` ones.
+pub fn differences(
+    ours: &BTreeMap<String, String>,
+    theirs: &BTreeMap<String, String>,
+    ignored: &[&str],
+) -> Vec<String> {
+    ours.iter()
+        .filter(|(k, _)| !ignored.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let t = theirs.get(k)?;
+            (t != v).then(|| format!("--{} ({v}, running: {t})", k.replace('_', "-")))
+        })
+        .collect()
+}
+
+/// A running weft found at start, that answered.
+pub struct Predecessor {
+    stream: BufReader<UnixStream>,
+    path: PathBuf,
+    /// What it said about itself.
+    pub identity: Identity,
+}
+
+/// Looks for a running weft on this node: `None` where none listens (a stale socket is
+/// removed), its identity where one answers with the same flags as `flags`.
+pub fn find(
+    state_dir: &Path,
+    flags: &BTreeMap<String, String>,
+    ignored: &[&str],
+) -> Result<Option<Predecessor>, Error> {
+    let path = socket_path(state_dir);
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "removing a stale hand-over socket (no weft listens on it)");
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        Err(source) => return Err(Error::Socket { path, source }),
+    };
+    let mut p = Predecessor {
+        stream: BufReader::new(stream),
+        path,
+        identity: Identity::default(),
+    };
+    let hello = Hello {
+        pid: std::process::id(),
+        version: crate::VERSION.to_string(),
+    };
+    p.send(&serde_json::to_string(&hello).unwrap_or_default())?;
+    let line = p.receive(ANSWER)?;
+    p.identity = serde_json::from_str(&line).map_err(|e| p.garbled(e.to_string()))?;
+    let diff = differences(flags, &p.identity.flags, ignored);
+    if !diff.is_empty() {
+        return Err(Error::Flags {
+            pid: p.identity.pid,
+            version: p.identity.version.clone(),
+            diff: diff.join(", "),
+        });
+    }
+    Ok(Some(p))
+}
+
+impl Predecessor {
+    fn send(&mut self, line: &str) -> Result<(), Error> {
+        let w = self.stream.get_mut();
+        w.write_all(format!("{line}\n").as_bytes())
+            .map_err(|source| Error::Socket {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn receive(&mut self, wait: Duration) -> Result<String, Error> {
+        let _ = self.stream.get_ref().set_read_timeout(Some(wait));
+        let mut line = String::new();
+        match self.stream.read_line(&mut line) {
+            Ok(0) => Err(self.garbled("it closed the connection".into())),
+            Ok(_) => Ok(line.trim_end().to_string()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Error::NoAnswer {
+                    path: self.path.clone(),
+                    secs: wait.as_secs(),
+                })
+            }
+            Err(source) => Err(Error::Socket {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn garbled(&self, detail: String) -> Error {
+        Error::Garbled {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// Refuses a predecessor that forwards another network than `network`.
+    pub fn check_network(&self, network: &str) -> Result<(), Error> {
+        if self.identity.network == network {
+            return Ok(());
+        }
+        Err(Error::Network {
+            pid: self.identity.pid,
+            theirs: self.identity.network.clone(),
+            ours: network.to_string(),
+        })
+    }
+
+    /// Tells the predecessor to go, once this process forwards; returns its pid. It
+    /// answers `leaving`, then stops its workers and exits.
+    pub fn take(mut self) -> Result<u32, Error> {
+        self.send("\"take\"")?;
+        let line = self.receive(ANSWER)?;
+        if line != "\"leaving\"" {
+            return Err(self.garbled(format!("answered {line:?} to take")));
+        }
+        Ok(self.identity.pid)
+    }
+}
+
+/// This process's hand-over socket; dropping it removes the socket file, unless a
+/// successor's has replaced it.
+pub struct Listener {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.st_ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Listens for a successor from a thread: on its `take`, sets `handed_over` then `stop`.
+pub fn listen(
+    state_dir: &Path,
+    identity: Identity,
+    stop: Arc<AtomicBool>,
+    handed_over: Arc<AtomicBool>,
+) -> Result<Listener, Error> {
+    let path = socket_path(state_dir);
+    let socket = |source| Error::Socket {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(socket)?;
+    // Ours now: a predecessor's (or a stale one) is replaced.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(socket)?;
+    let inode = std::fs::metadata(&path).map_err(socket)?.st_ino();
+    std::thread::Builder::new()
+        .name("weft-handover".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                match serve(conn, &identity) {
+                    Ok(true) => {
+                        handed_over.store(true, Ordering::SeqCst);
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::info!(error = %e, "a hand-over did not happen"),
+                }
+            }
+        })
+        .map_err(socket)?;
+    Ok(Listener { path, inode })
+}
+
+/// One successor's conversation: whether it took the node.
+fn serve(conn: UnixStream, identity: &Identity) -> std::io::Result<bool> {
+    conn.set_read_timeout(Some(ANSWER))?;
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(false);
+    }
+    let hello: Hello = serde_json::from_str(line.trim_end()).map_err(std::io::Error::other)?;
+    tracing::info!(
+        pid = hello.pid,
+        version = %hello.version,
+        "a successor asks for this node"
+    );
+    let mut answer = serde_json::to_string(identity).map_err(std::io::Error::other)?;
+    answer.push('\n');
+    r.get_mut().write_all(answer.as_bytes())?;
+    r.get_ref().set_read_timeout(Some(PREPARE))?;
+    line.clear();
+    if r.read_line(&mut line)? == 0 || line.trim_end() != "\"take\"" {
+        tracing::info!(
+            pid = hello.pid,
+            "the successor went away without taking the node; forwarding on"
+        );
+        return Ok(false);
+    }
+    r.get_mut().write_all(b"\"leaving\"\n")?;
+    tracing::info!(
+        pid = hello.pid,
+        "handing the node over: stopping, leaving the devices, routes and rules to it"
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct Args {
+        v: u8,
+        iface: Vec<String>,
+        etcd_password: Option<String>,
+        workers: u16,
+    }
+
+    fn args(workers: u16, password: &str) -> BTreeMap<String, String> {
+        flags_of(&format!(
+            "{:#?}",
+            Args {
+                v: 0,
+                iface: vec!["eth0".into(), "eth1".into()],
+                etcd_password: Some(password.into()),
+                workers,
+            }
+        ))
+    }
+
+    #[test]
+    fn flags_are_read_by_name_with_nested_values_and_secrets_fingerprinted() {
+        let f = args(2, "hunter2");
+        assert_eq!(f["workers"], "2");
+        assert_eq!(f["iface"], "[\"eth0\",\"eth1\",]");
+        assert!(f["etcd_password"].starts_with("fingerprint "));
+        assert!(!f["etcd_password"].contains("hunter2"));
+        assert_eq!(f.len(), 4);
+    }
+
+    #[test]
+    fn differences_name_the_flag_and_ignore_what_one_side_lacks() {
+        let (a, b) = (args(2, "x"), args(4, "y"));
+        let d = differences(&a, &b, &[]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d.contains(&"--workers (2, running: 4)".to_string()),
+            "{d:?}"
+        );
+        assert!(differences(&a, &a, &[]).is_empty());
+        assert_eq!(differences(&a, &b, &["workers", "etcd_password"]).len(), 0);
+        let mut newer = a.clone();
+        newer.insert("new_flag".into(), "1".into());
+        assert!(differences(&newer, &a, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_successor_with_other_flags_is_refused_and_one_with_the_same_takes_over() {
+        let dir = std::env::temp_dir().join(format!("weft-handover-{}", std::process::id()));
+        let ours = args(2, "x");
+        let identity = Identity {
+            pid: 42,
+            version: "test".into(),
+            flags: ours.clone(),
+            network: "10.244.0.0/16".into(),
+            subnet: "10.244.3.0/24".into(),
+        };
+        let (stop, handed) = (Arc::default(), Arc::<AtomicBool>::default());
+        let l = listen(&dir, identity, Arc::clone(&stop), handed.clone()).unwrap();
+        let e = find(&dir, &args(4, "x"), &[]).err().unwrap().to_string();
+        assert!(e.contains("--workers (4, running: 2)"), "{e}");
+        assert!(!handed.load(Ordering::SeqCst));
+        let p = find(&dir, &ours, &[])
+            .unwrap()
+            .expect("the listener answers");
+        let e = p.check_network("10.245.0.0/16").unwrap_err().to_string();
+        assert!(
+            e.contains("10.244.0.0/16") && e.contains("10.245.0.0/16"),
+            "{e}"
+        );
+        p.check_network("10.244.0.0/16").unwrap();
+        assert_eq!(p.take().unwrap(), 42);
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(handed.load(Ordering::SeqCst));
+        drop(l);
+        assert!(!socket_path(&dir).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stale_socket_is_removed_and_a_silent_listener_refused() {
+        let dir = std::env::temp_dir().join(format!("weft-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = socket_path(&dir);
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(find(&dir, &BTreeMap::new(), &[]).unwrap().is_none());
+        assert!(!path.exists(), "the stale socket is removed");
+        let _silent = UnixListener::bind(&path).unwrap();
+        let e = find(&dir, &BTreeMap::new(), &[]).err().unwrap();
+        assert!(matches!(e, Error::NoAnswer { .. }), "{e}");
+        assert!(path.exists(), "a live listener's socket is left alone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
