@@ -327,6 +327,8 @@ pub fn listen(
     std::thread::Builder::new()
         .name("weft-handover".into())
         .spawn(move || {
+            // Talking on a Unix socket needs no capability.
+            crate::privilege::drop_all_in_this_thread();
             for conn in listener.incoming().flatten() {
                 match serve(conn, &identity) {
                     Ok(true) => {
