@@ -44,6 +44,11 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// What an interface the kernel forwards from needs (`IPV4_DEVCONF_*` numbers, from
+/// `include/uapi/linux/ip.h`): `forwarding` 1, `accept_local` 1 (frames whose source is
+/// this node's address), `rp_filter` 0.
+pub(crate) const FORWARD_LOCAL: [(u16, u32); 3] = [(1, 1), (23, 1), (8, 0)];
+
 /// A network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -287,6 +292,31 @@ impl Netlink {
             .up()
             .build();
         self.set_link(msg, "set link mtu/up")
+    }
+
+    /// Sets interface `index`'s IPv4 settings (`/proc/sys/net/ipv4/conf/<name>/...`) over
+    /// netlink (`IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`): CAP_NET_ADMIN is enough, and
+    /// it works where `/proc/sys` is mounted read-only (a container). Each pair is an
+    /// `IPV4_DEVCONF_*` number and its value.
+    pub fn set_ipv4_conf(&self, index: u32, conf: &[(u16, u32)]) -> io::Result<()> {
+        use rtnetlink::packet_core::{DefaultNla, NLA_F_NESTED};
+        use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec};
+        /// `IFLA_INET_CONF`.
+        const INET_CONF: u16 = 1;
+        let mut values = Vec::with_capacity(conf.len() * 8);
+        for &(id, v) in conf {
+            // One attribute each: length 8, type id, the value (no padding needed).
+            values.extend_from_slice(&8u16.to_ne_bytes());
+            values.extend_from_slice(&id.to_ne_bytes());
+            values.extend_from_slice(&v.to_ne_bytes());
+        }
+        let nested = DefaultNla::new(INET_CONF | NLA_F_NESTED, values);
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::Other(nested),
+            ])]));
+        self.set_link(msg, "set IPv4 interface settings")
     }
 
     fn set_link(

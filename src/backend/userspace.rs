@@ -215,12 +215,18 @@ fn tunnel_gso(s: &Setup<'_>, offloads: &mut Offloads) -> Vec<Injector> {
 /// Opens the injection TAP ([`inject`]) with one queue per worker and brings it up.
 fn open_injectors(s: &Setup<'_>, tun: &str, workers: usize) -> std::io::Result<Vec<Injector>> {
     let name = inject::tap_name(tun);
-    let taps = inject::open(&name, workers)?;
-    let index =
-        s.nl.link_by_name(&name)?
-            .ok_or_else(|| std::io::Error::other(format!("{name} vanished after creation")))?
-            .index;
-    s.nl.set_mtu_up(index, 1500, 1000)?;
+    let index = |name: &str| {
+        Ok::<_, std::io::Error>(
+            s.nl.link_by_name(name)?
+                .ok_or_else(|| std::io::Error::other(format!("{name} vanished after creation")))?
+                .index,
+        )
+    };
+    let forward = |name: &str| {
+        s.nl.set_ipv4_conf(index(name)?, &crate::netlink::FORWARD_LOCAL)
+    };
+    let taps = inject::open(&name, workers, &forward)?;
+    s.nl.set_mtu_up(index(&name)?, 1500, 1000)?;
     Ok(taps)
 }
 

@@ -123,16 +123,19 @@ fn read_sysctl(path: &str) -> io::Result<u32> {
 
 /// Creates the TAP `name` with `queues` queues (always multi-queue, so a successor's
 /// hand-over attaches its own queues to the same TAP) and configures it to forward what is
-/// written to it. The caller brings the link up (netlink). Fails, with the reason, where
-/// the kernel cannot take tunnel GSO frames or would drop them.
-pub(crate) fn open(name: &str, queues: usize) -> io::Result<Vec<Injector>> {
+/// written to it: `forward(name)` sets its IPv4 `forwarding` 1, `accept_local` 1 and
+/// `rp_filter` 0 (over netlink, which works where `/proc/sys` is read-only, as in a
+/// container). The caller brings the link up. Fails, with the reason, where the kernel
+/// cannot take tunnel GSO frames or would drop them.
+pub(crate) fn open(
+    name: &str,
+    queues: usize,
+    forward: &dyn Fn(&str) -> io::Result<()>,
+) -> io::Result<Vec<Injector>> {
     let taps = (0..queues.max(1))
         .map(|_| open_queue(name, true))
         .collect::<io::Result<Vec<_>>>()?;
-    let conf = format!("/proc/sys/net/ipv4/conf/{name}");
-    sysctl(&format!("{conf}/forwarding"), "1")?;
-    sysctl(&format!("{conf}/accept_local"), "1")?;
-    sysctl(&format!("{conf}/rp_filter"), "0")?;
+    forward(name)?;
     let _ = sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
     let all = read_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter")?;
     if all != 0 {
