@@ -1,9 +1,9 @@
 //! `net-conf.json`: flannel's network configuration, parsed and checked with flannel's
 //! rules (`pkg/subnet/config.go`), with errors that name the field, the value and the rule.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use crate::gojson;
@@ -87,8 +87,26 @@ pub struct NetConfig {
     pub backend: BackendConfig,
     /// flannel's `EnableNFTables`: flanneld's nftables rules instead of its iptables ones.
     pub enable_nftables: bool,
+    /// flannel's `EnableIPv4` (default true).
+    pub enable_ipv4: bool,
+    /// The IPv6 side, when `EnableIPv6` is true.
+    pub ipv6: Option<Ipv6Config>,
     /// Non-fatal notes about the input (normalised values), for the log.
     pub warnings: Vec<String>,
+}
+
+/// The IPv6 side of a dual-stack (or IPv6-only) network: flannel's `IPv6Network`,
+/// `IPv6SubnetLen`, `IPv6SubnetMin` and `IPv6SubnetMax`, every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// The cluster's IPv6 network.
+    pub network: Ipv6Net,
+    /// Prefix length of each node's IPv6 subnet.
+    pub subnet_len: u8,
+    /// The lowest IPv6 subnet address handed out.
+    pub subnet_min: Ipv6Addr,
+    /// The highest IPv6 subnet address handed out.
+    pub subnet_max: Ipv6Addr,
 }
 
 /// A refused configuration. The message names the field, the value and the rule.
@@ -344,6 +362,8 @@ impl NetConfig {
             subnet_max,
             backend,
             enable_nftables: raw.enable_nftables.unwrap_or(false),
+            enable_ipv4: true,
+            ipv6: None,
             warnings,
         })
     }

@@ -221,6 +221,8 @@ fn demo_cluster(
         let env = SubnetEnv {
             network: cfg.network,
             subnet: a.subnet,
+            ipv6_network: None,
+            ipv6_subnet: None,
             mtu: cfg.backend.pod_mtu(1500),
             ipmasq: false,
         };

@@ -7,7 +7,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// The contents of subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub struct SubnetEnv {
     pub network: Ipv4Net,
     /// The node's subnet (`FLANNEL_SUBNET` is its first usable address with its length).
     pub subnet: Ipv4Net,
+    /// The cluster's IPv6 network (`FLANNEL_IPV6_NETWORK`), when IPv6 is enabled.
+    pub ipv6_network: Option<Ipv6Net>,
+    /// The node's IPv6 subnet (`FLANNEL_IPV6_SUBNET` is its first address with its length).
+    pub ipv6_subnet: Option<Ipv6Net>,
     /// Pod MTU (`FLANNEL_MTU`).
     pub mtu: u32,
     /// Whether flannel masquerades (`FLANNEL_IPMASQ`); the CNI plugin sets `ipMasq` to the
@@ -100,6 +104,8 @@ impl SubnetEnv {
         Ok(SubnetEnv {
             network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
             subnet: subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?.trunc(),
+            ipv6_network: None,
+            ipv6_subnet: None,
             mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
             ipmasq: ipmasq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?,
         })
@@ -141,6 +147,8 @@ mod tests {
         SubnetEnv {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.1.0/24".parse().unwrap(),
+            ipv6_network: None,
+            ipv6_subnet: None,
             mtu: 1450,
             ipmasq: false,
         }

@@ -207,6 +207,8 @@ impl Cluster {
         let env = SubnetEnv {
             network,
             subnet,
+            ipv6_network: None,
+            ipv6_subnet: None,
             mtu,
             ipmasq: true,
         };

@@ -573,6 +573,8 @@ fn announce(
     SubnetEnv {
         network: node.cfg.network,
         subnet: node.ours.lease.subnet,
+        ipv6_network: None,
+        ipv6_subnet: None,
         mtu: node.pod_mtu,
         ipmasq: args.ip_masq,
     }
