@@ -22,6 +22,7 @@ fn peer(subnet: Ipv4Net, i: u32) -> Peer {
         vni: 1,
         vtep_mac: MacAddr::default(),
         super_datagrams: true,
+        v6: None,
     }
 }
 

@@ -93,7 +93,14 @@ fn kube_flannel_conflist_with_debians_plugins_sets_up_and_tears_down_pods() {
             "pod MTU is not FLANNEL_MTU"
         );
         assert_eq!(mtu_of(&c.nodes[i].ns, "cni0"), envs[i].mtu);
-        pods.push((Pod { ns: ns.clone(), ip }, id));
+        pods.push((
+            Pod {
+                ns: ns.clone(),
+                ip,
+                ip6: None,
+            },
+            id,
+        ));
     }
     // Pods on different nodes reach each other and carry iperf3 through weft.
     let (p1, p2) = (&pods[0].0, &pods[1].0);
@@ -262,6 +269,7 @@ fn a_cni_1_1_conflist_gets_status_add_and_gc() {
             Pod {
                 ns,
                 ip: pod_ip(&result).0,
+                ip6: None,
             },
             id,
         ));

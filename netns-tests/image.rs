@@ -301,7 +301,11 @@ fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node
         .unwrap_or_else(|| panic!("no address in {result}"))
         .addr();
     assert!(env.subnet.contains(&ip), "{ip} not in {}", env.subnet);
-    c.nodes[n1].pods.push(Pod { ns: pod_ns, ip });
+    c.nodes[n1].pods.push(Pod {
+        ns: pod_ns,
+        ip,
+        ip6: None,
+    });
     c.nodes[n1].containers.push(container);
 
     // Node 2: the plain binary, with a pod.

@@ -5,10 +5,10 @@
 //! shutdown), so the packet path never sees it.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
@@ -75,8 +75,8 @@ pub struct VxlanInfo {
     pub vni: u32,
     /// Destination UDP port.
     pub port: u16,
-    /// Local (source) address.
-    pub local: Option<Ipv4Addr>,
+    /// Local (source) address (`local`, or `local6` for a device over an IPv6 underlay).
+    pub local: Option<IpAddr>,
     /// The underlay device's index.
     pub underlay: u32,
 }
@@ -88,7 +88,8 @@ impl VxlanInfo {
             match *a {
                 InfoVxlan::Id(id) => v.vni = id,
                 InfoVxlan::Port(p) => v.port = p,
-                InfoVxlan::Local(ip) => v.local = Some(ip),
+                InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(ip)),
+                InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(ip)),
                 InfoVxlan::Link(i) => v.underlay = i,
                 _ => {}
             }
@@ -101,11 +102,11 @@ impl VxlanInfo {
 /// oif [onlink] proto 87`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PeerRoute {
-    /// The peer's subnet.
-    pub dst: Ipv4Net,
-    /// The next hop: the peer's public IP (host-gw, DirectRouting) or its subnet's first
-    /// address (vxlan, with `onlink`).
-    pub gateway: Ipv4Addr,
+    /// The peer's subnet (IPv4 or IPv6).
+    pub dst: IpNet,
+    /// The next hop, of `dst`'s family: the peer's public IP (host-gw, DirectRouting) or
+    /// its subnet's first address (vxlan, with `onlink`).
+    pub gateway: IpAddr,
     /// The outgoing interface.
     pub oif: u32,
     /// `onlink`: the gateway is reachable on `oif` without a connected subnet.
@@ -133,8 +134,9 @@ pub struct VxlanSpec {
     pub port: u16,
     /// The underlay interface it sends through.
     pub underlay: u32,
-    /// Its local (source) address.
-    pub local: Ipv4Addr,
+    /// Its local (source) address: an IPv4 one for `flannel.<VNI>`, an IPv6 one for
+    /// `flannel-v6.<VNI>` (the family of the underlay it tunnels over).
+    pub local: IpAddr,
     /// Its MAC: the VTEP MAC the lease publishes.
     pub mac: MacAddr,
     /// Its MTU.
@@ -225,6 +227,35 @@ impl Netlink {
 
     /// Every IPv4 address with the index of its interface.
     pub fn ipv4_addrs(&self) -> io::Result<Vec<(u32, Ipv4Addr)>> {
+        Ok(self
+            .addrs()?
+            .into_iter()
+            .filter_map(|(i, a, _)| match a {
+                IpAddr::V4(v) => Some((i, v)),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Every global IPv6 address (no link-local, loopback or host-scope one) with the index
+    /// of its interface: the addresses a node's IPv6 underlay may use, as flanneld's
+    /// `GetIfaceIP6Addr` chooses among them.
+    pub fn ipv6_addrs(&self) -> io::Result<Vec<(u32, Ipv6Addr)>> {
+        use rtnetlink::packet_route::address::AddressScope;
+        Ok(self
+            .addrs()?
+            .into_iter()
+            .filter_map(|(i, a, scope)| match a {
+                IpAddr::V6(v) if scope == AddressScope::Universe => Some((i, v)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every address, both families, with its interface and scope.
+    fn addrs(
+        &self,
+    ) -> io::Result<Vec<(u32, IpAddr, rtnetlink::packet_route::address::AddressScope)>> {
         self.rt.block_on(async {
             let mut out = Vec::new();
             let mut s = self.handle.address().get().execute();
@@ -234,15 +265,15 @@ impl Netlink {
                 .map_err(|e| nl_err("list addresses", e))?
             {
                 let local = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                    AddressAttribute::Local(v) => Some(*v),
                     _ => None,
                 });
                 let addr = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                    AddressAttribute::Address(v) => Some(*v),
                     _ => None,
                 });
                 if let Some(a) = local.or(addr) {
-                    out.push((m.header.index, a));
+                    out.push((m.header.index, a, m.header.scope));
                 }
             }
             Ok(out)
@@ -251,15 +282,26 @@ impl Netlink {
 
     /// The interface of the IPv4 default route (the lowest-metric one), if any.
     pub fn default_route_link(&self) -> io::Result<Option<u32>> {
+        self.default_link_of(RouteMessageBuilder::<Ipv4Addr>::new().build())
+    }
+
+    /// The interface of the IPv6 default route (the lowest-metric one), if any.
+    pub fn default_route_link_v6(&self) -> io::Result<Option<u32>> {
+        self.default_link_of(RouteMessageBuilder::<Ipv6Addr>::new().build())
+    }
+
+    fn default_link_of(
+        &self,
+        req: rtnetlink::packet_route::route::RouteMessage,
+    ) -> io::Result<Option<u32>> {
         self.rt.block_on(async {
             let mut best: Option<(u32, u32)> = None;
-            let mut s = self
-                .handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute();
+            let mut s = self.handle.route().get(req).execute();
             while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
-                if m.header.destination_prefix_length != 0 || m.header.table != 254 {
+                if m.header.destination_prefix_length != 0
+                    || m.header.table != 254
+                    || m.header.kind != RouteType::Unicast
+                {
                     continue;
                 }
                 let oif = m.attributes.iter().find_map(|a| match a {
@@ -334,16 +376,21 @@ impl Netlink {
         })
     }
 
-    /// Adds (or replaces) an IPv4 address with a prefix length.
-    pub fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    /// Adds (or replaces) an address with a prefix length. An IPv6 one is added without
+    /// duplicate address detection (`nodad`): the devices weft addresses are its own, the
+    /// address is the node's own subnet's, and a tentative address could not source the
+    /// node's own packets for the second DAD takes.
+    pub fn add_addr(&self, index: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
+        use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
         self.rt.block_on(async {
-            self.handle
-                .address()
-                .add(index, IpAddr::V4(addr), prefix)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| nl_err("add address", e))
+            let mut req = self.handle.address().add(index, addr, prefix).replace();
+            if addr.is_ipv6() {
+                let m = req.message_mut();
+                m.header.flags |= AddressHeaderFlags::Nodad;
+                m.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            req.execute().await.map_err(|e| nl_err("add address", e))
         })
     }
 
@@ -390,66 +437,44 @@ impl Netlink {
         Ok(self
             .list_routes()?
             .iter()
-            .any(|r| r.dst == dst && r.oif == Some(index)))
+            .any(|r| r.dst == IpNet::V4(dst) && r.oif == Some(index)))
     }
 
-    /// Every IPv4 route in the main table, as far as weft needs to know it.
+    /// Every route of the main table, IPv4 and IPv6, as far as weft needs to know it.
     fn list_routes(&self) -> io::Result<Vec<RouteInfo>> {
+        let mut out = self.list_family(RouteMessageBuilder::<Ipv4Addr>::new().build())?;
+        out.extend(self.list_family(RouteMessageBuilder::<Ipv6Addr>::new().build())?);
+        Ok(out)
+    }
+
+    /// The main table's routes of the family `req` asks for.
+    fn list_family(
+        &self,
+        req: rtnetlink::packet_route::route::RouteMessage,
+    ) -> io::Result<Vec<RouteInfo>> {
         self.rt.block_on(async {
             let mut out = Vec::new();
-            let mut s = self
-                .handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute();
+            let mut s = self.handle.route().get(req).execute();
             while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
-                if m.header.table != 254 {
-                    continue;
+                if m.header.table == 254 {
+                    out.extend(RouteInfo::read(&m));
                 }
-                let ours = m.header.protocol == RouteProtocol::Other(GUARD_PROTO);
-                let mut r = RouteInfo {
-                    dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, m.header.destination_prefix_length)
-                        .map_err(io::Error::other)?,
-                    oif: None,
-                    gateway: None,
-                    metric: 0,
-                    unicast: m.header.kind == RouteType::Unicast,
-                    guard: m.header.kind == RouteType::Unreachable && ours,
-                    peer: m.header.kind == RouteType::Unicast
-                        && m.header.protocol == RouteProtocol::Other(PEER_PROTO),
-                    onlink: m.header.flags.contains(RouteFlags::Onlink),
-                    blackhole: m.header.kind == RouteType::BlackHole,
-                };
-                for a in &m.attributes {
-                    match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(d)) => {
-                            r.dst = Ipv4Net::new(*d, m.header.destination_prefix_length)
-                                .map_err(io::Error::other)?
-                        }
-                        RouteAttribute::Oif(i) => r.oif = Some(*i),
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
-                        RouteAttribute::Priority(p) => r.metric = *p,
-                        _ => {}
-                    }
-                }
-                out.push(r);
             }
             Ok(out)
         })
     }
 
     /// The message for a peer route.
-    fn peer_message(r: &PeerRoute) -> rtnetlink::packet_route::route::RouteMessage {
-        let b = RouteMessageBuilder::<Ipv4Addr>::new()
+    fn peer_message(r: &PeerRoute) -> io::Result<rtnetlink::packet_route::route::RouteMessage> {
+        let bad = |e| io::Error::other(format!("route {r}: {e}"));
+        let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(r.dst.network(), r.dst.prefix_len())
+            .map_err(bad)?
             .gateway(r.gateway)
+            .map_err(bad)?
             .output_interface(r.oif)
             .protocol(RouteProtocol::Other(PEER_PROTO));
-        if r.onlink {
-            b.onlink().build()
-        } else {
-            b.build()
-        }
+        Ok(if r.onlink { b.onlink() } else { b }.build())
     }
 
     /// Adds or replaces a peer route (any route to the same destination at metric 0 is
@@ -458,7 +483,7 @@ impl Netlink {
         self.rt.block_on(async {
             self.handle
                 .route()
-                .add(Self::peer_message(r))
+                .add(Self::peer_message(r)?)
                 .replace()
                 .execute()
                 .await
@@ -472,7 +497,7 @@ impl Netlink {
             match self
                 .handle
                 .route()
-                .del(Self::peer_message(r))
+                .del(Self::peer_message(r)?)
                 .execute()
                 .await
             {
@@ -505,7 +530,7 @@ impl Netlink {
     /// route, lowest metric first, weft's own peer routes left out; `None` if no route.
     /// flanneld's `ip.DirectRouting` asks the kernel the same question (`RouteGet`): a route
     /// without a gateway means the address is on a connected subnet.
-    pub fn route_to(&self, ip: Ipv4Addr) -> io::Result<Option<(Option<Ipv4Addr>, Option<u32>)>> {
+    pub fn route_to(&self, ip: IpAddr) -> io::Result<Option<(Option<IpAddr>, Option<u32>)>> {
         Ok(self.routing()?.route_to(ip))
     }
 
@@ -524,9 +549,12 @@ impl Netlink {
     /// type vxlan id 1 local <ip> dev <underlay> dstport 8472 nolearning`); returns its index.
     pub fn add_vxlan(&self, v: &VxlanSpec) -> io::Result<u32> {
         self.rt.block_on(async {
-            let msg = LinkVxlan::new(&v.name, v.vni)
-                .dev(v.underlay)
-                .local(v.local)
+            let b = LinkVxlan::new(&v.name, v.vni).dev(v.underlay);
+            let b = match v.local {
+                IpAddr::V4(a) => b.local(a),
+                IpAddr::V6(a) => b.local6(a),
+            };
+            let msg = b
                 .port(v.port)
                 .learning(false)
                 .address(v.mac.0.to_vec())
@@ -553,11 +581,11 @@ impl Netlink {
     }
 
     /// `ip neigh replace <ip> dev <index> lladdr <mac> nud permanent`.
-    pub fn replace_neigh(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> io::Result<()> {
+    pub fn replace_neigh(&self, index: u32, ip: IpAddr, mac: MacAddr) -> io::Result<()> {
         self.rt.block_on(async {
             self.handle
                 .neighbours()
-                .add(index, IpAddr::V4(ip))
+                .add(index, ip)
                 .link_layer_address(&mac.0)
                 .state(NeighbourState::Permanent)
                 .replace()
@@ -568,12 +596,12 @@ impl Netlink {
     }
 
     /// `bridge fdb replace <mac> dev <index> self dst <dst> permanent`.
-    pub fn replace_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> io::Result<()> {
+    pub fn replace_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> io::Result<()> {
         self.rt.block_on(async {
             self.handle
                 .neighbours()
                 .add_bridge(index, &mac.0)
-                .destination(IpAddr::V4(dst))
+                .destination(dst)
                 .flags(NeighbourFlags::Own)
                 .state(NeighbourState::Permanent)
                 .replace()
@@ -584,17 +612,20 @@ impl Netlink {
     }
 
     /// Deletes `ip`'s neighbour entry on `index`, if present.
-    pub fn del_neigh(&self, index: u32, ip: Ipv4Addr) -> io::Result<()> {
+    pub fn del_neigh(&self, index: u32, ip: IpAddr) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
+        m.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
         m.header.ifindex = index;
         m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
         self.del_neighbour(m, &format!("delete neighbour {ip}"))
     }
 
     /// Deletes the fdb entry `mac dst dst` on `index`, if present.
-    pub fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> io::Result<()> {
+    pub fn del_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;
         m.header.ifindex = index;
@@ -602,7 +633,7 @@ impl Netlink {
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
         self.del_neighbour(m, &format!("delete fdb entry {mac}"))
     }
 
@@ -616,17 +647,33 @@ impl Netlink {
         })
     }
 
-    /// The permanent entries on interface `index`: ARP (`(ip, mac)`) with `bridge = false`,
-    /// fdb (`(dst, mac)`) with `bridge = true`.
-    pub fn neighbours(&self, index: u32, bridge: bool) -> io::Result<Vec<(Ipv4Addr, MacAddr)>> {
+    /// The permanent entries on interface `index`: neighbours (`(ip, mac)`, ARP and IPv6
+    /// ND) with `bridge = false`, fdb entries (`(dst, mac)`) with `bridge = true`.
+    pub fn neighbours(&self, index: u32, bridge: bool) -> io::Result<Vec<(IpAddr, MacAddr)>> {
+        let families: &[AddressFamily] = if bridge {
+            &[AddressFamily::Bridge]
+        } else {
+            &[AddressFamily::Inet, AddressFamily::Inet6]
+        };
+        let mut out = Vec::new();
+        for &family in families {
+            out.extend(self.neighbours_of(index, family)?);
+        }
+        Ok(out)
+    }
+
+    fn neighbours_of(
+        &self,
+        index: u32,
+        family: AddressFamily,
+    ) -> io::Result<Vec<(IpAddr, MacAddr)>> {
         self.rt.block_on(async {
-            let mut req = self.handle.neighbours().get();
-            req = if bridge {
-                req.set_address_family(AddressFamily::Bridge)
-            } else {
-                req.set_address_family(AddressFamily::Inet)
-            };
-            let mut s = req.execute();
+            let mut s = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute();
             let mut out = Vec::new();
             while let Some(m) = s
                 .try_next()
@@ -637,7 +684,10 @@ impl Netlink {
                     continue;
                 }
                 let ip = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some((*v).into()),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                        Some((*v).into())
+                    }
                     _ => None,
                 });
                 let mac = m.attributes.iter().find_map(|a| match a {
@@ -685,7 +735,7 @@ impl Netlink {
         if self
             .list_routes()?
             .iter()
-            .any(|r| r.blackhole && r.dst == dst)
+            .any(|r| r.blackhole && r.dst == IpNet::V4(dst))
         {
             return Ok(false);
         }
@@ -710,7 +760,10 @@ impl Netlink {
             .list_routes()?
             .into_iter()
             .filter(|r| r.guard)
-            .map(|r| r.dst)
+            .filter_map(|r| match r.dst {
+                IpNet::V4(d) => Some(d),
+                IpNet::V6(_) => None,
+            })
             .collect())
     }
 
@@ -737,7 +790,7 @@ pub struct Routing(Vec<RouteInfo>);
 
 impl Routing {
     /// (gateway, interface) of the longest-prefix route to `ip`, lowest metric first.
-    pub fn route_to(&self, ip: Ipv4Addr) -> Option<(Option<Ipv4Addr>, Option<u32>)> {
+    pub fn route_to(&self, ip: IpAddr) -> Option<(Option<IpAddr>, Option<u32>)> {
         self.0
             .iter()
             .filter(|r| r.dst.contains(&ip))
@@ -748,15 +801,55 @@ impl Routing {
 
 /// One route, as [`Netlink::list_routes`] reports it.
 struct RouteInfo {
-    dst: Ipv4Net,
+    dst: IpNet,
     oif: Option<u32>,
-    gateway: Option<Ipv4Addr>,
+    gateway: Option<IpAddr>,
     metric: u32,
     unicast: bool,
     guard: bool,
     peer: bool,
     onlink: bool,
     blackhole: bool,
+}
+
+impl RouteInfo {
+    /// The route `m` describes; `None` for one weft cannot read (an unknown family).
+    fn read(m: &rtnetlink::packet_route::route::RouteMessage) -> Option<RouteInfo> {
+        let h = &m.header;
+        let plen = h.destination_prefix_length;
+        let ours = h.protocol == RouteProtocol::Other(GUARD_PROTO);
+        let mut r = RouteInfo {
+            dst: match h.address_family {
+                AddressFamily::Inet => IpNet::new(Ipv4Addr::UNSPECIFIED.into(), plen).ok()?,
+                AddressFamily::Inet6 => IpNet::new(Ipv6Addr::UNSPECIFIED.into(), plen).ok()?,
+                _ => return None,
+            },
+            oif: None,
+            gateway: None,
+            metric: 0,
+            unicast: h.kind == RouteType::Unicast,
+            guard: h.kind == RouteType::Unreachable && ours,
+            peer: h.kind == RouteType::Unicast && h.protocol == RouteProtocol::Other(PEER_PROTO),
+            onlink: h.flags.contains(RouteFlags::Onlink),
+            blackhole: h.kind == RouteType::BlackHole,
+        };
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                    r.dst = IpNet::new((*d).into(), plen).ok()?
+                }
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                    r.dst = IpNet::new((*d).into(), plen).ok()?
+                }
+                RouteAttribute::Oif(i) => r.oif = Some(*i),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some((*g).into()),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some((*g).into()),
+                RouteAttribute::Priority(p) => r.metric = *p,
+                _ => {}
+            }
+        }
+        Some(r)
+    }
 }
 
 /// What weft installed on one interface, undone when dropped: its routes, then the

@@ -22,6 +22,7 @@ pub fn peer(i: u8, backend: BackendKind, vni: u32) -> Peer {
         vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
         // A weft node: takes super-datagrams in either format.
         super_datagrams: true,
+        v6: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn peer(i: u32, tag: u32) -> Peer {
         vni: i,
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
         super_datagrams: true,
+        v6: None,
     }
 }
 

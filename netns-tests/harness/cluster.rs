@@ -59,6 +59,8 @@ pub struct Pod {
     pub ns: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack node.
+    pub ip6: Option<std::net::Ipv6Addr>,
 }
 
 /// A node namespace.

@@ -226,7 +226,15 @@ impl Cluster {
             .and_then(|a| a.parse::<Ipv4Net>().ok())
             .unwrap_or_else(|| panic!("CNI ADD result has no IPv4 address: {result}"))
             .addr();
-        let pod = Pod { ns, ip };
+        let ip6 = result["ips"].as_array().and_then(|ips| {
+            ips.iter()
+                .find_map(|a| a["address"].as_str()?.parse::<ipnet::Ipv6Net>().ok())
+        });
+        let pod = Pod {
+            ns,
+            ip,
+            ip6: ip6.map(|n| n.addr()),
+        };
         self.nodes[i].pods.push(pod.clone());
         self.nodes[i].containers.push(container);
         pod

@@ -4,7 +4,7 @@
 //! (flanneld's route check loop: a deleted route comes back). The lease says
 //! `"BackendType":"host-gw"` and has no BackendData; pods get the underlay's MTU.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::plan::{PeerRule, Tunnel};
 use super::reconcile::{link_index, Reconciled, Reconciler};
@@ -24,16 +24,22 @@ impl Backend for HostGw {
         underlay_mtu
     }
 
-    fn lease_attrs(&self, public_ip: Ipv4Addr, _ours: Option<&Lease>) -> LeaseAttrs {
+    fn lease_attrs(
+        &self,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+        _ours: Option<&Lease>,
+    ) -> LeaseAttrs {
         LeaseAttrs {
             backend_type: backend_type::HOST_GW.into(),
+            public_ipv6,
             ..LeaseAttrs::udp(public_ip)
         }
     }
 
     fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
         let rule = PeerRule {
-            ours: s.lease.subnet,
+            ours: s.lease.subnet.into(),
             kind: BackendKind::HostGw,
             vni: None,
             direct_routing: true,
@@ -41,12 +47,26 @@ impl Backend for HostGw {
             underlay: link_index(s.nl, s.underlay)?,
             underlay_name: s.underlay.to_string(),
         };
+        // Dual-stack: `<v6 subnet> via <PublicIPv6> dev <underlay>` per peer, as flanneld.
+        let v6 = s.lease.ipv6_subnet.map(|sn| PeerRule {
+            ours: sn.into(),
+            ..rule.clone()
+        });
+        let families = if v6.is_some() {
+            "PublicIP and PublicIPv6"
+        } else {
+            "public IP"
+        };
         Ok(Box::new(Reconciled {
             describe: format!(
-                "host-gw backend: a route via each peer's public IP on {}",
+                "host-gw backend: a route via each peer's {families} on {}",
                 s.underlay
             ),
-            reconciler: Reconciler::new(s.nl, rule, "host-gw"),
+            reconciler: Reconciler::new(
+                s.nl,
+                [Some(rule), v6].into_iter().flatten().collect(),
+                "host-gw",
+            ),
         }))
     }
 }

@@ -17,7 +17,9 @@
 //! crash or in a hand-over, adopts a device made as it would make it (else replaces it),
 //! and adopts or removes the routes by weft's route protocol. `weft cleanup` removes them.
 
-use super::plan::{LinkPlan, PeerRule, Tunnel};
+use ipnet::IpNet;
+
+use super::plan::{subnet_address, LinkPlan, PeerRule, Tunnel};
 use super::reconcile::{link_index, Reconciled, Reconciler};
 use super::{Error, Running, Setup};
 use crate::config::BackendConfig;
@@ -72,7 +74,95 @@ fn made_as(link: &Link, spec: &VxlanSpec) -> bool {
             })
 }
 
-/// Makes and programs `flannel.<VNI>` for a vxlan backend config, and starts keeping it.
+/// flanneld's name for the IPv6 vxlan device of `vni`.
+pub fn device_name_v6(vni: u32) -> String {
+    format!("flannel-v6.{vni}")
+}
+
+/// One family's device: what it is made as, how peers are reached through it, and how
+/// it is kept.
+struct Family {
+    spec: VxlanSpec,
+    ours: IpNet,
+}
+
+impl Family {
+    /// Makes (or adopts) the device, adding its rule (`rule` for this family and device)
+    /// and its link plan.
+    fn start(
+        self,
+        nl: &Netlink,
+        rule: &PeerRule,
+        rules: &mut Vec<PeerRule>,
+        links: &mut Vec<(u32, LinkPlan)>,
+    ) -> Result<(), Error> {
+        let index = create(nl, &self.spec)?;
+        rules.push(PeerRule {
+            ours: self.ours,
+            tunnel: Tunnel::Device { index },
+            ..rule.clone()
+        });
+        links.push((
+            index,
+            LinkPlan {
+                name: self.spec.name,
+                mtu: self.spec.mtu,
+                txqueuelen: TXQUEUELEN,
+                address: subnet_address(self.ours),
+                mac: Some(self.spec.mac),
+                routes: Vec::new(),
+            },
+        ));
+        Ok(())
+    }
+}
+
+/// What VXLAN over IPv6 costs: outer IPv6 (40), UDP (8), VXLAN (8) and inner Ethernet
+/// (14), 20 bytes more than over IPv4.
+const V6_OVERHEAD: u32 = 70;
+
+/// The IPv6 device's family, in a dual-stack cluster: `flannel-v6.<VNI>` with the IPv6
+/// underlay address as its `local`, the MAC of the lease's `BackendV6Data`, and the IPv6
+/// subnet's first address. flanneld asks for the IPv4 device's MTU; the kernel clamps an
+/// IPv6 vxlan device to its underlay's MTU − 70 at creation (and refuses more later), so
+/// that is its MTU here too: a full-size IPv6 pod packet gets Packet Too Big from it, as
+/// from flanneld's.
+fn v6_family(s: &Setup<'_>, v4: &VxlanSpec) -> Result<Option<Family>, Error> {
+    let (Some((local, _)), Some(subnet)) = (s.v6, s.lease.ipv6_subnet) else {
+        return Ok(None);
+    };
+    let mac = s
+        .lease
+        .attrs
+        .vxlan_v6_data()
+        .map_err(|e| Error::OwnLease {
+            key: s.lease.key(),
+            detail: e.to_string(),
+        })?
+        .vtep_mac;
+    let name = device_name_v6(v4.vni);
+    let configure = |source| Error::Configure {
+        name: name.clone(),
+        source,
+    };
+    let underlay_mtu =
+        s.nl.link_by_index(v4.underlay)
+            .map_err(configure)?
+            .map_or(v4.mtu + V6_OVERHEAD, |l| l.mtu);
+    Ok(Some(Family {
+        spec: VxlanSpec {
+            local: local.into(),
+            mac,
+            mtu: v4.mtu.min(underlay_mtu.saturating_sub(V6_OVERHEAD)),
+            name,
+            ..v4.clone()
+        },
+        ours: subnet.into(),
+    }))
+}
+
+/// Makes and programs `flannel.<VNI>` (and `flannel-v6.<VNI>` in a dual-stack cluster) for
+/// a vxlan backend config, and starts keeping them.
 pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
     let BackendConfig::Vxlan {
         vni,
@@ -96,44 +186,50 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
             detail: e.to_string(),
         })?
         .vtep_mac;
-    let spec = VxlanSpec {
-        name: name.clone(),
-        vni,
-        port,
-        underlay,
-        local: s.local_ip,
-        mac,
-        mtu: s.pod_mtu,
+    let v4 = Family {
+        spec: VxlanSpec {
+            name: name.clone(),
+            vni,
+            port,
+            underlay,
+            local: s.local_ip.into(),
+            mac,
+            mtu: s.pod_mtu,
+        },
+        ours: s.lease.subnet.into(),
     };
-    let index = create(s.nl, &spec)?;
+    let v6 = v6_family(&s, &v4.spec)?;
     let rule = PeerRule {
-        ours: s.lease.subnet,
+        ours: v4.ours,
         kind: BackendKind::Vxlan,
         vni: Some(vni),
         direct_routing,
-        tunnel: Tunnel::Device { index },
+        tunnel: Tunnel::None,
         underlay,
         underlay_name: s.underlay.to_string(),
     };
-    let mut reconciler = Reconciler::new(s.nl, rule, &name);
-    let link = LinkPlan {
-        name: name.clone(),
-        mtu: s.pod_mtu,
-        txqueuelen: TXQUEUELEN,
-        address: s.lease.subnet.network(),
-        mac: Some(mac),
-        routes: Vec::new(),
-    };
-    // From here on, dropping the reconciler deletes the device.
-    reconciler.adopt_device(index, link)?;
+    let (mut rules, mut links) = (Vec::new(), Vec::new());
+    let mut names = name.clone();
+    v4.start(s.nl, &rule, &mut rules, &mut links)?;
+    if let Some(v6) = v6 {
+        names = format!("{names} and {}", v6.spec.name);
+        v6.start(s.nl, &rule, &mut rules, &mut links)?;
+    }
+    let mtus: Vec<String> = links.iter().map(|(_, l)| l.mtu.to_string()).collect();
+    let mut reconciler = Reconciler::new(s.nl, rules, &name);
+    for (index, link) in links {
+        // From here on, dropping the reconciler deletes the device.
+        reconciler.adopt_device(index, link)?;
+    }
     let routing = if direct_routing {
         ", DirectRouting"
     } else {
         ""
     };
     let describe = format!(
-        "vxlan backend in the kernel: {name} (VNI {vni}, MTU {}, on {}{routing})",
-        s.pod_mtu, s.underlay
+        "vxlan backend in the kernel: {names} (VNI {vni}, MTU {}, on {}{routing})",
+        mtus.join(" and "),
+        s.underlay
     );
     Ok(Box::new(Reconciled {
         describe,

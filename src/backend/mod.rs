@@ -27,10 +27,10 @@ pub mod userspace;
 
 pub use error::Error;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::config::BackendConfig;
 use crate::dataplane::counters::Counters;
@@ -61,6 +61,17 @@ pub struct Underlay {
     pub local_ip: Ipv4Addr,
     /// This node's public IP: what the lease advertises (`--public-ip`, else `local_ip`).
     pub public_ip: Ipv4Addr,
+    /// Its IPv6 side, when the network has IPv6 enabled.
+    pub v6: Option<UnderlayV6>,
+}
+
+/// The IPv6 addresses of the underlay, as flanneld chooses them with IPv6 enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayV6 {
+    /// The interface's global IPv6 address (the IPv6 device's `local`).
+    pub local_ip: Ipv6Addr,
+    /// What the lease advertises as `PublicIPv6` (`--public-ipv6`, else `local_ip`).
+    pub public_ip: Ipv6Addr,
 }
 
 /// What a backend is given to start forwarding.
@@ -77,6 +88,9 @@ pub struct Setup<'a> {
     pub public_ip: Ipv4Addr,
     /// The cluster network.
     pub network: Ipv4Net,
+    /// The IPv6 side, in a dual-stack cluster: the interface's IPv6 address and the
+    /// cluster's IPv6 network (our IPv6 subnet is the lease's).
+    pub v6: Option<(Ipv6Addr, Ipv6Net)>,
     /// Our lease, as stored.
     pub lease: &'a Lease,
     /// The pod MTU ([`Backend::pod_mtu`] of the underlay's).
@@ -110,9 +124,15 @@ pub trait Backend {
     /// The pod MTU for an underlay MTU.
     fn pod_mtu(&self, underlay_mtu: u32) -> u32;
 
-    /// The attributes this node publishes in its lease. `ours` is our existing lease, if
-    /// the store has one, so data such as the VTEP MAC survive a restart.
-    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs;
+    /// The attributes this node publishes in its lease, with `public_ipv6` in a
+    /// dual-stack cluster. `ours` is our existing lease, if the store has one, so data
+    /// such as the VTEP MACs survive a restart.
+    fn lease_attrs(
+        &self,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+        ours: Option<&Lease>,
+    ) -> LeaseAttrs;
 
     /// Programs the node and starts forwarding. Dropping the result stops forwarding and
     /// removes everything it installed.
@@ -175,12 +195,16 @@ pub enum Health {
 }
 
 /// The backend for a net-conf.json's `Backend`, the `--dataplane` flag and the underlay
-/// chosen; refused with the reason and the fix where they cannot go together.
+/// chosen (with its IPv6 side when the network is dual-stack); refused with the reason
+/// and the fix where they cannot go together.
 pub fn for_config(
     cfg: &BackendConfig,
     dataplane: DataplaneChoice,
     underlay: &Underlay,
 ) -> Result<Box<dyn Backend>, Error> {
+    if underlay.v6.is_some() {
+        return dual_stack(cfg, dataplane, underlay);
+    }
     let dataplane = match (*cfg, dataplane) {
         (BackendConfig::HostGw, _) => {
             if underlay.public_ip != underlay.local_ip {
@@ -200,11 +224,39 @@ pub fn for_config(
         (BackendConfig::Udp { .. }, _) => DataplaneChoice::Userspace,
         (BackendConfig::Vxlan { .. }, d) => d,
     };
-    Ok(Box::new(Encap {
-        cfg: *cfg,
-        new_mac: MacAddr::local_unicast(rand::random()),
-        dataplane,
-    }))
+    Ok(Box::new(Encap::new(cfg, dataplane)))
+}
+
+/// [`for_config`] for a dual-stack network: host-gw, and vxlan in the kernel (flanneld's
+/// two devices). flanneld's udp backend has no IPv6; weft's userspace dataplane carries
+/// IPv4 only as yet.
+fn dual_stack(
+    cfg: &BackendConfig,
+    dataplane: DataplaneChoice,
+    underlay: &Underlay,
+) -> Result<Box<dyn Backend>, Error> {
+    match (*cfg, dataplane) {
+        (BackendConfig::HostGw, _) => {
+            let v4 = Underlay { v6: None, ..underlay.clone() };
+            for_config(cfg, dataplane, &v4)?;
+            match underlay.v6 {
+                Some(v6) if v6.public_ip != v6.local_ip => Err(Error::Unsupported(format!(
+                    "host-gw: the public IPv6 {} differs from {}'s address {} (a node behind NAT); host-gw routes straight to each node's address: use Backend.Type vxlan",
+                    v6.public_ip, underlay.name, v6.local_ip
+                ))),
+                _ => Ok(Box::new(hostgw::HostGw)),
+            }
+        }
+        (BackendConfig::Udp { .. }, _) => Err(Error::Unsupported(
+            "EnableIPv6 with Backend.Type udp: flanneld's udp backend carries IPv4 only (dual-stack works with vxlan and host-gw); use Backend.Type vxlan, or set EnableIPv6 to false".into(),
+        )),
+        (BackendConfig::Vxlan { .. }, DataplaneChoice::Userspace) => Err(Error::Unsupported(
+            "EnableIPv6 with --dataplane userspace: weft's userspace dataplane carries IPv4 only as yet; use --dataplane kernel (flanneld's flannel.<VNI> and flannel-v6.<VNI>) or Backend.Type host-gw".into(),
+        )),
+        (BackendConfig::Vxlan { .. }, _) => {
+            Ok(Box::new(Encap::new(cfg, DataplaneChoice::Kernel)))
+        }
+    }
 }
 
 /// vxlan and udp: encapsulation, in the kernel's vxlan device ([`kernel_vxlan`]) or weft's
@@ -213,10 +265,23 @@ pub fn for_config(
 /// userspace. Both read the VTEP MAC from the lease, so they publish the same lease.
 struct Encap {
     cfg: BackendConfig,
-    /// The VTEP MAC of a new lease (a restart keeps the lease's).
-    new_mac: MacAddr,
+    /// The VTEP MACs of a new lease, IPv4's and IPv6's (a restart keeps the lease's).
+    new_macs: [MacAddr; 2],
     /// Kernel, userspace or auto (udp: always userspace).
     dataplane: DataplaneChoice,
+}
+
+impl Encap {
+    fn new(cfg: &BackendConfig, dataplane: DataplaneChoice) -> Encap {
+        Encap {
+            cfg: *cfg,
+            new_macs: [
+                MacAddr::local_unicast(rand::random()),
+                MacAddr::local_unicast(rand::random()),
+            ],
+            dataplane,
+        }
+    }
 }
 
 impl Backend for Encap {
@@ -228,8 +293,13 @@ impl Backend for Encap {
         self.cfg.pod_mtu(underlay_mtu)
     }
 
-    fn lease_attrs(&self, public_ip: Ipv4Addr, ours: Option<&Lease>) -> LeaseAttrs {
-        userspace::lease_attrs(&self.cfg, public_ip, ours, self.new_mac)
+    fn lease_attrs(
+        &self,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+        ours: Option<&Lease>,
+    ) -> LeaseAttrs {
+        userspace::lease_attrs(&self.cfg, (public_ip, public_ipv6), ours, self.new_macs)
     }
 
     fn needs_tun(&self) -> bool {
@@ -261,7 +331,7 @@ impl Backend for Encap {
     }
 }
 
-/// Removes the `flannel.*` vxlan devices an earlier run left (weft's after a crash, or a
+/// Removes the `flannel.*` (and `flannel-v6.*`) vxlan devices an earlier run left (weft's after a crash, or a
 /// flanneld's this node ran before): their routes to peers' subnets would shadow the TUN's
 /// route for the whole cluster network, and a device holds the VXLAN port. Called once at
 /// start, before any backend programs anything, sparing `spare` (the kernel dataplane's
@@ -272,8 +342,11 @@ impl Backend for Encap {
 pub fn remove_leftover_devices(nl: &Netlink, spare: Option<&str>) -> std::io::Result<Vec<String>> {
     let mut done = Vec::new();
     for l in nl.links()? {
-        let spared = spare == Some(l.name.as_str());
-        if l.name.starts_with("flannel.") && l.kind.as_deref() == Some("vxlan") && !spared {
+        // The kernel dataplane's IPv6 twin, `flannel-v6.<VNI>`, is spared with it.
+        let spared = spare
+            .is_some_and(|s| l.name == s || l.name == s.replacen("flannel.", "flannel-v6.", 1));
+        let ours = l.name.starts_with("flannel.") || l.name.starts_with("flannel-v6.");
+        if ours && l.kind.as_deref() == Some("vxlan") && !spared {
             nl.del_link(l.index)?;
             done.push(format!("vxlan device {}", l.name));
         }
@@ -302,6 +375,7 @@ mod tests {
             mtu: 1500,
             local_ip: Ipv4Addr::new(192, 0, 2, 1),
             public_ip: public.into(),
+            v6: None,
         }
     }
 
@@ -332,7 +406,7 @@ mod tests {
             let h = for_config(&BackendConfig::HostGw, dp, &u).unwrap();
             assert_eq!(h.name(), "host-gw");
             assert_eq!(h.pod_mtu(1500), 1500);
-            let a = h.lease_attrs(u.public_ip, None);
+            let a = h.lease_attrs(u.public_ip, None, None);
             assert_eq!(
                 a.to_json(),
                 r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#

@@ -7,11 +7,16 @@
 //! [`PeerRule`] says which, per backend; [`PeerRule::plan`] turns the live peers into a
 //! [`PeerPlan`] (routes, entries, and the peers skipped with the reason), and
 //! [`LinkPlan`] is the device it wants. The reconciler (`super::reconcile`) applies both.
+//!
+//! A rule is for one address family, that of its own subnet: a dual-stack backend has one
+//! rule per family (the kernel vxlan dataplane's `flannel.<VNI>` and `flannel-v6.<VNI>`,
+//! host-gw's routes via each peer's `PublicIP` and `PublicIPv6`), and a peer is planned
+//! by the side of its lease of that family; the reconciler applies their plans as one.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::lease::table::BackendKind;
 use crate::lease::Peer;
@@ -27,8 +32,9 @@ pub struct LinkPlan {
     pub mtu: u32,
     /// Its transmit queue length.
     pub txqueuelen: u32,
-    /// The address it holds, as a /32 (`<subnet>.0`, as flanneld gives its devices).
-    pub address: Ipv4Addr,
+    /// The address it holds, as a host route (`<subnet>.0/32`, or the IPv6 subnet's
+    /// first address as a /128, as flanneld gives its devices).
+    pub address: IpAddr,
     /// The MAC it must keep (the lease's VTEP MAC), if it has one.
     pub mac: Option<MacAddr>,
     /// Routes out of it (the userspace dataplane's route for the whole network).
@@ -43,7 +49,8 @@ pub enum Tunnel {
     Tun,
     /// The kernel vxlan device `index`: per peer a permanent neighbour `<subnet>.0 ->
     /// VtepMAC`, an FDB entry `VtepMAC -> PublicIP` and a route `<subnet> via <subnet>.0
-    /// onlink`.
+    /// onlink` (in IPv6: the subnet's first address, the MAC of the peer's IPv6 device and
+    /// its `PublicIPv6`).
     Device {
         /// The device's interface index.
         index: u32,
@@ -52,11 +59,13 @@ pub enum Tunnel {
     None,
 }
 
-/// One tunnelled peer's neighbour and FDB entry on the device.
+/// One tunnelled peer's neighbour and FDB entry on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
-    /// Its public IP (the FDB destination).
-    pub public_ip: Ipv4Addr,
+    /// The device they are on.
+    pub device: u32,
+    /// Its public IP of the subnet's family (the FDB destination).
+    pub public_ip: IpAddr,
     /// Its VTEP MAC.
     pub mac: MacAddr,
 }
@@ -64,8 +73,8 @@ pub struct Entry {
 /// What a backend accepts of a peer and how it reaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerRule {
-    /// Our own subnet (never a peer).
-    pub ours: Ipv4Net,
+    /// Our own subnet (never a peer); its family is the rule's.
+    pub ours: IpNet,
     /// The peers' backend this one forwards to.
     pub kind: BackendKind,
     /// The VNI a peer must have, where the backend checks it.
@@ -86,9 +95,55 @@ pub struct PeerPlan {
     /// weft's peer routes (`proto 87`), direct and onlink.
     pub routes: Vec<PeerRoute>,
     /// Tunnel entries by peer subnet.
-    pub entries: BTreeMap<Ipv4Net, Entry>,
+    pub entries: BTreeMap<IpNet, Entry>,
     /// Peers not forwarded to, with the reason (logged once per change).
-    pub skipped: BTreeMap<Ipv4Net, String>,
+    pub skipped: BTreeMap<IpNet, String>,
+}
+
+impl PeerPlan {
+    /// Adds `other`'s routes, entries and skips (another family's plan) to this one.
+    pub fn merge(&mut self, other: PeerPlan) {
+        self.routes.extend(other.routes);
+        self.entries.extend(other.entries);
+        for (subnet, why) in other.skipped {
+            // A peer skipped in both families keeps the first family's reason.
+            self.skipped.entry(subnet).or_insert(why);
+        }
+    }
+}
+
+/// A peer as one rule sees it: the side of its lease of the rule's family.
+struct Side {
+    subnet: IpNet,
+    public_ip: IpAddr,
+    vni: u32,
+    mac: MacAddr,
+}
+
+impl Side {
+    /// `p`'s side in `family` (v4 when `v4`); `None` if its lease has no IPv6 side.
+    fn of(p: &Peer, v4: bool) -> Option<Side> {
+        if v4 {
+            return Some(Side {
+                subnet: IpNet::V4(p.subnet),
+                public_ip: IpAddr::V4(p.public_ip),
+                vni: p.vni,
+                mac: p.vtep_mac,
+            });
+        }
+        p.v6.map(|v| Side {
+            subnet: IpNet::V6(v.subnet),
+            public_ip: IpAddr::V6(v.public_ip),
+            vni: v.vni,
+            mac: v.vtep_mac,
+        })
+    }
+}
+
+/// The first address of `subnet` (`<subnet>.0`, or the IPv6 subnet's `::`): the gateway
+/// of a tunnelled peer's onlink route, and the address of its neighbour entry.
+pub fn subnet_address(subnet: IpNet) -> IpAddr {
+    subnet.network()
 }
 
 /// What a rule does with one peer.
@@ -107,30 +162,42 @@ impl PeerRule {
     }
 
     /// The plan for `peers` (our own lease among them is left out); `on_link(ip)` says
-    /// whether the kernel reaches `ip` without a gateway out of the underlay.
-    pub fn plan(&self, peers: &[Peer], on_link: &dyn Fn(Ipv4Addr) -> bool) -> PeerPlan {
+    /// whether the kernel reaches `ip` without a gateway out of the underlay. An IPv6 rule
+    /// passes over peers whose lease has no IPv6 side (a node of an IPv4-only past), naming
+    /// them.
+    pub fn plan(&self, peers: &[Peer], on_link: &dyn Fn(IpAddr) -> bool) -> PeerPlan {
+        let v4 = matches!(self.ours, IpNet::V4(_));
         let mut plan = PeerPlan::default();
-        for p in peers.iter().filter(|p| p.subnet != self.ours) {
-            match self.verdict(p, on_link) {
+        for p in peers {
+            let Some(side) = Side::of(p, v4) else {
+                let why = format!("no IPv6 route to {} at {}: its lease has no IPv6 subnet and PublicIPv6 (is its node dual-stack?)", p.subnet, p.public_ip);
+                plan.skipped.insert(IpNet::V4(p.subnet), why);
+                continue;
+            };
+            if side.subnet == self.ours {
+                continue;
+            }
+            match self.verdict(p.backend, &side, on_link) {
                 Verdict::Skip(why) => {
-                    plan.skipped.insert(p.subnet, why);
+                    plan.skipped.insert(side.subnet, why);
                 }
                 Verdict::Direct => plan.routes.push(PeerRoute {
-                    dst: p.subnet,
-                    gateway: p.public_ip,
+                    dst: side.subnet,
+                    gateway: side.public_ip,
                     oif: self.underlay,
                     onlink: false,
                 }),
-                Verdict::Tunnel(index) => {
+                Verdict::Tunnel(device) => {
                     let entry = Entry {
-                        public_ip: p.public_ip,
-                        mac: p.vtep_mac,
+                        device,
+                        public_ip: side.public_ip,
+                        mac: side.mac,
                     };
-                    plan.entries.insert(p.subnet, entry);
+                    plan.entries.insert(side.subnet, entry);
                     plan.routes.push(PeerRoute {
-                        dst: p.subnet,
-                        gateway: p.subnet.network(),
-                        oif: index,
+                        dst: side.subnet,
+                        gateway: subnet_address(side.subnet),
+                        oif: device,
                         onlink: true,
                     });
                 }
@@ -140,16 +207,15 @@ impl PeerRule {
         plan
     }
 
-    fn verdict(&self, p: &Peer, on_link: &dyn Fn(Ipv4Addr) -> bool) -> Verdict {
+    fn verdict(&self, backend: BackendKind, p: &Side, on_link: &dyn Fn(IpAddr) -> bool) -> Verdict {
         let (sn, ip) = (p.subnet, p.public_ip);
-        if p.backend != self.kind {
+        if backend != self.kind {
             // As flanneld: "ignoring non-vxlan v4Subnet", "Ignoring non-host-gw subnet".
             return match self.tunnel {
                 Tunnel::Tun => Verdict::Leave,
                 _ => Verdict::Skip(format!(
-                    "ignoring {sn} at {ip}: its node is not {} ({:?})",
+                    "ignoring {sn} at {ip}: its node is not {} ({backend:?})",
                     kind_name(self.kind),
-                    p.backend
                 )),
             };
         }
@@ -187,22 +253,24 @@ fn kind_name(kind: BackendKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const UNDERLAY: u32 = 2;
     const DEVICE: u32 = 9;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
     fn peer(n: u8, backend: BackendKind, vni: u32) -> Peer {
         Peer {
-            subnet: net(&format!("10.244.{n}.0/24")),
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 0, 2, n),
             backend,
             vni,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, n]),
             super_datagrams: true,
+            v6: None,
         }
     }
 
@@ -227,15 +295,15 @@ mod tests {
         v
     }
 
-    fn on_link(ip: Ipv4Addr) -> bool {
-        ip.octets()[3] != 4
+    fn on_link(ip: IpAddr) -> bool {
+        !matches!(ip, IpAddr::V4(v) if v.octets()[3] == 4)
     }
 
     fn direct(n: u8) -> PeerRoute {
         let p = peer(n, BackendKind::Vxlan, 1);
         PeerRoute {
-            dst: p.subnet,
-            gateway: p.public_ip,
+            dst: p.subnet.into(),
+            gateway: p.public_ip.into(),
             oif: UNDERLAY,
             onlink: false,
         }
@@ -292,5 +360,53 @@ mod tests {
         assert!(plan.skipped[&net("10.244.2.0/24")].contains("not host-gw (Vxlan)"));
         assert!(plan.skipped[&net("10.244.7.0/24")].contains("not on eth0's layer-2"));
         assert_eq!(plan.skipped.len(), 5);
+    }
+
+    #[test]
+    fn an_ipv6_rule_plans_each_peers_ipv6_side_and_names_those_without_one() {
+        use crate::lease::table::PeerV6;
+        let v6 = |n: u8| PeerV6 {
+            subnet: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            public_ip: format!("2001:db8::{n}").parse().unwrap(),
+            vni: 1,
+            vtep_mac: MacAddr([6, 0, 0, 0, 0, n]),
+        };
+        let mut all = peers();
+        for p in all.iter_mut().take(3) {
+            p.v6 = Some(v6(p.public_ip.octets()[3]));
+        }
+        let device = PeerRule {
+            ours: net("fd00:10:244:1::/64"),
+            ..rule(
+                BackendKind::Vxlan,
+                Tunnel::Device { index: DEVICE + 1 },
+                false,
+            )
+        };
+        let plan = device.plan(&all, &on_link);
+        let tunnelled: Vec<_> = plan.entries.keys().map(|s| s.to_string()).collect();
+        assert_eq!(tunnelled, ["fd00:10:244:2::/64", "fd00:10:244:3::/64"]);
+        let e = plan.entries[&net("fd00:10:244:2::/64")];
+        assert_eq!(e.device, DEVICE + 1);
+        assert_eq!(e.public_ip, "2001:db8::2".parse::<IpAddr>().unwrap());
+        assert_eq!(e.mac, MacAddr([6, 0, 0, 0, 0, 2]), "the IPv6 device's MAC");
+        let r = plan.routes[0];
+        assert_eq!(r.dst, net("fd00:10:244:2::/64"));
+        assert_eq!(r.gateway, "fd00:10:244:2::".parse::<IpAddr>().unwrap());
+        assert!(r.onlink);
+        // Peers 4-6 have no IPv6 side: named, by their IPv4 subnet.
+        assert!(plan.skipped[&net("10.244.4.0/24")].contains("no IPv6"));
+        assert_eq!(plan.skipped.len(), 3);
+        // host-gw in IPv6: a route via the PublicIPv6.
+        let hostgw = PeerRule {
+            ours: net("fd00:10:244:1::/64"),
+            ..rule(BackendKind::Vxlan, Tunnel::None, false)
+        };
+        let plan = hostgw.plan(&all, &|_| true);
+        assert_eq!(
+            plan.routes[0].gateway,
+            "2001:db8::2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(plan.routes[0].oif, UNDERLAY);
     }
 }

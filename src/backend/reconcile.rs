@@ -7,13 +7,17 @@
 //! device set down, its MAC rewritten, its routes, entries or peer routes removed. A device
 //! deleted or replaced is beyond repair in place: the backend is restarted. Dropping the
 //! reconciler removes the peer routes, then the device (the kernel takes its entries along).
+//!
+//! A dual-stack backend gives it one rule per family and, for the kernel's vxlan, one
+//! device per family: one route set holds both families' peer routes, so a start's first
+//! update adopts or removes what an earlier run left of either.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-use super::plan::{Entry, LinkPlan, PeerPlan, PeerRule};
+use super::plan::{subnet_address, Entry, LinkPlan, PeerPlan, PeerRule};
 use super::routes::{Reach, RouteSet};
 use super::{Error, Health, Running};
 use crate::lease::Peer;
@@ -30,25 +34,26 @@ struct Device {
 /// routes go first, then the device.
 pub(crate) struct Reconciler {
     routes: RouteSet,
-    device: Option<Device>,
+    devices: Vec<Device>,
     nl: Arc<Netlink>,
-    rule: PeerRule,
+    rules: Vec<PeerRule>,
     label: String,
-    entries: BTreeMap<Ipv4Net, Entry>,
-    skipped: QuietSet<Ipv4Net>,
+    entries: BTreeMap<IpNet, Entry>,
+    skipped: QuietSet<IpNet>,
     /// Peer routes that could not be programmed, logged once until they can.
     failing: Quiet<String>,
 }
 
 impl Reconciler {
-    /// For a backend forwarding by `rule`; `label` prefixes its log lines. The first
-    /// [`update`](Self::update) removes peer routes an earlier run left that it does not want.
-    pub(crate) fn new(nl: &Arc<Netlink>, rule: PeerRule, label: &str) -> Reconciler {
+    /// For a backend forwarding by `rules` (one per address family); `label` prefixes its
+    /// log lines. The first [`update`](Self::update) removes peer routes an earlier run
+    /// left that it does not want.
+    pub(crate) fn new(nl: &Arc<Netlink>, rules: Vec<PeerRule>, label: &str) -> Reconciler {
         Reconciler {
             routes: RouteSet::new(nl.clone()),
-            device: None,
+            devices: Vec::new(),
             nl: nl.clone(),
-            rule,
+            rules,
             label: label.to_string(),
             entries: BTreeMap::new(),
             skipped: QuietSet::default(),
@@ -64,8 +69,9 @@ impl Reconciler {
             source,
         };
         let mut guard = LinkGuard::new(self.nl.clone(), index, true);
+        let host = if plan.address.is_ipv4() { 32 } else { 128 };
         self.nl
-            .add_addr(index, plan.address, 32)
+            .add_addr(index, plan.address, host)
             .map_err(configure)?;
         self.nl
             .set_mtu_up(index, plan.mtu, plan.txqueuelen)
@@ -73,10 +79,10 @@ impl Reconciler {
         for &r in &plan.routes {
             guard.route(r).map_err(configure)?;
         }
-        self.device = Some(Device { guard, plan });
+        self.devices.push(Device { guard, plan });
         // As flanneld (#1795): the MAC after link-up must be the one the lease publishes
         // (systemd's MACAddressPolicy may rewrite it).
-        if let Some(fixed) = self.fix_mac() {
+        for fixed in self.fix_macs() {
             tracing::warn!("{fixed}");
         }
         Ok(())
@@ -84,10 +90,14 @@ impl Reconciler {
 
     /// Plans for the live `peers` and makes the kernel match.
     pub(crate) fn update(&mut self, peers: &[Peer]) {
-        let reach = self.rule.needs_reach().then(|| Reach::read(&self.nl));
-        let underlay = self.rule.underlay;
-        let on_link = |ip| reach.as_ref().is_some_and(|r| r.direct(ip, underlay));
-        let plan = self.rule.plan(peers, &on_link);
+        let needs_reach = self.rules.iter().any(PeerRule::needs_reach);
+        let reach = needs_reach.then(|| Reach::read(&self.nl));
+        let mut plan = PeerPlan::default();
+        for rule in &self.rules {
+            let underlay = rule.underlay;
+            let on_link = |ip| reach.as_ref().is_some_and(|r| r.direct(ip, underlay));
+            plan.merge(rule.plan(peers, &on_link));
+        }
         self.apply(plan);
     }
 
@@ -96,19 +106,17 @@ impl Reconciler {
             tracing::warn!(%subnet, "{why}");
         }
         let label = &self.label;
-        if let Some(index) = self.device.as_ref().map(|d| d.guard.index()) {
-            for (sn, e) in &self.entries {
-                if plan.entries.get(sn) != Some(e) {
-                    remove_entry(&self.nl, index, *sn, e, label);
-                }
+        for (sn, e) in &self.entries {
+            if plan.entries.get(sn) != Some(e) {
+                remove_entry(&self.nl, *sn, e, label);
             }
-            for (sn, e) in &plan.entries {
-                if self.entries.get(sn) == Some(e) {
-                    continue;
-                }
-                if let Err(err) = program_entry(&self.nl, index, *sn, e) {
-                    tracing::warn!(%sn, error = %err, "{label}: cannot program the tunnel entries (retried by the check)");
-                }
+        }
+        for (sn, e) in &plan.entries {
+            if self.entries.get(sn) == Some(e) {
+                continue;
+            }
+            if let Err(err) = program_entry(&self.nl, *sn, e) {
+                tracing::warn!(%sn, error = %err, "{label}: cannot program the tunnel entries (retried by the check)");
             }
         }
         self.entries = plan.entries;
@@ -131,16 +139,16 @@ impl Reconciler {
     /// again is [`Health::Broken`].
     pub(crate) fn check(&mut self) -> Health {
         let mut fixed = Vec::new();
-        if self.device.is_some() {
-            match self.check_device() {
+        for device in &self.devices {
+            match self.check_device(device) {
                 Ok(Some(f)) => fixed.extend(f),
                 // Netlink itself failing says nothing about the device: look again later.
                 Ok(None) => return Health::Fine,
                 Err(broken) => return Health::Broken(broken),
             }
-            fixed.extend(self.fix_mac());
-            fixed.extend(self.restore_entries());
         }
+        fixed.extend(self.fix_macs());
+        fixed.extend(self.restore_entries());
         if let Health::Repaired(r) = self.routes.check(&self.label) {
             fixed.push(r);
         }
@@ -153,10 +161,8 @@ impl Reconciler {
 
     /// The device still there under its name, up, with its routes: what was repaired
     /// (`None`: netlink could not say), or why it cannot be.
-    fn check_device(&self) -> Result<Option<Vec<String>>, String> {
-        let Some(Device { guard, plan }) = &self.device else {
-            return Ok(Some(Vec::new()));
-        };
+    fn check_device(&self, device: &Device) -> Result<Option<Vec<String>>, String> {
+        let Device { guard, plan } = device;
         let name = &plan.name;
         let link = match self.nl.link_by_name(name) {
             Ok(Some(l)) => l,
@@ -185,9 +191,16 @@ impl Reconciler {
         Ok(Some(fixed))
     }
 
-    /// Puts the plan's MAC back if something changed it: what was done, if anything.
-    fn fix_mac(&self) -> Option<String> {
-        let d = self.device.as_ref()?;
+    /// Puts the plans' MACs back where something changed them: what was done.
+    fn fix_macs(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter_map(|d| self.fix_mac(d))
+            .collect()
+    }
+
+    /// Puts `d`'s planned MAC back if something changed it: what was done, if anything.
+    fn fix_mac(&self, d: &Device) -> Option<String> {
         let (index, name, mac) = (d.guard.index(), &d.plan.name, d.plan.mac?);
         let link = self.nl.link_by_index(index).ok()??;
         if link.mac == Some(mac) {
@@ -204,27 +217,35 @@ impl Reconciler {
 
     /// Tunnel entries someone deleted or changed, put back: a line per repair.
     fn restore_entries(&self) -> Vec<String> {
-        let Some(index) = self.device.as_ref().map(|d| d.guard.index()) else {
-            return Vec::new();
-        };
-        if self.entries.is_empty() {
-            return Vec::new();
-        }
-        let (Ok(arp), Ok(fdb)) = (
-            self.nl.neighbours(index, false),
-            self.nl.neighbours(index, true),
-        ) else {
-            return Vec::new();
-        };
         let mut fixed = Vec::new();
-        for (sn, e) in &self.entries {
-            if arp.contains(&(sn.network(), e.mac)) && fdb.contains(&(e.public_ip, e.mac)) {
+        for d in &self.devices {
+            let index = d.guard.index();
+            let mut mine = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.device == index)
+                .peekable();
+            if mine.peek().is_none() {
                 continue;
             }
-            match program_entry(&self.nl, index, *sn, e) {
-                Ok(()) => fixed.push(format!("restored the ARP/FDB entries for {sn}")),
-                // Retried on the next check; said once a second at debug, not warn.
-                Err(err) => tracing::debug!(%sn, error = %err, "cannot restore the entries yet"),
+            let (Ok(neigh), Ok(fdb)) = (
+                self.nl.neighbours(index, false),
+                self.nl.neighbours(index, true),
+            ) else {
+                continue;
+            };
+            for (sn, e) in mine {
+                let address = subnet_address(*sn);
+                if neigh.contains(&(address, e.mac)) && fdb.contains(&(e.public_ip, e.mac)) {
+                    continue;
+                }
+                match program_entry(&self.nl, *sn, e) {
+                    Ok(()) => fixed.push(format!("restored the neighbour/FDB entries for {sn}")),
+                    // Retried on the next check; said once a second at debug, not warn.
+                    Err(err) => {
+                        tracing::debug!(%sn, error = %err, "cannot restore the entries yet")
+                    }
+                }
             }
         }
         fixed
@@ -258,16 +279,16 @@ impl Running for Reconciled {
 }
 
 /// The neighbour and FDB entry of one tunnelled peer.
-fn program_entry(nl: &Netlink, index: u32, sn: Ipv4Net, e: &Entry) -> std::io::Result<()> {
-    nl.replace_neigh(index, sn.network(), e.mac)?;
-    nl.replace_fdb(index, e.mac, e.public_ip)
+fn program_entry(nl: &Netlink, sn: IpNet, e: &Entry) -> std::io::Result<()> {
+    nl.replace_neigh(e.device, subnet_address(sn), e.mac)?;
+    nl.replace_fdb(e.device, e.mac, e.public_ip)
 }
 
-fn remove_entry(nl: &Netlink, index: u32, sn: Ipv4Net, e: &Entry, label: &str) {
-    if let Err(err) = nl.del_neigh(index, sn.network()) {
+fn remove_entry(nl: &Netlink, sn: IpNet, e: &Entry, label: &str) {
+    if let Err(err) = nl.del_neigh(e.device, subnet_address(sn)) {
         tracing::warn!(%sn, error = %err, "{label}: cannot remove the neighbour entry");
     }
-    if let Err(err) = nl.del_fdb(index, e.mac, e.public_ip) {
+    if let Err(err) = nl.del_fdb(e.device, e.mac, e.public_ip) {
         tracing::warn!(%sn, error = %err, "{label}: cannot remove the FDB entry");
     }
 }

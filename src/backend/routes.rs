@@ -11,10 +11,10 @@
 //! when the kernel's route to its public IP has no gateway.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::Health;
 use crate::netlink::{Netlink, PeerRoute};
@@ -23,7 +23,7 @@ use crate::quiet::Quiet;
 /// The routes a backend wants, and the kernel made to match.
 pub(crate) struct RouteSet {
     nl: Arc<Netlink>,
-    want: BTreeMap<Ipv4Net, PeerRoute>,
+    want: BTreeMap<IpNet, PeerRoute>,
     failing: Quiet<String>,
 }
 
@@ -136,7 +136,7 @@ impl Reach {
     }
 
     /// True when `ip` is reached without a gateway out of `underlay`.
-    pub(crate) fn direct(&self, ip: Ipv4Addr, underlay: u32) -> bool {
+    pub(crate) fn direct(&self, ip: IpAddr, underlay: u32) -> bool {
         matches!(self.0.as_ref().and_then(|r| r.route_to(ip)), Some((None, Some(oif))) if oif == underlay)
     }
 }

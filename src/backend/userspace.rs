@@ -3,7 +3,7 @@
 //! [`crate::dataplane`]). This file is also the one place that maps a [`BackendConfig`]
 //! to the wire [`Format`] and to the lease attributes a node publishes.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::plan::{LinkPlan, PeerRule, Tunnel};
 use super::reconcile::{link_index, Reconciler};
@@ -26,19 +26,29 @@ pub const TUN_TXQUEUELEN: u32 = 5000;
 /// this node takes super-datagrams ([`crate::lease::SUPER_DATAGRAMS`]).
 pub fn lease_attrs(
     backend: &BackendConfig,
-    public_ip: Ipv4Addr,
+    (public_ip, public_ipv6): (Ipv4Addr, Option<Ipv6Addr>),
     ours: Option<&Lease>,
-    new_mac: MacAddr,
+    [new_mac, new_mac_v6]: [MacAddr; 2],
 ) -> LeaseAttrs {
     match *backend {
         BackendConfig::Vxlan { vni, .. } => {
             let vtep_mac = ours
                 .and_then(|l| l.attrs.vxlan_data().ok())
                 .map_or(new_mac, |d| d.vtep_mac);
-            LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac })
+            let mut attrs = LeaseAttrs::vxlan(public_ip, VxlanBackendData { vni, vtep_mac });
+            if let Some(v6) = public_ipv6 {
+                // flanneld's IPv6 device has its own MAC, published in BackendV6Data.
+                let vtep_mac = ours
+                    .and_then(|l| l.attrs.vxlan_v6_data().ok())
+                    .map_or(new_mac_v6, |d| d.vtep_mac);
+                attrs.public_ipv6 = Some(v6);
+                attrs.backend_v6_data =
+                    serde_json::to_value(VxlanBackendData { vni, vtep_mac }).unwrap_or_default();
+            }
+            attrs
         }
         BackendConfig::Udp { .. } => LeaseAttrs::weft_udp(public_ip),
-        BackendConfig::HostGw => super::hostgw::HostGw.lease_attrs(public_ip, ours),
+        BackendConfig::HostGw => super::hostgw::HostGw.lease_attrs(public_ip, public_ipv6, ours),
     }
 }
 
@@ -82,14 +92,14 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     );
     let rule = peer_rule(cfg, &s)?;
     let direct_routing = rule.direct_routing;
-    let mut reconciler = Reconciler::new(s.nl, rule, "DirectRouting");
+    let mut reconciler = Reconciler::new(s.nl, vec![rule], "DirectRouting");
     // One route for the whole cluster network, as flannel's udp backend has. From here
     // on, dropping the reconciler removes the route and the device.
     let link = LinkPlan {
         name: d.tun_name.clone(),
         mtu: s.pod_mtu,
         txqueuelen: TUN_TXQUEUELEN,
-        address: s.lease.subnet.network(),
+        address: s.lease.subnet.network().into(),
         mac: None,
         routes: vec![s.network],
     };
@@ -146,7 +156,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
 /// earlier run (host-gw, DirectRouting) left, which would shadow the TUN's route.
 fn peer_rule(cfg: &BackendConfig, s: &Setup<'_>) -> Result<PeerRule, Error> {
     Ok(PeerRule {
-        ours: s.lease.subnet,
+        ours: s.lease.subnet.into(),
         kind: BackendKind::Vxlan,
         vni: None,
         direct_routing: matches!(

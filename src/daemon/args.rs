@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// address); may be no local address at all, for a node behind NAT.
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// The IPv6 address the lease advertises (`PublicIPv6`) when the network has IPv6
+    /// (default: the underlay interface's first global IPv6 address).
+    #[arg(long, env = "WEFT_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// Where to write flannel's subnet.env for the CNI plugin.
     #[arg(
         long,

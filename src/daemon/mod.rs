@@ -26,7 +26,7 @@ mod underlay;
 pub use crate::backend::{DataplaneChoice, Underlay};
 pub use args::{flanneld_env_aliases, RunArgs};
 pub use error::Error;
-pub use underlay::find_underlay;
+pub use underlay::{find_underlay, find_underlay_v6};
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -138,12 +138,13 @@ pub fn acquire_lease(
     store: &mut dyn LeaseStore,
     cfg: &NetConfig,
     backend: &dyn Backend,
-    public_ip: Ipv4Addr,
+    (public_ip, public_ipv6): (Ipv4Addr, Option<std::net::Ipv6Addr>),
     subnet_file: &std::path::Path,
     stop: &AtomicBool,
 ) -> Result<Acquired> {
     let previous = SubnetEnv::previous_subnet(subnet_file);
-    let attrs = |ours: Option<&crate::lease::Lease>| backend.lease_attrs(public_ip, ours);
+    let attrs =
+        |ours: Option<&crate::lease::Lease>| backend.lease_attrs(public_ip, public_ipv6, ours);
     loop {
         let random = rand::random();
         match crate::store::acquire(
@@ -431,6 +432,11 @@ impl Node {
             local_ip: self.underlay.local_ip,
             public_ip: self.underlay.public_ip,
             network: self.cfg.network,
+            v6: self
+                .underlay
+                .v6
+                .zip(self.cfg.ipv6.as_ref())
+                .map(|(u, c)| (u.local_ip, c.network)),
             lease: &self.ours.lease,
             pod_mtu: self.pod_mtu,
             table: self.table.clone(),
@@ -449,10 +455,15 @@ fn prepare(
     predecessor: Option<&crate::handover::Predecessor>,
 ) -> Result<(Node, Box<dyn LeaseStore>)> {
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
-    let underlay = find_underlay(&nl, args)?;
+    let mut underlay = find_underlay(&nl, args)?;
     let mut store = open_store(args)?;
     status.step("waiting for the network config");
     let cfg = wait_config(store.as_ref(), args, stop)?;
+    if cfg.ipv6.is_some() {
+        let v6 = find_underlay_v6(&nl, args, &underlay)?;
+        tracing::info!(local = %v6.local_ip, public = %v6.public_ip, "the underlay's IPv6 side");
+        underlay.v6 = Some(v6);
+    }
     if let Some(p) = predecessor {
         // Before anything is touched: a change of Network is refused, not adopted.
         p.check_network(&cfg.network.to_string())?;
@@ -473,13 +484,13 @@ fn prepare(
             pod_mtu,
         });
     }
-    let (public_ip, file) = (underlay.public_ip, &args.subnet_file);
+    let public = (underlay.public_ip, underlay.v6.map(|v| v.public_ip));
     let acquired = acquire_lease(
         store.as_mut(),
         &cfg,
         backend.as_ref(),
-        public_ip,
-        file,
+        public,
+        &args.subnet_file,
         stop,
     )?;
     tracing::info!(
@@ -573,8 +584,8 @@ fn announce(
     SubnetEnv {
         network: node.cfg.network,
         subnet: node.ours.lease.subnet,
-        ipv6_network: None,
-        ipv6_subnet: None,
+        ipv6_network: node.cfg.ipv6.as_ref().map(|c| c.network),
+        ipv6_subnet: node.ours.lease.ipv6_subnet,
         mtu: node.pod_mtu,
         ipmasq: args.ip_masq,
     }

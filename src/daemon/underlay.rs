@@ -14,13 +14,19 @@
 //! `--public-ip` is what the lease advertises; it may be no local address at all (a node
 //! behind NAT), while the sockets bind the chosen interface address. The choice is pure
 //! ([`select`]) over what netlink reports ([`Interfaces`]).
+//!
+//! With IPv6 enabled (net-conf `EnableIPv6`), the IPv6 side is then chosen on the same
+//! interface ([`select_v6`]), as flanneld's dual-stack `LookupExtIface`: `--public-ipv6`
+//! if it is an address of that interface, else its first global IPv6 address; without
+//! `--iface`, `--iface-regex` or `--iface-can-reach` the IPv6 default route must leave by
+//! the same interface as the IPv4 one. `--public-ipv6` is what the lease advertises.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 
 use regex::Regex;
 
 use super::{Error, Result, RunArgs};
-use crate::backend::Underlay;
+use crate::backend::{Underlay, UnderlayV6};
 use crate::netlink::{Link, Netlink};
 
 /// The interfaces and IPv4 addresses of this namespace, as netlink lists them.
@@ -98,6 +104,44 @@ pub(crate) fn select(ifs: &Interfaces, sel: &Selection) -> Result<Underlay> {
         mtu: link.mtu,
         local_ip,
         public_ip: sel.public_ip.unwrap_or(local_ip),
+        v6: None,
+    })
+}
+
+/// The IPv6 side of the underlay on interface `link`, from every global IPv6 address
+/// (`addrs`: link index, address); `default_v6` is `Some(the IPv6 default route's
+/// interface)` when the interface was chosen by the IPv4 default route, which flanneld
+/// then wants to be the IPv6 one's too.
+pub(crate) fn select_v6(
+    addrs: &[(u32, Ipv6Addr)],
+    link: &Link,
+    public_ipv6: Option<Ipv6Addr>,
+    default_v6: Option<Option<u32>>,
+) -> Result<UnderlayV6> {
+    let fail = |m: String| Err(Error::NoUnderlay(m));
+    match default_v6 {
+        Some(None) => return fail(format!("EnableIPv6: no IPv6 default route (flanneld wants one leaving by {}, the IPv4 default route's interface); add one, or choose the interface with --iface", link.name)),
+        Some(Some(i)) if i != link.index => return fail(format!("EnableIPv6: the IPv6 default route leaves by interface {i}, not by {}, the IPv4 default route's (flanneld wants them the same); choose the interface with --iface", link.name)),
+        _ => {}
+    }
+    let mine: Vec<Ipv6Addr> = addrs
+        .iter()
+        .filter(|(i, _)| *i == link.index)
+        .map(|a| a.1)
+        .collect();
+    let local = match public_ipv6 {
+        Some(p) if mine.contains(&p) => p,
+        Some(p) if addrs.iter().any(|(_, a)| *a == p) => {
+            return fail(format!("--public-ipv6 {p} is an address of another interface than {}, the underlay (flanneld: the v6 interface must be the v4 one); choose the interface with --iface", link.name))
+        }
+        _ => match mine.first() {
+            Some(a) => *a,
+            None => return fail(format!("EnableIPv6: interface {} has no global IPv6 address; give it one, choose another with --iface, or set EnableIPv6 to false", link.name)),
+        },
+    };
+    Ok(UnderlayV6 {
+        local_ip: local,
+        public_ip: public_ipv6.unwrap_or(local),
     })
 }
 
@@ -208,6 +252,25 @@ pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
         public_ip: args.public_ip,
     };
     select(&ifs, &sel)
+}
+
+/// Phase 1b, when the network has IPv6: the underlay's IPv6 side ([`select_v6`]).
+pub fn find_underlay_v6(nl: &Netlink, args: &RunArgs, underlay: &Underlay) -> Result<UnderlayV6> {
+    let link = nl
+        .link_by_name(&underlay.name)
+        .map_err(Error::Interfaces)?
+        .ok_or_else(|| Error::NoUnderlay(format!("{} vanished", underlay.name)))?;
+    let chosen_by_default = args.iface.is_empty()
+        && args.iface_regex.is_empty()
+        && args.iface_can_reach.is_none()
+        && args.public_ip.is_none();
+    let default_v6 = if chosen_by_default {
+        Some(nl.default_route_link_v6().map_err(Error::Interfaces)?)
+    } else {
+        None
+    };
+    let addrs = nl.ipv6_addrs().map_err(Error::Interfaces)?;
+    select_v6(&addrs, &link, args.public_ipv6, default_v6)
 }
 
 #[cfg(test)]

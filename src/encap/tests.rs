@@ -46,6 +46,7 @@ fn peer(n: u8, public_ip: Ipv4Addr, vtep_mac: MacAddr) -> Peer {
         vni: 1,
         vtep_mac,
         super_datagrams: true,
+        v6: None,
     }
 }
 

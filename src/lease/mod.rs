@@ -145,6 +145,12 @@ impl LeaseAttrs {
         serde_json::from_value(self.backend_data.clone())
             .map_err(|e| LeaseError::BackendData(e.to_string()))
     }
+
+    /// The typed vxlan data of the IPv6 device (`BackendV6Data`), if well formed.
+    pub fn vxlan_v6_data(&self) -> Result<VxlanBackendData, LeaseError> {
+        serde_json::from_value(self.backend_v6_data.clone())
+            .map_err(|e| LeaseError::BackendData(format!("BackendV6Data: {e}")))
+    }
 }
 
 /// One node's lease: its subnet, its attributes, and when it expires (`None` for a

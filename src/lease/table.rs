@@ -12,11 +12,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{backend_type, Lease, LeaseError};
 use crate::wire::MacAddr;
@@ -58,6 +58,24 @@ pub struct Peer {
     ///
     /// [`LeaseAttrs::takes_super_datagrams`]: super::LeaseAttrs::takes_super_datagrams
     pub super_datagrams: bool,
+    /// Its IPv6 side, in a dual-stack cluster: set when its lease holds an IPv6 subnet and
+    /// a `PublicIPv6` (and, for vxlan, a well-formed `BackendV6Data`).
+    pub v6: Option<PeerV6>,
+}
+
+/// The IPv6 side of a peer: its IPv6 pod subnet, reached over the IPv6 underlay (flanneld
+/// sends IPv6 pod traffic over IPv6 and IPv4 over IPv4), with the VTEP of its
+/// `flannel-v6.<VNI>` device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerV6 {
+    /// Its IPv6 pod subnet.
+    pub subnet: Ipv6Net,
+    /// Its IPv6 underlay address (`PublicIPv6`).
+    pub public_ip: Ipv6Addr,
+    /// The VNI of its IPv6 device (vxlan only; 0 otherwise).
+    pub vni: u32,
+    /// The MAC of its IPv6 device (`BackendV6Data.VtepMAC`; vxlan only).
+    pub vtep_mac: MacAddr,
 }
 
 impl Peer {
@@ -82,7 +100,30 @@ impl Peer {
             vni,
             vtep_mac,
             super_datagrams: a.takes_super_datagrams(),
+            v6: PeerV6::from_lease(lease, backend)?,
         })
+    }
+}
+
+impl PeerV6 {
+    /// The IPv6 side of `lease`, if it has one: an IPv6 subnet and a `PublicIPv6`, and for
+    /// a vxlan node its `BackendV6Data` (which must then be well formed).
+    fn from_lease(lease: &Lease, backend: BackendKind) -> Result<Option<PeerV6>, LeaseError> {
+        let (Some(subnet), Some(public_ip)) = (lease.ipv6_subnet, lease.attrs.public_ipv6) else {
+            return Ok(None);
+        };
+        let (vni, vtep_mac) = if backend == BackendKind::Vxlan {
+            let d = lease.attrs.vxlan_v6_data()?;
+            (d.vni, d.vtep_mac)
+        } else {
+            (0, MacAddr::default())
+        };
+        Ok(Some(PeerV6 {
+            subnet,
+            public_ip,
+            vni,
+            vtep_mac,
+        }))
     }
 }
 
@@ -338,6 +379,7 @@ mod tests {
             vni: 1,
             vtep_mac: MacAddr([0x0e, 0, 0, 0, host, 1]),
             super_datagrams: true,
+            v6: None,
         }
     }
 

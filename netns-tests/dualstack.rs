@@ -1,0 +1,326 @@
+//! Dual-stack clusters on real namespaces: IPv4 and IPv6 pods, an IPv4 and an IPv6
+//! underlay (192.0.2.0/24 and 2001:db8::/64 on one bridge), weft beside a node set up as
+//! flanneld sets up a dual-stack vxlan node (`flannel.1` and `flannel-v6.1`, its lease in
+//! etcd in flanneld's own words), and host-gw in both families. Pods get both addresses
+//! from weft-cni through Debian's bridge and host-local. What weft programs is read back
+//! with `ip`, never with weft. Root only, like the rest.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use harness::{ip, ns_sh, try_in_ns, wait_for, weft, Capture, Cluster, Kind, Pod, ETCD_PREFIX};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+
+/// Gives node `i` its IPv6 underlay address, 2001:db8::`i+1`/64 on eth0.
+fn v6_underlay(c: &Cluster, i: usize) -> Ipv6Addr {
+    let a: Ipv6Addr = format!("2001:db8::{}", i + 1).parse().unwrap();
+    ip(
+        &c.nodes[i].ns,
+        &format!("-6 addr add {a}/64 dev eth0 nodad"),
+    );
+    a
+}
+
+/// Node `k` set up as flanneld v0.28 sets up a dual-stack vxlan node: its lease in etcd as
+/// flanneld writes it (key `<v4>-24&<v6>-64`, value with PublicIPv6 and BackendV6Data, the
+/// format of flannel's `pkg/lease/lease.go` and `pkg/subnet/subnet.go MakeSubnetKey`),
+/// `flannel.1` and `flannel-v6.1` as its `device.go` makes them, and subnet.env in
+/// `WriteSubnetFile`'s words and order.
+fn start_flanneld_dual_stack(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
+    let (ns, v4) = (c.nodes[k].ns.clone(), c.nodes[k].ip);
+    let n = v4.octets()[3];
+    let (mac, mac6) = (
+        format!("0e:00:00:00:{n:02x}:01"),
+        format!("0e:00:00:00:{n:02x}:06"),
+    );
+    let key = format!("{ETCD_PREFIX}/subnets/10.244.{n}.0-24&fd00:10:244:{n}::-64");
+    let value = format!(
+        r#"{{"PublicIP":"{v4}","PublicIPv6":"{v6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+    );
+    let etcd = c.etcd.as_ref().expect("an etcd cluster");
+    let grant = etcd.ctl(&["lease", "grant", "86400"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    etcd.ctl(&["put", &format!("--lease={id}"), &key, &value]);
+    for (dev, m, local, addr) in [
+        (
+            "flannel.1",
+            &mac,
+            v4.to_string(),
+            format!("10.244.{n}.0/32"),
+        ),
+        (
+            "flannel-v6.1",
+            &mac6,
+            v6.to_string(),
+            format!("fd00:10:244:{n}::/128"),
+        ),
+    ] {
+        ip(&ns, &format!("link add {dev} address {m} mtu 1450 type vxlan id 1 local {local} dev eth0 dstport 8472 nolearning"));
+        let _ = try_in_ns(
+            &ns,
+            &format!(
+                "sysctl -qw net.ipv6.conf.{}.accept_ra=0",
+                dev.replace('.', "/")
+            ),
+        );
+        ip(&ns, &format!("addr add {addr} dev {dev}"));
+        ip(&ns, &format!("link set {dev} up"));
+    }
+    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
+    let file = c.nodes[k].subnet_file.clone();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, env).unwrap();
+}
+
+/// flanneld's vxlan programming on node `k` for every other lease in etcd, both families:
+/// per peer the neighbour, the FDB entry and the onlink route on each device. The leases
+/// are weft's, read raw from etcd; the v6 half parsed from flanneld's key format.
+fn program_flanneld_peers(c: &Cluster, k: usize) {
+    let ns = &c.nodes[k].ns;
+    let prefix = format!("{ETCD_PREFIX}/subnets/");
+    for (key, value) in c.etcd.as_ref().unwrap().get_prefix(&prefix) {
+        let v: serde_json::Value = serde_json::from_str(&value).unwrap();
+        if v["PublicIP"] == c.nodes[k].ip.to_string() {
+            continue;
+        }
+        let (v4, v6) = key[prefix.len()..]
+            .split_once('&')
+            .expect("a dual-stack key");
+        let sides = [
+            (
+                "flannel.1",
+                v4.replace('-', "/"),
+                &v["PublicIP"],
+                &v["BackendData"],
+            ),
+            (
+                "flannel-v6.1",
+                v6.replace('-', "/"),
+                &v["PublicIPv6"],
+                &v["BackendV6Data"],
+            ),
+        ];
+        for (dev, subnet, public, data) in sides {
+            let gw = subnet.split('/').next().unwrap();
+            let mac = data["VtepMAC"].as_str().expect("a VtepMAC");
+            let public = public.as_str().expect("a public address");
+            ip(
+                ns,
+                &format!("neigh replace {gw} dev {dev} lladdr {mac} nud permanent"),
+            );
+            ns_sh(
+                ns,
+                &[
+                    "bridge",
+                    "fdb",
+                    "append",
+                    mac,
+                    "dev",
+                    dev,
+                    "dst",
+                    public,
+                    "self",
+                    "permanent",
+                ],
+            );
+            ip(
+                ns,
+                &format!("route replace {subnet} via {gw} dev {dev} onlink"),
+            );
+        }
+    }
+}
+
+/// One ping from `from` to `to` (an address of either family), `size` bytes of payload
+/// with don't-fragment set; whether it was answered.
+fn pings(from: &Pod, to: &str, size: u32) -> bool {
+    try_in_ns(
+        &from.ns,
+        &format!("ping -c 2 -i 0.2 -W 2 -M do -s {size} {to}"),
+    )
+    .status
+    .success()
+}
+
+/// The MTU of `dev` on node `i`.
+fn mtu(c: &Cluster, i: usize, dev: &str) -> u32 {
+    let j = ns_sh(&c.nodes[i].ns, &["ip", "-j", "link", "show", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    v[0]["mtu"].as_u64().unwrap() as u32
+}
+
+/// Bytes of a 3 s iperf3 TCP stream from `from` to `to`'s IPv6 address.
+fn iperf3_v6(from: &Pod, to: &Pod) -> f64 {
+    let to6 = to.ip6.unwrap().to_string();
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-B", &to6])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let out = try_in_ns(&from.ns, &format!("iperf3 -J -t 3 -c {to6}"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
+}
+
+/// Checks that every pod reaches every other over IPv4 and IPv6, with the largest
+/// don't-fragment ping that fits each family's path (`max4`, `max6` payload bytes).
+fn assert_all_reach(c: &Cluster, max4: u32, max6: u32) {
+    let pods = c.pods();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            assert!(
+                pings(a, &b.ip.to_string(), max4),
+                "{} -> {} (IPv4, {max4} bytes DF)",
+                a.ip,
+                b.ip
+            );
+            let b6 = b.ip6.expect("a dual-stack pod").to_string();
+            assert!(
+                pings(a, &b6, max6),
+                "{:?} -> {b6} (IPv6, {max6} bytes DF)",
+                a.ip6
+            );
+        }
+    }
+}
+
+fn weft_bin() -> &'static Path {
+    weft()
+}
+
+#[test]
+fn a_weft_kernel_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_and_v6() {
+    let mut c = Cluster::with_etcd(weft_bin(), VXLAN);
+    let w = c.add_node(Kind::Weft);
+    let k = c.add_node(Kind::KernelVxlan);
+    v6_underlay(&c, w);
+    let k6 = v6_underlay(&c, k);
+    start_flanneld_dual_stack(&mut c, k, k6);
+    let env = c.start_weft(w, &["--dataplane", "kernel"]);
+    let (wp, kp) = (c.add_pod(w, None), c.add_pod(k, None));
+    assert!(
+        wp.ip6.is_some() && kp.ip6.is_some(),
+        "pods without IPv6: {wp:?} {kp:?}"
+    );
+    program_flanneld_peers(&c, k);
+    // weft's devices, read back with ip: flannel-v6.1 as flanneld makes it.
+    let d = ns_sh(
+        &c.nodes[w].ns,
+        &["ip", "-d", "link", "show", "flannel-v6.1"],
+    );
+    assert!(
+        d.contains("vxlan id 1 local 2001:db8::1") && d.contains("dstport 8472"),
+        "{d}"
+    );
+    let r6 = ns_sh(
+        &c.nodes[w].ns,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "show",
+            &format!("fd00:10:244:{}::/64", k + 1),
+        ],
+    );
+    assert!(
+        r6.contains("dev flannel-v6.1") && r6.contains("onlink") && r6.contains("proto 87"),
+        "{r6}"
+    );
+    // The largest don't-fragment pings: IPv4 fills FLANNEL_MTU (1450 - 28), IPv6 the
+    // kernel's IPv6 device (1500 - 70 - 48), on both nodes alike.
+    let m6 = mtu(&c, w, "flannel-v6.1");
+    assert_eq!(
+        m6,
+        mtu(&c, k, "flannel-v6.1"),
+        "weft's flannel-v6.1 MTU is the kernel's"
+    );
+    assert_all_reach(&c, 1450 - 28, m6 - 48);
+    // IPv6 pods' packets travel in outer IPv6, IPv4 pods' in outer IPv4.
+    let cap = Capture::start(
+        &c.nodes[w].ns,
+        "eth0",
+        "udp port 8472",
+        &c.dir.join("dual.pcap"),
+    );
+    assert!(pings(&wp, &kp.ip6.unwrap().to_string(), 56));
+    assert!(pings(&wp, &kp.ip.to_string(), 56));
+    let frames = cap.stop();
+    let outer6 = frames
+        .iter()
+        .filter(|f| f.len() > 14 && f[12..14] == [0x86, 0xdd])
+        .count();
+    let outer4 = frames
+        .iter()
+        .filter(|f| f.len() > 14 && f[12..14] == [0x08, 0x00])
+        .count();
+    assert!(
+        outer6 >= 4 && outer4 >= 4,
+        "outer IPv6 {outer6}, outer IPv4 {outer4} frames"
+    );
+    // TCP both ways over IPv6.
+    assert!(iperf3_v6(&wp, &kp) > 0.0 && iperf3_v6(&kp, &wp) > 0.0);
+    // The flanneld node's lease goes: its IPv6 route goes within 2 s.
+    let key = format!(
+        "{ETCD_PREFIX}/subnets/10.244.{0}.0-24&fd00:10:244:{0}::-64",
+        k + 1
+    );
+    let t0 = Instant::now();
+    c.etcd.as_ref().unwrap().ctl(&["del", &key]);
+    wait_for("the IPv6 route to go", Duration::from_secs(2), || {
+        let r = ns_sh(
+            &c.nodes[w].ns,
+            &["ip", "-6", "route", "show", "proto", "87"],
+        );
+        (!r.contains(&format!("fd00:10:244:{}::", k + 1))).then_some(())
+    });
+    eprintln!(
+        "IPv6 route removed {:?} after the lease; subnet.env {env:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn host_gw_routes_both_families_between_weft_nodes() {
+    let mut c = Cluster::new(weft_bin(), HOST_GW);
+    for _ in 0..2 {
+        let i = c.add_node(Kind::Weft);
+        v6_underlay(&c, i);
+    }
+    for i in 0..2 {
+        c.start_weft(i, &[]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(
+        env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:"),
+        "{env}"
+    );
+    let peer6 = c.nodes[1].pods[0].ip6.expect("a dual-stack pod");
+    let sub6 = format!(
+        "{}/64",
+        Ipv6Addr::from(u128::from(peer6) & !0xffff_ffff_ffff_ffff)
+    );
+    let r = wait_for(
+        "node 1's IPv6 route to node 2",
+        Duration::from_secs(10),
+        || {
+            let r = ns_sh(&c.nodes[0].ns, &["ip", "-6", "route", "show", &sub6]);
+            (!r.trim().is_empty()).then_some(r)
+        },
+    );
+    assert!(
+        r.contains("via 2001:db8::2 dev eth0") && r.contains("proto 87"),
+        "{r}"
+    );
+    assert_all_reach(&c, 1500 - 28, 1500 - 48);
+}
