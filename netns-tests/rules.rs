@@ -12,7 +12,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{ns_run, ns_sh, weft, Cluster, Kind};
+use harness::{ns_run, ns_sh, sh, weft, Cluster, Kind};
 use weft::store::file::FileStore;
 
 const NFT: &str = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
@@ -470,4 +470,53 @@ fn dual_stack_nftables_table_is_flanneds_and_kept() {
         assert!(!has_nft_table(&ns, "ip6", "flannel-ipv6"));
         assert!(!has_nft_table(&ns, "ip", "flannel-ipv4"));
     });
+}
+
+/// An IPv4-only node never needs ip6tables: `weft cleanup` (leftover removal of both
+/// families) removes the IPv4 chains and succeeds where ip6tables is not installed, and
+/// where its ip6tables cannot list its tables (a kernel without IPv6 netfilter).
+#[test]
+fn leftover_removal_does_not_need_ip6tables() {
+    let mut c = Cluster::new(weft(), IPT);
+    let ns = c.add_ns("no6");
+    let bin = c.lease_dir().with_file_name("no6-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["iptables-save", "iptables-restore", "nft"] {
+        let real = sh(&["sh", "-c", &format!("command -v {tool}")]);
+        std::os::unix::fs::symlink(real.trim(), bin.join(tool)).unwrap();
+    }
+    let chains = weft::masq::flannel_rules(
+        c.network,
+        "10.244.9.0/24".parse().unwrap(),
+        true,
+        true,
+        true,
+    );
+    let broken = bin.join("ip6tables-save");
+    for ip6tables in ["absent", "broken"] {
+        if ip6tables == "broken" {
+            std::fs::write(
+                &broken,
+                "#!/bin/sh\necho \"can't initialize ip6tables table 'filter'\" >&2\nexit 1\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        harness::iptables_restore(&ns, &weft::masq::restore_input("", &chains));
+        assert!(iptables_save(&ns).contains("FLANNEL-POSTRTG"));
+        let path = format!("PATH={}", bin.display());
+        let weft = weft().to_str().unwrap();
+        let o = ns_run(&ns, &["env", &path, weft, "cleanup"]);
+        let out = harness::output_text(&o);
+        assert!(o.status.success(), "ip6tables {ip6tables}: {out}");
+        assert!(
+            out.contains("removed flanneld's iptables rules"),
+            "ip6tables {ip6tables}: {out}"
+        );
+        assert!(
+            !iptables_save(&ns).contains("FLANNEL"),
+            "ip6tables {ip6tables}"
+        );
+    }
 }
