@@ -252,11 +252,22 @@ fn check_host(cfg: &NetConfig, args: &RunArgs, backend: &dyn Backend) -> Result<
 }
 
 /// flanneld's traffic rules as this node wants them (the forward-from devices are the
-/// started backend's to add).
-fn rules_plan(cfg: &NetConfig, args: &RunArgs, subnet: ipnet::Ipv4Net) -> crate::masq::Plan {
+/// started backend's to add); the IPv6 side when net-conf enables IPv6 and the lease has an
+/// IPv6 subnet.
+fn rules_plan(
+    cfg: &NetConfig,
+    args: &RunArgs,
+    subnet: ipnet::Ipv4Net,
+    ipv6_subnet: Option<ipnet::Ipv6Net>,
+) -> crate::masq::Plan {
+    let ipv6 = cfg.ipv6.as_ref().zip(ipv6_subnet);
     crate::masq::Plan {
         network: cfg.network,
         subnet,
+        ipv6: ipv6.map(|(v6, subnet)| crate::masq::V6Plan {
+            network: v6.network,
+            subnet,
+        }),
         masq: args.ip_masq,
         random_fully: !args.ip_masq_fully_random_disable,
         forward: args.iptables_forward_rules,
@@ -535,7 +546,7 @@ fn start_forwarding(
     let (cfg, subnet) = (&node.cfg, node.ours.lease.subnet);
     let resync = Duration::from_secs(args.iptables_resync as u64);
     let mode = Mode::from_config(cfg.enable_nftables);
-    let mut plan = rules_plan(cfg, args, subnet);
+    let mut plan = rules_plan(cfg, args, subnet, node.ours.lease.ipv6_subnet);
     let mut policy = Policy::new(
         node.ours.clone(),
         cfg.network,

@@ -8,8 +8,14 @@
 //! transaction per table: there is never a moment without the rules, and nothing outside
 //! weft's chains is touched but the one jump rule per table. Removal on shutdown is one
 //! restore too. Rule text and drift checks are pure; only [`Iptables`] runs programs.
+//!
+//! A dual-stack node has the same two chains in ip6tables, for its IPv6 network and
+//! subnet, as flanneld installs them (`masqIP6Rules`, `forwardRules`), with `ff00::/8` in
+//! place of `224.0.0.0/4`; they are checked and repaired with `ip6tables-save` and
+//! `ip6tables-restore` beside the IPv4 ones.
 
 use super::tool::{self, ToolError};
+use super::{Family, FamilyNet};
 use ipnet::Ipv4Net;
 
 const MASQ_COMMENT: &str = "-m comment --comment \"flanneld masq\"";
@@ -30,14 +36,16 @@ pub struct ChainRules {
     pub rules: Vec<String>,
 }
 
-/// The rules flanneld installs for this node.
-pub fn flannel_rules(
-    network: Ipv4Net,
-    subnet: Ipv4Net,
+/// The rules flanneld installs for this node in one family: `network` and `subnet` are
+/// both IPv4 (iptables) or both IPv6 (ip6tables).
+pub fn flannel_rules<N: FamilyNet>(
+    network: N,
+    subnet: N,
     masq: bool,
     random_fully: bool,
     forward: bool,
 ) -> Vec<ChainRules> {
+    let multicast = N::FAMILY.multicast();
     let mut out = Vec::new();
     if masq {
         let c = "FLANNEL-POSTRTG";
@@ -60,7 +68,7 @@ pub fn flannel_rules(
                 // From outside to our pods (e.g. NodePorts): no NAT.
                 format!("-A {c} ! -s {network} -d {subnet} {MASQ_COMMENT} -j RETURN"),
                 // Pods to the outside world (not multicast): masquerade.
-                format!("-A {c} -s {network} ! -d 224.0.0.0/4 {MASQ_COMMENT} -j {m}"),
+                format!("-A {c} -s {network} ! -d {multicast} {MASQ_COMMENT} -j {m}"),
                 // The host (or outside) to other nodes' pods: masquerade, so replies return.
                 format!("-A {c} ! -s {network} -d {network} {MASQ_COMMENT} -j {m}"),
             ],
@@ -83,7 +91,8 @@ pub fn flannel_rules(
 }
 
 /// Both of flanneld's chains with their jumps and no rules: what [`removal_input`] needs to
-/// remove them whatever the flags were that installed them.
+/// remove them whatever the flags were that installed them, in either family (the jumps
+/// name no address).
 pub fn all_chains() -> Vec<ChainRules> {
     let any: Ipv4Net = "0.0.0.0/0".parse().unwrap_or_default();
     let mut chains = flannel_rules(any, any, true, true, true);
@@ -194,51 +203,81 @@ pub fn removal_input(save: &str, chains: &[ChainRules]) -> String {
     s
 }
 
-/// Runs `iptables-save` and `iptables-restore` (one process each per check or repair).
+/// Runs `iptables-save` and `iptables-restore`, or their `ip6tables` twins (one process
+/// each per check or repair).
 pub struct Iptables {
+    family: Family,
     chains: Vec<ChainRules>,
 }
 
 impl Iptables {
-    /// For these rules.
-    pub fn new(chains: Vec<ChainRules>) -> Iptables {
-        Iptables { chains }
+    /// For these rules of `family`.
+    pub fn new(family: Family, chains: Vec<ChainRules>) -> Iptables {
+        Iptables { family, chains }
+    }
+
+    /// Its family.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Its rules.
+    pub fn chains(&self) -> &[ChainRules] {
+        &self.chains
     }
 
     fn save(&self) -> Result<String, ToolError> {
-        tool::run("iptables-save", &[], "", "iptables")
+        let program = format!("{}-save", self.family.iptables());
+        tool::run(&program, &[], "", "iptables")
     }
 
     fn restore(&self, input: &str) -> Result<(), String> {
-        match tool::run(
-            "iptables-restore",
-            &["-w", "5", "--noflush"],
-            input,
-            "iptables",
-        ) {
+        let program = format!("{}-restore", self.family.iptables());
+        match tool::run(&program, &["-w", "5", "--noflush"], input, "iptables") {
             Ok(_) => Ok(()),
             Err(ToolError::Failed(e)) => Err(format!("{e}\ninput was:\n{input}")),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Checks the rules and repairs them if needed; returns what was wrong (empty: intact).
+    /// Checks the rules and repairs them if needed; returns what was wrong (empty: intact),
+    /// IPv6 problems named as such.
     pub fn ensure(&self) -> Result<Vec<String>, String> {
         let save = self.save()?;
-        let problems: Vec<String> = self.chains.iter().flat_map(|c| drift(&save, c)).collect();
+        let mut problems: Vec<String> = self.chains.iter().flat_map(|c| drift(&save, c)).collect();
         if !problems.is_empty() {
             self.restore(&restore_input(&save, &self.chains))?;
+        }
+        if self.family == Family::Ipv6 {
+            for p in &mut problems {
+                p.insert_str(0, "ip6tables: ");
+            }
         }
         Ok(problems)
     }
 
     /// Removes the rules (iptables missing: there are none).
     pub fn remove(&self) -> Result<(), String> {
-        let save = match self.save() {
-            Err(ToolError::Missing(_)) => return Ok(()),
-            r => r?,
-        };
-        let input = removal_input(&save, &self.chains);
+        match self.save() {
+            Err(ToolError::Missing(_)) => Ok(()),
+            r => self.remove_from(&r?),
+        }
+    }
+
+    /// Removes what an earlier run may have left: as [`remove`](Self::remove), but a tool
+    /// that cannot list its tables (a kernel without IPv6 netfilter) has none of ours.
+    pub fn remove_leftovers(&self) -> Result<(), String> {
+        match self.save() {
+            Err(e) => {
+                tracing::debug!(error = %e, "no {} rules to remove", self.family.iptables());
+                Ok(())
+            }
+            Ok(save) => self.remove_from(&save),
+        }
+    }
+
+    fn remove_from(&self, save: &str) -> Result<(), String> {
+        let input = removal_input(save, &self.chains);
         if input.is_empty() {
             return Ok(());
         }
@@ -327,6 +366,73 @@ mod tests {
             false
         )
         .is_empty());
+    }
+
+    /// flanneld's IPv6 rules as `masqIP6Rules` and `forwardRules` build them (flannel's
+    /// `pkg/trafficmngr/iptables/iptables.go`, random-fully supported), each `[chain,
+    /// rulespec...]`, CLUSTER and POD standing for the network and the lease's IPv6 subnet.
+    #[rustfmt::skip]
+    const FLANNELD_V6: [&[&str]; 10] = [
+        &["POSTROUTING", "-m", "comment", "--comment", "flanneld masq", "-j", "FLANNEL-POSTRTG"],
+        &["FLANNEL-POSTRTG", "-m", "mark", "--mark", "0x4000/0x4000", "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN"],
+        &["FLANNEL-POSTRTG", "-s", "POD", "-d", "CLUSTER", "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN"],
+        &["FLANNEL-POSTRTG", "-s", "CLUSTER", "-d", "POD", "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN"],
+        &["FLANNEL-POSTRTG", "!", "-s", "CLUSTER", "-d", "POD", "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN"],
+        &["FLANNEL-POSTRTG", "-s", "CLUSTER", "!", "-d", "ff00::/8", "-m", "comment", "--comment", "flanneld masq", "-j", "MASQUERADE", "--random-fully"],
+        &["FLANNEL-POSTRTG", "!", "-s", "CLUSTER", "-d", "CLUSTER", "-m", "comment", "--comment", "flanneld masq", "-j", "MASQUERADE", "--random-fully"],
+        &["FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"],
+        &["FLANNEL-FWD", "-s", "CLUSTER", "-m", "comment", "--comment", "flanneld forward", "-j", "ACCEPT"],
+        &["FLANNEL-FWD", "-d", "CLUSTER", "-m", "comment", "--comment", "flanneld forward", "-j", "ACCEPT"],
+    ];
+
+    /// A flanneld rule as iptables-save prints it: `-A`, the chain, the rulespec with the
+    /// comment quoted and the networks filled in.
+    fn as_saved(rule: &[&str], cluster: &str, pod: &str) -> String {
+        let mut out = format!("-A {}", rule[0]);
+        for (i, a) in rule.iter().enumerate().skip(1) {
+            let a = match *a {
+                "CLUSTER" => cluster.to_string(),
+                "POD" => pod.to_string(),
+                a if rule[i - 1] == "--comment" => format!("\"{a}\""),
+                a => a.to_string(),
+            };
+            out.push(' ');
+            out.push_str(&a);
+        }
+        out
+    }
+
+    fn v6_rules(masq: bool, random_fully: bool, forward: bool) -> Vec<ChainRules> {
+        let (cluster, pod): (ipnet::Ipv6Net, ipnet::Ipv6Net) = (
+            "fd00:10:244::/56".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        );
+        flannel_rules(cluster, pod, masq, random_fully, forward)
+    }
+
+    #[test]
+    fn flannels_ipv6_rules() {
+        let c = v6_rules(true, true, true);
+        let mut ours = Vec::new();
+        for chain in &c {
+            ours.push(chain.jump.clone());
+            ours.extend(chain.rules.iter().cloned());
+        }
+        let flanneld: Vec<String> = FLANNELD_V6
+            .iter()
+            .map(|r| as_saved(r, "fd00:10:244::/56", "fd00:10:244:1::/64"))
+            .collect();
+        assert_eq!(ours, flanneld);
+        assert_eq!((c[0].table, c[1].table), ("nat", "filter"));
+        // Without random-fully, plain MASQUERADE, as for IPv4; the TAP's accept as for IPv4.
+        let mut plain = v6_rules(true, false, true);
+        assert!(plain[0].rules[4]
+            .ends_with("! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE"));
+        accept_forwarded_from(&mut plain, "weft0-tx");
+        assert_eq!(
+            plain[1].rules.last().unwrap(),
+            "-A FLANNEL-FWD -i weft0-tx -m comment --comment \"flanneld forward\" -j ACCEPT"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (`--ip-masq`) and the forward accepts (`--iptables-forward-rules`), in either of
 //! flanneld's two modes: [`iptables`] (chains FLANNEL-POSTRTG and FLANNEL-FWD, the default)
 //! or [`nftables`] (`"EnableNFTables": true`: tables `ip flannel-ipv4` and `ip6
-//! flannel-ipv6`).
+//! flannel-ipv6`). A dual-stack node ([`Plan::ipv6`]) gets flanneld's IPv6 rules too, the
+//! IPv4 ones with its IPv6 network and subnet and `ff00::/8` for multicast: the same chains
+//! in ip6tables, or the same chains in `ip6 flannel-ipv6`.
 //!
 //! A [`Plan`] says what the node wants; each mode renders it as its own text and applies it
 //! in one transaction (`iptables-restore --noflush`, `nft -f`), checks it each resync
@@ -15,7 +17,7 @@ pub mod iptables;
 pub mod nftables;
 mod tool;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use iptables::{
     accept_forwarded_from, drift, flannel_rules, removal_input, restore_input, ChainRules, Iptables,
@@ -29,6 +31,9 @@ pub struct Plan {
     pub network: Ipv4Net,
     /// This node's subnet.
     pub subnet: Ipv4Net,
+    /// The IPv6 side of a dual-stack node: the same rules for its IPv6 network and subnet
+    /// (ip6tables, or `table ip6 flannel-ipv6`). `None`: nothing IPv6 is installed.
+    pub ipv6: Option<V6Plan>,
     /// `--ip-masq`: the masquerade rules.
     pub masq: bool,
     /// Masquerade with random-fully ports (unless `--ip-masq-fully-random-disable`).
@@ -38,6 +43,72 @@ pub struct Plan {
     /// Devices whose forwarded frames are accepted too: the tunnel GSO injection TAP, whose
     /// frames are weft's own encapsulated super-packets on their way out of the underlay.
     pub forward_from: Vec<String>,
+}
+
+/// The IPv6 networks of a dual-stack node's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6Plan {
+    /// The cluster's IPv6 network (`IPv6Network`).
+    pub network: Ipv6Net,
+    /// This node's IPv6 subnet.
+    pub subnet: Ipv6Net,
+}
+
+/// An address family, as each mode names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+impl Family {
+    /// The iptables programs' prefix: `iptables` or `ip6tables`.
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        }
+    }
+
+    /// nftables' family and address keyword: `ip` or `ip6`.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        }
+    }
+
+    /// The multicast range flanneld never masquerades traffic to (flannel's
+    /// `pkg/trafficmngr/iptables/iptables.go`, `masqRules` and `masqIP6Rules`).
+    pub fn multicast(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "224.0.0.0/4",
+            Family::Ipv6 => "ff00::/8",
+        }
+    }
+}
+
+/// A network of one family ([`Ipv4Net`] or [`Ipv6Net`]): rules for a network and a subnet
+/// of the same family are rendered from its type.
+pub trait FamilyNet: std::fmt::Display + Copy + sealed::Sealed {
+    /// Its family.
+    const FAMILY: Family;
+}
+
+impl FamilyNet for Ipv4Net {
+    const FAMILY: Family = Family::Ipv4;
+}
+
+impl FamilyNet for Ipv6Net {
+    const FAMILY: Family = Family::Ipv6;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for ipnet::Ipv4Net {}
+    impl Sealed for ipnet::Ipv6Net {}
 }
 
 /// Which of flanneld's traffic managers a node runs.
@@ -76,12 +147,62 @@ trait Rules: Send + Sync {
     fn remove(&self) -> Result<(), String>;
 }
 
-impl Rules for Iptables {
+/// iptables mode: one [`Iptables`] per family the node has rules in, checked, repaired
+/// and removed each on its own, so one family's failure leaves the other's rules intact.
+struct IptablesStack(Vec<Iptables>);
+
+impl IptablesStack {
+    /// What `plan` wants of iptables and, for a dual-stack plan, of ip6tables.
+    fn new(plan: &Plan) -> IptablesStack {
+        let (masq, random_fully, forward) = (plan.masq, plan.random_fully, plan.forward);
+        let mut families = vec![(
+            Family::Ipv4,
+            flannel_rules(plan.network, plan.subnet, masq, random_fully, forward),
+        )];
+        if let Some(v6) = plan.ipv6 {
+            let chains = flannel_rules(v6.network, v6.subnet, masq, random_fully, forward);
+            families.push((Family::Ipv6, chains));
+        }
+        let mut stack = Vec::new();
+        for (family, mut chains) in families {
+            for dev in &plan.forward_from {
+                accept_forwarded_from(&mut chains, dev);
+            }
+            if !chains.is_empty() {
+                stack.push(Iptables::new(family, chains));
+            }
+        }
+        IptablesStack(stack)
+    }
+}
+
+/// `Ok` with each `Ok`'s items, or every error joined.
+fn gather<T>(results: impl Iterator<Item = Result<Vec<T>, String>>) -> Result<Vec<T>, String> {
+    let (mut items, mut errors) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(i) => items.extend(i),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(items)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// `Ok` if every one is, or every error joined.
+fn all_ok(results: impl IntoIterator<Item = Result<(), String>>) -> Result<(), String> {
+    gather(results.into_iter().map(|r| r.map(|()| Vec::<()>::new()))).map(drop)
+}
+
+impl Rules for IptablesStack {
     fn ensure(&self) -> Result<Vec<String>, String> {
-        Iptables::ensure(self)
+        gather(self.0.iter().map(Iptables::ensure))
     }
     fn remove(&self) -> Result<(), String> {
-        Iptables::remove(self)
+        all_ok(self.0.iter().map(Iptables::remove))
     }
 }
 
@@ -94,11 +215,17 @@ impl Rules for Nftables {
     }
 }
 
-/// Removes what `mode` left on this host (its chains or tables), whatever its flags were.
-/// A host without the mode's tools has nothing of it to remove.
+/// Removes what `mode` left on this host (its chains or tables, both families), whatever
+/// its flags were. A host without the mode's tools has nothing of it to remove, nor has a
+/// host whose ip6tables cannot list its tables (no IPv6 netfilter): an IPv4-only node
+/// never needs ip6tables.
 pub fn remove_leftovers(mode: Mode) -> Result<(), String> {
     match mode {
-        Mode::Iptables => Iptables::new(iptables::all_chains()).remove(),
+        Mode::Iptables => {
+            let v4 = Iptables::new(Family::Ipv4, iptables::all_chains()).remove();
+            let v6 = Iptables::new(Family::Ipv6, iptables::all_chains()).remove_leftovers();
+            all_ok([v4, v6])
+        }
         Mode::Nftables => Nftables::remove_tables(),
     }
 }
@@ -123,19 +250,7 @@ impl InstalledRules {
     /// (the next resync tries again), with the error beside it.
     pub fn install(plan: &Plan, mode: Mode) -> (InstalledRules, Result<(), String>) {
         let rules: Box<dyn Rules> = match mode {
-            Mode::Iptables => {
-                let mut chains = flannel_rules(
-                    plan.network,
-                    plan.subnet,
-                    plan.masq,
-                    plan.random_fully,
-                    plan.forward,
-                );
-                for dev in &plan.forward_from {
-                    accept_forwarded_from(&mut chains, dev);
-                }
-                Box::new(Iptables::new(chains))
-            }
+            Mode::Iptables => Box::new(IptablesStack::new(plan)),
             Mode::Nftables => Box::new(Nftables::new(plan)),
         };
         let r = rules.ensure().map(|_| ());
@@ -184,5 +299,79 @@ impl Drop for InstalledRules {
         if let Err(e) = self.rules.remove() {
             tracing::warn!(mode = self.mode.name(), error = %e, "cannot remove flanneld's rules");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(masq: bool, forward: bool, ipv6: bool) -> Plan {
+        Plan {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            ipv6: ipv6.then(|| V6Plan {
+                network: "fd00:10:244::/56".parse().unwrap(),
+                subnet: "fd00:10:244:1::/64".parse().unwrap(),
+            }),
+            masq,
+            random_fully: true,
+            forward,
+            forward_from: vec!["weft0-tx".into()],
+        }
+    }
+
+    /// Each family's tool and chains.
+    fn stack(p: &Plan) -> Vec<(Family, Vec<&'static str>)> {
+        IptablesStack::new(p)
+            .0
+            .iter()
+            .map(|i| (i.family(), i.chains().iter().map(|c| c.chain).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn ip6tables_only_for_a_dual_stack_plan() {
+        let both = vec!["FLANNEL-POSTRTG", "FLANNEL-FWD"];
+        assert_eq!(
+            stack(&plan(true, true, false)),
+            [(Family::Ipv4, both.clone())]
+        );
+        assert_eq!(
+            stack(&plan(true, true, true)),
+            [(Family::Ipv4, both.clone()), (Family::Ipv6, both)]
+        );
+        assert_eq!(
+            stack(&plan(false, true, true)),
+            [
+                (Family::Ipv4, vec!["FLANNEL-FWD"]),
+                (Family::Ipv6, vec!["FLANNEL-FWD"])
+            ]
+        );
+        // Nothing asked for: not even a listing.
+        assert!(stack(&plan(false, false, true)).is_empty());
+        // The injection TAP's accept in both FORWARD chains, its outer header being either.
+        let s = IptablesStack::new(&plan(false, true, true));
+        for i in &s.0 {
+            let last = i.chains()[0].rules.last().unwrap();
+            assert!(last.starts_with("-A FLANNEL-FWD -i weft0-tx "), "{last}");
+        }
+        let v6 = &s.0[1].chains()[0].rules[0];
+        assert!(
+            v6.starts_with("-A FLANNEL-FWD -s fd00:10:244::/56 "),
+            "{v6}"
+        );
+    }
+
+    #[test]
+    fn errors_are_gathered_not_short_circuited() {
+        let r = gather([Ok(vec![1]), Err("a".into()), Ok(vec![2]), Err("b".into())].into_iter());
+        assert_eq!(r, Err("a; b".to_string()));
+        assert_eq!(
+            gather([Ok(vec![1]), Ok(vec![2])].into_iter()),
+            Ok(vec![1, 2])
+        );
+        assert_eq!(all_ok([Ok(()), Ok(())]), Ok(()));
+        assert_eq!(all_ok([Err("x".into()), Ok(())]), Err("x".to_string()));
     }
 }

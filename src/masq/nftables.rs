@@ -4,7 +4,9 @@
 //! `postrtg` (nat, hook postrouting, priority srcnat) with the kube-proxy mark return, the
 //! three returns and the two masquerades (`--ip-masq`), and chain `forward` (filter, hook
 //! forward, priority filter) with the two accepts (`--iptables-forward-rules`), both with
-//! policy accept and flanneld's chain comments.
+//! policy accept and flanneld's chain comments. A dual-stack node gets the same two chains
+//! in the IPv6 table, with `ip6` matches on its IPv6 network and subnet and `ff00::/8` for
+//! multicast, as flanneld's `addMasqRules` writes them for `knftables.IPv6Family`.
 //!
 //! Applied as flanneld's knftables applies them, through the `nft` program, but as one
 //! `nft -f` transaction that recreates both tables (nothing of ours is ever half there).
@@ -16,25 +18,26 @@
 use std::sync::Mutex;
 
 use super::tool::{self, ToolError};
-use super::Plan;
+use super::{Family, FamilyNet, Plan};
 
 /// flanneld's table names.
 pub const TABLES: [(&str, &str); 2] = [("ip", "flannel-ipv4"), ("ip6", "flannel-ipv6")];
 
 /// The `nft -f` script that recreates both tables as `plan` wants them, in one transaction
 /// (`table` then `delete table`: the delete never fails for a table that was missing).
+/// The IPv6 table gets its chains only from a dual-stack plan; flanneld creates it anyway.
 pub fn ruleset(plan: &Plan, random_fully: bool) -> String {
     let mut s = String::new();
     for (family, name) in TABLES {
         s.push_str(&format!(
             "table {family} {name}\ndelete table {family} {name}\ntable {family} {name} {{\n\tcomment \"rules for {name}\"\n"
         ));
-        if family == "ip" {
+        if let Some(side) = Side::of(plan, family) {
             if plan.masq {
-                s.push_str(&postrtg(plan, random_fully));
+                s.push_str(&postrtg(&side, random_fully));
             }
             if plan.forward {
-                s.push_str(&forward(plan));
+                s.push_str(&forward(&side, &plan.forward_from));
             }
         }
         s.push_str("}\n");
@@ -42,8 +45,42 @@ pub fn ruleset(plan: &Plan, random_fully: bool) -> String {
     s
 }
 
-fn postrtg(plan: &Plan, random_fully: bool) -> String {
-    let (net, sub) = (plan.network, plan.subnet);
+/// One table's family and addresses, as text.
+struct Side {
+    /// `ip` or `ip6`: the address keyword.
+    ip: &'static str,
+    multicast: &'static str,
+    net: String,
+    sub: String,
+}
+
+impl Side {
+    /// The side of `plan` in the table of `family` (`ip`, `ip6`), if the plan has it.
+    fn of(plan: &Plan, family: &str) -> Option<Side> {
+        if family == Family::Ipv4.nft() {
+            Some(Side::new(plan.network, plan.subnet))
+        } else {
+            plan.ipv6.map(|v6| Side::new(v6.network, v6.subnet))
+        }
+    }
+
+    fn new<N: FamilyNet>(net: N, sub: N) -> Side {
+        Side {
+            ip: N::FAMILY.nft(),
+            multicast: N::FAMILY.multicast(),
+            net: net.to_string(),
+            sub: sub.to_string(),
+        }
+    }
+}
+
+fn postrtg(side: &Side, random_fully: bool) -> String {
+    let Side {
+        ip,
+        multicast,
+        net,
+        sub,
+    } = side;
     let masquerade = if random_fully {
         "masquerade fully-random"
     } else {
@@ -53,13 +90,13 @@ fn postrtg(plan: &Plan, random_fully: bool) -> String {
         // Packets kube-proxy marked for masquerading: it does that itself.
         "meta mark 0x4000 return".to_string(),
         // Pod to pod, either way: no NAT.
-        format!("ip saddr {sub} ip daddr {net} return"),
-        format!("ip saddr {net} ip daddr {sub} return"),
+        format!("{ip} saddr {sub} {ip} daddr {net} return"),
+        format!("{ip} saddr {net} {ip} daddr {sub} return"),
         // From outside to our pods: no NAT.
-        format!("ip saddr != {sub} ip daddr {net} return"),
+        format!("{ip} saddr != {sub} {ip} daddr {net} return"),
         // Pods to the outside world (not multicast), and the host to other nodes' pods.
-        format!("ip saddr {net} ip daddr != 224.0.0.0/4 {masquerade}"),
-        format!("ip saddr != {net} ip daddr {net} {masquerade}"),
+        format!("{ip} saddr {net} {ip} daddr != {multicast} {masquerade}"),
+        format!("{ip} saddr != {net} {ip} daddr {net} {masquerade}"),
     ];
     chain(
         "postrtg",
@@ -69,13 +106,13 @@ fn postrtg(plan: &Plan, random_fully: bool) -> String {
     )
 }
 
-fn forward(plan: &Plan) -> String {
-    let net = plan.network;
+fn forward(side: &Side, forward_from: &[String]) -> String {
+    let (ip, net) = (side.ip, &side.net);
     let mut rules = vec![
-        format!("ip saddr {net} accept"),
-        format!("ip daddr {net} accept"),
+        format!("{ip} saddr {net} accept"),
+        format!("{ip} daddr {net} accept"),
     ];
-    for dev in &plan.forward_from {
+    for dev in forward_from {
         rules.push(format!("iifname \"{dev}\" accept"));
     }
     chain(

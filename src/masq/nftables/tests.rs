@@ -4,6 +4,7 @@ fn plan(masq: bool, forward: bool) -> Plan {
     Plan {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet: "10.244.1.0/24".parse().unwrap(),
+        ipv6: None,
         masq,
         random_fully: true,
         forward,
@@ -58,6 +59,76 @@ fn the_ruleset_is_flanneds_rule_for_rule() {
     }
     let v6 = s.split("table ip6 flannel-ipv6 {").nth(1).unwrap();
     assert!(!v6.contains("chain"), "{v6}");
+}
+
+/// flanneld's IPv6 rules as its nftables manager adds them to `flannel-ipv6`
+/// (`addMasqRules` with `knftables.IPv6Family`, whose multicast is `ff00::/8`, and the IPv6
+/// half of `SetupAndEnsureForwardRules`), with the cluster's and the node's IPv6 networks.
+const FLANNEL_MASQ_V6: [&str; 6] = [
+    "meta mark 0x4000 return",
+    "ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return",
+    "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return",
+    "ip6 saddr != fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return",
+    "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random",
+    "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random",
+];
+const FLANNEL_FWD_V6: [&str; 2] = [
+    "ip6 saddr fd00:10:244::/56 accept",
+    "ip6 daddr fd00:10:244::/56 accept",
+];
+
+fn dual_stack(masq: bool, forward: bool) -> Plan {
+    Plan {
+        ipv6: Some(crate::masq::V6Plan {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        }),
+        ..plan(masq, forward)
+    }
+}
+
+/// One table's block of `script`, lines trimmed.
+fn table<'a>(script: &'a str, head: &str) -> Vec<&'a str> {
+    let block = script.split(head).nth(1).unwrap();
+    let end = block.find("\n}\n").unwrap();
+    block[..end].lines().map(str::trim).collect()
+}
+
+#[test]
+fn a_dual_stack_plan_fills_the_ipv6_table_as_flanneld() {
+    let mut p = dual_stack(true, true);
+    p.forward_from.push("weft0-tx".into());
+    let s = ruleset(&p, true);
+    let v6 = table(&s, "table ip6 flannel-ipv6 {");
+    let at = |l: &str| {
+        v6.iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("{l} not in\n{s}"))
+    };
+    let hook = at("type nat hook postrouting priority srcnat; policy accept;");
+    assert_eq!(&v6[hook + 1..hook + 7], &FLANNEL_MASQ_V6);
+    let fwd = at("type filter hook forward priority filter; policy accept;");
+    assert_eq!(&v6[fwd + 1..fwd + 3], &FLANNEL_FWD_V6);
+    // The injection TAP's frames may be outer IPv6: accepted in both tables.
+    assert_eq!(v6[fwd + 3], "iifname \"weft0-tx\" accept");
+    // The IPv4 table is as it was, and names nothing IPv6.
+    let v4 = table(&s, "table ip flannel-ipv4 {");
+    let hook = v4.iter().position(|l| l.starts_with("type nat")).unwrap();
+    assert_eq!(&v4[hook + 1..hook + 7], &FLANNEL_MASQ);
+    assert!(v4.contains(&"iifname \"weft0-tx\" accept"));
+    assert!(
+        !v4.iter().any(|l| l.contains("ip6") || l.contains("ff00")),
+        "{s}"
+    );
+    // Flags choose the IPv6 chains as they choose the IPv4 ones.
+    let s = ruleset(&dual_stack(false, true), false);
+    let v6 = table(&s, "table ip6 flannel-ipv6 {");
+    assert!(
+        v6.contains(&"chain forward {") && !v6.contains(&"chain postrtg {"),
+        "{s}"
+    );
+    let s = ruleset(&dual_stack(true, false), false);
+    assert!(s.contains("ip6 daddr != ff00::/8 masquerade\n"), "{s}");
 }
 
 #[test]
