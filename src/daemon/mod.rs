@@ -240,7 +240,7 @@ fn check_host(cfg: &NetConfig, args: &RunArgs, backend: &dyn Backend) -> Result<
     let tun = std::path::Path::new("/dev/net/tun");
     let br_netfilter = !cfg.enable_nftables && args.br_netfilter_check;
     let problem = br_netfilter
-        .then(|| crate::host::br_netfilter_problem(bridge, true, false))
+        .then(|| crate::host::br_netfilter_problem(bridge, cfg.enable_ipv4, cfg.ipv6.is_some()))
         .flatten()
         .or_else(|| {
             backend
