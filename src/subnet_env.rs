@@ -1,10 +1,10 @@
 //! `/run/flannel/subnet.env`: what the flannel CNI plugin reads (`FLANNEL_NETWORK`,
-//! `FLANNEL_SUBNET`, `FLANNEL_MTU`, `FLANNEL_IPMASQ`), written the way flanneld's
-//! `WriteSubnetFile` writes it, atomically.
+//! `FLANNEL_SUBNET`, `FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`, `FLANNEL_MTU`,
+//! `FLANNEL_IPMASQ`), written the way flanneld's `WriteSubnetFile` writes it, atomically.
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -44,47 +44,47 @@ pub enum SubnetEnvError {
 }
 
 impl SubnetEnv {
-    /// The file's text, in flanneld's order and spelling.
+    /// The file's text, in flanneld's order and spelling (pkg/subnet/subnet.go
+    /// WriteSubnetFile): each subnet as its first address with its length, the IPv6 pair
+    /// only when set.
     pub fn render(&self) -> String {
         let first = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        let mut s = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
             self.network,
             first,
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ipmasq
-        )
+            self.subnet.prefix_len()
+        );
+        if let Some(n) = self.ipv6_network {
+            s += &format!("FLANNEL_IPV6_NETWORK={n}\n");
+        }
+        if let Some(sn) = self.ipv6_subnet {
+            let first = Ipv6Addr::from(u128::from(sn.network()).wrapping_add(1));
+            s += &format!("FLANNEL_IPV6_SUBNET={first}/{}\n", sn.prefix_len());
+        }
+        s + &format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq)
     }
 
     /// Parses subnet.env text: `KEY=VALUE` lines; blank lines, `#` comments, `export `
-    /// prefixes, quotes and unknown keys (the IPv6 ones) are tolerated.
+    /// prefixes, quotes and unknown keys are tolerated. The IPv6 keys are optional.
     pub fn parse(text: &str) -> Result<SubnetEnv, SubnetEnvError> {
         let bad = |m: String| SubnetEnvError::Invalid(m);
         let (mut network, mut subnet, mut mtu, mut ipmasq) = (None, None, None, None);
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = v.trim().trim_matches('"');
-            match k.trim() {
-                "FLANNEL_NETWORK" => {
-                    network = Some(
-                        v.parse::<Ipv4Net>()
-                            .map_err(|_| bad(format!("FLANNEL_NETWORK {v:?} is not a CIDR")))?,
-                    )
-                }
-                "FLANNEL_SUBNET" => {
-                    subnet = Some(
-                        v.parse::<Ipv4Net>()
-                            .map_err(|_| bad(format!("FLANNEL_SUBNET {v:?} is not a CIDR")))?,
-                    )
-                }
+        let (mut ipv6_network, mut ipv6_subnet) = (None, None);
+        let cidr4 = |k: &str, v: &str| {
+            v.parse::<Ipv4Net>()
+                .map_err(|_| bad(format!("{k} {v:?} is not a CIDR")))
+        };
+        let cidr6 = |k: &str, v: &str| {
+            v.parse::<Ipv6Net>()
+                .map_err(|_| bad(format!("{k} {v:?} is not an IPv6 CIDR")))
+        };
+        for (k, v) in entries(text) {
+            match k {
+                "FLANNEL_NETWORK" => network = Some(cidr4(k, v)?),
+                "FLANNEL_SUBNET" => subnet = Some(cidr4(k, v)?),
+                "FLANNEL_IPV6_NETWORK" => ipv6_network = Some(cidr6(k, v)?),
+                "FLANNEL_IPV6_SUBNET" => ipv6_subnet = Some(cidr6(k, v)?.trunc()),
                 "FLANNEL_MTU" => {
                     mtu = Some(
                         v.parse::<u32>()
@@ -104,8 +104,8 @@ impl SubnetEnv {
         Ok(SubnetEnv {
             network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
             subnet: subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?.trunc(),
-            ipv6_network: None,
-            ipv6_subnet: None,
+            ipv6_network,
+            ipv6_subnet,
             mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
             ipmasq: ipmasq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?,
         })
@@ -120,10 +120,18 @@ impl SubnetEnv {
         Self::parse(&text)
     }
 
-    /// The previous subnet recorded in `path`, if the file exists and is readable: the
-    /// allocation's second choice. A missing or corrupt file is no previous subnet.
+    /// The previous subnet recorded in `path` (`FLANNEL_SUBNET`), if the file exists and
+    /// holds exactly one valid CIDR there: the allocation's second choice. Read on its own,
+    /// as flanneld's ReadCIDRFromSubnetFile reads it, so the other keys do not matter.
     pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
-        Self::read(path).ok().map(|e| e.subnet)
+        previous_cidr::<Ipv4Net>(path, "FLANNEL_SUBNET").map(|n| n.trunc())
+    }
+
+    /// The previous IPv6 subnet recorded in `path` (`FLANNEL_IPV6_SUBNET`), as
+    /// [`SubnetEnv::previous_subnet`] reads the IPv4 one (flanneld's
+    /// ReadIP6CIDRFromSubnetFile): an IPv6-only file written by flanneld counts too.
+    pub fn previous_ipv6_subnet(path: &Path) -> Option<Ipv6Net> {
+        previous_cidr::<Ipv6Net>(path, "FLANNEL_IPV6_SUBNET").map(|n| n.trunc())
     }
 
     /// Writes the file atomically: a temporary file in the same directory, flushed to disk,
@@ -136,6 +144,34 @@ impl SubnetEnv {
         };
         fs::create_dir_all(dir)?;
         crate::atomic_file::write(path, self.render().as_bytes())
+    }
+}
+
+/// The `KEY=VALUE` entries of subnet.env text, tolerantly: blank lines and `#` comments
+/// skipped, an `export ` prefix and quotes around the value removed, keys and values
+/// trimmed.
+fn entries(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line.split_once('=')?;
+        Some((k.trim(), v.trim().trim_matches('"')))
+    })
+}
+
+/// The CIDR under `key` in the file at `path`, as flanneld reads a previous subnet: the
+/// last line with the key, split at commas, entries that do not parse skipped, and only a
+/// single valid entry taken (flanneld logs "more than 1 entry" and uses none).
+fn previous_cidr<T: std::str::FromStr>(path: &Path, key: &str) -> Option<T> {
+    let text = fs::read_to_string(path).ok()?;
+    let value = entries(&text).filter(|(k, _)| *k == key).last()?.1;
+    let mut valid = value.split(',').filter_map(|c| c.trim().parse::<T>().ok());
+    match (valid.next(), valid.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
     }
 }
 
@@ -165,7 +201,7 @@ mod tests {
     #[test]
     fn parse_round_trip_and_tolerance() {
         assert_eq!(SubnetEnv::parse(&env().render()).unwrap(), env());
-        let text = "# written by flanneld\nexport FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_IPV6_NETWORK=fd00::/56\n\nFLANNEL_SUBNET=\"10.244.1.1/24\"\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        let text = "# written by flanneld\nexport FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_WHATEVER=1\n\nFLANNEL_SUBNET=\"10.244.1.1/24\"\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
         assert_eq!(SubnetEnv::parse(text).unwrap(), env());
         let e = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n")
             .unwrap_err()
@@ -198,6 +234,91 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert_eq!(SubnetEnv::previous_subnet(&dir.join("absent")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn dual() -> SubnetEnv {
+        SubnetEnv {
+            ipv6_network: Some("fd00:10:244::/56".parse().unwrap()),
+            ipv6_subnet: Some("fd00:10:244:1::/64".parse().unwrap()),
+            ..env()
+        }
+    }
+
+    /// flanneld's WriteSubnetFile (pkg/subnet/subnet.go:70, flannel cdf76059) writes
+    /// `"FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\n"`, then
+    /// `"FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s\n"` with the subnet's IP incremented
+    /// by one, then `"FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n"`; addresses in Go's compressed
+    /// form. The expected texts are those format strings filled in by hand.
+    #[test]
+    fn renders_dual_stack_like_flanneld() {
+        let want = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        assert_eq!(dual().render(), want);
+        assert_eq!(SubnetEnv::parse(want).unwrap(), dual());
+        // Go's net.IP.String: the longest run of zero groups is the one compressed, a
+        // single zero group never is.
+        let e = SubnetEnv {
+            ipv6_network: Some("fc00::/48".parse().unwrap()),
+            ipv6_subnet: Some("fc00:0:0:1::/64".parse().unwrap()),
+            ..env()
+        };
+        let want = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        assert_eq!(e.render(), want);
+        let e = SubnetEnv {
+            ipv6_network: Some("2001:db8:0:0:1::/80".parse().unwrap()),
+            ipv6_subnet: Some("2001:db8:0:0:1:2::/96".parse().unwrap()),
+            ..env()
+        };
+        assert!(e.render().contains(
+            "FLANNEL_IPV6_NETWORK=2001:db8:0:0:1::/80\nFLANNEL_IPV6_SUBNET=2001:db8::1:2:0:1/96\n"
+        ));
+        let e = SubnetEnv::parse(&want.replace("fc00:0:0:1::1/64", "fc00:0:0:1::1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLANNEL_IPV6_SUBNET \"fc00:0:0:1::1\" is not an IPv6 CIDR"),
+            "{e}"
+        );
+    }
+
+    /// flanneld's main_test.go (flannel cdf76059): ReadIP6CIDRFromSubnetFile takes a single
+    /// valid CIDR, skips invalid ones, and gives none for several; an IPv6-only file as
+    /// flannel's CNI plugin tests write it (flannel_linux_test.go:76) has one.
+    #[test]
+    fn previous_ipv6_subnet_as_flanneld_reads_it() {
+        let dir = std::env::temp_dir().join(format!("weft-subnet-env6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("subnet.env");
+        for (text, want) in [
+            ("FLANNEL_IPV6_SUBNET=fd00::/64,not-a-cidr,fd01::/64\n", None),
+            ("FLANNEL_IPV6_SUBNET=not-a-cidr\n", None),
+            ("FLANNEL_IPV6_SUBNET=fd00::/64,not-a-cidr\n", Some("fd00::/64")),
+            (
+                "\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+                Some("fc00::/64"),
+            ),
+            ("FLANNEL_NETWORK=10.244.0.0/16\n", None),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let want: Option<Ipv6Net> = want.map(|w| w.parse().unwrap());
+            assert_eq!(SubnetEnv::previous_ipv6_subnet(&path), want, "{text}");
+        }
+        dual().write(&path).unwrap();
+        assert_eq!(
+            SubnetEnv::previous_ipv6_subnet(&path),
+            Some("fd00:10:244:1::/64".parse().unwrap())
+        );
+        assert_eq!(
+            SubnetEnv::previous_subnet(&path),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
+        // The IPv4 one is read on its own too, as flanneld's ReadCIDRFromSubnetFile reads it.
+        std::fs::write(&path, "FLANNEL_SUBNET=10.244.9.1/24\n").unwrap();
+        assert_eq!(
+            SubnetEnv::previous_subnet(&path),
+            Some("10.244.9.0/24".parse().unwrap())
+        );
+        assert_eq!(SubnetEnv::previous_ipv6_subnet(&dir.join("absent")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

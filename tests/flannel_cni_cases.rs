@@ -1,7 +1,7 @@
 //! flannel-io/cni-plugin's own cases (`flannel_linux_test.go`, commit 092e6d2; the line of
 //! each is named), run against weft-cni's pure core: the inputs and expected delegate
-//! configs are the upstream test's, the code under test is weft's. The IPv6 and dual-stack
-//! cases wait for dual-stack (weft-cni refuses an IPv6 subnet.env until then).
+//! configs are the upstream test's, the code under test is weft's, for IPv4-only,
+//! IPv6-only and dual-stack nodes.
 
 use std::path::Path;
 
@@ -10,12 +10,16 @@ use weft::cni::flannel::{
     delegate_conf, plugin_conf, FlannelEnv, DEFAULT_DATA_DIR, DEFAULT_SUBNET_FILE,
 };
 
-/// flannel_linux_test.go:70 `onlyIpv4FlannelSubnetEnv`.
+/// flannel_linux_test.go:81 `onlyIpv4FlannelSubnetEnv`.
 const IPV4_ENV: &str = "\nFLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
-/// flannel_linux_test.go:88 `onlyIpv4MultipleNetworksFlannelSubnetEnv`.
+/// flannel_linux_test.go:102 `onlyIpv4MultipleNetworksFlannelSubnetEnv`.
 const IPV4_TWO_NETWORKS_ENV: &str = "\nFLANNEL_NETWORK=10.1.0.0/16,192.168.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+/// flannel_linux_test.go:87 `onlyIpv6FlannelSubnetEnv`.
+const IPV6_ENV: &str = "\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+/// flannel_linux_test.go:93 `dualStackFlannelSubnetEnv`.
+const DUAL_STACK_ENV: &str = "\nFLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
 
-/// flannel_linux_test.go:59 `inputTemplate`, with `ipam` as makeInput adds it.
+/// flannel_linux_test.go:63 `inputTemplate`, with `ipam` as makeInput adds it.
 fn input(ipam: Option<Value>) -> serde_json::Map<String, Value> {
     let mut v = json!({
         "name": "cni-flannel",
@@ -29,7 +33,8 @@ fn input(ipam: Option<Value>) -> serde_json::Map<String, Value> {
     v.as_object().unwrap().clone()
 }
 
-/// flannel_linux_test.go:66 `makeInputIPAM` with `inputIPAMRoutes` and an unknown key.
+/// flannel_linux_test.go:116 `makeInputIPAM` (template :71): the given type and routes and an
+/// unknown key.
 fn input_ipam(ipam_type: &str, routes: Value) -> Value {
     let mut v = json!({"unknown-param": "unknown-value", "routes": routes});
     if !ipam_type.is_empty() {
@@ -96,12 +101,15 @@ fn load_flannel_subnet_env() {
     let e = env(IPV4_ENV);
     assert_eq!(e.networks.len(), 1);
     assert_eq!(e.networks[0].to_string(), "10.1.0.0/16");
-    assert_eq!(e.subnet.to_string(), "10.1.17.0/24");
+    assert_eq!(e.subnet.unwrap().to_string(), "10.1.17.0/24");
+    assert!(e.ipv6_networks.is_empty());
+    assert_eq!(e.ipv6_subnet, None);
     assert_eq!(e.mtu, 1472);
     assert!(e.ipmasq);
 }
 
-/// flannel_linux_test.go:616: `foo=bar` names every missing key, IPv6 alternatives too.
+/// flannel_linux_test.go:616, :626 and :636 (the IPv4, IPv6 and dual-stack contexts, one
+/// input): `foo=bar` names every missing key, IPv6 alternatives too.
 #[test]
 fn an_invalid_subnet_env_names_what_is_missing() {
     let e = FlannelEnv::parse("foo=bar", Path::new("subnet.env")).unwrap_err();
@@ -115,8 +123,7 @@ fn an_invalid_subnet_env_names_what_is_missing() {
 /// network's route after the given ones, the node's range added.
 #[test]
 fn delegate_ipam_keeps_the_input_ipam() {
-    let routes = json!([{"dst": "10.96.0.0/12"}, {"dst": "192.168.244.0/24", "gw": "10.1.17.20"}]);
-    let conf = plugin_conf(&input(Some(input_ipam("my-ipam", routes)))).unwrap();
+    let conf = plugin_conf(&input(Some(input_ipam("my-ipam", input_ipam_routes())))).unwrap();
     let d = delegate_conf(&conf, &env(IPV4_ENV)).unwrap();
     let expected = json!({
         "type": "my-ipam",
@@ -142,16 +149,135 @@ fn delegate_ipam_with_two_networks() {
     );
 }
 
-/// flannel_linux_test.go:76 and :82 (`onlyIpv6FlannelSubnetEnv`, `dualStackFlannelSubnetEnv`):
-/// flannel's plugin gives IPv6 and dual-stack pods; weft-cni refuses both by name until weft
-/// has IPv6 pods, rather than an IPv4-only pod on a dual-stack node.
+/// flannel_linux_test.go:77 `inputIPAMRoutes`.
+fn input_ipam_routes() -> Value {
+    json!([{"dst": "10.96.0.0/12"}, {"dst": "192.168.244.0/24", "gw": "10.1.17.20"}])
+}
+
+/// flannel_linux_test.go:354: the delegate config saved for an IPv6-only node.
 #[test]
-fn ipv6_and_dual_stack_envs_are_named_refusals_until_dual_stack() {
-    for text in [
-        "\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
-        "\nFLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+fn ipv6_stack_delegate_config() {
+    let d = delegate_conf(&plugin_conf(&input(None)).unwrap(), &env(IPV6_ENV)).unwrap();
+    let expected = json!({
+        "ipMasq": false,
+        "ipam": {
+            "routes": [{"dst": "fc00::/48"}],
+            "ranges": [[{"subnet": "fc00::/64"}]],
+            "type": "host-local"
+        },
+        "isGateway": true,
+        "mtu": 1472,
+        "name": "cni-flannel",
+        "type": "bridge"
+    });
+    assert_eq!(Value::Object(d), expected);
+}
+
+/// flannel_linux_test.go:433: the delegate config saved for a dual-stack node: a range set
+/// per family, IPv4 first, and a route to each network.
+#[test]
+fn dual_stack_delegate_config() {
+    let d = delegate_conf(&plugin_conf(&input(None)).unwrap(), &env(DUAL_STACK_ENV)).unwrap();
+    let expected = json!({
+        "ipMasq": false,
+        "ipam": {
+            "routes": [{"dst": "10.1.0.0/16"}, {"dst": "fc00::/48"}],
+            "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]],
+            "type": "host-local"
+        },
+        "isGateway": true,
+        "mtu": 1472,
+        "name": "cni-flannel",
+        "type": "bridge"
+    });
+    assert_eq!(Value::Object(d), expected);
+}
+
+/// flannel_linux_test.go:591 and :603: valid IPv6-only and dual-stack subnet.env files.
+#[test]
+fn load_ipv6_and_dual_stack_subnet_envs() {
+    let e = env(IPV6_ENV);
+    assert!(e.networks.is_empty());
+    assert_eq!(e.subnet, None);
+    assert_eq!(e.ipv6_networks.len(), 1);
+    assert_eq!(e.ipv6_networks[0].to_string(), "fc00::/48");
+    assert_eq!(e.ipv6_subnet.unwrap().to_string(), "fc00::/64");
+    assert_eq!(e.mtu, 1472);
+    assert!(e.ipmasq);
+    let e = env(DUAL_STACK_ENV);
+    assert_eq!(e.networks[0].to_string(), "10.1.0.0/16");
+    assert_eq!(e.subnet.unwrap().to_string(), "10.1.17.0/24");
+    assert_eq!(e.ipv6_networks[0].to_string(), "fc00::/48");
+    assert_eq!(e.ipv6_subnet.unwrap().to_string(), "fc00::/64");
+    assert_eq!(e.mtu, 1472);
+    assert!(e.ipmasq);
+}
+
+/// flannel_linux_test.go:713 and :735: the input IPAM (type `my-ipam`, an unknown key, two
+/// routes) kept on an IPv6-only and a dual-stack node, the networks' routes after the
+/// given ones, `ranges` one set per family.
+#[test]
+fn delegate_ipam_keeps_the_input_ipam_in_ipv6_and_dual_stack() {
+    let conf = plugin_conf(&input(Some(input_ipam("my-ipam", input_ipam_routes())))).unwrap();
+    let d = delegate_conf(&conf, &env(IPV6_ENV)).unwrap();
+    let expected = json!({
+        "type": "my-ipam",
+        "unknown-param": "unknown-value",
+        "routes": [
+            {"dst": "10.96.0.0/12"},
+            {"dst": "192.168.244.0/24", "gw": "10.1.17.20"},
+            {"dst": "fc00::/48"}
+        ],
+        "ranges": [[{"subnet": "fc00::/64"}]]
+    });
+    assert_eq!(d["ipam"], expected);
+    let d = delegate_conf(&conf, &env(DUAL_STACK_ENV)).unwrap();
+    let expected = json!({
+        "type": "my-ipam",
+        "unknown-param": "unknown-value",
+        "routes": [
+            {"dst": "10.96.0.0/12"},
+            {"dst": "192.168.244.0/24", "gw": "10.1.17.20"},
+            {"dst": "10.1.0.0/16"},
+            {"dst": "fc00::/48"}
+        ],
+        "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]]
+    });
+    assert_eq!(d["ipam"], expected);
+}
+
+/// flannel_linux_test.go:757, :778 and :799: an input IPAM without `type` becomes
+/// host-local, on IPv4-only, IPv6-only and dual-stack nodes.
+#[test]
+fn delegate_ipam_without_type_is_host_local_in_every_stack() {
+    let conf = plugin_conf(&input(Some(input_ipam("", input_ipam_routes())))).unwrap();
+    let given = input_ipam_routes().as_array().unwrap().clone();
+    for (text, ranges, pod_routes) in [
+        (
+            IPV4_ENV,
+            json!([[{"subnet": "10.1.17.0/24"}]]),
+            vec![json!({"dst": "10.1.0.0/16"})],
+        ),
+        (
+            IPV6_ENV,
+            json!([[{"subnet": "fc00::/64"}]]),
+            vec![json!({"dst": "fc00::/48"})],
+        ),
+        (
+            DUAL_STACK_ENV,
+            json!([[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]]),
+            vec![json!({"dst": "10.1.0.0/16"}), json!({"dst": "fc00::/48"})],
+        ),
     ] {
-        let e = FlannelEnv::parse(text, Path::new("subnet.env")).unwrap_err();
-        assert!(e.msg.contains("IPv6 pods are not supported by weft-cni yet"), "{e}");
+        let d = delegate_conf(&conf, &env(text)).unwrap();
+        let mut routes = given.clone();
+        routes.extend(pod_routes);
+        let expected = json!({
+            "type": "host-local",
+            "unknown-param": "unknown-value",
+            "routes": routes,
+            "ranges": ranges
+        });
+        assert_eq!(d["ipam"], expected, "{text}");
     }
 }

@@ -5,7 +5,7 @@
 //! field type, `net.ParseCIDR`'s addresses) and its vxlan backend's `VXLANConfig`, whose json
 //! tags are lower-case (`pkg/backend/vxlan/vxlan.go:159`).
 
-use weft::config::{BackendConfig, NetConfig};
+use weft::config::{BackendConfig, Ipv6Config, NetConfig};
 
 fn ok(json: &str) -> NetConfig {
     NetConfig::parse(json).unwrap_or_else(|e| panic!("{json}: {e}"))
@@ -26,7 +26,7 @@ fn config_defaults() {
     assert_eq!(c.subnet_len, 24);
 }
 
-/// config_test.go:83 TestConfigOverrides.
+/// config_test.go:81 TestConfigOverrides.
 #[test]
 fn config_overrides() {
     let c = ok(
@@ -79,8 +79,8 @@ fn refusals_by_design_are_not_bypassed_by_case() {
         "Learning",
     );
     refused(
-        r#"{"network":"10.244.0.0/16","enableIPv6":true,"ipv6Network":"fc00::/48"}"#,
-        "EnableIPv6",
+        r#"{"network":"10.244.0.0/16","enableIPv6":true,"ipv6Network":"fc00::/48","backend":{"type":"udp"}}"#,
+        "udp backend carries IPv4 only",
     );
     refused(
         r#"{"network":"10.244.0.0/16","subnetLen":31}"#,
@@ -181,15 +181,90 @@ fn unknown_keys_are_named() {
     );
 }
 
-/// config_test.go:51 TestIPv6ConfigDefaults and :115 TestIPv6ConfigOverrides: flanneld
-/// takes these IPv6-only configs; weft refuses them by name until it has IPv6 pod networks
-/// (the dual-stack issue turns these into the upstream expectations).
+/// config_test.go:51 TestIPv6ConfigDefaults: an IPv6-only config in lower-case keys, read
+/// with flanneld's defaults (the upstream expectations); weft cannot run an IPv6-only
+/// network yet and says so by name.
 #[test]
-fn ipv6_configs_are_named_refusals_until_dual_stack() {
-    for json in [
-        r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#,
-        r#"{ "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::", "IPv6SubnetMax": "fc00:0:0:f::", "IPv6SubnetLen": 124, "enableIPv4": false }"#,
+fn ipv6_config_defaults() {
+    let json = r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#;
+    let c = Ipv6Config::parse(json)
+        .unwrap()
+        .expect("EnableIPv6 is true");
+    assert_eq!(c.network.to_string(), "fc00::/48");
+    assert_eq!(c.subnet_min.to_string(), "fc00:0:0:1::");
+    assert_eq!(c.subnet_max.to_string(), "fc00:0:0:ffff::");
+    assert_eq!(c.subnet_len, 64);
+    refused(
+        json,
+        "EnableIPv4 false (an IPv6-only network) is not supported by weft yet",
+    );
+}
+
+/// config_test.go:107 TestIPv6ConfigOverrides.
+#[test]
+fn ipv6_config_overrides() {
+    let json = r#"{ "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::", "IPv6SubnetMax": "fc00:0:0:f::", "IPv6SubnetLen": 124, "enableIPv4": false }"#;
+    let c = Ipv6Config::parse(json)
+        .unwrap()
+        .expect("EnableIPv6 is true");
+    assert_eq!(c.network.to_string(), "fc00::/48");
+    assert_eq!(c.subnet_min.to_string(), "fc00:0:0:1::");
+    assert_eq!(c.subnet_max.to_string(), "fc00:0:0:f::");
+    assert_eq!(c.subnet_len, 124);
+    refused(json, "IPv6-only");
+}
+
+/// The same two configs made dual-stack (an IPv4 Network beside, EnableIPv4 left to its
+/// default, a vxlan backend): weft runs them, with flanneld's IPv6 values.
+#[test]
+fn dual_stack_versions_of_flannels_ipv6_cases() {
+    let c = ok(
+        r#"{ "network": "10.3.0.0/16", "enableIPv6": true, "ipv6Network": "fc00::/48", "backend": {"type": "vxlan"} }"#,
+    );
+    assert!(c.enable_ipv4);
+    assert_eq!(c.network.to_string(), "10.3.0.0/16");
+    let v6 = c.ipv6.expect("EnableIPv6 is true");
+    assert_eq!(v6.subnet_min.to_string(), "fc00:0:0:1::");
+    assert_eq!(v6.subnet_max.to_string(), "fc00:0:0:ffff::");
+    assert_eq!(v6.subnet_len, 64);
+    let c = ok(
+        r#"{ "Network": "10.3.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::", "IPv6SubnetMax": "fc00:0:0:f::", "IPv6SubnetLen": 124, "Backend": {"Type": "host-gw"} }"#,
+    );
+    let v6 = c.ipv6.expect("EnableIPv6 is true");
+    assert_eq!(v6.subnet_len, 124);
+    assert_eq!(v6.subnet_max.to_string(), "fc00:0:0:f::");
+}
+
+/// CheckNetworkConfig's IPv6 errors, each named: no IPv6Network ("please define a correct
+/// IPv6Network parameter"), a length over 126 or under the prefix + 2, a network smaller
+/// than a /124, bounds outside the network or off a boundary.
+#[test]
+fn flanneld_ipv6_checks() {
+    let dual = |v6: &str| {
+        format!(r#"{{"Network":"10.3.0.0/16","EnableIPv6":true,{v6}"Backend":{{"Type":"vxlan"}}}}"#)
+    };
+    for (v6, why) in [
+        ("", "IPv6Network is missing"),
+        (r#""IPv6Network":"::/0","#, "whole address space"),
+        (
+            r#""IPv6Network":"fc00::/48","IPv6SubnetLen":127,"#,
+            "IPv6SubnetLen 127",
+        ),
+        (
+            r#""IPv6Network":"fc00::/48","IPv6SubnetLen":49,"#,
+            "IPv6SubnetLen 49",
+        ),
+        (r#""IPv6Network":"fc00::/125","#, "/124"),
+        (
+            r#""IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::","#,
+            "IPv6SubnetMin fc01:: is outside",
+        ),
+        (
+            r#""IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00::1","#,
+            "IPv6SubnetMax fc00::1 is not on an IPv6SubnetLen (/64) boundary",
+        ),
+        (r#""IPv6Network":"ff00::/48","#, "multicast"),
     ] {
-        refused(json, "IPv6 pod networks are not supported by weft yet");
+        refused(&dual(v6), why);
     }
 }

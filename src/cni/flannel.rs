@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 
 use super::{code, CniError};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// flannel's default `subnetFile`.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -81,63 +81,81 @@ pub fn plugin_conf(cfg: &Map<String, Value>) -> Result<PluginConf, CniError> {
 
 /// subnet.env as flannel's plugin reads it (`loadFlannelSubnetEnv`): `KEY=value` lines,
 /// other lines ignored (an `export KEY=` line is no key, a quoted value no number or
-/// CIDR), `FLANNEL_NETWORK` a comma-separated list (duplicates collapsed), the CIDRs'
-/// host bits masked, `FLANNEL_IPMASQ` true only when it says `true`.
+/// CIDR), `FLANNEL_NETWORK` and `FLANNEL_IPV6_NETWORK` comma-separated lists (duplicates
+/// collapsed), the CIDRs' host bits masked, `FLANNEL_IPMASQ` true only when it says `true`.
+/// Either family may be absent (an IPv4-only or an IPv6-only node), not both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlannelEnv {
     /// FLANNEL_NETWORK: each a route for the pods.
     pub networks: Vec<Ipv4Net>,
-    /// FLANNEL_SUBNET, masked: host-local's range.
-    pub subnet: Ipv4Net,
+    /// FLANNEL_SUBNET, masked: host-local's IPv4 range.
+    pub subnet: Option<Ipv4Net>,
+    /// FLANNEL_IPV6_NETWORK: each a route for the pods.
+    pub ipv6_networks: Vec<Ipv6Net>,
+    /// FLANNEL_IPV6_SUBNET, masked: host-local's IPv6 range.
+    pub ipv6_subnet: Option<Ipv6Net>,
     /// FLANNEL_MTU.
     pub mtu: u32,
     /// FLANNEL_IPMASQ.
     pub ipmasq: bool,
 }
 
+/// Adds `n` to `list` unless it is there (the plugin's `isSubnetAlreadyPresent`).
+fn push_new<T: PartialEq>(list: &mut Vec<T>, n: T) {
+    if !list.contains(&n) {
+        list.push(n);
+    }
+}
+
 impl FlannelEnv {
     /// Parses `text` from `path` (named in errors).
     pub fn parse(text: &str, path: &std::path::Path) -> Result<FlannelEnv, CniError> {
         let bad = |k: &str, v: &str| invalid(format!("{}: {k}={v} is not valid", path.display()));
-        let cidr = |k: &str, v: &str| {
+        let cidr4 = |k: &str, v: &str| {
             crate::gojson::parse_ipv4_cidr(v)
                 .map(|n| n.trunc())
                 .ok_or_else(|| bad(k, v))
         };
-        let (mut networks, mut subnet, mut mtu, mut ipmasq) =
-            (None::<Vec<Ipv4Net>>, None, None, None);
-        let mut v6 = Vec::new();
+        let cidr6 = |k: &str, v: &str| {
+            v.parse::<Ipv6Net>()
+                .map(|n| n.trunc())
+                .map_err(|_| bad(k, v))
+        };
+        let (mut networks, mut subnet, mut mtu, mut ipmasq) = (Vec::new(), None, None, None);
+        let (mut ipv6_networks, mut ipv6_subnet) = (Vec::new(), None);
         for line in text.lines() {
             let (k, v) = line.split_once('=').unwrap_or((line, ""));
             match k {
+                // A repeated key replaces the list, as the plugin's does.
                 "FLANNEL_NETWORK" => {
-                    let mut nets: Vec<Ipv4Net> = Vec::new();
+                    networks.clear();
                     for c in v.split(',') {
-                        let n = cidr(k, c)?;
-                        if !nets.contains(&n) {
-                            nets.push(n);
-                        }
+                        push_new(&mut networks, cidr4(k, c)?);
                     }
-                    networks = Some(nets);
                 }
-                "FLANNEL_SUBNET" => subnet = Some(cidr(k, v)?),
+                "FLANNEL_SUBNET" => subnet = Some(cidr4(k, v)?),
+                "FLANNEL_IPV6_NETWORK" => {
+                    ipv6_networks.clear();
+                    for c in v.split(',') {
+                        push_new(&mut ipv6_networks, cidr6(k, c)?);
+                    }
+                }
+                "FLANNEL_IPV6_SUBNET" => ipv6_subnet = Some(cidr6(k, v)?),
                 "FLANNEL_MTU" => mtu = Some(v.parse::<u32>().map_err(|_| bad(k, v))?),
                 "FLANNEL_IPMASQ" => ipmasq = Some(v == "true"),
-                "FLANNEL_IPV6_NETWORK" | "FLANNEL_IPV6_SUBNET" => v6.push(k),
                 _ => {}
             }
         }
-        if !v6.is_empty() {
-            return Err(invalid(format!(
-                "{}: {} present: IPv6 pods are not supported by weft-cni yet, and a dual-stack node would give IPv4-only pods",
-                path.display(),
-                v6.join(", ")
-            )));
-        }
-        // flannel's message names the IPv6 alternatives too.
+        // The plugin's `missing`: a family's network or subnet may stand for both.
         let missing: Vec<&str> = [
-            ("FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK", networks.is_none()),
-            ("FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET", subnet.is_none()),
+            (
+                "FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK",
+                networks.is_empty() && ipv6_networks.is_empty(),
+            ),
+            (
+                "FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET",
+                subnet.is_none() && ipv6_subnet.is_none(),
+            ),
             ("FLANNEL_MTU", mtu.is_none()),
             ("FLANNEL_IPMASQ", ipmasq.is_none()),
         ]
@@ -145,10 +163,12 @@ impl FlannelEnv {
         .filter(|(_, m)| *m)
         .map(|(k, _)| *k)
         .collect();
-        match (networks, subnet, mtu, ipmasq) {
-            (Some(networks), Some(subnet), Some(mtu), Some(ipmasq)) => Ok(FlannelEnv {
+        match (mtu, ipmasq) {
+            (Some(mtu), Some(ipmasq)) if missing.is_empty() => Ok(FlannelEnv {
                 networks,
                 subnet,
+                ipv6_networks,
+                ipv6_subnet,
                 mtu,
                 ipmasq,
             }),
@@ -184,8 +204,7 @@ pub fn subnet_env(conf: &PluginConf) -> Result<FlannelEnv, CniError> {
 
 /// The delegate's config for ADD: the plugin's `delegate` with flannel's defaults (type
 /// `bridge`, `ipMasq` = not FLANNEL_IPMASQ, `mtu` = FLANNEL_MTU, `isGateway` for a bridge,
-/// the network's name and version) and host-local IPAM over the node's subnet with a route
-/// to the cluster network after any routes the config gives.
+/// the network's name and version) and [`delegate_ipam`].
 pub fn delegate_conf(conf: &PluginConf, env: &FlannelEnv) -> Result<Map<String, Value>, CniError> {
     let mut d = conf.delegate.clone();
     d.insert("name".into(), Value::String(conf.name.clone()));
@@ -198,23 +217,35 @@ pub fn delegate_conf(conf: &PluginConf, env: &FlannelEnv) -> Result<Map<String, 
     if !conf.cni_version.is_empty() {
         d.insert("cniVersion".into(), json!(conf.cni_version));
     }
+    d.insert("ipam".into(), Value::Object(delegate_ipam(conf, env)?));
+    Ok(d)
+}
+
+/// The delegate's IPAM, as the plugin's `getDelegateIPAM` builds it: the config's `ipam`
+/// with every key kept, `type` host-local unless given, `ranges` replaced by one range set
+/// per family the node has (IPv4 first: `[[{subnet: v4}], [{subnet: v6}]]`), and a route
+/// to each FLANNEL_NETWORK then each FLANNEL_IPV6_NETWORK after any routes it gives.
+pub fn delegate_ipam(conf: &PluginConf, env: &FlannelEnv) -> Result<Map<String, Value>, CniError> {
     let mut ipam = conf.ipam.clone();
     ipam.entry("type").or_insert_with(|| json!("host-local"));
-    ipam.insert(
-        "ranges".into(),
-        json!([[{ "subnet": env.subnet.to_string() }]]),
-    );
+    let v4 = env.subnet.map(|s| s.to_string());
+    let v6 = env.ipv6_subnet.map(|s| s.to_string());
+    let ranges: Vec<Value> = v4
+        .into_iter()
+        .chain(v6)
+        .map(|subnet| json!([{ "subnet": subnet }]))
+        .collect();
+    ipam.insert("ranges".into(), Value::Array(ranges));
     let mut routes = match ipam.get("routes") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(r)) if r.iter().all(Value::is_object) => r.clone(),
         Some(_) => return Err(invalid("ipam.routes must be an array of route objects")),
     };
-    for n in &env.networks {
-        routes.push(json!({ "dst": n.to_string() }));
-    }
+    let v4 = env.networks.iter().map(|n| n.to_string());
+    let v6 = env.ipv6_networks.iter().map(|n| n.to_string());
+    routes.extend(v4.chain(v6).map(|dst| json!({ "dst": dst })));
     ipam.insert("routes".into(), Value::Array(routes));
-    d.insert("ipam".into(), Value::Object(ipam));
-    Ok(d)
+    Ok(ipam)
 }
 
 /// The delegate's plugin type.
@@ -259,7 +290,8 @@ mod tests {
         let e = parse_env("FLANNEL_NETWORK=10.244.0.0/16,10.245.0.1/16,10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=yes\n").unwrap();
         let nets: Vec<String> = e.networks.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["10.244.0.0/16", "10.245.0.0/16"]);
-        assert_eq!(e.subnet.to_string(), "10.244.7.0/24");
+        assert_eq!(e.subnet, Some("10.244.7.0/24".parse().unwrap()));
+        assert_eq!(e.ipv6_subnet, None);
         assert!(!e.ipmasq);
         let d = delegate_conf(&plugin_conf(&first_plugin()).unwrap(), &e).unwrap();
         assert_eq!(
@@ -279,8 +311,47 @@ mod tests {
                 .contains("missing FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ"),
             "{none}"
         );
-        let v6 = parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap_err();
-        assert!(v6.msg.contains("IPv6"), "{v6}");
+        // Dual-stack: both families, IPv6 lists like IPv4 ones.
+        let v6 = parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48,fc00::1/48,fd00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap();
+        let nets: Vec<String> = v6.ipv6_networks.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["fc00::/48", "fd00::/48"]);
+        assert_eq!(v6.ipv6_subnet, Some("fc00:0:0:7::/64".parse().unwrap()));
+        // One family's network and the other's subnet satisfy the plugin's `missing`, so
+        // only a key that is bad is named.
+        let bad = parse_env("FLANNEL_IPV6_NETWORK=10.244.0.0/16\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap_err();
+        assert!(
+            bad.msg
+                .contains("FLANNEL_IPV6_NETWORK=10.244.0.0/16 is not valid"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn dual_stack_delegate_gets_a_range_and_routes_per_family() {
+        let e = parse_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n").unwrap();
+        let d = delegate_conf(&plugin_conf(&first_plugin()).unwrap(), &e).unwrap();
+        assert_eq!(
+            d["ipam"],
+            json!({
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.244.7.0/24"}], [{"subnet": "fd00:10:244:7::/64"}]],
+                "routes": [{"dst": "10.244.0.0/16"}, {"dst": "fd00:10:244::/56"}]
+            })
+        );
+        assert_eq!(d["ipMasq"], true);
+        assert_eq!(d["hairpinMode"], true);
+        // A given `ranges` is replaced, as the plugin replaces it.
+        let mut p = first_plugin();
+        p.insert(
+            "ipam".into(),
+            json!({"ranges": [[{"subnet": "192.0.2.0/24"}]]}),
+        );
+        let d = delegate_conf(&plugin_conf(&p).unwrap(), &e).unwrap();
+        assert_eq!(
+            d["ipam"]["ranges"][1],
+            json!([{"subnet": "fd00:10:244:7::/64"}])
+        );
+        assert_eq!(d["ipam"]["ranges"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `weft-cni`: flannel's CNI plugin (flannel-io/cni-plugin), so that weft can be installed
 //! as `/opt/cni/bin/flannel` under the conflist kube-flannel.yml ships. It reads the node's
 //! subnet.env, builds the delegate's config as flannel's plugin does (a `bridge` named by
-//! the network, host-local IPAM over the node's subnet with a route to the cluster
-//! network), saves it per container, and runs the delegate through the CNI exec protocol.
+//! the network, host-local IPAM with a range per family over the node's IPv4 and IPv6
+//! subnets and routes to the cluster networks), saves it per container, and runs the
+//! delegate through the CNI exec protocol.
 //!
 //! The protocol is written here rather than taken from a crate: the one Rust CNI crate
 //! (`cni-plugin` 0.2, last released 2021) delegates only through an async runtime and
