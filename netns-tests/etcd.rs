@@ -308,7 +308,7 @@ fn race_helper() {
                         &mut s,
                         &cfg,
                         ip,
-                        None,
+                        Default::default(),
                         SystemTime::now(),
                         rand_u64(),
                         &|_| LeaseAttrs::udp(ip),

@@ -34,8 +34,6 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
     TlsOptions, Txn, TxnOp, WatchOptions,
 };
-use ipnet::Ipv4Net;
-
 use super::watch::{Cache, Watch, RETRY};
 use super::{LeaseStore, StoreError, Stored, LEASE_TTL};
 use crate::config::NetConfig;
@@ -778,12 +776,8 @@ impl LeaseStore for EtcdStore {
         self.write_if(lease, cond)
     }
 
-    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError> {
-        let key = format!(
-            "{}{}",
-            self.subnets_prefix(),
-            crate::lease::subnet_key(subnet, None)
-        );
+    fn remove(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        let key = self.key(lease);
         let mut c = self.client.clone();
         self.rt
             .block_on(deadline("delete stale lease", c.delete(key, None)))

@@ -628,7 +628,7 @@ impl LeaseStore for KubeStore {
             .map(Some)
     }
 
-    fn remove(&mut self, _subnet: Ipv4Net) -> Result<(), StoreError> {
+    fn remove(&mut self, _lease: &Lease) -> Result<(), StoreError> {
         Ok(())
     }
 
