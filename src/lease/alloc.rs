@@ -41,7 +41,7 @@ pub enum Source {
 pub struct Previous {
     /// `FLANNEL_SUBNET`, as a subnet.
     pub subnet: Option<Ipv4Net>,
-    /// `FLANNEL_IPV6_SUBNET`, as a subnet.
+    /// `FLANNEL_IPV6_SUBNET`, as a subnet (host bits, as subnet.env writes it, are fine).
     pub ipv6_subnet: Option<Ipv6Net>,
 }
 
@@ -224,7 +224,11 @@ fn free_previous(
     let Some(c6) = &cfg.ipv6 else {
         return Some((p, None));
     };
-    let p6 = previous.ipv6_subnet.filter(|&p6| v6_compatible(c6, p6))?;
+    // subnet.env holds the first address (FLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64).
+    let p6 = previous
+        .ipv6_subnet
+        .map(|p6| p6.trunc())
+        .filter(|&p6| v6_compatible(c6, p6))?;
     let (lo, hi) = interval6(p6);
     overlap_end(&taken.v6, lo, hi)
         .is_none()
@@ -694,6 +698,12 @@ mod tests {
                 v6("fc00:0:0:7::/64"),
                 Source::Previous
             )
+        );
+        // As subnet.env writes it, the first address of the subnet: the same pair.
+        let a = at(prev("10.244.7.0/24", Some("fc00:0:0:7::1/64")));
+        assert_eq!(
+            (a.ipv6_subnet, a.source),
+            (v6("fc00:0:0:7::/64"), Source::Previous)
         );
         // No IPv6 subnet in subnet.env (it was IPv4-only): a fresh pair, as flanneld.
         assert_eq!(at(prev("10.244.7.0/24", None)).source, Source::Fresh);
