@@ -308,7 +308,7 @@ fn race_helper() {
                         &mut s,
                         &cfg,
                         ip,
-                        None,
+                        Default::default(),
                         SystemTime::now(),
                         rand_u64(),
                         &|_| LeaseAttrs::udp(ip),
@@ -727,4 +727,240 @@ fn etcd_with_password_auth_connects_and_a_wrong_password_is_refused_clearly() {
     harness::figure(&format!(
         "etcd with password auth: 2 nodes leased and forwarded as user flannel (a role limited to {ETCD_PREFIX}/); a wrong password refused: {line}; no user refused: {anon}"
     ));
+}
+
+/// A private etcd server on loopback, for the store's own dual-stack tests (no namespace:
+/// they talk to it through `EtcdStore` and etcdctl only). Stopped and wiped on drop.
+struct LoopbackEtcd {
+    url: String,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl LoopbackEtcd {
+    fn start(tag: &str) -> LoopbackEtcd {
+        let port = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (client, peer) = (port(), port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let dir = std::env::temp_dir().join(format!("weft-etcd-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let log = fs::File::create(dir.join("etcd.log")).unwrap();
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "local", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("local={peer_url}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd (apt-get install etcd-server)");
+        let e = LoopbackEtcd { url, dir, child };
+        harness::wait_for("loopback etcd to answer", Duration::from_secs(20), || {
+            e.try_ctl(&["endpoint", "health"]).ok()
+        });
+        e
+    }
+
+    fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
+        let o = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url, "--command-timeout", "5s"])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status
+            .success()
+            .then_some(out)
+            .ok_or_else(|| String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        self.try_ctl(args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+    }
+
+    /// The keys under the subnets prefix, names only.
+    fn subnet_keys(&self) -> Vec<String> {
+        let out = self.ctl(&["get", "--prefix", "--keys-only", &subnets_prefix()]);
+        let names = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(&subnets_prefix()));
+        names.map(String::from).collect()
+    }
+
+    fn store(&self) -> EtcdStore {
+        EtcdStore::open(&EtcdOptions {
+            endpoints: vec![self.url.clone()],
+            prefix: ETCD_PREFIX.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for LoopbackEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `Network` 10.5.0.0/16 (/24s) beside `IPv6Network` fc00::/48 with /64s from
+/// fc00:0:0:1:: to fc00:0:0:`v6_max`:: (flanneld's defaults when `v6_max` is ffff).
+fn dual_stack_cfg(v6_max: u16) -> weft::config::NetConfig {
+    let mut c = weft::config::NetConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
+    c.ipv6 = Some(weft::config::Ipv6Config {
+        network: "fc00::/48".parse().unwrap(),
+        subnet_len: 64,
+        subnet_min: "fc00:0:0:1::".parse().unwrap(),
+        subnet_max: format!("fc00:0:0:{v6_max:x}::").parse().unwrap(),
+    });
+    c
+}
+
+fn dual_attrs(ip: Ipv4Addr) -> impl Fn(Option<&Lease>) -> LeaseAttrs {
+    move |_| LeaseAttrs {
+        public_ipv6: Some(format!("fd00::{}", ip.octets()[3]).parse().unwrap()),
+        ..LeaseAttrs::udp(ip)
+    }
+}
+
+fn key_lease(key: &str) -> Lease {
+    let (subnet, ipv6_subnet) = weft::lease::parse_subnet_key(key).unwrap();
+    Lease {
+        subnet,
+        ipv6_subnet,
+        attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 99)),
+        expiration: Some(SystemTime::now() + Duration::from_secs(3600)),
+    }
+}
+
+#[test]
+fn dual_stack_leases_in_a_real_etcd_as_flanneld_writes_them() {
+    let etcd = LoopbackEtcd::start("ds");
+    let p = subnets_prefix();
+    // Exactly what flanneld stores: the dual-stack key and value of flannel's
+    // pkg/subnet/etcd/fuzz_test.go seed, and the v4-only lease of its
+    // Documentation/reservations.md.
+    const FLANNELD_V6: &str = r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#;
+    const FLANNELD_V4: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+    etcd.ctl(&["put", &format!("{p}10.5.1.0-24&fc00::-64"), FLANNELD_V6]);
+    etcd.ctl(&["put", &format!("{p}10.5.2.0-24"), FLANNELD_V4]);
+    let mut s = etcd.store();
+    let leases = s.leases().unwrap();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let ds = leases.iter().find(|l| l.ipv6_subnet.is_some()).unwrap();
+    assert_eq!(ds.key(), "10.5.1.0-24&fc00::-64");
+    assert_eq!(ds.attrs.public_ipv6, Some("fc00::1".parse().unwrap()));
+
+    // create refuses a subnet of either family held under another key.
+    for held in [
+        "10.5.2.0-24&fc00:0:0:5::-64",
+        "10.5.9.0-24&fc00::-64",
+        "10.5.1.0-24",
+    ] {
+        assert_eq!(s.create(&key_lease(held)).unwrap(), None, "{held}");
+    }
+    let free = key_lease("10.5.3.0-24&fc00:0:0:3::-64");
+    assert!(s.create(&free).unwrap().is_some());
+    assert!(etcd.subnet_keys().contains(&free.key()));
+
+    // acquire: a fresh pair under one key with a TTL'd etcd lease, reused on restart.
+    let cfg = dual_stack_cfg(0xffff);
+    let ip = Ipv4Addr::new(192, 0, 2, 1);
+    let prev = weft::lease::alloc::Previous {
+        subnet: Some("10.5.1.0/24".parse().unwrap()), // flanneld's: taken
+        ipv6_subnet: Some("fc00:0:0:1::/64".parse().unwrap()),
+    };
+    let now = SystemTime::now();
+    let a = weft::store::acquire(&mut s, &cfg, ip, prev, now, 7, &dual_attrs(ip)).unwrap();
+    let ours = a.stored.lease.clone();
+    assert_eq!(a.source, weft::lease::alloc::Source::Fresh);
+    assert!(ours.key().contains('&'), "{}", ours.key());
+    assert!(leases.iter().all(|l| !l.overlaps(&ours)) && !free.overlaps(&ours));
+    let got = etcd.ctl(&["get", "--print-value-only", &format!("{p}{}", ours.key())]);
+    assert_eq!(
+        got.trim(),
+        r#"{"PublicIP":"192.0.2.1","PublicIPv6":"fd00::1"}"#
+    );
+    let b = weft::store::acquire(&mut s, &cfg, ip, prev, now, 9, &dual_attrs(ip)).unwrap();
+    assert_eq!(b.stored.lease.key(), ours.key());
+
+    // The watch sees a dual-stack key another node writes, and its removal.
+    let other = "10.5.77.0-24&fc00:0:0:77::-64";
+    etcd.ctl(&["put", &format!("{p}{other}"), FLANNELD_V6]);
+    harness::wait_for(
+        "the watch to report the new key",
+        Duration::from_secs(5),
+        || {
+            s.wait_change(Duration::from_millis(200));
+            s.leases()
+                .unwrap()
+                .iter()
+                .any(|l| l.key() == other)
+                .then_some(())
+        },
+    );
+    // remove takes the lease's own (dual-stack) key.
+    s.remove(&ours).unwrap();
+    assert!(!etcd.subnet_keys().contains(&ours.key()));
+    assert!(etcd.subnet_keys().contains(&other.to_string()));
+}
+
+#[test]
+fn racing_dual_stack_allocations_in_a_real_etcd_never_share_an_ipv6_subnet() {
+    let etcd = LoopbackEtcd::start("ds-race");
+    // Plenty of IPv4 subnets and three IPv6 ones: every collision is an IPv6 one, under
+    // two different keys, which a transaction on the key alone (flanneld's) lets through.
+    let cfg = dual_stack_cfg(3);
+    let contenders = 4;
+    for round in 0..10 {
+        etcd.ctl(&["del", "--prefix", &subnets_prefix()]);
+        let barrier = Arc::new(Barrier::new(contenders));
+        let handles: Vec<_> = (0..contenders)
+            .map(|n| {
+                let (mut s, cfg, barrier) = (etcd.store(), cfg.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let ip = Ipv4Addr::new(192, 0, 2, 100 + n as u8);
+                    s.leases().unwrap(); // connected before the start line
+                    barrier.wait();
+                    let prev = Default::default();
+                    let now = SystemTime::now();
+                    weft::store::acquire(&mut s, &cfg, ip, prev, now, rand_u64(), &dual_attrs(ip))
+                })
+            })
+            .collect();
+        let mut v6: Vec<String> = Vec::new();
+        let mut full = 0;
+        for h in handles {
+            match h.join().unwrap() {
+                Ok(a) => v6.push(a.stored.lease.ipv6_subnet.unwrap().to_string()),
+                Err(StoreError::Alloc(e)) => {
+                    assert!(e.to_string().contains("out of IPv6 subnets"), "{e}");
+                    full += 1;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        let keys = etcd.subnet_keys();
+        v6.sort();
+        v6.dedup();
+        assert_eq!((v6.len(), full), (3, 1), "round {round}: {keys:?}");
+        assert_eq!(keys.len(), 3, "round {round}: {keys:?}");
+    }
 }

@@ -249,7 +249,7 @@ fn api_leases(c: &Cluster) -> Vec<weft::lease::Lease> {
         .iter()
         .filter_map(|n| {
             let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(n.clone()).unwrap();
-            weft::store::kube::node_lease(&n, &keys, std::time::SystemTime::now())
+            weft::store::kube::node_lease(&n, &keys, false, std::time::SystemTime::now())
                 .ok()
                 .flatten()
         })

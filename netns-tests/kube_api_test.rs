@@ -313,3 +313,115 @@ fn watches_follow_a_list_send_bookmarks_and_expire_after_compaction() {
     let mut short = Watch::open(a, &format!("resourceVersion={last}&timeoutSeconds=1"));
     assert!(short.next().is_none());
 }
+
+/// A dual-stack node as flanneld's vxlan backend annotates it (the values as flannel's
+/// `AcquireLease` in pkg/subnet/kube/kube.go writes them from pkg/backend/vxlan's
+/// `newSubnetAttrs`: Go's json.Marshal of vxlanLeaseAttrs, `IP6.String()`).
+fn flanneld_dual_stack_node(name: &str, i: u8) -> Value {
+    let p = "flannel.alpha.coreos.com";
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": {
+        format!("{p}/backend-data"): format!(r#"{{"VNI":1,"VtepMAC":"0e:00:00:00:0{i}:01"}}"#),
+        format!("{p}/backend-v6-data"): format!(r#"{{"VNI":1,"VtepMAC":"0e:00:00:00:0{i}:02"}}"#),
+        format!("{p}/backend-type"): "vxlan",
+        format!("{p}/kube-subnet-manager"): "true",
+        format!("{p}/public-ip"): format!("192.0.2.{i}"),
+        format!("{p}/public-ipv6"): format!("2001:db8::{i}"),
+    }}, "spec": {
+        "podCIDR": format!("10.244.{i}.0/24"),
+        "podCIDRs": [format!("10.244.{i}.0/24"), format!("fc00:0:0:{i}::/64")],
+    }})
+}
+
+fn kube_store(a: SocketAddr, node: &str, conf: &std::path::Path) -> weft::store::kube::KubeStore {
+    weft::store::kube::KubeStore::open(&weft::store::kube::KubeOptions {
+        api_url: Some(format!("http://{a}")),
+        kubeconfig: None,
+        prefix: weft::store::kube::DEFAULT_PREFIX.into(),
+        net_config_path: conf.to_path_buf(),
+        set_network_unavailable: false,
+        node_name: node.into(),
+        pod: None,
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_kube_store_leases_dual_stack_nodes_and_refuses_ipv6_only_ones() {
+    use weft::lease::{LeaseAttrs, VxlanBackendData};
+    use weft::store::LeaseStore;
+    let a = start();
+    let post = |n: &Value| call(a, "POST", "/api/v1/nodes", "application/json", n).0;
+    let mut ours = node("n1", "10.244.1.0/24");
+    ours["spec"]["podCIDRs"] = json!(["10.244.1.0/24", "fc00:0:0:1::/64"]);
+    assert_eq!(post(&ours), 201);
+    assert_eq!(post(&flanneld_dual_stack_node("n2", 2)), 201);
+    assert_eq!(post(&node("n6", "fc00:0:0:6::/64")), 201);
+    let conf = std::env::temp_dir().join(format!("weft-kube-ds-{}.json", std::process::id()));
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let mut cfg = weft::config::NetConfig::parse(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    cfg.ipv6 = Some(weft::config::Ipv6Config {
+        network: "fc00::/48".parse().unwrap(),
+        subnet_len: 64,
+        subnet_min: "fc00:0:0:1::".parse().unwrap(),
+        subnet_max: "fc00:0:0:ffff::".parse().unwrap(),
+    });
+    let mac = |last: u8| VxlanBackendData {
+        vni: 1,
+        vtep_mac: weft::wire::MacAddr([0x0e, 0, 0, 0, 1, last]),
+    };
+    let attrs = |_: Option<&weft::lease::Lease>| LeaseAttrs {
+        public_ipv6: Some("2001:db8::1".parse().unwrap()),
+        backend_v6_data: serde_json::to_value(mac(2)).unwrap(),
+        ..LeaseAttrs::vxlan("192.0.2.1".parse().unwrap(), mac(1))
+    };
+    let mut s = kube_store(a, "n1", &conf);
+    let prev = Default::default();
+    let now = std::time::SystemTime::now();
+    let got = weft::store::acquire(
+        &mut s,
+        &cfg,
+        "192.0.2.1".parse().unwrap(),
+        prev,
+        now,
+        0,
+        &attrs,
+    );
+    let lease = got.unwrap().stored.lease;
+    assert_eq!(lease.key(), "10.244.1.0-24&fc00:0:0:1::-64");
+    // Our IPv6 annotations, as flanneld writes them.
+    let (_, n1) = get(a, "/api/v1/nodes/n1");
+    let ann = &n1["metadata"]["annotations"];
+    assert_eq!(
+        ann["flannel.alpha.coreos.com/backend-v6-data"],
+        r#"{"VNI":1,"VtepMAC":"0e:00:00:00:01:02"}"#
+    );
+    assert_eq!(ann["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::1");
+    // The flanneld peer, both families; the IPv6-only node is no lease.
+    let leases = s.leases().unwrap();
+    let peer = leases.iter().find(|l| l.attrs.public_ip.octets()[3] == 2);
+    let peer = peer.unwrap_or_else(|| panic!("{leases:?}"));
+    assert_eq!(peer.key(), "10.244.2.0-24&fc00:0:0:2::-64");
+    assert_eq!(peer.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    // An IPv6-only node of ours: refused, named.
+    let mut s6 = kube_store(a, "n6", &conf);
+    let e = weft::store::acquire(
+        &mut s6,
+        &cfg,
+        "192.0.2.6".parse().unwrap(),
+        prev,
+        now,
+        0,
+        &attrs,
+    );
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("IPv6-only clusters are not supported by weft yet"),
+        "{e}"
+    );
+    let _ = std::fs::remove_file(&conf);
+}

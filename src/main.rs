@@ -204,7 +204,7 @@ fn demo_cluster(
             cfg,
             &leases,
             public_ip,
-            None,
+            Default::default(),
             now,
             seed.rotate_left(i as u32 * 7),
         )

@@ -151,7 +151,10 @@ pub fn acquire_lease(
             store,
             cfg,
             public_ip,
-            previous,
+            crate::lease::alloc::Previous {
+                subnet: previous,
+                ipv6_subnet: None,
+            },
             SystemTime::now(),
             random,
             &attrs,

@@ -86,8 +86,8 @@ impl LeaseStore for MemStore {
         Ok(Some(s.clone()))
     }
 
-    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError> {
-        self.leases.retain(|s| s.lease.subnet != subnet);
+    fn remove(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        self.leases.retain(|s| s.lease.key() != lease.key());
         Ok(())
     }
 
@@ -200,7 +200,7 @@ impl Rig {
     }
 
     fn put(&mut self, l: Lease) {
-        self.store.remove(l.subnet).unwrap();
+        self.store.remove(&l).unwrap();
         self.store.leases.push(Stored::ours(l));
     }
 }
@@ -234,7 +234,7 @@ fn a_lease_added_changed_and_removed_reaches_the_table_and_the_backend() {
     // Nothing changed: nothing published.
     r.step(Duration::from_millis(250)).unwrap();
     assert_eq!(r.seen.borrow().updates.len(), 3);
-    r.store.remove(subnets(&[2])[0]).unwrap();
+    r.store.remove(&lease(2, expires)).unwrap();
     r.step(Duration::from_millis(250)).unwrap();
     assert_eq!((r.table(), r.last_update()), (subnets(&[1]), subnets(&[1])));
 }
@@ -261,7 +261,7 @@ fn a_store_outage_keeps_the_last_leases_and_healthz_tells_past_the_margin() {
     assert_eq!(r.table(), subnets(&[1, 2]));
     // Back, with node 2 gone meanwhile: the table follows, /healthz clears.
     r.store.down = false;
-    r.store.remove(subnets(&[2])[0]).unwrap();
+    r.store.remove(&lease(2, r.now.wall)).unwrap();
     r.step(Duration::from_secs(1)).unwrap();
     assert_eq!(r.table(), subnets(&[1]));
     assert_eq!(r.healthz(), "starting: test\n");

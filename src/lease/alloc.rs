@@ -1,14 +1,19 @@
 //! Subnet allocation, as flanneld's `tryAcquireLease`/`allocateSubnet` do it, as a pure
 //! function: the store lists the leases, the caller passes the time and a random number,
-//! and gets back what to write.
+//! and gets back what to write. With `EnableIPv6` an IPv6 subnet is allocated beside the
+//! IPv4 one, and the lease's key becomes `10.244.1.0-24&fd00:0:0:1::-64`.
+//!
+//! Both families are walked with the same code over `u128` addresses and inclusive
+//! intervals (an IPv4 address is a `u128` below 2^32), so a /0 IPv6 subnet or the last
+//! subnet of the address space never overflows a shift or an end.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::Lease;
-use crate::config::NetConfig;
+use crate::config::{Ipv6Config, NetConfig};
 
 /// flanneld picks at random among the first this-many free subnets.
 pub const RANDOM_POOL: usize = 100;
@@ -21,23 +26,37 @@ pub enum Source {
         /// True if that lease is a reservation (no TTL): keep it without one.
         reservation: bool,
     },
-    /// The subnet from the previous subnet.env, still free and valid.
+    /// The subnet(s) from the previous subnet.env, still free and valid.
     Previous,
-    /// A free subnet picked at random among the first [`RANDOM_POOL`].
+    /// A free subnet (of each family) picked at random among the first [`RANDOM_POOL`].
     Fresh,
-    /// Assigned by someone else: the Kubernetes node's podCIDR.
+    /// Assigned by someone else: the Kubernetes node's podCIDR(s).
     Assigned,
 }
 
+/// The subnets of the previous subnet.env (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`), which
+/// a restarted node takes again when they are still free (flanneld's `previousSubnet` and
+/// `previousIPv6Subnet`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Previous {
+    /// `FLANNEL_SUBNET`, as a subnet.
+    pub subnet: Option<Ipv4Net>,
+    /// `FLANNEL_IPV6_SUBNET`, as a subnet (host bits, as subnet.env writes it, are fine).
+    pub ipv6_subnet: Option<Ipv6Net>,
+}
+
 /// The outcome of an allocation: what the caller writes to the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Allocation {
     /// The subnet to lease.
     pub subnet: Ipv4Net,
+    /// The IPv6 subnet to lease beside it (`Some` exactly when `EnableIPv6`).
+    pub ipv6_subnet: Option<Ipv6Net>,
     /// How it was chosen.
     pub source: Source,
-    /// Leases with our public IP that no longer fit the config: flanneld deletes them.
-    pub stale: Vec<Ipv4Net>,
+    /// Leases with our public IP that no longer fit the config (either family): flanneld
+    /// deletes them.
+    pub stale: Vec<Lease>,
 }
 
 /// Why no subnet could be allocated.
@@ -55,23 +74,42 @@ pub enum AllocError {
         /// SubnetMax.
         max: Ipv4Addr,
     },
+    /// Every IPv6 subnet between IPv6SubnetMin and IPv6SubnetMax is leased.
+    #[error("out of IPv6 subnets: all {count} /{len} subnets between {min} and {max} are leased; free a lease, or widen IPv6Network, IPv6SubnetMin/IPv6SubnetMax or IPv6SubnetLen")]
+    FullV6 {
+        /// The number of IPv6 subnets in range.
+        count: u128,
+        /// IPv6SubnetLen.
+        len: u8,
+        /// IPv6SubnetMin.
+        min: Ipv6Addr,
+        /// IPv6SubnetMax.
+        max: Ipv6Addr,
+    },
 }
 
-/// Chooses this node's subnet.
+/// Chooses this node's subnet(s), as flanneld's `tryAcquireLease`:
 ///
-/// 1. a live lease or reservation whose PublicIP is ours, if it fits the config (leases of
-///    ours that do not fit are returned in `stale`, to delete);
-/// 2. else `previous` (from subnet.env) if it fits the config and no live lease overlaps it
-///    (flanneld would even take it over from another node; weft does not);
-/// 3. else walk SubnetMin..=SubnetMax, collect the first [`RANDOM_POOL`] subnets no live
-///    lease overlaps, and take `random % count` of them.
+/// 1. a live lease or reservation whose PublicIP is ours (the IPv4 one: flanneld's
+///    `findLeaseByIP` never looks at PublicIPv6), if it fits the config in both families
+///    (with `EnableIPv6` it must have an IPv6 subnet; without, it must have none). Leases
+///    of ours that do not fit are returned in `stale`, to delete, and still block their
+///    ranges in this round, as in flanneld: a v4-only lease of a cluster that turns
+///    `EnableIPv6` on is deleted and the node gets a fresh pair;
+/// 2. else `previous` (from subnet.env) if its IPv4 subnet (and with `EnableIPv6`, its
+///    IPv6 subnet) fits the config and no live lease overlaps either (flanneld would even
+///    take them over from another node; weft does not). With `EnableIPv6` a previous
+///    without an IPv6 subnet is not used, as in flanneld; without it, a previous IPv6
+///    subnet is ignored (flanneld would drop the IPv4 one too);
+/// 3. else, per family, walk SubnetMin..=SubnetMax, collect the first [`RANDOM_POOL`]
+///    subnets no live lease overlaps, and take one at random (independent picks).
 ///
 /// Expired leases (expiration at or before `now`) count as free.
 pub fn allocate(
     cfg: &NetConfig,
     leases: &[Lease],
     public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    previous: Previous,
     now: SystemTime,
     random: u64,
 ) -> Result<Allocation, AllocError> {
@@ -80,70 +118,145 @@ pub fn allocate(
     if let Some(l) = mine {
         return Ok(Allocation {
             subnet: l.subnet,
+            ipv6_subnet: l.ipv6_subnet,
             source: Source::ExistingLease {
                 reservation: l.expiration.is_none(),
             },
             stale,
         });
     }
-    let taken = merged_intervals(&live);
-    if let Some(p) = free_previous(cfg, previous, &taken) {
+    let taken = Taken::of(&live);
+    if let Some((subnet, ipv6_subnet)) = free_previous(cfg, previous, &taken) {
         return Ok(Allocation {
-            subnet: p,
+            subnet,
+            ipv6_subnet,
             source: Source::Previous,
             stale,
         });
     }
-    let subnet = random_free_subnet(cfg, &taken, random)?;
+    let subnet = random_free_subnet(cfg, &taken.v4, random)?;
+    let ipv6_subnet = match &cfg.ipv6 {
+        Some(v6) => Some(random_free_v6_subnet(v6, &taken.v6, mix(random))?),
+        None => None,
+    };
     Ok(Allocation {
         subnet,
+        ipv6_subnet,
         source: Source::Fresh,
         stale,
     })
 }
 
-/// Step 1: the first live lease with our public IP that fits the config, and the subnets
-/// of those that do not (stale, to delete).
+/// True if `lease`'s subnets both fit the config (flanneld's `isSubnetConfigCompat` and
+/// `isIPv6SubnetConfigCompat`).
+fn fits(cfg: &NetConfig, lease: &Lease) -> bool {
+    cfg.is_compatible(lease.subnet) && v6_fits(cfg, lease.ipv6_subnet)
+}
+
+/// flanneld's `isIPv6SubnetConfigCompat`: with `EnableIPv6`, an IPv6 subnet that fits;
+/// without, none at all.
+fn v6_fits(cfg: &NetConfig, sn: Option<Ipv6Net>) -> bool {
+    match (&cfg.ipv6, sn) {
+        (None, sn) => sn.is_none(),
+        (Some(c), Some(sn)) => v6_compatible(c, sn),
+        (Some(_), None) => false,
+    }
+}
+
+/// True if `sn` may be a node's IPv6 subnet under `c` (the IPv6 half of flannel's
+/// `isIPv6SubnetConfigCompat`; it also asks for no host bits, as the IPv4 check does).
+fn v6_compatible(c: &Ipv6Config, sn: Ipv6Net) -> bool {
+    sn.prefix_len() == c.subnet_len
+        && sn.network() == sn.addr()
+        && sn.addr() >= c.subnet_min
+        && sn.addr() <= c.subnet_max
+}
+
+/// Step 1: the first live lease with our public IP that fits the config, and those that
+/// do not (stale, to delete).
 fn own_lease<'a>(
     cfg: &NetConfig,
     live: &[&'a Lease],
     public_ip: Ipv4Addr,
-) -> (Option<&'a Lease>, Vec<Ipv4Net>) {
+) -> (Option<&'a Lease>, Vec<Lease>) {
     let mut stale = Vec::new();
     let mut mine = None;
     for &l in live.iter().filter(|l| l.attrs.public_ip == public_ip) {
-        if cfg.is_compatible(l.subnet) && mine.is_none() {
+        if !fits(cfg, l) {
+            stale.push(l.clone());
+        } else if mine.is_none() {
             mine = Some(l);
-        } else if !cfg.is_compatible(l.subnet) {
-            stale.push(l.subnet);
         }
     }
     (mine, stale)
 }
 
+/// The address ranges the live leases hold, per family, merged (see [`merged`]).
+struct Taken {
+    v4: Vec<(u128, u128)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl Taken {
+    fn of(live: &[&Lease]) -> Taken {
+        Taken {
+            v4: merged(live.iter().map(|l| interval4(l.subnet)).collect()),
+            v6: merged(
+                live.iter()
+                    .filter_map(|l| l.ipv6_subnet.map(interval6))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// Step 2: `previous`, if it fits the config and no taken interval overlaps it.
 fn free_previous(
     cfg: &NetConfig,
-    previous: Option<Ipv4Net>,
-    taken: &[(u64, u64)],
-) -> Option<Ipv4Net> {
-    let p = previous.filter(|&p| cfg.is_compatible(p))?;
-    let (lo, hi) = interval(p);
-    overlap_end(taken, lo, hi).is_none().then_some(p)
+    previous: Previous,
+    taken: &Taken,
+) -> Option<(Ipv4Net, Option<Ipv6Net>)> {
+    let p = previous.subnet.filter(|&p| cfg.is_compatible(p))?;
+    let (lo, hi) = interval4(p);
+    if overlap_end(&taken.v4, lo, hi).is_some() {
+        return None;
+    }
+    let Some(c6) = &cfg.ipv6 else {
+        return Some((p, None));
+    };
+    // subnet.env holds the first address (FLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64).
+    let p6 = previous
+        .ipv6_subnet
+        .map(|p6| p6.trunc())
+        .filter(|&p6| v6_compatible(c6, p6))?;
+    let (lo, hi) = interval6(p6);
+    overlap_end(&taken.v6, lo, hi)
+        .is_none()
+        .then_some((p, Some(p6)))
 }
 
-/// The addresses `subnet` covers, as a half-open interval.
-fn interval(subnet: Ipv4Net) -> (u64, u64) {
-    let lo = u32::from(subnet.network()) as u64;
-    (lo, lo + (1u64 << (32 - subnet.prefix_len())))
+/// The host-part mask of a subnet with `host_bits` host bits (0..=128).
+fn host_mask(host_bits: u32) -> u128 {
+    u128::MAX.checked_shr(128 - host_bits).unwrap_or(0)
 }
 
-/// The intervals of the live leases, sorted and with overlapping ones merged, so that
-/// [`overlap_end`] can answer with a binary search, in O(log n).
-fn merged_intervals(live: &[&Lease]) -> Vec<(u64, u64)> {
-    let mut taken: Vec<(u64, u64)> = live.iter().map(|l| interval(l.subnet)).collect();
+/// The addresses an IPv4 subnet covers, as an inclusive interval.
+fn interval4(subnet: Ipv4Net) -> (u128, u128) {
+    let lo = u32::from(subnet.network()) as u128;
+    (lo, lo | host_mask(32 - subnet.prefix_len() as u32))
+}
+
+/// The addresses an IPv6 subnet covers, as an inclusive interval.
+fn interval6(subnet: Ipv6Net) -> (u128, u128) {
+    let lo = u128::from(subnet.network());
+    (lo, lo | host_mask(128 - subnet.prefix_len() as u32))
+}
+
+/// The intervals sorted, with overlapping ones merged, so that [`overlap_end`] can answer
+/// with a binary search, in O(log n).
+fn merged(mut taken: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     taken.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(taken.len());
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(taken.len());
     for (lo, hi) in taken {
         match merged.last_mut() {
             Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
@@ -153,50 +266,93 @@ fn merged_intervals(live: &[&Lease]) -> Vec<(u64, u64)> {
     merged
 }
 
-/// If a merged interval overlaps `lo..hi`, the end of the first such interval.
-fn overlap_end(merged: &[(u64, u64)], lo: u64, hi: u64) -> Option<u64> {
-    // The first merged interval that ends after lo.
-    let i = merged.partition_point(|&(_, end)| end <= lo);
+/// If a merged interval overlaps `lo..=hi`, the (inclusive) end of the first such one.
+fn overlap_end(merged: &[(u128, u128)], lo: u128, hi: u128) -> Option<u128> {
+    // The first merged interval that ends at or after lo.
+    let i = merged.partition_point(|&(_, end)| end < lo);
     merged
         .get(i)
-        .filter(|&&(start, _)| start < hi)
+        .filter(|&&(start, _)| start <= hi)
         .map(|&(_, end)| end)
 }
 
-/// Step 3: walks SubnetMin..=SubnetMax, collects the first [`RANDOM_POOL`] subnets no
-/// taken interval overlaps, and picks `random % count` of them.
+/// Walks the subnets of `host_bits` host bits from `min` to `max` (both subnet
+/// addresses) and collects the first [`RANDOM_POOL`] that no taken interval overlaps.
+fn free_pool(min: u128, max: u128, host_bits: u32, taken: &[(u128, u128)]) -> Vec<u128> {
+    let mask = host_mask(host_bits);
+    let mut pool: Vec<u128> = Vec::with_capacity(RANDOM_POOL);
+    let mut at = Some(min);
+    while let Some(a) = at.filter(|&a| a <= max && pool.len() < RANDOM_POOL) {
+        at = match overlap_end(taken, a, a | mask) {
+            // Skip past the blocking lease, rounded up to a subnet boundary; past the end
+            // of the address space there is nothing left.
+            Some(end) => end
+                .checked_add(1)
+                .and_then(|n| n.checked_add(mask))
+                .map(|n| n & !mask),
+            None => {
+                pool.push(a);
+                (a | mask).checked_add(1)
+            }
+        };
+    }
+    pool
+}
+
+/// Step 3, IPv4: a random one of the first [`RANDOM_POOL`] free subnets.
 fn random_free_subnet(
     cfg: &NetConfig,
-    taken: &[(u64, u64)],
+    taken: &[(u128, u128)],
     random: u64,
 ) -> Result<Ipv4Net, AllocError> {
-    let size = 1u64 << (32 - cfg.subnet_len);
-    let max = u32::from(cfg.subnet_max) as u64;
-    let mut pool: Vec<u64> = Vec::with_capacity(RANDOM_POOL);
-    let mut at = u32::from(cfg.subnet_min) as u64;
-    while at <= max && pool.len() < RANDOM_POOL {
-        match overlap_end(taken, at, at + size) {
-            // Skip past the blocking lease, rounded up to a subnet boundary.
-            Some(end) => at = end.div_ceil(size) * size,
-            None => {
-                pool.push(at);
-                at += size;
-            }
-        }
-    }
-    if pool.is_empty() {
+    let min = u32::from(cfg.subnet_min) as u128;
+    let max = u32::from(cfg.subnet_max) as u128;
+    let pool = free_pool(min, max, 32 - cfg.subnet_len as u32, taken);
+    let Some(&pick) = pool.get((random % pool.len().max(1) as u64) as usize) else {
         return Err(AllocError::Full {
             count: cfg.subnet_count(),
             len: cfg.subnet_len,
             min: cfg.subnet_min,
             max: cfg.subnet_max,
         });
-    }
-    let pick = pool[(random % pool.len() as u64) as usize];
+    };
     // `pick` lies in [SubnetMin, SubnetMax], so it fits in 32 bits.
     Ok(Ipv4Net::new(Ipv4Addr::from(pick as u32), cfg.subnet_len).unwrap_or_default())
 }
 
+/// Step 3, IPv6: a random one of the first [`RANDOM_POOL`] free IPv6 subnets.
+fn random_free_v6_subnet(
+    c: &Ipv6Config,
+    taken: &[(u128, u128)],
+    random: u64,
+) -> Result<Ipv6Net, AllocError> {
+    let (min, max) = (u128::from(c.subnet_min), u128::from(c.subnet_max));
+    let host_bits = 128 - c.subnet_len as u32;
+    let pool = free_pool(min, max, host_bits, taken);
+    let Some(&pick) = pool.get((random % pool.len().max(1) as u64) as usize) else {
+        let count = max
+            .saturating_sub(min)
+            .checked_shr(host_bits)
+            .unwrap_or(0)
+            .saturating_add(1);
+        return Err(AllocError::FullV6 {
+            count,
+            len: c.subnet_len,
+            min: c.subnet_min,
+            max: c.subnet_max,
+        });
+    };
+    Ok(Ipv6Net::new(Ipv6Addr::from(pick), c.subnet_len).unwrap_or_default())
+}
+
+/// A second random number from the first, for the IPv6 pick (flanneld draws twice).
+fn mix(random: u64) -> u64 {
+    // splitmix64's finalizer: every input bit reaches every output bit.
+    let mut z = random.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -229,7 +385,11 @@ mod tests {
 
     /// `allocate` for us, now, with `previous` as subnet.env's subnet.
     fn with_previous(c: &NetConfig, leases: &[Lease], previous: &str) -> Allocation {
-        allocate(c, leases, ME, Some(previous.parse().unwrap()), now(), 0).unwrap()
+        let previous = Previous {
+            subnet: Some(previous.parse().unwrap()),
+            ipv6_subnet: None,
+        };
+        allocate(c, leases, ME, previous, now(), 0).unwrap()
     }
 
     #[test]
@@ -267,10 +427,26 @@ mod tests {
     fn reservations_and_expiry() {
         let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
         // A reservation for us is reused and kept a reservation.
-        let a = allocate(&c, &[lease("10.244.50.0/24", 1, None)], ME, None, now(), 0).unwrap();
+        let a = allocate(
+            &c,
+            &[lease("10.244.50.0/24", 1, None)],
+            ME,
+            Previous::default(),
+            now(),
+            0,
+        )
+        .unwrap();
         assert_eq!(a.source, Source::ExistingLease { reservation: true });
         // Someone else's reservation is never handed out.
-        let a = allocate(&c, &[lease("10.244.1.0/24", 2, None)], ME, None, now(), 0).unwrap();
+        let a = allocate(
+            &c,
+            &[lease("10.244.1.0/24", 2, None)],
+            ME,
+            Previous::default(),
+            now(),
+            0,
+        )
+        .unwrap();
         assert_eq!(a.subnet, "10.244.2.0/24".parse().unwrap());
         // An expired lease is free, and an expired lease of ours is not "ours".
         let expired = Some(now() - Duration::from_secs(1));
@@ -281,7 +457,7 @@ mod tests {
                 lease("10.244.3.0/24", 1, expired),
             ],
             ME,
-            None,
+            Previous::default(),
             now(),
             0,
         )
@@ -299,12 +475,13 @@ mod tests {
             &c,
             &[lease("10.244.5.0/24", 1, later())],
             ME,
-            None,
+            Previous::default(),
             now(),
             0,
         )
         .unwrap();
-        assert_eq!(a.stale, vec!["10.244.5.0/24".parse::<Ipv4Net>().unwrap()]);
+        let stale: Vec<Ipv4Net> = a.stale.iter().map(|l| l.subnet).collect();
+        assert_eq!(stale, vec!["10.244.5.0/24".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(a.source, Source::Fresh);
         // The stale lease still blocks its range until deleted.
         assert!(!"10.244.5.0/24"
@@ -325,7 +502,7 @@ mod tests {
                 &c,
                 &leases,
                 ME,
-                None,
+                Previous::default(),
                 now(),
                 r.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             )
@@ -348,7 +525,7 @@ mod tests {
             .iter()
             .map(|s| lease(s, 9, later()))
             .collect();
-        let e = allocate(&c, &leases, ME, None, now(), 0).unwrap_err();
+        let e = allocate(&c, &leases, ME, Previous::default(), now(), 0).unwrap_err();
         assert!(
             e.to_string()
                 .contains("out of subnets: all 3 /30 subnets between 10.10.0.4 and 10.10.0.12"),
@@ -361,7 +538,7 @@ mod tests {
             &c,
             &[lease("10.244.0.0/20", 9, later())],
             ME,
-            None,
+            Previous::default(),
             now(),
             0,
         )
@@ -379,11 +556,244 @@ mod tests {
                 lease("255.255.255.128/26", 8, later()),
             ],
             ME,
-            None,
+            Previous::default(),
             now(),
             0,
         )
         .unwrap();
         assert_eq!(a.subnet, "255.255.255.192/26".parse().unwrap());
+    }
+
+    /// flanneld's IPv6 defaults for `"IPv6Network":"fc00::/48"` (flannel's
+    /// pkg/subnet/config_test.go TestIPv6ConfigDefaults): /64s from fc00:0:0:1:: to
+    /// fc00:0:0:ffff::.
+    fn dual(v4: &str) -> NetConfig {
+        v6cfg(v4, "fc00::/48", 64, "fc00:0:0:1::", "fc00:0:0:ffff::")
+    }
+
+    fn v6cfg(v4: &str, net: &str, len: u8, min: &str, max: &str) -> NetConfig {
+        let mut c = cfg(v4);
+        c.ipv6 = Some(Ipv6Config {
+            network: net.parse().unwrap(),
+            subnet_len: len,
+            subnet_min: min.parse().unwrap(),
+            subnet_max: max.parse().unwrap(),
+        });
+        c
+    }
+
+    fn lease6(subnet: &str, v6: &str, host: u8, expiration: Option<SystemTime>) -> Lease {
+        Lease {
+            ipv6_subnet: Some(v6.parse().unwrap()),
+            ..lease(subnet, host, expiration)
+        }
+    }
+
+    fn v6(s: &str) -> Option<Ipv6Net> {
+        Some(s.parse().unwrap())
+    }
+
+    fn prev(v4: &str, v6: Option<&str>) -> Previous {
+        Previous {
+            subnet: Some(v4.parse().unwrap()),
+            ipv6_subnet: v6.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn dual_stack_allocates_both_families_and_reuses_its_own_pair() {
+        let c = dual(r#"{"Network":"10.244.0.0/16"}"#);
+        let others = vec![
+            lease6("10.244.1.0/24", "fc00:0:0:1::/64", 2, later()),
+            lease6("10.244.2.0/24", "fc00:0:0:2::/64", 3, None),
+        ];
+        let a = allocate(&c, &others, ME, Previous::default(), now(), 0).unwrap();
+        assert_eq!(a.source, Source::Fresh);
+        assert_eq!(a.subnet, "10.244.3.0/24".parse().unwrap());
+        // A /64 of the first 100 free ones (fc00:0:0:3:: on), drawn apart from the IPv4 one.
+        let n = a.ipv6_subnet.unwrap();
+        assert_eq!(n.prefix_len(), 64);
+        assert!((3..=102).contains(&n.addr().segments()[3]), "{n}");
+        assert_eq!(n.addr().segments()[..3], [0xfc00, 0, 0]);
+        // Our own dual-stack lease is found by its IPv4 PublicIP and kept whole.
+        let mut leases = others.clone();
+        leases.push(lease6("10.244.9.0/24", "fc00:0:0:77::/64", 1, later()));
+        let a = allocate(&c, &leases, ME, Previous::default(), now(), 5).unwrap();
+        assert_eq!(
+            (a.subnet, a.ipv6_subnet, a.source),
+            (
+                "10.244.9.0/24".parse().unwrap(),
+                v6("fc00:0:0:77::/64"),
+                Source::ExistingLease { reservation: false }
+            )
+        );
+        // Without EnableIPv6 nothing IPv6 is allocated.
+        let c4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let a = allocate(&c4, &others, ME, Previous::default(), now(), 0).unwrap();
+        assert_eq!(a.ipv6_subnet, None);
+    }
+
+    #[test]
+    fn a_lease_of_the_other_stack_is_stale_as_in_flanneld() {
+        // flanneld's isIPv6SubnetConfigCompat: with EnableIPv6 our v4-only lease does not
+        // fit (deleted, and a fresh pair that avoids it); without, our dual-stack one.
+        let c = dual(r#"{"Network":"10.244.0.0/16"}"#);
+        let old = lease("10.244.0.0/24", 1, later());
+        let a = allocate(
+            &c,
+            std::slice::from_ref(&old),
+            ME,
+            Previous::default(),
+            now(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(a.stale, vec![old]);
+        assert_eq!(a.source, Source::Fresh);
+        assert_eq!(a.subnet, "10.244.1.0/24".parse().unwrap());
+        assert!(a.ipv6_subnet.is_some());
+        let c4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let ds = lease6("10.244.0.0/24", "fc00:0:0:1::/64", 1, later());
+        let a = allocate(
+            &c4,
+            std::slice::from_ref(&ds),
+            ME,
+            Previous::default(),
+            now(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(a.stale, vec![ds]);
+        assert_eq!(a.ipv6_subnet, None);
+        // An IPv6 subnet of the wrong size, or outside IPv6SubnetMin..Max, is stale too.
+        for bad in ["fc00:0:0:1::/80", "fc00::/64", "fd00:0:0:1::/64"] {
+            let l = lease6("10.244.0.0/24", bad, 1, later());
+            let a = allocate(
+                &c,
+                std::slice::from_ref(&l),
+                ME,
+                Previous::default(),
+                now(),
+                0,
+            )
+            .unwrap();
+            assert_eq!(a.stale, vec![l], "{bad}");
+        }
+        // Someone else's lease of the other stack is theirs: never stale for us.
+        let theirs = lease("10.244.0.0/24", 2, later());
+        let a = allocate(&c, &[theirs], ME, Previous::default(), now(), 0).unwrap();
+        assert!(a.stale.is_empty());
+    }
+
+    #[test]
+    fn previous_pair_is_reused_only_when_both_fit_and_are_free() {
+        let c = dual(r#"{"Network":"10.244.0.0/16"}"#);
+        let others = vec![lease6("10.244.1.0/24", "fc00:0:0:1::/64", 2, later())];
+        let at = |p: Previous| allocate(&c, &others, ME, p, now(), 0).unwrap();
+        let a = at(prev("10.244.7.0/24", Some("fc00:0:0:7::/64")));
+        assert_eq!(
+            (a.subnet, a.ipv6_subnet, a.source),
+            (
+                "10.244.7.0/24".parse().unwrap(),
+                v6("fc00:0:0:7::/64"),
+                Source::Previous
+            )
+        );
+        // As subnet.env writes it, the first address of the subnet: the same pair.
+        let a = at(prev("10.244.7.0/24", Some("fc00:0:0:7::1/64")));
+        assert_eq!(
+            (a.ipv6_subnet, a.source),
+            (v6("fc00:0:0:7::/64"), Source::Previous)
+        );
+        // No IPv6 subnet in subnet.env (it was IPv4-only): a fresh pair, as flanneld.
+        assert_eq!(at(prev("10.244.7.0/24", None)).source, Source::Fresh);
+        // The IPv6 subnet is someone else's, or does not fit: a fresh pair, never shared.
+        for p6 in ["fc00:0:0:1::/64", "fc00:0:0:7::/80", "fc00::/64"] {
+            let a = at(prev("10.244.7.0/24", Some(p6)));
+            assert_eq!(a.source, Source::Fresh, "{p6}");
+            assert_ne!(a.ipv6_subnet, v6("fc00:0:0:1::/64"));
+        }
+        // Without EnableIPv6 a previous IPv6 subnet is ignored; the IPv4 one is reused.
+        let c4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let p = prev("10.244.7.0/24", Some("fc00:0:0:7::/64"));
+        let a = allocate(&c4, &others, ME, p, now(), 0).unwrap();
+        assert_eq!((a.ipv6_subnet, a.source), (None, Source::Previous));
+    }
+
+    #[test]
+    fn ipv6_pick_is_random_among_first_hundred_free_and_expired_ones_are_free() {
+        let c = dual(r#"{"Network":"10.0.0.0/8"}"#);
+        let mut leases: Vec<Lease> = (1..=10u32)
+            .map(|i| {
+                lease6(
+                    &format!("10.0.{i}.0/24"),
+                    &format!("fc00:0:0:{i:x}::/64"),
+                    9,
+                    later(),
+                )
+            })
+            .collect();
+        // An expired lease holds nothing.
+        leases.push(lease6("10.0.200.0/24", "fc00:0:0:b::/64", 8, Some(now())));
+        let mut seen = std::collections::BTreeSet::new();
+        for r in 0..1000u64 {
+            let a = allocate(&c, &leases, ME, Previous::default(), now(), r).unwrap();
+            let n = a.ipv6_subnet.unwrap();
+            assert_eq!(n.prefix_len(), 64);
+            let hextet = n.addr().segments()[3];
+            assert!((0xb..=0xb + 99).contains(&hextet), "{n}");
+            seen.insert(n);
+        }
+        assert!(seen.len() > 50, "picks are spread: {}", seen.len());
+    }
+
+    #[test]
+    fn out_of_ipv6_subnets_names_the_fields_and_bounds_never_overflow() {
+        // /2s of the whole address space, SubnetMin 4000:: as flanneld would default it.
+        let c = v6cfg(r#"{"Network":"10.0.0.0/8"}"#, "::/0", 2, "4000::", "c000::");
+        let two = vec![
+            lease6("10.0.1.0/24", "4000::/2", 8, later()),
+            lease6("10.0.2.0/24", "8000::/2", 9, later()),
+        ];
+        let a = allocate(&c, &two, ME, Previous::default(), now(), 7).unwrap();
+        assert_eq!(
+            a.ipv6_subnet,
+            v6("c000::/2"),
+            "the last subnet of the space"
+        );
+        // One lease of all of it blocks every subnet.
+        let all = vec![lease6("10.0.1.0/24", "::/0", 8, later())];
+        let e = allocate(&c, &all, ME, Previous::default(), now(), 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "out of IPv6 subnets: all 3 /2 subnets between 4000:: and c000:: are leased; free a lease, or widen IPv6Network, IPv6SubnetMin/IPv6SubnetMax or IPv6SubnetLen"
+        );
+        // The last /126 of the space, and a /128 lease beside it.
+        let c = v6cfg(
+            r#"{"Network":"10.0.0.0/8"}"#,
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/124",
+            126,
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff4",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc",
+        );
+        let l = vec![
+            lease6(
+                "10.0.1.0/24",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff4/126",
+                8,
+                later(),
+            ),
+            lease6(
+                "10.0.2.0/24",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffa/128",
+                9,
+                later(),
+            ),
+        ];
+        let a = allocate(&c, &l, ME, Previous::default(), now(), 3).unwrap();
+        assert_eq!(
+            a.ipv6_subnet,
+            v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126")
+        );
     }
 }

@@ -177,6 +177,27 @@ impl Lease {
     pub fn key(&self) -> String {
         subnet_key(self.subnet, self.ipv6_subnet)
     }
+
+    /// True if the two leases hold a common address of either family.
+    pub fn overlaps(&self, other: &Lease) -> bool {
+        keys_overlap(
+            (self.subnet, self.ipv6_subnet),
+            (other.subnet, other.ipv6_subnet),
+        )
+    }
+}
+
+/// True if two subnet keys (as [`parse_subnet_key`] returns them) hold a common address of
+/// either family: `10.244.1.0-24` and `10.244.1.0-24&fd00::-64` hold the same IPv4 subnet,
+/// and two dual-stack keys may share an IPv6 one, so a store must not take the key name
+/// alone for "this subnet is free".
+pub fn keys_overlap(a: (Ipv4Net, Option<Ipv6Net>), b: (Ipv4Net, Option<Ipv6Net>)) -> bool {
+    let v4 = a.0.contains(&b.0.network()) || b.0.contains(&a.0.network());
+    let v6 = match (a.1, b.1) {
+        (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
+        _ => false,
+    };
+    v4 || v6
 }
 
 /// Why a lease could not be read.
@@ -358,6 +379,11 @@ mod tests {
         assert_eq!(subnet_key(n, None), "10.244.1.0-24");
         let (n, v6) = parse_subnet_key("10.5.52.0-24&fc00::-64").unwrap();
         assert_eq!(subnet_key(n, v6), "10.5.52.0-24&fc00::-64");
+        // flanneld's dual-stack key, as its pkg/subnet/fuzz_test.go and
+        // pkg/subnet/etcd/fuzz_test.go seed it.
+        let (n, v6) = parse_subnet_key("10.5.1.0-24&fc00::-64").unwrap();
+        assert_eq!(n, "10.5.1.0/24".parse().unwrap());
+        assert_eq!(v6, Some("fc00::/64".parse().unwrap()));
         for bad in [
             "10.244.1.0",
             "10.244.1.0-33",
@@ -368,5 +394,51 @@ mod tests {
         ] {
             assert!(parse_subnet_key(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn keys_overlap_across_families_and_key_forms() {
+        let k = |s: &str| parse_subnet_key(s).unwrap();
+        for (a, b, overlap) in [
+            ("10.244.1.0-24", "10.244.1.0-24&fd00::-64", true),
+            ("10.244.1.0-24&fd00::-64", "10.244.2.0-24&fd00::-64", true),
+            ("10.244.0.0-20", "10.244.1.0-24&fd00:0:0:1::-64", true),
+            (
+                "10.244.1.0-24&fd00::-48",
+                "10.244.2.0-24&fd00:0:0:1::-64",
+                true,
+            ),
+            (
+                "10.244.1.0-24&fd00::-64",
+                "10.244.2.0-24&fd00:0:0:1::-64",
+                false,
+            ),
+            ("10.244.1.0-24", "10.244.2.0-24&fd00::-64", false),
+            ("10.244.1.0-24", "10.244.2.0-24", false),
+        ] {
+            assert_eq!(keys_overlap(k(a), k(b)), overlap, "{a} {b}");
+            assert_eq!(keys_overlap(k(b), k(a)), overlap, "{b} {a}");
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_lease_as_flanneld_writes_it() {
+        // Key and value of flannel's pkg/subnet/etcd/fuzz_test.go seed (kvToIPLease).
+        let (subnet, ipv6_subnet) = parse_subnet_key("10.5.1.0-24&fc00::-64").unwrap();
+        let attrs =
+            LeaseAttrs::from_json(r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#).unwrap();
+        let l = Lease {
+            subnet,
+            ipv6_subnet,
+            attrs,
+            expiration: None,
+        };
+        assert_eq!(l.attrs.public_ipv6, Some("fc00::1".parse().unwrap()));
+        assert_eq!(l.key(), "10.5.1.0-24&fc00::-64");
+        // Serialized back in Go's field order (pkg/lease/lease.go LeaseAttrs).
+        assert_eq!(
+            l.attrs.to_json(),
+            r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#
+        );
     }
 }

@@ -5,9 +5,15 @@
 //! <prefix>/config                  net-conf.json
 //! <prefix>/subnets/10.244.1.0-24   {"PublicIP":...}   attached to an etcd lease (TTL 24 h);
 //!                                                     without one, a reservation
+//! <prefix>/subnets/10.244.2.0-24&fd00:0:0:2::-64      a dual-stack lease
 //! ```
 //! Allocation creates the key in a transaction that succeeds only if the key is absent, and
-//! retries on a lost race, as flanneld does. Renewal re-puts the value under a fresh 24 h
+//! retries on a lost race, as flanneld does (`registry.go` `createSubnet`). The key's name
+//! alone does not tell a subnet free (`10.244.1.0-24` and `10.244.1.0-24&fd00::-64` hold
+//! the same IPv4 subnet; two dual-stack keys may share an IPv6 one), which flanneld leaves
+//! to chance; weft lists the keys, refuses a lease whose subnets one of them holds, and
+//! makes the transaction also require that no key under `subnets/` was created since that
+//! listing, so two nodes can never hold one subnet under different keys. Renewal re-puts the value under a fresh 24 h
 //! lease (flanneld's `updateSubnet`), but only if the key still holds our value: a key that
 //! was deleted or taken over is reported as revoked rather than silently re-created.
 //!
@@ -30,16 +36,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::watch::{Cache, Watch, RETRY};
+use super::{LeaseStore, StoreError, Stored, LEASE_TTL};
+use crate::config::NetConfig;
+use crate::lease::{keys_overlap, parse_subnet_key, Lease, LeaseAttrs};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
     TlsOptions, Txn, TxnOp, WatchOptions,
 };
-use ipnet::Ipv4Net;
-
-use super::watch::{Cache, Watch, RETRY};
-use super::{LeaseStore, StoreError, Stored, LEASE_TTL};
-use crate::config::NetConfig;
-use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
 
 /// flanneld's default `--etcd-endpoints`.
 pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379";
@@ -47,6 +51,9 @@ pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 /// Deadline for one request (a list of 5,000 leases takes a few milliseconds).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times `create` lists and tries again when another key was created between its
+/// listing and its transaction (a subnet it did not want, most often).
+const CREATE_TRIES: usize = 5;
 
 /// How to reach etcd: flanneld's `--etcd-*` flags.
 #[derive(Debug, Clone, Default)]
@@ -526,9 +533,26 @@ impl EtcdStore {
         Ok(out)
     }
 
-    /// Writes `lease` if `cond` holds, under a fresh [`LEASE_TTL`] etcd lease unless it is
-    /// a reservation, and records it in the cache.
-    fn write_if(&self, lease: &Lease, cond: Compare) -> Result<Option<Stored>, StoreError> {
+    /// The subnet keys under `subnets/` (names only) and the revision they were read at.
+    fn list_keys(&self) -> Result<(Vec<String>, i64), StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.subnets_prefix();
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let resp = self.rt.block_on(deadline(
+            "list lease keys",
+            c.get(prefix.clone(), Some(opts)),
+        ))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let names = resp.kvs().iter().filter_map(|kv| {
+            let key = std::str::from_utf8(kv.key()).ok()?;
+            Some(key.strip_prefix(&prefix)?.to_string())
+        });
+        Ok((names.collect(), rev))
+    }
+
+    /// Writes `lease` if every `cond` holds, under a fresh [`LEASE_TTL`] etcd lease unless
+    /// it is a reservation, and records it in the cache.
+    fn write_if(&self, lease: &Lease, cond: Vec<Compare>) -> Result<Option<Stored>, StoreError> {
         let key = self.key(lease);
         let value = lease.attrs.to_json();
         let ttl = lease.expiration.map(|_| LEASE_TTL);
@@ -563,7 +587,7 @@ impl EtcdStore {
         &self,
         key: &str,
         value: &str,
-        cond: Compare,
+        cond: Vec<Compare>,
         ttl: Option<Duration>,
     ) -> Result<Option<(i64, i64)>, StoreError> {
         let mut c = self.client.clone();
@@ -576,7 +600,7 @@ impl EtcdStore {
             };
             let opts = (id != 0).then(|| PutOptions::new().with_lease(id));
             let txn = Txn::new()
-                .when([cond])
+                .when(cond)
                 .and_then([TxnOp::put(key, value, opts)]);
             let resp = deadline("create or update lease", c.txn(txn)).await?;
             if resp.succeeded() {
@@ -608,7 +632,7 @@ impl EtcdStore {
                 .max(Duration::from_secs(1))
         });
         let cond = Compare::version(key.clone(), CompareOp::Greater, -1);
-        self.put_leased(&key, &lease.attrs.to_json(), cond, ttl)
+        self.put_leased(&key, &lease.attrs.to_json(), vec![cond], ttl)
             .map(|_| ())
     }
 
@@ -768,22 +792,37 @@ impl LeaseStore for EtcdStore {
         self.watch.reachable()
     }
 
+    /// flanneld's transaction on the key's absence, plus: no listed key holds either
+    /// subnet, and no key was created under `subnets/` since that listing (a renewal does
+    /// not count: it keeps the key's create revision).
     fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError> {
-        let cond = Compare::version(self.key(lease), CompareOp::Equal, 0);
-        self.write_if(lease, cond)
+        let want = (lease.subnet, lease.ipv6_subnet);
+        for _ in 0..CREATE_TRIES {
+            let (names, rev) = self.list_keys()?;
+            let held = |n: &String| parse_subnet_key(n).is_ok_and(|k| keys_overlap(k, want));
+            if let Some(holder) = names.iter().find(|n| held(n)) {
+                tracing::debug!("{} is held by etcd key {holder}", lease.key());
+                return Ok(None);
+            }
+            let cond = vec![
+                Compare::version(self.key(lease), CompareOp::Equal, 0),
+                Compare::create_revision(self.subnets_prefix(), CompareOp::Less, rev + 1)
+                    .with_prefix(),
+            ];
+            if let Some(stored) = self.write_if(lease, cond)? {
+                return Ok(Some(stored));
+            }
+        }
+        Ok(None)
     }
 
     fn update(&mut self, lease: &Lease, expect: &str) -> Result<Option<Stored>, StoreError> {
         let cond = Compare::value(self.key(lease), CompareOp::Equal, expect);
-        self.write_if(lease, cond)
+        self.write_if(lease, vec![cond])
     }
 
-    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError> {
-        let key = format!(
-            "{}{}",
-            self.subnets_prefix(),
-            crate::lease::subnet_key(subnet, None)
-        );
+    fn remove(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        let key = self.key(lease);
         let mut c = self.client.clone();
         self.rt
             .block_on(deadline("delete stale lease", c.delete(key, None)))
@@ -883,6 +922,39 @@ mod tests {
         // A put that corrupts a lease removes it rather than keeping a stale value.
         c.put(&a, b"{\"PublicIP\":", 7, 10);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn dual_stack_keys_and_values_as_flanneld_writes_them_are_watched() {
+        // Key and value of flannel's pkg/subnet/etcd/fuzz_test.go seed (kvToIPLease).
+        const V6: &str = r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#;
+        let mut c = LeaseCache::new(P);
+        let (a, d) = (k("10.244.1.0-24"), k("10.5.1.0-24&fc00::-64"));
+        c.reset([(a.as_slice(), V1.as_bytes(), 7, 5)], 9);
+        c.put(&d, V6.as_bytes(), 8, 10);
+        assert_eq!(subnets(&c), ["10.5.1.0-24&fc00::-64", "10.244.1.0-24"]);
+        let l = &c.leases()[0];
+        assert_eq!(l.ipv6_subnet, Some("fc00::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("fc00::1".parse().unwrap()));
+        let direct = decode(
+            &format!("{P}/subnets/"),
+            &d,
+            V6.as_bytes(),
+            8,
+            SystemTime::now(),
+        );
+        assert_eq!(direct.unwrap().ipv6_subnet, l.ipv6_subnet);
+        // A malformed PublicIPv6 is no lease (skipped with a warning, as a corrupt value).
+        c.put(
+            &d,
+            br#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::zz"}"#,
+            8,
+            11,
+        );
+        assert_eq!(subnets(&c), ["10.244.1.0-24"]);
+        c.put(&d, V6.as_bytes(), 8, 12);
+        c.delete(&d, 13);
+        assert_eq!(subnets(&c), ["10.244.1.0-24"]);
     }
 
     #[test]

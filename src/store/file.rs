@@ -5,11 +5,15 @@
 //! DIR/config                  net-conf.json
 //! DIR/subnets/10.244.1.0-24   {"PublicIP":...}        <- the etcd value, byte for byte
 //!                             expiration=2026-11-24T10:45:12Z   <- absent: a reservation
+//! DIR/subnets/10.244.2.0-24&fd00:0:0:2::-64            <- a dual-stack lease
 //! DIR/.lock                   flock(2)ed around allocation
 //! ```
 //! A lease is created by writing a temporary file and hard-linking it to its name, which
 //! fails if the name exists: create-exclusive with the whole content at once, so readers
-//! never see half a lease. Renewals replace the file with a rename.
+//! never see half a lease. Names alone do not tell a subnet free (`10.244.1.0-24` and
+//! `10.244.1.0-24&fd00::-64` hold the same IPv4 subnet), so `create` first looks for any
+//! name holding either subnet, under the lock every weft process takes. Renewals replace
+//! the file with a rename.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -19,11 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
-
 use super::{LeaseStore, StoreError, StoreLock, Stored};
 use crate::config::NetConfig;
-use crate::lease::{parse_subnet_key, Lease, LeaseAttrs};
+use crate::lease::{keys_overlap, parse_subnet_key, Lease, LeaseAttrs};
 
 const EXPIRATION_PREFIX: &str = "expiration=";
 
@@ -164,6 +166,23 @@ impl FileStore {
         }
     }
 
+    /// The name of a lease file (corrupt or not) whose key holds a subnet of `lease`.
+    fn holder_of(&self, lease: &Lease) -> Result<Option<String>, StoreError> {
+        let dir = self.subnets();
+        let want = (lease.subnet, lease.ipv6_subnet);
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if parse_subnet_key(&name).is_ok_and(|k| keys_overlap(k, want)) {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
     /// The first line of a lease's file as it is now (the etcd value it mirrors).
     fn raw_value(&self, lease: &Lease) -> Option<String> {
         fs::read_to_string(self.lease_path(lease))
@@ -277,6 +296,12 @@ impl LeaseStore for FileStore {
     }
 
     fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError> {
+        // Under the lock, no other weft process creates between the look and the link.
+        let _lock = FileStore::lock(self)?;
+        if let Some(holder) = self.holder_of(lease)? {
+            tracing::debug!("{} is held by lease file {holder}", lease.key());
+            return Ok(None);
+        }
         Ok(self
             .create_exclusive(lease)?
             .then(|| Stored::ours(lease.clone())))
@@ -296,8 +321,8 @@ impl LeaseStore for FileStore {
         Ok(Some(Stored::ours(lease.clone())))
     }
 
-    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError> {
-        let p = self.subnets().join(crate::lease::subnet_key(subnet, None));
+    fn remove(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        let p = self.lease_path(lease);
         match fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&p)(e)),
             _ => Ok(()),
@@ -323,7 +348,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::lease::alloc::Source;
+    use crate::lease::alloc::{Previous, Source};
     use crate::lease::VxlanBackendData;
     use crate::store::{acquire, renew, LEASE_TTL};
 
@@ -394,11 +419,11 @@ mod tests {
         let cfg = s.config().unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         let ip = Ipv4Addr::new(192, 0, 2, 1);
-        let a = acquire(&mut s, &cfg, ip, None, now, 5, &attrs(ip)).unwrap();
+        let a = acquire(&mut s, &cfg, ip, Previous::default(), now, 5, &attrs(ip)).unwrap();
         assert_eq!(a.source, Source::Fresh);
         assert!(s.lease_path(&a.stored.lease).exists());
         // A restart reuses the subnet and the VTEP MAC.
-        let b = acquire(&mut s, &cfg, ip, None, now, 77, &attrs(ip)).unwrap();
+        let b = acquire(&mut s, &cfg, ip, Previous::default(), now, 77, &attrs(ip)).unwrap();
         assert_eq!(b.stored.lease.subnet, a.stored.lease.subnet);
         assert_eq!(
             b.stored.lease.attrs.vxlan_data().unwrap(),
@@ -451,7 +476,10 @@ mod tests {
             &mut s,
             &cfg,
             ip,
-            Some("10.10.0.8/30".parse().unwrap()),
+            Previous {
+                subnet: Some("10.10.0.8/30".parse().unwrap()),
+                ipv6_subnet: None,
+            },
             now,
             0,
             &attrs(ip),
@@ -462,7 +490,7 @@ mod tests {
         // .4 holds a corrupt file: not a lease, but its name cannot be created, so the next
         // node is refused cleanly rather than looping on it (.12 is reserved).
         let ip2 = Ipv4Addr::new(192, 0, 2, 2);
-        let e = acquire(&mut s, &cfg, ip2, None, now, 0, &attrs(ip2)).unwrap_err();
+        let e = acquire(&mut s, &cfg, ip2, Previous::default(), now, 0, &attrs(ip2)).unwrap_err();
         assert!(e.to_string().contains("out of subnets"), "{e}");
         assert!(dir.join("subnets/10.10.0.4-30").exists());
         fs::remove_dir_all(&dir).unwrap();
@@ -480,9 +508,17 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut s = FileStore::open(&dir).unwrap();
                     let ip = Ipv4Addr::new(192, 0, 2, i);
-                    acquire(&mut s, &cfg, ip, None, SystemTime::now(), 0, &attrs(ip))
-                        .ok()
-                        .map(|a| a.stored.lease.subnet)
+                    acquire(
+                        &mut s,
+                        &cfg,
+                        ip,
+                        Previous::default(),
+                        SystemTime::now(),
+                        0,
+                        &attrs(ip),
+                    )
+                    .ok()
+                    .map(|a| a.stored.lease.subnet)
                 })
             })
             .collect();
@@ -495,6 +531,169 @@ mod tests {
         uniq.dedup();
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(uniq.len(), 3, "{got:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `Network` 10.244.0.0/16 (/24s) with `IPv6Network` fc00::/48 whose IPv6SubnetMin and
+    /// Max leave `v6_count` /64s.
+    fn dual_cfg(v6_count: u16) -> NetConfig {
+        let mut c = NetConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        c.ipv6 = Some(crate::config::Ipv6Config {
+            network: "fc00::/48".parse().unwrap(),
+            subnet_len: 64,
+            subnet_min: "fc00:0:0:1::".parse().unwrap(),
+            subnet_max: format!("fc00:0:0:{v6_count:x}::").parse().unwrap(),
+        });
+        c
+    }
+
+    #[test]
+    fn a_dual_stack_lease_as_flanneld_writes_it_is_read_back() {
+        let dir = tmpdir("ds-read");
+        let mut s = FileStore::open(&dir).unwrap();
+        // Key and value of flannel's pkg/subnet/etcd/fuzz_test.go seed (kvToIPLease).
+        let value = r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#;
+        let name = "10.5.1.0-24&fc00::-64";
+        fs::write(
+            dir.join("subnets").join(name),
+            format!("{value}\nexpiration=2026-11-18T11:06:40Z\n"),
+        )
+        .unwrap();
+        let listed = s.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        let l = &listed[0].lease;
+        assert_eq!(l.subnet, "10.5.1.0/24".parse().unwrap());
+        assert_eq!(l.ipv6_subnet, Some("fc00::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("fc00::1".parse().unwrap()));
+        assert_eq!(listed[0].raw, value);
+        assert_eq!(s.lease_path(l), dir.join("subnets").join(name));
+        s.remove(l).unwrap();
+        assert!(s.leases().unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_refuses_a_subnet_held_under_another_key() {
+        let dir = tmpdir("ds-create");
+        let mut s = FileStore::open(&dir).unwrap();
+        let at = |key: &str| {
+            let (subnet, ipv6_subnet) = parse_subnet_key(key).unwrap();
+            Lease {
+                subnet,
+                ipv6_subnet,
+                attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 1)),
+                expiration: None,
+            }
+        };
+        s.put(&at("10.244.1.0-24")).unwrap();
+        s.put(&at("10.244.3.0-24&fc00:0:0:3::-64")).unwrap();
+        for held in [
+            "10.244.1.0-24&fc00:0:0:1::-64", // its IPv4 subnet, under a v4-only key
+            "10.244.2.0-24&fc00:0:0:3::-64", // its IPv6 subnet
+            "10.244.3.0-24",                 // the IPv4 half of a dual-stack key
+            "10.244.0.0-22&fc00:0:0:9::-64", // overlapping, of another size
+            "10.244.9.0-24&fc00::-48",       // ditto, IPv6
+        ] {
+            assert_eq!(s.create(&at(held)).unwrap(), None, "{held}");
+        }
+        let free = at("10.244.2.0-24&fc00:0:0:2::-64");
+        assert!(s.create(&free).unwrap().is_some());
+        assert!(dir.join("subnets/10.244.2.0-24&fc00:0:0:2::-64").exists());
+        assert_eq!(s.leases().unwrap().len(), 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dual_stack_acquire_reuse_and_the_switch_from_ipv4_only() {
+        let dir = tmpdir("ds-acq");
+        let mut s = FileStore::open(&dir).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let ip = Ipv4Addr::new(192, 0, 2, 1);
+        // An IPv4-only lease of ours, from before EnableIPv6.
+        let c4 = NetConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let old = acquire(&mut s, &c4, ip, Previous::default(), now, 3, &attrs(ip)).unwrap();
+        assert_eq!(old.stored.lease.ipv6_subnet, None);
+        // EnableIPv6: as flanneld, the v4-only lease does not fit, is deleted, and a fresh
+        // pair is leased under one dual-stack key.
+        let cfg = dual_cfg(0xff);
+        // A node that would make a new VTEP MAC unless given one.
+        let new_mac = |old: Option<&Lease>| match old {
+            Some(_) => attrs(ip)(old),
+            None => LeaseAttrs::vxlan(
+                ip,
+                VxlanBackendData {
+                    vni: 1,
+                    vtep_mac: crate::wire::MacAddr([0x0e, 0, 0, 0, 0, 0x77]),
+                },
+            ),
+        };
+        let a = acquire(&mut s, &cfg, ip, Previous::default(), now, 3, &new_mac).unwrap();
+        assert_eq!(a.source, Source::Fresh);
+        let l = &a.stored.lease;
+        assert!(l.ipv6_subnet.is_some());
+        assert_ne!(l.subnet, old.stored.lease.subnet);
+        assert!(l.key().contains('&'), "{}", l.key());
+        assert!(!s.lease_path(&old.stored.lease).exists());
+        // The stale lease's backend data (the VTEP MAC) carries over.
+        assert_eq!(
+            l.attrs.vxlan_data().unwrap(),
+            old.stored.lease.attrs.vxlan_data().unwrap()
+        );
+        assert_eq!(s.leases().unwrap(), vec![l.clone()]);
+        // A restart reuses the pair.
+        let b = acquire(&mut s, &cfg, ip, Previous::default(), now, 9, &attrs(ip)).unwrap();
+        assert_eq!(b.source, Source::ExistingLease { reservation: false });
+        assert_eq!(b.stored.lease.key(), l.key());
+        // Another node gets the subnet.env pair it had, when free.
+        let ip2 = Ipv4Addr::new(192, 0, 2, 2);
+        let prev = Previous {
+            subnet: Some("10.244.200.0/24".parse().unwrap()),
+            ipv6_subnet: Some("fc00:0:0:c8::/64".parse().unwrap()),
+        };
+        let c = acquire(&mut s, &cfg, ip2, prev, now, 0, &attrs(ip2)).unwrap();
+        assert_eq!(c.source, Source::Previous);
+        assert_eq!(c.stored.lease.key(), "10.244.200.0-24&fc00:0:0:c8::-64");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_dual_stack_acquires_never_share_an_ipv6_subnet() {
+        let dir = tmpdir("ds-race");
+        FileStore::open(&dir).unwrap();
+        // Plenty of IPv4 subnets, three IPv6 ones: only IPv6 can collide.
+        let cfg = dual_cfg(3);
+        let handles: Vec<_> = (1..=6u8)
+            .map(|i| {
+                let (dir, cfg) = (dir.clone(), cfg.clone());
+                std::thread::spawn(move || {
+                    let mut s = FileStore::open(&dir).unwrap();
+                    let ip = Ipv4Addr::new(192, 0, 2, i);
+                    let now = SystemTime::now();
+                    match acquire(
+                        &mut s,
+                        &cfg,
+                        ip,
+                        Previous::default(),
+                        now,
+                        i as u64,
+                        &attrs(ip),
+                    ) {
+                        Ok(a) => Some(a.stored.lease.ipv6_subnet.unwrap()),
+                        Err(e) => {
+                            assert!(e.to_string().contains("out of IPv6 subnets"), "{e}");
+                            None
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut got: Vec<_> = handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 3, "{got:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

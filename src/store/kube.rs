@@ -4,20 +4,25 @@
 //! decides on a node is decided here the same way, and unit-tested with the values flanneld
 //! writes.
 //!
-//! In kube mode a node's lease is its `spec.podCIDR` (or the IPv4 one of `spec.podCIDRs`)
+//! In kube mode a node's lease is its `spec.podCIDRs` split by family (or `spec.podCIDR`)
 //! plus annotations under a prefix (default `flannel.alpha.coreos.com/`):
 //! `kube-subnet-manager: "true"` (the node is up), `backend-type`, `backend-data` (the same
 //! JSON string as the etcd lease's BackendData, e.g. `{"VNI":1,"VtepMAC":"…"}`),
 //! `public-ip`; `public-ip-overwrite` (set by an operator) replaces the advertised IP and
-//! `node-public-ip` is read as `--public-ip` at start.
+//! `node-public-ip` is read as `--public-ip` at start. With `EnableIPv6` the IPv6 side has
+//! the same four: `backend-v6-data`, `public-ipv6`, `public-ipv6-overwrite`,
+//! `node-public-ipv6`. IPv6-only nodes (no IPv4 podCIDR) are not supported yet.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 
+use super::StoreError;
+use crate::config::NetConfig;
 use crate::lease::{Lease, LeaseAttrs, VxlanBackendData};
 
 /// flanneld's default `--kube-annotation-prefix`.
@@ -34,18 +39,22 @@ pub struct Annotations {
     pub kube_managed: String,
     /// `backend-data`.
     pub backend_data: String,
-    /// `backend-v6-data` (read and left alone: weft is IPv4 only).
+    /// `backend-v6-data`: the IPv6 side's backend data, as `backend-data`.
     pub backend_v6_data: String,
     /// `backend-type`.
     pub backend_type: String,
     /// `public-ip`.
     pub public_ip: String,
-    /// `public-ipv6` (left alone).
+    /// `public-ipv6`.
     pub public_ipv6: String,
     /// `node-public-ip`: an operator's `--public-ip` for this node.
     pub node_public_ip: String,
+    /// `node-public-ipv6`: an operator's `--public-ipv6` for this node.
+    pub node_public_ipv6: String,
     /// `public-ip-overwrite`: an operator's replacement for the advertised IP.
     pub public_ip_overwrite: String,
+    /// `public-ipv6-overwrite`: an operator's replacement for the advertised IPv6 address.
+    pub public_ipv6_overwrite: String,
 }
 
 impl Annotations {
@@ -83,7 +92,9 @@ impl Annotations {
             public_ip: k("public-ip"),
             public_ipv6: k("public-ipv6"),
             node_public_ip: k("node-public-ip"),
+            node_public_ipv6: k("node-public-ipv6"),
             public_ip_overwrite: k("public-ip-overwrite"),
+            public_ipv6_overwrite: k("public-ipv6-overwrite"),
         })
     }
 }
@@ -104,9 +115,10 @@ pub fn node_name(node: &Node) -> &str {
     node.metadata.name.as_deref().unwrap_or("<unnamed>")
 }
 
-/// The node's IPv4 pod CIDR: `spec.podCIDRs` (one or two, dual-stack) or else
-/// `spec.podCIDR`, as flanneld reads them; `Ok(None)` when none is assigned yet.
-pub fn pod_cidr_v4(node: &Node) -> Result<Option<Ipv4Net>, String> {
+/// The node's pod CIDRs by family, `(IPv4, IPv6)`: `spec.podCIDRs` (one, or two for
+/// dual-stack) or else `spec.podCIDR`, as flanneld reads them (the first of a family
+/// wins); `(None, None)` when none is assigned yet.
+pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
     let spec = node.spec.as_ref();
     let cidrs: Vec<&str> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
         Some(v) if !v.is_empty() => v.iter().map(String::as_str).collect(),
@@ -122,30 +134,36 @@ pub fn pod_cidr_v4(node: &Node) -> Result<Option<Ipv4Net>, String> {
             node_name(node)
         ));
     }
+    let (mut v4, mut v6) = (None, None);
     for c in &cidrs {
-        if c.contains(':') {
-            continue;
-        }
-        let net: Ipv4Net = c
+        let net: ipnet::IpNet = c
             .parse()
             .map_err(|e| format!("node {}: pod CIDR {c:?}: {e}", node_name(node)))?;
-        return Ok(Some(net.trunc()));
+        match net.trunc() {
+            ipnet::IpNet::V4(n) => v4 = v4.or(Some(n)),
+            ipnet::IpNet::V6(n) => v6 = v6.or(Some(n)),
+        }
     }
-    Ok(None)
+    Ok((v4, v6))
 }
 
 /// A node as a lease (flannel's `nodeToLease`): `Ok(None)` while its agent has not
 /// written `kube-subnet-manager: "true"` (flanneld ignores such nodes) or it has no IPv4
-/// pod CIDR; `Err` for malformed annotations or CIDRs (flanneld logs and skips the node).
+/// pod CIDR (IPv6-only nodes are not supported yet); `Err` for malformed annotations or
+/// CIDRs (flanneld logs and skips the node). With `ipv6` (`EnableIPv6`) the IPv6 side is
+/// read too: the IPv6 pod CIDR, `public-ipv6` and `backend-v6-data`. flanneld skips a
+/// node that lacks one of them; weft keeps such a node as an IPv4-only lease (the absent
+/// parts `None`), so its IPv4 pods stay reachable, and refuses only malformed values.
 pub fn node_lease(
     node: &Node,
     keys: &Annotations,
+    ipv6: bool,
     now: SystemTime,
 ) -> Result<Option<Lease>, String> {
     if annotation(node, &keys.kube_managed) != Some("true") {
         return Ok(None);
     }
-    let Some(subnet) = pod_cidr_v4(node)? else {
+    let (Some(subnet), v6) = pod_cidrs(node)? else {
         return Ok(None);
     };
     let name = node_name(node);
@@ -156,25 +174,97 @@ pub fn node_lease(
             keys.public_ip
         )
     })?;
-    let backend_data = match annotation(node, &keys.backend_data) {
-        None => serde_json::Value::Null,
-        Some(s) => serde_json::from_str(s)
-            .map_err(|e| format!("node {name}: {} is not JSON: {e}", keys.backend_data))?,
+    let mut attrs = LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: annotation(node, &keys.backend_type)
+            .unwrap_or_default()
+            .to_string(),
+        backend_data: json_annotation(node, &keys.backend_data)?,
+        backend_v6_data: serde_json::Value::Null,
     };
+    let mut ipv6_subnet = None;
+    if ipv6 {
+        attrs.public_ipv6 = annotation(node, &keys.public_ipv6)
+            .map(|ip| {
+                ip.parse::<Ipv6Addr>().map_err(|_| {
+                    format!(
+                        "node {name}: {} {ip:?} is not an IPv6 address",
+                        keys.public_ipv6
+                    )
+                })
+            })
+            .transpose()?;
+        attrs.backend_v6_data = json_annotation(node, &keys.backend_v6_data)?;
+        ipv6_subnet = v6;
+    }
     Ok(Some(Lease {
         subnet,
-        ipv6_subnet: None,
-        attrs: LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: annotation(node, &keys.backend_type)
-                .unwrap_or_default()
-                .to_string(),
-            backend_data,
-            backend_v6_data: serde_json::Value::Null,
-        },
+        ipv6_subnet,
+        attrs,
         expiration: Some(now + KUBE_LEASE_TTL),
     }))
+}
+
+/// A JSON annotation (backend data), `null` when absent.
+fn json_annotation(node: &Node, key: &str) -> Result<serde_json::Value, String> {
+    match annotation(node, key) {
+        None => Ok(serde_json::Value::Null),
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| format!("node {}: {key} is not JSON: {e}", node_name(node))),
+    }
+}
+
+/// Our node's subnets for `cfg` (flannel's `AcquireLease` checks): its IPv4 pod CIDR
+/// inside the Network and, with `EnableIPv6`, its IPv6 pod CIDR inside the IPv6Network.
+/// No podCIDR yet is [`StoreError::Missing`] (kube-controller-manager assigns it soon);
+/// everything that will not fix itself is [`StoreError::Invalid`], naming the fix.
+pub fn own_subnets(
+    node: &Node,
+    cfg: &NetConfig,
+    config_path: &Path,
+) -> Result<(Ipv4Net, Option<Ipv6Net>), StoreError> {
+    let name = node_name(node);
+    let conf = config_path.display();
+    let (v4, v6) = pod_cidrs(node).map_err(StoreError::Invalid)?;
+    let subnet = match (v4, v6) {
+        (Some(v4), _) if cfg.enable_ipv4 => v4,
+        (_, Some(_)) | (Some(_), None) => {
+            let cidrs: Vec<String> = (v4.iter().map(ToString::to_string))
+                .chain(v6.iter().map(ToString::to_string))
+                .collect();
+            return Err(StoreError::Invalid(format!(
+                "node {name}: IPv6-only clusters are not supported by weft yet (podCIDRs {cidrs:?}, EnableIPv4 {} in {conf}): give kube-controller-manager an IPv4 --cluster-cidr as well (dual-stack) and keep EnableIPv4 true",
+                cfg.enable_ipv4,
+            )));
+        }
+        (None, None) => {
+            return Err(StoreError::Missing(format!(
+                "node {name} pod cidr not assigned (waiting for kube-controller-manager)"
+            )))
+        }
+    };
+    if !cfg.network.contains(&subnet.network()) || subnet.prefix_len() < cfg.network.prefix_len() {
+        return Err(StoreError::Invalid(format!(
+            "node {name}: its podCIDR {subnet} is outside the Network {} of {conf} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)",
+            cfg.network
+        )));
+    }
+    let Some(c6) = &cfg.ipv6 else {
+        return Ok((subnet, None));
+    };
+    let v6 = v6.ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "node {name} has no IPv6 podCIDR (only {subnet}) but EnableIPv6 is true in {conf}: give kube-controller-manager an IPv6 --cluster-cidr as well (dual-stack), or set EnableIPv6 false"
+        ))
+    })?;
+    if !c6.network.contains(&v6.network()) || v6.prefix_len() < c6.network.prefix_len() {
+        return Err(StoreError::Invalid(format!(
+            "node {name}: its IPv6 podCIDR {v6} is outside the IPv6Network {} of {conf} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)",
+            c6.network
+        )));
+    }
+    Ok((subnet, Some(v6)))
 }
 
 /// The leases of `nodes` (see [`node_lease`]); malformed nodes are skipped, as flanneld
@@ -182,10 +272,11 @@ pub fn node_lease(
 fn node_leases<'a>(
     nodes: impl Iterator<Item = &'a Node>,
     keys: &Annotations,
+    ipv6: bool,
     now: SystemTime,
 ) -> Vec<Lease> {
     nodes
-        .filter_map(|n| match node_lease(n, keys, now) {
+        .filter_map(|n| match node_lease(n, keys, ipv6, now) {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!("skipping {e}");
@@ -198,18 +289,40 @@ fn node_leases<'a>(
 /// `backend-data` as flanneld writes it: Go's `json.Marshal` of the backend's data (keys
 /// in struct order, no spaces), `null` for a backend without data (udp).
 pub fn backend_data_text(attrs: &LeaseAttrs) -> String {
-    match attrs.vxlan_data() {
-        Ok(VxlanBackendData { vni, vtep_mac }) if attrs.backend_type == "vxlan" => {
+    data_text(&attrs.backend_type, &attrs.backend_data)
+}
+
+/// `backend-v6-data` as flanneld writes it, in the same form as `backend-data`.
+pub fn backend_v6_data_text(attrs: &LeaseAttrs) -> String {
+    data_text(&attrs.backend_type, &attrs.backend_v6_data)
+}
+
+fn data_text(backend_type: &str, data: &serde_json::Value) -> String {
+    match serde_json::from_value::<VxlanBackendData>(data.clone()) {
+        Ok(VxlanBackendData { vni, vtep_mac }) if backend_type == "vxlan" => {
             format!(r#"{{"VNI":{vni},"VtepMAC":"{vtep_mac}"}}"#)
         }
-        _ => attrs.backend_data.to_string(),
+        _ => data.to_string(),
     }
 }
 
+/// Whether flanneld's `AcquireLease` writes the IPv6 annotations for `attrs`: an IPv6
+/// public address, and for vxlan (and wireguard) IPv6 backend data too.
+fn writes_v6(attrs: &LeaseAttrs) -> bool {
+    attrs.public_ipv6.is_some()
+        && match attrs.backend_type.as_str() {
+            "vxlan" | "wireguard" => !attrs.backend_v6_data.is_null(),
+            "host-gw" | "extension" => true,
+            _ => false,
+        }
+}
+
 /// What our node's annotations must become for `attrs` (flannel's `AcquireLease`): the
-/// attributes actually advertised (`public-ip-overwrite` replaces the public IP) and the
-/// merge patch of `metadata.annotations` to send, `None` when they already agree (a
-/// restart with nothing changed patches nothing).
+/// attributes actually advertised (`public-ip-overwrite` replaces the public IP,
+/// `public-ipv6-overwrite` the IPv6 one) and the merge patch of `metadata.annotations` to
+/// send, `None` when they already agree (a restart with nothing changed patches nothing).
+/// `backend-v6-data` and `public-ipv6` are written when flanneld writes them (see
+/// [`writes_v6`]) and otherwise left as they are.
 pub fn own_annotations(
     node: &Node,
     keys: &Annotations,
@@ -222,12 +335,20 @@ pub fn own_annotations(
     let mut effective = attrs.clone();
     effective.public_ip = advertised;
     // As flanneld: its udp backend acquires with no BackendType, so it writes "" here.
-    let want = [
+    let mut want = vec![
         (&keys.backend_type, attrs.backend_type.clone()),
         (&keys.backend_data, data),
         (&keys.public_ip, advertised.to_string()),
         (&keys.kube_managed, "true".to_string()),
     ];
+    if let Some(ip6) = attrs.public_ipv6.filter(|_| writes_v6(attrs)) {
+        let overwrite =
+            annotation(node, &keys.public_ipv6_overwrite).and_then(|s| s.parse::<Ipv6Addr>().ok());
+        let advertised = overwrite.unwrap_or(ip6);
+        effective.public_ipv6 = Some(advertised);
+        want.push((&keys.backend_v6_data, backend_v6_data_text(attrs)));
+        want.push((&keys.public_ipv6, advertised.to_string()));
+    }
     // Go's map index: a missing key reads as "".
     let differs = want.iter().any(|(k, v)| {
         annotations(node)
@@ -256,9 +377,49 @@ pub fn stored_mac(node: &Node, keys: &Annotations) -> Option<crate::wire::MacAdd
     Some(data.vtep_mac)
 }
 
+/// The VTEP MAC our node's `backend-v6-data` holds (the IPv6 half of flannel's
+/// `GetStoredMacAddresses`).
+pub fn stored_mac_v6(node: &Node, keys: &Annotations) -> Option<crate::wire::MacAddr> {
+    let data: VxlanBackendData =
+        serde_json::from_str(annotation(node, &keys.backend_v6_data)?).ok()?;
+    Some(data.vtep_mac)
+}
+
 /// The node's `node-public-ip` annotation, which flanneld takes as `--public-ip`.
 pub fn stored_public_ip(node: &Node, keys: &Annotations) -> Option<Ipv4Addr> {
     annotation(node, &keys.node_public_ip)?.parse().ok()
+}
+
+/// What our node's `backend-data` (and `backend-v6-data`) keep of an earlier run that
+/// never finished its annotations: a vxlan lease carrying the stored VTEP MACs.
+fn stored_lease(
+    node: &Node,
+    keys: &Annotations,
+    (subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>),
+) -> Option<Lease> {
+    let mac = stored_mac(node, keys)?;
+    let mut attrs = LeaseAttrs::vxlan(
+        Ipv4Addr::UNSPECIFIED,
+        VxlanBackendData {
+            vni: 1,
+            vtep_mac: mac,
+        },
+    );
+    if let Some(vtep_mac) = stored_mac_v6(node, keys) {
+        let data = VxlanBackendData { vni: 1, vtep_mac };
+        attrs.backend_v6_data = serde_json::to_value(data).unwrap_or_default();
+    }
+    Some(Lease {
+        subnet,
+        ipv6_subnet,
+        attrs,
+        expiration: None,
+    })
+}
+
+/// The node's `node-public-ipv6` annotation, which flanneld takes as `--public-ipv6`.
+pub fn stored_public_ipv6(node: &Node, keys: &Annotations) -> Option<Ipv6Addr> {
+    annotation(node, &keys.node_public_ipv6)?.parse().ok()
 }
 
 /// The status patch that clears `NetworkUnavailable` (flannel's `CompleteLease`), sent as
@@ -289,8 +450,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 
 use super::watch::{Cache, Watch, RETRY};
-use super::{Acquired, LeaseStore, StoreError, Stored};
-use crate::config::NetConfig;
+use super::{Acquired, LeaseStore, Stored};
 
 /// How long one API call may take before it counts as a failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -349,6 +509,8 @@ pub struct KubeStore {
     watching: bool,
     /// The node name found through our pod.
     resolved: std::sync::OnceLock<String>,
+    /// `EnableIPv6`, from the config `assigned` was given: peers' IPv6 sides are read.
+    ipv6: bool,
 }
 
 fn remote(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -421,6 +583,7 @@ impl KubeStore {
             seen_generation: u64::MAX,
             watching: false,
             resolved: std::sync::OnceLock::new(),
+            ipv6: false,
         })
     }
 
@@ -476,7 +639,7 @@ impl KubeStore {
         &self,
         node: &Node,
         attrs: &LeaseAttrs,
-        subnet: Ipv4Net,
+        (subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>),
         now: SystemTime,
     ) -> Result<Stored, StoreError> {
         let (effective, patch) = own_annotations(node, &self.keys, attrs);
@@ -490,7 +653,7 @@ impl KubeStore {
         }
         Ok(Stored::ours(Lease {
             subnet,
-            ipv6_subnet: None,
+            ipv6_subnet,
             attrs: effective,
             expiration: Some(now + KUBE_LEASE_TTL),
         }))
@@ -592,9 +755,10 @@ impl LeaseStore for KubeStore {
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
         self.start_watch();
         let now = SystemTime::now();
-        let keys = &self.keys;
-        if let Some((leases, generation)) =
-            self.watch.synced(|c| node_leases(c.values(), keys, now))
+        let (keys, ipv6) = (&self.keys, self.ipv6);
+        if let Some((leases, generation)) = self
+            .watch
+            .synced(|c| node_leases(c.values(), keys, ipv6, now))
         {
             self.seen_generation = generation;
             return Ok(leases);
@@ -604,7 +768,7 @@ impl LeaseStore for KubeStore {
             "list nodes",
             self.api.list(&ListParams::default()),
         ))?;
-        Ok(node_leases(list.items.iter(), &self.keys, now))
+        Ok(node_leases(list.items.iter(), &self.keys, ipv6, now))
     }
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
@@ -624,11 +788,11 @@ impl LeaseStore for KubeStore {
             return Ok(None);
         };
         let now = SystemTime::now();
-        self.ensure_own(&node, &lease.attrs, lease.subnet, now)
-            .map(Some)
+        let subnets = (lease.subnet, lease.ipv6_subnet);
+        self.ensure_own(&node, &lease.attrs, subnets, now).map(Some)
     }
 
-    fn remove(&mut self, _subnet: Ipv4Net) -> Result<(), StoreError> {
+    fn remove(&mut self, _lease: &Lease) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -638,6 +802,7 @@ impl LeaseStore for KubeStore {
         attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
         now: SystemTime,
     ) -> Option<Result<Acquired, StoreError>> {
+        self.ipv6 = cfg.ipv6.is_some();
         Some((|| {
             let name = self.name()?;
             let node = self.own_node()?.ok_or_else(|| {
@@ -645,40 +810,14 @@ impl LeaseStore for KubeStore {
                     "node {name} is not registered (yet) in the Kubernetes API"
                 ))
             })?;
-            // A podCIDR that does not parse will not fix itself: refused, not retried.
-            let subnet = pod_cidr_v4(&node)
-                .map_err(StoreError::Invalid)?
-                .ok_or_else(|| {
-                    StoreError::Missing(format!(
-                        "node {name} pod cidr not assigned (waiting for kube-controller-manager)"
-                    ))
-                })?;
-            if !cfg.network.contains(&subnet.network())
-                || subnet.prefix_len() < cfg.network.prefix_len()
-            {
-                return Err(StoreError::Invalid(format!(
-                    "node {name}: its podCIDR {subnet} is outside the Network {} of {} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)",
-                    cfg.network,
-                    self.opts.net_config_path.display()
-                )));
-            }
-            // The VTEP MAC survives restarts: our previous annotations are our lease.
-            let mut previous = node_lease(&node, &self.keys, now).ok().flatten();
-            if previous.is_none() {
-                previous = stored_mac(&node, &self.keys).map(|mac| Lease {
-                    subnet,
-                    ipv6_subnet: None,
-                    attrs: LeaseAttrs::vxlan(
-                        Ipv4Addr::UNSPECIFIED,
-                        VxlanBackendData {
-                            vni: 1,
-                            vtep_mac: mac,
-                        },
-                    ),
-                    expiration: None,
-                });
-            }
-            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), subnet, now)?;
+            // A podCIDR that does not parse or fit will not fix itself: refused, not retried.
+            let subnets = own_subnets(&node, cfg, &self.opts.net_config_path)?;
+            // The VTEP MACs survive restarts: our previous annotations are our lease.
+            let previous = node_lease(&node, &self.keys, self.ipv6, now)
+                .ok()
+                .flatten()
+                .or_else(|| stored_lease(&node, &self.keys, subnets));
+            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), subnets, now)?;
             if self.opts.set_network_unavailable {
                 let p = network_available_patch(&Self::now_rfc3339());
                 self.rt.block_on(deadline(
@@ -794,7 +933,9 @@ mod tests {
     #[test]
     fn a_flanneld_node_is_a_vxlan_lease() {
         let now = SystemTime::UNIX_EPOCH;
-        let l = node_lease(&flanneld_node(), &keys(), now).unwrap().unwrap();
+        let l = node_lease(&flanneld_node(), &keys(), false, now)
+            .unwrap()
+            .unwrap();
         assert_eq!(l.subnet, "10.244.3.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(l.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 3));
         assert_eq!(l.attrs.backend_type, "vxlan");
@@ -819,10 +960,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove("flannel.alpha.coreos.com/kube-subnet-manager");
-        assert_eq!(node_lease(&n, &keys(), now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), false, now).unwrap(), None);
         let mut n = flanneld_node();
         n.spec = None;
-        assert_eq!(node_lease(&n, &keys(), now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), false, now).unwrap(), None);
         // flannel's fuzz seeds: none may panic; bad ones are errors.
         for (ip, cidr) in [
             ("not-an-ip", "10.244.1.0/24"),
@@ -835,15 +976,15 @@ mod tests {
             let s = n.spec.as_mut().unwrap();
             s.pod_cidr = Some(cidr.into());
             s.pod_cidrs = None;
-            assert!(node_lease(&n, &keys(), now).is_err(), "{ip} {cidr}");
+            assert!(node_lease(&n, &keys(), false, now).is_err(), "{ip} {cidr}");
         }
         // IPv6-only: no IPv4 lease; dual-stack: the IPv4 one.
         let mut n = flanneld_node();
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fc00::/64".into()]);
-        assert_eq!(node_lease(&n, &keys(), now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), false, now).unwrap(), None);
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fc00::/64".into(), "10.244.9.0/24".into()]);
         assert_eq!(
-            node_lease(&n, &keys(), now).unwrap().unwrap().subnet,
+            node_lease(&n, &keys(), false, now).unwrap().unwrap().subnet,
             "10.244.9.0/24".parse::<Ipv4Net>().unwrap()
         );
     }
@@ -851,7 +992,7 @@ mod tests {
     #[test]
     fn own_annotations_patch_only_what_differs_and_honour_the_overwrite() {
         let n = flanneld_node();
-        let lease = node_lease(&n, &keys(), SystemTime::UNIX_EPOCH)
+        let lease = node_lease(&n, &keys(), false, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         // A restart with the same attributes: nothing to patch, same bytes as flanneld's.
@@ -896,7 +1037,7 @@ mod tests {
                 .unwrap()
                 .insert(k.clone(), v.as_str().unwrap().into());
         }
-        let l = node_lease(&n3, &keys(), SystemTime::UNIX_EPOCH)
+        let l = node_lease(&n3, &keys(), false, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         assert_eq!(l.attrs, udp);
@@ -916,7 +1057,7 @@ mod tests {
             let annotations = n3.metadata.annotations.as_mut().unwrap();
             annotations.insert(k.clone(), v.as_str().unwrap().into());
         }
-        let l = node_lease(&n3, &keys(), SystemTime::UNIX_EPOCH)
+        let l = node_lease(&n3, &keys(), false, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         assert_eq!(l.attrs, weft_udp);
@@ -943,5 +1084,215 @@ mod tests {
         // It deserializes as a real NodeCondition.
         let _: k8s_openapi::api::core::v1::NodeCondition =
             serde_json::from_value(c.clone()).unwrap();
+    }
+
+    /// A dual-stack node as flanneld's vxlan backend leaves it: `spec.podCIDRs` with both
+    /// families (as kube-controller-manager assigns them), and the annotations flannel's
+    /// `AcquireLease` (pkg/subnet/kube/kube.go) writes from vxlan's `newSubnetAttrs`
+    /// (pkg/backend/vxlan/vxlan.go): `backend-v6-data` is Go's json.Marshal of
+    /// vxlanLeaseAttrs for the flannel-v6.1 device, `public-ipv6` is `IP6.String()`.
+    fn dual_stack_node() -> Node {
+        serde_json::from_str(
+            r#"{
+              "apiVersion": "v1",
+              "kind": "Node",
+              "metadata": {
+                "name": "node-4",
+                "annotations": {
+                  "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:04:01\"}",
+                  "flannel.alpha.coreos.com/backend-type": "vxlan",
+                  "flannel.alpha.coreos.com/backend-v6-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:04:02\"}",
+                  "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                  "flannel.alpha.coreos.com/public-ip": "192.0.2.4",
+                  "flannel.alpha.coreos.com/public-ipv6": "2001:db8::4"
+                }
+              },
+              "spec": {"podCIDR": "10.244.4.0/24", "podCIDRs": ["10.244.4.0/24", "fc00:0:0:4::/64"]}
+            }"#,
+        )
+        .unwrap()
+    }
+
+    fn set(n: &mut Node, key: &str, value: Option<&str>) {
+        let a = n.metadata.annotations.as_mut().unwrap();
+        let key = format!("flannel.alpha.coreos.com/{key}");
+        match value {
+            Some(v) => a.insert(key, v.into()),
+            None => a.remove(&key),
+        };
+    }
+
+    fn dual_cfg() -> NetConfig {
+        let mut c = NetConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        c.ipv6 = Some(crate::config::Ipv6Config {
+            network: "fc00::/48".parse().unwrap(),
+            subnet_len: 64,
+            subnet_min: "fc00:0:0:1::".parse().unwrap(),
+            subnet_max: "fc00:0:0:ffff::".parse().unwrap(),
+        });
+        c
+    }
+
+    #[test]
+    fn a_dual_stack_flanneld_node_is_a_dual_stack_lease() {
+        let now = SystemTime::UNIX_EPOCH;
+        let l = node_lease(&dual_stack_node(), &keys(), true, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.key(), "10.244.4.0-24&fc00:0:0:4::-64");
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::4".parse().unwrap()));
+        let d6: VxlanBackendData = serde_json::from_value(l.attrs.backend_v6_data.clone()).unwrap();
+        assert_eq!(d6.vtep_mac.to_string(), "0e:00:00:00:04:02");
+        assert_eq!(
+            l.attrs.vxlan_data().unwrap().vtep_mac.to_string(),
+            "0e:00:00:00:04:01"
+        );
+        // Without EnableIPv6 the IPv6 side is not read, as flanneld's nodeToLease.
+        let l4 = node_lease(&dual_stack_node(), &keys(), false, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (l4.key().as_str(), l4.attrs.public_ipv6),
+            ("10.244.4.0-24", None)
+        );
+        assert!(l4.attrs.backend_v6_data.is_null());
+        // The IPv6 CIDR first in podCIDRs, or alone in podCIDR for an IPv6 peer: by family.
+        let mut n = dual_stack_node();
+        n.spec.as_mut().unwrap().pod_cidrs =
+            Some(vec!["fc00:0:0:4::/64".into(), "10.244.4.0/24".into()]);
+        assert_eq!(node_lease(&n, &keys(), true, now).unwrap(), Some(l.clone()));
+        // A malformed public-ipv6 is an error with EnableIPv6 (flanneld: ParseIP6 fails),
+        // and nobody's business without it.
+        for bad in ["not-an-ip", "192.0.2.4"] {
+            let mut n = dual_stack_node();
+            set(&mut n, "public-ipv6", Some(bad));
+            let e = node_lease(&n, &keys(), true, now).unwrap_err();
+            assert!(
+                e.contains("public-ipv6") && e.contains("not an IPv6 address"),
+                "{e}"
+            );
+            assert!(node_lease(&n, &keys(), false, now).is_ok());
+        }
+        let mut n = dual_stack_node();
+        set(&mut n, "backend-v6-data", Some("{"));
+        assert!(node_lease(&n, &keys(), true, now).is_err());
+        // A peer without an IPv6 side yet (flanneld would skip it whole): its IPv4 lease.
+        let mut n = dual_stack_node();
+        set(&mut n, "public-ipv6", None);
+        set(&mut n, "backend-v6-data", None);
+        n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.4.0/24".into()]);
+        let l = node_lease(&n, &keys(), true, now).unwrap().unwrap();
+        assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
+        assert!(l.attrs.backend_v6_data.is_null());
+        assert_eq!(
+            stored_mac_v6(&dual_stack_node(), &keys())
+                .unwrap()
+                .to_string(),
+            "0e:00:00:00:04:02"
+        );
+    }
+
+    #[test]
+    fn own_annotations_write_the_ipv6_pair_as_flanneld() {
+        let n = dual_stack_node();
+        let lease = node_lease(&n, &keys(), true, SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .unwrap();
+        // What flanneld wrote, read back and written again: nothing to patch.
+        let (eff, patch) = own_annotations(&n, &keys(), &lease.attrs);
+        assert_eq!((eff, patch), (lease.attrs.clone(), None));
+        // A new IPv6 VTEP MAC: backend-v6-data in Go's byte form, beside the IPv4 keys.
+        let mut attrs = lease.attrs.clone();
+        attrs.backend_v6_data = serde_json::json!({"VtepMAC": "0e:00:00:00:04:03", "VNI": 1});
+        let patch = own_annotations(&n, &keys(), &attrs).1.unwrap();
+        let a = &patch["metadata"]["annotations"];
+        assert_eq!(
+            a["flannel.alpha.coreos.com/backend-v6-data"],
+            r#"{"VNI":1,"VtepMAC":"0e:00:00:00:04:03"}"#
+        );
+        assert_eq!(a["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::4");
+        assert_eq!(a["flannel.alpha.coreos.com/public-ip"], "192.0.2.4");
+        // public-ipv6-overwrite wins over our IPv6 address, as public-ip-overwrite does.
+        let mut n2 = n.clone();
+        set(&mut n2, "public-ipv6-overwrite", Some("2001:db8:ffff::4"));
+        let (eff, patch) = own_annotations(&n2, &keys(), &lease.attrs);
+        assert_eq!(eff.public_ipv6, Some("2001:db8:ffff::4".parse().unwrap()));
+        assert_eq!(
+            patch.unwrap()["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ipv6"],
+            "2001:db8:ffff::4"
+        );
+        // host-gw writes public-ipv6 with its (null) v6 data; vxlan without IPv6 data and
+        // udp write no IPv6 keys at all (flanneld's conditions in AcquireLease).
+        let mut hostgw = lease.attrs.clone();
+        hostgw.backend_type = "host-gw".into();
+        hostgw.backend_data = serde_json::Value::Null;
+        hostgw.backend_v6_data = serde_json::Value::Null;
+        let patch = own_annotations(&n, &keys(), &hostgw).1.unwrap();
+        let a = &patch["metadata"]["annotations"];
+        assert_eq!(a["flannel.alpha.coreos.com/backend-v6-data"], "null");
+        assert_eq!(a["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::4");
+        let mut v4only = lease.attrs.clone();
+        v4only.backend_v6_data = serde_json::Value::Null;
+        let mut n3 = n.clone();
+        set(
+            &mut n3,
+            "backend-data",
+            Some(r#"{"VNI":1,"VtepMAC":"0e:00:00:00:04:09"}"#),
+        );
+        let patch = own_annotations(&n3, &keys(), &v4only).1.unwrap();
+        let a = patch["metadata"]["annotations"].as_object().unwrap();
+        assert!(!a.contains_key("flannel.alpha.coreos.com/backend-v6-data"));
+        assert!(!a.contains_key("flannel.alpha.coreos.com/public-ipv6"));
+        let mut udp = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 4));
+        udp.public_ipv6 = Some("2001:db8::4".parse().unwrap());
+        let patch = own_annotations(&n, &keys(), &udp).1.unwrap();
+        let a = patch["metadata"]["annotations"].as_object().unwrap();
+        assert!(!a.contains_key("flannel.alpha.coreos.com/public-ipv6"));
+    }
+
+    #[test]
+    fn own_subnets_by_family_and_named_refusals() {
+        let conf = Path::new("/etc/kube-flannel/net-conf.json");
+        let c4 = NetConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let ds = dual_cfg();
+        let n = dual_stack_node();
+        let v4: Ipv4Net = "10.244.4.0/24".parse().unwrap();
+        let v6: Ipv6Net = "fc00:0:0:4::/64".parse().unwrap();
+        assert_eq!(own_subnets(&n, &ds, conf).unwrap(), (v4, Some(v6)));
+        assert_eq!(own_subnets(&n, &c4, conf).unwrap(), (v4, None));
+        let with_cidrs = |cidrs: &[&str]| {
+            let mut n = dual_stack_node();
+            let s = n.spec.as_mut().unwrap();
+            s.pod_cidrs = Some(cidrs.iter().map(|c| c.to_string()).collect());
+            s.pod_cidr = cidrs.first().map(|c| c.to_string());
+            n
+        };
+        let msg = |n: &Node, c: &NetConfig| own_subnets(n, c, conf).unwrap_err().to_string();
+        // IPv6-only: refused, named, for now.
+        let e = msg(&with_cidrs(&["fc00:0:0:4::/64"]), &ds);
+        assert!(
+            e.contains("IPv6-only clusters are not supported by weft yet"),
+            "{e}"
+        );
+        let mut v6only = ds.clone();
+        v6only.enable_ipv4 = false;
+        let e = msg(&n, &v6only);
+        assert!(
+            e.contains("IPv6-only clusters are not supported by weft yet"),
+            "{e}"
+        );
+        // EnableIPv6 but no IPv6 podCIDR; an IPv6 podCIDR outside IPv6Network.
+        let e = msg(&with_cidrs(&["10.244.4.0/24"]), &ds);
+        assert!(
+            e.contains("has no IPv6 podCIDR") && e.contains("EnableIPv6"),
+            "{e}"
+        );
+        let e = msg(&with_cidrs(&["10.244.4.0/24", "fd00:0:0:4::/64"]), &ds);
+        assert!(e.contains("outside the IPv6Network fc00::/48"), "{e}");
+        let e = msg(&with_cidrs(&["10.244.4.0/24", "fc00::/40"]), &ds);
+        assert!(e.contains("outside the IPv6Network"), "{e}");
+        // Nothing assigned yet: transient.
+        let e = own_subnets(&with_cidrs(&[]), &ds, conf).unwrap_err();
+        assert!(e.is_transient(), "{e}");
     }
 }

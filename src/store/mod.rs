@@ -10,10 +10,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use ipnet::Ipv4Net;
-
 use crate::config::{ConfigError, NetConfig};
-use crate::lease::alloc::{allocate, AllocError, Source};
+use crate::lease::alloc::{allocate, AllocError, Previous, Source};
 use crate::lease::{Lease, LeaseAttrs};
 
 /// flanneld's lease TTL (`subnetTTL`).
@@ -134,18 +132,20 @@ pub trait LeaseStore: Send {
     /// Every readable lease read afresh from the store itself, for allocation.
     fn list(&mut self) -> Result<Vec<Stored>, StoreError>;
 
-    /// Writes `lease` if no lease holds its subnet. A lease with an expiration is written
-    /// to expire then (etcd: under an etcd lease of [`LEASE_TTL`]); without one it is a
-    /// reservation. Returns what was stored, or `None` if the subnet was taken.
+    /// Writes `lease` if no lease holds its subnet or its IPv6 subnet (under any key: a
+    /// v4-only key holds the IPv4 subnet of a dual-stack key with the same IPv4 part, see
+    /// [`crate::lease::keys_overlap`]). A lease with an expiration is written to expire
+    /// then (etcd: under an etcd lease of [`LEASE_TTL`]); without one it is a reservation.
+    /// Returns what was stored, or `None` if a subnet was taken.
     fn create(&mut self, lease: &Lease) -> Result<Option<Stored>, StoreError>;
 
-    /// Replaces the lease of `lease.subnet` with `lease` (expiration as in `create`) if
+    /// Replaces the lease under `lease`'s key with `lease` (expiration as in `create`) if
     /// its stored value is still exactly `expect`. Returns what was stored, or `None` if
     /// the lease is gone or holds another value.
     fn update(&mut self, lease: &Lease, expect: &str) -> Result<Option<Stored>, StoreError>;
 
-    /// Removes the lease of `subnet`, if there is one.
-    fn remove(&mut self, subnet: Ipv4Net) -> Result<(), StoreError>;
+    /// Removes the lease under `lease`'s key (its IPv4 and IPv6 subnets), if there is one.
+    fn remove(&mut self, lease: &Lease) -> Result<(), StoreError>;
 
     /// For stores where something else assigns the subnet (Kubernetes: the node's
     /// podCIDR), our lease, written with `attrs(our previous lease)`; `None` (the default)
@@ -182,14 +182,17 @@ pub trait LeaseStore: Send {
 
 /// Acquires (or reuses) this node's lease, race-free against other nodes, as flanneld
 /// does: list, choose ([`allocate`]: our own lease, else `previous`, else a random free
-/// subnet), then create the key only if it is absent (or update ours only if unchanged);
-/// a lost race lists again, up to [`RACE_RETRIES`] times. `attrs` is given our existing
-/// lease, if one carries our public IP, so backend data such as the VTEP MAC survive.
+/// subnet, of each family with `EnableIPv6`), then create the key only if no lease holds
+/// either subnet (or update ours only if unchanged); a lost race lists again, up to
+/// [`RACE_RETRIES`] times. Our own lease is found by `public_ip` alone, as flanneld's
+/// `findLeaseByIP` (the IPv6 address reaches the lease through `attrs`). `attrs` is given
+/// our existing lease, if one carries our public IP, so backend data such as the VTEP
+/// MACs survive.
 pub fn acquire(
     store: &mut dyn LeaseStore,
     cfg: &NetConfig,
     public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    previous: Previous,
     now: SystemTime,
     random: u64,
     attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
@@ -214,16 +217,24 @@ pub fn acquire(
             random.wrapping_add(attempt as u64),
         )?;
         for stale in &a.stale {
-            tracing::info!("deleting our lease {stale}: it no longer fits the network config");
-            store.remove(*stale)?;
+            tracing::info!(
+                "deleting our lease {}: it no longer fits the network config",
+                stale.key()
+            );
+            store.remove(stale)?;
         }
-        let current = listed.iter().find(|s| s.lease.subnet == a.subnet);
+        let current = listed
+            .iter()
+            .find(|s| s.lease.subnet == a.subnet && s.lease.ipv6_subnet == a.ipv6_subnet);
+        // Ours, or else a stale lease of ours (a v4-only one when EnableIPv6 came): its
+        // backend data (the IPv4 VTEP MAC) carries over to the new pair.
         let mine = current
             .map(|s| &s.lease)
-            .filter(|l| l.attrs.public_ip == public_ip && !l.is_expired(now));
+            .filter(|l| l.attrs.public_ip == public_ip && !l.is_expired(now))
+            .or(a.stale.first());
         let lease = Lease {
             subnet: a.subnet,
-            ipv6_subnet: None,
+            ipv6_subnet: a.ipv6_subnet,
             attrs: attrs(mine),
             expiration: match a.source {
                 Source::ExistingLease { reservation: true } => None,
@@ -232,14 +243,7 @@ pub fn acquire(
         };
         let written = match (a.source, current) {
             (Source::ExistingLease { .. }, Some(cur)) => store.update(&lease, &cur.raw)?,
-            (_, cur) => {
-                // An expired lease still holds the name (a directory store's file; etcd
-                // deletes expired keys itself): remove it first.
-                if let Some(old) = cur.filter(|c| c.lease.is_expired(now)) {
-                    store.remove(old.lease.subnet)?;
-                }
-                store.create(&lease)?
-            }
+            _ => create_over_expired(store, &listed, &lease, now)?,
         };
         if let Some(stored) = written {
             return Ok(Acquired {
@@ -255,6 +259,24 @@ pub fn acquire(
         });
     }
     Err(StoreError::Contention(RACE_RETRIES))
+}
+
+/// Creates `lease`, first removing the expired leases in its way: they still hold their
+/// names and subnets (a directory store's files; etcd deletes expired keys itself).
+fn create_over_expired(
+    store: &mut dyn LeaseStore,
+    listed: &[Stored],
+    lease: &Lease,
+    now: SystemTime,
+) -> Result<Option<Stored>, StoreError> {
+    let expired = listed
+        .iter()
+        .map(|s| &s.lease)
+        .filter(|l| l.is_expired(now));
+    for old in expired.filter(|l| l.overlaps(lease)) {
+        store.remove(old)?;
+    }
+    store.create(lease)
 }
 
 /// Renews `ours` to expire [`LEASE_TTL`] from `now` (a reservation stays one), but only if

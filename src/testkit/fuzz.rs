@@ -122,7 +122,7 @@ pub fn net_conf(data: &[u8]) {
         &c,
         &[],
         Ipv4Addr::new(192, 0, 2, 1),
-        None,
+        Default::default(),
         now,
         data.len() as u64,
     )
