@@ -153,7 +153,7 @@ pub fn acquire_lease(
             public_ip,
             crate::lease::alloc::Previous {
                 subnet: previous,
-                ipv6_subnet: None,
+                ipv6_subnet: SubnetEnv::previous_ipv6_subnet(subnet_file),
             },
             SystemTime::now(),
             random,
