@@ -9,7 +9,6 @@
 mod harness;
 
 use std::net::Ipv6Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::{ip, ns_sh, try_in_ns, wait_for, weft, Capture, Cluster, Kind, Pod, ETCD_PREFIX};
@@ -193,13 +192,9 @@ fn assert_all_reach(c: &Cluster, max4: u32, max6: u32) {
     }
 }
 
-fn weft_bin() -> &'static Path {
-    weft()
-}
-
 #[test]
 fn a_weft_kernel_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_and_v6() {
-    let mut c = Cluster::with_etcd(weft_bin(), VXLAN);
+    let mut c = Cluster::with_etcd(weft(), VXLAN);
     let w = c.add_node(Kind::Weft);
     let k = c.add_node(Kind::KernelVxlan);
     v6_underlay(&c, w);
@@ -290,16 +285,25 @@ fn a_weft_kernel_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_an
 
 #[test]
 fn host_gw_routes_both_families_between_weft_nodes() {
-    let mut c = Cluster::new(weft_bin(), HOST_GW);
+    let mut c = Cluster::new(weft(), HOST_GW);
     for _ in 0..2 {
         let i = c.add_node(Kind::Weft);
         v6_underlay(&c, i);
     }
     for i in 0..2 {
-        c.start_weft(i, &[]);
+        c.start_weft(i, &["--ip-blackhole-route"]);
         c.add_pod(i, None);
     }
     c.wait_converged();
+    // flanneld's --ip-blackhole-route, for each family's subnet.
+    let bh = ns_sh(
+        &c.nodes[0].ns,
+        &["ip", "-6", "route", "show", "type", "blackhole"],
+    );
+    assert!(
+        bh.contains("fd00:10:244:"),
+        "no IPv6 blackhole route: {bh:?}"
+    );
     let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
     assert!(
         env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:"),
@@ -323,4 +327,116 @@ fn host_gw_routes_both_families_between_weft_nodes() {
         "{r}"
     );
     assert_all_reach(&c, 1500 - 28, 1500 - 48);
+}
+
+#[test]
+fn kernel_vxlan_direct_routing_routes_both_families_on_the_underlay() {
+    let conf = VXLAN.replace(
+        r#""Type":"vxlan""#,
+        r#""Type":"vxlan","DirectRouting":true"#,
+    );
+    let mut c = Cluster::new(weft(), &conf);
+    for _ in 0..2 {
+        let i = c.add_node(Kind::Weft);
+        v6_underlay(&c, i);
+    }
+    for i in 0..2 {
+        c.start_weft(i, &["--dataplane", "kernel"]);
+        c.add_pod(i, None);
+    }
+    c.wait_converged();
+    // Both peers share the underlay: plain routes via the peer's address in each family,
+    // out of eth0, not through the vxlan devices.
+    let peer6 = c.nodes[1].pods[0].ip6.expect("a dual-stack pod");
+    let sub6 = format!(
+        "{}/64",
+        Ipv6Addr::from(u128::from(peer6) & !0xffff_ffff_ffff_ffff)
+    );
+    let r6 = wait_for(
+        "node 1's direct IPv6 route",
+        Duration::from_secs(10),
+        || {
+            let r = ns_sh(&c.nodes[0].ns, &["ip", "-6", "route", "show", &sub6]);
+            r.contains("via 2001:db8::2 dev eth0").then_some(r)
+        },
+    );
+    assert!(r6.contains("proto 87"), "{r6}");
+    let r4 = ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "proto", "87"]);
+    assert!(r4.contains("via 192.0.2.2 dev eth0"), "{r4}");
+    assert_all_reach(&c, 1450 - 28, 1450 - 48);
+}
+
+/// Registers node `i` (n<i+1>) with podCIDRs 10.244.<i+1>.0/24 and fd00:10:244:<i+1>::/64, as
+/// kube-controller-manager assigns a dual-stack node's, and starts weft there as flanneld's
+/// kube subnet manager on the kernel dataplane.
+fn kube_dual_stack_node(c: &mut Cluster, url: &str, conf: &str) -> usize {
+    let i = c.add_node(Kind::Weft);
+    v6_underlay(c, i);
+    let name = format!("n{}", i + 1);
+    let (v4, v6) = (
+        format!("10.244.{}.0/24", i + 1),
+        format!("fd00:10:244:{}::/64", i + 1),
+    );
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+        "spec": {"podCIDR": v4, "podCIDRs": [v4, v6]}});
+    let (code, _) = c.kube("POST", "/api/v1/nodes", "application/json", &node);
+    assert_eq!(code, 201);
+    let args = [
+        "--kube-subnet-mgr",
+        "--kube-api-url",
+        url,
+        "--net-config-path",
+        conf,
+        "--dataplane",
+        "kernel",
+    ];
+    c.start_weft_env(i, &args, &[("NODE_NAME", &name)]);
+    i
+}
+
+#[test]
+fn a_dual_stack_kube_cluster_takes_both_pod_cidrs_and_writes_flanneds_v6_annotations() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, VXLAN).unwrap();
+    let conf = conf.display().to_string();
+    for _ in 0..2 {
+        let i = kube_dual_stack_node(&mut c, &url, &conf);
+        c.add_pod(i, None);
+    }
+    // The podCIDRs, by family, are the leases: subnet.env says so.
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"), "{env}");
+    // flanneld's IPv6 annotations, beside the IPv4 ones.
+    let (code, node) = c.kube("GET", "/api/v1/nodes/n1", "", &serde_json::Value::Null);
+    assert_eq!(code, 200);
+    let a = &node["metadata"]["annotations"];
+    assert_eq!(
+        a["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::1",
+        "{a}"
+    );
+    let v6data: serde_json::Value = serde_json::from_str(
+        a["flannel.alpha.coreos.com/backend-v6-data"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v6data["VNI"], 1, "{a}");
+    let mac6 = v6data["VtepMAC"].as_str().unwrap().to_string();
+    // ... and the IPv6 device carries that MAC.
+    let d = ns_sh(&c.nodes[0].ns, &["ip", "link", "show", "flannel-v6.1"]);
+    assert!(d.contains(&mac6), "{mac6} not on {d}");
+    wait_for(
+        "node 1's IPv6 route to node 2",
+        Duration::from_secs(10),
+        || {
+            let r = ns_sh(
+                &c.nodes[0].ns,
+                &["ip", "-6", "route", "show", "fd00:10:244:2::/64"],
+            );
+            r.contains("dev flannel-v6.1").then_some(())
+        },
+    );
+    assert_all_reach(&c, 1450 - 28, mtu(&c, 0, "flannel-v6.1") - 48);
 }

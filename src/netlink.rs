@@ -730,20 +730,22 @@ impl Netlink {
     }
 
     /// Adds `blackhole dst` to the main table unless a blackhole route to `dst` is there
-    /// (flanneld's `--ip-blackhole-route`, as its `AddBlackholeV4Route`); true when added.
-    pub fn ensure_blackhole(&self, dst: Ipv4Net) -> io::Result<bool> {
+    /// (flanneld's `--ip-blackhole-route`, as its `AddBlackholeV4Route` and
+    /// `AddBlackholeV6Route`); true when added.
+    pub fn ensure_blackhole(&self, dst: IpNet) -> io::Result<bool> {
         if self
             .list_routes()?
             .iter()
-            .any(|r| r.blackhole && r.dst == IpNet::V4(dst))
+            .any(|r| r.blackhole && r.dst == dst)
         {
             return Ok(false);
         }
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .map_err(|e| io::Error::other(format!("blackhole route {dst}: {e}")))?
+            .kind(RouteType::BlackHole)
+            .build();
         self.rt.block_on(async {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst.network(), dst.prefix_len())
-                .kind(RouteType::BlackHole)
-                .build();
             self.handle
                 .route()
                 .add(msg)

@@ -278,20 +278,21 @@ fn rules_plan(
     }
 }
 
-/// `--ip-blackhole-route`: a blackhole route for this node's subnet, added at start and
-/// whenever a resync finds it gone, as flanneld adds it (which also leaves it at exit).
-/// A failure is logged once until the route is back.
+/// `--ip-blackhole-route`: a blackhole route for this node's subnet (and its IPv6 subnet,
+/// as flanneld's `AddBlackholeV6Route`), added at start and whenever a resync finds it
+/// gone, as flanneld adds it (which also leaves it at exit). A failure is logged once
+/// until the route is back.
 pub(crate) struct BlackholeRoute {
     nl: Arc<Netlink>,
-    subnet: ipnet::Ipv4Net,
+    subnets: Vec<ipnet::IpNet>,
     failing: Quiet<()>,
 }
 
 impl BlackholeRoute {
-    fn new(nl: Arc<Netlink>, subnet: ipnet::Ipv4Net) -> BlackholeRoute {
+    fn new(nl: Arc<Netlink>, subnets: Vec<ipnet::IpNet>) -> BlackholeRoute {
         let b = BlackholeRoute {
             nl,
-            subnet,
+            subnets,
             failing: Quiet::new(),
         };
         b.ensure();
@@ -299,7 +300,12 @@ impl BlackholeRoute {
     }
 
     fn ensure(&self) {
-        let subnet = self.subnet;
+        for &subnet in &self.subnets {
+            self.ensure_one(subnet);
+        }
+    }
+
+    fn ensure_one(&self, subnet: ipnet::IpNet) {
         match self.nl.ensure_blackhole(subnet) {
             Ok(added) => {
                 if added {
@@ -575,9 +581,11 @@ fn start_forwarding(
     running.peers_changed(&peers);
     plan.forward_from = running.forwarded_from();
     let rules = install_rules(&plan, mode)?;
-    let blackhole = args
-        .ip_blackhole_route
-        .then(|| BlackholeRoute::new(node.nl.clone(), subnet));
+    let blackhole = args.ip_blackhole_route.then(|| {
+        let v6 = node.ours.lease.ipv6_subnet.map(ipnet::IpNet::V6);
+        let subnets = std::iter::once(subnet.into()).chain(v6).collect();
+        BlackholeRoute::new(node.nl.clone(), subnets)
+    });
     announce(args, node, running.as_ref(), status)?;
     Ok(Forwarding {
         policy,

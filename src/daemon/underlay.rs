@@ -410,4 +410,47 @@ mod tests {
             .to_string();
         assert!(e.contains("no default route"), "{e}");
     }
+
+    #[test]
+    fn the_ipv6_side_is_chosen_on_the_same_interface_as_flanneld_chooses_it() {
+        let six = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let addrs = [
+            (2, six("2001:db8::1")),
+            (2, six("2001:db8::51")),
+            (3, six("2001:db8:1::7")),
+        ];
+        let eth0 = link(2, "eth0");
+        // The interface's first global address, advertised as it is.
+        let u = select_v6(&addrs, &eth0, None, None).unwrap();
+        assert_eq!(
+            (u.local_ip, u.public_ip),
+            (six("2001:db8::1"), six("2001:db8::1"))
+        );
+        // --public-ipv6 of that interface is its local address too; one of no interface
+        // (behind NAT) is advertised while the interface's first address is local.
+        let u = select_v6(&addrs, &eth0, Some(six("2001:db8::51")), None).unwrap();
+        assert_eq!(u.local_ip, six("2001:db8::51"));
+        let u = select_v6(&addrs, &eth0, Some(six("2001:db8:ff::9")), None).unwrap();
+        assert_eq!(
+            (u.local_ip, u.public_ip),
+            (six("2001:db8::1"), six("2001:db8:ff::9"))
+        );
+        // Refusals, each naming what to change.
+        let e = |r: Result<UnderlayV6>| r.unwrap_err().to_string();
+        let other = e(select_v6(&addrs, &eth0, Some(six("2001:db8:1::7")), None));
+        assert!(
+            other.contains("another interface") && other.contains("--iface"),
+            "{other}"
+        );
+        let bare = e(select_v6(&addrs, &link(4, "bare0"), None, None));
+        assert!(
+            bare.contains("bare0 has no global IPv6 address") && bare.contains("EnableIPv6"),
+            "{bare}"
+        );
+        let none = e(select_v6(&addrs, &eth0, None, Some(None)));
+        assert!(none.contains("no IPv6 default route"), "{none}");
+        let elsewhere = e(select_v6(&addrs, &eth0, None, Some(Some(3))));
+        assert!(elsewhere.contains("not by eth0"), "{elsewhere}");
+        assert!(select_v6(&addrs, &eth0, None, Some(Some(2))).is_ok());
+    }
 }

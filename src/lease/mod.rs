@@ -128,9 +128,22 @@ impl LeaseAttrs {
         }
     }
 
-    /// Parses the JSON value of a lease key.
+    /// Parses the JSON value of a lease key. A malformed address is named with its field
+    /// (serde's own message says only where it is).
     pub fn from_json(s: &str) -> Result<LeaseAttrs, LeaseError> {
-        serde_json::from_str(s).map_err(|e| LeaseError::Json(e.to_string()))
+        serde_json::from_str(s).map_err(|e| {
+            let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
+            let bad = |field: &str, ok: fn(&str) -> bool| match &v[field] {
+                serde_json::Value::String(a) if !ok(a) => Some(format!("{field} {a:?}")),
+                _ => None,
+            };
+            let named = bad("PublicIP", |a| a.parse::<Ipv4Addr>().is_ok())
+                .or_else(|| bad("PublicIPv6", |a| a.parse::<Ipv6Addr>().is_ok()));
+            LeaseError::Json(match named {
+                Some(f) => format!("{f} is not an address of its family ({e})"),
+                None => e.to_string(),
+            })
+        })
     }
 
     /// The JSON value flanneld would store, e.g.
@@ -354,6 +367,22 @@ mod tests {
             let a = LeaseAttrs::from_json(json).unwrap();
             assert_eq!(a.takes_super_datagrams(), takes, "{json}");
         }
+    }
+
+    #[test]
+    fn a_malformed_public_ipv6_is_named() {
+        // flanneld's dual-stack value (pkg/subnet/etcd/fuzz_test.go's seed) with the IPv6
+        // address broken, and with an IPv4 one in its place.
+        for bad in ["fc00::zz", "192.168.0.1"] {
+            let json = format!(r#"{{"PublicIP":"192.168.0.1","PublicIPv6":"{bad}"}}"#);
+            let e = LeaseAttrs::from_json(&json).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("PublicIPv6 {bad:?} is not an address")),
+                "{e}"
+            );
+        }
+        let ok = LeaseAttrs::from_json(r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#);
+        assert_eq!(ok.unwrap().public_ipv6, Some("fc00::1".parse().unwrap()));
     }
 
     #[test]
