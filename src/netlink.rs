@@ -435,16 +435,22 @@ impl Netlink {
     /// start-up; the guard route to the same network does not count).
     pub fn has_route(&self, dst: Ipv4Net, index: u32) -> io::Result<bool> {
         Ok(self
-            .list_routes()?
+            .list_v4_routes()?
             .iter()
             .any(|r| r.dst == IpNet::V4(dst) && r.oif == Some(index)))
     }
 
     /// Every route of the main table, IPv4 and IPv6, as far as weft needs to know it.
     fn list_routes(&self) -> io::Result<Vec<RouteInfo>> {
-        let mut out = self.list_family(RouteMessageBuilder::<Ipv4Addr>::new().build())?;
+        let mut out = self.list_v4_routes()?;
         out.extend(self.list_family(RouteMessageBuilder::<Ipv6Addr>::new().build())?);
         Ok(out)
+    }
+
+    /// The main table's IPv4 routes only: what the checks of IPv4-only state (the TUN's
+    /// route, the guards) read every second, without an IPv6 dump they would discard.
+    fn list_v4_routes(&self) -> io::Result<Vec<RouteInfo>> {
+        self.list_family(RouteMessageBuilder::<Ipv4Addr>::new().build())
     }
 
     /// The main table's routes of the family `req` asks for.
@@ -759,7 +765,7 @@ impl Netlink {
     /// The destinations of weft's guard routes.
     pub fn guards(&self) -> io::Result<Vec<Ipv4Net>> {
         Ok(self
-            .list_routes()?
+            .list_v4_routes()?
             .into_iter()
             .filter(|r| r.guard)
             .filter_map(|r| match r.dst {
