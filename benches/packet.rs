@@ -2,7 +2,7 @@
 //! inner packets, both backends), with etherparse's parser as a baseline for decap.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use weft::encap::{Inbound, Outbound, HEADROOM};
@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
             ) else {
                 unreachable!()
             };
-            let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), t.src_port);
+            let from = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), t.src_port));
             let mut payload = buf[t.udp_payload()].to_vec();
             let rx = testkit::node(2, vxlan, 1, ChecksumMode::Full);
             g.bench_function(BenchmarkId::new("decap", size), |b| {

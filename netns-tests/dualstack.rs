@@ -192,21 +192,109 @@ fn assert_all_reach(c: &Cluster, max4: u32, max6: u32) {
     }
 }
 
-#[test]
-fn a_weft_kernel_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_and_v6() {
+/// A weft node (node 0, on `dataplane`) and a flanneld-style dual-stack node (node 1),
+/// each with a dual-stack pod, the flanneld node programmed for weft's lease. Returns
+/// the cluster, the pods and weft's subnet.env.
+fn weft_beside_flanneld(dataplane: &str) -> (Cluster, Pod, Pod, String) {
     let mut c = Cluster::with_etcd(weft(), VXLAN);
     let w = c.add_node(Kind::Weft);
     let k = c.add_node(Kind::KernelVxlan);
     v6_underlay(&c, w);
     let k6 = v6_underlay(&c, k);
     start_flanneld_dual_stack(&mut c, k, k6);
-    let env = c.start_weft(w, &["--dataplane", "kernel"]);
+    let env = c.start_weft(w, &["--dataplane", dataplane]);
     let (wp, kp) = (c.add_pod(w, None), c.add_pod(k, None));
     assert!(
         wp.ip6.is_some() && kp.ip6.is_some(),
         "pods without IPv6: {wp:?} {kp:?}"
     );
     program_flanneld_peers(&c, k);
+    (c, wp, kp, format!("{env:?}"))
+}
+
+/// Pings from weft's pod to the flanneld node's pod over both families, capturing weft's
+/// underlay: IPv6 pods' packets must travel in outer IPv6, IPv4 pods' in outer IPv4.
+fn assert_outer_families(c: &Cluster, wp: &Pod, kp: &Pod) {
+    let cap = Capture::start(
+        &c.nodes[0].ns,
+        "eth0",
+        "udp port 8472",
+        &c.dir.join("dual.pcap"),
+    );
+    assert!(pings(wp, &kp.ip6.unwrap().to_string(), 56));
+    assert!(pings(wp, &kp.ip.to_string(), 56));
+    let frames = cap.stop();
+    let outer6 = frames
+        .iter()
+        .filter(|f| f.len() > 14 && f[12..14] == [0x86, 0xdd])
+        .count();
+    let outer4 = frames
+        .iter()
+        .filter(|f| f.len() > 14 && f[12..14] == [0x08, 0x00])
+        .count();
+    assert!(
+        outer6 >= 4 && outer4 >= 4,
+        "outer IPv6 {outer6}, outer IPv4 {outer4} frames"
+    );
+}
+
+#[test]
+fn a_weft_userspace_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_and_v6() {
+    let (c, wp, kp, env) = weft_beside_flanneld("userspace");
+    // weft's TUN holds the route for the IPv6 cluster network, beside the IPv4 one.
+    let r6 = ns_sh(
+        &c.nodes[0].ns,
+        &["ip", "-6", "route", "show", "fd00:10:244::/56"],
+    );
+    assert!(r6.contains("dev weft0"), "{r6}");
+    // The largest don't-fragment pings both ways: IPv4 fills FLANNEL_MTU, IPv6 the
+    // flanneld node's flannel-v6.1 (1500 - 70), which weft's IPv6 budget equals.
+    let m6 = mtu(&c, 1, "flannel-v6.1");
+    assert_eq!(m6, 1430);
+    assert_all_reach(&c, 1450 - 28, m6 - 48);
+    // One byte more from weft's pod: Packet Too Big from weft with the budget, and the
+    // pod's kernel learns it (never a silent drop).
+    let out = try_in_ns(
+        &wp.ns,
+        &format!(
+            "ping -c 3 -i 0.3 -W 1 -M do -s {} {}",
+            m6 - 47,
+            kp.ip6.unwrap()
+        ),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && text.contains("1430"), "{text}");
+    assert_outer_families(&c, &wp, &kp);
+    assert!(iperf3_v6(&wp, &kp) > 0.0 && iperf3_v6(&kp, &wp) > 0.0);
+    // The flanneld node's lease goes: within 2 s its IPv6 pods are unreachable from
+    // weft's (the lease table no longer has them; weft answers "no route").
+    c.etcd.as_ref().unwrap().ctl(&["del", &flanneld_key(1)]);
+    let t0 = Instant::now();
+    wait_for("the IPv6 peer to go", Duration::from_secs(2), || {
+        (!pings(&wp, &kp.ip6.unwrap().to_string(), 56)).then_some(())
+    });
+    eprintln!(
+        "IPv6 peer gone {:?} after the lease; subnet.env {env}",
+        t0.elapsed()
+    );
+}
+
+/// The etcd key of the flanneld node `k`'s dual-stack lease.
+fn flanneld_key(k: usize) -> String {
+    format!(
+        "{ETCD_PREFIX}/subnets/10.244.{0}.0-24&fd00:10:244:{0}::-64",
+        k + 1
+    )
+}
+
+#[test]
+fn a_weft_kernel_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_and_v6() {
+    let (c, wp, kp, env) = weft_beside_flanneld("kernel");
+    let (w, k) = (0, 1);
     // weft's devices, read back with ip: flannel-v6.1 as flanneld makes it.
     let d = ns_sh(
         &c.nodes[w].ns,
@@ -239,37 +327,12 @@ fn a_weft_kernel_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4_an
         "weft's flannel-v6.1 MTU is the kernel's"
     );
     assert_all_reach(&c, 1450 - 28, m6 - 48);
-    // IPv6 pods' packets travel in outer IPv6, IPv4 pods' in outer IPv4.
-    let cap = Capture::start(
-        &c.nodes[w].ns,
-        "eth0",
-        "udp port 8472",
-        &c.dir.join("dual.pcap"),
-    );
-    assert!(pings(&wp, &kp.ip6.unwrap().to_string(), 56));
-    assert!(pings(&wp, &kp.ip.to_string(), 56));
-    let frames = cap.stop();
-    let outer6 = frames
-        .iter()
-        .filter(|f| f.len() > 14 && f[12..14] == [0x86, 0xdd])
-        .count();
-    let outer4 = frames
-        .iter()
-        .filter(|f| f.len() > 14 && f[12..14] == [0x08, 0x00])
-        .count();
-    assert!(
-        outer6 >= 4 && outer4 >= 4,
-        "outer IPv6 {outer6}, outer IPv4 {outer4} frames"
-    );
+    assert_outer_families(&c, &wp, &kp);
     // TCP both ways over IPv6.
     assert!(iperf3_v6(&wp, &kp) > 0.0 && iperf3_v6(&kp, &wp) > 0.0);
     // The flanneld node's lease goes: its IPv6 route goes within 2 s.
-    let key = format!(
-        "{ETCD_PREFIX}/subnets/10.244.{0}.0-24&fd00:10:244:{0}::-64",
-        k + 1
-    );
     let t0 = Instant::now();
-    c.etcd.as_ref().unwrap().ctl(&["del", &key]);
+    c.etcd.as_ref().unwrap().ctl(&["del", &flanneld_key(k)]);
     wait_for("the IPv6 route to go", Duration::from_secs(2), || {
         let r = ns_sh(
             &c.nodes[w].ns,

@@ -1,6 +1,6 @@
 //! The `weft` command line: a thin layer over the library.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -237,6 +237,7 @@ fn demo_cluster(
             format,
             udp_checksum: ChecksumMode::Full,
             hash_seed: seed,
+            v6: None,
         });
         leases.push(lease);
     }
@@ -250,12 +251,7 @@ fn pod_ip(n: &Node, h: u32) -> Ipv4Addr {
 
 /// A ping from a pod on node1 to a pod on node2: encapsulated by node1, shown on the
 /// wire, and delivered by node2. Returns the tunnel's source address, for later datagrams.
-fn demo_ping(
-    snap: &Snapshot,
-    n1: &Node,
-    n2: &Node,
-    buf: &mut [u8],
-) -> Result<SocketAddrV4, String> {
+fn demo_ping(snap: &Snapshot, n1: &Node, n2: &Node, buf: &mut [u8]) -> Result<SocketAddr, String> {
     let ping = icmp_echo(pod_ip(n1, 2), pod_ip(n2, 2), 56, true);
     buf[HEADROOM..HEADROOM + ping.len()].copy_from_slice(&ping);
     let Outbound::Send(t) = n1.outbound(snap, buf, HEADROOM, ping.len(), 1) else {
@@ -270,7 +266,7 @@ fn demo_ping(
         t.src_port
     );
     println!("  on the wire: {}", hex(&buf[t.datagram.clone()]));
-    let from = SocketAddrV4::new(n1.public_ip, t.src_port);
+    let from = SocketAddr::from((n1.public_ip, t.src_port));
     let p = t.udp_payload();
     match n2.inbound(snap, from, buf, p.start, p.len(), 0) {
         Inbound::Deliver(r) if buf[r.clone()] == ping[..] => {
@@ -322,7 +318,7 @@ fn demo_drops(
     snap: &Snapshot,
     n1: &Node,
     n2: &Node,
-    from: SocketAddrV4,
+    from: SocketAddr,
     buf: &mut [u8],
 ) -> Result<(), String> {
     let mut drops = [0u64; DropReason::COUNT];
@@ -338,7 +334,7 @@ fn demo_drops(
     let mut garbage = [0x08u8, 0, 0, 0, 0, 0, 2, 0, 1, 2, 3];
     if let Inbound::Drop(r) = n2.inbound(
         snap,
-        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9),
+        SocketAddr::from((Ipv4Addr::new(198, 51, 100, 1), 9)),
         &mut garbage,
         0,
         11,

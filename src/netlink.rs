@@ -144,11 +144,17 @@ pub struct VxlanSpec {
 }
 
 /// A route to `dst` out of interface `index`, no gateway.
-fn device_route(dst: Ipv4Net, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst.network(), dst.prefix_len())
-        .output_interface(index)
-        .build()
+fn device_route(dst: IpNet, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    match dst {
+        IpNet::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .output_interface(index)
+            .build(),
+        IpNet::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .output_interface(index)
+            .build(),
+    }
 }
 
 fn nl_err(what: &str, e: rtnetlink::Error) -> io::Error {
@@ -395,7 +401,7 @@ impl Netlink {
     }
 
     /// Adds (or replaces) a route to `dst` out of interface `index`.
-    pub fn replace_route(&self, dst: Ipv4Net, index: u32) -> io::Result<()> {
+    pub fn replace_route(&self, dst: IpNet, index: u32) -> io::Result<()> {
         self.rt.block_on(async {
             let msg = device_route(dst, index);
             self.handle
@@ -409,7 +415,7 @@ impl Netlink {
     }
 
     /// Deletes the route to `dst` out of interface `index`, if present.
-    pub fn del_route(&self, dst: Ipv4Net, index: u32) -> io::Result<()> {
+    pub fn del_route(&self, dst: IpNet, index: u32) -> io::Result<()> {
         self.rt.block_on(async {
             let msg = device_route(dst, index);
             match self.handle.route().del(msg).execute().await {
@@ -433,11 +439,12 @@ impl Netlink {
 
     /// True when a route to exactly `dst` out of interface `index` exists (for checks after
     /// start-up; the guard route to the same network does not count).
-    pub fn has_route(&self, dst: Ipv4Net, index: u32) -> io::Result<bool> {
-        Ok(self
-            .list_v4_routes()?
-            .iter()
-            .any(|r| r.dst == IpNet::V4(dst) && r.oif == Some(index)))
+    pub fn has_route(&self, dst: IpNet, index: u32) -> io::Result<bool> {
+        let routes = match dst {
+            IpNet::V4(_) => self.list_v4_routes()?,
+            IpNet::V6(_) => self.list_family(RouteMessageBuilder::<Ipv6Addr>::new().build())?,
+        };
+        Ok(routes.iter().any(|r| r.dst == dst && r.oif == Some(index)))
     }
 
     /// Every route of the main table, IPv4 and IPv6, as far as weft needs to know it.
@@ -867,7 +874,7 @@ impl RouteInfo {
 pub(crate) struct LinkGuard {
     nl: std::sync::Arc<Netlink>,
     index: u32,
-    routes: Vec<Ipv4Net>,
+    routes: Vec<IpNet>,
     owns_link: bool,
 }
 
@@ -888,12 +895,12 @@ impl LinkGuard {
     }
 
     /// The routes it holds.
-    pub(crate) fn routes(&self) -> &[Ipv4Net] {
+    pub(crate) fn routes(&self) -> &[IpNet] {
         &self.routes
     }
 
     /// Adds (or replaces) a route to `dst` out of this interface, removed on drop.
-    pub(crate) fn route(&mut self, dst: Ipv4Net) -> io::Result<()> {
+    pub(crate) fn route(&mut self, dst: IpNet) -> io::Result<()> {
         self.nl.replace_route(dst, self.index)?;
         self.routes.push(dst);
         Ok(())

@@ -92,6 +92,7 @@ fn check(format: Format, backend: BackendKind, mtu: usize) {
         format,
         udp_checksum: ChecksumMode::Full,
         hash_seed: 1,
+        v6: None,
     };
     let b = Node {
         public_ip: Ipv4Addr::new(192, 0, 2, 2),
@@ -130,7 +131,7 @@ fn check(format: Format, backend: BackendKind, mtu: usize) {
             let Outbound::Send(t) = a.outbound(&snap, &mut buf, HEADROOM, pkt.len(), 1) else {
                 panic!("not sent")
             };
-            let from = std::net::SocketAddrV4::new(a.public_ip, t.src_port);
+            let from = std::net::SocketAddr::from((a.public_ip, t.src_port));
             let payload = t.udp_payload();
             match b.inbound(&snap, from, &mut buf, payload.start, payload.len(), 0) {
                 Inbound::Deliver(r) => assert_eq!(&buf[r], &pkt[..]),

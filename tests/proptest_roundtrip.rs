@@ -2,7 +2,7 @@
 //! backends; every truncation of a valid frame is rejected; arbitrary bytes never panic.
 //! Inner packets are built with etherparse, an independent implementation.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use proptest::prelude::*;
 use weft::encap::{DropReason, Format, Inbound, Node, Outbound, HEADROOM, LINUX_SRC_PORTS};
@@ -47,12 +47,12 @@ prop_compose! {
     }
 }
 
-fn encap(vxlan: bool, csum: ChecksumMode, p: &[u8]) -> (Vec<u8>, SocketAddrV4) {
+fn encap(vxlan: bool, csum: ChecksumMode, p: &[u8]) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; HEADROOM + p.len()];
     buf[HEADROOM..].copy_from_slice(p);
     match testkit::node(1, vxlan, 7, csum).outbound(&table(vxlan), &mut buf, HEADROOM, p.len(), 9) {
         Outbound::Send(t) => {
-            let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), t.src_port);
+            let from = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), t.src_port));
             (buf[t.datagram].to_vec(), from)
         }
         other => panic!("not sent: {other:?}"),
@@ -107,7 +107,7 @@ proptest! {
         let _ = rx.inbound_datagram(&t, &mut b);
         let mut b = bytes.clone();
         let len = b.len();
-        let _ = rx.inbound(&t, SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1), &mut b, 0, len, 3);
+        let _ = rx.inbound(&t, SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 1)), &mut b, 0, len, 3);
         let mut b = vec![0u8; HEADROOM];
         b.extend_from_slice(&bytes);
         let _ = rx.outbound(&t, &mut b, HEADROOM, bytes.len(), 1);

@@ -228,8 +228,8 @@ pub fn for_config(
 }
 
 /// [`for_config`] for a dual-stack network: host-gw, and vxlan in the kernel (flanneld's
-/// two devices). flanneld's udp backend has no IPv6; weft's userspace dataplane carries
-/// IPv4 only as yet.
+/// two devices) or in userspace (IPv6 pods over the IPv6 underlay from weft's workers).
+/// flanneld's udp backend has no IPv6.
 fn dual_stack(
     cfg: &BackendConfig,
     dataplane: DataplaneChoice,
@@ -250,12 +250,7 @@ fn dual_stack(
         (BackendConfig::Udp { .. }, _) => Err(Error::Unsupported(
             "EnableIPv6 with Backend.Type udp: flanneld's udp backend carries IPv4 only (dual-stack works with vxlan and host-gw); use Backend.Type vxlan, or set EnableIPv6 to false".into(),
         )),
-        (BackendConfig::Vxlan { .. }, DataplaneChoice::Userspace) => Err(Error::Unsupported(
-            "EnableIPv6 with --dataplane userspace: weft's userspace dataplane carries IPv4 only as yet; use --dataplane kernel (flanneld's flannel.<VNI> and flannel-v6.<VNI>) or Backend.Type host-gw".into(),
-        )),
-        (BackendConfig::Vxlan { .. }, _) => {
-            Ok(Box::new(Encap::new(cfg, DataplaneChoice::Kernel)))
-        }
+        (BackendConfig::Vxlan { .. }, _) => Ok(Box::new(Encap::new(cfg, dataplane))),
     }
 }
 

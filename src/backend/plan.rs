@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::lease::table::BackendKind;
 use crate::lease::Peer;
@@ -37,8 +37,9 @@ pub struct LinkPlan {
     pub address: IpAddr,
     /// The MAC it must keep (the lease's VTEP MAC), if it has one.
     pub mac: Option<MacAddr>,
-    /// Routes out of it (the userspace dataplane's route for the whole network).
-    pub routes: Vec<Ipv4Net>,
+    /// Routes out of it (the userspace dataplane's routes for the whole network, of each
+    /// family).
+    pub routes: Vec<IpNet>,
 }
 
 /// How a backend reaches the peers it accepts, past the direct routes.

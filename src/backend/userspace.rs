@@ -5,13 +5,15 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
 use super::plan::{LinkPlan, PeerRule, Tunnel};
 use super::reconcile::{link_index, Reconciler};
 use super::{Backend, DataplaneSettings, Error, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::dataplane::inject::{self, Injector};
 use crate::dataplane::{open_tun, Dataplane, Offloads};
-use crate::encap::{Format, Node, LINUX_SRC_PORTS};
+use crate::encap::{Format, Node, NodeV6, LINUX_SRC_PORTS, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
 use crate::lease::table::BackendKind;
 use crate::lease::{Lease, LeaseAttrs, Peer, VxlanBackendData};
 use crate::wire::udp::ChecksumMode;
@@ -84,26 +86,24 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     let mut offloads = d.offloads;
     let queues = open_queues(d, &mut offloads)?;
     let index = link_index(s.nl, &d.tun_name)?;
-    // No IPv6 on the TUN: weft forwards IPv4 only, and router solicitations would only
-    // be counted as drops. Best effort: the kernel may have IPv6 off already.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", d.tun_name),
-        "1",
-    );
-    let rule = peer_rule(cfg, &s)?;
-    let direct_routing = rule.direct_routing;
-    let mut reconciler = Reconciler::new(s.nl, vec![rule], "DirectRouting");
-    // One route for the whole cluster network, as flannel's udp backend has. From here
-    // on, dropping the reconciler removes the route and the device.
-    let link = LinkPlan {
-        name: d.tun_name.clone(),
-        mtu: s.pod_mtu,
-        txqueuelen: TUN_TXQUEUELEN,
-        address: s.lease.subnet.network().into(),
-        mac: None,
-        routes: vec![s.network],
-    };
-    reconciler.adopt_device(index, link)?;
+    let v6 = node_v6(cfg, &s)?;
+    tun_ipv6(&d.tun_name, v6.is_some());
+    let rules = peer_rules(cfg, &s)?;
+    let direct_routing = rules.iter().any(|r| r.direct_routing);
+    let mut reconciler = Reconciler::new(s.nl, rules, "DirectRouting");
+    // One route for the whole cluster network (of each family), as flannel's udp backend
+    // has. From here on, dropping the reconciler removes the routes and the device.
+    reconciler.adopt_device(index, link_plan(&s, v6.as_ref()))?;
+    if let Some(v6) = &v6 {
+        // The IPv6 subnet's first address, as flanneld gives flannel-v6.<VNI>: the
+        // source of what the node itself sends to other nodes' IPv6 pods.
+        let addr = v6.subnet.network().into();
+        s.nl.add_addr(index, addr, 128)
+            .map_err(|source| Error::Configure {
+                name: d.tun_name.clone(),
+                source,
+            })?;
+    }
     let injectors = tunnel_gso(&s, &mut offloads);
     let node = Node {
         public_ip: s.public_ip,
@@ -113,11 +113,13 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         // The UDP socket sends only the payload; the kernel writes the outer headers.
         udp_checksum: ChecksumMode::Zero,
         hash_seed: rand::random(),
+        v6,
     };
     let (local, table, seed) = (s.local_ip, s.table.clone(), rand::random());
     let dp = Dataplane::start(
         node,
         local,
+        s.v6.map(|(local6, _)| local6),
         queues,
         injectors,
         table,
@@ -151,11 +153,77 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     }))
 }
 
-/// DirectRouting's routes beside the TUN. Always a rule, so always a reconciler for the
-/// peer routes: without DirectRouting it wants none, and its first update removes those an
-/// earlier run (host-gw, DirectRouting) left, which would shadow the TUN's route.
-fn peer_rule(cfg: &BackendConfig, s: &Setup<'_>) -> Result<PeerRule, Error> {
-    Ok(PeerRule {
+/// IPv6 on the TUN only in a dual-stack cluster, and then without router solicitations or
+/// advertisements (nothing answers them; they would only be counted as drops). Best
+/// effort: the kernel may have IPv6 off altogether.
+fn tun_ipv6(tun: &str, on: bool) {
+    let conf = |key: &str, value: &str| {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tun}/{key}"), value);
+    };
+    if on {
+        conf("accept_ra", "0");
+        conf("router_solicitations", "0");
+        conf("disable_ipv6", "0");
+    } else {
+        conf("disable_ipv6", "1");
+    }
+}
+
+/// The TUN as the plan wants it: the pod MTU, our subnet's first address, a route for the
+/// cluster network of each family.
+fn link_plan(s: &Setup<'_>, v6: Option<&NodeV6>) -> LinkPlan {
+    let mut routes = vec![IpNet::V4(s.network)];
+    if let (Some((_, network6)), Some(_)) = (s.v6, v6) {
+        routes.push(IpNet::V6(network6));
+    }
+    LinkPlan {
+        name: s.dataplane.tun_name.clone(),
+        mtu: s.pod_mtu,
+        txqueuelen: TUN_TXQUEUELEN,
+        address: s.lease.subnet.network().into(),
+        mac: None,
+        routes,
+    }
+}
+
+/// Our IPv6 side in a dual-stack cluster (vxlan only: a dual-stack udp config is refused
+/// before this): the lease's IPv6 subnet, `PublicIPv6` and `BackendV6Data` MAC, and the
+/// MTU flannel-v6.<VNI> would have, the underlay's less 70.
+fn node_v6(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Option<NodeV6>, Error> {
+    let (Some(_), Some(subnet), Some(public_ip), BackendConfig::Vxlan { .. }) =
+        (s.v6, s.lease.ipv6_subnet, s.lease.attrs.public_ipv6, cfg)
+    else {
+        return Ok(None);
+    };
+    let own = |detail: String| Error::OwnLease {
+        key: s.lease.key(),
+        detail,
+    };
+    let mac = s
+        .lease
+        .attrs
+        .vxlan_v6_data()
+        .map_err(|e| own(e.to_string()))?
+        .vtep_mac;
+    let underlay_mtu =
+        s.nl.link_by_name(s.underlay)
+            .ok()
+            .flatten()
+            .map_or(s.pod_mtu as usize + VXLAN_OVERHEAD, |l| l.mtu as usize);
+    Ok(Some(NodeV6 {
+        public_ip,
+        subnet,
+        mtu: (s.pod_mtu as usize).min(underlay_mtu.saturating_sub(VXLAN6_OVERHEAD)),
+        mac,
+    }))
+}
+
+/// DirectRouting's routes beside the TUN, for each family. Always a rule, so always a
+/// reconciler for the peer routes: without DirectRouting it wants none, and its first
+/// update removes those an earlier run (host-gw, DirectRouting) left, which would shadow
+/// the TUN's route.
+fn peer_rules(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Vec<PeerRule>, Error> {
+    let v4 = PeerRule {
         ours: s.lease.subnet.into(),
         kind: BackendKind::Vxlan,
         vni: None,
@@ -169,7 +237,15 @@ fn peer_rule(cfg: &BackendConfig, s: &Setup<'_>) -> Result<PeerRule, Error> {
         tunnel: Tunnel::Tun,
         underlay: link_index(s.nl, s.underlay)?,
         underlay_name: s.underlay.to_string(),
-    })
+    };
+    let v6 = match (s.v6, s.lease.ipv6_subnet) {
+        (Some(_), Some(subnet)) => Some(PeerRule {
+            ours: subnet.into(),
+            ..v4.clone()
+        }),
+        _ => None,
+    };
+    Ok(std::iter::once(v4).chain(v6).collect())
 }
 
 /// The TUN's queues, one per worker, with offloads if the kernel has them (a kernel
@@ -261,8 +337,9 @@ impl Running for Forwarding {
 
     fn peers_changed(&mut self, peers: &[Peer]) {
         self.reconciler.update(peers);
-        let senders: Vec<std::net::Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
-        self.dp.set_senders(&senders);
+        let senders: Vec<Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
+        let senders6: Vec<Ipv6Addr> = peers.iter().filter_map(|p| Some(p.v6?.public_ip)).collect();
+        self.dp.set_senders(&senders, &senders6);
     }
 
     fn yield_to_successor(&mut self) {

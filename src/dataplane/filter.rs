@@ -8,7 +8,7 @@
 //! kernel counts what the filter drops in the socket's drop counter, which weft exports as
 //! `weft_socket_drops_total`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// `BPF_LD | BPF_W | BPF_ABS`: load the 32-bit word at offset k.
 const LD_W_ABS: u16 = 0x20;
@@ -75,6 +75,39 @@ pub(crate) fn program(senders: &[Ipv4Addr]) -> Option<Vec<Insn>> {
     Some(p)
 }
 
+/// `SKF_NET_OFF + 8`: the IPv6 source address, relative to the network header.
+const SRC_ADDR6: u32 = (-0x10_0000i32 + 8) as u32;
+
+/// The most addresses a program for an IPv6 socket lists: each costs nine instructions
+/// (four loads, four compares, the accept), so the worst skb pays what 512 IPv4 senders
+/// would; past it the userspace check does the work alone.
+pub(crate) const MAX_SENDERS_V6: usize = 128;
+
+/// [`program`] for an IPv6 socket: per sender, compare the source address a word at a
+/// time, on to the next sender at the first word that differs.
+pub(crate) fn program6(senders: &[Ipv6Addr]) -> Option<Vec<Insn>> {
+    let mut s: Vec<[u8; 16]> = senders.iter().map(|a| a.octets()).collect();
+    s.sort_unstable();
+    s.dedup();
+    if s.len() > MAX_SENDERS_V6 {
+        return None;
+    }
+    let insn = |code, jf, k| Insn { code, jt: 0, jf, k };
+    let mut p = Vec::with_capacity(9 * s.len() + 1);
+    for a in s {
+        for w in 0..4u8 {
+            let at = 4 * w as usize;
+            let word = u32::from_be_bytes([a[at], a[at + 1], a[at + 2], a[at + 3]]);
+            p.push(insn(LD_W_ABS, 0, SRC_ADDR6 + 4 * w as u32));
+            // Past this sender's remaining loads and compares, and its accept.
+            p.push(insn(JEQ_K, 2 * (3 - w) + 1, word));
+        }
+        p.push(insn(RET_K, 0, u32::MAX));
+    }
+    p.push(insn(RET_K, 0, 0));
+    Some(p)
+}
+
 /// `BPF_ALU | BPF_MOD | BPF_K`.
 const MOD_K: u16 = 0x94;
 /// `BPF_ALU | BPF_ADD | BPF_K`.
@@ -127,6 +160,55 @@ mod tests {
                 c => panic!("unexpected opcode {c:#x}"),
             }
         }
+    }
+
+    /// [`run`] for an IPv6 program on a datagram from `src`.
+    fn run6(p: &[Insn], src: Ipv6Addr) -> bool {
+        let (mut pc, mut a) = (0usize, 0u32);
+        let o = src.octets();
+        loop {
+            let i = p[pc];
+            match i.code {
+                LD_W_ABS => {
+                    let at = i.k.wrapping_sub(SRC_ADDR6) as usize;
+                    assert!(
+                        at < 16 && at.is_multiple_of(4),
+                        "load outside the source address"
+                    );
+                    a = u32::from_be_bytes([o[at], o[at + 1], o[at + 2], o[at + 3]]);
+                    pc += 1;
+                }
+                JEQ_K => pc += 1 + if a == i.k { i.jt } else { i.jf } as usize,
+                RET_K => return i.k != 0,
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_ipv6_program_keeps_exactly_the_lease_holders() {
+        let peers: Vec<Ipv6Addr> = (1..=MAX_SENDERS_V6 as u16)
+            .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0x100 + i, i))
+            .collect();
+        let p = program6(&peers).unwrap();
+        assert!(p.len() <= 4096, "BPF_MAXINSNS");
+        for a in &peers {
+            assert!(run6(&p, *a), "{a} dropped");
+        }
+        // Each differs from a listed sender (2001:db8::101:1) in one word only.
+        for a in [
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0x101, 1),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0x101, 1),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 1, 0, 0x101, 1),
+            Ipv6Addr::UNSPECIFIED,
+        ] {
+            assert!(!run6(&p, a), "{a} kept");
+        }
+        assert!(!run6(&program6(&[]).unwrap(), peers[0]));
+        let mut more = peers.clone();
+        more.push(Ipv6Addr::LOCALHOST);
+        assert!(program6(&more).is_none());
     }
 
     #[test]

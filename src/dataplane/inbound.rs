@@ -3,9 +3,9 @@
 //! may be delivered to the [`TunWriter`], which knows how this TUN takes packets.
 
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
-use tun_rs::SyncDevice;
+use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::counters::WorkerCounters;
 use super::sys;
@@ -35,7 +35,7 @@ impl RxBuffers {
             meta: vec![
                 sys::RecvMeta {
                     len: 0,
-                    from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                    from: SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
                     stride: 0,
                     truncated: false,
                     tos: 0,
@@ -48,13 +48,18 @@ impl RxBuffers {
 }
 
 impl Worker {
-    /// Receives and delivers until the socket is drained or the round ends, then writes
-    /// what the TUN writer still holds.
-    pub(super) fn underlay_to_tun(&mut self, b: &mut RxBuffers) -> Drained {
+    /// Receives and delivers until the socket (the IPv6 one when `v6`) is drained or the
+    /// round ends, then writes what the TUN writer still holds.
+    pub(super) fn underlay_to_tun(&mut self, b: &mut RxBuffers, v6: bool) -> Drained {
         let c = &*self.counters;
+        let sock = match (v6, &self.sock6) {
+            (false, _) => &self.sock,
+            (true, Some(s)) => s,
+            (true, None) => return true,
+        };
         let mut drained = false;
         for _ in 0..READS_PER_ROUND {
-            let got = match sys::recv_many(&self.sock, &mut b.rxs, HEADROOM, &mut b.meta) {
+            let got = match sys::recv_many(sock, &mut b.rxs, HEADROOM, &mut b.meta) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     drained = true;
@@ -95,6 +100,10 @@ impl Worker {
                 .node
                 .inbound(snap, meta.from, rx, HEADROOM + d.start, d.len(), outer_ecn)
             {
+                Inbound::Deliver(r) if rx[r.start] >> 4 == 6 => {
+                    let mtu = self.node.v6.map_or(self.node.mtu, |v6| v6.mtu);
+                    writer.deliver6(&self.tun, c, mtu, rx, r)
+                }
                 Inbound::Deliver(r) => writer.deliver(&self.tun, c, self.node.mtu, rx, r),
                 Inbound::Drop(reason) => c.drop(reason),
             }
@@ -183,6 +192,46 @@ impl TunWriter {
                 ipv4::fill_transport_checksum(pkt);
                 write(tun, c, pkt);
             }
+        }
+    }
+
+    /// Delivers the IPv6 pod packet at `rx[r]`, one write each: with a virtio-net header
+    /// written into the headroom before it (the kernel finishes a partial checksum, and
+    /// cuts a peer's TCP super-packet at our MSS), or on a plain TUN with checksums
+    /// completed here. Oversized packets that cannot be cut are dropped, counted.
+    fn deliver6(
+        &mut self,
+        tun: &SyncDevice,
+        c: &WorkerCounters,
+        mtu: usize,
+        rx: &mut [u8],
+        r: std::ops::Range<usize>,
+    ) {
+        let pkt = &mut rx[r.clone()];
+        let hdr = match self {
+            TunWriter::Coalescing(co) => {
+                // What is pending is older: it goes first.
+                write_pending(tun, c, co);
+                crate::offload::v6::tun_header(pkt, mtu)
+            }
+            TunWriter::Plain { .. } if pkt.len() > mtu => None,
+            TunWriter::Plain { .. } => {
+                crate::wire::ipv6::fill_transport_checksum(pkt);
+                return write(tun, c, pkt);
+            }
+        };
+        let (Some(hdr), Some(at)) = (hdr, r.start.checked_sub(VIRTIO_NET_HDR_LEN)) else {
+            return c.drop(DropReason::TooBig);
+        };
+        let segments = match hdr.gso_size as usize {
+            0 => 1,
+            m => (pkt.len() - hdr.hdr_len as usize).div_ceil(m),
+        };
+        WorkerCounters::add(&c.rx_packets, segments as u64);
+        WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+        hdr.emit(&mut rx[at..r.start]);
+        if tun.send(&rx[at..r.end]).is_err() {
+            WorkerCounters::add(&c.tun_write_errors, 1);
         }
     }
 

@@ -17,7 +17,7 @@ mod tx;
 mod worker;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,21 +53,37 @@ pub(crate) fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<V
     Ok(out)
 }
 
-/// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (so each worker has one),
-/// DF clear on sends, large buffers, and `UDP_GRO` when `gro`.
+/// A UDP socket of `addr`'s family, non-blocking, DF clear on sends (IPv4) or fragmenting
+/// at the source (IPv6); an IPv6 one takes only IPv6 and sends flow label 0, as kernel
+/// vxlan does.
+fn udp_socket(addr: IpAddr) -> io::Result<Socket> {
+    let v6 = addr.is_ipv6();
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    sys::set_pmtudisc_dont(&s, v6)?;
+    if v6 {
+        s.set_only_v6(true)?;
+        if let Err(e) = sys::disable_auto_flowlabel(&s) {
+            tracing::debug!("cannot clear IPV6_AUTOFLOWLABEL: {e}");
+        }
+    }
+    Ok(s)
+}
+
+/// A non-blocking UDP socket bound to `addr` (IPv4 or IPv6) with `SO_REUSEPORT` (so each
+/// worker has one), DF clear on sends, large buffers, and `UDP_GRO` when `gro`.
 pub(crate) fn open_socket(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     gro: bool,
     buffer: u32,
 ) -> io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let s = udp_socket(addr.ip())?;
     s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    sys::set_pmtudisc_dont(&s)?;
     if let Err(e) = sys::force_buffers(&s, buffer.min(i32::MAX as u32) as i32) {
         tracing::warn!("cannot size socket buffers: {e}");
     }
-    if let Err(e) = sys::enable_recv_tos(&s) {
+    if let Err(e) = sys::enable_recv_tos(&s, addr.is_ipv6()) {
         tracing::warn!("no IP_RECVTOS ({e}); outer ECN marks are not propagated");
     }
     if gro {
@@ -97,32 +113,52 @@ pub(crate) const SOURCE_PORT_SOCKETS: usize = 16;
 /// are the smallest the kernel allows, and nothing reads them.
 pub(crate) struct SourceSockets {
     socks: Vec<(u16, std::net::UdpSocket)>,
+    /// The same ports on the IPv6 underlay address, in a dual-stack cluster.
+    socks6: Vec<(u16, std::net::UdpSocket)>,
 }
 
 impl SourceSockets {
     /// No sockets: everything leaves from the workers' own sockets.
     pub(crate) fn none() -> SourceSockets {
-        SourceSockets { socks: Vec::new() }
+        SourceSockets {
+            socks: Vec::new(),
+            socks6: Vec::new(),
+        }
     }
 
-    /// Binds `n` send-only sockets on `ip`, port chosen by the kernel.
-    pub(crate) fn open(ip: std::net::Ipv4Addr, n: usize, buffer: u32) -> io::Result<SourceSockets> {
-        let mut socks = Vec::with_capacity(n);
-        for _ in 0..n {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            s.set_nonblocking(true)?;
-            sys::set_pmtudisc_dont(&s)?;
-            let _ = sys::force_buffers(&s, buffer.min(i32::MAX as u32) as i32);
-            let _ = s.set_recv_buffer_size(0); // the kernel rounds up to its minimum
-            s.bind(&SocketAddrV4::new(ip, 0).into())?;
-            let port = s
-                .local_addr()?
-                .as_socket_ipv4()
-                .map(|a| a.port())
-                .ok_or_else(|| io::Error::other("send socket has no IPv4 address"))?;
-            socks.push((port, s.into()));
-        }
-        Ok(SourceSockets { socks })
+    /// A send-only socket bound to `ip`, `port` (0: the kernel chooses), and its port.
+    fn bind_one(ip: IpAddr, port: u16, buffer: u32) -> io::Result<(u16, std::net::UdpSocket)> {
+        let s = udp_socket(ip)?;
+        let _ = sys::force_buffers(&s, buffer.min(i32::MAX as u32) as i32);
+        let _ = s.set_recv_buffer_size(0); // the kernel rounds up to its minimum
+        s.bind(&SocketAddr::new(ip, port).into())?;
+        let port = s
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or_else(|| io::Error::other("send socket has no IP address"))?;
+        Ok((port, s.into()))
+    }
+
+    /// Binds `n` send-only sockets on `ip`, port chosen by the kernel, and with `ip6` the
+    /// same ports on that IPv6 address (a port taken there is left out: IPv6 datagrams of
+    /// its flows leave from the workers' sockets).
+    pub(crate) fn open(
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        n: usize,
+        buffer: u32,
+    ) -> io::Result<SourceSockets> {
+        let socks = (0..n)
+            .map(|_| Self::bind_one(IpAddr::V4(ip), 0, buffer))
+            .collect::<io::Result<Vec<_>>>()?;
+        let socks6 = ip6.map_or_else(Vec::new, |ip6| {
+            socks
+                .iter()
+                .filter_map(|(p, _)| Self::bind_one(IpAddr::V6(ip6), *p, buffer).ok())
+                .collect()
+        });
+        Ok(SourceSockets { socks, socks6 })
     }
 
     /// The bound ports, in order.
@@ -130,10 +166,11 @@ impl SourceSockets {
         self.socks.iter().map(|(p, _)| *p).collect()
     }
 
-    /// The socket bound to `port`, if one is.
+    /// The socket bound to `port` (on the IPv6 address when `v6`), if one is.
     #[inline]
-    pub(crate) fn socket(&self, port: u16) -> Option<&std::net::UdpSocket> {
-        self.socks.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
+    pub(crate) fn socket(&self, port: u16, v6: bool) -> Option<&std::net::UdpSocket> {
+        let socks = if v6 { &self.socks6 } else { &self.socks };
+        socks.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
     }
 }
 
@@ -145,22 +182,36 @@ pub(crate) struct Dataplane {
     /// The workers' receiving sockets (duplicated descriptors), for the sender filter;
     /// empty when `--udp-sender-filter` is off.
     filtered: Vec<std::net::UdpSocket>,
+    /// The same for their IPv6 sockets.
+    filtered6: Vec<std::net::UdpSocket>,
     /// Whether the last update could not list every sender (logged once per change).
     unfiltered: crate::quiet::Quiet<()>,
-    /// A duplicate of the first worker's socket: its `SO_REUSEPORT` group is steered to a
-    /// successor at a hand-over ([`Dataplane::yield_to_successor`]).
-    group: Option<std::net::UdpSocket>,
+    /// Duplicates of the first worker's sockets (IPv4, then IPv6 if any): their
+    /// `SO_REUSEPORT` groups are steered to a successor at a hand-over
+    /// ([`Dataplane::yield_to_successor`]).
+    groups: Vec<std::net::UdpSocket>,
+}
+
+/// Duplicates of `socks`' descriptors (empty unless `keep`).
+fn duplicates(socks: &[std::net::UdpSocket], keep: bool) -> io::Result<Vec<std::net::UdpSocket>> {
+    if !keep {
+        return Ok(Vec::new());
+    }
+    socks.iter().map(|s| s.try_clone()).collect()
 }
 
 impl Dataplane {
-    /// Starts one worker per TUN queue, each with its own socket on `local`, `node`'s port.
-    /// For vxlan it also binds the [`SourceSockets`] and draws `node`'s source ports from
-    /// them. Worker i gets `injectors[i]`, if there is one (see [`inject`]). `local` is the underlay interface's address: `node.public_ip` (what peers send
-    /// to) differs from it behind NAT.
+    /// Starts one worker per TUN queue, each with its own socket on `local`, `node`'s port,
+    /// and with `local6` (a dual-stack node) another on that IPv6 address. For vxlan it
+    /// also binds the [`SourceSockets`] and draws `node`'s source ports from them. Worker i
+    /// gets `injectors[i]`, if there is one (see [`inject`]). `local` is the underlay
+    /// interface's address: `node.public_ip` (what peers send to) differs from it behind
+    /// NAT.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         mut node: Node,
         local: Ipv4Addr,
+        local6: Option<Ipv6Addr>,
         tun_queues: Vec<SyncDevice>,
         injectors: Vec<inject::Injector>,
         table: Arc<LeaseTable>,
@@ -169,15 +220,21 @@ impl Dataplane {
         tuning: Tuning,
         counters: &Counters,
     ) -> io::Result<Dataplane> {
-        let bind = SocketAddrV4::new(local, node.format.port());
+        let local6 = local6.filter(|_| node.v6.is_some());
+        let open_all = |ip: IpAddr| {
+            let bind = SocketAddr::new(ip, node.format.port());
+            tun_queues
+                .iter()
+                .map(|_| open_socket(bind, offloads.gro, tuning.socket_buffer))
+                .collect::<io::Result<Vec<_>>>()
+        };
         // Bind every socket before starting any worker, so a port clash fails start-up.
-        let socks = tun_queues
-            .iter()
-            .map(|_| open_socket(bind, offloads.gro, tuning.socket_buffer))
-            .collect::<io::Result<Vec<_>>>()?;
+        let socks = open_all(IpAddr::V4(local))?;
+        let socks6 = local6.map(|ip| open_all(IpAddr::V6(ip))).transpose()?;
+        let socks6 = socks6.unwrap_or_default();
         let src_ports = Arc::new(match node.format {
             crate::encap::Format::Vxlan { .. } => {
-                SourceSockets::open(local, SOURCE_PORT_SOCKETS, tuning.socket_buffer)?
+                SourceSockets::open(local, local6, SOURCE_PORT_SOCKETS, tuning.socket_buffer)?
             }
             crate::encap::Format::Udp { .. } => SourceSockets::none(),
         });
@@ -187,17 +244,16 @@ impl Dataplane {
             threads: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             tun_dead: Arc::new(AtomicBool::new(false)),
-            filtered: if tuning.sender_filter {
-                socks
-                    .iter()
-                    .map(|s| s.try_clone())
-                    .collect::<io::Result<Vec<_>>>()?
-            } else {
-                Vec::new()
-            },
+            filtered: duplicates(&socks, tuning.sender_filter)?,
+            filtered6: duplicates(&socks6, tuning.sender_filter)?,
             unfiltered: crate::quiet::Quiet::new(),
-            group: socks.first().and_then(|s| s.try_clone().ok()),
+            groups: [socks.first(), socks6.first()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.try_clone().ok())
+                .collect(),
         };
+        let mut socks6 = socks6.into_iter();
         let mut injectors = injectors.into_iter();
         let icmp_limit = Arc::new(std::sync::Mutex::new(
             crate::encap::ratelimit::IcmpLimiter::default(),
@@ -207,6 +263,7 @@ impl Dataplane {
             let w = Worker {
                 tun,
                 sock,
+                sock6: socks6.next(),
                 src_ports: src_ports.clone(),
                 node,
                 table: table.clone(),
@@ -232,14 +289,16 @@ impl Dataplane {
 
 impl Dataplane {
     /// Lets only datagrams from `senders` (the leases' public IPs) into the workers'
-    /// sockets ([`filter`]); past [`filter::MAX_SENDERS`] the filter is lifted and every
-    /// datagram reaches the userspace check, which holds the same rule.
-    pub(crate) fn set_senders(&self, senders: &[Ipv4Addr]) {
+    /// sockets, and from `senders6` (their `PublicIPv6`) into their IPv6 sockets
+    /// ([`filter`]); past [`filter::MAX_SENDERS`] the filter is lifted and every datagram
+    /// reaches the userspace check, which holds the same rule.
+    pub(crate) fn set_senders(&self, senders: &[Ipv4Addr], senders6: &[Ipv6Addr]) {
         if self.filtered.is_empty() {
             return;
         }
         let prog = filter::program(senders);
-        let lifted = prog.is_none();
+        let prog6 = (!self.filtered6.is_empty()).then(|| filter::program6(senders6));
+        let lifted = prog.is_none() || prog6.as_ref().is_some_and(|p| p.is_none());
         if !lifted {
             self.unfiltered.clear();
         } else if self.unfiltered.report(()) {
@@ -250,10 +309,12 @@ impl Dataplane {
             );
         }
         let prog = prog.unwrap_or_default();
+        let prog6 = prog6.flatten().unwrap_or_default();
         // Every socket, even past a failure, so they do not differ more than they must.
         let mut failed = None;
-        for s in &self.filtered {
-            if let Err(e) = sys::attach_filter(s, &prog) {
+        let each = self.filtered.iter().map(|s| (s, &prog));
+        for (s, p) in each.chain(self.filtered6.iter().map(|s| (s, &prog6))) {
+            if let Err(e) = sys::attach_filter(s, p) {
                 failed = Some(e);
             }
         }
@@ -292,14 +353,16 @@ impl Dataplane {
     /// the successor writes them; the workers drain what is already theirs for [`DRAIN`].
     /// Closing sockets and queues still holding packets would drop those.
     pub(crate) fn yield_to_successor(&mut self) {
-        let Some(sock) = self.group.as_ref() else {
+        if self.groups.is_empty() {
             return;
-        };
-        let prog = filter::successor_steering(self.threads.len() as u32);
-        match sys::attach_reuseport_filter(sock, &prog) {
-            Ok(()) => std::thread::sleep(DRAIN),
-            Err(e) => tracing::warn!(error = %e, "cannot steer the port to the successor"),
         }
+        let prog = filter::successor_steering(self.threads.len() as u32);
+        for sock in &self.groups {
+            if let Err(e) = sys::attach_reuseport_filter(sock, &prog) {
+                tracing::warn!(error = %e, "cannot steer the port to the successor");
+            }
+        }
+        std::thread::sleep(DRAIN);
     }
 }
 
@@ -311,7 +374,8 @@ impl Drop for Dataplane {
         // the stop. In a hand-over the kernel sends what they would have read to the
         // successor's sockets and queues instead.
         self.filtered.clear();
-        self.group = None;
+        self.filtered6.clear();
+        self.groups.clear();
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.threads.drain(..) {
             match t.join() {

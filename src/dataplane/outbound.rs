@@ -265,15 +265,7 @@ impl Worker {
     /// node's ICMP rate limit (the kernel's, [`crate::encap::ratelimit`]) says no: a storm
     /// of packets to a subnet nobody leases gets a few errors a second, not one each.
     fn reply(&mut self, buf: &mut [u8], packet: Range<usize>, c: &WorkerCounters) {
-        let to = buf
-            .get(packet.start + 16..packet.start + 20)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(std::net::Ipv4Addr::from)
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        // As the kernel (icmpv4_mask_allow): "fragmentation needed" is never limited, or
-        // path MTU discovery would stall for every destination past the burst.
-        let frag_needed = buf.get(packet.start + 20..packet.start + 22)
-            == Some(&[3, crate::wire::icmpv4::CODE_FRAG_NEEDED][..]);
+        let (to, frag_needed) = error_destination(&buf[packet.clone()]);
         let now = self.clock.elapsed().as_nanos() as u64;
         let allowed = frag_needed
             || self
@@ -314,7 +306,12 @@ impl Worker {
         while let Some(run) = runs.next() {
             let first = &b.sends[run.start];
             let (dst, tos) = (first.dst, first.tos);
-            let sock = self.src_ports.socket(first.src_port).unwrap_or(&self.sock);
+            let v6 = dst.is_ipv6();
+            let own = match (&self.sock6, v6) {
+                (Some(s6), true) => s6,
+                _ => &self.sock,
+            };
+            let sock = self.src_ports.socket(first.src_port, v6).unwrap_or(own);
             for (slot, p) in iov.iter_mut().zip(&b.sends[run.clone()]) {
                 *slot = IoSlice::new(&b.tx[p.buf][p.payload.clone()]);
             }
@@ -345,4 +342,28 @@ impl Worker {
         }
         b.sends.clear();
     }
+}
+
+/// The destination of the ICMP error `msg` the core built (IPv4 or IPv6), and whether it
+/// is exempt from the rate limit: as the kernel (`icmpv4_mask_allow`, `icmpv6_mask_allow`),
+/// "fragmentation needed" and Packet Too Big never are limited, or path MTU discovery would
+/// stall for every destination past the burst.
+fn error_destination(msg: &[u8]) -> (std::net::IpAddr, bool) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v6 = msg.first().is_some_and(|b| b >> 4 == 6);
+    let to = if v6 {
+        msg.get(24..40)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a)))
+    } else {
+        msg.get(16..20)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|a| IpAddr::V4(Ipv4Addr::from(a)))
+    };
+    let exempt = if v6 {
+        msg.get(40) == Some(&crate::wire::icmpv6::TYPE_PACKET_TOO_BIG)
+    } else {
+        msg.get(20..22) == Some(&[3, crate::wire::icmpv4::CODE_FRAG_NEEDED][..])
+    };
+    (to.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), exempt)
 }

@@ -25,14 +25,30 @@ fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::R
 }
 
 /// `IP_MTU_DISCOVER = IP_PMTUDISC_DONT`: send outer datagrams with DF clear and let the
-/// underlay fragment them, as a kernel vxlan device does (flannel sets no `df`).
-pub(super) fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
+/// underlay fragment them, as a kernel vxlan device does (flannel sets no `df`). On an
+/// IPv6 socket (`v6`), `IPV6_MTU_DISCOVER = IPV6_PMTUDISC_DONT`: the kernel fragments at
+/// the source what exceeds the route's MTU rather than refusing it.
+pub(super) fn set_pmtudisc_dont(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        return setsockopt_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        );
+    }
     setsockopt_int(
         fd,
         libc::IPPROTO_IP,
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_DONT,
     )
+}
+
+/// `IPV6_AUTOFLOWLABEL = 0`: outer flow label 0, as kernel vxlan sends over IPv6 (the
+/// captured vectors show it), rather than the socket's per-flow hash.
+pub(super) fn disable_auto_flowlabel(fd: &impl AsRawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_AUTOFLOWLABEL, 0)
 }
 
 /// `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`: socket buffers past `net.core.*mem_max` (root only);
@@ -45,8 +61,12 @@ pub(super) fn force_buffers(fd: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     r.and(s)
 }
 
-/// `IP_RECVTOS`: report each datagram's TOS byte (for the outer ECN bits, RFC 6040).
-pub(super) fn enable_recv_tos(fd: &impl AsRawFd) -> io::Result<()> {
+/// `IP_RECVTOS` (`IPV6_RECVTCLASS` on an IPv6 socket): report each datagram's TOS byte
+/// (for the outer ECN bits, RFC 6040).
+pub(super) fn enable_recv_tos(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        return setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1);
+    }
     setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
 }
 
@@ -140,38 +160,95 @@ pub(super) fn socket_drops(fd: &impl AsRawFd) -> io::Result<u32> {
     Ok(info[libc::SK_MEMINFO_DROPS as usize])
 }
 
-fn sockaddr_v4(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+/// `a` as a `sockaddr_storage` and the length of the family's sockaddr within it.
+fn sockaddr(a: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid (AF_UNSPEC) value.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for every sockaddr.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (st, len as libc::socklen_t)
+}
+
+/// The address in a `sockaddr_storage` the kernel filled (IPv4 or IPv6; unspecified for
+/// anything else).
+fn socket_addr(st: &libc::sockaddr_storage) -> std::net::SocketAddr {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+    match st.ss_family as i32 {
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 (its family says so) into storage
+            // large enough and aligned for it.
+            let a = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        libc::AF_INET => {
+            // SAFETY: as above, for a sockaddr_in.
+            let a = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        _ => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
     }
 }
 
 /// Sends the concatenation of `iov` to `dst` in one `sendmsg`, with the outer TOS byte
-/// `tos` (an `IP_TOS` control message, so the ECN bits the core chose reach the wire; 0
+/// `tos` (an `IP_TOS` control message, `IPV6_TCLASS` to an IPv6 `dst`, so the ECN bits the core chose reach the wire; 0
 /// sends none and the socket's default, 0, applies). With `segment`, the kernel splits it
 /// into datagrams of that many bytes (`UDP_SEGMENT`, Linux 4.18+; every one but the last
 /// exactly that long, all with the same TOS), so one syscall carries a whole TSO
 /// super-packet.
 pub(super) fn send_segments(
     fd: &impl AsRawFd,
-    dst: std::net::SocketAddrV4,
+    dst: std::net::SocketAddr,
     iov: &[io::IoSlice<'_>],
     segment: Option<u16>,
     tos: u8,
 ) -> io::Result<usize> {
-    let mut addr = sockaddr_v4(dst);
+    let (mut addr, addr_len) = sockaddr(dst);
+    let (tos_level, tos_type) = match dst {
+        std::net::SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS),
+        std::net::SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    };
     // u64 storage keeps the control buffer aligned for cmsghdr; 64 bytes hold both
     // messages (CMSG_SPACE(2) + CMSG_SPACE(4) = 24 + 24 on 64-bit).
     let mut control = [0u64; 8];
     // SAFETY: msghdr is plain data; zeroed is a valid "no name, no iov, no control" value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = addr_len;
     // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
@@ -195,8 +272,8 @@ pub(super) fn send_segments(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
         if tos != 0 && !c.is_null() {
-            (*c).cmsg_level = libc::IPPROTO_IP;
-            (*c).cmsg_type = libc::IP_TOS;
+            (*c).cmsg_level = tos_level;
+            (*c).cmsg_type = tos_type;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), tos as i32);
             used += space_int;
@@ -224,7 +301,7 @@ pub(super) struct RecvMeta {
     /// Bytes read into the buffer (after the offset).
     pub len: usize,
     /// The sender.
-    pub from: std::net::SocketAddrV4,
+    pub from: std::net::SocketAddr,
     /// GRO segment size (0: a single datagram).
     pub stride: usize,
     /// The datagram did not fit its buffer (it was cut; drop it).
@@ -243,7 +320,7 @@ pub(super) fn recv_many(
 ) -> io::Result<usize> {
     let n = bufs.len().min(meta.len()).min(RECV_BATCH);
     // SAFETY: plain-data C structs; zeroed values are valid (null pointers, zero lengths).
-    let mut addrs: [libc::sockaddr_in; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut addrs: [libc::sockaddr_storage; RECV_BATCH] = unsafe { std::mem::zeroed() };
     let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
     let mut control = [[0u64; 8]; RECV_BATCH];
     let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
@@ -254,8 +331,8 @@ pub(super) fn recv_many(
             iov_len: b.len(),
         };
         let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         h.msg_iov = &mut iovs[i];
         h.msg_iovlen = 1;
         h.msg_control = control[i].as_mut_ptr().cast();
@@ -279,7 +356,8 @@ pub(super) fn recv_many(
         let h = &hdrs[i].msg_hdr;
         let (mut stride, mut tos) = (0usize, 0u8);
         // SAFETY: walking the cmsgs the kernel wrote into control[i], within msg_controllen; the
-        // UDP_GRO payload is an int read unaligned, the IP_TOS payload one byte.
+        // UDP_GRO and IPV6_TCLASS payloads are ints read unaligned, the IP_TOS payload one
+        // byte.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(h);
             while !c.is_null() {
@@ -288,16 +366,17 @@ pub(super) fn recv_many(
                         .max(0) as usize;
                 } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
                     tos = *libc::CMSG_DATA(c);
+                } else if (*c).cmsg_level == libc::IPPROTO_IPV6
+                    && (*c).cmsg_type == libc::IPV6_TCLASS
+                {
+                    tos = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) as u8;
                 }
                 c = libc::CMSG_NXTHDR(h, c);
             }
         }
         meta[i] = RecvMeta {
             len: hdrs[i].msg_len as usize,
-            from: std::net::SocketAddrV4::new(
-                std::net::Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr)),
-                u16::from_be(addrs[i].sin_port),
-            ),
+            from: socket_addr(&addrs[i]),
             stride,
             truncated: h.msg_flags & libc::MSG_TRUNC != 0,
             tos,

@@ -3,7 +3,7 @@
 //! with `UDP_SEGMENT` may carry, and the I/O layer sends each run from the socket bound to
 //! its source port with its TOS byte.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::ops::Range;
 
 use crate::encap::Transmit;
@@ -22,7 +22,7 @@ pub(crate) struct Pending {
     /// The UDP payload within that buffer.
     pub(crate) payload: Range<usize>,
     /// The peer.
-    pub(crate) dst: SocketAddrV4,
+    pub(crate) dst: SocketAddr,
     /// The outer source port (selects the socket).
     pub(crate) src_port: u16,
     /// The outer TOS byte (ECN).
@@ -113,7 +113,7 @@ mod tests {
         Pending {
             buf: 0,
             payload: 100..100 + len,
-            dst: SocketAddrV4::new([192, 0, 2, peer].into(), 8472),
+            dst: SocketAddr::V4(std::net::SocketAddrV4::new([192, 0, 2, peer].into(), 8472)),
             src_port: port,
             tos,
         }

@@ -35,6 +35,7 @@ use crate::lease::LeaseTable;
 
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
+const UDP6: Token = Token(2);
 /// Reads per source before looking at the other one.
 pub(super) const READS_PER_ROUND: usize = 16;
 /// How long a poll waits before re-checking the stop flag.
@@ -83,6 +84,9 @@ pub(crate) struct Worker {
     /// This worker's UDP socket (SO_REUSEPORT with its siblings), non-blocking: it
     /// receives, and sends what leaves from the backend port (flannel's udp format).
     pub(crate) sock: UdpSocket,
+    /// Its socket on the IPv6 underlay address, in a dual-stack cluster: it receives
+    /// IPv6 pods' datagrams, and sends those whose source port has no socket.
+    pub(crate) sock6: Option<UdpSocket>,
     /// This worker's TUN queue.
     pub(crate) tun: SyncDevice,
     /// The sockets vxlan datagrams leave from, one per source port (shared by workers).
@@ -136,6 +140,10 @@ impl Worker {
             .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
         poll.registry()
             .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
+        if let Some(s6) = &self.sock6 {
+            poll.registry()
+                .register(&mut SourceFd(&s6.as_raw_fd()), UDP6, Interest::READABLE)?;
+        }
         let mut events = Events::with_capacity(8);
         let mut tx = TxBuffers::new();
         let mut rx = RxBuffers::new(self.offloads.tun, self.offloads.udp_coalesce);
@@ -150,13 +158,15 @@ impl Worker {
             // read once a second for /metrics.
             if drops_read.elapsed() >= Duration::from_secs(1) {
                 drops_read = std::time::Instant::now();
-                if let Ok(d) = super::sys::socket_drops(&self.sock) {
-                    WorkerCounters::add(
-                        &self.counters.socket_drops,
-                        d.wrapping_sub(drops_seen) as u64,
-                    );
-                    drops_seen = d;
-                }
+                let d = std::iter::once(&self.sock)
+                    .chain(&self.sock6)
+                    .filter_map(|s| super::sys::socket_drops(s).ok())
+                    .fold(0u32, u32::wrapping_add);
+                WorkerCounters::add(
+                    &self.counters.socket_drops,
+                    d.wrapping_sub(drops_seen) as u64,
+                );
+                drops_seen = d;
             }
             // Optionally spin (non-blocking polls) for a while before sleeping: a sleeping
             // worker costs a wake-up (an IPI and a halt exit on a VM) per burst.
@@ -176,9 +186,13 @@ impl Worker {
             }
             // Drain both sides until each has said WouldBlock (edge-triggered).
             let (mut tun_done, mut udp_done) = (false, false);
-            while !(tun_done && udp_done) {
+            let mut udp6_done = self.sock6.is_none();
+            while !(tun_done && udp_done && udp6_done) {
                 tun_done = self.tun_to_underlay(&mut tx);
-                udp_done = self.underlay_to_tun(&mut rx);
+                udp_done = self.underlay_to_tun(&mut rx, false);
+                if self.sock6.is_some() {
+                    udp6_done = self.underlay_to_tun(&mut rx, true);
+                }
             }
             idle_since = (!busy.is_zero()).then(std::time::Instant::now);
         }

@@ -10,9 +10,10 @@
 
 pub mod ratelimit;
 pub mod udp;
+mod v6;
 pub mod vxlan;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 
 use ipnet::Ipv4Net;
@@ -26,8 +27,11 @@ use crate::wire::{checksum, icmpv4, ipv4, MacAddr};
 pub const VXLAN_OVERHEAD: usize = 50;
 /// Outer IPv4 (20) + UDP (8): flannel's udp backend.
 pub const UDP_OVERHEAD: usize = 28;
-/// Headroom to leave before an inner packet in a buffer: enough for either backend.
-pub const HEADROOM: usize = 64;
+pub use v6::{parse_outer6, NodeV6};
+pub use vxlan::VXLAN6_OVERHEAD;
+/// Headroom to leave before an inner packet in a buffer: enough for either backend and
+/// either underlay family ([`VXLAN6_OVERHEAD`]), and for a virtio-net header.
+pub const HEADROOM: usize = 80;
 /// Outer TTL: what a kernel vxlan device with the default `ttl 0` uses (ip_default_ttl).
 pub const OUTER_TTL: u8 = 64;
 
@@ -53,7 +57,7 @@ pub enum DropReason {
     WrongDstMac,
     /// Inner EtherType is not IPv4 (and not IPv6).
     NotIpv4,
-    /// Inner packet is IPv6: not forwarded yet.
+    /// Inner packet is IPv6, and this node has no IPv6 pod network.
     InnerIpv6,
     /// Inner IPv4 header malformed (version, header length, total length).
     MalformedInner,
@@ -77,11 +81,14 @@ pub enum DropReason {
     Loop,
     /// The buffer lacks headroom or room for the packet (a caller bug, counted not panicked).
     NoRoom,
+    /// The inner packet's family is not the underlay's: flannel sends IPv4 pods over the
+    /// IPv4 underlay and IPv6 pods over IPv6, and a peer's lease says only that.
+    FamilyMismatch,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array).
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::MalformedOuter,
@@ -105,6 +112,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::Loop,
         DropReason::NoRoom,
+        DropReason::FamilyMismatch,
     ];
 
     /// Counter index.
@@ -137,6 +145,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::Loop => "loop",
             DropReason::NoRoom => "no_room",
+            DropReason::FamilyMismatch => "family_mismatch",
         }
     }
 }
@@ -146,10 +155,10 @@ impl DropReason {
 /// the TOS byte have to travel beside the payload, not only inside the buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
-    /// The whole outer IPv4 datagram in the buffer (for a raw socket or a capture).
+    /// The whole outer IPv4 or IPv6 datagram in the buffer (for a raw socket or a capture).
     pub datagram: Range<usize>,
-    /// The peer's underlay address and port.
-    pub dst: SocketAddrV4,
+    /// The peer's underlay address and port: IPv6 for an IPv6 pod packet.
+    pub dst: SocketAddr,
     /// The outer UDP source port chosen (flow hash for vxlan, the backend port for udp).
     pub src_port: u16,
     /// The outer TOS byte: the inner packet's ECN bits as RFC 6040 maps them (CE becomes
@@ -160,7 +169,11 @@ pub struct Transmit {
 impl Transmit {
     /// The UDP payload within the buffer: what a UDP socket sends.
     pub fn udp_payload(&self) -> Range<usize> {
-        self.datagram.start + UDP_OVERHEAD..self.datagram.end
+        let outer = match self.dst {
+            SocketAddr::V4(_) => UDP_OVERHEAD,
+            SocketAddr::V6(_) => crate::wire::ipv6::HEADER_LEN + crate::wire::udp::HEADER_LEN,
+        };
+        self.datagram.start + outer..self.datagram.end
     }
 }
 
@@ -187,7 +200,7 @@ pub enum Outbound {
 /// What to do with a datagram received from the underlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// Write these inner IPv4 bytes into the TUN.
+    /// Write these inner IPv4 or IPv6 bytes into the TUN.
     Deliver(Range<usize>),
     /// Drop it.
     Drop(DropReason),
@@ -269,6 +282,9 @@ pub struct Node {
     pub udp_checksum: ChecksumMode,
     /// Seed of the flow hash that picks vxlan source ports.
     pub hash_seed: u64,
+    /// The IPv6 side, in a dual-stack cluster (vxlan only): IPv6 pod packets travel over
+    /// the IPv6 underlay. `None`: IPv6 pod packets are dropped ([`DropReason::InnerIpv6`]).
+    pub v6: Option<NodeV6>,
 }
 
 impl Node {
@@ -324,7 +340,7 @@ impl Node {
             return Outbound::Drop(DropReason::Truncated);
         };
         if first >> 4 == 6 {
-            return Outbound::Drop(DropReason::InnerIpv6);
+            return self.outbound6(table, buf, start, len, segment);
         }
         let Ok(ip) = ipv4::Packet::new_checked(inner) else {
             return Outbound::Drop(DropReason::MalformedInner);
@@ -425,7 +441,7 @@ impl Node {
         };
         Outbound::Send(Transmit {
             datagram: outer..end,
-            dst: SocketAddrV4::new(peer.public_ip, dst_port),
+            dst: SocketAddr::V4(SocketAddrV4::new(peer.public_ip, dst_port)),
             src_port,
             tos,
         })
@@ -478,11 +494,12 @@ impl Node {
     /// Policy, on top of format checks: the sender must be the public IP of a lease of our
     /// backend (and VNI); the inner source must lie in that sender's own subnet; the inner
     /// destination must lie in our subnet. So a packet cannot reach a pod from a host
-    /// without a lease, nor with a source address another node owns.
+    /// without a lease, nor with a source address another node owns. IPv4 pods arrive
+    /// over the IPv4 underlay, IPv6 pods over IPv6 ([`v6`]), as flannel sends them.
     pub fn inbound(
         &self,
         table: &Snapshot,
-        from: SocketAddrV4,
+        from: SocketAddr,
         buf: &mut [u8],
         start: usize,
         len: usize,
@@ -495,20 +512,29 @@ impl Node {
             Ok(r) => start + r.start..start + r.end,
             Err(reason) => return Inbound::Drop(reason),
         };
+        let v6_inner = buf[inner.start] >> 4 == 6;
+        let from = match (from, v6_inner) {
+            (SocketAddr::V4(f), false) => *f.ip(),
+            (SocketAddr::V6(f), true) => {
+                return self.inbound6(table, *f.ip(), buf, inner, outer_ecn)
+            }
+            (_, true) if self.v6.is_none() => return Inbound::Drop(DropReason::InnerIpv6),
+            _ => return Inbound::Drop(DropReason::FamilyMismatch),
+        };
         let ip = ipv4::Packet::new_unchecked(&buf[inner.clone()]);
         let (src, dst) = (ip.src(), ip.dst());
         // A node never tunnels to itself; a datagram claiming our own address is forged.
-        if *from.ip() == self.public_ip {
+        if from == self.public_ip {
             return Inbound::Drop(DropReason::Loop);
         }
-        let Some(sender) = table.by_public_ip(*from.ip()) else {
+        let Some(sender) = table.by_public_ip(from) else {
             return Inbound::Drop(DropReason::UnknownSender);
         };
         if sender.backend != self.format.backend() || !self.vni_matches(sender) {
             return Inbound::Drop(DropReason::WrongBackend);
         }
         match table.lookup(src) {
-            Some(owner) if owner.public_ip == *from.ip() => {}
+            Some(owner) if owner.public_ip == from => {}
             _ => return Inbound::Drop(DropReason::SpoofedSource),
         }
         if !self.subnet.contains(&dst) {
@@ -520,24 +546,32 @@ impl Node {
         Inbound::Deliver(inner)
     }
 
-    /// Like [`inbound`](Self::inbound) for a whole outer IPv4 datagram in `buf` (from a raw
-    /// socket or a capture): checks the outer IPv4 header and checksum, UDP, and the port.
+    /// Like [`inbound`](Self::inbound) for a whole outer IPv4 or IPv6 datagram in `buf`
+    /// (from a raw socket or a capture): checks the outer IP header (and IPv4's checksum),
+    /// UDP, and the port.
     ///
     /// The outer UDP checksum is not verified: a kernel peer on a veth with default offloads
     /// leaves it partial (only the pseudo-header sum), and a UDP socket has verified it
     /// already where it matters.
     pub fn inbound_datagram(&self, table: &Snapshot, buf: &mut [u8]) -> Inbound {
-        let (from, payload, ecn) = match parse_outer(buf, self.format.port()) {
+        let outer = match buf.first() {
+            Some(b) if b >> 4 == 6 => parse_outer6(buf, self.format.port()),
+            _ => parse_outer(buf, self.format.port()).map(|(f, p, e)| (SocketAddr::V4(f), p, e)),
+        };
+        let (from, payload, ecn) = match outer {
             Ok(v) => v,
             Err(r) => return Inbound::Drop(r),
         };
         self.inbound(table, from, buf, payload.start, payload.len(), ecn)
     }
 
-    /// Format-only decapsulation of a UDP payload: the inner IPv4 packet's range within it.
+    /// Format-only decapsulation of a UDP payload: the inner packet's range within it.
     pub fn decap(&self, payload: &[u8]) -> Result<Range<usize>, DropReason> {
         match self.format {
-            Format::Vxlan { vni, mac, .. } => vxlan::decap(payload, vni, mac),
+            Format::Vxlan { vni, mac, .. } => {
+                let mac6 = self.v6.map_or(mac, |v6| v6.mac);
+                vxlan::decap_dual(payload, vni, mac, mac6)
+            }
             Format::Udp { .. } => udp::decap(payload),
         }
     }
@@ -666,6 +700,9 @@ pub fn ecn_decapsulate(outer_ecn: u8, inner: &mut [u8]) -> Result<(), DropReason
 /// TCP/UDP/SCTP/UDP-Lite, ports), so both directions of a flow share an outer source port,
 /// as the kernel's flow dissector hash does.
 pub fn flow_hash(inner: &[u8], seed: u64) -> u64 {
+    if inner.first().is_some_and(|b| b >> 4 == 6) {
+        return flow_hash6(inner, seed);
+    }
     let Ok(ip) = ipv4::Packet::new_checked(inner) else {
         return mix(seed);
     };
@@ -678,6 +715,28 @@ pub fn flow_hash(inner: &[u8], seed: u64) -> u64 {
     }
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     mix(mix(seed ^ lo).wrapping_add(hi) ^ (proto as u64) << 56)
+}
+
+/// [`flow_hash`] of an IPv6 packet: its addresses, next header and, for TCP, UDP, SCTP and
+/// UDP-Lite right after the fixed header, its ports. Symmetric, so both directions share a
+/// port (the kernel also hashes the flow label, which differs per direction).
+fn flow_hash6(inner: &[u8], seed: u64) -> u64 {
+    let Ok(ip) = crate::wire::ipv6::Packet::new_checked(inner) else {
+        return mix(seed);
+    };
+    let fold = |a: std::net::Ipv6Addr| {
+        let x = u128::from(a);
+        mix(x as u64 ^ mix((x >> 64) as u64))
+    };
+    let next = ip.next_header();
+    let (mut a, mut b) = (fold(ip.src()), fold(ip.dst()));
+    let p = ip.payload();
+    if matches!(next, 6 | 17 | 132 | 136) && p.len() >= 4 {
+        a ^= u16::from_be_bytes([p[0], p[1]]) as u64;
+        b ^= u16::from_be_bytes([p[2], p[3]]) as u64;
+    }
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    mix(mix(seed ^ lo).wrapping_add(hi) ^ (next as u64) << 56)
 }
 
 /// The vxlan outer source port for `inner`: its flow hash scaled onto `ports`, as Linux's
@@ -753,3 +812,5 @@ impl PortSet {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;

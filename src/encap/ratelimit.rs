@@ -11,7 +11,7 @@
 //! (as a new `inet_peer` starts), so many sources cannot grow it; the node-wide bucket caps
 //! what such churn could add.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Per-destination interval (`icmp_ratelimit`, ms).
 pub const PER_DEST_INTERVAL_MS: u64 = 1000;
@@ -27,7 +27,7 @@ const NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    dst: u32,
+    dst: u128,
     used: bool,
     /// Credit in nanoseconds, at most `burst * interval`.
     tokens: u64,
@@ -74,7 +74,7 @@ impl IcmpLimiter {
     }
 
     /// May an ICMP error go to `dst` now? Consumes a token when it may.
-    pub fn allow(&mut self, dst: Ipv4Addr, now_ns: u64) -> bool {
+    pub fn allow(&mut self, dst: IpAddr, now_ns: u64) -> bool {
         // The node-wide bucket.
         if let Some(last) = self.global_last {
             let refill = now_ns.saturating_sub(last);
@@ -89,8 +89,13 @@ impl IcmpLimiter {
             return false;
         }
         // The destination's.
-        let key = u32::from(dst);
-        let i = (key.wrapping_mul(0x9e37_79b1) >> 22) as usize % SLOTS;
+        let key = match dst {
+            IpAddr::V4(a) => u32::from(a) as u128,
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let folded =
+            (key as u32) ^ ((key >> 32) as u32) ^ ((key >> 64) as u32) ^ ((key >> 96) as u32);
+        let i = (folded.wrapping_mul(0x9e37_79b1) >> 22) as usize % SLOTS;
         let cap = self.burst * self.interval;
         let s = &mut self.slots[i];
         if !s.used || s.dst != key {
@@ -122,8 +127,8 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    fn ip(n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(0x0af4_0100 + n)
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0af4_0100 + n))
     }
 
     #[test]

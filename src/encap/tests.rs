@@ -75,6 +75,7 @@ fn node_for(p: &Peer, csum: ChecksumMode) -> Node {
         },
         udp_checksum: csum,
         hash_seed: 7,
+        v6: None,
     }
 }
 
@@ -165,7 +166,7 @@ fn check_vectors(text: &str, csum: ChecksumMode) -> usize {
         else {
             panic!("{desc}: not sent")
         };
-        assert_eq!(t.dst, SocketAddrV4::new(receiver.public_ip, 8472));
+        assert_eq!(t.dst, SocketAddrV4::new(receiver.public_ip, 8472).into());
         let out = &buf[t.datagram.clone()];
         assert_eq!(out.len(), datagram.len(), "{desc}");
         for (i, (a, b)) in out.iter().zip(datagram).enumerate() {
@@ -546,7 +547,7 @@ fn udp_backend_round_trip_and_policy() {
     let Outbound::Send(tx) = a.outbound(&t, &mut buf, HEADROOM, pkt.len(), 5) else {
         panic!()
     };
-    assert_eq!(tx.dst, SocketAddrV4::new(B_IP, 8285));
+    assert_eq!(tx.dst, SocketAddrV4::new(B_IP, 8285).into());
     let dg = buf[tx.datagram.clone()].to_vec();
     // Independent check of the outer headers.
     let s = etherparse::SlicedPacket::from_ip(&dg).unwrap();

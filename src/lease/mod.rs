@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::MacAddr;
 
-pub use table::{LeaseTable, Peer, Snapshot};
+pub use table::{LeaseTable, Peer, PeerV6, Snapshot};
 
 /// flannel's backend type names.
 pub mod backend_type {

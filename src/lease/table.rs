@@ -144,9 +144,15 @@ impl Hasher for U32Hasher {
     fn write_u32(&mut self, v: u32) {
         self.0 = (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 16 ^ v as u64;
     }
+    fn write_u128(&mut self, v: u128) {
+        let x = (v as u64) ^ ((v >> 64) as u64).rotate_left(29);
+        self.0 = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 16 ^ x;
+    }
 }
 
 type U32Map = HashMap<u32, u32, BuildHasherDefault<U32Hasher>>;
+/// IPv6 keys (masked subnets, public addresses) -> peer index.
+type U128Map = HashMap<u128, u32, BuildHasherDefault<U32Hasher>>;
 
 #[derive(Debug)]
 enum Index {
@@ -168,6 +174,10 @@ pub struct Snapshot {
     peers: Vec<Peer>,
     index: Index,
     by_public_ip: U32Map,
+    /// The peers' IPv6 subnets: (prefix length, masked address -> peer), longest first
+    /// (flannel gives every node one IPv6SubnetLen, so usually one map).
+    index6: Vec<(u8, U128Map)>,
+    by_public_ipv6: U128Map,
 }
 
 impl Snapshot {
@@ -198,12 +208,53 @@ impl Snapshot {
                 .entry(u32::from(p.public_ip))
                 .or_insert(i as u32);
         }
+        let (index6, by_public_ipv6) = Self::v6_index(&peers);
         Snapshot {
             generation,
             peers,
             index,
             by_public_ip,
+            index6,
+            by_public_ipv6,
         }
+    }
+
+    /// The IPv6 lookups: by subnet (one map per prefix length, longest first) and by
+    /// public IPv6 address (the peer with the lowest IPv4 subnet, if several).
+    fn v6_index(peers: &[Peer]) -> (Vec<(u8, U128Map)>, U128Map) {
+        let mut lens: BTreeMap<u8, U128Map> = BTreeMap::new();
+        let mut by_public = U128Map::default();
+        for (i, v6) in peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p.v6?)))
+        {
+            lens.entry(v6.subnet.prefix_len())
+                .or_default()
+                .entry(u128::from(v6.subnet.network()))
+                .or_insert(i as u32);
+            by_public
+                .entry(u128::from(v6.public_ip))
+                .or_insert(i as u32);
+        }
+        (lens.into_iter().rev().collect(), by_public)
+    }
+
+    /// The peer whose IPv6 subnet holds `dst` (longest prefix wins).
+    #[inline]
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Peer> {
+        let d = u128::from(dst);
+        self.index6.iter().find_map(|(len, m)| {
+            let mask = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
+            m.get(&(d & mask)).and_then(|&i| self.peers.get(i as usize))
+        })
+    }
+
+    /// A peer whose lease carries `public_ip` as its `PublicIPv6`.
+    #[inline]
+    pub fn by_public_ipv6(&self, public_ip: Ipv6Addr) -> Option<&Peer> {
+        let i = *self.by_public_ipv6.get(&u128::from(public_ip))?;
+        self.peers.get(i as usize)
     }
 
     fn direct_index(network: Ipv4Net, peers: &[Peer]) -> Option<Index> {
@@ -385,6 +436,47 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    fn dual(subnet: &str, host: u8, v6: &str) -> Peer {
+        Peer {
+            v6: Some(PeerV6 {
+                subnet: v6.parse().unwrap(),
+                public_ip: format!("2001:db8::{host}").parse().unwrap(),
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, host, 2]),
+            }),
+            ..peer(subnet, host)
+        }
+    }
+
+    #[test]
+    fn ipv6_lookups_find_the_longest_prefix_and_the_public_address() {
+        let t = LeaseTable::new("10.244.0.0/16".parse().unwrap());
+        t.replace_all([
+            dual("10.244.1.0/24", 1, "fd00:10:244:1::/64"),
+            dual("10.244.2.0/24", 2, "fd00:10:244:2::/64"),
+            peer("10.244.3.0/24", 3),
+        ]);
+        t.upsert(dual("10.244.4.0/24", 4, "fd00:10:244:2:8000::/65"));
+        let s = t.load();
+        let at = |a: &str| s.lookup6(a.parse().unwrap()).map(|p| p.subnet.to_string());
+        assert_eq!(at("fd00:10:244:1::9").as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(at("fd00:10:244:2::9").as_deref(), Some("10.244.2.0/24"));
+        assert_eq!(
+            at("fd00:10:244:2:8000::9").as_deref(),
+            Some("10.244.4.0/24")
+        );
+        assert_eq!(at("fd00:10:244:3::9"), None);
+        assert_eq!(at("::"), None);
+        let by = |a: &str| s.by_public_ipv6(a.parse().unwrap()).map(|p| p.public_ip);
+        assert_eq!(by("2001:db8::2"), Some(ip("192.0.2.2")));
+        assert_eq!(by("2001:db8::3"), None);
+        drop(s);
+        t.remove("10.244.2.0/24".parse().unwrap());
+        let s = t.load();
+        assert!(s.lookup6("fd00:10:244:2::9".parse().unwrap()).is_none());
+        assert!(s.by_public_ipv6("2001:db8::2".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   checksums partial for the kernel to finish only if it must.
 //! - [`tunnel`]: the tunnel header for a TAP write that hands a whole encapsulated TSO
 //!   super-packet to the kernel's UDP-tunnel GSO (Linux 6.17+), so nothing is split here.
+//! - [`v6`]: the header for an IPv6 pod packet written to the TUN (checksum finished by
+//!   the kernel, a peer's TCP super-packet cut at our MSS).
 //! - [`gro::datagrams`]: the `UDP_GRO` batch iterator, cutting one `recvmsg` that returned
 //!   a flow's datagrams back to back into those datagrams by their stride.
 //!
@@ -22,3 +24,4 @@
 pub mod gro;
 pub mod gso;
 pub mod tunnel;
+pub mod v6;

@@ -3,7 +3,7 @@
 //! committed seed, past find and minimized corpus entry through the same functions, so an
 //! input that once crashed a target stays a test in `cargo test`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::SystemTime;
 
 use crate::config::NetConfig;
@@ -14,7 +14,7 @@ use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs, Snapshot};
 use crate::offload::gro::{self, datagrams, Coalescer};
 use crate::offload::{gso, tunnel};
 use crate::wire::udp::ChecksumMode;
-use crate::wire::{ipv4, virtio_net};
+use crate::wire::{ipv4, ipv6, virtio_net};
 
 /// A target's body: panics if weft mishandles the input.
 pub type Target = fn(&[u8]);
@@ -68,23 +68,39 @@ fn decap(data: &[u8], vxlan: bool) {
         if let Inbound::Deliver(r) = rxn.inbound_datagram(&table, &mut raw) {
             verify(&table, &rxn, &txn, &raw[r]);
         }
-        let mut payload = data.to_vec();
-        let from = SocketAddrV4::new(txn.public_ip, 40000);
-        if let Inbound::Deliver(r) = rxn.inbound(&table, from, &mut payload, 0, data.len(), 0) {
-            verify(&table, &rxn, &txn, &payload[r]);
+        let payload = data.to_vec();
+        // Over each underlay family the sender has.
+        let ips = [
+            Some(IpAddr::V4(txn.public_ip)),
+            txn.v6.map(|v| v.public_ip.into()),
+        ];
+        for from in ips
+            .into_iter()
+            .flatten()
+            .map(|ip| SocketAddr::new(ip, 40000))
+        {
+            let mut payload = payload.clone();
+            let len = data.len();
+            if let Inbound::Deliver(r) = rxn.inbound(&table, from, &mut payload, 0, len, 0) {
+                verify(&table, &rxn, &txn, &payload[r]);
+            }
         }
     }
 }
 
 fn verify(table: &Snapshot, rx: &Node, tx: &Node, inner: &[u8]) {
-    let ip = ipv4::Packet::new_checked(inner).expect("delivered a malformed packet");
-    assert!(ip.verify_checksum(), "delivered a bad header checksum");
-    assert_eq!(ip.total_len() as usize, inner.len());
-    assert!(tx.subnet.contains(&ip.src()), "spoofed source delivered");
-    assert!(
-        rx.subnet.contains(&ip.dst()),
-        "foreign destination delivered"
-    );
+    if inner.first().is_some_and(|b| b >> 4 == 6) {
+        verify6(rx, tx, inner);
+    } else {
+        let ip = ipv4::Packet::new_checked(inner).expect("delivered a malformed packet");
+        assert!(ip.verify_checksum(), "delivered a bad header checksum");
+        assert_eq!(ip.total_len() as usize, inner.len());
+        assert!(tx.subnet.contains(&ip.src()), "spoofed source delivered");
+        assert!(
+            rx.subnet.contains(&ip.dst()),
+            "foreign destination delivered"
+        );
+    }
     let mut buf = vec![0u8; HEADROOM + inner.len()];
     buf[HEADROOM..].copy_from_slice(inner);
     // Oversized DF packets legitimately come back as ICMP errors instead.
@@ -95,6 +111,25 @@ fn verify(table: &Snapshot, rx: &Node, tx: &Node, inner: &[u8]) {
             other => panic!("re-encapsulated packet dropped: {other:?}"),
         }
     }
+}
+
+/// The IPv6 checks of [`verify`]: a whole IPv6 packet from the sender's IPv6 subnet to
+/// the receiver's.
+fn verify6(rx: &Node, tx: &Node, inner: &[u8]) {
+    let ip = ipv6::Packet::new_checked(inner).expect("delivered a malformed IPv6 packet");
+    assert_eq!(ip.packet().len(), inner.len());
+    let (rx6, tx6) = (
+        rx.v6.expect("IPv6 to a v4-only node"),
+        tx.v6.expect("from v4-only"),
+    );
+    assert!(
+        tx6.subnet.contains(&ip.src()),
+        "spoofed IPv6 source delivered"
+    );
+    assert!(
+        rx6.subnet.contains(&ip.dst()),
+        "foreign IPv6 destination delivered"
+    );
 }
 
 /// net-conf.json: parsing never panics, and an accepted config obeys flannel's rules and
@@ -195,7 +230,7 @@ pub fn gro_datagrams(data: &[u8]) {
     let len = read.len();
     let table = two_nodes(BackendKind::Vxlan);
     let rx = node(2, true);
-    let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000);
+    let from = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 40000));
     let mut co = Coalescer::new();
     for d in datagrams(len, stride) {
         assert!(d.start < d.end && d.end <= len);

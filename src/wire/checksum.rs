@@ -4,7 +4,7 @@
 //! end, the same trick as wireguard-go's `checksumNoFold`: it is several times faster than a
 //! 16-bit loop and has no carry to propagate until the fold.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Adds `data` (as big-endian 16-bit words, odd length padded with zero) to `initial`.
 /// The result is not folded; pass it to [`fold`].
@@ -48,6 +48,18 @@ pub fn checksum(data: &[u8]) -> u16 {
 #[inline]
 pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u64 {
     u32::from(src) as u64 + u32::from(dst) as u64 + protocol as u64 + length as u64
+}
+
+/// The unfolded sum of the IPv6 pseudo-header used by UDP, TCP and ICMPv6 (RFC 8200 8.1).
+#[inline]
+pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u64 {
+    let words = |a: Ipv6Addr| {
+        let o = a.octets();
+        o.chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+            .sum::<u64>()
+    };
+    words(src) + words(dst) + length as u64 + next_header as u64
 }
 
 /// RFC 1624 eqn. 3: the new checksum after one 16-bit word of the covered data changes

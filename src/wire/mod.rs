@@ -1,5 +1,5 @@
-//! Zero-copy header views and emitters: Ethernet II, IPv4, IPv6 (inner packets only), UDP,
-//! TCP, VXLAN, the virtio-net header of an offloading TUN, and the ICMPv4 errors weft
+//! Zero-copy header views and emitters: Ethernet II, IPv4, IPv6, UDP,
+//! TCP, VXLAN, the virtio-net header of an offloading TUN, and the ICMPv4 and ICMPv6 errors weft
 //! originates. No I/O happens here.
 //!
 //! Every header follows one pattern, after smoltcp's `wire`: a `Packet<T: AsRef<[u8]>>`
@@ -10,6 +10,7 @@
 pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;

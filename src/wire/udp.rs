@@ -1,6 +1,6 @@
 //! UDP headers (RFC 768).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{be16, checksum, put16, Error, Result};
 
@@ -120,11 +120,28 @@ impl Repr {
     #[inline]
     pub fn emit(&self, datagram: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) {
         let len = datagram.len() as u16;
+        let ph = checksum::pseudo_header_v4(src, dst, super::ipv4::PROTO_UDP, len);
+        self.emit_with(datagram, ph, mode);
+    }
+
+    /// [`emit`](Self::emit) over IPv6 (RFC 8200 8.1): the pseudo-header holds the IPv6
+    /// addresses. A zero checksum is not allowed over IPv6; [`ChecksumMode::Zero`] still
+    /// writes one, for a test to see the receiver refuse it.
+    #[inline]
+    pub fn emit_v6(&self, datagram: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, mode: ChecksumMode) {
+        let len = datagram.len() as u32;
+        let ph = checksum::pseudo_header_v6(src, dst, super::ipv4::PROTO_UDP, len);
+        self.emit_with(datagram, ph, mode);
+    }
+
+    /// Writes the header with the checksum per `mode`, `ph` being the pseudo-header's sum.
+    #[inline]
+    fn emit_with(&self, datagram: &mut [u8], ph: u64, mode: ChecksumMode) {
+        let len = datagram.len() as u16;
         put16(datagram, 0, self.src_port);
         put16(datagram, 2, self.dst_port);
         put16(datagram, 4, len);
         put16(datagram, 6, 0);
-        let ph = checksum::pseudo_header_v4(src, dst, super::ipv4::PROTO_UDP, len);
         let c = match mode {
             ChecksumMode::Zero => 0,
             ChecksumMode::Partial => checksum::fold(ph),
