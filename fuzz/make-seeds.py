@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the fuzz seed corpora (fuzz/seeds/<target>/) from the kernel vxlan captures in
-tests/data and a few hand-written configs and leases. Run from the repository root."""
+tests/data (over IPv4 and IPv6) and a few hand-written configs and leases. Run from the repository root."""
 import os, struct
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +45,14 @@ for kind in ("full", "partial"):
         src, dst = datagram[12:16], datagram[16:20]
         write("udp_decap", "kernel-%s-%d-datagram" % (kind, i), udp_datagram(src, dst, 8285, inner))
         write("udp_decap", "kernel-%s-%d-payload" % (kind, i), inner)
+
+# VXLAN over IPv6, as the kernel's flannel-v6.1 sends it (scripts/capture-vectors6): the
+# outer IPv6 datagram and the UDP payload a socket would return.
+for kind in ("full", "partial"):
+    for i, f in enumerate(frames("kernel-vxlan6-%s-checksums.hex" % kind)):
+        datagram = f[14:]
+        write("vxlan_decap", "kernel6-%s-%d-datagram" % (kind, i), datagram)
+        write("vxlan_decap", "kernel6-%s-%d-payload" % (kind, i), datagram[48:])
 
 confs = [
     '{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}',

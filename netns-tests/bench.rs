@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use harness::{iperf3_json, ns_run, Cluster, Iperf, Kind, Pod};
+use harness::{iperf3_json_family, ns_run, Cluster, Iperf, Kind, Pod};
 
-const MODES: [&str; 8] = [
+const MODES: [&str; 11] = [
     "host-gw",
     "kernel-vxlan",
     "weft-vxlan",
@@ -28,7 +28,23 @@ const MODES: [&str; 8] = [
     "weft-kernel-vxlan",
     "flannel-udp",
     "weft-flannel-udp",
+    "kernel-vxlan6",
+    "weft-vxlan6",
+    "weft-kernel-vxlan6",
 ];
+
+/// IPv6 pods over the IPv6 underlay, in a dual-stack cluster: kernel vxlan as flanneld sets
+/// up `flannel-v6.1`, weft's userspace dataplane, weft's kernel dataplane; each against the
+/// first. Their traffic goes to the pods' IPv6 addresses.
+const V6_BASELINES: [(&str, &str); 2] = [
+    ("weft-vxlan6", "kernel-vxlan6"),
+    ("weft-kernel-vxlan6", "kernel-vxlan6"),
+];
+
+/// Whether `mode` measures IPv6 pods.
+fn is_v6(mode: &str) -> bool {
+    mode.ends_with('6')
+}
 
 /// weft's kernel backends and the plain setup of the same kernel path.
 const BASELINES: [(&str, &str); 2] = [
@@ -46,8 +62,13 @@ const UDP_BASELINES: [(&str, &str); 2] = [
 const METRICS: [(&str, &str, &str, bool); 8] = [
     ("tcp1_gbps", "TCP 1 stream", "Gbit/s", true),
     ("tcp4_gbps", "TCP 4 streams", "Gbit/s", true),
-    ("udp1400_gbps", "UDP 1400 B, full rate", "Gbit/s", true),
-    ("udp1400_loss_pct", "UDP 1400 B loss", "%", false),
+    (
+        "udp1400_gbps",
+        "UDP 1400 B (v6 1380), full rate",
+        "Gbit/s",
+        true,
+    ),
+    ("udp1400_loss_pct", "UDP 1400 B (v6 1380) loss", "%", false),
     ("udp64_kpps", "UDP 64 B rate", "kpps", true),
     ("udp64_loss_pct", "UDP 64 B loss", "%", false),
     ("rtt_us", "ping RTT", "µs", false),
@@ -116,6 +137,9 @@ fn opts() -> Opts {
 }
 
 fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, Pod, Pod) {
+    if is_v6(mode) {
+        return build6(mode, weft, weft_args);
+    }
     let backend = match mode {
         "weft-udp" | "flannel-udp" | "weft-flannel-udp" => "udp",
         "weft-host-gw" => "host-gw",
@@ -186,6 +210,47 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
     (c, a, b)
 }
 
+/// A dual-stack two-node cluster for an IPv6 mode: both nodes set up as flanneld sets up
+/// a dual-stack vxlan node (`kernel-vxlan6`), or both weft nodes (userspace or kernel
+/// dataplane), with a dual-stack pod each; warmed up over IPv6.
+fn build6(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, Pod, Pod) {
+    let mut c = Cluster::with_etcd(weft, harness::DUAL_STACK_VXLAN);
+    let mut args: Vec<&str> = weft_args.iter().map(String::as_str).collect();
+    let kind = if mode == "kernel-vxlan6" {
+        Kind::KernelVxlan
+    } else {
+        Kind::Weft
+    };
+    let dataplane = if mode == "weft-kernel-vxlan6" {
+        "kernel"
+    } else {
+        "userspace"
+    };
+    args.extend(["--dataplane", dataplane]);
+    for i in 0..2 {
+        c.add_node(kind);
+        let v6 = harness::v6_underlay(&c, i);
+        match kind {
+            Kind::KernelVxlan => harness::start_flanneld_dual_stack(&mut c, i, v6),
+            _ => {
+                c.start_weft(i, &args);
+            }
+        }
+    }
+    if kind == Kind::KernelVxlan {
+        for i in 0..2 {
+            harness::program_flanneld_peers(&c, i);
+        }
+    } else {
+        c.wait_converged();
+    }
+    let a = c.add_pod(0, None);
+    let b = c.add_pod(1, None);
+    let b6 = b.ip6.expect("a dual-stack pod").to_string();
+    let _ = ns_run(&a.ns, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &b6]);
+    (c, a, b)
+}
+
 /// Every repeat's value of each metric.
 type Samples = BTreeMap<&'static str, Vec<f64>>;
 
@@ -194,8 +259,13 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
     let t = o.seconds.to_string();
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut push = |k: &'static str, v: f64| samples.entry(k).or_default().push(v);
+    let v6 = is_v6(mode);
+    let dst = match (v6, b.ip6) {
+        (true, Some(ip6)) => ip6.to_string(),
+        _ => b.ip.to_string(),
+    };
     let run = |args: &[&str]| -> Option<serde_json::Value> {
-        match iperf3_json(&a, &b, args) {
+        match iperf3_json_family(&a, &b, v6, args) {
             Ok(v) => Some(v),
             Err(e) => {
                 eprintln!("bench: {mode}: {e}");
@@ -225,7 +295,10 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
         if let Some(v) = run(&["-t", &t, "-O", "1", "-P", "4"]) {
             push("tcp4_gbps", Iperf::from_json(&v, false).bps / 1e9);
         }
-        if let Some(v) = run(&["-t", &t, "-u", "-b", "0", "-l", "1400"]) {
+        // Full-size datagrams: 1400 bytes of payload fill IPv4's 1450-byte budget, 1380
+        // IPv6's 1430 (a larger one would be fragmented by the pod after Packet Too Big).
+        let full = if v6 { "1380" } else { "1400" };
+        if let Some(v) = run(&["-t", &t, "-u", "-b", "0", "-l", full]) {
             let s = Iperf::from_json(&v, true);
             push("udp1400_gbps", s.bps / 1e9 * (1.0 - s.loss / 100.0));
             push("udp1400_loss_pct", s.loss);
@@ -236,10 +309,7 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
             push("udp64_kpps", sent_pps * (1.0 - s.loss / 100.0) / 1e3);
             push("udp64_loss_pct", s.loss);
         }
-        let p = ns_run(
-            &a.ns,
-            &["ping", "-c", "20", "-i", "0.05", "-q", &b.ip.to_string()],
-        );
+        let p = ns_run(&a.ns, &["ping", "-c", "20", "-i", "0.05", "-q", &dst]);
         let text = String::from_utf8_lossy(&p.stdout);
         if let Some(avg) = text
             .split(" = ")
@@ -520,26 +590,39 @@ fn main() {
         &get,
         &samples,
     );
+    ratio_table(
+        "IPv6 pods over the IPv6 underlay: weft against kernel vxlan over IPv6 (flannel-v6.1)",
+        &V6_BASELINES,
+        &o.modes,
+        &get,
+        &samples,
+    );
     println!();
     bench_lines(&o.modes, &get, &samples);
     write_outputs(&o, &results, &all);
 }
 
 /// One `bench mode=… metric=…` line per mode and metric, with the ratios to kernel vxlan
-/// (and its spread) and to host-gw.
+/// of the mode's family (and its spread) and to host-gw.
 fn bench_lines(
     modes: &[String],
     get: &dyn Fn(&str, &str) -> f64,
     samples: &dyn Fn(&str, &str) -> Vec<f64>,
 ) {
     for m in modes {
+        // IPv6 modes against kernel vxlan over IPv6.
+        let kernel = if is_v6(m) {
+            "kernel-vxlan6"
+        } else {
+            "kernel-vxlan"
+        };
         for (k, ..) in METRICS {
             let v = get(m, k);
             println!(
                 "bench mode={m} metric={k} value={} vs_kernel_vxlan={} spread={} vs_host_gw={}",
                 fmt(v),
-                fmt(v / get("kernel-vxlan", k)),
-                ratio_spread(&samples(m, k), &samples("kernel-vxlan", k)),
+                fmt(v / get(kernel, k)),
+                ratio_spread(&samples(m, k), &samples(kernel, k)),
                 fmt(v / get("host-gw", k))
             );
         }

@@ -20,6 +20,7 @@
 //! - [`netns`]: namespaces, veths, the underlay, NAT and routers;
 //! - [`process`]: weft's processes: starting, stopping, healthz, metrics, tables;
 //! - [`kernel_nodes`]: nodes set up as stock flannel sets them up (kernel vxlan, host-gw);
+//!   [`dual`]: flanneld's dual-stack vxlan node and the IPv6 underlay;
 //! - [`etcd`]: a real etcd server and etcdctl; [`kube`]: the kube-apiserver stand-in;
 //! - [`cni`]: the container runtime's side of CNI;
 //! - [`traffic`]: iperf3 and UDP probes; [`flood`]: a garbage flood and its counts;
@@ -38,6 +39,8 @@ pub mod cluster;
 pub mod cni;
 #[path = "harness/command.rs"]
 pub mod command;
+#[path = "harness/dual.rs"]
+pub mod dual;
 #[path = "harness/etcd.rs"]
 pub mod etcd;
 #[path = "harness/figures.rs"]
@@ -68,6 +71,8 @@ pub use command::{
     try_in_ns, wait_for, wait_for_exit, words,
 };
 #[allow(unused_imports)]
+pub use dual::{program_flanneld_peers, start_flanneld_dual_stack, v6_underlay, DUAL_STACK_VXLAN};
+#[allow(unused_imports)]
 pub use etcd::{Etcd, ETCD_PREFIX};
 #[allow(unused_imports)]
 pub use figures::{figure, machine_busy_seconds, median};
@@ -76,7 +81,9 @@ pub use flood::{flood_mbit, Flood, FloodCounts};
 #[allow(unused_imports)]
 pub use process::{example_beside, rss_kb, weft_next_to_exe};
 #[allow(unused_imports)]
-pub use traffic::{iperf3, iperf3_json, iperf3_per_second, udp_source_seen, Iperf};
+pub use traffic::{
+    iperf3, iperf3_json, iperf3_json_family, iperf3_per_second, udp_source_seen, Iperf,
+};
 
 /// The weft binary cargo built for this test. cargo tells integration tests and benches
 /// where it is (`CARGO_BIN_EXE_weft`), not examples (`cargo build --all-targets` also

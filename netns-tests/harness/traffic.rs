@@ -32,10 +32,25 @@ pub struct Iperf {
 /// Runs iperf3 from pod `from` to pod `to` with client `args` (plus `-J`), and returns its
 /// JSON report, or why it failed.
 pub fn iperf3_json(from: &Pod, to: &Pod, args: &[&str]) -> Result<serde_json::Value, String> {
+    iperf3_json_family(from, to, false, args)
+}
+
+/// [`iperf3_json`] to `to`'s IPv6 address when `v6` (a dual-stack pod).
+pub fn iperf3_json_family(
+    from: &Pod,
+    to: &Pod,
+    v6: bool,
+    args: &[&str],
+) -> Result<serde_json::Value, String> {
+    let dst = match (v6, to.ip6) {
+        (true, Some(a)) => a.to_string(),
+        (true, None) => return Err(format!("{} has no IPv6 address", to.ip)),
+        (false, _) => to.ip.to_string(),
+    };
     let mut server = Command::new("ip")
         .args(words(&format!(
-            "netns exec {} iperf3 -s -1 -B {}",
-            to.ns, to.ip
+            "netns exec {} iperf3 -s -1 -B {dst}",
+            to.ns
         )))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -49,7 +64,6 @@ pub fn iperf3_json(from: &Pod, to: &Pod, args: &[&str]) -> Result<serde_json::Va
         }
         up
     });
-    let dst = to.ip.to_string();
     let mut argv = vec!["iperf3", "-c", dst.as_str(), "-J"];
     argv.extend_from_slice(args);
     let out = ready.then(|| ns_run(&from.ns, &argv));
@@ -58,7 +72,7 @@ pub fn iperf3_json(from: &Pod, to: &Pod, args: &[&str]) -> Result<serde_json::Va
     let out = out.ok_or("iperf3 server did not start")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("iperf3 {} -> {} failed: {text}", from.ip, to.ip));
+        return Err(format!("iperf3 {} -> {dst} failed: {text}", from.ip));
     }
     serde_json::from_str(&text).map_err(|e| format!("iperf3 -J output: {e}"))
 }

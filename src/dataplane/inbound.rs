@@ -14,6 +14,7 @@ use crate::encap::{DropReason, Inbound, HEADROOM};
 use crate::lease::Snapshot;
 use crate::offload::gro::{self, Coalescer};
 use crate::offload::gso;
+use crate::offload::v6::Coalescer6;
 use crate::wire::ipv4;
 
 /// The UDP side's buffers, allocated once.
@@ -117,7 +118,8 @@ pub(super) enum TunWriter {
     /// into one super-packet write (one copy, no checksum pass: the kernel finishes partial
     /// checksums if it must), and a peer's oversized TSO segment is handed to the kernel's
     /// GSO at our MSS.
-    Coalescing(Box<Coalescer>),
+    /// IPv6 pods' TCP segments are coalesced apart, in the second coalescer.
+    Coalescing(Box<Coalescer>, Box<Coalescer6>),
     /// A plain TUN: one write per packet, with checksums completed (it cannot say
     /// "partial") and oversized TCP split as GSO would.
     Plain {
@@ -129,7 +131,10 @@ pub(super) enum TunWriter {
 impl TunWriter {
     fn new(offload: bool, merge_udp: bool) -> TunWriter {
         if offload {
-            TunWriter::Coalescing(Box::new(Coalescer::new().merging_udp(merge_udp)))
+            TunWriter::Coalescing(
+                Box::new(Coalescer::new().merging_udp(merge_udp)),
+                Box::default(),
+            )
         } else {
             TunWriter::Plain {
                 scratch: vec![0; MAX_PACKET],
@@ -149,7 +154,7 @@ impl TunWriter {
     ) {
         let pkt = &mut rx[r.clone()];
         match self {
-            TunWriter::Coalescing(co) => {
+            TunWriter::Coalescing(co, _) => {
                 WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
                 if pkt.len() > mtu {
                     // A peer's TSO super-packet: the kernel segments it at our MSS, written
@@ -195,10 +200,12 @@ impl TunWriter {
         }
     }
 
-    /// Delivers the IPv6 pod packet at `rx[r]`, one write each: with a virtio-net header
-    /// written into the headroom before it (the kernel finishes a partial checksum, and
-    /// cuts a peer's TCP super-packet at our MSS), or on a plain TUN with checksums
-    /// completed here. Oversized packets that cannot be cut are dropped, counted.
+    /// Delivers the IPv6 pod packet at `rx[r]`: a TCP segment that fits is coalesced with
+    /// its flow's neighbours ([`Coalescer6`]); anything else is written alone, with a
+    /// virtio-net header written into the headroom before it (the kernel finishes a
+    /// partial checksum, and cuts a peer's TCP super-packet at our MSS), or on a plain TUN
+    /// with checksums completed here. Oversized packets that cannot be cut are dropped,
+    /// counted.
     fn deliver6(
         &mut self,
         tun: &SyncDevice,
@@ -209,9 +216,19 @@ impl TunWriter {
     ) {
         let pkt = &mut rx[r.clone()];
         let hdr = match self {
-            TunWriter::Coalescing(co) => {
+            TunWriter::Coalescing(_, co6) => {
+                if pkt.len() <= mtu && co6.push(pkt) {
+                    WorkerCounters::add(&c.rx_packets, 1);
+                    WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+                    return;
+                }
                 // What is pending is older: it goes first.
-                write_pending(tun, c, co);
+                write_pending6(tun, c, co6);
+                if pkt.len() <= mtu && co6.push(pkt) {
+                    WorkerCounters::add(&c.rx_packets, 1);
+                    WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+                    return;
+                }
                 crate::offload::v6::tun_header(pkt, mtu)
             }
             TunWriter::Plain { .. } if pkt.len() > mtu => None,
@@ -237,8 +254,9 @@ impl TunWriter {
 
     /// Writes whatever is still held (the coalescer's pending super-packet).
     fn flush(&mut self, tun: &SyncDevice, c: &WorkerCounters) {
-        if let TunWriter::Coalescing(co) = self {
+        if let TunWriter::Coalescing(co, co6) = self {
             write_pending(tun, c, co);
+            write_pending6(tun, c, co6);
         }
     }
 }
@@ -249,6 +267,15 @@ fn write(tun: &SyncDevice, c: &WorkerCounters, pkt: &[u8]) {
     WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
     if tun.send(pkt).is_err() {
         WorkerCounters::add(&c.tun_write_errors, 1);
+    }
+}
+
+/// Writes the IPv6 coalescer's pending super-packet, if any.
+fn write_pending6(tun: &SyncDevice, c: &WorkerCounters, co: &mut Coalescer6) {
+    if let Some(bytes) = co.flush() {
+        if tun.send(bytes).is_err() {
+            WorkerCounters::add(&c.tun_write_errors, 1);
+        }
     }
 }
 

@@ -1,12 +1,169 @@
-//! The virtio-net header for an IPv6 pod packet written to an offloading TUN: what lets
-//! the kernel finish the L4 checksum a kernel peer left partial, and cut a peer's TCP
-//! super-packet at our MSS. One packet per write: IPv6 segments are not coalesced
-//! ([`super::gro::Coalescer`] merges TCP/IPv4 only).
+//! IPv6 pod packets written to an offloading TUN: [`tun_header`], the virtio-net header
+//! that lets the kernel finish the L4 checksum a kernel peer left partial and cut a peer's
+//! TCP super-packet at our MSS; and [`Coalescer6`], receive coalescing of consecutive
+//! TCP/IPv6 segments of a flow into one super-packet written once with `gso_type = TCPV6`,
+//! by the rules of [`super::gro::Coalescer`] (the kernel's `tcp_gro_receive`, with
+//! `ipv6_gro_receive`'s: the same first header word but for the payload length, i.e.
+//! traffic class and flow label, the same hop limit and addresses, no extension headers).
 
 use crate::wire::virtio_net::{
     self, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use crate::wire::{checksum, ipv6, put16, tcp};
+
+/// Where the packet starts in the coalescer's buffer: after the virtio-net header.
+const PKT: usize = virtio_net::LEN;
+/// The largest packet a merge builds (its payload length fits 16 bits with room to spare).
+const MAX_LEN: usize = 65535;
+
+/// The facts of a mergeable TCP/IPv6 segment: next header TCP, no extension headers, the
+/// packet exactly as long as its payload length says, ACK or ACK|PSH, some payload.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    thl: usize,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: usize,
+}
+
+fn segment(pkt: &[u8]) -> Option<Seg> {
+    let ip = ipv6::Packet::new_checked(pkt).ok()?;
+    if ip.next_header() != ipv6::NEXT_TCP || ip.packet().len() != pkt.len() {
+        return None;
+    }
+    let t = tcp::Packet::new_checked(ip.payload()).ok()?;
+    let flags = t.flags();
+    let s = Seg {
+        thl: t.header_len(),
+        seq: t.seq_number(),
+        ack: t.ack_number(),
+        flags,
+        payload: t.payload().len(),
+    };
+    let mergeable = flags == tcp::FLAG_ACK || flags == tcp::FLAG_ACK | tcp::FLAG_PSH;
+    (mergeable && s.payload > 0).then_some(s)
+}
+
+/// One open TCP/IPv6 super-packet, built in a buffer allocated once.
+pub struct Coalescer6 {
+    /// virtio-net header space, then the packet.
+    buf: Vec<u8>,
+    len: usize,
+    segs: usize,
+    /// The first segment's facts (its header length, its payload is the MSS).
+    first: Option<Seg>,
+    next_seq: u32,
+    /// No more segments may join (after PSH or a short segment).
+    closed: bool,
+}
+
+impl Default for Coalescer6 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Coalescer6 {
+    /// An empty coalescer (allocates its 64 KB buffer now, never later).
+    pub fn new() -> Coalescer6 {
+        Coalescer6 {
+            buf: vec![0; PKT + MAX_LEN],
+            len: 0,
+            segs: 0,
+            first: None,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+
+    /// Adds a packet: merged into the pending super-packet, or started as a new one if
+    /// nothing is pending. False (keeping nothing) when it is not a mergeable TCP/IPv6
+    /// segment, or does not continue what is pending: the caller flushes and, for the
+    /// latter, pushes again.
+    pub fn push(&mut self, pkt: &[u8]) -> bool {
+        let Some(s) = segment(pkt).filter(|_| pkt.len() <= MAX_LEN) else {
+            return false;
+        };
+        let Some(first) = self.first else {
+            self.buf[PKT..PKT + pkt.len()].copy_from_slice(pkt);
+            (self.len, self.segs, self.first) = (pkt.len(), 1, Some(s));
+            self.next_seq = s.seq.wrapping_add(s.payload as u32);
+            self.closed = s.flags & tcp::FLAG_PSH != 0;
+            return true;
+        };
+        let head = &self.buf[PKT..PKT + ipv6::HEADER_LEN + first.thl];
+        let hl = ipv6::HEADER_LEN;
+        let ok = !self.closed
+            && s.thl == first.thl
+            && s.seq == self.next_seq
+            && s.ack == first.ack
+            && s.payload <= first.payload
+            && self.len + s.payload <= MAX_LEN
+            // Version, traffic class, flow label; next header, hop limit, addresses.
+            && pkt[..4] == head[..4]
+            && pkt[6..hl] == head[6..hl]
+            // Ports; then the options (the window and checksum may differ).
+            && pkt[hl..hl + 4] == head[hl..hl + 4]
+            && pkt[hl + tcp::HEADER_LEN..hl + s.thl] == head[hl + tcp::HEADER_LEN..];
+        if !ok {
+            return false;
+        }
+        let at = PKT + self.len;
+        self.buf[at..at + s.payload].copy_from_slice(&pkt[hl + s.thl..]);
+        self.len += s.payload;
+        self.segs += 1;
+        self.next_seq = self.next_seq.wrapping_add(s.payload as u32);
+        if s.flags & tcp::FLAG_PSH != 0 {
+            // The super-packet carries PSH, as its last segment will once cut.
+            self.buf[PKT + hl + 13] |= tcp::FLAG_PSH;
+            self.closed = true;
+        }
+        self.closed |= s.payload < first.payload;
+        true
+    }
+
+    /// Finishes the pending packet and returns the bytes to write to the TUN (virtio-net
+    /// header included); empty afterwards. `None` if nothing is pending.
+    pub fn flush(&mut self) -> Option<&[u8]> {
+        let first = self.first.take()?;
+        let (len, segs) = (
+            std::mem::take(&mut self.len),
+            std::mem::take(&mut self.segs),
+        );
+        self.closed = false;
+        let pkt = &mut self.buf[PKT..PKT + len];
+        put16(pkt, 4, (len - ipv6::HEADER_LEN) as u16);
+        let ip = ipv6::Packet::new_unchecked(&*pkt);
+        let l4 = (len - ipv6::HEADER_LEN) as u32;
+        let ph = checksum::pseudo_header_v6(ip.src(), ip.dst(), ipv6::NEXT_TCP, l4);
+        put16(
+            pkt,
+            ipv6::HEADER_LEN + tcp::CHECKSUM_OFFSET,
+            checksum::fold(ph),
+        );
+        let mut hdr = virtio_net::Repr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_NONE,
+            hdr_len: 0,
+            gso_size: 0,
+            csum_start: ipv6::HEADER_LEN as u16,
+            csum_offset: tcp::CHECKSUM_OFFSET as u16,
+        };
+        if segs > 1 {
+            hdr.gso_type = VIRTIO_NET_HDR_GSO_TCPV6;
+            hdr.hdr_len = (ipv6::HEADER_LEN + first.thl) as u16;
+            hdr.gso_size = first.payload as u16;
+        }
+        hdr.emit(&mut self.buf[..PKT]);
+        Some(&self.buf[..PKT + len])
+    }
+
+    /// Segments merged into the pending packet.
+    pub fn segments(&self) -> usize {
+        self.segs
+    }
+}
 
 /// Prepares the IPv6 packet `pkt` (a checked one, as decapsulation returns it) for a TUN
 /// write and returns its header: a TCP or UDP packet right after the fixed header gets its
@@ -84,6 +241,60 @@ mod tests {
             assert!(complete_checksum(&mut p, &h));
             assert_eq!(p, good, "tcp={tcp}");
         }
+    }
+
+    /// Segment `i` of a flow (`mss` bytes of payload each), as etherparse builds it.
+    fn seg(i: u32, mss: usize, psh: bool) -> Vec<u8> {
+        let mut b = etherparse::PacketBuilder::ipv6(
+            [0xfd, 0, 0x10, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+            [0xfd, 0, 0x10, 0x44, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            64,
+        )
+        .tcp(40000, 5201, 1000 + i * mss as u32, 500)
+        .ack(9);
+        if psh {
+            b = b.psh();
+        }
+        let data: Vec<u8> = (0..mss).map(|k| (i as usize * mss + k) as u8).collect();
+        let mut v = Vec::new();
+        b.write(&mut v, &data).unwrap();
+        v
+    }
+
+    #[test]
+    fn consecutive_segments_become_one_gso_packet_the_kernel_can_cut_back() {
+        let mut co = Coalescer6::new();
+        for i in 0..5 {
+            assert!(co.push(&seg(i, 1370, i == 4)), "segment {i}");
+        }
+        // After PSH nothing joins; a new flow's segment does not either.
+        assert!(!co.push(&seg(5, 1370, false)));
+        assert_eq!(co.segments(), 5);
+        let out = co.flush().unwrap().to_vec();
+        let vh = virtio_net::Packet::new_checked(&out[..]).unwrap();
+        let h = virtio_net::Repr::parse(&vh);
+        assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_TCPV6);
+        assert_eq!((h.hdr_len, h.gso_size), (60, 1370));
+        let mut pkt = out[virtio_net::LEN..].to_vec();
+        assert_eq!(pkt.len(), 60 + 5 * 1370);
+        assert!(complete_checksum(&mut pkt, &h));
+        // The whole is one valid TCP/IPv6 packet carrying the five payloads in order, PSH.
+        let (ip, rest) = etherparse::Ipv6Header::from_slice(&pkt).unwrap();
+        let (t, data) = etherparse::TcpHeader::from_slice(rest).unwrap();
+        assert_eq!(t.calc_checksum_ipv6(&ip, data).unwrap(), t.checksum);
+        assert!(t.psh);
+        let want: Vec<u8> = (0..5 * 1370).map(|k| k as u8).collect();
+        assert_eq!(data, &want[..]);
+        assert!(co.flush().is_none());
+        // A gap in the sequence does not merge; a lone segment goes without GSO.
+        assert!(co.push(&seg(0, 1370, false)));
+        assert!(!co.push(&seg(2, 1370, false)));
+        let one = co.flush().unwrap();
+        let h = virtio_net::Repr::parse(&virtio_net::Packet::new_checked(one).unwrap());
+        assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+        // Not TCP: refused, nothing kept.
+        assert!(!co.push(&packet(false, 100)));
+        assert!(co.flush().is_none());
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! Nodes set up as flanneld v0.28 sets up a dual-stack vxlan node (`flannel.1` and
+//! `flannel-v6.1`, its lease in etcd in flanneld's words), and the IPv6 underlay they and
+//! weft's dual-stack nodes share: 2001:db8::/64 beside 192.0.2.0/24 on the same bridge.
+
+use std::net::Ipv6Addr;
+
+use super::cluster::Cluster;
+use super::command::{ip, ns_sh, try_in_ns};
+use super::etcd::ETCD_PREFIX;
+
+/// A dual-stack vxlan net-conf.json: flanneld's example networks.
+pub const DUAL_STACK_VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Gives node `i` its IPv6 underlay address, 2001:db8::`i+1`/64 on eth0.
+pub fn v6_underlay(c: &Cluster, i: usize) -> Ipv6Addr {
+    let a: Ipv6Addr = format!("2001:db8::{}", i + 1).parse().unwrap();
+    ip(
+        &c.nodes[i].ns,
+        &format!("-6 addr add {a}/64 dev eth0 nodad"),
+    );
+    a
+}
+
+/// Node `k` set up as flanneld v0.28 sets up a dual-stack vxlan node: its lease in etcd as
+/// flanneld writes it (key `<v4>-24&<v6>-64`, value with PublicIPv6 and BackendV6Data, the
+/// format of flannel's `pkg/lease/lease.go` and `pkg/subnet/subnet.go MakeSubnetKey`),
+/// `flannel.1` and `flannel-v6.1` as its `device.go` makes them, and subnet.env in
+/// `WriteSubnetFile`'s words and order.
+pub fn start_flanneld_dual_stack(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
+    let (ns, v4) = (c.nodes[k].ns.clone(), c.nodes[k].ip);
+    let n = v4.octets()[3];
+    let (mac, mac6) = (
+        format!("0e:00:00:00:{n:02x}:01"),
+        format!("0e:00:00:00:{n:02x}:06"),
+    );
+    let key = format!("{ETCD_PREFIX}/subnets/10.244.{n}.0-24&fd00:10:244:{n}::-64");
+    let value = format!(
+        r#"{{"PublicIP":"{v4}","PublicIPv6":"{v6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+    );
+    let etcd = c.etcd.as_ref().expect("an etcd cluster");
+    let grant = etcd.ctl(&["lease", "grant", "86400"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    etcd.ctl(&["put", &format!("--lease={id}"), &key, &value]);
+    for (dev, m, local, addr) in [
+        (
+            "flannel.1",
+            &mac,
+            v4.to_string(),
+            format!("10.244.{n}.0/32"),
+        ),
+        (
+            "flannel-v6.1",
+            &mac6,
+            v6.to_string(),
+            format!("fd00:10:244:{n}::/128"),
+        ),
+    ] {
+        ip(&ns, &format!("link add {dev} address {m} mtu 1450 type vxlan id 1 local {local} dev eth0 dstport 8472 nolearning"));
+        let _ = try_in_ns(
+            &ns,
+            &format!(
+                "sysctl -qw net.ipv6.conf.{}.accept_ra=0",
+                dev.replace('.', "/")
+            ),
+        );
+        ip(&ns, &format!("addr add {addr} dev {dev}"));
+        ip(&ns, &format!("link set {dev} up"));
+    }
+    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
+    let file = c.nodes[k].subnet_file.clone();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, env).unwrap();
+}
+
+/// flanneld's vxlan programming on node `k` for every other lease in etcd, both families:
+/// per peer the neighbour, the FDB entry and the onlink route on each device. The leases
+/// are weft's, read raw from etcd; the v6 half parsed from flanneld's key format.
+pub fn program_flanneld_peers(c: &Cluster, k: usize) {
+    let ns = &c.nodes[k].ns;
+    let prefix = format!("{ETCD_PREFIX}/subnets/");
+    for (key, value) in c.etcd.as_ref().unwrap().get_prefix(&prefix) {
+        let v: serde_json::Value = serde_json::from_str(&value).unwrap();
+        if v["PublicIP"] == c.nodes[k].ip.to_string() {
+            continue;
+        }
+        let (v4, v6) = key[prefix.len()..]
+            .split_once('&')
+            .expect("a dual-stack key");
+        let sides = [
+            (
+                "flannel.1",
+                v4.replace('-', "/"),
+                &v["PublicIP"],
+                &v["BackendData"],
+            ),
+            (
+                "flannel-v6.1",
+                v6.replace('-', "/"),
+                &v["PublicIPv6"],
+                &v["BackendV6Data"],
+            ),
+        ];
+        for (dev, subnet, public, data) in sides {
+            let gw = subnet.split('/').next().unwrap();
+            let mac = data["VtepMAC"].as_str().expect("a VtepMAC");
+            let public = public.as_str().expect("a public address");
+            ip(
+                ns,
+                &format!("neigh replace {gw} dev {dev} lladdr {mac} nud permanent"),
+            );
+            ns_sh(
+                ns,
+                &[
+                    "bridge",
+                    "fdb",
+                    "append",
+                    mac,
+                    "dev",
+                    dev,
+                    "dst",
+                    public,
+                    "self",
+                    "permanent",
+                ],
+            );
+            ip(
+                ns,
+                &format!("route replace {subnet} via {gw} dev {dev} onlink"),
+            );
+        }
+    }
+}
