@@ -105,6 +105,13 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
             })?;
     }
     let injectors = tunnel_gso(&s, &mut offloads);
+    let ipv6_gate = v6
+        .is_some()
+        .then(|| inject::Ipv6Gate::new(&inject::tap_name(&d.tun_name), &injectors))
+        .flatten();
+    if let Some(g) = &ipv6_gate {
+        g.refresh();
+    }
     let node = Node {
         public_ip: s.public_ip,
         subnet: s.lease.subnet,
@@ -150,6 +157,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         tun_name: d.tun_name.clone(),
         dp,
         reconciler,
+        ipv6_gate,
     }))
 }
 
@@ -324,6 +332,8 @@ struct Forwarding {
     forwarded_from: Vec<String>,
     dp: Dataplane,
     reconciler: Reconciler,
+    /// Whether IPv6 super-packets may use tunnel GSO, kept with the node's IPv6 forwarding.
+    ipv6_gate: Option<inject::Ipv6Gate>,
 }
 
 impl Running for Forwarding {
@@ -347,6 +357,9 @@ impl Running for Forwarding {
     }
 
     fn check(&mut self) -> Health {
+        if let Some(g) = &self.ipv6_gate {
+            g.refresh();
+        }
         if self.dp.tun_gone() {
             return Health::Broken(format!("TUN {} is gone (its reads fail)", self.tun_name));
         }

@@ -6,7 +6,7 @@
 //! the kernel forwards it out of the underlay. For that the TAP needs, and gets here:
 //! `forwarding=1` (on the TAP only: the global `ip_forward` is not touched),
 //! `accept_local=1` (the outer source is this node's own address, otherwise a martian),
-//! `rp_filter=0`, and no IPv6. The kernel takes the larger of `all.rp_filter` and the
+//! `rp_filter=0`, and IPv6 only on a dual-stack node that forwards IPv6. The kernel takes the larger of `all.rp_filter` and the
 //! TAP's own, and any reverse-path filtering drops the frames (the source is local), so a
 //! node with `net.ipv4.conf.all.rp_filter` set gets the userspace split instead, with a
 //! line saying why. The TAP lives as long as its descriptors: a stopped or killed weft
@@ -19,6 +19,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::offload::tunnel;
 
@@ -45,6 +47,56 @@ pub(crate) struct Injector {
     /// The TAP's MAC: injected frames are addressed to it, so the kernel takes them as its
     /// own to route.
     pub(crate) mac: [u8; 6],
+    /// Whether IPv6 pods' super-packets may come this way (in outer IPv6): the node is
+    /// dual-stack and forwards IPv6 (shared by the queues; [`Ipv6Gate`] keeps it).
+    pub(crate) v6: Arc<AtomicBool>,
+}
+
+/// Keeps the injectors' IPv6 switch: open while the node forwards IPv6
+/// (`net.ipv6.conf.all.forwarding`, which its IPv6 pods need anyway, and which weft does
+/// not turn on: the CNI bridge plugin or the administrator does, often after weft starts),
+/// closed otherwise, when IPv6 pods' super-packets are split in userspace: frames the
+/// kernel would not forward are never injected.
+pub(crate) struct Ipv6Gate {
+    name: String,
+    open: Arc<AtomicBool>,
+}
+
+impl Ipv6Gate {
+    /// The gate of the TAP `name`'s injectors.
+    pub(crate) fn new(name: &str, injectors: &[Injector]) -> Option<Ipv6Gate> {
+        injectors.first().map(|i| Ipv6Gate {
+            name: name.to_string(),
+            open: i.v6.clone(),
+        })
+    }
+
+    /// Reads the node's IPv6 forwarding and opens or closes the gate to match; on opening,
+    /// readies the TAP for IPv6 frames (no link-local address, no router solicitations or
+    /// advertisements). Cheap enough for every health check.
+    pub(crate) fn refresh(&self) {
+        let forwarding = read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding").ok() == Some(1);
+        if forwarding == self.open.load(Ordering::Relaxed) {
+            return;
+        }
+        let conf = |key: &str| format!("/proc/sys/net/ipv6/conf/{}/{key}", self.name);
+        let ready = forwarding && {
+            let _ = sysctl(&conf("addr_gen_mode"), "1");
+            let _ = sysctl(&conf("accept_ra"), "0");
+            let _ = sysctl(&conf("router_solicitations"), "0");
+            sysctl(&conf("disable_ipv6"), "0").is_ok()
+        };
+        tracing::info!(
+            "IPv6 forwarding {}: IPv6 pods' TSO super-packets {}",
+            if forwarding { "on" } else { "off" },
+            if ready {
+                "leave whole by tunnel GSO"
+            } else {
+                "are split in userspace"
+            }
+        );
+        self.open.store(ready, Ordering::Relaxed);
+    }
 }
 
 impl Injector {
@@ -125,8 +177,9 @@ fn read_sysctl(path: &str) -> io::Result<u32> {
 /// hand-over attaches its own queues to the same TAP) and configures it to forward what is
 /// written to it: `forward(name)` sets its IPv4 `forwarding` 1, `accept_local` 1 and
 /// `rp_filter` 0 (over netlink, which works where `/proc/sys` is read-only, as in a
-/// container). The caller brings the link up. Fails, with the reason, where the kernel
-/// cannot take tunnel GSO frames or would drop them.
+/// container). IPv6 is off on it until an [`Ipv6Gate`] opens. The caller brings the link
+/// up. Fails, with the reason, where the kernel cannot take tunnel GSO frames or would drop
+/// them.
 pub(crate) fn open(
     name: &str,
     queues: usize,
@@ -137,6 +190,7 @@ pub(crate) fn open(
         .collect::<io::Result<Vec<_>>>()?;
     forward(name)?;
     let _ = sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    let v6 = Arc::new(AtomicBool::new(false));
     let all = read_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter")?;
     if all != 0 {
         return Err(io::Error::other(format!(
@@ -145,7 +199,14 @@ pub(crate) fn open(
         )));
     }
     let mac = mac_of(name)?;
-    Ok(taps.into_iter().map(|tap| Injector { tap, mac }).collect())
+    Ok(taps
+        .into_iter()
+        .map(|tap| Injector {
+            tap,
+            mac,
+            v6: v6.clone(),
+        })
+        .collect())
 }
 
 fn mac_of(name: &str) -> io::Result<[u8; 6]> {

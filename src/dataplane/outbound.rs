@@ -28,7 +28,11 @@ const SEGMENTS_PER_READ: usize = 64;
 /// Where a raw TUN read puts its packet: room before it for the virtio-net header it comes
 /// with, and for the tunnel header, Ethernet and outer headers a whole super-packet gets.
 const RAW_AT: usize = 128;
-const _: () = assert!(RAW_AT >= tunnel::PREFIX + VXLAN_OVERHEAD && RAW_AT >= VIRTIO_NET_HDR_LEN);
+const _: () = assert!(
+    RAW_AT >= tunnel::PREFIX + VXLAN_OVERHEAD
+        && RAW_AT >= tunnel::PREFIX + crate::encap::VXLAN6_OVERHEAD
+        && RAW_AT >= VIRTIO_NET_HDR_LEN
+);
 
 /// What one TUN read gave.
 enum Read {
@@ -165,13 +169,19 @@ impl Worker {
         if n <= VIRTIO_NET_HDR_LEN {
             return Err(io::Error::new(ErrorKind::InvalidData, "short TUN read"));
         }
-        if self.inject.is_some() {
+        if let Some(inj) = &self.inject {
+            let v6_ok = inj.v6.load(std::sync::atomic::Ordering::Relaxed);
             let (vh, pkt) = (
                 &b.raw[RAW_AT - VIRTIO_NET_HDR_LEN..RAW_AT],
                 &b.raw[RAW_AT..end],
             );
             if let Some(tso) = tunnel::tso_read(vh, pkt) {
-                if tso.segment_len() <= self.node.mtu {
+                let mtu = match (tso.v6, self.node.v6) {
+                    (true, Some(v6)) if v6_ok => v6.mtu,
+                    (true, _) => 0,
+                    (false, _) => self.node.mtu,
+                };
+                if tso.segment_len() <= mtu {
                     return Ok(Read::Whole(tso, end));
                 }
             }

@@ -63,13 +63,18 @@ impl Node {
         if peer6.public_ip == v6.public_ip || v6.subnet.contains(&dst) {
             return Outbound::Drop(DropReason::Loop);
         }
-        if segment.is_some() {
-            // The kernel's UDP-tunnel GSO is fed IPv4 only (`offload::tunnel`).
+        // A super-packet leaves whole only for a peer that takes it as one datagram, and
+        // only if the outer payload length can say how long it is.
+        let fits = tot + VXLAN6_OVERHEAD - ipv6::HEADER_LEN <= u16::MAX as usize;
+        if segment.is_some() && !(peer.super_datagrams && fits) {
             return Outbound::Split;
         }
-        if tot > v6.mtu {
+        if segment.unwrap_or(tot) > v6.mtu {
             let mtu = Some(v6.mtu.min(u32::MAX as usize) as u32);
             return self.icmp6_error(buf, start, tot, (mtu, 0), DropReason::TooBig);
+        }
+        if !fits {
+            return Outbound::Drop(DropReason::TooBig);
         }
         self.encap6(buf, start, tot, &peer, &peer6, &v6)
     }

@@ -23,11 +23,11 @@
 
 use std::ops::Range;
 
-use crate::wire::checksum;
-use crate::wire::ipv4;
 use crate::wire::virtio_net::{
     self, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
 };
+use crate::wire::{checksum, ipv4, ipv6};
 
 /// `sizeof(struct virtio_net_hdr_v1_hash_tunnel)`: the 12-byte `virtio_net_hdr_v1`, the
 /// hash report (8 bytes, unused here) and the two tunnel offsets.
@@ -42,6 +42,8 @@ pub const TUN_F_UDP_TUNNEL_GSO: u32 = 0x80;
 pub const TUN_F_UDP_TUNNEL_GSO_CSUM: u32 = 0x100;
 /// gso_type bit: the packet is in a UDP tunnel over IPv4.
 pub const VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+/// gso_type bit: the packet is in a UDP tunnel over IPv6.
+pub const VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6: u8 = 0x40;
 /// flags bit: the outer UDP checksum is partial (the kernel finishes it per segment).
 pub const VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM: u8 = 8;
 /// Source MAC of injected frames (locally administered; nothing sees it but the TAP).
@@ -65,6 +67,8 @@ pub struct Tso {
     pub ecn: bool,
     /// How many segments the kernel will make.
     pub segments: usize,
+    /// The super-packet is TCP/IPv6 (an IPv6 pod's), not TCP/IPv4.
+    pub v6: bool,
 }
 
 impl Tso {
@@ -74,26 +78,36 @@ impl Tso {
     }
 }
 
+/// The IP header length of a TCP super-packet `pkt` of GSO type `gso` (TCPv4 or TCPv6,
+/// without extension headers) whose length fields agree with it; `None` otherwise.
+fn tcp_ip_header(gso: u8, pkt: &[u8]) -> Option<usize> {
+    match gso {
+        VIRTIO_NET_HDR_GSO_TCPV4 => {
+            let ip = ipv4::Packet::new_checked(pkt).ok()?;
+            (ip.protocol() == 6 && ip.total_len() as usize == pkt.len()).then(|| ip.header_len())
+        }
+        VIRTIO_NET_HDR_GSO_TCPV6 => {
+            let ip = ipv6::Packet::new_checked(pkt).ok()?;
+            let whole = ip.packet().len() == pkt.len();
+            (ip.next_header() == ipv6::NEXT_TCP && whole).then_some(ipv6::HEADER_LEN)
+        }
+        _ => None,
+    }
+}
+
 /// Reads a TUN read's 10-byte virtio-net header `vhdr` and the packet `pkt` after it, and
-/// says whether it is an IPv4 TCP TSO super-packet that can leave whole: GSO type TCPv4,
-/// checksum partial at the TCP checksum, headers consistent with the packet, at least one
-/// byte of payload. Anything else (plain packets, UDP, IPv6, a header that lies) is `None`:
-/// the caller splits it in userspace as before.
+/// says whether it is a TCP TSO super-packet (IPv4, or IPv6 without extension headers)
+/// that can leave whole: GSO type TCPv4 or TCPv6, checksum partial at the TCP checksum,
+/// headers consistent with the packet, at least one byte of payload. Anything else (plain
+/// packets, UDP, a header that lies) is `None`: the caller splits it in userspace.
 pub fn tso_read(vhdr: &[u8], pkt: &[u8]) -> Option<Tso> {
     let h = virtio_net::Packet::new_checked(vhdr).ok()?;
-    if h.gso_type() & !VIRTIO_NET_HDR_GSO_ECN != VIRTIO_NET_HDR_GSO_TCPV4
-        || h.flags() & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0
-        || h.gso_size() == 0
-    {
+    let gso = h.gso_type() & !VIRTIO_NET_HDR_GSO_ECN;
+    if h.flags() & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 || h.gso_size() == 0 {
         return None;
     }
-    let ip = ipv4::Packet::new_checked(pkt).ok()?;
-    let ihl = ip.header_len();
-    if ip.protocol() != 6
-        || ip.total_len() as usize != pkt.len()
-        || h.csum_start() as usize != ihl
-        || h.csum_offset() != 16
-    {
+    let ihl = tcp_ip_header(gso, pkt)?;
+    if h.csum_start() as usize != ihl || h.csum_offset() != 16 {
         return None;
     }
     let tcp_len = (*pkt.get(ihl + 12)? >> 4) as usize * 4;
@@ -110,15 +124,17 @@ pub fn tso_read(vhdr: &[u8], pkt: &[u8]) -> Option<Tso> {
         csum_offset: 16,
         ecn: h.gso_type() & VIRTIO_NET_HDR_GSO_ECN != 0,
         segments: payload.div_ceil(gso_size as usize),
+        v6: gso == VIRTIO_NET_HDR_GSO_TCPV6,
     })
 }
 
-/// Turns the datagram at `buf[datagram]` (outer IPv4 + UDP + tunnel headers + the inner
-/// super-packet, which starts at `inner`), as [`crate::encap`] emitted it, into a frame for
-/// the injection TAP whose MAC is `tap_mac`, in place, and returns the frame's range (the
-/// tunnel header first). The outer TTL goes up by one (forwarding takes it back) and the
-/// outer UDP checksum becomes the pseudo-header sum the kernel completes per segment.
-/// `None` when the headroom is short or the datagram is not what encap emits.
+/// Turns the datagram at `buf[datagram]` (outer IPv4 or IPv6 + UDP + tunnel headers + the
+/// inner super-packet, which starts at `inner`), as [`crate::encap`] emitted it, into a
+/// frame for the injection TAP whose MAC is `tap_mac`, in place, and returns the frame's
+/// range (the tunnel header first). The outer TTL (hop limit) goes up by one (forwarding
+/// takes it back) and the outer UDP checksum becomes the pseudo-header sum the kernel
+/// completes per segment. `None` when the headroom is short or the datagram is not what
+/// encap emits.
 pub fn frame(
     buf: &mut [u8],
     datagram: Range<usize>,
@@ -128,45 +144,47 @@ pub fn frame(
 ) -> Option<Range<usize>> {
     let o = datagram.start;
     let start = o.checked_sub(PREFIX)?;
-    if datagram.end > buf.len()
-        || datagram.len() > MAX_DATAGRAM
-        || inner < o + 28
-        || inner + tso.headers >= datagram.end
-    {
+    if datagram.end > buf.len() || inner + tso.headers >= datagram.end {
         return None;
     }
-    {
-        let mut ip = ipv4::Packet::new_checked(&mut buf[datagram.clone()]).ok()?;
-        if ip.header_len() != 20 || ip.protocol() != 17 || ip.total_len() as usize != datagram.len()
-        {
-            return None;
-        }
-        ip.set_ttl(ip.ttl().saturating_add(1));
-        ip.fill_checksum();
-    }
-    let (src, dst) = {
-        let ip = ipv4::Packet::new_unchecked(&buf[datagram.clone()]);
-        (ip.src(), ip.dst())
+    let outer = &mut buf[datagram.clone()];
+    let (ip_len, partial, ethertype, tunnel) = match outer.first().map(|b| b >> 4) {
+        Some(4) => (
+            20,
+            outer_ipv4(outer)?,
+            0x0800u16,
+            VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4,
+        ),
+        Some(6) => (
+            40,
+            outer_ipv6(outer)?,
+            0x86dd,
+            VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6,
+        ),
+        _ => return None,
     };
-    let udp = o + 20;
-    let udp_len = u16::try_from(datagram.end - udp).ok()?;
-    if u16::from_be_bytes([buf[udp + 4], buf[udp + 5]]) != udp_len {
+    let udp = o + ip_len;
+    if inner < udp + 8 {
         return None;
     }
-    let partial = checksum::fold(checksum::pseudo_header_v4(src, dst, 17, udp_len));
     buf[udp + 6..udp + 8].copy_from_slice(&partial.to_be_bytes());
 
     let eth = o - ETH_LEN;
     buf[eth..eth + 6].copy_from_slice(&tap_mac);
     buf[eth + 6..eth + 12].copy_from_slice(&SRC_MAC);
-    buf[eth + 12..o].copy_from_slice(&0x0800u16.to_be_bytes());
+    buf[eth + 12..o].copy_from_slice(&ethertype.to_be_bytes());
 
     // Offsets from the start of the Ethernet frame, as the kernel reads them.
     let outer_th = (udp - eth) as u16;
     let inner_nh = (inner - eth) as u16;
     let csum_start = inner_nh + tso.csum_start;
     let hdr_len = inner_nh + tso.headers as u16;
-    let mut gso_type = VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4;
+    let inner_type = if tso.v6 {
+        VIRTIO_NET_HDR_GSO_TCPV6
+    } else {
+        VIRTIO_NET_HDR_GSO_TCPV4
+    };
+    let mut gso_type = inner_type | tunnel;
     if tso.ecn {
         gso_type |= VIRTIO_NET_HDR_GSO_ECN;
     }
@@ -184,6 +202,47 @@ pub fn frame(
     Some(start..datagram.end)
 }
 
+/// The outer IPv4 header of `datagram`, checked (option-less, UDP, its length the
+/// datagram's, the UDP length agreeing), its TTL raised by one; returns the outer UDP
+/// checksum's pseudo-header sum.
+fn outer_ipv4(datagram: &mut [u8]) -> Option<u16> {
+    if datagram.len() > MAX_DATAGRAM {
+        return None;
+    }
+    let total = datagram.len();
+    let mut ip = ipv4::Packet::new_checked(&mut *datagram).ok()?;
+    if ip.header_len() != 20 || ip.protocol() != 17 || ip.total_len() as usize != total {
+        return None;
+    }
+    let udp_len = udp_len(ip.packet(), 20)?;
+    ip.set_ttl(ip.ttl().saturating_add(1));
+    ip.fill_checksum();
+    let (src, dst) = (ip.src(), ip.dst());
+    Some(checksum::fold(checksum::pseudo_header_v4(
+        src, dst, 17, udp_len,
+    )))
+}
+
+/// [`outer_ipv4`] for an outer IPv6 header (next header UDP, no extension headers).
+fn outer_ipv6(datagram: &mut [u8]) -> Option<u16> {
+    let ip = ipv6::Packet::new_checked(&*datagram).ok()?;
+    if ip.next_header() != ipv6::NEXT_UDP || ip.packet().len() != datagram.len() {
+        return None;
+    }
+    let (src, dst) = (ip.src(), ip.dst());
+    let udp_len = udp_len(datagram, 40)?;
+    datagram[7] = datagram[7].saturating_add(1);
+    let ph = checksum::pseudo_header_v6(src, dst, 17, udp_len as u32);
+    Some(checksum::fold(ph))
+}
+
+/// The UDP length at `udp` in `datagram` if it covers the rest of the datagram exactly.
+fn udp_len(datagram: &[u8], udp: usize) -> Option<u16> {
+    let len = u16::try_from(datagram.len().checked_sub(udp)?).ok()?;
+    let field = u16::from_be_bytes([*datagram.get(udp + 4)?, *datagram.get(udp + 5)?]);
+    (field == len).then_some(len)
+}
+
 /// The kernel's own checks on a tunnel header (`virtio_net_hdr_tnl_to_skb` and
 /// `__virtio_net_hdr_to_skb`, Linux 6.17), for tests and the fuzz target: a frame this
 /// module builds must pass them, or the kernel would refuse the write with `EINVAL`.
@@ -194,16 +253,25 @@ pub fn kernel_accepts(frame: &[u8]) -> bool {
     let (h, pkt) = frame.split_at(HDR_LEN);
     let le = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]) as usize;
     let (flags, gso_type) = (h[0], h[1]);
-    let tunnel = gso_type & (VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 | 0x40);
+    let tunnel =
+        gso_type & (VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 | VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6);
     let inner_type = gso_type & !(VIRTIO_NET_HDR_GSO_ECN | tunnel);
     let (hdr_len, gso_size, csum_start, csum_offset) = (le(2), le(4), le(6), le(8));
     let (outer_th, inner_nh) = (le(20), le(22));
-    tunnel == VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4
-        && inner_type == VIRTIO_NET_HDR_GSO_TCPV4
-        && flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
-        && outer_th >= ETH_LEN + 20
+    let outer_ip = match tunnel {
+        VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 => 20,
+        VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6 => 40,
+        _ => return false,
+    };
+    let inner_ip = match inner_type {
+        VIRTIO_NET_HDR_GSO_TCPV4 => 20,
+        VIRTIO_NET_HDR_GSO_TCPV6 => 40,
+        _ => return false,
+    };
+    flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
+        && outer_th >= ETH_LEN + outer_ip
         && inner_nh >= outer_th + 8
-        && csum_start >= inner_nh + 20
+        && csum_start >= inner_nh + inner_ip
         && csum_start + csum_offset + 2 <= pkt.len()
         && hdr_len <= pkt.len()
         && gso_size > 0
