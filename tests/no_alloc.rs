@@ -174,3 +174,54 @@ fn vxlan_path_allocates_nothing() {
 fn udp_path_allocates_nothing() {
     check(Format::Udp { port: 8285 }, BackendKind::Udp, 1472);
 }
+
+/// An IPv6 UDP packet from node 1's pod to `dst_node`'s, `payload` bytes.
+fn udp6(dst_node: u16, payload: usize) -> Vec<u8> {
+    let pod = |n: u16| std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, n, 0, 0, 0, 5).octets();
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ipv6(pod(1), pod(dst_node), 64)
+        .udp(40000, 5201)
+        .write(&mut v, &vec![0x5a; payload])
+        .unwrap();
+    v
+}
+
+#[test]
+fn ipv6_path_allocates_nothing() {
+    use weft::testkit;
+    let table = LeaseTable::new("10.244.0.0/16".parse().unwrap());
+    table.replace_all((1..=200).map(|i| testkit::peer(i, BackendKind::Vxlan, 1)));
+    let (a, b) = (
+        testkit::node(1, true, 1, ChecksumMode::Full),
+        testkit::node(2, true, 1, ChecksumMode::Full),
+    );
+    let mut buf = vec![0u8; HEADROOM + 4096];
+    let _ = table.load();
+    for pkt in [udp6(2, 1300), udp6(2, 16)] {
+        let n = allocations_in(|| {
+            buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            let snap = table.load();
+            let Outbound::Send(t) = a.outbound(&snap, &mut buf, HEADROOM, pkt.len(), 1) else {
+                panic!("not sent")
+            };
+            let from = std::net::SocketAddr::new(testkit::public_ip6(1).into(), t.src_port);
+            let payload = t.udp_payload();
+            match b.inbound(&snap, from, &mut buf, payload.start, payload.len(), 0) {
+                Inbound::Deliver(r) => assert_eq!(&buf[r], &pkt[..]),
+                other => panic!("{other:?}"),
+            }
+        });
+        assert_eq!(n, 0, "IPv6 encap+decap of {} bytes allocated", pkt.len());
+    }
+    for pkt in [udp6(2, 2000), udp6(250, 64)] {
+        let n = allocations_in(|| {
+            buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            let snap = table.load();
+            assert!(matches!(
+                a.outbound(&snap, &mut buf, HEADROOM, pkt.len(), 1),
+                Outbound::Reply { .. }
+            ));
+        });
+        assert_eq!(n, 0, "ICMPv6 error generation allocated");
+    }
+}

@@ -216,20 +216,19 @@ impl TunWriter {
     ) {
         let pkt = &mut rx[r.clone()];
         let hdr = match self {
-            TunWriter::Coalescing(_, co6) => {
-                if pkt.len() <= mtu && co6.push(pkt) {
-                    WorkerCounters::add(&c.rx_packets, 1);
-                    WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
-                    return;
+            TunWriter::Coalescing(_, co6) => 'alone: {
+                let fits = pkt.len() <= mtu;
+                if !(fits && co6.push(pkt)) {
+                    // What is pending is older: it goes first, then this joins a new one
+                    // or goes alone.
+                    write_pending6(tun, c, co6);
+                    if !(fits && co6.push(pkt)) {
+                        break 'alone crate::offload::v6::tun_header(pkt, mtu);
+                    }
                 }
-                // What is pending is older: it goes first.
-                write_pending6(tun, c, co6);
-                if pkt.len() <= mtu && co6.push(pkt) {
-                    WorkerCounters::add(&c.rx_packets, 1);
-                    WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
-                    return;
-                }
-                crate::offload::v6::tun_header(pkt, mtu)
+                WorkerCounters::add(&c.rx_packets, 1);
+                WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
+                return;
             }
             TunWriter::Plain { .. } if pkt.len() > mtu => None,
             TunWriter::Plain { .. } => {

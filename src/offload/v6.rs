@@ -142,14 +142,7 @@ impl Coalescer6 {
             ipv6::HEADER_LEN + tcp::CHECKSUM_OFFSET,
             checksum::fold(ph),
         );
-        let mut hdr = virtio_net::Repr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type: VIRTIO_NET_HDR_GSO_NONE,
-            hdr_len: 0,
-            gso_size: 0,
-            csum_start: ipv6::HEADER_LEN as u16,
-            csum_offset: tcp::CHECKSUM_OFFSET as u16,
-        };
+        let mut hdr = needs_csum(tcp::CHECKSUM_OFFSET);
         if segs > 1 {
             hdr.gso_type = VIRTIO_NET_HDR_GSO_TCPV6;
             hdr.hdr_len = (ipv6::HEADER_LEN + first.thl) as u16;
@@ -162,6 +155,19 @@ impl Coalescer6 {
     /// Segments merged into the pending packet.
     pub fn segments(&self) -> usize {
         self.segs
+    }
+}
+
+/// The header of one IPv6 packet whose L4 checksum, at `off` in the L4 header right after
+/// the fixed header, holds the pseudo-header sum for the kernel to finish.
+fn needs_csum(off: usize) -> virtio_net::Repr {
+    virtio_net::Repr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_NONE,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: ipv6::HEADER_LEN as u16,
+        csum_offset: off as u16,
     }
 }
 
@@ -181,14 +187,7 @@ pub fn tun_header(pkt: &mut [u8], mtu: usize) -> Option<virtio_net::Repr> {
         _ if end <= mtu => return Some(virtio_net::Repr::default()),
         _ => return None,
     };
-    let mut hdr = virtio_net::Repr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_NONE,
-        hdr_len: 0,
-        gso_size: 0,
-        csum_start: ipv6::HEADER_LEN as u16,
-        csum_offset: off as u16,
-    };
+    let mut hdr = needs_csum(off);
     if end > mtu {
         let thl = tcp::claimed_header_len(l4).filter(|_| next == ipv6::NEXT_TCP)?;
         let mss = mtu.checked_sub(ipv6::HEADER_LEN + thl).filter(|&m| m > 0)?;
