@@ -166,6 +166,19 @@ fn a_weft_userspace_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4
         );
     }
     assert!(iperf3_v6(&wp, &kp) > 0.0 && iperf3_v6(&kp, &wp) > 0.0);
+    // Full-size UDP datagrams over IPv6 both ways (merged into UDP_L4 writes to weft's
+    // TUN on the way in, where offloads are on).
+    for (from, to) in [(&wp, &kp), (&kp, &wp)] {
+        let args = ["-t", "1", "-u", "-b", "100M", "-l", "1380"];
+        let v = harness::iperf3_json_family(from, to, true, &args).unwrap();
+        let got = v["end"]["sum"]["bytes"].as_f64().unwrap_or(0.0);
+        let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(100.0);
+        assert!(
+            got > 0.0 && lost < 100.0,
+            "UDP over IPv6: {}",
+            v["end"]["sum"]
+        );
+    }
     let whole = c.metrics(0)["weft_tunnel_gso_frames_total"];
     assert_eq!(whole > 0, offloads, "{whole} IPv6 super-packets left whole");
     // The flanneld node's lease goes: within 2 s its IPv6 pods are unreachable from

@@ -133,7 +133,7 @@ impl TunWriter {
         if offload {
             TunWriter::Coalescing(
                 Box::new(Coalescer::new().merging_udp(merge_udp)),
-                Box::default(),
+                Box::new(Coalescer6::new().merging_udp(merge_udp)),
             )
         } else {
             TunWriter::Plain {

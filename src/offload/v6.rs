@@ -1,13 +1,15 @@
 //! IPv6 pod packets written to an offloading TUN: [`tun_header`], the virtio-net header
 //! that lets the kernel finish the L4 checksum a kernel peer left partial and cut a peer's
 //! TCP super-packet at our MSS; and [`Coalescer6`], receive coalescing of consecutive
-//! TCP/IPv6 segments of a flow into one super-packet written once with `gso_type = TCPV6`,
-//! by the rules of [`super::gro::Coalescer`] (the kernel's `tcp_gro_receive`, with
+//! TCP/IPv6 segments of a flow into one super-packet written once with `gso_type = TCPV6`
+//! (and of UDP/IPv6 datagrams into one `UDP_L4` write), by the rules of
+//! [`super::gro::Coalescer`] (the kernel's `tcp_gro_receive`, with
 //! `ipv6_gro_receive`'s: the same first header word but for the payload length, i.e.
 //! traffic class and flow label, the same hop limit and addresses, no extension headers).
 
 use crate::wire::virtio_net::{
     self, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 use crate::wire::{checksum, ipv6, put16, tcp};
 
@@ -16,10 +18,14 @@ const PKT: usize = virtio_net::LEN;
 /// The largest packet a merge builds (its payload length fits 16 bits with room to spare).
 const MAX_LEN: usize = 65535;
 
-/// The facts of a mergeable TCP/IPv6 segment: next header TCP, no extension headers, the
-/// packet exactly as long as its payload length says, ACK or ACK|PSH, some payload.
+/// The facts of a mergeable segment: TCP/IPv6 (ACK or ACK|PSH) or UDP/IPv6 (its length
+/// agreeing), no extension headers, the packet exactly as long as its payload length says,
+/// some payload.
 #[derive(Debug, Clone, Copy)]
 struct Seg {
+    /// Next header: TCP or UDP.
+    next: u8,
+    /// The L4 header's length (8 for UDP).
     thl: usize,
     seq: u32,
     ack: u32,
@@ -27,14 +33,30 @@ struct Seg {
     payload: usize,
 }
 
-fn segment(pkt: &[u8]) -> Option<Seg> {
+fn segment(pkt: &[u8], udp: bool) -> Option<Seg> {
     let ip = ipv6::Packet::new_checked(pkt).ok()?;
-    if ip.next_header() != ipv6::NEXT_TCP || ip.packet().len() != pkt.len() {
+    if ip.packet().len() != pkt.len() {
         return None;
     }
-    let t = tcp::Packet::new_checked(ip.payload()).ok()?;
+    let l4 = ip.payload();
+    if udp && ip.next_header() == ipv6::NEXT_UDP && l4.len() > 8 {
+        let len = u16::from_be_bytes([l4[4], l4[5]]) as usize;
+        return (len == l4.len()).then_some(Seg {
+            next: ipv6::NEXT_UDP,
+            thl: 8,
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            payload: len - 8,
+        });
+    }
+    if ip.next_header() != ipv6::NEXT_TCP {
+        return None;
+    }
+    let t = tcp::Packet::new_checked(l4).ok()?;
     let flags = t.flags();
     let s = Seg {
+        next: ipv6::NEXT_TCP,
         thl: t.header_len(),
         seq: t.seq_number(),
         ack: t.ack_number(),
@@ -45,8 +67,10 @@ fn segment(pkt: &[u8]) -> Option<Seg> {
     (mergeable && s.payload > 0).then_some(s)
 }
 
-/// One open TCP/IPv6 super-packet, built in a buffer allocated once.
+/// One open TCP/IPv6 or UDP/IPv6 super-packet, built in a buffer allocated once.
 pub struct Coalescer6 {
+    /// Whether UDP datagrams are merged (`--tun-udp-coalesce`, as for IPv4).
+    merge_udp: bool,
     /// virtio-net header space, then the packet.
     buf: Vec<u8>,
     len: usize,
@@ -68,6 +92,7 @@ impl Coalescer6 {
     /// An empty coalescer (allocates its 64 KB buffer now, never later).
     pub fn new() -> Coalescer6 {
         Coalescer6 {
+            merge_udp: true,
             buf: vec![0; PKT + MAX_LEN],
             len: 0,
             segs: 0,
@@ -77,12 +102,18 @@ impl Coalescer6 {
         }
     }
 
+    /// The same coalescer with UDP merging on or off (on by default).
+    pub fn merging_udp(mut self, on: bool) -> Coalescer6 {
+        self.merge_udp = on;
+        self
+    }
+
     /// Adds a packet: merged into the pending super-packet, or started as a new one if
     /// nothing is pending. False (keeping nothing) when it is not a mergeable TCP/IPv6
-    /// segment, or does not continue what is pending: the caller flushes and, for the
-    /// latter, pushes again.
+    /// segment or UDP/IPv6 datagram, or does not continue what is pending: the caller
+    /// flushes and, for the latter, pushes again.
     pub fn push(&mut self, pkt: &[u8]) -> bool {
-        let Some(s) = segment(pkt).filter(|_| pkt.len() <= MAX_LEN) else {
+        let Some(s) = segment(pkt, self.merge_udp).filter(|_| pkt.len() <= MAX_LEN) else {
             return false;
         };
         let Some(first) = self.first else {
@@ -94,18 +125,21 @@ impl Coalescer6 {
         };
         let head = &self.buf[PKT..PKT + ipv6::HEADER_LEN + first.thl];
         let hl = ipv6::HEADER_LEN;
+        let udp = s.next == ipv6::NEXT_UDP;
         let ok = !self.closed
+            && s.next == first.next
             && s.thl == first.thl
-            && s.seq == self.next_seq
+            && (udp || s.seq == self.next_seq)
+            && (!udp || self.segs < super::gro::MAX_UDP_SEGMENTS)
             && s.ack == first.ack
             && s.payload <= first.payload
             && self.len + s.payload <= MAX_LEN
             // Version, traffic class, flow label; next header, hop limit, addresses.
             && pkt[..4] == head[..4]
             && pkt[6..hl] == head[6..hl]
-            // Ports; then the options (the window and checksum may differ).
+            // Ports; then TCP's options (the window and checksum may differ).
             && pkt[hl..hl + 4] == head[hl..hl + 4]
-            && pkt[hl + tcp::HEADER_LEN..hl + s.thl] == head[hl + tcp::HEADER_LEN..];
+            && (udp || pkt[hl + tcp::HEADER_LEN..hl + s.thl] == head[hl + tcp::HEADER_LEN..]);
         if !ok {
             return false;
         }
@@ -114,7 +148,7 @@ impl Coalescer6 {
         self.len += s.payload;
         self.segs += 1;
         self.next_seq = self.next_seq.wrapping_add(s.payload as u32);
-        if s.flags & tcp::FLAG_PSH != 0 {
+        if !udp && s.flags & tcp::FLAG_PSH != 0 {
             // The super-packet carries PSH, as its last segment will once cut.
             self.buf[PKT + hl + 13] |= tcp::FLAG_PSH;
             self.closed = true;
@@ -133,19 +167,22 @@ impl Coalescer6 {
         );
         self.closed = false;
         let pkt = &mut self.buf[PKT..PKT + len];
-        put16(pkt, 4, (len - ipv6::HEADER_LEN) as u16);
+        let hl = ipv6::HEADER_LEN;
+        let l4 = len - hl;
+        put16(pkt, 4, l4 as u16);
+        let (off, gso) = if first.next == ipv6::NEXT_UDP {
+            put16(pkt, hl + 4, l4 as u16); // the UDP length covers every datagram
+            (6, VIRTIO_NET_HDR_GSO_UDP_L4)
+        } else {
+            (tcp::CHECKSUM_OFFSET, VIRTIO_NET_HDR_GSO_TCPV6)
+        };
         let ip = ipv6::Packet::new_unchecked(&*pkt);
-        let l4 = (len - ipv6::HEADER_LEN) as u32;
-        let ph = checksum::pseudo_header_v6(ip.src(), ip.dst(), ipv6::NEXT_TCP, l4);
-        put16(
-            pkt,
-            ipv6::HEADER_LEN + tcp::CHECKSUM_OFFSET,
-            checksum::fold(ph),
-        );
-        let mut hdr = needs_csum(tcp::CHECKSUM_OFFSET);
+        let ph = checksum::pseudo_header_v6(ip.src(), ip.dst(), first.next, l4 as u32);
+        put16(pkt, hl + off, checksum::fold(ph));
+        let mut hdr = needs_csum(off);
         if segs > 1 {
-            hdr.gso_type = VIRTIO_NET_HDR_GSO_TCPV6;
-            hdr.hdr_len = (ipv6::HEADER_LEN + first.thl) as u16;
+            hdr.gso_type = gso;
+            hdr.hdr_len = (hl + first.thl) as u16;
             hdr.gso_size = first.payload as u16;
         }
         hdr.emit(&mut self.buf[..PKT]);
@@ -291,9 +328,40 @@ mod tests {
         let one = co.flush().unwrap();
         let h = virtio_net::Repr::parse(&virtio_net::Packet::new_checked(one).unwrap());
         assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_NONE);
-        // Not TCP: refused, nothing kept.
-        assert!(!co.push(&packet(false, 100)));
-        assert!(co.flush().is_none());
+        // Not TCP or UDP: refused, nothing kept; UDP too when UDP merging is off.
+        let mut icmp = packet(false, 100);
+        icmp[6] = ipv6::NEXT_ICMPV6;
+        assert!(!co.push(&icmp));
+        let mut no_udp = Coalescer6::new().merging_udp(false);
+        assert!(!no_udp.push(&packet(false, 100)));
+        assert!(co.flush().is_none() && no_udp.flush().is_none());
+    }
+
+    #[test]
+    fn a_flows_udp_datagrams_become_one_udp_l4_write_of_whole_datagrams() {
+        let mut co = Coalescer6::new();
+        for n in [1380, 1380, 1380, 700] {
+            assert!(co.push(&packet(false, n)), "{n}");
+        }
+        // Nothing joins after a shorter one.
+        assert!(!co.push(&packet(false, 1380)));
+        let out = co.flush().unwrap().to_vec();
+        let h = virtio_net::Repr::parse(&virtio_net::Packet::new_checked(&out[..]).unwrap());
+        assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert_eq!((h.hdr_len, h.gso_size, h.csum_offset), (48, 1380, 6));
+        let mut pkt = out[virtio_net::LEN..].to_vec();
+        assert_eq!(pkt.len(), 48 + 3 * 1380 + 700);
+        assert!(complete_checksum(&mut pkt, &h));
+        let (ip, rest) = etherparse::Ipv6Header::from_slice(&pkt).unwrap();
+        assert_eq!(ip.payload_length as usize, pkt.len() - 40);
+        let (u, data) = etherparse::UdpHeader::from_slice(rest).unwrap();
+        assert_eq!(u.length as usize, pkt.len() - 40);
+        assert_eq!(u.calc_checksum_ipv6(&ip, data).unwrap(), u.checksum);
+        // A different flow (ports) does not join.
+        assert!(co.push(&packet(false, 1380)));
+        let mut other = packet(false, 1380);
+        other[41] ^= 1;
+        assert!(!co.push(&other));
     }
 
     #[test]
