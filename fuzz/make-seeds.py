@@ -83,6 +83,19 @@ to_b = [f[14 + 28:] for f in full if f[14 + 16:14 + 20] == bytes([192, 0, 2, 2])
 for i, p in enumerate(to_b):
     write("gro_datagrams", "single-%d" % i, struct.pack("<H", 0) + p)
     write("gro_datagrams", "double-%d" % i, struct.pack("<H", len(p)) + p + p)
+# The same over the IPv6 underlay (40-byte outer header): payloads to node B, 2001:db8::2.
+full6 = frames("kernel-vxlan6-full-checksums.hex") + frames("kernel-vxlan6-partial-checksums.hex")
+b6 = bytes.fromhex("20010db8000000000000000000000002")
+to_b6 = [f[14 + 48:] for f in full6 if f[14 + 24:14 + 40] == b6]
+for i, p in enumerate(to_b6):
+    write("gro_datagrams", "single6-%d" % i, struct.pack("<H", 0) + p)
+    write("gro_datagrams", "double6-%d" % i, struct.pack("<H", len(p)) + p + p)
+for i, f in enumerate(full6):
+    inner = f[14 + 70:]
+    write("virtio_split", "plain6-%d" % i, bytes(10) + inner)
+    if inner[6] == 6:
+        thl = (inner[40 + 12] >> 4) * 4
+        write("virtio_split", "tso6-%d" % i, struct.pack("<BBHHHH", 1, 4, 40 + thl, 8, 40, 16) + inner)
 for i, f in enumerate(full):
     inner = f[14 + 50:]
     write("virtio_split", "plain-%d" % i, bytes(10) + inner)

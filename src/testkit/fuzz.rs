@@ -12,6 +12,7 @@ use crate::lease::alloc::allocate;
 use crate::lease::table::{BackendKind, Peer};
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs, Snapshot};
 use crate::offload::gro::{self, datagrams, Coalescer};
+use crate::offload::v6::Coalescer6;
 use crate::offload::{gso, tunnel};
 use crate::wire::udp::ChecksumMode;
 use crate::wire::{ipv4, ipv6, virtio_net};
@@ -192,20 +193,26 @@ pub fn lease_json(data: &[u8]) {
 }
 
 /// Checks what the receive path hands the TUN: a well-formed virtio-net header and a valid
-/// IPv4 packet of the length it says, and for a merged UDP super-packet the lengths the
-/// kernel's UDP GSO needs.
-fn check_tun_write(out: &[u8]) {
+/// IPv4 or IPv6 packet of the length it says, and for a merged UDP super-packet the lengths
+/// the kernel's UDP GSO needs.
+fn check_tun_write(out: &[u8]) -> usize {
     let vnet = virtio_net::Packet::new_checked(out).expect("short TUN write");
     let hdr = virtio_net::Repr::parse(&vnet);
     let pkt = vnet.payload();
-    let ip = ipv4::Packet::new_checked(pkt).expect("invalid IPv4 to the TUN");
-    assert_eq!(ip.total_len() as usize, pkt.len());
+    let (ihl, family) = if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        let ip = ipv6::Packet::new_checked(pkt).expect("invalid IPv6 to the TUN");
+        assert_eq!(ipv6::HEADER_LEN + ip.payload_len() as usize, pkt.len());
+        (ipv6::HEADER_LEN, 1)
+    } else {
+        let ip = ipv4::Packet::new_checked(pkt).expect("invalid IPv4 to the TUN");
+        assert_eq!(ip.total_len() as usize, pkt.len());
+        (ip.header_len(), 0)
+    };
     let csum_end = hdr.csum_start as usize + hdr.csum_offset as usize + 2;
     assert!(csum_end <= pkt.len() || hdr.flags == 0);
     if hdr.gso_type == virtio_net::VIRTIO_NET_HDR_GSO_UDP_L4 {
         // Its UDP length covers the rest, and every datagram the kernel cuts from it holds a
         // UDP header and at most gso_size bytes.
-        let ihl = ip.header_len();
         assert_eq!(hdr.hdr_len as usize, ihl + 8);
         assert_eq!(
             u16::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5]]) as usize,
@@ -215,49 +222,106 @@ fn check_tun_write(out: &[u8]) {
         let segments = (pkt.len() - ihl - 8).div_ceil(hdr.gso_size as usize);
         assert!(segments <= gro::MAX_UDP_SEGMENTS);
     }
+    family
 }
 
 /// A UDP_GRO read whose stride lies (the first two bytes, little-endian, against the rest)
 /// is cut into datagrams, each checked by the vxlan receive path and coalesced for the TUN,
-/// as a worker does. No panic; every datagram lies inside the read; every TUN write passes
-/// `check_tun_write`.
+/// as a worker does: once as from the peer's IPv4 underlay address and once as from its
+/// IPv6 one, so IPv4 pod packets reach [`Coalescer`] and IPv6 ones [`Coalescer6`]. No
+/// panic; every datagram lies inside the read; every TUN write passes `check_tun_write`.
 pub fn gro_datagrams(data: &[u8]) {
+    gro_tun_writes(data);
+}
+
+/// [`gro_datagrams`]'s body: the TUN writes it checked, IPv4's and IPv6's.
+fn gro_tun_writes(data: &[u8]) -> [usize; 2] {
+    let mut n = [0; 2];
     if data.len() < 2 {
-        return;
+        return n;
     }
     let stride = u16::from_le_bytes([data[0], data[1]]) as usize;
-    let mut read = data[2..].to_vec();
-    let len = read.len();
     let table = two_nodes(BackendKind::Vxlan);
     let rx = node(2, true);
-    let from = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 40000));
-    let mut co = Coalescer::new();
-    for d in datagrams(len, stride) {
-        assert!(d.start < d.end && d.end <= len);
-        let Inbound::Deliver(r) = rx.inbound(&table, from, &mut read, d.start, d.len(), 0) else {
-            continue;
-        };
-        let pkt = &read[r.clone()];
-        if pkt.len() > rx.mtu {
-            if let Some(out) = co.flush() {
-                check_tun_write(out);
-            }
-            // As the worker does: the header written in place, before the packet.
-            if let Some(mss) = gso::mss_for(pkt, rx.mtu) {
-                if let Some(s) = gro::oversized_in_place(&mut read, r.clone(), mss) {
-                    check_tun_write(&read[s..r.end]);
+    let senders = [
+        SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 40000)),
+        SocketAddr::from((crate::testkit::public_ip6(1), 40000)),
+    ];
+    for from in senders {
+        let mut read = data[2..].to_vec();
+        let (mut co, mut co6) = (Coalescer::new(), Coalescer6::new());
+        for d in datagrams(read.len(), stride) {
+            assert!(d.start < d.end && d.end <= read.len());
+            if let Inbound::Deliver(r) = rx.inbound(&table, from, &mut read, d.start, d.len(), 0) {
+                match read[r.start] >> 4 {
+                    4 => deliver4(&rx, &mut co, &mut read, r, &mut n),
+                    _ => deliver6(&rx, &mut co6, &mut read, r, &mut n),
                 }
             }
-        } else if !co.push(pkt) {
-            check_tun_write(
-                co.flush()
-                    .expect("a refused push leaves something to flush"),
-            );
-            assert!(co.push(pkt));
+        }
+        for out in [co.flush(), co6.flush()].into_iter().flatten() {
+            n[check_tun_write(out)] += 1;
         }
     }
-    if let Some(out) = co.flush() {
-        check_tun_write(out);
+    n
+}
+
+/// An IPv4 pod packet to the TUN, as a worker writes it: coalesced when it fits, else
+/// alone behind a header that has the kernel cut it at our MSS.
+fn deliver4(
+    rx: &Node,
+    co: &mut Coalescer,
+    read: &mut [u8],
+    r: std::ops::Range<usize>,
+    n: &mut [usize; 2],
+) {
+    let pkt = &read[r.clone()];
+    if pkt.len() > rx.mtu {
+        if let Some(out) = co.flush() {
+            n[check_tun_write(out)] += 1;
+        }
+        // As the worker does: the header written in place, before the packet.
+        if let Some(mss) = gso::mss_for(pkt, rx.mtu) {
+            if let Some(s) = gro::oversized_in_place(read, r.clone(), mss) {
+                n[check_tun_write(&read[s..r.end])] += 1;
+            }
+        }
+    } else if !co.push(pkt) {
+        n[check_tun_write(
+            co.flush()
+                .expect("a refused push leaves something to flush"),
+        )] += 1;
+        assert!(co.push(pkt));
+    }
+}
+
+/// An IPv6 pod packet to the TUN, as a worker writes it: coalesced when it fits (what is
+/// pending goes first when it cannot join), else alone behind the header
+/// [`crate::offload::v6::tun_header`] makes.
+fn deliver6(
+    rx: &Node,
+    co6: &mut Coalescer6,
+    read: &mut [u8],
+    r: std::ops::Range<usize>,
+    n: &mut [usize; 2],
+) {
+    let mtu = rx.v6.map_or(rx.mtu, |v| v.mtu);
+    let fits = r.len() <= mtu;
+    if fits && co6.push(&read[r.clone()]) {
+        return;
+    }
+    if let Some(out) = co6.flush() {
+        n[check_tun_write(out)] += 1;
+    }
+    if fits && co6.push(&read[r.clone()]) {
+        return;
+    }
+    let Some(at) = r.start.checked_sub(virtio_net::LEN) else {
+        return;
+    };
+    if let Some(hdr) = crate::offload::v6::tun_header(&mut read[r.clone()], mtu) {
+        hdr.emit(&mut read[at..r.start]);
+        n[check_tun_write(&read[at..r.end])] += 1;
     }
 }
 
@@ -305,5 +369,30 @@ pub fn virtio_split(data: &[u8]) {
         if let Outbound::Send(t) = tx.outbound(&table, &mut bufs[i], HEADROOM, sizes[i], 1) {
             assert!(t.datagram.end <= bufs[i].len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's own VXLAN payloads (the committed seeds, from its captures over either
+    /// underlay) reach the TUN through the family's coalescer: the target exercises both
+    /// receive paths, not just their refusals.
+    #[test]
+    fn gro_seeds_from_the_kernel_reach_the_tun_in_their_family() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/gro_datagrams");
+        let mut by_family = [[0; 2]; 2];
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let six = usize::from(name.starts_with("single6") || name.starts_with("double6"));
+            let n = gro_tun_writes(&std::fs::read(&path).unwrap());
+            by_family[six][0] += n[0];
+            by_family[six][1] += n[1];
+        }
+        let [v4_seeds, v6_seeds] = by_family;
+        assert!(v4_seeds[0] > 0 && v4_seeds[1] == 0, "{v4_seeds:?}");
+        assert!(v6_seeds[1] > 0 && v6_seeds[0] == 0, "{v6_seeds:?}");
     }
 }
