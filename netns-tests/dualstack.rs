@@ -12,7 +12,7 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use harness::{
-    ns_sh, program_flanneld_peers, start_flanneld_dual_stack, try_in_ns, v6_underlay, wait_for,
+    ip, ns_sh, program_flanneld_peers, start_flanneld_dual_stack, try_in_ns, v6_underlay, wait_for,
     weft, Capture, Cluster, Kind, Pod, ETCD_PREFIX,
 };
 
@@ -348,8 +348,10 @@ fn kernel_vxlan_direct_routing_routes_both_families_on_the_underlay() {
 
 /// Registers node `i` (n<i+1>) with podCIDRs 10.244.<i+1>.0/24 and fd00:10:244:<i+1>::/64, as
 /// kube-controller-manager assigns a dual-stack node's, and starts weft there as flanneld's
-/// kube subnet manager on the kernel dataplane.
-fn kube_dual_stack_node(c: &mut Cluster, url: &str, conf: &str) -> usize {
+/// kube subnet manager on the kernel dataplane. With `stored`, the node also gets the
+/// second addresses 192.0.2.12<i+1> and 2001:db8::12<i+1> on its underlay, named by
+/// flanneld's `node-public-ip` and `node-public-ipv6` annotations, as an operator sets them.
+fn kube_dual_stack_node(c: &mut Cluster, url: &str, conf: &str, stored: bool) -> usize {
     let i = c.add_node(Kind::Weft);
     v6_underlay(c, i);
     let name = format!("n{}", i + 1);
@@ -357,7 +359,23 @@ fn kube_dual_stack_node(c: &mut Cluster, url: &str, conf: &str) -> usize {
         format!("10.244.{}.0/24", i + 1),
         format!("fd00:10:244:{}::/64", i + 1),
     );
-    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+    let mut meta = serde_json::json!({ "name": name });
+    if stored {
+        let (a4, a6) = (
+            format!("192.0.2.12{}", i + 1),
+            format!("2001:db8::12{}", i + 1),
+        );
+        ip(&c.nodes[i].ns, &format!("addr add {a4}/24 dev eth0"));
+        ip(
+            &c.nodes[i].ns,
+            &format!("-6 addr add {a6}/64 dev eth0 nodad"),
+        );
+        meta["annotations"] = serde_json::json!({
+            "flannel.alpha.coreos.com/node-public-ip": a4,
+            "flannel.alpha.coreos.com/node-public-ipv6": a6,
+        });
+    }
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": meta,
         "spec": {"podCIDR": v4, "podCIDRs": [v4, v6]}});
     let (code, _) = c.kube("POST", "/api/v1/nodes", "application/json", &node);
     assert_eq!(code, 201);
@@ -381,8 +399,9 @@ fn a_dual_stack_kube_cluster_takes_both_pod_cidrs_and_writes_flanneds_v6_annotat
     let conf = c.dir.join("net-conf.json");
     std::fs::write(&conf, VXLAN).unwrap();
     let conf = conf.display().to_string();
-    for _ in 0..2 {
-        let i = kube_dual_stack_node(&mut c, &url, &conf);
+    for k in 0..2 {
+        // Node 2's operator chose its public addresses by annotation.
+        let i = kube_dual_stack_node(&mut c, &url, &conf, k == 1);
         c.add_pod(i, None);
     }
     // The podCIDRs, by family, are the leases: subnet.env says so.
@@ -404,6 +423,19 @@ fn a_dual_stack_kube_cluster_takes_both_pod_cidrs_and_writes_flanneds_v6_annotat
     .unwrap();
     assert_eq!(v6data["VNI"], 1, "{a}");
     let mac6 = v6data["VtepMAC"].as_str().unwrap().to_string();
+    // Node 2 advertises the addresses its node-public-ip(v6) annotations name, in place of
+    // its interface's first ones, as flanneld's GetStoredPublicIP makes it.
+    let (code, n2) = c.kube("GET", "/api/v1/nodes/n2", "", &serde_json::Value::Null);
+    assert_eq!(code, 200);
+    let a2 = &n2["metadata"]["annotations"];
+    assert_eq!(
+        a2["flannel.alpha.coreos.com/public-ip"], "192.0.2.122",
+        "{a2}"
+    );
+    assert_eq!(
+        a2["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::122",
+        "{a2}"
+    );
     // ... and the IPv6 device carries that MAC.
     let d = ns_sh(&c.nodes[0].ns, &["ip", "link", "show", "flannel-v6.1"]);
     assert!(d.contains(&mac6), "{mac6} not on {d}");

@@ -70,6 +70,30 @@ pub fn open_store(args: &RunArgs) -> Result<Box<dyn LeaseStore>> {
     })
 }
 
+/// Phase 2a: the public addresses an operator set for this node in the store (the kube
+/// store's `node-public-ip` and `node-public-ipv6` annotations) replace `--public-ip` and
+/// `--public-ipv6`, as flanneld's `GetStoredPublicIP` does before it picks the interface.
+/// A store it cannot ask leaves the flags as they are (flanneld logs and goes on); a
+/// malformed annotation is refused.
+fn stored_public_ips(store: &dyn LeaseStore, args: &RunArgs) -> Result<RunArgs> {
+    let mut args = args.clone();
+    match store.stored_public_ips() {
+        Ok((v4, v6)) => {
+            if let Some(ip) = v4 {
+                tracing::info!(%ip, "the node's node-public-ip annotation replaces --public-ip");
+                args.public_ip = Some(ip);
+            }
+            if let Some(ip) = v6 {
+                tracing::info!(%ip, "the node's node-public-ipv6 annotation replaces --public-ipv6");
+                args.public_ipv6 = Some(ip);
+            }
+        }
+        Err(e @ crate::store::StoreError::Invalid(_)) => return Err(Error::Store(e)),
+        Err(e) => tracing::warn!("cannot read the node's stored public addresses: {e}"),
+    }
+    Ok(args)
+}
+
 /// Phase 2b: the network config, waiting while the store is not up or the config not
 /// written yet, as flanneld does.
 pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) -> Result<NetConfig> {
@@ -475,8 +499,9 @@ fn prepare(
     predecessor: Option<&crate::handover::Predecessor>,
 ) -> Result<(Node, Box<dyn LeaseStore>)> {
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
-    let mut underlay = find_underlay(&nl, args)?;
     let mut store = open_store(args)?;
+    let args = &stored_public_ips(store.as_ref(), args)?;
+    let mut underlay = find_underlay(&nl, args)?;
     status.step("waiting for the network config");
     let cfg = wait_config(store.as_ref(), args, stop)?;
     if cfg.ipv6.is_some() {

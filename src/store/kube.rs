@@ -9,9 +9,10 @@
 //! `kube-subnet-manager: "true"` (the node is up), `backend-type`, `backend-data` (the same
 //! JSON string as the etcd lease's BackendData, e.g. `{"VNI":1,"VtepMAC":"…"}`),
 //! `public-ip`; `public-ip-overwrite` (set by an operator) replaces the advertised IP and
-//! `node-public-ip` is read as `--public-ip` at start. With `EnableIPv6` the IPv6 side has
-//! the same four: `backend-v6-data`, `public-ipv6`, `public-ipv6-overwrite`,
-//! `node-public-ipv6`. IPv6-only nodes (no IPv4 podCIDR) are not supported yet.
+//! `node-public-ip` is read in place of `--public-ip` at start ([`stored_public_ips`]).
+//! With `EnableIPv6` the IPv6 side has the same four: `backend-v6-data`, `public-ipv6`,
+//! `public-ipv6-overwrite`, `node-public-ipv6`. IPv6-only nodes (no IPv4 podCIDR) are not
+//! supported yet.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -385,9 +386,34 @@ pub fn stored_mac_v6(node: &Node, keys: &Annotations) -> Option<crate::wire::Mac
     Some(data.vtep_mac)
 }
 
-/// The node's `node-public-ip` annotation, which flanneld takes as `--public-ip`.
-pub fn stored_public_ip(node: &Node, keys: &Annotations) -> Option<Ipv4Addr> {
-    annotation(node, &keys.node_public_ip)?.parse().ok()
+/// The node's `node-public-ip` and `node-public-ipv6` annotations, which flanneld takes in
+/// place of `--public-ip` and `--public-ipv6` (its `GetStoredPublicIP`); a value that is
+/// not an address of its family is refused by name, as flanneld cannot start on it either.
+pub fn stored_public_ips(
+    node: &Node,
+    keys: &Annotations,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), StoreError> {
+    Ok((
+        stored_address(node, &keys.node_public_ip, "--public-ip", "IPv4")?,
+        stored_address(node, &keys.node_public_ipv6, "--public-ipv6", "IPv6")?,
+    ))
+}
+
+fn stored_address<A: std::str::FromStr>(
+    node: &Node,
+    key: &str,
+    flag: &str,
+    family: &str,
+) -> Result<Option<A>, StoreError> {
+    let Some(v) = annotation(node, key) else {
+        return Ok(None);
+    };
+    v.parse().map(Some).map_err(|_| {
+        StoreError::Invalid(format!(
+            "node {}: annotation {key} {v:?} is not an {family} address; it stands for {flag} (flanneld's GetStoredPublicIP): correct or remove it",
+            node_name(node)
+        ))
+    })
 }
 
 /// What our node's `backend-data` (and `backend-v6-data`) keep of an earlier run that
@@ -415,11 +441,6 @@ fn stored_lease(
         attrs,
         expiration: None,
     })
-}
-
-/// The node's `node-public-ipv6` annotation, which flanneld takes as `--public-ipv6`.
-pub fn stored_public_ipv6(node: &Node, keys: &Annotations) -> Option<Ipv6Addr> {
-    annotation(node, &keys.node_public_ipv6)?.parse().ok()
 }
 
 /// The status patch that clears `NetworkUnavailable` (flannel's `CompleteLease`), sent as
@@ -794,6 +815,13 @@ impl LeaseStore for KubeStore {
 
     fn remove(&mut self, _lease: &Lease) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn stored_public_ips(&self) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), StoreError> {
+        match self.own_node()? {
+            Some(node) => stored_public_ips(&node, &self.keys),
+            None => Ok((None, None)),
+        }
     }
 
     fn assigned(
@@ -1294,5 +1322,34 @@ mod tests {
         // Nothing assigned yet: transient.
         let e = own_subnets(&with_cidrs(&[]), &ds, conf).unwrap_err();
         assert!(e.is_transient(), "{e}");
+    }
+
+    /// flanneld's `GetStoredPublicIP`: the `node-public-ip(v6)` annotations an operator
+    /// sets, in flanneld's key names; a value of the wrong family is named, not ignored.
+    #[test]
+    fn stored_public_ips_are_read_from_flanneds_annotations() {
+        let mut n = dual_stack_node();
+        assert_eq!(stored_public_ips(&n, &keys()).unwrap(), (None, None));
+        set(&mut n, "node-public-ip", Some("198.51.100.9"));
+        set(&mut n, "node-public-ipv6", Some("2001:db8::9"));
+        assert_eq!(
+            stored_public_ips(&n, &keys()).unwrap(),
+            (
+                Some("198.51.100.9".parse().unwrap()),
+                Some("2001:db8::9".parse().unwrap())
+            )
+        );
+        for (key, bad, flag) in [
+            ("node-public-ip", "2001:db8::9", "--public-ip"),
+            ("node-public-ipv6", "198.51.100.9", "--public-ipv6"),
+        ] {
+            let mut n = dual_stack_node();
+            set(&mut n, key, Some(bad));
+            let e = stored_public_ips(&n, &keys()).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("flannel.alpha.coreos.com/{key}")) && e.contains(flag),
+                "{e}"
+            );
+        }
     }
 }

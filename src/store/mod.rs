@@ -159,6 +159,15 @@ pub trait LeaseStore: Send {
         None
     }
 
+    /// The public addresses an operator set for this node in the store (Kubernetes: the
+    /// `node-public-ip` and `node-public-ipv6` annotations), which take the place of
+    /// `--public-ip` and `--public-ipv6` as in flanneld; none (the default) elsewhere.
+    fn stored_public_ips(
+        &self,
+    ) -> Result<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>), StoreError> {
+        Ok((None, None))
+    }
+
     /// Serializes allocation with other local nodes, where the store needs it.
     fn lock(&mut self) -> Result<StoreLock, StoreError> {
         Ok(StoreLock::none())
