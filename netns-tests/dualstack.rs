@@ -165,7 +165,17 @@ fn a_weft_userspace_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4
             },
         );
     }
+    // The flanneld node's TSO super-packets reach weft whole over the veth: weft's TUN
+    // cuts them (offloads) or weft does (without), none is dropped as too big.
+    let too_big = |c: &Cluster| {
+        c.metrics(0)
+            .get("weft_drops_total{reason=\"too_big\"}")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = too_big(&c);
     assert!(iperf3_v6(&wp, &kp) > 0.0 && iperf3_v6(&kp, &wp) > 0.0);
+    assert_eq!(too_big(&c), before, "IPv6 TCP dropped as too big");
     // Full-size UDP datagrams over IPv6 both ways (merged into UDP_L4 writes to weft's
     // TUN on the way in, where offloads are on).
     for (from, to) in [(&wp, &kp), (&kp, &wp)] {

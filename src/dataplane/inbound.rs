@@ -101,9 +101,10 @@ impl Worker {
                 .node
                 .inbound(snap, meta.from, rx, HEADROOM + d.start, d.len(), outer_ecn)
             {
+                // The TUN's MTU for both families: the underlay - 70 of the IPv6 side
+                // bounds what we send, not what a peer with a larger underlay may.
                 Inbound::Deliver(r) if rx[r.start] >> 4 == 6 => {
-                    let mtu = self.node.v6.map_or(self.node.mtu, |v6| v6.mtu);
-                    writer.deliver6(&self.tun, c, mtu, rx, r)
+                    writer.deliver6(&self.tun, c, self.node.mtu, rx, r)
                 }
                 Inbound::Deliver(r) => writer.deliver(&self.tun, c, self.node.mtu, rx, r),
                 Inbound::Drop(reason) => c.drop(reason),
@@ -204,8 +205,8 @@ impl TunWriter {
     /// its flow's neighbours ([`Coalescer6`]); anything else is written alone, with a
     /// virtio-net header written into the headroom before it (the kernel finishes a
     /// partial checksum, and cuts a peer's TCP super-packet at our MSS), or on a plain TUN
-    /// with checksums completed here. Oversized packets that cannot be cut are dropped,
-    /// counted.
+    /// with checksums completed here (a super-packet cut here first). Oversized packets
+    /// that cannot be cut are dropped, counted.
     fn deliver6(
         &mut self,
         tun: &SyncDevice,
@@ -230,7 +231,16 @@ impl TunWriter {
                 WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
                 return;
             }
-            TunWriter::Plain { .. } if pkt.len() > mtu => None,
+            TunWriter::Plain { scratch } if pkt.len() > mtu => {
+                // A peer's TSO super-packet: segmented as GSO would, as IPv4's are.
+                let res = gso::mss_for(pkt, mtu)
+                    .ok_or(DropReason::TooBig)
+                    .and_then(|mss| gso::split_tcp6(pkt, mss, scratch, |seg| write(tun, c, seg)));
+                if let Err(reason) = res {
+                    c.drop(reason);
+                }
+                return;
+            }
             TunWriter::Plain { .. } => {
                 crate::wire::ipv6::fill_transport_checksum(pkt);
                 return write(tun, c, pkt);

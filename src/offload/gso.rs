@@ -1,11 +1,11 @@
-//! Software segmentation of TCP/IPv4 super-packets (what the kernel's GSO does), for the
-//! inner packets a kernel vxlan peer sends over a veth: its TSO segments cross the veth
+//! Software segmentation of TCP super-packets over IPv4 and IPv6 (what the kernel's GSO
+//! does), for the inner packets a kernel vxlan peer sends over a veth: its TSO segments cross the veth
 //! whole (`SKB_GSO_UDP_TUNNEL`), a plain UDP socket hands them up as one datagram, and the
 //! inner packet is then far larger than the pod MTU. Splitting it here gives the pod the
 //! segments the sender meant, each with complete checksums.
 
 use crate::encap::DropReason;
-use crate::wire::{ipv4, put16, tcp};
+use crate::wire::{ipv4, ipv6, put16, tcp};
 
 /// Splits the TCP/IPv4 packet `pkt` into segments carrying at most `mss` payload bytes.
 /// Each segment is built in `scratch` (headers copied, then one payload slice) and passed
@@ -16,14 +16,60 @@ pub fn split_tcp4(
     pkt: &[u8],
     mss: usize,
     scratch: &mut [u8],
-    mut emit: impl FnMut(&[u8]),
+    emit: impl FnMut(&[u8]),
 ) -> Result<usize, DropReason> {
     let ip = ipv4::Packet::new_checked(pkt).map_err(|_| DropReason::MalformedInner)?;
     if ip.protocol() != ipv4::PROTO_TCP || ip.more_frags() || ip.frag_offset() != 0 {
         return Err(DropReason::MalformedInner);
     }
     let ihl = ip.header_len();
-    let l4 = ip.payload();
+    let (src, dst, id) = (ip.src(), ip.dst(), ip.ident());
+    cut(ip.payload(), &pkt[..ihl], mss, scratch, emit, |seg, i| {
+        // The headers were checked in `pkt`; only lengths and counters change here.
+        put16(seg, 2, seg.len() as u16); // IPv4 total length: `ipv4::Packet` has no setter
+        let mut sip = ipv4::Packet::new_unchecked(&mut *seg);
+        sip.set_ident(id.wrapping_add(i as u16));
+        sip.fill_checksum();
+        tcp::Packet::new_unchecked(&mut seg[ihl..]).fill_checksum(src, dst);
+    })
+}
+
+/// [`split_tcp4`] for a TCP/IPv6 packet (TCP right after the fixed header): per segment
+/// the payload length, TCP sequence and flags as GSO sets them, and the TCP checksum.
+pub fn split_tcp6(
+    pkt: &[u8],
+    mss: usize,
+    scratch: &mut [u8],
+    emit: impl FnMut(&[u8]),
+) -> Result<usize, DropReason> {
+    let ip = ipv6::Packet::new_checked(pkt).map_err(|_| DropReason::MalformedInner)?;
+    if ip.next_header() != ipv6::NEXT_TCP {
+        return Err(DropReason::MalformedInner);
+    }
+    cut(
+        ip.payload(),
+        &pkt[..ipv6::HEADER_LEN],
+        mss,
+        scratch,
+        emit,
+        |seg, _| {
+            put16(seg, 4, (seg.len() - ipv6::HEADER_LEN) as u16);
+            ipv6::fill_transport_checksum(seg);
+        },
+    )
+}
+
+/// Cuts the TCP segment `l4` behind the IP header `ip` into segments of at most `mss`
+/// payload bytes, each built in `scratch` with its sequence number and flags as GSO sets
+/// them, then `finish(segment, index)` for the IP header and checksums, then `emit`.
+fn cut(
+    l4: &[u8],
+    ip: &[u8],
+    mss: usize,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+    mut finish: impl FnMut(&mut [u8], usize),
+) -> Result<usize, DropReason> {
     let tcp = tcp::Packet::new_checked(l4).map_err(|_| {
         // Shorter than a bare TCP header: truncated; a data offset below 20 or past the
         // segment: malformed.
@@ -33,13 +79,12 @@ pub fn split_tcp4(
             DropReason::MalformedInner
         }
     })?;
-    let thl = tcp.header_len();
+    let (ihl, thl) = (ip.len(), tcp.header_len());
     let hdrs = ihl + thl;
     if mss == 0 || scratch.len() < hdrs + mss {
         return Err(DropReason::NoRoom);
     }
-    let (src, dst) = (ip.src(), ip.dst());
-    let (id, seq0, flags) = (ip.ident(), tcp.seq_number(), tcp.flags());
+    let (seq0, flags) = (tcp.seq_number(), tcp.flags());
     let payload = tcp.payload();
     let n = payload.len().div_ceil(mss).max(1);
     for (i, chunk) in payload
@@ -47,15 +92,10 @@ pub fn split_tcp4(
         .chain((payload.is_empty()).then_some(&[][..]))
         .enumerate()
     {
-        let len = hdrs + chunk.len();
-        let seg = &mut scratch[..len];
-        seg[..hdrs].copy_from_slice(&pkt[..hdrs]);
+        let seg = &mut scratch[..hdrs + chunk.len()];
+        seg[..ihl].copy_from_slice(ip);
+        seg[ihl..hdrs].copy_from_slice(&l4[..thl]);
         seg[hdrs..].copy_from_slice(chunk);
-        // The headers were checked in `pkt`; only lengths and counters change below.
-        put16(seg, 2, len as u16); // IPv4 total length: `ipv4::Packet` has no setter
-        let mut sip = ipv4::Packet::new_unchecked(&mut *seg);
-        sip.set_ident(id.wrapping_add(i as u16));
-        sip.fill_checksum();
         let mut t = tcp::Packet::new_unchecked(&mut seg[ihl..]);
         t.set_seq_number(seq0.wrapping_add((i * mss) as u32));
         let mut f = flags;
@@ -66,7 +106,7 @@ pub fn split_tcp4(
             f &= !tcp::FLAG_CWR;
         }
         t.set_flags(f);
-        t.fill_checksum(src, dst);
+        finish(seg, i);
         emit(seg);
     }
     Ok(n)
@@ -141,13 +181,19 @@ pub fn split_read(
     tun_rs::gso_split(pkt, hdr, bufs, sizes, offset, is_v6)
 }
 
-/// The MSS that makes TCP/IPv4 segments of `pkt` fit `mtu`, from its own header lengths.
-/// Only the IPv4 header and the TCP data offset are read (neither the protocol nor the TCP
-/// header is validated): [`split_tcp4`] checks the rest.
+/// The MSS that makes TCP segments of `pkt` (IPv4, or IPv6 with no extension header) fit
+/// `mtu`, from its own header lengths. Only the IP header and the TCP data offset are read
+/// (neither the protocol nor the TCP header is validated): [`split_tcp4`] and
+/// [`split_tcp6`] check the rest.
 pub fn mss_for(pkt: &[u8], mtu: usize) -> Option<usize> {
-    let ip = ipv4::Packet::new_checked(pkt).ok()?;
-    let thl = tcp::claimed_header_len(ip.payload())?;
-    mtu.checked_sub(ip.header_len() + thl).filter(|&m| m > 0)
+    let (ihl, thl) = if pkt.first()? >> 4 == 6 {
+        let ip = ipv6::Packet::new_checked(pkt).ok()?;
+        (ipv6::HEADER_LEN, tcp::claimed_header_len(ip.payload())?)
+    } else {
+        let ip = ipv4::Packet::new_checked(pkt).ok()?;
+        (ip.header_len(), tcp::claimed_header_len(ip.payload())?)
+    };
+    mtu.checked_sub(ihl + thl).filter(|&m| m > 0)
 }
 
 #[cfg(test)]
@@ -257,5 +303,59 @@ mod tests {
         for cut in [0, 10, 25, 45] {
             assert!(split_tcp4(&pkt[..cut], 1400, &mut [0u8; 4096], |_| {}).is_err());
         }
+    }
+
+    /// A TCP/IPv6 super-packet, as a peer's TSO sends it on a TUN without offloads: cut as
+    /// GSO cuts it, payload lengths and TCP checksums right (etherparse's reading).
+    #[test]
+    fn splits_tcp6_like_gso_with_valid_checksums() {
+        let src = [0xfd, 0, 0, 0x10, 0x2, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut dst = src;
+        dst[7] = 2;
+        let data: Vec<u8> = (0..5000).map(|i| (i * 7 + 3) as u8).collect();
+        let mut pkt = Vec::new();
+        etherparse::PacketBuilder::ipv6(src, dst, 64)
+            .tcp(40000, 5201, u32::MAX - 100, 500)
+            .ack(9)
+            .psh()
+            .write(&mut pkt, &data)
+            .unwrap();
+        let mss = mss_for(&pkt, 1450).unwrap();
+        assert_eq!(mss, 1450 - 60);
+        let (mut scratch, mut segs) = (vec![0u8; 2048], Vec::<Vec<u8>>::new());
+        let n = split_tcp6(&pkt, mss, &mut scratch, |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(n, 4);
+        let mut got = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert!(s.len() <= 1450);
+            let p = etherparse::SlicedPacket::from_ip(s).unwrap();
+            let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+                panic!()
+            };
+            let h = ip.header().to_header();
+            assert_eq!(h.payload_length as usize, s.len() - 40);
+            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                panic!()
+            };
+            let th = t.to_header();
+            assert_eq!(th.checksum, th.calc_checksum_ipv6(&h, t.payload()).unwrap());
+            assert_eq!(
+                th.sequence_number,
+                (u32::MAX - 100).wrapping_add((i * mss) as u32)
+            );
+            assert_eq!(th.psh, i == n - 1, "segment {i}");
+            got.extend_from_slice(t.payload());
+        }
+        assert_eq!(got, data);
+        // Not TCP right after the fixed header: refused, not cut.
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ipv6(src, dst, 64)
+            .udp(1, 2)
+            .write(&mut udp, &[0; 3000])
+            .unwrap();
+        assert_eq!(
+            split_tcp6(&udp, 1400, &mut [0u8; 4096], |_| {}),
+            Err(DropReason::MalformedInner)
+        );
     }
 }
