@@ -61,7 +61,8 @@ pub enum DropReason {
     InnerIpv6,
     /// Inner IPv4 header malformed (version, header length, total length).
     MalformedInner,
-    /// Inner IPv4 header checksum wrong.
+    /// Inner IPv4 header checksum wrong, or an inner UDP/IPv6 datagram with a zero
+    /// checksum (which IPv6 forbids).
     InnerChecksum,
     /// Sender is not the public IP of any lease.
     UnknownSender,

@@ -285,3 +285,60 @@ fn both_directions_of_a_flow_share_a_source_port() {
     };
     assert_eq!(port(&there), back_port);
 }
+
+/// RFC 8200 8.1: a UDP/IPv6 datagram with checksum zero is discarded by the receiving
+/// stack (the pod's, behind kernel vxlan), so weft drops it, counted, rather than deliver
+/// it with a checksum filled in.
+#[test]
+fn an_inner_udp_datagram_with_a_zero_checksum_is_dropped() {
+    let b = n(2, ChecksumMode::Full);
+    let a6 = SocketAddr::new(public_ip6(1).into(), 40000);
+    let mut inner = udp6(pod(1, 5), pod(2, 7), 10);
+    let good = received(1, &inner);
+    inner[ipv6::HEADER_LEN + 6..ipv6::HEADER_LEN + 8].fill(0);
+    let mut zero = received(1, &inner);
+    let len = zero.len();
+    assert_eq!(
+        b.inbound(&table(), a6, &mut zero, 0, len, 0),
+        Inbound::Drop(DropReason::InnerChecksum)
+    );
+    let mut good = good;
+    let len = good.len();
+    assert!(matches!(
+        b.inbound(&table(), a6, &mut good, 0, len, 0),
+        Inbound::Deliver(_)
+    ));
+}
+
+/// The VNI on the wire is our device's, as the kernel's flannel-v6.<VNI> and weft's IPv4
+/// side send it, whatever a peer's BackendV6Data says; and a peer whose IPv6 VNI is not
+/// ours is refused as its IPv4 side would be.
+#[test]
+fn the_vni_is_ours_both_ways() {
+    let mut other = peer(2, BackendKind::Vxlan, 1);
+    other.v6 = other
+        .v6
+        .map(|v| crate::lease::table::PeerV6 { vni: 7, ..v });
+    let t = Snapshot::build(
+        "10.244.0.0/16".parse().unwrap(),
+        [peer(1, BackendKind::Vxlan, 1), other],
+        0,
+    );
+    let a = n(1, ChecksumMode::Full);
+    let pkt = udp6(pod(1, 5), pod(2, 7), 10);
+    let mut buf = vec![0u8; HEADROOM + pkt.len()];
+    buf[HEADROOM..].copy_from_slice(&pkt);
+    let Outbound::Send(tx) = a.outbound(&t, &mut buf, HEADROOM, pkt.len(), 0) else {
+        panic!()
+    };
+    let vxlan = &buf[tx.datagram.start + VXLAN6_OVERHEAD - 14 - 8..];
+    assert_eq!(&vxlan[4..7], &[0, 0, 1]);
+    // Node 1 receiving from node 2, whose IPv6 lease says VNI 7.
+    let mut from2 = received(2, &udp6(pod(2, 7), pod(1, 5), 10));
+    let len = from2.len();
+    let b6 = SocketAddr::new(public_ip6(2).into(), 40000);
+    assert_eq!(
+        a.inbound(&t, b6, &mut from2, 0, len, 0),
+        Inbound::Drop(DropReason::WrongBackend)
+    );
+}

@@ -104,7 +104,8 @@ impl Node {
         let tos = ecn_encapsulate(ipv6::Packet::new_unchecked(inner).traffic_class());
         let sp = flow_src_port(inner, self.hash_seed, src_ports);
         let h = super::vxlan::Headers {
-            vni: if peer6.vni != 0 { peer6.vni } else { vni },
+            // Our device's VNI, as the kernel's flannel-v6.<VNI> sends (and IPv4 does).
+            vni,
             src_mac: v6.mac,
             dst_mac: if peer6.vtep_mac.0 != [0; 6] {
                 peer6.vtep_mac
@@ -184,7 +185,7 @@ impl Node {
             return Inbound::Drop(DropReason::UnknownSender);
         };
         let vni_ok = match (self.format, sender.v6) {
-            (Format::Vxlan { vni, .. }, Some(s6)) => s6.vni == vni || s6.vni == 0,
+            (Format::Vxlan { vni, .. }, Some(s6)) => s6.vni == vni,
             _ => false,
         };
         if sender.backend != self.format.backend() || !vni_ok {
@@ -196,6 +197,11 @@ impl Node {
         }
         if !v6.subnet.contains(&dst) {
             return Inbound::Drop(DropReason::NotLocal);
+        }
+        if ipv6::zero_udp_checksum(&buf[inner.clone()]) {
+            // RFC 8200 8.1: a receiving stack discards it, the pod's behind kernel vxlan
+            // too; delivered here it would get a checksum it never had.
+            return Inbound::Drop(DropReason::InnerChecksum);
         }
         if let Err(r) = ecn_decapsulate6(outer_ecn, &mut buf[inner.clone()]) {
             return Inbound::Drop(r);

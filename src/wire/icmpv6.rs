@@ -81,8 +81,10 @@ impl Error {
 
 /// Whether an ICMPv6 error may be sent about `pkt` (RFC 4443 2.4 e): not about an ICMPv6
 /// error, nor a packet from an address that is not a unicast host, nor one to a multicast
-/// address, nor a fragment other than the first. Only the fixed header is read: a packet
-/// behind other extension headers may be answered.
+/// address, nor a fragment other than the first. The extension headers are walked as the
+/// kernel's `ipv6_skip_exthdr` walks them (hop-by-hop, routing, destination options,
+/// fragment), at most [`MAX_EXT_HEADERS`]; a chain that runs off the packet or goes on
+/// longer is not answered.
 pub fn may_answer(pkt: &[u8]) -> bool {
     let Ok(ip) = ipv6::Packet::new_checked(pkt) else {
         return false;
@@ -91,14 +93,31 @@ pub fn may_answer(pkt: &[u8]) -> bool {
     if src.is_unspecified() || src.is_multicast() || src.is_loopback() || dst.is_multicast() {
         return false;
     }
-    let l4 = ip.payload();
-    match ip.next_header() {
-        ipv6::NEXT_ICMPV6 => l4.first().is_some_and(|&t| !is_error_type(t)),
-        // The fragment header: offset in the upper 13 bits of bytes 2-3.
-        44 => l4.len() >= 8 && u16::from_be_bytes([l4[2], l4[3]]) >> 3 == 0,
-        _ => true,
+    let (l4, mut next, mut at) = (ip.payload(), ip.next_header(), 0usize);
+    for _ in 0..=MAX_EXT_HEADERS {
+        let Some(h) = l4.get(at..) else {
+            return false;
+        };
+        match next {
+            ipv6::NEXT_ICMPV6 => return h.first().is_some_and(|&t| !is_error_type(t)),
+            // Hop-by-hop, routing, destination options: length in 8-byte units, less one.
+            0 | 43 | 60 if h.len() >= 2 => (next, at) = (h[0], at + (h[1] as usize + 1) * 8),
+            // The fragment header: offset in the upper 13 bits of bytes 2-3.
+            44 if h.len() >= 8 => {
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    return false;
+                }
+                (next, at) = (h[0], at + 8);
+            }
+            0 | 43 | 60 | 44 => return false,
+            _ => return true,
+        }
     }
+    false
 }
+
+/// How many extension headers [`may_answer`] walks before giving up on a packet.
+pub const MAX_EXT_HEADERS: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -165,5 +184,35 @@ mod tests {
         u[8..24].fill(0);
         assert!(!may_answer(&u));
         assert!(!may_answer(&u[..20]));
+    }
+
+    /// RFC 4443 2.4 (e.1) behind extension headers, as the kernel's `is_ineligible` walks
+    /// them: an ICMPv6 error after hop-by-hop, routing, destination options or a first
+    /// fragment is still an error, and is not answered.
+    #[test]
+    fn errors_behind_extension_headers_are_not_answered() {
+        let ext = |next: u8| [next, 0, 1, 4, 0, 0, 0, 0]; // 8 bytes, a PadN option
+        for first in [0u8, 43, 60] {
+            let error = [&ext(ipv6::NEXT_ICMPV6)[..], &[1, 4, 0, 0]].concat();
+            assert!(!may_answer(&packet(first, &error)), "{first}");
+            let echo = [&ext(ipv6::NEXT_ICMPV6)[..], &[128, 0, 0, 0]].concat();
+            assert!(may_answer(&packet(first, &echo)), "{first}");
+        }
+        // A first fragment holding an ICMPv6 error; hop-by-hop then destination options
+        // then UDP.
+        let frag = [ipv6::NEXT_ICMPV6, 0, 0, 1, 0, 0, 0, 9, 3, 0, 0, 0];
+        assert!(!may_answer(&packet(44, &frag)));
+        let two = [&ext(60)[..], &ext(ipv6::NEXT_UDP), &[0; 8]].concat();
+        assert!(may_answer(&packet(0, &two)));
+        // A header whose length runs past the packet, a chain too long to walk.
+        assert!(!may_answer(&packet(60, &[ipv6::NEXT_UDP, 3, 0, 0])));
+        let chain = |n: usize| -> Vec<u8> {
+            let mut v: Vec<u8> = (1..n).flat_map(|_| ext(60)).collect();
+            v.extend(ext(ipv6::NEXT_UDP));
+            v.extend([0; 8]);
+            v
+        };
+        assert!(may_answer(&packet(60, &chain(MAX_EXT_HEADERS))));
+        assert!(!may_answer(&packet(60, &chain(MAX_EXT_HEADERS + 1))));
     }
 }

@@ -113,6 +113,15 @@ pub fn set_ecn(pkt: &mut [u8], ecn: u8) {
     pkt[1] = (pkt[1] & !0x30) | ((ecn & 0x03) << 4);
 }
 
+/// True for a UDP/IPv6 datagram (UDP right after the fixed header) whose checksum is zero,
+/// which IPv6 forbids (RFC 8200 section 8.1: receivers discard it). A checksum a sender
+/// left partial is never zero: it holds the pseudo-header's sum.
+pub fn zero_udp_checksum(pkt: &[u8]) -> bool {
+    pkt.len() >= HEADER_LEN + 8
+        && pkt[6] == NEXT_UDP
+        && pkt[HEADER_LEN + 6..HEADER_LEN + 8] == [0, 0]
+}
+
 /// Recomputes the TCP or UDP checksum of the IPv6 packet `pkt` (next header TCP or UDP,
 /// no extension headers) over its whole payload, finishing a checksum a sender left
 /// partial. Returns false, changing nothing, otherwise. A zero UDP checksum is filled in:
