@@ -169,6 +169,9 @@ fn tun_ipv6(tun: &str, on: bool) {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tun}/{key}"), value);
     };
     if on {
+        // No link-local address: the kernel's own MLD and router solicitations from it
+        // would only be counted as drops (the injection TAP is set up the same way).
+        conf("addr_gen_mode", "1");
         conf("accept_ra", "0");
         conf("router_solicitations", "0");
         conf("disable_ipv6", "0");
@@ -218,10 +221,19 @@ fn node_v6(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Option<NodeV6>, Error> 
             .ok()
             .flatten()
             .map_or(s.pod_mtu as usize + VXLAN_OVERHEAD, |l| l.mtu as usize);
+    let mtu = (s.pod_mtu as usize).min(underlay_mtu.saturating_sub(VXLAN6_OVERHEAD));
+    if mtu < crate::wire::ipv6::MIN_MTU {
+        return Err(Error::Unsupported(format!(
+            "EnableIPv6: {} has MTU {underlay_mtu}, which leaves {mtu} bytes for IPv6 pods over the IPv6 underlay (VXLAN over IPv6 costs {VXLAN6_OVERHEAD}), below IPv6's minimum of {}; raise its MTU to at least {} or set EnableIPv6 to false",
+            s.underlay,
+            crate::wire::ipv6::MIN_MTU,
+            crate::wire::ipv6::MIN_MTU + VXLAN6_OVERHEAD
+        )));
+    }
     Ok(Some(NodeV6 {
         public_ip,
         subnet,
-        mtu: (s.pod_mtu as usize).min(underlay_mtu.saturating_sub(VXLAN6_OVERHEAD)),
+        mtu,
         mac,
     }))
 }

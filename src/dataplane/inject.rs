@@ -60,6 +60,9 @@ pub(crate) struct Injector {
 pub(crate) struct Ipv6Gate {
     name: String,
     open: Arc<AtomicBool>,
+    /// The forwarding setting last acted on (the gate may stay shut although it is on, if
+    /// the TAP refused IPv6: that is logged once, not at every check).
+    seen: AtomicBool,
 }
 
 impl Ipv6Gate {
@@ -68,6 +71,7 @@ impl Ipv6Gate {
         injectors.first().map(|i| Ipv6Gate {
             name: name.to_string(),
             open: i.v6.clone(),
+            seen: AtomicBool::new(false),
         })
     }
 
@@ -76,7 +80,7 @@ impl Ipv6Gate {
     /// advertisements). Cheap enough for every health check.
     pub(crate) fn refresh(&self) {
         let forwarding = read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding").ok() == Some(1);
-        if forwarding == self.open.load(Ordering::Relaxed) {
+        if forwarding == self.seen.swap(forwarding, Ordering::Relaxed) {
             return;
         }
         let conf = |key: &str| format!("/proc/sys/net/ipv6/conf/{}/{key}", self.name);

@@ -305,7 +305,7 @@ fn deliver6(
     r: std::ops::Range<usize>,
     n: &mut [usize; 2],
 ) {
-    let mtu = rx.v6.map_or(rx.mtu, |v| v.mtu);
+    let mtu = rx.mtu;
     let fits = r.len() <= mtu;
     if fits && co6.push(&read[r.clone()]) {
         return;
