@@ -41,7 +41,9 @@ fn segment(pkt: &[u8], udp: bool) -> Option<Seg> {
     let l4 = ip.payload();
     if udp && ip.next_header() == ipv6::NEXT_UDP && l4.len() > 8 {
         let len = u16::from_be_bytes([l4[4], l4[5]]) as usize;
-        return (len == l4.len()).then_some(Seg {
+        // Lazily: the payload length is only computed for a UDP length that is the
+        // datagram's (a lying one may be below the header's 8 bytes).
+        return (len == l4.len()).then(|| Seg {
             next: ipv6::NEXT_UDP,
             thl: 8,
             seq: 0,
