@@ -1,8 +1,8 @@
 //! Software segmentation of TCP super-packets over IPv4 and IPv6 (what the kernel's GSO
-//! does), for the inner packets a kernel vxlan peer sends over a veth: its TSO segments cross the veth
-//! whole (`SKB_GSO_UDP_TUNNEL`), a plain UDP socket hands them up as one datagram, and the
-//! inner packet is then far larger than the pod MTU. Splitting it here gives the pod the
-//! segments the sender meant, each with complete checksums.
+//! does), for the inner packets a kernel vxlan peer sends over a veth: its TSO segments
+//! cross the veth whole (`SKB_GSO_UDP_TUNNEL`), a plain UDP socket hands them up as one
+//! datagram, and the inner packet is then far larger than the pod MTU. Splitting it here
+//! gives the pod the segments the sender meant, each with complete checksums.
 
 use crate::encap::DropReason;
 use crate::wire::{ipv4, ipv6, put16, tcp};

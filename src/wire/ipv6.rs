@@ -124,8 +124,9 @@ pub fn zero_udp_checksum(pkt: &[u8]) -> bool {
 
 /// Recomputes the TCP or UDP checksum of the IPv6 packet `pkt` (next header TCP or UDP,
 /// no extension headers) over its whole payload, finishing a checksum a sender left
-/// partial. Returns false, changing nothing, otherwise. A zero UDP checksum is filled in:
-/// over IPv6 it is not optional.
+/// partial. Returns false, changing nothing, otherwise. A UDP checksum that computes to
+/// zero is written as 0xffff (zero would mean none, which IPv6 forbids); a datagram that
+/// arrives with none is dropped before it gets here ([`zero_udp_checksum`]).
 pub fn fill_transport_checksum(pkt: &mut [u8]) -> bool {
     let Ok(ip) = Packet::new_checked(&*pkt) else {
         return false;
