@@ -172,6 +172,9 @@ fn a_userspace_node_is_handed_over_without_losing_a_packet() {
     let l = log(&c);
     assert!(l.contains("took the node over"), "{l}");
     assert!(l.contains("handed over"), "{l}");
+    // Both times on the very queues and sockets the old weft read: none is detached.
+    let adopted = "forwarding on the predecessor's TUN queues and sockets";
+    assert_eq!(l.matches(adopted).count(), 2, "{l}");
 }
 
 #[test]

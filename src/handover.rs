@@ -1,14 +1,19 @@
 //! Hand-over: a second `weft run` on a node where weft already runs takes the node over
 //! without losing a packet, and the first exits 0 by itself.
 //!
-//! Nothing is passed but words. Everything the dataplane forwards on can be shared while
-//! both run: the TUN is multi-queue (the successor attaches its own queues to the same
-//! device), the UDP sockets and the health listeners are `SO_REUSEPORT` (the successor
-//! binds beside them), the kernel dataplanes' devices and routes are adopted as a restart
-//! after a crash adopts them. So the successor starts forwarding *beside* its predecessor,
-//! and only then tells it to go; the predecessor stops its workers and exits leaving the
-//! devices, routes and rules in place ([`crate::teardown`]), and the kernel steers what it
-//! would have read to the successor's queues and sockets.
+//! The successor starts forwarding *beside* its predecessor, and only then tells it to go;
+//! the predecessor stops its workers and exits leaving the devices, routes and rules in
+//! place ([`crate::teardown`]). The kernel dataplanes' devices and routes are adopted as a
+//! restart after a crash adopts them. A userspace dataplane's TUN queues and receiving
+//! sockets are *passed* (`SCM_RIGHTS`, [`Shared`]): the successor's workers read the very
+//! queues and sockets the predecessor's read, so nothing is detached or closed under
+//! traffic. (Attaching new queues beside the old ones and letting the kernel steer to them
+//! was tried first and loses packets: a TUN queue's detach moves the last queue into its
+//! slot and, for an RCU grace period, drops what flows steered to the moved queue send;
+//! and what waits in a queue when it closes is purged. A predecessor that passes nothing
+//! (an older weft) is still handed over that way, its sockets steered to the successor's
+//! ([`crate::dataplane::filter::successor_steering`]).) The health listeners are
+//! `SO_REUSEPORT`: the successor binds beside them.
 //!
 //! The conversation, one JSON line each way, over a Unix socket in `--state-dir` named
 //! after the network namespace (nodes that share a filesystem, as namespaces on one host
@@ -19,21 +24,27 @@
 //!    subnet). The successor refuses, and exits with the difference, when the flags
 //!    differ; the predecessor carries on untouched;
 //! 2. the successor prepares (store, network config, which must be the predecessor's, its
-//!    lease, which is the same lease) and starts forwarding beside it, its guards set to
-//!    leave what they adopted should it fail ([`crate::teardown::keep_state`]);
-//! 3. successor: `take`; predecessor: `leaving`, then it stops.
+//!    lease, which is the same lease); successor: `share`; predecessor: a [`SharedHeader`]
+//!    line carrying its dataplane's descriptors (none for a kernel dataplane);
+//! 3. the successor starts forwarding beside it, on those descriptors where they are what
+//!    it would have opened, its guards set to leave what they adopted should it fail
+//!    ([`crate::teardown::keep_state`]);
+//! 4. successor: `take shared` (it reads the passed descriptors: the predecessor just
+//!    stops) or `take` (it opened its own: the predecessor steers its sockets to them and
+//!    drains its own first); predecessor: `leaving`, then it stops.
 //!
 //! A socket nobody listens on (a weft killed with -9) is stale: removed, and the start
 //! goes on. A predecessor that accepts and does not answer within [`ANSWER`] is left
 //! alone and the successor refuses to start, saying so.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::linux::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -116,6 +127,177 @@ pub struct Identity {
     pub network: String,
     /// Its lease's subnet.
     pub subnet: String,
+    /// Whether it answers `share` (an older weft does not: it is handed over by steering).
+    #[serde(default)]
+    pub shares: bool,
+}
+
+/// The most descriptors one hand-over passes (the kernel's `SCM_MAX_FD`): a dataplane with
+/// more is handed over by steering instead.
+pub const MAX_FDS: usize = 253;
+
+/// What a predecessor's passed descriptors are, in the order they come: `tun` TUN queues,
+/// then `udp` IPv4 sockets, then `udp6` IPv6 sockets (one of each per worker).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedHeader {
+    /// The TUN device the queues belong to.
+    pub tun_name: String,
+    /// Whether the queues carry the virtio-net header (`IFF_VNET_HDR`).
+    pub tun_offload: bool,
+    /// TUN queues.
+    pub tun: usize,
+    /// Receiving sockets on the IPv4 underlay address.
+    pub udp: usize,
+    /// Receiving sockets on the IPv6 underlay address.
+    pub udp6: usize,
+}
+
+/// A userspace dataplane's TUN queues and receiving sockets, as one weft passes them to
+/// its successor: the successor's workers read what the predecessor's read.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// What they are.
+    pub header: SharedHeader,
+    /// The descriptors, in the header's order.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Shared {
+    /// Second descriptors of the same queues and sockets.
+    fn duplicate(&self) -> std::io::Result<Shared> {
+        Ok(Shared {
+            header: self.header.clone(),
+            fds: self
+                .fds
+                .iter()
+                .map(OwnedFd::try_clone)
+                .collect::<std::io::Result<_>>()?,
+        })
+    }
+
+    /// The TUN queues, the IPv4 sockets and the IPv6 sockets; `None` unless the header
+    /// counts the descriptors there are.
+    pub fn split(self) -> Option<[Vec<OwnedFd>; 3]> {
+        let h = &self.header;
+        if h.tun + h.udp + h.udp6 != self.fds.len() {
+            return None;
+        }
+        let (tun, udp) = (h.tun, h.udp);
+        let mut fds = self.fds.into_iter();
+        let tun_fds = fds.by_ref().take(tun).collect();
+        let udp_fds = fds.by_ref().take(udp).collect();
+        Some([tun_fds, udp_fds, fds.collect()])
+    }
+}
+
+/// The descriptors between this weft and the next or the last: what its userspace
+/// dataplane offers while it runs, what a predecessor passed it (for its first start).
+#[derive(Debug, Default)]
+pub struct Handoff {
+    offer: Mutex<Option<Shared>>,
+    inherited: Mutex<Option<Shared>>,
+    /// The first start read the predecessor's descriptors.
+    adopted: AtomicBool,
+    /// The successor reads ours.
+    successor_shares: AtomicBool,
+}
+
+impl Handoff {
+    /// What a successor will be passed (the running dataplane's descriptors), or nothing.
+    pub fn offer(&self, shared: Option<Shared>) {
+        *self.offer.lock().unwrap_or_else(|e| e.into_inner()) = shared;
+    }
+
+    /// What the predecessor passed, for the start that adopts it.
+    pub fn inherit(&self, shared: Shared) {
+        *self.inherited.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+    }
+
+    /// What the predecessor passed, once.
+    pub fn take_inherited(&self) -> Option<Shared> {
+        self.inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Says the predecessor's descriptors are read here.
+    pub fn mark_adopted(&self) {
+        self.adopted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this process reads its predecessor's descriptors.
+    pub fn adopted(&self) -> bool {
+        self.adopted.load(Ordering::SeqCst)
+    }
+
+    /// Whether the successor reads this process's descriptors (then nothing needs
+    /// steering or draining: stopping is enough).
+    pub fn successor_shares(&self) -> bool {
+        self.successor_shares.load(Ordering::SeqCst)
+    }
+
+    /// Copies of what is offered, or an empty header.
+    fn duplicate_offer(&self) -> std::io::Result<Shared> {
+        let offer = self.offer.lock().unwrap_or_else(|e| e.into_inner());
+        offer
+            .as_ref()
+            .filter(|s| s.fds.len() <= MAX_FDS)
+            .map_or_else(|| Ok(Shared::default()), Shared::duplicate)
+    }
+}
+
+/// Writes `line` and a newline, `fds` riding with its first byte.
+fn send_with_fds(stream: &UnixStream, line: &str, fds: &[OwnedFd]) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let bytes = format!("{line}\n");
+    let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(std::io::Error::other(
+            "too many descriptors for one message",
+        ));
+    }
+    let iov = [std::io::IoSlice::new(bytes.as_bytes())];
+    let sent = rustix::net::sendmsg(stream, &iov, &mut control, SendFlags::NOSIGNAL)?;
+    let mut rest = stream;
+    rest.write_all(&bytes.as_bytes()[sent..])
+}
+
+/// Reads one line (at most 4 KiB) and the descriptors that came with it.
+fn recv_with_fds(stream: &UnixStream) -> std::io::Result<(String, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = vec![0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let got = rustix::net::recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = msg {
+            fds.extend(passed);
+        }
+    }
+    if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(std::io::Error::other(
+            "the descriptors did not fit the message",
+        ));
+    }
+    let mut len = got.bytes;
+    let mut reader = stream;
+    // A stream may split the line; the rest comes without descriptors.
+    while !buf[..len].contains(&b'\n') {
+        if len == buf.len() {
+            return Err(std::io::Error::other("a line over 4 KiB"));
+        }
+        match reader.read(&mut buf[len..])? {
+            0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            n => len += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&buf[..len]).trim_end().to_string();
+    Ok((line, fds))
 }
 
 /// The hand-over socket in `state_dir` for this network namespace.
@@ -280,10 +462,33 @@ impl Predecessor {
         })
     }
 
-    /// Tells the predecessor to go, once this process forwards; returns its pid. It
-    /// answers `leaving`, then stops its workers and exits.
-    pub fn take(mut self) -> Result<u32, Error> {
-        self.send("\"take\"")?;
+    /// Asks for the predecessor's dataplane descriptors (an empty [`Shared`] from a
+    /// kernel dataplane, or from a weft that does not pass them).
+    pub fn share(&mut self) -> Result<Shared, Error> {
+        if !self.identity.shares {
+            return Ok(Shared::default());
+        }
+        if !self.stream.buffer().is_empty() {
+            return Err(self.garbled("it said more than its identity".into()));
+        }
+        self.send("\"share\"")?;
+        let _ = self.stream.get_ref().set_read_timeout(Some(ANSWER));
+        let (line, fds) = recv_with_fds(self.stream.get_ref()).map_err(|source| Error::Socket {
+            path: self.path.clone(),
+            source,
+        })?;
+        let header = serde_json::from_str(&line).map_err(|e| self.garbled(e.to_string()))?;
+        Ok(Shared { header, fds })
+    }
+
+    /// Tells the predecessor to go, once this process forwards (on its descriptors when
+    /// `shared`); returns its pid. It answers `leaving`, then stops its workers and exits.
+    pub fn take(mut self, shared: bool) -> Result<u32, Error> {
+        self.send(if shared {
+            "\"take shared\""
+        } else {
+            "\"take\""
+        })?;
         let line = self.receive(ANSWER)?;
         if line != "\"leaving\"" {
             return Err(self.garbled(format!("answered {line:?} to take")));
@@ -307,12 +512,14 @@ impl Drop for Listener {
     }
 }
 
-/// Listens for a successor from a thread: on its `take`, sets `handed_over` then `stop`.
+/// Listens for a successor from a thread: passes it `handoff`'s offer when asked; on its
+/// `take`, sets `handed_over` then `stop`.
 pub fn listen(
     state_dir: &Path,
     identity: Identity,
     stop: Arc<AtomicBool>,
     handed_over: Arc<AtomicBool>,
+    handoff: Arc<Handoff>,
 ) -> Result<Listener, Error> {
     let path = socket_path(state_dir);
     let socket = |source| Error::Socket {
@@ -330,7 +537,7 @@ pub fn listen(
             // Talking on a Unix socket needs no capability.
             crate::privilege::drop_all_in_this_thread();
             for conn in listener.incoming().flatten() {
-                match serve(conn, &identity) {
+                match serve(conn, &identity, &handoff) {
                     Ok(true) => {
                         handed_over.store(true, Ordering::SeqCst);
                         stop.store(true, Ordering::SeqCst);
@@ -346,7 +553,7 @@ pub fn listen(
 }
 
 /// One successor's conversation: whether it took the node.
-fn serve(conn: UnixStream, identity: &Identity) -> std::io::Result<bool> {
+fn serve(conn: UnixStream, identity: &Identity, handoff: &Handoff) -> std::io::Result<bool> {
     conn.set_read_timeout(Some(ANSWER))?;
     let mut r = BufReader::new(conn);
     let mut line = String::new();
@@ -363,20 +570,41 @@ fn serve(conn: UnixStream, identity: &Identity) -> std::io::Result<bool> {
     answer.push('\n');
     r.get_mut().write_all(answer.as_bytes())?;
     r.get_ref().set_read_timeout(Some(PREPARE))?;
-    line.clear();
-    if r.read_line(&mut line)? == 0 || line.trim_end() != "\"take\"" {
-        tracing::info!(
-            pid = hello.pid,
-            "the successor went away without taking the node; forwarding on"
-        );
-        return Ok(false);
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line)?;
+        match line.trim_end() {
+            "\"share\"" if n > 0 => {
+                let shared = handoff.duplicate_offer()?;
+                let header =
+                    serde_json::to_string(&shared.header).map_err(std::io::Error::other)?;
+                send_with_fds(r.get_ref(), &header, &shared.fds)?;
+                tracing::info!(
+                    pid = hello.pid,
+                    descriptors = shared.fds.len(),
+                    "passed the dataplane's queues and sockets to the successor"
+                );
+            }
+            take @ ("\"take\"" | "\"take shared\"") => {
+                let shares = take.contains("shared");
+                handoff.successor_shares.store(shares, Ordering::SeqCst);
+                r.get_mut().write_all(b"\"leaving\"\n")?;
+                tracing::info!(
+                    pid = hello.pid,
+                    on_our_queues = shares,
+                    "handing the node over: stopping, leaving the devices, routes and rules to it"
+                );
+                return Ok(true);
+            }
+            _ => {
+                tracing::info!(
+                    pid = hello.pid,
+                    "the successor went away without taking the node; forwarding on"
+                );
+                return Ok(false);
+            }
+        }
     }
-    r.get_mut().write_all(b"\"leaving\"\n")?;
-    tracing::info!(
-        pid = hello.pid,
-        "handing the node over: stopping, leaving the devices, routes and rules to it"
-    );
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -440,9 +668,18 @@ mod tests {
             flags: ours.clone(),
             network: "10.244.0.0/16".into(),
             subnet: "10.244.3.0/24".into(),
+            shares: true,
         };
         let (stop, handed) = (Arc::default(), Arc::<AtomicBool>::default());
-        let l = listen(&dir, identity, Arc::clone(&stop), handed.clone()).unwrap();
+        let handoff = Arc::new(Handoff::default());
+        let l = listen(
+            &dir,
+            identity,
+            Arc::clone(&stop),
+            handed.clone(),
+            handoff.clone(),
+        )
+        .unwrap();
         let e = find(&dir, &args(4, "x"), &[]).err().unwrap().to_string();
         assert!(e.contains("--workers (4, running: 2)"), "{e}");
         assert!(!handed.load(Ordering::SeqCst));
@@ -455,13 +692,99 @@ mod tests {
             "{e}"
         );
         p.check_network("10.244.0.0/16").unwrap();
-        assert_eq!(p.take().unwrap(), 42);
+        assert_eq!(p.take(false).unwrap(), 42);
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(handed.load(Ordering::SeqCst));
+        assert!(
+            !handoff.successor_shares(),
+            "it took the node without our descriptors"
+        );
         drop(l);
         assert!(!socket_path(&dir).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A listener in `dir` that offers `offer`, and a successor that found it.
+    fn offering(
+        dir: &Path,
+        offer: Option<Shared>,
+        shares: bool,
+    ) -> (Listener, Arc<Handoff>, Predecessor) {
+        let identity = Identity {
+            pid: 7,
+            shares,
+            ..Identity::default()
+        };
+        let handoff = Arc::new(Handoff::default());
+        handoff.offer(offer);
+        let l = listen(
+            dir,
+            identity,
+            Arc::default(),
+            Arc::default(),
+            handoff.clone(),
+        )
+        .unwrap();
+        let p = find(dir, &BTreeMap::new(), &[]).unwrap().unwrap();
+        (l, handoff, p)
+    }
+
+    #[test]
+    fn the_successor_is_passed_the_very_queues_and_sockets_and_says_it_reads_them() {
+        let dir = std::env::temp_dir().join(format!("weft-share-{}", std::process::id()));
+        let (queue, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let header = SharedHeader {
+            tun_name: "weft0".into(),
+            tun_offload: true,
+            tun: 1,
+            udp: 1,
+            udp6: 0,
+        };
+        let offer = Shared {
+            header: header.clone(),
+            fds: vec![
+                queue.try_clone().unwrap().into(),
+                udp.try_clone().unwrap().into(),
+            ],
+        };
+        let (_l, handoff, mut p) = offering(&dir, Some(offer), true);
+        let got = p.share().unwrap();
+        assert_eq!(got.header, header);
+        let [tun, socks, socks6] = got.split().expect("as many descriptors as the header says");
+        assert!(socks6.is_empty());
+        // The same objects, not copies: what is sent on the passed queue arrives at the
+        // original's peer, and the passed socket is bound where the original is.
+        let passed = std::os::unix::net::UnixDatagram::from(tun.into_iter().next().unwrap());
+        passed.send(b"packet").unwrap();
+        let mut buf = [0u8; 16];
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"packet");
+        let passed = std::net::UdpSocket::from(socks.into_iter().next().unwrap());
+        assert_eq!(passed.local_addr().unwrap(), udp.local_addr().unwrap());
+        assert_eq!(p.take(true).unwrap(), 7);
+        while !handoff.successor_shares() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nothing_is_passed_by_a_kernel_dataplane_or_an_older_weft() {
+        let dir = std::env::temp_dir().join(format!("weft-noshare-{}", std::process::id()));
+        let (_l, _, mut p) = offering(&dir, None, true);
+        let got = p.share().unwrap();
+        assert_eq!(got.header, SharedHeader::default());
+        assert!(got.fds.is_empty());
+        drop((_l, p));
+        // A predecessor that does not say `shares` is never asked (it would take `share`
+        // for a successor gone away): the hand-over goes on to `take`.
+        let (_l, handoff, mut p) = offering(&dir, None, false);
+        assert!(p.share().unwrap().fds.is_empty());
+        assert_eq!(p.take(false).unwrap(), 7);
+        assert!(!handoff.successor_shares());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -114,6 +114,8 @@ pub struct DataplaneSettings {
     pub offloads: Offloads,
     /// How the workers run.
     pub tuning: Tuning,
+    /// The queues and sockets passed from a predecessor, and offered to a successor.
+    pub handoff: Arc<crate::handover::Handoff>,
 }
 
 /// A kind of backend.

@@ -12,7 +12,7 @@ use super::reconcile::{link_index, Reconciler};
 use super::{Backend, DataplaneSettings, Error, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::dataplane::inject::{self, Injector};
-use crate::dataplane::{open_tun, Dataplane, Offloads};
+use crate::dataplane::{open_tun, Dataplane, Descriptors, Offloads, TunQueue};
 use crate::encap::{Format, Node, NodeV6, LINUX_SRC_PORTS, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
 use crate::lease::table::BackendKind;
 use crate::lease::{Lease, LeaseAttrs, Peer, VxlanBackendData};
@@ -84,9 +84,14 @@ pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
 pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
     let d = &s.dataplane;
     let mut offloads = d.offloads;
-    let queues = open_queues(d, &mut offloads)?;
-    let index = link_index(s.nl, &d.tun_name)?;
     let v6 = node_v6(cfg, &s)?;
+    let io = descriptors(
+        &s,
+        format(cfg, s.lease)?.port(),
+        v6.is_some(),
+        &mut offloads,
+    )?;
+    let index = link_index(s.nl, &d.tun_name)?;
     tun_ipv6(&d.tun_name, v6.is_some());
     let rules = peer_rules(cfg, &s)?;
     let direct_routing = rules.iter().any(|r| r.direct_routing);
@@ -95,14 +100,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     // has. From here on, dropping the reconciler removes the routes and the device.
     reconciler.adopt_device(index, link_plan(&s, v6.as_ref()))?;
     if let Some(v6) = &v6 {
-        // The IPv6 subnet's first address, as flanneld gives flannel-v6.<VNI>: the
-        // source of what the node itself sends to other nodes' IPv6 pods.
-        let addr = v6.subnet.network().into();
-        s.nl.add_addr(index, addr, 128)
-            .map_err(|source| Error::Configure {
-                name: d.tun_name.clone(),
-                source,
-            })?;
+        add_v6_address(&s, index, v6)?;
     }
     let injectors = tunnel_gso(&s, &mut offloads);
     let ipv6_gate = v6
@@ -127,7 +125,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         node,
         local,
         s.v6.map(|(local6, _)| local6),
-        queues,
+        io,
         injectors,
         table,
         seed,
@@ -159,6 +157,17 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         reconciler,
         ipv6_gate,
     }))
+}
+
+/// The IPv6 subnet's first address on the TUN, as flanneld gives flannel-v6.<VNI>: the
+/// source of what the node itself sends to other nodes' IPv6 pods.
+fn add_v6_address(s: &Setup<'_>, index: u32, v6: &NodeV6) -> Result<(), Error> {
+    let addr = v6.subnet.network().into();
+    s.nl.add_addr(index, addr, 128)
+        .map_err(|source| Error::Configure {
+            name: s.dataplane.tun_name.clone(),
+            source,
+        })
 }
 
 /// IPv6 on the TUN only in a dual-stack cluster, and then without router solicitations or
@@ -268,12 +277,86 @@ fn peer_rules(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Vec<PeerRule>, Error
     Ok(std::iter::once(v4).chain(v6).collect())
 }
 
+/// The predecessor's queues and sockets ([`adopt`]), else our own TUN queues (and the
+/// sockets are bound with the workers); `offloads.tun` as the queues have it.
+fn descriptors(
+    s: &Setup<'_>,
+    port: u16,
+    v6: bool,
+    offloads: &mut Offloads,
+) -> Result<Descriptors, Error> {
+    let d = &s.dataplane;
+    if let Some((io, tun_offload)) = adopt(s, port, v6) {
+        offloads.tun = tun_offload;
+        return Ok(io);
+    }
+    Ok(Descriptors {
+        tun_name: d.tun_name.clone(),
+        tun: open_queues(d, offloads)?,
+        udp: Vec::new(),
+        udp6: Vec::new(),
+        handoff: d.handoff.clone(),
+    })
+}
+
+/// The TUN queues and sockets a predecessor passed ([`crate::handover`]), where they are
+/// what this start would open: queues of our TUN and sockets bound to our addresses and
+/// `port`, one of each per worker (and per family, `v6`); with whether the queues carry
+/// the virtio-net header. Otherwise `None`: they are closed (the predecessor still holds
+/// them) and this start opens its own.
+fn adopt(s: &Setup<'_>, port: u16, v6: bool) -> Option<(Descriptors, bool)> {
+    let d = &s.dataplane;
+    let shared = d.handoff.take_inherited()?;
+    let h = shared.header.clone();
+    if h.tun == 0 {
+        return None;
+    }
+    let bound = |socks: &[std::net::UdpSocket], ip: Option<std::net::IpAddr>| {
+        let want = ip.map(|ip| std::net::SocketAddr::new(ip, port));
+        socks.iter().all(|s| s.local_addr().ok() == want)
+    };
+    let why = match shared.split() {
+        _ if h.tun_name != d.tun_name => format!("their TUN is {}", h.tun_name),
+        _ if h.tun != d.workers
+            || h.udp != d.workers
+            || h.udp6 != if v6 { d.workers } else { 0 } =>
+        {
+            format!(
+                "{} queue(s), {} and {} socket(s) for {} worker(s)",
+                h.tun, h.udp, h.udp6, d.workers
+            )
+        }
+        None => "the descriptors are not what the header says".into(),
+        Some([tun, udp, udp6]) => {
+            let udp: Vec<std::net::UdpSocket> = udp.into_iter().map(Into::into).collect();
+            let udp6: Vec<std::net::UdpSocket> = udp6.into_iter().map(Into::into).collect();
+            let local6 = s.v6.map(|(ip, _)| ip.into());
+            if bound(&udp, Some(s.local_ip.into())) && bound(&udp6, local6) {
+                tracing::info!(
+                    queues = h.tun,
+                    "forwarding on the predecessor's TUN queues and sockets"
+                );
+                d.handoff.mark_adopted();
+                let tun = tun.into_iter().map(TunQueue::from).collect();
+                let io = Descriptors {
+                    tun_name: h.tun_name,
+                    tun,
+                    udp,
+                    udp6,
+                    handoff: d.handoff.clone(),
+                };
+                return Some((io, h.tun_offload));
+            }
+            "their sockets are bound elsewhere".into()
+        }
+    };
+    tracing::info!(%why, "not using the predecessor's queues and sockets: opening our own beside them");
+    None
+}
+
 /// The TUN's queues, one per worker, with offloads if the kernel has them (a kernel
 /// without gets a working, slower dataplane).
-fn open_queues(
-    d: &DataplaneSettings,
-    offloads: &mut Offloads,
-) -> Result<Vec<tun_rs::SyncDevice>, Error> {
+fn open_queues(d: &DataplaneSettings, offloads: &mut Offloads) -> Result<Vec<TunQueue>, Error> {
     match open_tun(&d.tun_name, d.workers, offloads.tun) {
         Err(e) if offloads.tun => {
             tracing::warn!(error = %e, "TUN offloads unavailable; continuing without them");

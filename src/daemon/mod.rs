@@ -210,8 +210,13 @@ fn adopt(nl: &Netlink, spare: Option<&str>) {
 }
 
 /// The userspace dataplane's settings from the flags.
-fn dataplane_settings(args: &RunArgs, counters: &Counters) -> DataplaneSettings {
+fn dataplane_settings(
+    args: &RunArgs,
+    counters: &Counters,
+    handoff: &Arc<crate::handover::Handoff>,
+) -> DataplaneSettings {
     DataplaneSettings {
+        handoff: handoff.clone(),
         counters: counters.clone(),
         tun_name: args.tun_name.clone(),
         workers: args.workers as usize,
@@ -355,16 +360,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(Error::Signals)?;
     }
-    let predecessor = find_predecessor(&args)?;
+    let mut predecessor = find_predecessor(&args)?;
     let status = serve_health(&args)?;
     let (node, mut store) = tracing::info_span!("prepare")
         .in_scope(|| prepare(&args, &status, &stop, predecessor.as_ref()))?;
+    if let Some(p) = predecessor.as_mut() {
+        inherit(p, &node.handoff);
+    }
     let subnet = node.ours.lease.subnet;
     let mut fwd = tracing::info_span!("start", %subnet)
         .in_scope(|| start_forwarding(&args, &node, store.as_mut(), &status))?;
     let _span = tracing::info_span!("node", %subnet).entered();
     if let Some(p) = predecessor {
-        take_over(p);
+        take_over(p, node.handoff.adopted());
     }
     let handed_over = Arc::new(AtomicBool::new(false));
     let _listener = listen_for_successor(&args, &node, &stop, &handed_over);
@@ -407,10 +415,21 @@ fn find_predecessor(args: &RunArgs) -> Result<Option<crate::handover::Predecesso
     Ok(found)
 }
 
-/// Tells the predecessor to go, now that this process forwards; from here on what it
-/// installed is ours (removed at a stop as ours is).
-fn take_over(p: crate::handover::Predecessor) {
-    match p.take() {
+/// Asks the predecessor for its dataplane's queues and sockets, for our first start to read
+/// (without them, a hand-over attaches new ones beside them).
+fn inherit(p: &mut crate::handover::Predecessor, handoff: &crate::handover::Handoff) {
+    match p.share() {
+        Ok(shared) => handoff.inherit(shared),
+        Err(e) => {
+            tracing::warn!(error = %e, "the old weft did not pass its queues and sockets; attaching new ones beside them")
+        }
+    }
+}
+
+/// Tells the predecessor to go, now that this process forwards (on its queues and sockets
+/// when `shared`); from here on what it installed is ours (removed at a stop as ours is).
+fn take_over(p: crate::handover::Predecessor, shared: bool) {
+    match p.take(shared) {
         Ok(pid) => tracing::info!(pid, "took the node over; the old weft exits"),
         Err(e) => {
             tracing::warn!(error = %e, "the old weft did not confirm the hand-over; forwarding anyway")
@@ -433,8 +452,10 @@ fn listen_for_successor(
         flags: crate::handover::flags_of(&format!("{args:#?}")),
         network: node.cfg.network.to_string(),
         subnet: node.ours.lease.subnet.to_string(),
+        shares: true,
     };
-    crate::handover::listen(&args.state_dir, identity, stop.clone(), handed_over.clone())
+    let handoff = node.handoff.clone();
+    crate::handover::listen(&args.state_dir, identity, stop.clone(), handed_over.clone(), handoff)
         .inspect_err(|e| tracing::warn!(error = %e, "no hand-over socket: a restart of this node will not be seamless"))
         .ok()
 }
@@ -465,6 +486,8 @@ struct Node {
     ours: Stored,
     table: Arc<LeaseTable>,
     counters: Counters,
+    /// The dataplane's queues and sockets, from a predecessor and for a successor.
+    handoff: Arc<crate::handover::Handoff>,
 }
 
 impl Node {
@@ -484,7 +507,7 @@ impl Node {
             lease: &self.ours.lease,
             pod_mtu: self.pod_mtu,
             table: self.table.clone(),
-            dataplane: dataplane_settings(args, &self.counters),
+            dataplane: dataplane_settings(args, &self.counters, &self.handoff),
         };
         Ok(self.backend.start(setup)?)
     }
@@ -556,6 +579,7 @@ fn prepare(
         backend,
         pod_mtu,
         ours: acquired.stored,
+        handoff: Arc::default(),
     };
     Ok((node, store))
 }

@@ -5,7 +5,8 @@
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 
-use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
+use super::tun::TunQueue;
+use tun_rs::VIRTIO_NET_HDR_LEN;
 
 use super::counters::WorkerCounters;
 use super::sys;
@@ -147,7 +148,7 @@ impl TunWriter {
     /// before it, the decapsulated headers, may be overwritten).
     fn deliver(
         &mut self,
-        tun: &SyncDevice,
+        tun: &TunQueue,
         c: &WorkerCounters,
         mtu: usize,
         rx: &mut [u8],
@@ -209,7 +210,7 @@ impl TunWriter {
     /// that cannot be cut are dropped, counted.
     fn deliver6(
         &mut self,
-        tun: &SyncDevice,
+        tun: &TunQueue,
         c: &WorkerCounters,
         mtu: usize,
         rx: &mut [u8],
@@ -262,7 +263,7 @@ impl TunWriter {
     }
 
     /// Writes whatever is still held (the coalescer's pending super-packet).
-    fn flush(&mut self, tun: &SyncDevice, c: &WorkerCounters) {
+    fn flush(&mut self, tun: &TunQueue, c: &WorkerCounters) {
         if let TunWriter::Coalescing(co, co6) = self {
             write_pending(tun, c, co);
             write_pending6(tun, c, co6);
@@ -271,7 +272,7 @@ impl TunWriter {
 }
 
 /// Writes one packet to a plain TUN, counting it.
-fn write(tun: &SyncDevice, c: &WorkerCounters, pkt: &[u8]) {
+fn write(tun: &TunQueue, c: &WorkerCounters, pkt: &[u8]) {
     WorkerCounters::add(&c.rx_packets, 1);
     WorkerCounters::add(&c.rx_bytes, pkt.len() as u64);
     if tun.send(pkt).is_err() {
@@ -280,7 +281,7 @@ fn write(tun: &SyncDevice, c: &WorkerCounters, pkt: &[u8]) {
 }
 
 /// Writes the IPv6 coalescer's pending super-packet, if any.
-fn write_pending6(tun: &SyncDevice, c: &WorkerCounters, co: &mut Coalescer6) {
+fn write_pending6(tun: &TunQueue, c: &WorkerCounters, co: &mut Coalescer6) {
     if let Some(bytes) = co.flush() {
         if tun.send(bytes).is_err() {
             WorkerCounters::add(&c.tun_write_errors, 1);
@@ -289,7 +290,7 @@ fn write_pending6(tun: &SyncDevice, c: &WorkerCounters, co: &mut Coalescer6) {
 }
 
 /// Writes the coalescer's pending super-packet, if any.
-fn write_pending(tun: &SyncDevice, c: &WorkerCounters, co: &mut Coalescer) {
+fn write_pending(tun: &TunQueue, c: &WorkerCounters, co: &mut Coalescer) {
     if let Some(bytes) = co.flush() {
         if tun.send(bytes).is_err() {
             WorkerCounters::add(&c.tun_write_errors, 1);

@@ -13,6 +13,7 @@ mod inbound;
 pub(crate) mod inject;
 mod outbound;
 mod sys;
+mod tun;
 mod tx;
 mod worker;
 
@@ -23,11 +24,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tun_rs::{DeviceBuilder, SyncDevice};
+use tun_rs::DeviceBuilder;
 
 use crate::encap::Node;
+use crate::handover::{Handoff, Shared, SharedHeader};
 use crate::lease::LeaseTable;
 use counters::Counters;
+pub(crate) use tun::TunQueue;
 use worker::Worker;
 pub(crate) use worker::{Offloads, Tuning};
 
@@ -36,7 +39,7 @@ pub(crate) use worker::{Offloads, Tuning};
 /// multi-queue: where `name` exists (a predecessor forwards on it, [`crate::handover`]),
 /// the queues are attached to it beside the predecessor's, and the device lives on when
 /// the predecessor's go.
-pub(crate) fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<SyncDevice>> {
+pub(crate) fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<Vec<TunQueue>> {
     let first = DeviceBuilder::new()
         .name(name)
         .multi_queue(true)
@@ -50,7 +53,51 @@ pub(crate) fn open_tun(name: &str, queues: usize, offload: bool) -> io::Result<V
     for q in &out {
         q.set_nonblocking(true)?;
     }
-    Ok(out)
+    out.into_iter().map(TunQueue::try_from).collect()
+}
+
+/// What the workers read and write: a TUN queue each, and their receiving sockets where a
+/// predecessor passed them ([`crate::handover`]; empty: bound here). `handoff` is where
+/// the running dataplane offers them all to a successor.
+pub(crate) struct Descriptors {
+    /// The TUN device's name.
+    pub(crate) tun_name: String,
+    /// One queue per worker.
+    pub(crate) tun: Vec<TunQueue>,
+    /// The predecessor's IPv4 sockets, one per worker, or none.
+    pub(crate) udp: Vec<std::net::UdpSocket>,
+    /// The predecessor's IPv6 sockets, one per worker, or none.
+    pub(crate) udp6: Vec<std::net::UdpSocket>,
+    /// Where a successor finds them.
+    pub(crate) handoff: Arc<Handoff>,
+}
+
+/// Second descriptors of the queues and sockets, for a successor; `None` (logged) if the
+/// process is out of descriptors.
+fn offer(
+    tun_name: &str,
+    tun_offload: bool,
+    tun: &[TunQueue],
+    [udp, udp6]: [&[std::net::UdpSocket]; 2],
+) -> Option<Shared> {
+    let dup = |s: &std::net::UdpSocket| s.try_clone().map(std::os::fd::OwnedFd::from);
+    let fds = tun
+        .iter()
+        .map(TunQueue::duplicate)
+        .chain(udp.iter().chain(udp6).map(dup))
+        .collect::<io::Result<Vec<_>>>()
+        .inspect_err(|e| tracing::warn!(error = %e, "nothing to pass to a successor: a hand-over will attach new queues"))
+        .ok()?;
+    Some(Shared {
+        header: SharedHeader {
+            tun_name: tun_name.to_string(),
+            tun_offload,
+            tun: tun.len(),
+            udp: udp.len(),
+            udp6: udp6.len(),
+        },
+        fds,
+    })
 }
 
 /// A UDP socket of `addr`'s family, non-blocking, DF clear on sends (IPv4) or fragmenting
@@ -190,6 +237,8 @@ pub(crate) struct Dataplane {
     /// `SO_REUSEPORT` groups are steered to a successor at a hand-over
     /// ([`Dataplane::yield_to_successor`]).
     groups: Vec<std::net::UdpSocket>,
+    /// Where the queues and sockets are offered to a successor (withdrawn at the drop).
+    handoff: Arc<Handoff>,
 }
 
 /// Duplicates of `socks`' descriptors (empty unless `keep`).
@@ -200,19 +249,72 @@ fn duplicates(socks: &[std::net::UdpSocket], keep: bool) -> io::Result<Vec<std::
     socks.iter().map(|s| s.try_clone()).collect()
 }
 
+impl Descriptors {
+    /// The workers' receiving sockets on `local` (IPv4) and `local6` (IPv6): those passed,
+    /// or one per TUN queue bound to `port` here.
+    fn sockets(
+        &mut self,
+        port: u16,
+        local: IpAddr,
+        local6: Option<Ipv6Addr>,
+        gro: bool,
+        buffer: u32,
+    ) -> io::Result<[Vec<std::net::UdpSocket>; 2]> {
+        let queues = self.tun.len();
+        let open_all = |ip: IpAddr, passed: Vec<std::net::UdpSocket>| {
+            if !passed.is_empty() {
+                return Ok(passed);
+            }
+            let bind = SocketAddr::new(ip, port);
+            (0..queues)
+                .map(|_| open_socket(bind, gro, buffer))
+                .collect::<io::Result<Vec<_>>>()
+        };
+        let socks = open_all(local, std::mem::take(&mut self.udp))?;
+        let socks6 = match local6 {
+            Some(ip) => open_all(ip.into(), std::mem::take(&mut self.udp6))?,
+            None => Vec::new(),
+        };
+        Ok([socks, socks6])
+    }
+}
+
 impl Dataplane {
+    /// No workers yet; the sender filter's and the steering's duplicates of `socks`
+    /// (IPv4, IPv6).
+    fn new(
+        [socks, socks6]: [&[std::net::UdpSocket]; 2],
+        sender_filter: bool,
+        handoff: Arc<Handoff>,
+    ) -> io::Result<Dataplane> {
+        Ok(Dataplane {
+            threads: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            tun_dead: Arc::new(AtomicBool::new(false)),
+            filtered: duplicates(socks, sender_filter)?,
+            filtered6: duplicates(socks6, sender_filter)?,
+            unfiltered: crate::quiet::Quiet::new(),
+            groups: [socks.first(), socks6.first()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.try_clone().ok())
+                .collect(),
+            handoff,
+        })
+    }
+
     /// Starts one worker per TUN queue, each with its own socket on `local`, `node`'s port,
     /// and with `local6` (a dual-stack node) another on that IPv6 address. For vxlan it
     /// also binds the [`SourceSockets`] and draws `node`'s source ports from them. Worker i
     /// gets `injectors[i]`, if there is one (see [`inject`]). `local` is the underlay
     /// interface's address: `node.public_ip` (what peers send to) differs from it behind
-    /// NAT.
+    /// NAT. The sockets a predecessor passed in `io` are used rather than bound.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         mut node: Node,
         local: Ipv4Addr,
         local6: Option<Ipv6Addr>,
-        tun_queues: Vec<SyncDevice>,
+        io: Descriptors,
         injectors: Vec<inject::Injector>,
         table: Arc<LeaseTable>,
         seed: u64,
@@ -221,17 +323,17 @@ impl Dataplane {
         counters: &Counters,
     ) -> io::Result<Dataplane> {
         let local6 = local6.filter(|_| node.v6.is_some());
-        let open_all = |ip: IpAddr| {
-            let bind = SocketAddr::new(ip, node.format.port());
-            tun_queues
-                .iter()
-                .map(|_| open_socket(bind, offloads.gro, tuning.socket_buffer))
-                .collect::<io::Result<Vec<_>>>()
-        };
+        let mut io = io;
         // Bind every socket before starting any worker, so a port clash fails start-up.
-        let socks = open_all(IpAddr::V4(local))?;
-        let socks6 = local6.map(|ip| open_all(IpAddr::V6(ip))).transpose()?;
-        let socks6 = socks6.unwrap_or_default();
+        let [socks, socks6] = io.sockets(
+            node.format.port(),
+            local.into(),
+            local6,
+            offloads.gro,
+            tuning.socket_buffer,
+        )?;
+        let offered = offer(&io.tun_name, offloads.tun, &io.tun, [&socks, &socks6]);
+        io.handoff.offer(offered);
         let src_ports = Arc::new(match node.format {
             crate::encap::Format::Vxlan { .. } => {
                 SourceSockets::open(local, local6, SOURCE_PORT_SOCKETS, tuning.socket_buffer)?
@@ -240,26 +342,14 @@ impl Dataplane {
         });
         node.format = node.format.with_bound_ports(&src_ports.ports());
         // Built first, so that a failure to spawn a later worker stops the earlier ones.
-        let mut dp = Dataplane {
-            threads: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            tun_dead: Arc::new(AtomicBool::new(false)),
-            filtered: duplicates(&socks, tuning.sender_filter)?,
-            filtered6: duplicates(&socks6, tuning.sender_filter)?,
-            unfiltered: crate::quiet::Quiet::new(),
-            groups: [socks.first(), socks6.first()]
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.try_clone().ok())
-                .collect(),
-        };
+        let mut dp = Dataplane::new([&socks, &socks6], tuning.sender_filter, io.handoff)?;
         let mut socks6 = socks6.into_iter();
         let mut injectors = injectors.into_iter();
         let icmp_limit = Arc::new(std::sync::Mutex::new(
             crate::encap::ratelimit::IcmpLimiter::default(),
         ));
         let clock = std::time::Instant::now();
-        for (i, (tun, sock)) in tun_queues.into_iter().zip(socks).enumerate() {
+        for (i, (tun, sock)) in io.tun.into_iter().zip(socks).enumerate() {
             let w = Worker {
                 tun,
                 sock,
@@ -348,12 +438,15 @@ impl Dataplane {
 const DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Dataplane {
-    /// At a hand-over, before this dataplane stops: every datagram from now on goes to the
-    /// successor's sockets ([`filter::successor_steering`]), and the TUN's flows follow as
-    /// the successor writes them; the workers drain what is already theirs for [`DRAIN`].
-    /// Closing sockets and queues still holding packets would drop those.
+    /// At a hand-over to a successor that opened its own queues and sockets (one that
+    /// reads ours needs nothing: this dataplane just stops), before this dataplane stops:
+    /// every datagram from now on goes to the successor's sockets
+    /// ([`filter::successor_steering`]), and the TUN's flows follow as the successor
+    /// writes them; the workers drain what is already theirs for [`DRAIN`]. Closing
+    /// sockets and queues still holding packets would drop those.
     pub(crate) fn yield_to_successor(&mut self) {
-        if self.groups.is_empty() {
+        // A successor that reads our queues and sockets needs neither.
+        if self.groups.is_empty() || self.handoff.successor_shares() {
             return;
         }
         let prog = filter::successor_steering(self.threads.len() as u32);
@@ -373,6 +466,7 @@ impl Drop for Dataplane {
         // unread (their queues filling, then dropped) until the slowest worker has seen
         // the stop. In a hand-over the kernel sends what they would have read to the
         // successor's sockets and queues instead.
+        self.handoff.offer(None);
         self.filtered.clear();
         self.filtered6.clear();
         self.groups.clear();

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::tun::TunQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use tun_rs::SyncDevice;
 
 use super::counters::WorkerCounters;
 use super::inbound::RxBuffers;
@@ -88,7 +88,7 @@ pub(crate) struct Worker {
     /// IPv6 pods' datagrams, and sends those whose source port has no socket.
     pub(crate) sock6: Option<UdpSocket>,
     /// This worker's TUN queue.
-    pub(crate) tun: SyncDevice,
+    pub(crate) tun: TunQueue,
     /// The sockets vxlan datagrams leave from, one per source port (shared by workers).
     pub(crate) src_ports: Arc<SourceSockets>,
     /// This node.
@@ -116,6 +116,16 @@ pub(crate) struct Worker {
     pub(crate) icmp_limit: Arc<std::sync::Mutex<crate::encap::ratelimit::IcmpLimiter>>,
     /// The clock the limiter counts in (the dataplane's start).
     pub(crate) clock: std::time::Instant,
+}
+
+impl Worker {
+    /// What the kernel has dropped for this worker's sockets, in all.
+    fn socket_drops(&self) -> u32 {
+        std::iter::once(&self.sock)
+            .chain(&self.sock6)
+            .filter_map(|s| super::sys::socket_drops(s).ok())
+            .fold(0u32, u32::wrapping_add)
+    }
 }
 
 /// Was the source drained (it said WouldBlock)?
@@ -151,17 +161,15 @@ impl Worker {
         let mut idle_since: Option<std::time::Instant> = None;
         let mut drops_read = std::time::Instant::now();
         // The socket's counter starts at 0 with the socket; the shared counter outlives
-        // recreated dataplanes, so it gets the differences.
-        let mut drops_seen: u32 = 0;
+        // recreated dataplanes, so it gets the differences (from what the socket counted
+        // before: a predecessor's, when it passed us the socket).
+        let mut drops_seen: u32 = self.socket_drops();
         while !self.stop.load(Ordering::Relaxed) && !self.tun_dead.load(Ordering::Relaxed) {
             // What the kernel dropped for this socket (its sender filter, a full buffer),
             // read once a second for /metrics.
             if drops_read.elapsed() >= Duration::from_secs(1) {
                 drops_read = std::time::Instant::now();
-                let d = std::iter::once(&self.sock)
-                    .chain(&self.sock6)
-                    .filter_map(|s| super::sys::socket_drops(s).ok())
-                    .fold(0u32, u32::wrapping_add);
+                let d = self.socket_drops();
                 WorkerCounters::add(
                     &self.counters.socket_drops,
                     d.wrapping_sub(drops_seen) as u64,
