@@ -113,71 +113,90 @@ fn check_vectors(text: &str, csum: ChecksumMode) -> usize {
             "{desc}"
         );
         assert_eq!(&rx[VXLAN_OVERHEAD..], inner, "{desc}");
-
-        // Encapsulating it again with the captured IP ID and source port reproduces every
-        // byte the kernel sent, checksums included.
-        let ip = ipv4::Packet::new_checked(datagram).unwrap();
-        let sport = u16::from_be_bytes([datagram[20], datagram[21]]);
-        let mut tx = vec![0xa5u8; datagram.len()];
-        tx[VXLAN_OVERHEAD..].copy_from_slice(inner);
-        let emit = |buf: &mut [u8], csum| {
-            let h = vxlan::Headers {
-                vni: 1,
-                src_mac: sender.vtep_mac,
-                dst_mac: receiver.vtep_mac,
-                src_port: sport,
-                dst_port: 8472,
-            };
-            h.emit(buf, sender.public_ip, receiver.public_ip, ip.ident(), csum);
-        };
-        emit(&mut tx, csum);
-        if csum == ChecksumMode::Full || tx == datagram {
-            assert_eq!(tx, datagram, "{desc}");
-        } else {
-            // The kernel used local checksum offload (LCO): the inner TCP/UDP checksum is
-            // left partial, and the outer one is the full checksum the datagram will have
-            // once the inner one is completed. Complete it and compare with a full checksum.
-            assert_eq!(tx[..26], datagram[..26], "{desc}");
-            assert_eq!(tx[28..], datagram[28..], "{desc}");
-            let mut fixed = tx.clone();
-            assert!(
-                ipv4::fill_transport_checksum(&mut fixed[VXLAN_OVERHEAD..]),
-                "{desc}"
-            );
-            assert_ne!(
-                fixed[VXLAN_OVERHEAD..],
-                datagram[VXLAN_OVERHEAD..],
-                "{desc}: inner was complete"
-            );
-            emit(&mut fixed, ChecksumMode::Full);
-            assert_eq!(
-                fixed[26..28],
-                datagram[26..28],
-                "{desc}: LCO outer checksum"
-            );
-        }
-
-        // The full outbound path agrees except in the fields that legitimately vary: the
-        // source port (our flow hash) and the UDP checksum that covers it.
-        let mut buf = vec![0u8; HEADROOM + inner.len()];
-        buf[HEADROOM..].copy_from_slice(inner);
-        let Outbound::Send(t) =
-            node_for(&sender, csum).outbound(&table(), &mut buf, HEADROOM, inner.len(), ip.ident())
-        else {
-            panic!("{desc}: not sent")
-        };
-        assert_eq!(t.dst, SocketAddrV4::new(receiver.public_ip, 8472).into());
-        let out = &buf[t.datagram.clone()];
-        assert_eq!(out.len(), datagram.len(), "{desc}");
-        for (i, (a, b)) in out.iter().zip(datagram).enumerate() {
-            if !(20..22).contains(&i) && !(26..28).contains(&i) {
-                assert_eq!(a, b, "{desc}: byte {i}");
-            }
-        }
-        assert!((32768..=60999).contains(&t.src_port));
+        check_reemit(&desc, datagram, (&sender, &receiver), csum);
+        check_outbound(&desc, datagram, (&sender, &receiver), csum);
         n += 1;
     }
     n
+}
+
+/// Encapsulating a captured frame's inner packet again with its IP ID and source port
+/// reproduces every byte the kernel sent, checksums included.
+fn check_reemit(
+    desc: &str,
+    datagram: &[u8],
+    (sender, receiver): (&Peer, &Peer),
+    csum: ChecksumMode,
+) {
+    let inner = &datagram[VXLAN_OVERHEAD..];
+    let ip = ipv4::Packet::new_checked(datagram).unwrap();
+    let sport = u16::from_be_bytes([datagram[20], datagram[21]]);
+    let mut tx = vec![0xa5u8; datagram.len()];
+    tx[VXLAN_OVERHEAD..].copy_from_slice(inner);
+    let emit = |buf: &mut [u8], csum| {
+        let h = vxlan::Headers {
+            vni: 1,
+            src_mac: sender.vtep_mac,
+            dst_mac: receiver.vtep_mac,
+            src_port: sport,
+            dst_port: 8472,
+        };
+        h.emit(buf, sender.public_ip, receiver.public_ip, ip.ident(), csum);
+    };
+    emit(&mut tx, csum);
+    if csum == ChecksumMode::Full || tx == datagram {
+        assert_eq!(tx, datagram, "{desc}");
+        return;
+    }
+    // The kernel used local checksum offload (LCO): the inner TCP/UDP checksum is left
+    // partial, and the outer one is the full checksum the datagram will have once the
+    // inner one is completed. Complete it and compare with a full checksum.
+    assert_eq!(tx[..26], datagram[..26], "{desc}");
+    assert_eq!(tx[28..], datagram[28..], "{desc}");
+    let mut fixed = tx.clone();
+    assert!(
+        ipv4::fill_transport_checksum(&mut fixed[VXLAN_OVERHEAD..]),
+        "{desc}"
+    );
+    assert_ne!(
+        fixed[VXLAN_OVERHEAD..],
+        datagram[VXLAN_OVERHEAD..],
+        "{desc}: inner was complete"
+    );
+    emit(&mut fixed, ChecksumMode::Full);
+    assert_eq!(
+        fixed[26..28],
+        datagram[26..28],
+        "{desc}: LCO outer checksum"
+    );
+}
+
+/// The full outbound path agrees with a captured frame except in the fields that
+/// legitimately vary: the source port (our flow hash) and the UDP checksum that covers it.
+fn check_outbound(
+    desc: &str,
+    datagram: &[u8],
+    (sender, receiver): (&Peer, &Peer),
+    csum: ChecksumMode,
+) {
+    let inner = &datagram[VXLAN_OVERHEAD..];
+    let ip = ipv4::Packet::new_checked(datagram).unwrap();
+    let mut buf = vec![0u8; HEADROOM + inner.len()];
+    buf[HEADROOM..].copy_from_slice(inner);
+    let Outbound::Send(t) =
+        node_for(sender, csum).outbound(&table(), &mut buf, HEADROOM, inner.len(), ip.ident())
+    else {
+        panic!("{desc}: not sent")
+    };
+    assert_eq!(t.dst, SocketAddrV4::new(receiver.public_ip, 8472).into());
+    let out = &buf[t.datagram.clone()];
+    assert_eq!(out.len(), datagram.len(), "{desc}");
+    for (i, (a, b)) in out.iter().zip(datagram).enumerate() {
+        if !(20..22).contains(&i) && !(26..28).contains(&i) {
+            assert_eq!(a, b, "{desc}: byte {i}");
+        }
+    }
+    assert!((32768..=60999).contains(&t.src_port));
 }
 
 #[test]
@@ -422,9 +441,7 @@ fn encap_from(sender: &Node, pkt: &[u8]) -> Vec<u8> {
 
 #[test]
 fn inbound_policy_drops_spoofing_and_strangers() {
-    let a = node_for(&peer_a(), ChecksumMode::Full);
-    let b = node_for(&peer_b(), ChecksumMode::Full);
-    let good = encap_from(&a, &icmp_echo([10, 244, 1, 5], [10, 244, 2, 5], 20, false));
+    let (a, b, good) = policy_nodes();
     let mut d = good.clone();
     assert!(matches!(
         b.inbound_datagram(&table(), &mut d),
@@ -478,6 +495,19 @@ fn inbound_policy_drops_spoofing_and_strangers() {
         b.inbound_datagram(&table(), &mut d),
         Inbound::Drop(DropReason::UnknownSender)
     );
+}
+
+/// Nodes A and B, and a datagram from A to a pod on B that B delivers.
+fn policy_nodes() -> (Node, Node, Vec<u8>) {
+    let a = node_for(&peer_a(), ChecksumMode::Full);
+    let b = node_for(&peer_b(), ChecksumMode::Full);
+    let good = encap_from(&a, &icmp_echo([10, 244, 1, 5], [10, 244, 2, 5], 20, false));
+    (a, b, good)
+}
+
+#[test]
+fn inbound_policy_drops_bad_headers_and_wrong_backends() {
+    let (_, b, good) = policy_nodes();
     // Wrong VNI, missing I flag, wrong port, wrong inner MAC, not IPv4, bad inner checksum.
     let cases: [(usize, u8, DropReason); 6] = [
         (34, 2, DropReason::WrongVni),
