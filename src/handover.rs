@@ -552,6 +552,31 @@ pub fn listen(
     Ok(Listener { path, inode })
 }
 
+/// Answers `share`: the offer's descriptors with their header, or (when they cannot be
+/// duplicated or sent) an empty header, so that the conversation goes on to `take` and the
+/// successor opens its own.
+fn share(conn: &UnixStream, handoff: &Handoff, pid: u32) -> std::io::Result<()> {
+    let header = |s: &Shared| serde_json::to_string(&s.header).map_err(std::io::Error::other);
+    let sent = handoff.duplicate_offer().and_then(|shared| {
+        send_with_fds(conn, &header(&shared)?, &shared.fds)?;
+        Ok(shared.fds.len())
+    });
+    match sent {
+        Ok(n) => {
+            tracing::info!(
+                pid,
+                descriptors = n,
+                "passed the dataplane's queues and sockets to the successor"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "cannot pass the dataplane's queues and sockets; the successor opens its own");
+            send_with_fds(conn, &header(&Shared::default())?, &[])
+        }
+    }
+}
+
 /// One successor's conversation: whether it took the node.
 fn serve(conn: UnixStream, identity: &Identity, handoff: &Handoff) -> std::io::Result<bool> {
     conn.set_read_timeout(Some(ANSWER))?;
@@ -574,17 +599,7 @@ fn serve(conn: UnixStream, identity: &Identity, handoff: &Handoff) -> std::io::R
         line.clear();
         let n = r.read_line(&mut line)?;
         match line.trim_end() {
-            "\"share\"" if n > 0 => {
-                let shared = handoff.duplicate_offer()?;
-                let header =
-                    serde_json::to_string(&shared.header).map_err(std::io::Error::other)?;
-                send_with_fds(r.get_ref(), &header, &shared.fds)?;
-                tracing::info!(
-                    pid = hello.pid,
-                    descriptors = shared.fds.len(),
-                    "passed the dataplane's queues and sockets to the successor"
-                );
-            }
+            "\"share\"" if n > 0 => share(r.get_ref(), handoff, hello.pid)?,
             take @ ("\"take\"" | "\"take shared\"") => {
                 let shares = take.contains("shared");
                 handoff.successor_shares.store(shares, Ordering::SeqCst);

@@ -301,8 +301,8 @@ fn descriptors(
 
 /// The TUN queues and sockets a predecessor passed ([`crate::handover`]), where they are
 /// what this start would open: queues of our TUN and sockets bound to our addresses and
-/// `port`, one of each per worker (and per family, `v6`); with whether the queues carry
-/// the virtio-net header. Otherwise `None`: they are closed (the predecessor still holds
+/// `port`, one of each per worker (and per family, `v6`), as the kernel describes them;
+/// with whether the queues carry the virtio-net header. Otherwise `None`: they are closed (the predecessor still holds
 /// them) and this start opens its own.
 fn adopt(s: &Setup<'_>, port: u16, v6: bool) -> Option<(Descriptors, bool)> {
     let d = &s.dataplane;
@@ -313,7 +313,9 @@ fn adopt(s: &Setup<'_>, port: u16, v6: bool) -> Option<(Descriptors, bool)> {
     }
     let bound = |socks: &[std::net::UdpSocket], ip: Option<std::net::IpAddr>| {
         let want = ip.map(|ip| std::net::SocketAddr::new(ip, port));
-        socks.iter().all(|s| s.local_addr().ok() == want)
+        socks
+            .iter()
+            .all(|s| s.local_addr().ok() == want && s.set_nonblocking(true).is_ok())
     };
     let why = match shared.split() {
         _ if h.tun_name != d.tun_name => format!("their TUN is {}", h.tun_name),
@@ -328,30 +330,51 @@ fn adopt(s: &Setup<'_>, port: u16, v6: bool) -> Option<(Descriptors, bool)> {
         }
         None => "the descriptors are not what the header says".into(),
         Some([tun, udp, udp6]) => {
+            let tun: Vec<TunQueue> = tun.into_iter().map(TunQueue::from).collect();
             let udp: Vec<std::net::UdpSocket> = udp.into_iter().map(Into::into).collect();
             let udp6: Vec<std::net::UdpSocket> = udp6.into_iter().map(Into::into).collect();
             let local6 = s.v6.map(|(ip, _)| ip.into());
-            if bound(&udp, Some(s.local_ip.into())) && bound(&udp6, local6) {
-                tracing::info!(
-                    queues = h.tun,
-                    "forwarding on the predecessor's TUN queues and sockets"
-                );
-                d.handoff.mark_adopted();
-                let tun = tun.into_iter().map(TunQueue::from).collect();
-                let io = Descriptors {
-                    tun_name: h.tun_name,
-                    tun,
-                    udp,
-                    udp6,
-                    handoff: d.handoff.clone(),
-                };
-                return Some((io, h.tun_offload));
+            match queues_of(&tun, &d.tun_name) {
+                Err(e) => e,
+                Ok(_) if !(bound(&udp, Some(s.local_ip.into())) && bound(&udp6, local6)) => {
+                    "their sockets are bound elsewhere".into()
+                }
+                Ok(vnet_hdr) => {
+                    tracing::info!(
+                        queues = h.tun,
+                        "forwarding on the predecessor's TUN queues and sockets"
+                    );
+                    d.handoff.mark_adopted();
+                    let io = Descriptors {
+                        tun_name: h.tun_name,
+                        tun,
+                        udp,
+                        udp6,
+                        handoff: d.handoff.clone(),
+                    };
+                    return Some((io, vnet_hdr));
+                }
             }
-            "their sockets are bound elsewhere".into()
         }
     };
     tracing::info!(%why, "not using the predecessor's queues and sockets: opening our own beside them");
     None
+}
+
+/// Whether `queues` are non-blocking queues of the multi-queue TUN `name`, all with the
+/// virtio-net header or all without (which, returned), as the kernel says.
+fn queues_of(queues: &[TunQueue], name: &str) -> Result<bool, String> {
+    let mut vnet = None;
+    for q in queues {
+        let (dev, has) = q.device().map_err(|e| e.to_string())?;
+        if dev != name {
+            return Err(format!("a queue of {dev}, not of {name}"));
+        }
+        if *vnet.get_or_insert(has) != has {
+            return Err("queues with and without the virtio-net header".into());
+        }
+    }
+    Ok(vnet.unwrap_or(false))
 }
 
 /// The TUN's queues, one per worker, with offloads if the kernel has them (a kernel

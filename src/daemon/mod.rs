@@ -365,11 +365,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (node, mut store) = tracing::info_span!("prepare")
         .in_scope(|| prepare(&args, &status, &stop, predecessor.as_ref()))?;
     if let Some(p) = predecessor.as_mut() {
-        inherit(p, &node.handoff);
+        node.handoff.inherit(p.share()?);
     }
     let subnet = node.ours.lease.subnet;
     let mut fwd = tracing::info_span!("start", %subnet)
         .in_scope(|| start_forwarding(&args, &node, store.as_mut(), &status))?;
+    // What the first start did not adopt (a kernel dataplane's start) is not held open.
+    drop(node.handoff.take_inherited());
     let _span = tracing::info_span!("node", %subnet).entered();
     if let Some(p) = predecessor {
         take_over(p, node.handoff.adopted());
@@ -413,17 +415,6 @@ fn find_predecessor(args: &RunArgs) -> Result<Option<crate::handover::Predecesso
         crate::teardown::keep_state(true);
     }
     Ok(found)
-}
-
-/// Asks the predecessor for its dataplane's queues and sockets, for our first start to read
-/// (without them, a hand-over attaches new ones beside them).
-fn inherit(p: &mut crate::handover::Predecessor, handoff: &crate::handover::Handoff) {
-    match p.share() {
-        Ok(shared) => handoff.inherit(shared),
-        Err(e) => {
-            tracing::warn!(error = %e, "the old weft did not pass its queues and sockets; attaching new ones beside them")
-        }
-    }
 }
 
 /// Tells the predecessor to go, now that this process forwards (on its queues and sockets

@@ -332,8 +332,8 @@ impl Dataplane {
             offloads.gro,
             tuning.socket_buffer,
         )?;
+        // Offered once every worker runs: a start that fails half-way offers nothing.
         let offered = offer(&io.tun_name, offloads.tun, &io.tun, [&socks, &socks6]);
-        io.handoff.offer(offered);
         let src_ports = Arc::new(match node.format {
             crate::encap::Format::Vxlan { .. } => {
                 SourceSockets::open(local, local6, SOURCE_PORT_SOCKETS, tuning.socket_buffer)?
@@ -373,6 +373,7 @@ impl Dataplane {
                 .spawn(move || w.run(i))?;
             dp.threads.push(t);
         }
+        dp.handoff.offer(offered);
         Ok(dp)
     }
 }

@@ -160,6 +160,46 @@ pub(super) fn socket_drops(fd: &impl AsRawFd) -> io::Result<u32> {
     Ok(info[libc::SK_MEMINFO_DROPS as usize])
 }
 
+/// The TUN device a queue descriptor is attached to, and its flags (`TUNGETIFF`:
+/// `IFF_VNET_HDR`, `IFF_MULTI_QUEUE`, ...).
+pub(super) fn tun_device(fd: &impl AsRawFd) -> io::Result<(String, i32)> {
+    // SAFETY: ifreq is plain data (integers, arrays, a union of them); zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one ifreq to the pointer we pass, which is ours and live.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNGETIFF,
+            &mut req as *mut libc::ifreq,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    // SAFETY: TUNGETIFF sets the union's flags member (and only it).
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    Ok((
+        String::from_utf8_lossy(&name).into_owned(),
+        i32::from(flags),
+    ))
+}
+
+/// Whether the descriptor's file is non-blocking (`O_NONBLOCK`).
+pub(super) fn is_nonblocking(fd: &impl AsRawFd) -> io::Result<bool> {
+    // SAFETY: F_GETFL reads the open file's status flags; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & libc::O_NONBLOCK != 0)
+}
+
 /// `a` as a `sockaddr_storage` and the length of the family's sockaddr within it.
 fn sockaddr(a: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; zeroed is a valid (AF_UNSPEC) value.

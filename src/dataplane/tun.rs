@@ -28,6 +28,23 @@ impl TunQueue {
         (&self.0).write(buf)
     }
 
+    /// The device this queue belongs to, if it is a non-blocking queue of a multi-queue
+    /// TUN: its name and whether it carries the virtio-net header. What a successor checks
+    /// of a queue its predecessor passed, rather than taking the predecessor's word.
+    pub(crate) fn device(&self) -> io::Result<(String, bool)> {
+        let (name, flags) = super::sys::tun_device(self)?;
+        let tun = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+        if flags & tun != tun || flags & libc::IFF_TAP == libc::IFF_TAP {
+            return Err(io::Error::other(format!(
+                "{name}: not a multi-queue TUN without packet information (flags {flags:#x})"
+            )));
+        }
+        if !super::sys::is_nonblocking(self)? {
+            return Err(io::Error::other(format!("{name}: a blocking queue")));
+        }
+        Ok((name, flags & libc::IFF_VNET_HDR != 0))
+    }
+
     /// A second descriptor of the same queue (what a hand-over passes on).
     pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
         self.0.as_fd().try_clone_to_owned()
