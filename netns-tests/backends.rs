@@ -62,6 +62,94 @@ fn iperf_both_ways(c: &Cluster, a: usize, b: usize) -> (f64, f64) {
     (there.bps / 1e9, back.bps / 1e9)
 }
 
+/// Checks that weft's own leases say host-gw as flanneld's do, with no BackendData.
+fn check_weft_leases_say_host_gw(c: &mut Cluster) {
+    for (k, v) in c.etcd().get_prefix(&format!("{ETCD_PREFIX}/subnets/")) {
+        if v.contains("192.0.2.1\"") || v.contains("192.0.2.2\"") {
+            assert!(v.contains(r#""BackendType":"host-gw""#), "{k}: {v}");
+            assert!(!v.contains("BackendData"), "{k}: {v}");
+        }
+    }
+}
+
+/// Waits for the routes as flanneld's RouteNetwork makes them: subnet via the peer's public
+/// IP on eth0, between nodes 1 and 2 (subnets `s1`, `s2`) and to the flanneld node's `fsub`.
+fn wait_host_gw_routes(c: &Cluster, s1: &str, s2: &str, fsub: &str) {
+    for (i, dst, via) in [
+        (0, s2, "192.0.2.2"),
+        (1, s1, "192.0.2.1"),
+        (0, fsub, "192.0.2.3"),
+    ] {
+        wait_route(c, i, dst, &format!("via {via}"), |r| {
+            r.starts_with(&format!("{dst} via {via} dev eth0"))
+        });
+    }
+}
+
+/// Checks that node 1 has no TUN, no route to the peer no route reaches directly, and a
+/// log line naming that skipped peer.
+fn check_no_tun_and_far_peer_skipped(c: &Cluster) {
+    // No TUN: host-gw has no dataplane of weft's.
+    assert!(!ns_run(&c.nodes[0].ns, &["ip", "link", "show", "weft0"])
+        .status
+        .success());
+    assert_eq!(
+        route(c, 0, "10.244.199.0/24"),
+        "",
+        "an unreachable peer got a route"
+    );
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(
+        log.contains("10.244.199.0/24 via 203.0.113.9") && log.contains("layer-2"),
+        "the skipped peer is not named:\n{log}"
+    );
+}
+
+/// A crash leaves the routes (traffic keeps flowing); the restart adopts them and drops
+/// the one whose lease (etcd `key`, subnet `fsub`) went away meanwhile.
+fn crash_then_restart_adopts_host_gw_routes(c: &mut Cluster, key: &str, fsub: &str, s2: &str) {
+    c.etcd().ctl(&[
+        "put",
+        key,
+        r#"{"PublicIP":"192.0.2.3","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    wait_route(c, 0, fsub, "back", |r| r.contains("via 192.0.2.3"));
+    c.kill_weft(0);
+    assert!(route(c, 0, s2).contains("via 192.0.2.2"));
+    c.etcd().ctl(&["del", key]);
+    let logged = std::fs::metadata(&c.nodes[0].log).unwrap().len() as usize;
+    c.start_weft(0, &[]);
+    wait_route(c, 0, fsub, "removed after the restart", str::is_empty);
+    wait_route(c, 0, s2, "kept after the restart", |r| {
+        r.contains("via 192.0.2.2")
+    });
+    // Adopted, not removed and added again: the restarted weft never touched that route.
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    let after = &log[logged..];
+    assert!(after.contains(&format!("removed route {fsub}")), "{after}");
+    assert!(!after.contains(&format!("{s2} via 192.0.2.2")), "{after}");
+}
+
+/// A clean stop leaves node 1's routes forwarding, as flanneld v0.27+ leaves them, for the
+/// next start to adopt; `weft cleanup` removes them, and the fail-closed guard.
+fn clean_stop_keeps_host_gw_routes_until_cleanup(c: &mut Cluster) {
+    let routes = weft_peer_routes(c, 0);
+    assert!(c.stop_weft(0));
+    assert_eq!(weft_peer_routes(c, 0), routes);
+    let (p1, p2) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
+    let ping = format!("ping -c 2 -W 2 {}", p2.ip);
+    assert!(
+        harness::try_in_ns(&p1.ns, &ping).status.success(),
+        "pods lost each other with weft stopped"
+    );
+    ns_sh(&c.nodes[0].ns, &[&c.weft.display().to_string(), "cleanup"]);
+    assert_eq!(weft_peer_routes(c, 0), Vec::<String>::new());
+    assert!(
+        !ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "proto", "87"])
+            .contains("unreachable 10.244.0.0/16")
+    );
+}
+
 #[test]
 fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     let mut c = Cluster::with_etcd(weft(), HOST_GW);
@@ -83,13 +171,7 @@ fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
         r#"{"PublicIP":"192.0.2.3","PublicIPv6":null,"BackendType":"host-gw"}"#,
     ]);
     c.wait_converged();
-    // weft's own leases say host-gw as flanneld's do, with no BackendData.
-    for (k, v) in c.etcd().get_prefix(&format!("{ETCD_PREFIX}/subnets/")) {
-        if v.contains("192.0.2.1\"") || v.contains("192.0.2.2\"") {
-            assert!(v.contains(r#""BackendType":"host-gw""#), "{k}: {v}");
-            assert!(!v.contains("BackendData"), "{k}: {v}");
-        }
-    }
+    check_weft_leases_say_host_gw(&mut c);
     for i in 0..3 {
         c.add_pod(i, None);
     }
@@ -103,30 +185,8 @@ fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     ]);
     c.wait_converged();
     let (s1, s2) = (c.subnet(0).to_string(), c.subnet(1).to_string());
-    // Routes as flanneld's RouteNetwork makes them: subnet via the peer's public IP on eth0.
-    for (i, dst, via) in [
-        (0, &s2, "192.0.2.2"),
-        (1, &s1, "192.0.2.1"),
-        (0, &fsub.to_string(), "192.0.2.3"),
-    ] {
-        wait_route(&c, i, dst, &format!("via {via}"), |r| {
-            r.starts_with(&format!("{dst} via {via} dev eth0"))
-        });
-    }
-    // No TUN: host-gw has no dataplane of weft's.
-    assert!(!ns_run(&c.nodes[0].ns, &["ip", "link", "show", "weft0"])
-        .status
-        .success());
-    assert_eq!(
-        route(&c, 0, "10.244.199.0/24"),
-        "",
-        "an unreachable peer got a route"
-    );
-    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
-    assert!(
-        log.contains("10.244.199.0/24 via 203.0.113.9") && log.contains("layer-2"),
-        "the skipped peer is not named:\n{log}"
-    );
+    wait_host_gw_routes(&c, &s1, &s2, fsub);
+    check_no_tun_and_far_peer_skipped(&c);
     let failed = c.ping_all();
     assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
     let (there, back) = iperf_both_ways(&c, 0, 1);
@@ -142,45 +202,8 @@ fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     c.etcd().ctl(&["del", &key]);
     wait_route(&c, 0, fsub, "gone", str::is_empty);
 
-    // A crash leaves the routes (traffic keeps flowing); the restart adopts them and drops
-    // the one whose lease went away meanwhile.
-    c.etcd().ctl(&[
-        "put",
-        &key,
-        r#"{"PublicIP":"192.0.2.3","PublicIPv6":null,"BackendType":"host-gw"}"#,
-    ]);
-    wait_route(&c, 0, fsub, "back", |r| r.contains("via 192.0.2.3"));
-    c.kill_weft(0);
-    assert!(route(&c, 0, &s2).contains("via 192.0.2.2"));
-    c.etcd().ctl(&["del", &key]);
-    let logged = std::fs::metadata(&c.nodes[0].log).unwrap().len() as usize;
-    c.start_weft(0, &[]);
-    wait_route(&c, 0, fsub, "removed after the restart", str::is_empty);
-    wait_route(&c, 0, &s2, "kept after the restart", |r| {
-        r.contains("via 192.0.2.2")
-    });
-    // Adopted, not removed and added again: the restarted weft never touched that route.
-    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
-    let after = &log[logged..];
-    assert!(after.contains(&format!("removed route {fsub}")), "{after}");
-    assert!(!after.contains(&format!("{s2} via 192.0.2.2")), "{after}");
-    // A clean stop leaves the routes forwarding, as flanneld v0.27+ leaves them, for the
-    // next start to adopt; `weft cleanup` removes them, and the fail-closed guard.
-    let routes = weft_peer_routes(&c, 0);
-    assert!(c.stop_weft(0));
-    assert_eq!(weft_peer_routes(&c, 0), routes);
-    let (p1, p2) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
-    let ping = format!("ping -c 2 -W 2 {}", p2.ip);
-    assert!(
-        harness::try_in_ns(&p1.ns, &ping).status.success(),
-        "pods lost each other with weft stopped"
-    );
-    ns_sh(&c.nodes[0].ns, &[&c.weft.display().to_string(), "cleanup"]);
-    assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());
-    assert!(
-        !ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "proto", "87"])
-            .contains("unreachable 10.244.0.0/16")
-    );
+    crash_then_restart_adopts_host_gw_routes(&mut c, &key, fsub, &s2);
+    clean_stop_keeps_host_gw_routes_until_cleanup(&mut c);
 }
 
 #[test]
@@ -256,6 +279,126 @@ fn direct_routing_routes_peers_on_the_underlay_and_tunnels_the_rest() {
     assert!(!cap.stop().is_empty(), "no vxlan frames to the routed node");
 }
 
+/// The VTEP MAC in lease `l`'s vxlan backend data.
+fn vtep_mac(l: &weft::lease::Lease) -> String {
+    l.attrs.vxlan_data().unwrap().vtep_mac.to_string()
+}
+
+/// Checks flannel.1 in namespace `ns` as flanneld creates it, for the node of lease `l1`.
+fn check_flannel_1_as_flanneld_makes_it(ns: &str, l1: &weft::lease::Lease) {
+    let link = ns_sh(ns, &["ip", "-d", "link", "show", "flannel.1"]);
+    for want in [
+        "mtu 1450",
+        &format!("link/ether {}", vtep_mac(l1)),
+        "vxlan id 1 local 192.0.2.1 dev eth0",
+        "dstport 8472",
+        "nolearning",
+    ] {
+        assert!(link.contains(want), "flannel.1 lacks {want:?}:\n{link}");
+    }
+    let addr = ns_sh(ns, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
+    assert!(
+        addr.contains(&format!("inet {}/32", l1.subnet.network())),
+        "{addr}"
+    );
+}
+
+/// Checks node 1's permanent ARP and FDB entries for the peer of lease `l` (gateway `gw`),
+/// then waits for its onlink route.
+fn check_kernel_peer_entries(c: &Cluster, ns: &str, l: &weft::lease::Lease, gw: &str) {
+    let arp = ns_sh(ns, &["ip", "neigh", "show", "dev", "flannel.1", gw]);
+    assert!(
+        arp.contains(&format!("lladdr {}", vtep_mac(l))) && arp.contains("PERMANENT"),
+        "ARP for {gw}: {arp}"
+    );
+    let fdb = ns_sh(ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    assert!(
+        fdb.contains(&format!(
+            "{} dst {} self permanent",
+            vtep_mac(l),
+            l.attrs.public_ip
+        )),
+        "FDB for {}: {fdb}",
+        l.attrs.public_ip
+    );
+    let dst = l.subnet.to_string();
+    wait_route(c, 0, &dst, "onlink", |r| {
+        r.starts_with(&format!("{dst} via {gw} dev flannel.1")) && r.contains("onlink")
+    });
+}
+
+/// What someone removes on node 1 comes back: the route to `s2`, the ARP entry for `gw2`,
+/// the device itself; the pods reach each other again.
+fn removed_kernel_state_comes_back(c: &Cluster, ns: &str, s2: &str, gw2: &str) {
+    ns_sh(ns, &["ip", "route", "del", s2]);
+    wait_route(c, 0, s2, "restored", |r| r.contains("dev flannel.1"));
+    ns_sh(ns, &["ip", "neigh", "del", gw2, "dev", "flannel.1"]);
+    wait_for("the ARP entry restored", Duration::from_secs(10), || {
+        ns_sh(ns, &["ip", "neigh", "show", "dev", "flannel.1", gw2])
+            .contains("PERMANENT")
+            .then_some(())
+    });
+    ns_sh(ns, &["ip", "link", "del", "flannel.1"]);
+    wait_route(c, 0, s2, "back after the device was deleted", |r| {
+        r.contains("dev flannel.1")
+    });
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed after the repair:\n{}",
+        failed.join("\n")
+    );
+}
+
+/// kill -9 on node 1: the device outlives weft; the restart adopts it (the same device,
+/// not a new one), forwards on, and keeps lease `l1`'s VTEP MAC.
+fn kill_9_restart_adopts_flannel_1(c: &mut Cluster, ns: &str, s2: &str, l1: &weft::lease::Lease) {
+    c.kill_weft(0);
+    let index = ns_sh(ns, &["cat", "/sys/class/net/flannel.1/ifindex"]);
+    let logged = std::fs::metadata(&c.nodes[0].log).unwrap().len() as usize;
+    c.start_weft(0, &["--dataplane", "kernel"]);
+    assert_eq!(
+        ns_sh(ns, &["cat", "/sys/class/net/flannel.1/ifindex"]),
+        index
+    );
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(
+        log[logged..].contains("adopting the existing flannel.1"),
+        "{}",
+        &log[logged..]
+    );
+    c.wait_converged();
+    wait_route(c, 0, s2, "after the restart", |r| {
+        r.contains("dev flannel.1")
+    });
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed after the restart:\n{}",
+        failed.join("\n")
+    );
+    // The VTEP MAC survived the restart (the lease's).
+    let link = ns_sh(ns, &["ip", "link", "show", "flannel.1"]);
+    assert!(link.contains(&vtep_mac(l1)), "{link}");
+}
+
+/// A clean stop on node 1 leaves the device, its entries and routes forwarding (flanneld
+/// v0.27+); `weft cleanup` takes them.
+fn clean_stop_keeps_flannel_1_until_cleanup(c: &mut Cluster, ns: &str) {
+    assert!(c.stop_weft(0));
+    let failed = c.ping_all();
+    assert!(
+        failed.is_empty(),
+        "pings failed with weft stopped:\n{}",
+        failed.join("\n")
+    );
+    ns_sh(ns, &[&c.weft.display().to_string(), "cleanup"]);
+    assert!(!ns_run(ns, &["ip", "link", "show", "flannel.1"])
+        .status
+        .success());
+    assert_eq!(weft_peer_routes(c, 0), Vec::<String>::new());
+}
+
 #[test]
 fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
     let mut c = Cluster::new(weft(), VXLAN);
@@ -280,48 +423,14 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
             .clone()
     };
     let (l1, l2) = (lease("192.0.2.1"), lease("192.0.2.2"));
-    let mac = |l: &weft::lease::Lease| l.attrs.vxlan_data().unwrap().vtep_mac.to_string();
 
-    // flannel.1 as flanneld creates it.
-    let link = ns_sh(&ns, &["ip", "-d", "link", "show", "flannel.1"]);
-    for want in [
-        "mtu 1450",
-        &format!("link/ether {}", mac(&l1)),
-        "vxlan id 1 local 192.0.2.1 dev eth0",
-        "dstport 8472",
-        "nolearning",
-    ] {
-        assert!(link.contains(want), "flannel.1 lacks {want:?}:\n{link}");
-    }
-    let addr = ns_sh(&ns, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
-    assert!(
-        addr.contains(&format!("inet {}/32", l1.subnet.network())),
-        "{addr}"
-    );
+    check_flannel_1_as_flanneld_makes_it(&ns, &l1);
     // Per peer: permanent ARP and FDB entries, then the onlink route.
     for (l, gw) in [
         (&l2, l2.subnet.network().to_string()),
         (&lease("192.0.2.3"), "10.244.50.0".to_string()),
     ] {
-        let arp = ns_sh(&ns, &["ip", "neigh", "show", "dev", "flannel.1", &gw]);
-        assert!(
-            arp.contains(&format!("lladdr {}", mac(l))) && arp.contains("PERMANENT"),
-            "ARP for {gw}: {arp}"
-        );
-        let fdb = ns_sh(&ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
-        assert!(
-            fdb.contains(&format!(
-                "{} dst {} self permanent",
-                mac(l),
-                l.attrs.public_ip
-            )),
-            "FDB for {}: {fdb}",
-            l.attrs.public_ip
-        );
-        let dst = l.subnet.to_string();
-        wait_route(&c, 0, &dst, "onlink", |r| {
-            r.starts_with(&format!("{dst} via {gw} dev flannel.1")) && r.contains("onlink")
-        });
+        check_kernel_peer_entries(&c, &ns, l, &gw);
     }
     let failed = c.ping_all();
     assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
@@ -332,71 +441,11 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
     iperf_both_ways(&c, 0, k);
     iperf_both_ways(&c, 1, k);
 
-    // What someone removes comes back: a route, an ARP entry, the device itself.
     let s2 = l2.subnet.to_string();
     let gw2 = l2.subnet.network().to_string();
-    ns_sh(&ns, &["ip", "route", "del", &s2]);
-    wait_route(&c, 0, &s2, "restored", |r| r.contains("dev flannel.1"));
-    ns_sh(&ns, &["ip", "neigh", "del", &gw2, "dev", "flannel.1"]);
-    wait_for("the ARP entry restored", Duration::from_secs(10), || {
-        ns_sh(&ns, &["ip", "neigh", "show", "dev", "flannel.1", &gw2])
-            .contains("PERMANENT")
-            .then_some(())
-    });
-    ns_sh(&ns, &["ip", "link", "del", "flannel.1"]);
-    wait_route(&c, 0, &s2, "back after the device was deleted", |r| {
-        r.contains("dev flannel.1")
-    });
-    let failed = c.ping_all();
-    assert!(
-        failed.is_empty(),
-        "pings failed after the repair:\n{}",
-        failed.join("\n")
-    );
-
-    // kill -9: the device outlives weft; the restart adopts it (the same device, not a
-    // new one) and forwards on.
-    c.kill_weft(0);
-    let index = ns_sh(&ns, &["cat", "/sys/class/net/flannel.1/ifindex"]);
-    let logged = std::fs::metadata(&c.nodes[0].log).unwrap().len() as usize;
-    c.start_weft(0, &["--dataplane", "kernel"]);
-    assert_eq!(
-        ns_sh(&ns, &["cat", "/sys/class/net/flannel.1/ifindex"]),
-        index
-    );
-    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
-    assert!(
-        log[logged..].contains("adopting the existing flannel.1"),
-        "{}",
-        &log[logged..]
-    );
-    c.wait_converged();
-    wait_route(&c, 0, &s2, "after the restart", |r| {
-        r.contains("dev flannel.1")
-    });
-    let failed = c.ping_all();
-    assert!(
-        failed.is_empty(),
-        "pings failed after the restart:\n{}",
-        failed.join("\n")
-    );
-    // The VTEP MAC survived the restart (the lease's).
-    let link = ns_sh(&ns, &["ip", "link", "show", "flannel.1"]);
-    assert!(link.contains(&mac(&l1)), "{link}");
-    // A clean stop leaves the device, its entries and routes forwarding (flanneld v0.27+);
-    // `weft cleanup` takes them.
-    assert!(c.stop_weft(0));
-    let failed = c.ping_all();
-    assert!(
-        failed.is_empty(),
-        "pings failed with weft stopped:\n{}",
-        failed.join("\n")
-    );
-    ns_sh(&ns, &[&c.weft.display().to_string(), "cleanup"]);
-    assert!(!ns_run(&ns, &["ip", "link", "show", "flannel.1"])
-        .status
-        .success());
-    assert_eq!(weft_peer_routes(&c, 0), Vec::<String>::new());
+    removed_kernel_state_comes_back(&c, &ns, &s2, &gw2);
+    kill_9_restart_adopts_flannel_1(&mut c, &ns, &s2, &l1);
+    clean_stop_keeps_flannel_1_until_cleanup(&mut c, &ns);
 }
 
 /// A weft udp node with its default flags and a stock flanneld udp node: flannel's own

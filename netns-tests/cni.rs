@@ -73,6 +73,45 @@ fn kube_flannel_conflist_with_debians_plugins_sets_up_and_tears_down_pods() {
     }
     c.wait_converged();
     let rt: Vec<CniRuntime> = (0..2).map(|i| CniRuntime::kube_flannel(&c, i)).collect();
+    let pods = add_a_pod_per_node(&mut c, &rt, &envs);
+    // Pods on different nodes reach each other and carry iperf3 through weft.
+    let (p1, p2) = (&pods[0].0, &pods[1].0);
+    let o = harness::try_in_ns(&p1.ns, &format!("ping -c 3 -i 0.2 -W 2 {}", p2.ip));
+    assert!(o.status.success(), "ping between CNI pods failed");
+    let r = iperf3(p1, p2, 2, None);
+    assert!(r.bytes > 0.0, "iperf3 moved nothing");
+    harness::figure(&format!(
+        "weft-cni pods ({} on node 1, {} on node 2 from host-local): iperf3 {:.2} Gbit/s",
+        p1.ip,
+        p2.ip,
+        r.bps / 1e9
+    ));
+
+    // DEL releases the address (host-local's file) and removes the veth and the saved
+    // delegate config; a second DEL of the same container succeeds.
+    del_on_node_2_releases_everything(&c, &rt[1], p2, &pods[1].1);
+    // ADD after DEL, in a fresh namespace: clean, and forwarding again.
+    let ns = c.add_ns("cni2b");
+    let id = format!("{}-c2b", c.prefix);
+    let (ip, net) = pod_ip(
+        &rt[1]
+            .add(&id, &ns)
+            .unwrap_or_else(|e| panic!("re-ADD failed: {e}")),
+    );
+    assert_eq!(net, envs[1].subnet);
+    let o = ns_run(
+        &p1.ns,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", &ip.to_string()],
+    );
+    assert!(o.status.success(), "ping to the re-added pod failed");
+}
+
+/// ADDs a pod on each node through `rt`; checks its subnet and MTUs; returns (pod, ID).
+fn add_a_pod_per_node(
+    c: &mut Cluster,
+    rt: &[CniRuntime],
+    envs: &[weft::subnet_env::SubnetEnv],
+) -> Vec<(Pod, String)> {
     let mut pods = Vec::new();
     for i in 0..2 {
         let ns = c.add_ns(&format!("cni{}", i + 1));
@@ -102,28 +141,17 @@ fn kube_flannel_conflist_with_debians_plugins_sets_up_and_tears_down_pods() {
             id,
         ));
     }
-    // Pods on different nodes reach each other and carry iperf3 through weft.
-    let (p1, p2) = (&pods[0].0, &pods[1].0);
-    let o = harness::try_in_ns(&p1.ns, &format!("ping -c 3 -i 0.2 -W 2 {}", p2.ip));
-    assert!(o.status.success(), "ping between CNI pods failed");
-    let r = iperf3(p1, p2, 2, None);
-    assert!(r.bytes > 0.0, "iperf3 moved nothing");
-    harness::figure(&format!(
-        "weft-cni pods ({} on node 1, {} on node 2 from host-local): iperf3 {:.2} Gbit/s",
-        p1.ip,
-        p2.ip,
-        r.bps / 1e9
-    ));
+    pods
+}
 
-    // DEL releases the address (host-local's file) and removes the veth and the saved
-    // delegate config; a second DEL of the same container succeeds.
+/// DELs pod `p2` (container `id`) on node 2 twice; the first releases everything.
+fn del_on_node_2_releases_everything(c: &Cluster, rt: &CniRuntime, p2: &Pod, id: &str) {
     let node2 = c.dir.join("n2");
     let lease_file = node2.join(format!("ipam/cbr0/{}", p2.ip));
-    let saved = node2.join(format!("cni-flannel/{}", pods[1].1));
+    let saved = node2.join(format!("cni-flannel/{id}"));
     assert!(lease_file.exists() && saved.exists());
     let before = veths(&c.nodes[1].ns);
-    rt[1]
-        .del(&pods[1].1, &p2.ns)
+    rt.del(id, &p2.ns)
         .unwrap_or_else(|e| panic!("DEL failed: {e}"));
     assert!(
         !lease_file.exists(),
@@ -132,23 +160,7 @@ fn kube_flannel_conflist_with_debians_plugins_sets_up_and_tears_down_pods() {
     );
     assert!(!saved.exists(), "DEL left the saved delegate config");
     assert_eq!(veths(&c.nodes[1].ns), before - 1, "DEL left the veth");
-    rt[1]
-        .del(&pods[1].1, &p2.ns)
-        .expect("a repeated DEL must succeed");
-    // ADD after DEL, in a fresh namespace: clean, and forwarding again.
-    let ns = c.add_ns("cni2b");
-    let id = format!("{}-c2b", c.prefix);
-    let (ip, net) = pod_ip(
-        &rt[1]
-            .add(&id, &ns)
-            .unwrap_or_else(|e| panic!("re-ADD failed: {e}")),
-    );
-    assert_eq!(net, envs[1].subnet);
-    let o = ns_run(
-        &p1.ns,
-        &["ping", "-c", "2", "-i", "0.2", "-W", "2", &ip.to_string()],
-    );
-    assert!(o.status.success(), "ping to the re-added pod failed");
+    rt.del(id, &p2.ns).expect("a repeated DEL must succeed");
 }
 
 #[test]

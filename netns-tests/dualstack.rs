@@ -137,20 +137,7 @@ fn a_weft_userspace_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4
     assert_all_reach(&c, 1450 - 28, m6 - 48);
     // One byte more from weft's pod: Packet Too Big from weft with the budget, and the
     // pod's kernel learns it (never a silent drop).
-    let out = try_in_ns(
-        &wp.ns,
-        &format!(
-            "ping -c 3 -i 0.3 -W 1 -M do -s {} {}",
-            m6 - 47,
-            kp.ip6.unwrap()
-        ),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success() && text.contains("1430"), "{text}");
+    assert_packet_too_big(&wp, &kp, m6);
     assert_outer_families(&c, &wp, &kp);
     // IPv6 pods' TSO super-packets leave whole by tunnel GSO once the node forwards IPv6
     // (the bridge plugin turned it on with the first dual-stack pod), split without it.
@@ -178,17 +165,7 @@ fn a_weft_userspace_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4
     assert_eq!(too_big(&c), before, "IPv6 TCP dropped as too big");
     // Full-size UDP datagrams over IPv6 both ways (merged into UDP_L4 writes to weft's
     // TUN on the way in, where offloads are on).
-    for (from, to) in [(&wp, &kp), (&kp, &wp)] {
-        let args = ["-t", "1", "-u", "-b", "100M", "-l", "1380"];
-        let v = harness::iperf3_json_family(from, to, true, &args).unwrap();
-        let got = v["end"]["sum"]["bytes"].as_f64().unwrap_or(0.0);
-        let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(100.0);
-        assert!(
-            got > 0.0 && lost < 100.0,
-            "UDP over IPv6: {}",
-            v["end"]["sum"]
-        );
-    }
+    assert_udp_over_v6_both_ways(&wp, &kp);
     let whole = c.metrics(0)["weft_tunnel_gso_frames_total"];
     assert_eq!(whole > 0, offloads, "{whole} IPv6 super-packets left whole");
     // The flanneld node's lease goes: within 2 s its IPv6 pods are unreachable from
@@ -202,6 +179,39 @@ fn a_weft_userspace_node_and_a_flanneld_dual_stack_node_reach_each_other_over_v4
         "IPv6 peer gone {:?} after the lease; subnet.env {env}",
         t0.elapsed()
     );
+}
+
+/// Pings `kp`'s IPv6 address from `wp` one byte over the budget: refused, naming 1430.
+fn assert_packet_too_big(wp: &Pod, kp: &Pod, m6: u32) {
+    let out = try_in_ns(
+        &wp.ns,
+        &format!(
+            "ping -c 3 -i 0.3 -W 1 -M do -s {} {}",
+            m6 - 47,
+            kp.ip6.unwrap()
+        ),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && text.contains("1430"), "{text}");
+}
+
+/// Full-size UDP datagrams over IPv6 from `wp` to `kp` and back: some arrive each way.
+fn assert_udp_over_v6_both_ways(wp: &Pod, kp: &Pod) {
+    for (from, to) in [(wp, kp), (kp, wp)] {
+        let args = ["-t", "1", "-u", "-b", "100M", "-l", "1380"];
+        let v = harness::iperf3_json_family(from, to, true, &args).unwrap();
+        let got = v["end"]["sum"]["bytes"].as_f64().unwrap_or(0.0);
+        let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(100.0);
+        assert!(
+            got > 0.0 && lost < 100.0,
+            "UDP over IPv6: {}",
+            v["end"]["sum"]
+        );
+    }
 }
 
 /// The etcd key of the flanneld node `k`'s dual-stack lease.

@@ -183,21 +183,15 @@ fn volume(host: &Path, container: &str) -> String {
     format!("{}:{container}", host.display())
 }
 
-#[test]
-fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    reap_stale();
-    let (image, build_secs) = Image::build(&format!("localhost/{}-weft", c.prefix), weft());
-    let reference = image.reference.clone();
-
-    // Its size, and weft in it is the weft this test was built with.
+/// The size of image `reference` in bytes, which must be within the goal.
+fn checked_image_size(reference: &str) -> u64 {
     let inspect = run(&[
         "podman",
         "image",
         "inspect",
         "--format",
         "{{.Size}}",
-        &reference,
+        reference,
     ]);
     let size: u64 = String::from_utf8_lossy(&inspect.stdout)
         .trim()
@@ -207,48 +201,61 @@ fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node
         size <= MAX_BYTES,
         "the image is {size} bytes, over the {MAX_BYTES} goal"
     );
-    let n1 = c.add_node(Kind::Weft);
-    let ns = c.nodes[n1].ns.clone();
+    size
+}
+
+/// Checks that weft in image `reference`, run in namespace `ns`, is the weft this test was
+/// built with.
+fn check_version_in_image(ns: &str, reference: &str) {
     let mut version = vec!["run", "--rm"];
     version.extend(ULIMITS);
-    version.extend([reference.as_str(), "--version"]);
-    let v = podman_ok(&ns, &version);
+    version.extend([reference, "--version"]);
+    let v = podman_ok(ns, &version);
     assert_eq!(
         v.trim(),
         format!("weft {}", env!("CARGO_PKG_VERSION")),
         "weft --version in the image"
     );
+}
 
-    // The DaemonSet's init containers: weft-cni as /opt/cni/bin/flannel, the conflist in
-    // /etc/cni/net.d, each with the image's cp.
-    let m = Mounts::new(&c);
+/// Runs the DaemonSet's init containers in `ns`: weft-cni as /opt/cni/bin/flannel, the
+/// conflist in /etc/cni/net.d, each with the image's cp.
+fn run_init_containers(ns: &str, m: &Mounts, reference: &str) {
     let cni_bin = volume(&m.opt_cni_bin, "/opt/cni/bin");
     let mut install = vec!["run", "--rm", "--network", "host"];
     install.extend(ULIMITS);
-    install.extend(["-v", &cni_bin, "--entrypoint", "cp", &reference]);
+    install.extend(["-v", &cni_bin, "--entrypoint", "cp", reference]);
     install.extend(["-f", "/usr/local/bin/weft-cni", "/opt/cni/bin/flannel"]);
-    podman_ok(&ns, &install);
+    podman_ok(ns, &install);
     let (net_d, cfg) = (
         volume(&m.cni_net_d, "/etc/cni/net.d"),
         volume(&m.weft_cfg, "/etc/kube-weft:ro"),
     );
     let mut install = vec!["run", "--rm", "--network", "host"];
     install.extend(ULIMITS);
-    install.extend(["-v", &net_d, "-v", &cfg, "--entrypoint", "cp", &reference]);
+    install.extend(["-v", &net_d, "-v", &cfg, "--entrypoint", "cp", reference]);
     install.extend([
         "-f",
         "/etc/kube-weft/cni-conf.json",
         "/etc/cni/net.d/10-flannel.conflist",
     ]);
-    podman_ok(&ns, &install);
+    podman_ok(ns, &install);
     assert_eq!(
         fs::read_to_string(m.cni_net_d.join("10-flannel.conflist")).unwrap(),
         harness::KUBE_FLANNEL_CONFLIST
     );
+}
 
-    // weft run from the image on node 1, as the DaemonSet's container.
-    let name = format!("{}-weft", c.prefix);
-    let _container = Container(name.clone());
+/// Starts `weft run` from image `reference` on node `n1` (namespace `ns`) as the DaemonSet's
+/// container, named `name`, and waits for it as for any weft node; returns its subnet.env.
+fn start_weft_container(
+    c: &mut Cluster,
+    n1: usize,
+    ns: &str,
+    m: &Mounts,
+    name: &str,
+    reference: &str,
+) -> weft::subnet_env::SubnetEnv {
     let xtables_lock = Path::new("/run/xtables.lock");
     if !xtables_lock.exists() {
         fs::write(xtables_lock, "").unwrap(); // hostPath type FileOrCreate
@@ -256,6 +263,7 @@ fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node
     c.nodes[n1].subnet_file = m.run_flannel.join("subnet.env");
     let leases = c.lease_dir().display().to_string();
     let log = fs::File::create(&c.nodes[n1].log).unwrap();
+    let cfg = volume(&m.weft_cfg, "/etc/kube-weft:ro");
     let (run_flannel, run_weft, lock) = (
         volume(&m.run_flannel, "/run/flannel"),
         volume(&m.run_weft, "/run/weft"),
@@ -263,32 +271,36 @@ fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node
     );
     let lease_dir = format!("{leases}:{leases}");
     let port = c.nodes[n1].healthz.to_string();
-    let mut args = vec!["run", "--rm", "--name", &name, "--network", "host"];
+    let mut args = vec!["run", "--rm", "--name", name, "--network", "host"];
     args.extend(["--cap-drop", "all", "--cap-add", "NET_ADMIN", "--cap-add"]);
     args.extend(["NET_RAW", "--device", "/dev/net/tun"]);
     args.extend(ULIMITS);
     args.extend(["-v", &run_flannel, "-v", &run_weft, "-v", &lock, "-v", &cfg]);
-    args.extend(["-v", &lease_dir, &reference]);
+    args.extend(["-v", &lease_dir, reference]);
     // The harness's flags for every weft node (harness/process.rs), subnet.env where the
     // manifest's weft writes it.
     args.extend(["run", "--iface", "eth0", "--lease-dir", &leases]);
     args.extend(["--subnet-file", "/run/flannel/subnet.env"]);
     args.extend(["--healthz-port", &port, "--ip-masq"]);
-    let child = podman(&ns)
+    let child = podman(ns)
         .args(&args)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("cannot start podman");
     c.nodes[n1].child = Some(child);
-    let env = c.finish_start(n1);
-    assert!(
-        env.ipmasq,
-        "subnet.env from the container: FLANNEL_IPMASQ=true"
-    );
+    c.finish_start(n1)
+}
 
-    // A pod on node 1 through the weft-cni the init container installed.
-    let mut rt = CniRuntime::kube_flannel(&c, n1);
+/// Adds a pod on node `n1` through the weft-cni the init container installed (in `m`); its
+/// address must be in the node's subnet (from `env`).
+fn add_pod_through_installed_cni(
+    c: &mut Cluster,
+    n1: usize,
+    m: &Mounts,
+    env: &weft::subnet_env::SubnetEnv,
+) {
+    let mut rt = CniRuntime::kube_flannel(c, n1);
     rt.path = format!("{}:/usr/lib/cni", m.opt_cni_bin.display());
     let pod_ns = c.add_ns("n1p1");
     let container = format!("{}-n1p1", c.prefix);
@@ -307,6 +319,58 @@ fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node
         ip6: None,
     });
     c.nodes[n1].containers.push(container);
+}
+
+/// Checks node `n1` (namespace `ns`): the image's iptables-restore installed flanneld's
+/// masquerading, and tunnel GSO came up in the container.
+fn check_masquerading_and_tunnel_gso(c: &Cluster, n1: usize, ns: &str) {
+    // The image's iptables-restore installed flanneld's masquerading (read here with the
+    // host's iptables-save, the same nf_tables rules).
+    let nat = in_ns(ns, "iptables-save -t nat");
+    assert!(nat.contains("FLANNEL-POSTRTG"), "no masquerading:\n{nat}");
+    // Tunnel GSO's TAP is configured over netlink, so a read-only /proc/sys (any
+    // unprivileged container) does not cost it.
+    let log = fs::read_to_string(&c.nodes[n1].log).unwrap_or_default();
+    assert!(!log.contains("tunnel GSO unavailable"), "{log}");
+}
+
+/// SIGTERM to podman reaches weft on node `n1` (podman proxies signals); it stops cleanly
+/// and takes its rules in `ns` with it.
+fn stop_container_and_its_rules(c: &mut Cluster, n1: usize, ns: &str) {
+    assert!(
+        c.stop_weft(n1),
+        "weft in the container did not stop cleanly:\n{}",
+        { fs::read_to_string(&c.nodes[n1].log).unwrap_or_default() }
+    );
+    let nat = in_ns(ns, "iptables-save -t nat");
+    assert!(!nat.contains("FLANNEL-POSTRTG"), "rules left:\n{nat}");
+}
+
+#[test]
+fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    reap_stale();
+    let (image, build_secs) = Image::build(&format!("localhost/{}-weft", c.prefix), weft());
+    let reference = image.reference.clone();
+
+    // Its size, and weft in it is the weft this test was built with.
+    let size = checked_image_size(&reference);
+    let n1 = c.add_node(Kind::Weft);
+    let ns = c.nodes[n1].ns.clone();
+    check_version_in_image(&ns, &reference);
+
+    // The DaemonSet's init containers, then weft run from the image on node 1, as the
+    // DaemonSet's container.
+    let m = Mounts::new(&c);
+    run_init_containers(&ns, &m, &reference);
+    let name = format!("{}-weft", c.prefix);
+    let _container = Container(name.clone());
+    let env = start_weft_container(&mut c, n1, &ns, &m, &name, &reference);
+    assert!(
+        env.ipmasq,
+        "subnet.env from the container: FLANNEL_IPMASQ=true"
+    );
+    add_pod_through_installed_cni(&mut c, n1, &m, &env);
 
     // Node 2: the plain binary, with a pod.
     let n2 = c.add_node(Kind::Weft);
@@ -316,24 +380,8 @@ fn weft_from_its_image_under_podman_forwards_between_pods_with_a_plain_weft_node
     let failed = c.ping_all();
     assert!(failed.is_empty(), "failed pairs: {failed:?}");
 
-    // The image's iptables-restore installed flanneld's masquerading (read here with the
-    // host's iptables-save, the same nf_tables rules).
-    let nat = in_ns(&ns, "iptables-save -t nat");
-    assert!(nat.contains("FLANNEL-POSTRTG"), "no masquerading:\n{nat}");
-    // Tunnel GSO's TAP is configured over netlink, so a read-only /proc/sys (any
-    // unprivileged container) does not cost it.
-    let log = fs::read_to_string(&c.nodes[n1].log).unwrap_or_default();
-    assert!(!log.contains("tunnel GSO unavailable"), "{log}");
-
-    // SIGTERM to podman reaches weft (podman proxies signals); it stops cleanly and takes
-    // its rules with it.
-    assert!(
-        c.stop_weft(n1),
-        "weft in the container did not stop cleanly:\n{}",
-        { fs::read_to_string(&c.nodes[n1].log).unwrap_or_default() }
-    );
-    let nat = in_ns(&ns, "iptables-save -t nat");
-    assert!(!nat.contains("FLANNEL-POSTRTG"), "rules left:\n{nat}");
+    check_masquerading_and_tunnel_gso(&c, n1, &ns);
+    stop_container_and_its_rules(&mut c, n1, &ns);
 
     figure(&format!(
         "weft image (scripts/image, FROM scratch): {:.1} MB, built in {build_secs:.0} s; under podman \

@@ -11,7 +11,7 @@ mod harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{iperf3, weft, Cluster, Kind};
+use harness::{iperf3, weft, Cluster, Kind, Pod};
 use serde_json::{json, Value};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -104,16 +104,12 @@ fn node(c: &Cluster, name: &str) -> Value {
     n
 }
 
-#[test]
-fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, VXLAN).unwrap();
+/// Starts 3 kube-mode nodes, checks subnet.env, adds a pod to each; returns how long starting took.
+fn start_three_kube_nodes(c: &mut Cluster, url: &str, conf: &Path) -> Duration {
     let t0 = Instant::now();
     for i in 0..3 {
         // Node 2 finds its node through its pod, as flanneld does in kube-flannel.yml.
-        kube_node_as(&mut c, &url, &conf, i == 1);
+        kube_node_as(c, url, conf, i == 1);
     }
     let started = t0.elapsed();
     for i in 0..3 {
@@ -125,7 +121,12 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         );
         c.add_pod(i, None);
     }
-    tables_hold(&c, 3, "every table to hold the 3 nodes");
+    tables_hold(c, 3, "every table to hold the 3 nodes");
+    started
+}
+
+/// Adds an annotated node, waits for it in every table, deletes it; returns how long it took.
+fn an_added_node_comes_and_goes(c: &Cluster) -> Duration {
     // A node added to the API (annotated, as a running flanneld leaves it) reaches every
     // table; then it goes again.
     let t = Instant::now();
@@ -136,7 +137,7 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         &flanneld_node("n9", 9, "10.244.9.0/24"),
     );
     assert_eq!(code, 201);
-    tables_hold(&c, 4, "an added node to reach every table");
+    tables_hold(c, 4, "an added node to reach every table");
     let added = t.elapsed();
     c.kube(
         "DELETE",
@@ -144,10 +145,13 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         "application/json",
         &Value::Null,
     );
-    tables_hold(&c, 3, "the added node to go");
+    tables_hold(c, 3, "the added node to go");
+    added
+}
 
-    // The annotations and the condition, as flanneld writes them.
-    let n1 = node(&c, "n1");
+/// Checks n1's annotations and NetworkUnavailable are as flanneld sets them; returns backend-data.
+fn n1_is_annotated_as_flanneld_annotates(c: &Cluster) -> String {
+    let n1 = node(c, "n1");
     let a = &n1["metadata"]["annotations"];
     assert_eq!(a[format!("{P}kube-subnet-manager")], "true");
     assert_eq!(a[format!("{P}backend-type")], "vxlan");
@@ -166,13 +170,11 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         (nu["status"].as_str(), nu["reason"].as_str()),
         (Some("False"), Some("FlannelIsUp"))
     );
+    data
+}
 
-    let failed = c.ping_all();
-    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
-    let (p1, p3) = (c.nodes[0].pods[0].clone(), c.nodes[2].pods[0].clone());
-    let r = iperf3(&p1, &p3, 2, None);
-    assert!(r.bytes > 0.0);
-
+/// Stops node 3 and deletes it from the API; returns how long its lease took to leave the tables.
+fn a_deleted_node_leaves_the_tables(c: &mut Cluster) -> Duration {
     // A node deleted from the API: its lease leaves every other table.
     c.stop_weft(2);
     let (code, _) = c.kube(
@@ -182,8 +184,11 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         &Value::Null,
     );
     assert_eq!(code, 200);
-    let gone = tables_hold(&c, 2, "the deleted node's lease to leave the tables");
+    tables_hold(c, 2, "the deleted node's lease to leave the tables")
+}
 
+/// Restarts node 1: checks it keeps its VTEP MAC (`data`) and table, and its pod reaches node 2.
+fn a_restart_keeps_the_vtep_mac(c: &mut Cluster, url: &str, conf: &Path, data: &str, p1: &Pod) {
     // A restart keeps the VTEP MAC (read back from backend-data).
     assert!(c.stop_weft(0));
     let conf_s = conf.display().to_string();
@@ -192,22 +197,26 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         &[
             "--kube-subnet-mgr",
             "--kube-api-url",
-            &url,
+            url,
             "--net-config-path",
             &conf_s,
         ],
         &[("NODE_NAME", "n1")],
     );
-    let after = node(&c, "n1");
+    let after = node(c, "n1");
     assert_eq!(
         after["metadata"]["annotations"][format!("{P}backend-data")],
-        data.as_str(),
+        data,
         "the VTEP MAC changed"
     );
-    tables_hold(&c, 2, "node 1's table after the restart");
+    tables_hold(c, 2, "node 1's table after the restart");
     let dst = c.nodes[1].pods[0].ip;
     let o = harness::try_in_ns(&p1.ns, &format!("ping -c 2 -i 0.2 -W 2 {dst}"));
     assert!(o.status.success(), "ping after the restart failed");
+}
+
+/// Checks every API call the nodes made (from the stand-in's log) is one API_CALLS grants.
+fn every_call_made_is_granted(c: &Cluster) {
     // Every call the nodes made is one the manifest's ClusterRole grants
     // (weft::store::kube::API_CALLS, which tests/manifest.rs holds the manifest to).
     let log = std::fs::read_to_string(c.dir.join("kube-api.log")).unwrap();
@@ -229,6 +238,29 @@ fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion
         made.contains(&("nodes/status".into(), "patch".into())),
         "{made:?}"
     );
+}
+
+#[test]
+fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, VXLAN).unwrap();
+    let started = start_three_kube_nodes(&mut c, &url, &conf);
+    let added = an_added_node_comes_and_goes(&c);
+
+    // The annotations and the condition, as flanneld writes them.
+    let data = n1_is_annotated_as_flanneld_annotates(&c);
+
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+    let (p1, p3) = (c.nodes[0].pods[0].clone(), c.nodes[2].pods[0].clone());
+    let r = iperf3(&p1, &p3, 2, None);
+    assert!(r.bytes > 0.0);
+
+    let gone = a_deleted_node_leaves_the_tables(&mut c);
+    a_restart_keeps_the_vtep_mac(&mut c, &url, &conf, &data, &p1);
+    every_call_made_is_granted(&c);
     harness::figure(&format!(
         "kube subnet manager: 3 nodes started (subnet.env written) in {:.2} s; a node added to the API in all 3 tables in {} ms; iperf3 n1 -> n3 {:.2} Gbit/s; deleted node out of both tables in {} ms",
         started.as_secs_f64(),
@@ -256,19 +288,8 @@ fn api_leases(c: &Cluster) -> Vec<weft::lease::Lease> {
         .collect()
 }
 
-/// A node registered before its podCIDR waits for it. A "stock flannel" node whose Node
-/// object carries the annotations exactly as flanneld's vxlan backend writes them (literal strings, not weft's writer) joins two weft nodes:
-/// weft reads it as a vxlan peer and pods on all three reach each other. Then the API
-/// server becomes unreachable for 8 s under iperf3: forwarding goes on every second, and a
-/// node deleted meanwhile, its history compacted, leaves the tables once the API is back
-/// (the nodes' watches get 410 and list again).
-#[test]
-fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, VXLAN).unwrap();
-    kube_node(&mut c, &url, &conf);
+/// Registers node 2 without a podCIDR, checks weft waits for one, then assigns it and checks it.
+fn a_node_waits_for_its_pod_cidr(c: &mut Cluster, url: &str, conf: &Path) {
     // Node 2 registers before kube-controller-manager assigns its podCIDR: weft waits, as
     // flanneld does ("pod cidr not assigned"), and goes on once it is assigned.
     let n = c.add_node(Kind::Weft);
@@ -285,7 +306,7 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         &[
             "--kube-subnet-mgr",
             "--kube-api-url",
-            &url,
+            url,
             "--net-config-path",
             &conf_s,
         ],
@@ -306,6 +327,10 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
     );
     assert_eq!(code, 200);
     assert_eq!(c.finish_start(n).subnet.to_string(), "10.244.2.0/24");
+}
+
+/// Starts node 3 as a flanneld-annotated kernel vxlan node, adds a pod per node, checks all pings.
+fn a_flanneld_node_joins(c: &mut Cluster) {
     // Node 3: flannel.1 as flanneld configures it; its Node as flanneld leaves it.
     let k = c.add_node(Kind::KernelVxlan);
     c.start_kernel_node(k, "10.244.3.0/24".parse().unwrap());
@@ -316,31 +341,31 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         &flanneld_node("n3", 3, "10.244.3.0/24"),
     );
     assert_eq!(code, 201);
-    tables_hold(&c, 3, "the weft nodes to see the flanneld node");
+    tables_hold(c, 3, "the weft nodes to see the flanneld node");
     for i in 0..3 {
         c.add_pod(i, None);
     }
-    c.program_kernel_peers_for(k, &api_leases(&c));
+    c.program_kernel_peers_for(k, &api_leases(c));
     let failed = c.ping_all();
     assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+}
 
-    // The API server unreachable (both directions dropped) for 8 s under iperf3, and a
-    // node deleted meanwhile.
-    let (a, b) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
-    let traffic =
-        std::thread::spawn(move || harness::iperf3_json(&a, &b, &["-t", "12", "-i", "1"]));
-    std::thread::sleep(Duration::from_secs(2));
-    let api_ns = format!("{}-api", c.prefix);
+/// Inserts (`-I`) or deletes (`-D`) the rules that cut the API server off on its underlay side.
+fn api_underlay_drop(api_ns: &str, op: &str) {
     // On the underlay side only: the test itself still reaches the API over loopback.
     let rules = [["INPUT", "-i", "--dport"], ["OUTPUT", "-o", "--sport"]];
     for [chain, dir, port] in rules {
         harness::ns_sh(
-            &api_ns,
+            api_ns,
             &[
-                "iptables", "-I", chain, dir, "eth0", "-p", "tcp", port, "6443", "-j", "DROP",
+                "iptables", op, chain, dir, "eth0", "-p", "tcp", port, "6443", "-j", "DROP",
             ],
         );
     }
+}
+
+/// Deletes node 3 from the API, then compacts, pokes node 2 and compacts again.
+fn delete_n3_and_compact_twice(c: &Cluster) {
     // Deleted while the nodes cannot hear it (from inside the API's namespace), then the
     // history compacted and the watches ended: back, the nodes must list again (410).
     let (code, _) = c.kube(
@@ -360,20 +385,26 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         &json!({"metadata": {"labels": {"example.com/poked": "yes"}}}),
     );
     c.kube("POST", "/standin/compact", "application/json", &Value::Null);
+}
+
+/// Cuts the API off for 8 s under iperf3 while node 3 goes; returns the slowest second (bit/s).
+fn an_api_outage_under_iperf3(c: &Cluster) -> f64 {
+    // The API server unreachable (both directions dropped) for 8 s under iperf3, and a
+    // node deleted meanwhile.
+    let (a, b) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    let traffic =
+        std::thread::spawn(move || harness::iperf3_json(&a, &b, &["-t", "12", "-i", "1"]));
+    std::thread::sleep(Duration::from_secs(2));
+    let api_ns = format!("{}-api", c.prefix);
+    api_underlay_drop(&api_ns, "-I");
+    delete_n3_and_compact_twice(c);
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
         c.table(0).len(),
         3,
         "a table changed while the API was unreachable"
     );
-    for [chain, dir, port] in rules {
-        harness::ns_sh(
-            &api_ns,
-            &[
-                "iptables", "-D", chain, dir, "eth0", "-p", "tcp", port, "6443", "-j", "DROP",
-            ],
-        );
-    }
+    api_underlay_drop(&api_ns, "-D");
     let v = traffic.join().unwrap().expect("iperf3 failed");
     let per_second = harness::iperf3_per_second(&v);
     let slowest = per_second.iter().cloned().fold(f64::MAX, f64::min);
@@ -381,6 +412,25 @@ fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
         slowest > 0.0,
         "a second without traffic during the API outage: {per_second:?}"
     );
+    slowest
+}
+
+/// A node registered before its podCIDR waits for it. A "stock flannel" node whose Node
+/// object carries the annotations exactly as flanneld's vxlan backend writes them (literal strings, not weft's writer) joins two weft nodes:
+/// weft reads it as a vxlan peer and pods on all three reach each other. Then the API
+/// server becomes unreachable for 8 s under iperf3: forwarding goes on every second, and a
+/// node deleted meanwhile, its history compacted, leaves the tables once the API is back
+/// (the nodes' watches get 410 and list again).
+#[test]
+fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, VXLAN).unwrap();
+    kube_node(&mut c, &url, &conf);
+    a_node_waits_for_its_pod_cidr(&mut c, &url, &conf);
+    a_flanneld_node_joins(&mut c);
+    let slowest = an_api_outage_under_iperf3(&c);
     let back = tables_hold(&c, 2, "the deletion to arrive once the API is back");
     for i in 0..2 {
         let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();

@@ -275,6 +275,141 @@ impl Server {
         })
     }
 
+    /// Answers `GET /api/v1/nodes`: a NodeList, or None once a watch streamed to `out` ended.
+    fn list_or_watch(
+        &self,
+        out: &mut TcpStream,
+        query: &BTreeMap<String, String>,
+    ) -> Option<(u16, Value)> {
+        let watching = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+        if watching {
+            let from = query.get("resourceVersion").and_then(|v| v.parse().ok());
+            let bookmarks = query
+                .get("allowWatchBookmarks")
+                .is_some_and(|v| v == "true");
+            let timeout = query
+                .get("timeoutSeconds")
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::from_secs(1800), Duration::from_secs);
+            self.watch(out, from, bookmarks, timeout);
+            return None;
+        }
+        Some((200, self.list()))
+    }
+
+    /// Stores a pod posted to namespace `ns` as given (`POST .../namespaces/NS/pods`).
+    fn create_pod(&self, ns: &str, body: &[u8]) -> (u16, Value) {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(mut p) => {
+                let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let mut st = self.lock();
+                st.rv += 1;
+                p["kind"] = json!("Pod");
+                p["apiVersion"] = json!("v1");
+                p["metadata"]["namespace"] = json!(ns);
+                p["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                st.pods.insert((ns.to_string(), name), p.clone());
+                (201, p)
+            }
+            Err(e) => (400, status(400, "BadRequest", &e.to_string(), None)),
+        }
+    }
+
+    /// Reads back a stored pod (`GET .../namespaces/NS/pods/NAME`), or 404.
+    fn get_pod(&self, ns: &str, name: &str) -> (u16, Value) {
+        match self.lock().pods.get(&(ns.to_string(), name.to_string())) {
+            Some(p) => (200, p.clone()),
+            None => (
+                404,
+                status(
+                    404,
+                    "NotFound",
+                    &format!("pods \"{name}\" not found"),
+                    Some(json!({"name": name, "kind": "pods"})),
+                ),
+            ),
+        }
+    }
+
+    /// `POST /standin/compact`: forgets the change log and ends open watches, as etcd compacting.
+    fn compact(&self) -> (u16, Value) {
+        let mut st = self.lock();
+        // As etcd compacting at the current revision: older ones are gone; open
+        // watches end.
+        st.compacted = st.rv;
+        st.log.clear();
+        st.epoch += 1;
+        self.changed.notify_all();
+        (200, json!({"compacted": st.rv}))
+    }
+
+    /// Opens a watch: 410 if compacted, else (no RV: ADDED first) the RV to follow from; or None.
+    fn watch_start(&self, out: &mut TcpStream, from: Option<u64>) -> Option<u64> {
+        let st = self.lock();
+        match from {
+            Some(rv) if rv > 0 && rv < st.compacted => {
+                let e = status(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {rv} ({})", st.compacted),
+                    None,
+                );
+                let _ = send_event(out, json!({"type": "ERROR", "object": e}));
+                let _ = out.write_all(b"0\r\n\r\n");
+                None
+            }
+            Some(rv) if rv > 0 => Some(rv),
+            _ => {
+                // No resourceVersion: the current state as ADDED events first.
+                let now = st.rv;
+                let nodes: Vec<Value> = st.nodes.values().cloned().collect();
+                drop(st);
+                for n in nodes {
+                    if !send_event(out, json!({"type": "ADDED", "object": n})) {
+                        return None;
+                    }
+                }
+                Some(now)
+            }
+        }
+    }
+
+    /// Waits for changes after `seen`, a due bookmark or the end; None (stream ended): compacted.
+    fn watch_wait(
+        &self,
+        out: &mut TcpStream,
+        epoch: u64,
+        seen: u64,
+        bookmarks: bool,
+        last_sent: Instant,
+        end: Instant,
+    ) -> Option<Vec<Change>> {
+        let mut st = self.lock();
+        loop {
+            if st.epoch != epoch {
+                drop(st);
+                let _ = out.write_all(b"0\r\n\r\n");
+                return None;
+            }
+            let p: Vec<Change> = st.log.iter().filter(|c| c.rv > seen).cloned().collect();
+            let now = Instant::now();
+            let bookmark_due = bookmarks && now >= last_sent + self.bookmark_every;
+            if !p.is_empty() || bookmark_due || now >= end {
+                break Some(p);
+            }
+            let wake = (last_sent + self.bookmark_every).min(end);
+            st = self
+                .changed
+                .wait_timeout(
+                    st,
+                    wake.saturating_duration_since(now)
+                        .max(Duration::from_millis(5)),
+                )
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Streams a watch to `out` until it ends (timeout, 410, or the client goes away).
     fn watch(&self, out: &mut TcpStream, from: Option<u64>, bookmarks: bool, timeout: Duration) {
         let end = Instant::now() + timeout;
@@ -282,71 +417,17 @@ impl Server {
         if out.write_all(head.as_bytes()).is_err() {
             return;
         }
-        let send = |out: &mut TcpStream, ev: Value| -> bool {
-            let mut line = ev.to_string();
-            line.push('\n');
-            write!(out, "{:x}\r\n{line}\r\n", line.len()).is_ok() && out.flush().is_ok()
-        };
-        let mut seen = {
-            let st = self.lock();
-            match from {
-                Some(rv) if rv > 0 && rv < st.compacted => {
-                    let e = status(
-                        410,
-                        "Expired",
-                        &format!("too old resource version: {rv} ({})", st.compacted),
-                        None,
-                    );
-                    let _ = send(out, json!({"type": "ERROR", "object": e}));
-                    let _ = out.write_all(b"0\r\n\r\n");
-                    return;
-                }
-                Some(rv) if rv > 0 => rv,
-                _ => {
-                    // No resourceVersion: the current state as ADDED events first.
-                    let now = st.rv;
-                    let nodes: Vec<Value> = st.nodes.values().cloned().collect();
-                    drop(st);
-                    for n in nodes {
-                        if !send(out, json!({"type": "ADDED", "object": n})) {
-                            return;
-                        }
-                    }
-                    now
-                }
-            }
+        let Some(mut seen) = self.watch_start(out, from) else {
+            return;
         };
         let mut last_sent = Instant::now();
         let epoch = self.lock().epoch;
         loop {
-            let pending: Vec<Change> = {
-                let mut st = self.lock();
-                loop {
-                    if st.epoch != epoch {
-                        drop(st);
-                        let _ = out.write_all(b"0\r\n\r\n");
-                        return;
-                    }
-                    let p: Vec<Change> = st.log.iter().filter(|c| c.rv > seen).cloned().collect();
-                    let now = Instant::now();
-                    let bookmark_due = bookmarks && now >= last_sent + self.bookmark_every;
-                    if !p.is_empty() || bookmark_due || now >= end {
-                        break p;
-                    }
-                    let wake = (last_sent + self.bookmark_every).min(end);
-                    st = self
-                        .changed
-                        .wait_timeout(
-                            st,
-                            wake.saturating_duration_since(now)
-                                .max(Duration::from_millis(5)),
-                        )
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+            let Some(pending) = self.watch_wait(out, epoch, seen, bookmarks, last_sent, end) else {
+                return;
             };
             for c in &pending {
-                if !send(out, json!({"type": c.kind, "object": c.object})) {
+                if !send_event(out, json!({"type": c.kind, "object": c.object})) {
                     return;
                 }
                 seen = c.rv;
@@ -356,7 +437,7 @@ impl Server {
                 let rv = self.lock().rv;
                 seen = seen.max(rv);
                 let b = json!({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}});
-                if !send(out, b) {
+                if !send_event(out, b) {
                     return;
                 }
             }
@@ -369,6 +450,13 @@ impl Server {
             }
         }
     }
+}
+
+/// Writes one watch event to `out` as a chunk of its own line; false once the client is gone.
+fn send_event(out: &mut TcpStream, ev: Value) -> bool {
+    let mut line = ev.to_string();
+    line.push('\n');
+    write!(out, "{:x}\r\n{line}\r\n", line.len()).is_ok() && out.flush().is_ok()
 }
 
 struct Request {
@@ -481,30 +569,10 @@ fn serve(server: Arc<Server>, conn: TcpStream) {
             println!("rbac {peer} {verb} {resource}");
         }
         let (code, body) = match (req.method.as_str(), segs.as_slice()) {
-            ("GET", ["api", "v1", "nodes"]) => {
-                let watching = matches!(
-                    req.query.get("watch").map(String::as_str),
-                    Some("1" | "true")
-                );
-                if watching {
-                    let from = req
-                        .query
-                        .get("resourceVersion")
-                        .and_then(|v| v.parse().ok());
-                    let bookmarks = req
-                        .query
-                        .get("allowWatchBookmarks")
-                        .is_some_and(|v| v == "true");
-                    let timeout = req
-                        .query
-                        .get("timeoutSeconds")
-                        .and_then(|v| v.parse().ok())
-                        .map_or(Duration::from_secs(1800), Duration::from_secs);
-                    server.watch(&mut out, from, bookmarks, timeout);
-                    return;
-                }
-                (200, server.list())
-            }
+            ("GET", ["api", "v1", "nodes"]) => match server.list_or_watch(&mut out, &req.query) {
+                Some(answer) => answer,
+                None => return,
+            },
             ("GET", ["api", "v1", "nodes", name]) => match server.lock().nodes.get(*name) {
                 Some(n) => (200, n.clone()),
                 None => not_found(name),
@@ -520,46 +588,9 @@ fn serve(server: Arc<Server>, conn: TcpStream) {
             ("PATCH", ["api", "v1", "nodes", name, "status"]) => {
                 server.patch(name, true, &req.content_type, &req.body)
             }
-            ("POST", ["api", "v1", "namespaces", ns, "pods"]) => {
-                match serde_json::from_slice::<Value>(&req.body) {
-                    Ok(mut p) => {
-                        let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-                        let mut st = server.lock();
-                        st.rv += 1;
-                        p["kind"] = json!("Pod");
-                        p["apiVersion"] = json!("v1");
-                        p["metadata"]["namespace"] = json!(ns);
-                        p["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-                        st.pods.insert((ns.to_string(), name), p.clone());
-                        (201, p)
-                    }
-                    Err(e) => (400, status(400, "BadRequest", &e.to_string(), None)),
-                }
-            }
-            ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
-                match server.lock().pods.get(&(ns.to_string(), name.to_string())) {
-                    Some(p) => (200, p.clone()),
-                    None => (
-                        404,
-                        status(
-                            404,
-                            "NotFound",
-                            &format!("pods \"{name}\" not found"),
-                            Some(json!({"name": name, "kind": "pods"})),
-                        ),
-                    ),
-                }
-            }
-            ("POST", ["standin", "compact"]) => {
-                let mut st = server.lock();
-                // As etcd compacting at the current revision: older ones are gone; open
-                // watches end.
-                st.compacted = st.rv;
-                st.log.clear();
-                st.epoch += 1;
-                server.changed.notify_all();
-                (200, json!({"compacted": st.rv}))
-            }
+            ("POST", ["api", "v1", "namespaces", ns, "pods"]) => server.create_pod(ns, &req.body),
+            ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => server.get_pod(ns, name),
+            ("POST", ["standin", "compact"]) => server.compact(),
             _ => (
                 404,
                 status(

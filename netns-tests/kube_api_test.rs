@@ -226,22 +226,8 @@ fn patches_merge_as_the_real_server_merges_them() {
     assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 2);
 }
 
-#[test]
-fn watches_follow_a_list_send_bookmarks_and_expire_after_compaction() {
-    let a = start();
-    call(
-        a,
-        "POST",
-        "/api/v1/nodes",
-        "application/json",
-        &node("n1", "10.244.1.0/24"),
-    );
-    let (_, list) = get(a, "/api/v1/nodes");
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut w = Watch::open(a, &format!("resourceVersion={rv}&allowWatchBookmarks=true"));
+/// Adds n2, annotates it through its status subresource and deletes n1: three changes to watch.
+fn three_changes(a: SocketAddr) {
     call(
         a,
         "POST",
@@ -263,6 +249,10 @@ fn watches_follow_a_list_send_bookmarks_and_expire_after_compaction() {
         "application/json",
         &Value::Null,
     );
+}
+
+/// Reads the three changes from `w`, then the idle bookmark at the last one's RV; returns that RV.
+fn the_changes_then_a_bookmark(w: &mut Watch) -> String {
     match w.typed() {
         WatchEvent::Added(n) => assert_eq!(n.metadata.name.as_deref(), Some("n2")),
         e => panic!("{e:?}"),
@@ -287,6 +277,27 @@ fn watches_follow_a_list_send_bookmarks_and_expire_after_compaction() {
         } => assert_eq!(resource_version, last),
         e => panic!("{e:?}"),
     }
+    last
+}
+
+#[test]
+fn watches_follow_a_list_send_bookmarks_and_expire_after_compaction() {
+    let a = start();
+    call(
+        a,
+        "POST",
+        "/api/v1/nodes",
+        "application/json",
+        &node("n1", "10.244.1.0/24"),
+    );
+    let (_, list) = get(a, "/api/v1/nodes");
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = Watch::open(a, &format!("resourceVersion={rv}&allowWatchBookmarks=true"));
+    three_changes(a);
+    let last = the_changes_then_a_bookmark(&mut w);
     // Without a resourceVersion a watch starts with the current state.
     let mut fresh = Watch::open(a, "");
     match fresh.typed() {

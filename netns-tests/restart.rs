@@ -124,16 +124,61 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// Node 1's lease, as the lease store holds it.
+fn node_1_lease(c: &Cluster) -> weft::lease::Lease {
+    c.leases()
+        .into_iter()
+        .find(|l| l.attrs.public_ip == c.nodes[0].ip)
+        .expect("node 1 has no lease")
+}
+
+/// Stops a ping the way Ctrl-C does (SIGINT, so it flushes its log) and reaps it.
+fn stop_ping(ping: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &ping.id().to_string()])
+        .status();
+    let _ = ping.wait();
+}
+
+/// Checks that node 1's lease and its subnet.env kept the subnet, and its lease the VTEP
+/// MAC, of the lease `before` the kill.
+fn check_subnet_and_mac_kept(
+    c: &Cluster,
+    before: &weft::lease::Lease,
+    env: &weft::subnet_env::SubnetEnv,
+) {
+    let after = node_1_lease(c);
+    assert_eq!(after.subnet, before.subnet, "the subnet changed");
+    assert_eq!(env.subnet, before.subnet, "subnet.env changed");
+    assert_eq!(
+        after.attrs.vxlan_data().unwrap().vtep_mac,
+        before.attrs.vxlan_data().unwrap().vtep_mac,
+        "the VTEP MAC changed"
+    );
+}
+
+/// Checks that the iperf3 stream `v` carried data in its last second; returns its longest
+/// run of 0.1 s intervals without a byte, in seconds.
+fn stream_recovered_after_stall(v: &serde_json::Value) -> f64 {
+    let per = harness::iperf3_per_second(v);
+    let stall = per
+        .split(|b| *b > 0.0)
+        .map(|run| run.len())
+        .max()
+        .unwrap_or(0) as f64
+        * 0.1;
+    let tail = &per[per.len().saturating_sub(10)..];
+    assert!(
+        tail.iter().all(|b| *b > 0.0),
+        "the stream did not recover: {per:?}"
+    );
+    stall
+}
+
 #[test]
 fn kill_9_and_restart_keep_subnet_and_mac_and_traffic_returns_within_2_s() {
     let mut c = two_nodes();
-    let ours = |c: &Cluster| {
-        c.leases()
-            .into_iter()
-            .find(|l| l.attrs.public_ip == c.nodes[0].ip)
-            .expect("node 1 has no lease")
-    };
-    let before = ours(&c);
+    let before = node_1_lease(&c);
     let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
     // Under load: an iperf3 TCP stream the whole time, and a router as node 1's default
     // route capturing any pod packet that leaves unencapsulated (its filter takes only
@@ -167,10 +212,7 @@ fn kill_9_and_restart_keep_subnet_and_mac_and_traffic_returns_within_2_s() {
         },
     );
     std::thread::sleep(Duration::from_millis(200));
-    let _ = Command::new("kill")
-        .args(["-INT", &ping.id().to_string()])
-        .status();
-    let _ = ping.wait();
+    stop_ping(&mut ping);
     let times = replies(&fs::read_to_string(&log).unwrap());
     let last_before = times
         .iter()
@@ -178,14 +220,7 @@ fn kill_9_and_restart_keep_subnet_and_mac_and_traffic_returns_within_2_s() {
         .filter(|&t| t < killed)
         .fold(0.0, f64::max);
     assert!(last_before > 0.0, "no ping answered before the kill");
-    let after = ours(&c);
-    assert_eq!(after.subnet, before.subnet, "the subnet changed");
-    assert_eq!(env.subnet, before.subnet, "subnet.env changed");
-    assert_eq!(
-        after.attrs.vxlan_data().unwrap().vtep_mac,
-        before.attrs.vxlan_data().unwrap().vtep_mac,
-        "the VTEP MAC changed"
-    );
+    check_subnet_and_mac_kept(&c, &before, &env);
     let gap = first - restart;
     assert!(
         gap < 2.0,
@@ -197,18 +232,7 @@ fn kill_9_and_restart_keep_subnet_and_mac_and_traffic_returns_within_2_s() {
         .join()
         .unwrap()
         .expect("the iperf3 stream broke across the kill -9");
-    let per = harness::iperf3_per_second(&v);
-    let stall = per
-        .split(|b| *b > 0.0)
-        .map(|run| run.len())
-        .max()
-        .unwrap_or(0) as f64
-        * 0.1;
-    let tail = &per[per.len().saturating_sub(10)..];
-    assert!(
-        tail.iter().all(|b| *b > 0.0),
-        "the stream did not recover: {per:?}"
-    );
+    let stall = stream_recovered_after_stall(&v);
     let frames = cap.stop();
     let n = leaked(&frames);
     assert_eq!(
@@ -363,80 +387,104 @@ fn lines_with(log: &Path, from: usize, what: &str) -> Vec<String> {
         .collect()
 }
 
-/// The lease directory (flannel's etcd keys as files, shared by the nodes) first made
-/// read-only, then writable but full, across two renewals a minute apart: both fail,
-/// each node logs it once, the pods keep reaching each other on the last leases, every
-/// lease file stays whole and no temporary file is left; once space is free the next
-/// retry renews and says so. Renewals come a minute after start (a 1439-minute margin
-/// on flannel's 24-hour lease), so this test takes about three minutes.
-#[test]
-fn a_read_only_or_full_lease_directory_keeps_forwarding_and_renewal_is_retried() {
-    let mut c = Cluster::new(weft(), VXLAN);
-    let dir = c.lease_dir();
+/// Mounts a 256 KiB tmpfs over the lease directory `dir` and writes the network config
+/// back into it.
+fn mount_small_lease_dir(dir: &Path) -> Tmpfs {
     let config = fs::read_to_string(dir.join("config")).unwrap();
-    let mnt = Tmpfs::mount(&dir, "256k");
-    weft::store::file::FileStore::open(&dir)
+    let mnt = Tmpfs::mount(dir, "256k");
+    weft::store::file::FileStore::open(dir)
         .unwrap()
         .write_config(&config)
         .unwrap();
-    c.add_weft_nodes(2, &["--subnet-lease-renew-margin", "1439"]);
-    let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
-    let logs: Vec<(std::path::PathBuf, usize)> = (0..2)
+    mnt
+}
+
+/// Each of the first two nodes' log files, with its length now.
+fn log_offsets(c: &Cluster) -> Vec<(std::path::PathBuf, usize)> {
+    (0..2)
         .map(|i| {
             let l = c.nodes[i].log.clone();
             let n = fs::metadata(&l).unwrap().len() as usize;
             (l, n)
         })
+        .collect()
+}
+
+/// The lease files under `dir`/subnets, by name, with their text, sorted.
+fn lease_files(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = fs::read_dir(dir.join("subnets"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, fs::read_to_string(e.path()).unwrap_or_default())
+        })
         .collect();
-    let files = || -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = fs::read_dir(dir.join("subnets"))
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, fs::read_to_string(e.path()).unwrap_or_default())
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let renewals = |i: usize, r: &str| {
-        c.metrics(i)
-            .get(&format!("weft_lease_renewals_total{{result=\"{r}\"}}"))
-            .copied()
-            .unwrap_or(0)
-    };
-    let ping = |a: &Pod, b: &Pod| {
-        ns_run(&a.ns, &["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
-            .status
-            .success()
-    };
-    let leases_before = files();
-    assert_eq!(leases_before.len(), 2, "{leases_before:?}");
-    mnt.remount("ro");
-    let (mut pings, mut lost) = (0, 0);
-    // Polls every half second until `done`, pinging both ways and checking that both
-    // tables keep both leases and every lease file parses.
-    let mut hold = |what: &str, limit: Duration, done: &dyn Fn() -> bool| {
+    v.sort();
+    v
+}
+
+/// Node `i`'s count of lease renewals with result `r`.
+fn renewals(c: &Cluster, i: usize, r: &str) -> u64 {
+    c.metrics(i)
+        .get(&format!("weft_lease_renewals_total{{result=\"{r}\"}}"))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// One ping from pod `a` to pod `b`; whether it was answered.
+fn ping_once(a: &Pod, b: &Pod) -> bool {
+    ns_run(&a.ns, &["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
+        .status
+        .success()
+}
+
+/// Fills the lease directory's file system: every byte taken by a file of this test's.
+fn fill_lease_dir(dir: &Path) {
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", dir.join("fill").display()),
+            "bs=4k",
+        ])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Two nodes and their pods held under watch while the lease directory fails, with the
+/// pings sent and lost so far.
+struct Hold<'a> {
+    c: &'a Cluster,
+    dir: &'a Path,
+    p1: &'a Pod,
+    p2: &'a Pod,
+    pings: usize,
+    lost: usize,
+}
+
+impl Hold<'_> {
+    /// Polls every half second until `done`, pinging both ways and checking that both
+    /// tables keep both leases and every lease file parses.
+    fn until(&mut self, what: &str, limit: Duration, done: &dyn Fn() -> bool) {
         let end = std::time::Instant::now() + limit;
         while !done() {
             assert!(
                 std::time::Instant::now() < end,
                 "timed out waiting for {what}"
             );
-            for (a, b) in [(&p1, &p2), (&p2, &p1)] {
-                pings += 1;
-                lost += usize::from(!ping(a, b));
+            for (a, b) in [(self.p1, self.p2), (self.p2, self.p1)] {
+                self.pings += 1;
+                self.lost += usize::from(!ping_once(a, b));
             }
             for i in 0..2 {
                 assert_eq!(
-                    c.metrics(i).get("weft_leases").copied(),
+                    self.c.metrics(i).get("weft_leases").copied(),
                     Some(2),
                     "node {} lost a lease",
                     i + 1
                 );
             }
-            for (name, text) in files() {
+            for (name, text) in lease_files(self.dir) {
                 assert!(
                     !name.contains(".tmp") && !name.contains(".new"),
                     "a temporary file was left: {name}"
@@ -446,36 +494,12 @@ fn a_read_only_or_full_lease_directory_keeps_forwarding_and_renewal_is_retried()
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-    };
-    hold(
-        "the first renewal to fail (read-only)",
-        Duration::from_secs(120),
-        &|| (0..2).all(|i| renewals(i, "error") >= 1),
-    );
-    let ro_errors: Vec<Vec<String>> = logs
-        .iter()
-        .map(|(l, n)| lines_with(l, *n, "cannot renew lease"))
-        .collect();
-    // Writable again, but full: every byte taken by a file of this test's.
-    mnt.remount("rw");
-    let _ = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}", dir.join("fill").display()),
-            "bs=4k",
-        ])
-        .stderr(Stdio::null())
-        .status();
-    hold(
-        "the retry to fail (full)",
-        Duration::from_secs(120),
-        &|| (0..2).all(|i| renewals(i, "error") >= 2),
-    );
-    assert_eq!(
-        files(),
-        leases_before,
-        "a failed renewal changed a lease file"
-    );
+    }
+}
+
+/// Checks that each node logged its failing renewal once, read-only, and the same line as
+/// after the first failure (`ro_errors`).
+fn check_failure_logged_once(logs: &[(std::path::PathBuf, usize)], ro_errors: &[Vec<String>]) {
     for (i, (l, n)) in logs.iter().enumerate() {
         let errs = lines_with(l, *n, "cannot renew lease");
         assert_eq!(
@@ -487,20 +511,76 @@ fn a_read_only_or_full_lease_directory_keeps_forwarding_and_renewal_is_retried()
         assert!(errs[0].contains("Read-only"), "node {}: {}", i + 1, errs[0]);
         assert_eq!(errs, ro_errors[i]);
     }
-    fs::remove_file(dir.join("fill")).unwrap();
-    hold("a renewal to succeed", Duration::from_secs(120), &|| {
-        (0..2).all(|i| renewals(i, "ok") >= 1)
-    });
-    let renewed = files();
-    assert_ne!(
-        renewed, leases_before,
-        "the renewal did not move the expirations"
-    );
+}
+
+/// Checks that each node logged one renewal and no error.
+fn check_renewal_logged_once(logs: &[(std::path::PathBuf, usize)]) {
     for (i, (l, n)) in logs.iter().enumerate() {
         let ok = lines_with(l, *n, "renewed lease");
         assert_eq!(ok.len(), 1, "node {}: {ok:?}", i + 1);
         assert!(lines_with(l, *n, "ERROR").is_empty());
     }
+}
+
+/// The lease directory (flannel's etcd keys as files, shared by the nodes) first made
+/// read-only, then writable but full, across two renewals a minute apart: both fail,
+/// each node logs it once, the pods keep reaching each other on the last leases, every
+/// lease file stays whole and no temporary file is left; once space is free the next
+/// retry renews and says so. Renewals come a minute after start (a 1439-minute margin
+/// on flannel's 24-hour lease), so this test takes about three minutes.
+#[test]
+fn a_read_only_or_full_lease_directory_keeps_forwarding_and_renewal_is_retried() {
+    let mut c = Cluster::new(weft(), VXLAN);
+    let dir = c.lease_dir();
+    let mnt = mount_small_lease_dir(&dir);
+    c.add_weft_nodes(2, &["--subnet-lease-renew-margin", "1439"]);
+    let (p1, p2) = (c.nodes[0].pods[0].clone(), c.nodes[1].pods[0].clone());
+    let logs = log_offsets(&c);
+    let leases_before = lease_files(&dir);
+    assert_eq!(leases_before.len(), 2, "{leases_before:?}");
+    mnt.remount("ro");
+    let mut hold = Hold {
+        c: &c,
+        dir: &dir,
+        p1: &p1,
+        p2: &p2,
+        pings: 0,
+        lost: 0,
+    };
+    hold.until(
+        "the first renewal to fail (read-only)",
+        Duration::from_secs(120),
+        &|| (0..2).all(|i| renewals(&c, i, "error") >= 1),
+    );
+    let ro_errors: Vec<Vec<String>> = logs
+        .iter()
+        .map(|(l, n)| lines_with(l, *n, "cannot renew lease"))
+        .collect();
+    // Writable again, but full: every byte taken by a file of this test's.
+    mnt.remount("rw");
+    fill_lease_dir(&dir);
+    hold.until(
+        "the retry to fail (full)",
+        Duration::from_secs(120),
+        &|| (0..2).all(|i| renewals(&c, i, "error") >= 2),
+    );
+    assert_eq!(
+        lease_files(&dir),
+        leases_before,
+        "a failed renewal changed a lease file"
+    );
+    check_failure_logged_once(&logs, &ro_errors);
+    fs::remove_file(dir.join("fill")).unwrap();
+    hold.until("a renewal to succeed", Duration::from_secs(120), &|| {
+        (0..2).all(|i| renewals(&c, i, "ok") >= 1)
+    });
+    let renewed = lease_files(&dir);
+    assert_ne!(
+        renewed, leases_before,
+        "the renewal did not move the expirations"
+    );
+    check_renewal_logged_once(&logs);
+    let (pings, lost) = (hold.pings, hold.lost);
     assert_eq!(
         lost, 0,
         "{lost} of {pings} pod pings lost while the lease directory was read-only or full"

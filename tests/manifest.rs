@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
@@ -131,15 +131,8 @@ fn the_config_map_holds_kube_flannels_conflist_and_a_config_weft_accepts() {
     assert_eq!(cfg.network.to_string(), "10.244.0.0/16");
 }
 
-#[test]
-fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
-    let ds: DaemonSet = find("DaemonSet");
-    let spec = ds.spec.unwrap();
-    // Rolled out by hand-over: the new pod beside the old, never a node without weft.
-    let rolling = spec.update_strategy.unwrap().rolling_update.unwrap();
-    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
-    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
-    let pod = spec.template.spec.unwrap();
+/// Checks the pod mounts /run/weft (the hand-over socket's directory) from the host.
+fn the_state_directory_is_shared(pod: &PodSpec) {
     // Both pods see the same state directory, where the old one's hand-over socket is.
     let c0 = &pod.containers[0];
     let state = c0
@@ -159,17 +152,10 @@ fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
             .map(|h| h.path.as_str()),
         Some("/run/weft")
     );
-    assert_eq!(pod.host_network, Some(true));
-    let sa: ServiceAccount = find("ServiceAccount");
-    assert_eq!(pod.service_account_name, sa.metadata.name);
-    let c = &pod.containers[0];
-    let mut argv = c.command.clone().unwrap();
-    argv.extend(c.args.clone().unwrap());
-    assert_eq!(argv[0], "/usr/local/bin/weft");
-    let Cmd::Run(run) = Weft::try_parse_from(&argv)
-        .unwrap_or_else(|e| panic!("weft would refuse {argv:?}: {e}"))
-        .cmd;
-    assert!(run.kube_subnet_mgr && run.ip_masq);
+}
+
+/// Checks the probes and ports are on weft's healthz address and port, metrics apart.
+fn the_probes_are_on_healthz_apart_from_metrics(c: &Container, run: &weft::daemon::RunArgs) {
     // The probes are on the healthz port and address weft listens on: loopback, which
     // kubelet reaches on a host-network pod and no other pod does; metrics apart.
     let ports = c.ports.as_ref().unwrap();
@@ -191,11 +177,19 @@ fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
         assert_eq!(get.path.as_deref(), Some(path));
         assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
     }
+}
+
+/// Checks the container is not privileged and adds NET_ADMIN and NET_RAW only.
+fn the_container_is_unprivileged_with_weft_s_capabilities(c: &Container) {
     // Not privileged; the capabilities weft needs.
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.privileged, Some(false));
     let caps = sc.capabilities.as_ref().unwrap().add.clone().unwrap();
     assert_eq!(caps, ["NET_ADMIN", "NET_RAW"]);
+}
+
+/// Checks NODE_NAME comes from the downward API and the mounts hold what weft's paths need.
+fn the_env_and_mounts_are_weft_s(c: &Container, run: &weft::daemon::RunArgs) {
     // NODE_NAME from the downward API; the config where --net-config-path points.
     let env = c.env.as_ref().unwrap();
     let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
@@ -224,6 +218,32 @@ fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
             .unwrap()
     ));
     assert_eq!(run.subnet_file.to_str(), Some("/run/flannel/subnet.env"));
+}
+
+#[test]
+fn the_daemon_set_runs_weft_as_kube_flannel_runs_flanneld() {
+    let ds: DaemonSet = find("DaemonSet");
+    let spec = ds.spec.unwrap();
+    // Rolled out by hand-over: the new pod beside the old, never a node without weft.
+    let rolling = spec.update_strategy.unwrap().rolling_update.unwrap();
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.unwrap();
+    the_state_directory_is_shared(&pod);
+    assert_eq!(pod.host_network, Some(true));
+    let sa: ServiceAccount = find("ServiceAccount");
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    let c = &pod.containers[0];
+    let mut argv = c.command.clone().unwrap();
+    argv.extend(c.args.clone().unwrap());
+    assert_eq!(argv[0], "/usr/local/bin/weft");
+    let Cmd::Run(run) = Weft::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("weft would refuse {argv:?}: {e}"))
+        .cmd;
+    assert!(run.kube_subnet_mgr && run.ip_masq);
+    the_probes_are_on_healthz_apart_from_metrics(c, &run);
+    the_container_is_unprivileged_with_weft_s_capabilities(c);
+    the_env_and_mounts_are_weft_s(c, &run);
     // The init containers install weft-cni as the conflist's "flannel" plugin, and the
     // conflist where the kubelet's runtime reads it.
     let init = pod.init_containers.unwrap();
