@@ -298,7 +298,10 @@ fn check_flannel_1_as_flanneld_makes_it(ns: &str, l1: &weft::lease::Lease) {
     }
     let addr = ns_sh(ns, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
     assert!(
-        addr.contains(&format!("inet {}/32", l1.subnet.network())),
+        addr.contains(&format!(
+            "inet {}/32",
+            l1.subnet.expect("an IPv4 lease").network()
+        )),
         "{addr}"
     );
 }
@@ -321,7 +324,7 @@ fn check_kernel_peer_entries(c: &Cluster, ns: &str, l: &weft::lease::Lease, gw: 
         "FDB for {}: {fdb}",
         l.attrs.public_ip
     );
-    let dst = l.subnet.to_string();
+    let dst = l.subnet.expect("an IPv4 lease").to_string();
     wait_route(c, 0, &dst, "onlink", |r| {
         r.starts_with(&format!("{dst} via {gw} dev flannel.1")) && r.contains("onlink")
     });
@@ -427,7 +430,7 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
     check_flannel_1_as_flanneld_makes_it(&ns, &l1);
     // Per peer: permanent ARP and FDB entries, then the onlink route.
     for (l, gw) in [
-        (&l2, l2.subnet.network().to_string()),
+        (&l2, l2.subnet.expect("an IPv4 lease").network().to_string()),
         (&lease("192.0.2.3"), "10.244.50.0".to_string()),
     ] {
         check_kernel_peer_entries(&c, &ns, l, &gw);
@@ -441,8 +444,8 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
     iperf_both_ways(&c, 0, k);
     iperf_both_ways(&c, 1, k);
 
-    let s2 = l2.subnet.to_string();
-    let gw2 = l2.subnet.network().to_string();
+    let s2 = l2.subnet.expect("an IPv4 lease").to_string();
+    let gw2 = l2.subnet.expect("an IPv4 lease").network().to_string();
     removed_kernel_state_comes_back(&c, &ns, &s2, &gw2);
     kill_9_restart_adopts_flannel_1(&mut c, &ns, &s2, &l1);
     clean_stop_keeps_flannel_1_until_cleanup(&mut c, &ns);

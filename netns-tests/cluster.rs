@@ -191,7 +191,7 @@ fn reservation_reaches_every_table(
     subnets: &std::path::Path,
 ) {
     let mut extra = weft::lease::Lease {
-        subnet: "10.244.250.0/24".parse().unwrap(),
+        subnet: Some("10.244.250.0/24".parse().unwrap()),
         ipv6_subnet: None,
         attrs: weft::lease::LeaseAttrs::vxlan(
             Ipv4Addr::new(192, 0, 2, 99),
@@ -268,7 +268,7 @@ fn revoked_node_is_unreachable_and_stops(c: &mut Cluster, subnets: &std::path::P
         .into_iter()
         .find(|l| l.attrs.public_ip == c.nodes[2].ip)
         .unwrap();
-    let gone = victim.subnet.to_string();
+    let gone = victim.subnet.expect("an IPv4 lease").to_string();
     let target = c.nodes[2].pods[0].ip.to_string();
     std::fs::remove_file(subnets.join(victim.key())).unwrap();
     until_tables(c, "the revoked lease to leave the tables", |t| {
@@ -394,7 +394,10 @@ fn injected_and_spoofed_packets_never_reach_a_pod() {
         &vxlan_payload(
             1,
             mac2,
-            &inner_udp(Ipv4Addr::from(u32::from(n2.subnet.network()) + 99), pod2.ip),
+            &inner_udp(
+                Ipv4Addr::from(u32::from(n2.subnet.expect("an IPv4 lease").network()) + 99),
+                pod2.ip,
+            ),
         ),
         node2,
     );
@@ -1260,7 +1263,13 @@ fn forged_vxlan_from_a_spoofed_known_peer_reaches_no_pod() {
     let mac = |i: usize| lease(i).attrs.vxlan_data().unwrap().vtep_mac.to_string();
     let pod = |i: usize| c.nodes[i].pods[0].ip.to_string();
     let (a_ip, b_ip) = (c.nodes[0].ip.to_string(), c.nodes[1].ip.to_string());
-    let own = lease(0).subnet.hosts().nth(8).unwrap().to_string();
+    let own = lease(0)
+        .subnet
+        .expect("an IPv4 lease")
+        .hosts()
+        .nth(8)
+        .unwrap()
+        .to_string();
     let forge_exe = example("forge").display().to_string();
     let forge = |outer: &str, vni: &str, dst_mac: &str, src: &str, dst: &str| {
         let args = format!(

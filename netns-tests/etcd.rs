@@ -125,7 +125,7 @@ fn until_all_tables(
 
 fn extra_lease(subnet: &str, host: u8) -> Lease {
     Lease {
-        subnet: subnet.parse().unwrap(),
+        subnet: subnet.parse().ok(),
         ipv6_subnet: None,
         attrs: LeaseAttrs::vxlan(
             Ipv4Addr::new(192, 0, 2, host),
@@ -274,7 +274,7 @@ fn a_node_whose_etcd_lease_is_deleted_shuts_down() {
     let key = format!(
         "{}{}",
         subnets_prefix(),
-        weft::lease::subnet_key(c.subnet(1), None)
+        weft::lease::subnet_key(Some(c.subnet(1)), None)
     );
     c.etcd().ctl(&["del", &key]);
     let (ok, log) = c.wait_exit(1, Duration::from_secs(10));
@@ -333,7 +333,7 @@ fn race_helper() {
         for r in results {
             match r {
                 Ok(a) => {
-                    won.push(a.stored.lease.subnet.to_string());
+                    won.push(a.stored.lease.subnet.expect("an IPv4 lease").to_string());
                     attempts += a.attempts - 1;
                 }
                 Err(StoreError::Alloc(_)) => full += 1,

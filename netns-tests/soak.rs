@@ -47,7 +47,7 @@ fn slope(xs: &[f64], ys: &[f64]) -> f64 {
 fn churn_lease(k: u32) -> Lease {
     let host = 100 + (k % 100) as u8;
     Lease {
-        subnet: format!("10.244.{host}.0/24").parse().unwrap(),
+        subnet: format!("10.244.{host}.0/24").parse().ok(),
         ipv6_subnet: None,
         attrs: LeaseAttrs::vxlan(
             Ipv4Addr::new(192, 0, 2, host),

@@ -212,7 +212,7 @@ fn demo_cluster(
         let mac = MacAddr::local_unicast([0x0e, 0x57, 0x45, 0x46, 0x54, i]);
         let attrs = userspace::lease_attrs(&cfg.backend, (public_ip, None), None, [mac, mac]);
         let lease = Lease {
-            subnet: a.subnet,
+            subnet: Some(a.subnet),
             ipv6_subnet: None,
             attrs,
             expiration: Some(now + Duration::from_secs(86400)),

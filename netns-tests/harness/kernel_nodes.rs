@@ -69,7 +69,7 @@ impl Cluster {
         let n = &self.nodes[i];
         let mac = MacAddr([0x0e, 0, 0, 0, n.ip.octets()[3], 1]);
         let lease = Lease {
-            subnet,
+            subnet: Some(subnet),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(
                 n.ip,
@@ -104,7 +104,7 @@ impl Cluster {
     pub fn start_hostgw_node(&mut self, i: usize, subnet: Ipv4Net) {
         let n = &self.nodes[i];
         let lease = Lease {
-            subnet,
+            subnet: Some(subnet),
             ipv6_subnet: None,
             attrs: LeaseAttrs {
                 backend_type: "host-gw".into(),
@@ -125,7 +125,7 @@ impl Cluster {
         let (ns, at) = (self.nodes[i].ns.clone(), self.nodes[i].ip);
         let attrs = LeaseAttrs::from_json(&flanneld_udp_lease(at)).unwrap();
         self.put_lease(&Lease {
-            subnet,
+            subnet: Some(subnet),
             ipv6_subnet: None,
             attrs,
             expiration: Some(SystemTime::now() + Duration::from_secs(86400)),
@@ -176,7 +176,13 @@ impl Cluster {
             .collect();
         let lines: String = peers
             .iter()
-            .map(|l| format!("{} {}\n", l.subnet, l.attrs.public_ip))
+            .map(|l| {
+                format!(
+                    "{} {}\n",
+                    l.subnet.expect("an IPv4 lease"),
+                    l.attrs.public_ip
+                )
+            })
             .collect();
         fs::write(self.flannel_routes(i), lines).unwrap();
         let pid = n.child.as_ref().expect("flannel's proxy runs").id();
@@ -188,7 +194,12 @@ impl Cluster {
                 let log = fs::read_to_string(&n.log).unwrap_or_default();
                 peers
                     .iter()
-                    .all(|l| log.contains(&format!("set route {} via", l.subnet)))
+                    .all(|l| {
+                        log.contains(&format!(
+                            "set route {} via",
+                            l.subnet.expect("an IPv4 lease")
+                        ))
+                    })
                     .then_some(())
             },
         );
@@ -226,7 +237,13 @@ impl Cluster {
         for l in self.leases() {
             if l.attrs.public_ip != self.nodes[i].ip {
                 let via = l.attrs.public_ip;
-                ip(ns, &format!("route replace {} via {via}", l.subnet));
+                ip(
+                    ns,
+                    &format!(
+                        "route replace {} via {via}",
+                        l.subnet.expect("an IPv4 lease")
+                    ),
+                );
             }
         }
     }
@@ -246,7 +263,10 @@ impl Cluster {
                 continue;
             }
             let mac = l.attrs.vxlan_data().expect("vxlan lease").vtep_mac;
-            let (gw, dst) = (l.subnet.network(), l.attrs.public_ip);
+            let (gw, dst) = (
+                l.subnet.expect("an IPv4 lease").network(),
+                l.attrs.public_ip,
+            );
             ip(
                 ns,
                 &format!("neigh replace {gw} dev flannel.1 lladdr {mac} nud permanent"),
@@ -256,7 +276,10 @@ impl Cluster {
             )));
             ip(
                 ns,
-                &format!("route replace {} via {gw} dev flannel.1 onlink", l.subnet),
+                &format!(
+                    "route replace {} via {gw} dev flannel.1 onlink",
+                    l.subnet.expect("an IPv4 lease")
+                ),
             );
         }
     }

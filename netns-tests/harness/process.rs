@@ -284,7 +284,7 @@ impl Cluster {
 
     /// Waits until every weft node's table lists exactly the leases in the directory.
     pub fn wait_converged(&self) {
-        let want: Vec<Ipv4Net> = self.leases().iter().map(|l| l.subnet).collect();
+        let want: Vec<Ipv4Net> = self.leases().iter().filter_map(|l| l.subnet).collect();
         for (i, n) in self.nodes.iter().enumerate() {
             if n.kind == Kind::Weft && n.child.is_some() {
                 wait_for(

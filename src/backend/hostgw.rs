@@ -39,7 +39,7 @@ impl Backend for HostGw {
 
     fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
         let rule = PeerRule {
-            ours: s.lease.subnet.into(),
+            ours: s.subnet.into(),
             kind: BackendKind::HostGw,
             vni: None,
             direct_routing: true,

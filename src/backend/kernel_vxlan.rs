@@ -196,7 +196,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
             mac,
             mtu: s.pod_mtu,
         },
-        ours: s.lease.subnet.into(),
+        ours: s.subnet.into(),
     };
     let v6 = v6_family(&s, &v4.spec)?;
     let rule = PeerRule {

@@ -93,6 +93,8 @@ pub struct Setup<'a> {
     pub v6: Option<(Ipv6Addr, Ipv6Net)>,
     /// Our lease, as stored.
     pub lease: &'a Lease,
+    /// Its IPv4 subnet.
+    pub subnet: Ipv4Net,
     /// The pod MTU ([`Backend::pod_mtu`] of the underlay's).
     pub pod_mtu: u32,
     /// The forwarding table, kept current by the daemon.

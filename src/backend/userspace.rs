@@ -112,7 +112,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     }
     let node = Node {
         public_ip: s.public_ip,
-        subnet: s.lease.subnet,
+        subnet: s.subnet,
         mtu: s.pod_mtu as usize,
         format: format(cfg, s.lease)?,
         // The UDP socket sends only the payload; the kernel writes the outer headers.
@@ -200,7 +200,7 @@ fn link_plan(s: &Setup<'_>, v6: Option<&NodeV6>) -> LinkPlan {
         name: s.dataplane.tun_name.clone(),
         mtu: s.pod_mtu,
         txqueuelen: TUN_TXQUEUELEN,
-        address: s.lease.subnet.network().into(),
+        address: s.subnet.network().into(),
         mac: None,
         routes,
     }
@@ -253,7 +253,7 @@ fn node_v6(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Option<NodeV6>, Error> 
 /// the TUN's route.
 fn peer_rules(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Vec<PeerRule>, Error> {
     let v4 = PeerRule {
-        ours: s.lease.subnet.into(),
+        ours: s.subnet.into(),
         kind: BackendKind::Vxlan,
         vni: None,
         direct_routing: matches!(

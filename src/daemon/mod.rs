@@ -367,7 +367,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(p) = predecessor.as_mut() {
         node.handoff.inherit(p.share()?);
     }
-    let subnet = node.ours.lease.subnet;
+    let subnet = node.subnet;
     let mut fwd = tracing::info_span!("start", %subnet)
         .in_scope(|| start_forwarding(&args, &node, store.as_mut(), &status))?;
     // What the first start did not adopt (a kernel dataplane's start) is not held open.
@@ -442,7 +442,7 @@ fn listen_for_successor(
         version: crate::VERSION.to_string(),
         flags: crate::handover::flags_of(&format!("{args:#?}")),
         network: node.cfg.network.to_string(),
-        subnet: node.ours.lease.subnet.to_string(),
+        subnet: node.subnet.to_string(),
         shares: true,
     };
     let handoff = node.handoff.clone();
@@ -475,6 +475,8 @@ struct Node {
     backend: Box<dyn Backend>,
     pod_mtu: u32,
     ours: Stored,
+    /// Our lease's IPv4 subnet.
+    subnet: ipnet::Ipv4Net,
     table: Arc<LeaseTable>,
     counters: Counters,
     /// The dataplane's queues and sockets, from a predecessor and for a successor.
@@ -496,6 +498,7 @@ impl Node {
                 .zip(self.cfg.ipv6.as_ref())
                 .map(|(u, c)| (u.local_ip, c.network)),
             lease: &self.ours.lease,
+            subnet: self.subnet,
             pod_mtu: self.pod_mtu,
             table: self.table.clone(),
             dataplane: dataplane_settings(args, &self.counters, &self.handoff),
@@ -561,7 +564,14 @@ fn prepare(
         store = %store.describe(),
         "lease acquired"
     );
+    let subnet = acquired.stored.lease.subnet.ok_or_else(|| {
+        crate::backend::Error::Unsupported(format!(
+            "our lease {} has no IPv4 subnet: weft forwards only networks with IPv4",
+            acquired.stored.lease.key()
+        ))
+    })?;
     let node = Node {
+        subnet,
         nl,
         table: Arc::new(LeaseTable::new(cfg.network)),
         counters: Counters::with_workers(args.workers as usize),
@@ -592,7 +602,7 @@ fn start_forwarding(
     store: &mut dyn LeaseStore,
     status: &crate::health::Status,
 ) -> Result<Forwarding> {
-    let (cfg, subnet) = (&node.cfg, node.ours.lease.subnet);
+    let (cfg, subnet) = (&node.cfg, node.subnet);
     let resync = Duration::from_secs(args.iptables_resync as u64);
     let mode = Mode::from_config(cfg.enable_nftables);
     let mut plan = rules_plan(cfg, args, subnet, node.ours.lease.ipv6_subnet);
@@ -645,7 +655,7 @@ fn announce(
 ) -> Result<()> {
     SubnetEnv {
         network: node.cfg.network,
-        subnet: node.ours.lease.subnet,
+        subnet: node.subnet,
         ipv6_network: node.cfg.ipv6.as_ref().map(|c| c.network),
         ipv6_subnet: node.ours.lease.ipv6_subnet,
         mtu: node.pod_mtu,

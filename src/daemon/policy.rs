@@ -182,14 +182,17 @@ impl Policy {
                 }
                 let mut peers: Vec<Peer> = leases
                     .iter()
-                    .filter(|l| !l.is_expired(now.wall) && self.network.contains(&l.subnet))
+                    .filter(|l| {
+                        !l.is_expired(now.wall)
+                            && l.subnet.is_some_and(|s| self.network.contains(&s))
+                    })
                     .filter_map(|l| Peer::from_lease(l).ok())
                     .collect();
                 peers.sort_by_key(|p| p.subnet);
                 let me = &self.ours.lease;
                 self.present = peers
                     .iter()
-                    .any(|p| p.subnet == me.subnet && p.public_ip == me.attrs.public_ip);
+                    .any(|p| Some(p.subnet) == me.subnet && p.public_ip == me.attrs.public_ip);
                 if self.peers.as_ref() != Some(&peers) {
                     self.peers = Some(peers.clone());
                     out.push(Action::Publish(peers));
@@ -266,7 +269,7 @@ pub(crate) mod tests {
 
     pub(crate) fn lease(subnet: &str, ip: u8, expiration: Option<SystemTime>) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             ipv6_subnet: None,
             attrs: LeaseAttrs::vxlan(
                 Ipv4Addr::new(192, 0, 2, ip),

@@ -115,9 +115,9 @@ pub fn allocate(
 ) -> Result<Allocation, AllocError> {
     let live: Vec<&Lease> = leases.iter().filter(|l| !l.is_expired(now)).collect();
     let (mine, stale) = own_lease(cfg, &live, public_ip);
-    if let Some(l) = mine {
+    if let Some((l, subnet)) = mine.and_then(|l| Some((l, l.subnet?))) {
         return Ok(Allocation {
-            subnet: l.subnet,
+            subnet,
             ipv6_subnet: l.ipv6_subnet,
             source: Source::ExistingLease {
                 reservation: l.expiration.is_none(),
@@ -150,7 +150,7 @@ pub fn allocate(
 /// True if `lease`'s subnets both fit the config (flanneld's `isSubnetConfigCompat` and
 /// `isIPv6SubnetConfigCompat`).
 fn fits(cfg: &NetConfig, lease: &Lease) -> bool {
-    cfg.is_compatible(lease.subnet) && v6_fits(cfg, lease.ipv6_subnet)
+    lease.subnet.is_some_and(|sn| cfg.is_compatible(sn)) && v6_fits(cfg, lease.ipv6_subnet)
 }
 
 /// flanneld's `isIPv6SubnetConfigCompat`: with `EnableIPv6`, an IPv6 subnet that fits;
@@ -200,7 +200,11 @@ struct Taken {
 impl Taken {
     fn of(live: &[&Lease]) -> Taken {
         Taken {
-            v4: merged(live.iter().map(|l| interval4(l.subnet)).collect()),
+            v4: merged(
+                live.iter()
+                    .filter_map(|l| l.subnet.map(interval4))
+                    .collect(),
+            ),
             v6: merged(
                 live.iter()
                     .filter_map(|l| l.ipv6_subnet.map(interval6))
@@ -366,7 +370,7 @@ mod tests {
 
     fn lease(subnet: &str, host: u8, expiration: Option<SystemTime>) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             ipv6_subnet: None,
             attrs: LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, host)),
             expiration,
@@ -480,7 +484,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let stale: Vec<Ipv4Net> = a.stale.iter().map(|l| l.subnet).collect();
+        let stale: Vec<Ipv4Net> = a.stale.iter().filter_map(|l| l.subnet).collect();
         assert_eq!(stale, vec!["10.244.5.0/24".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(a.source, Source::Fresh);
         // The stale lease still blocks its range until deleted.
@@ -512,7 +516,7 @@ mod tests {
             assert!((0x0a000b00..=0x0a006e00).contains(&third), "{}", a.subnet);
             assert!(leases
                 .iter()
-                .all(|l| !l.subnet.contains(&a.subnet.network())));
+                .all(|l| !l.subnet.unwrap().contains(&a.subnet.network())));
             seen.insert(a.subnet);
         }
         assert!(seen.len() > 50, "picks are spread: {}", seen.len());
@@ -631,6 +635,53 @@ mod tests {
         let c4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
         let a = allocate(&c4, &others, ME, Previous::default(), now(), 0).unwrap();
         assert_eq!(a.ipv6_subnet, None);
+    }
+
+    #[test]
+    fn an_ipv6_only_lease_takes_only_its_ipv6_subnet() {
+        // flanneld's IPv6-only key, 0.0.0.0-0&fc00:0:0:3::-64: its IPv6 subnet is taken,
+        // and no IPv4 space (its empty IPv4 subnet is not 0.0.0.0/0).
+        let c = v6cfg(
+            r#"{"Network":"10.244.0.0/16"}"#,
+            "fc00::/48",
+            64,
+            "fc00:0:0:3::",
+            "fc00:0:0:4::",
+        );
+        let (sn, sn6) = crate::lease::parse_subnet_key("0.0.0.0-0&fc00:0:0:3::-64").unwrap();
+        let other = Lease {
+            subnet: sn,
+            ipv6_subnet: sn6,
+            ..lease("10.244.0.0/24", 2, later())
+        };
+        let a = allocate(
+            &c,
+            std::slice::from_ref(&other),
+            ME,
+            Previous::default(),
+            now(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(a.subnet.prefix_len(), 24);
+        assert_eq!(a.ipv6_subnet, v6("fc00:0:0:4::/64"));
+        // Ours, IPv6-only in a network with IPv4: stale, as flanneld's
+        // isSubnetConfigCompat finds it.
+        let mine = Lease {
+            attrs: LeaseAttrs::udp(ME),
+            ..other
+        };
+        let a = allocate(
+            &c,
+            std::slice::from_ref(&mine),
+            ME,
+            Previous::default(),
+            now(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(a.stale, vec![mine]);
+        assert_eq!(a.source, Source::Fresh);
     }
 
     #[test]

@@ -170,8 +170,9 @@ impl LeaseAttrs {
 /// reservation, a key without a TTL, which never expires).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
-    /// The node's pod subnet.
-    pub subnet: Ipv4Net,
+    /// The node's IPv4 pod subnet; `None` in an IPv6-only network (flannel's key
+    /// `0.0.0.0-0&fc00::-64`).
+    pub subnet: Option<Ipv4Net>,
     /// The IPv6 subnet of a dual-stack key, if any.
     pub ipv6_subnet: Option<Ipv6Net>,
     /// What the node published.
@@ -200,12 +201,19 @@ impl Lease {
     }
 }
 
+/// A subnet key's subnets, one per family it names (at least one), as
+/// [`parse_subnet_key`] returns them.
+pub type SubnetPair = (Option<Ipv4Net>, Option<Ipv6Net>);
+
 /// True if two subnet keys (as [`parse_subnet_key`] returns them) hold a common address of
 /// either family: `10.244.1.0-24` and `10.244.1.0-24&fd00::-64` hold the same IPv4 subnet,
 /// and two dual-stack keys may share an IPv6 one, so a store must not take the key name
 /// alone for "this subnet is free".
-pub fn keys_overlap(a: (Ipv4Net, Option<Ipv6Net>), b: (Ipv4Net, Option<Ipv6Net>)) -> bool {
-    let v4 = a.0.contains(&b.0.network()) || b.0.contains(&a.0.network());
+pub fn keys_overlap(a: SubnetPair, b: SubnetPair) -> bool {
+    let v4 = match (a.0, b.0) {
+        (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
+        _ => false,
+    };
     let v6 = match (a.1, b.1) {
         (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
         _ => false,
@@ -225,10 +233,15 @@ pub enum LeaseError {
     /// BackendData does not fit the backend type.
     #[error("lease BackendData is invalid: {0}")]
     BackendData(String),
+    /// An IPv6-only lease, where a peer needs an IPv4 subnet.
+    #[error("lease {0} has no IPv4 subnet (IPv6-only): weft forwards only networks with IPv4")]
+    Ipv6Only(String),
 }
 
-/// flannel's `MakeSubnetKey`: `10.244.1.0-24`, with `&<v6>-<len>` appended for dual stack.
-pub fn subnet_key(v4: Ipv4Net, v6: Option<Ipv6Net>) -> String {
+/// flannel's `MakeSubnetKey`: `10.244.1.0-24`, with `&<v6>-<len>` appended for dual stack;
+/// an IPv6-only key has flannel's empty IPv4 subnet, `0.0.0.0-0&fc00::-64`.
+pub fn subnet_key(v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> String {
+    let v4 = v4.unwrap_or_default();
     match v6 {
         None => format!("{}-{}", v4.addr(), v4.prefix_len()),
         Some(v6) => format!(
@@ -243,7 +256,7 @@ pub fn subnet_key(v4: Ipv4Net, v6: Option<Ipv6Net>) -> String {
 
 /// Parses a subnet key (the last path element of a lease key). The address must be the
 /// network address of the subnet: flannel never writes host bits.
-pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseError> {
+pub fn parse_subnet_key(key: &str) -> Result<SubnetPair, LeaseError> {
     let err = || LeaseError::Key(key.to_string());
     let (v4, v6) = match key.split_once('&') {
         Some((a, b)) => (a, Some(b)),
@@ -268,6 +281,12 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseEr
             Some(Ipv6Net::new(addr, len).map_err(|_| err())?)
         }
     };
+    // flannel's IPv6-only key names the empty IPv4 subnet (0.0.0.0/0), which is no subnet;
+    // alone, it names nothing.
+    let v4 = Some(v4).filter(|n| *n != Ipv4Net::default());
+    if v4.is_none() && v6.is_none() {
+        return Err(err());
+    }
     Ok((v4, v6))
 }
 
@@ -403,7 +422,7 @@ mod tests {
     #[test]
     fn subnet_keys() {
         let (n, v6) = parse_subnet_key("10.244.1.0-24").unwrap();
-        assert_eq!(n, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(n, "10.244.1.0/24".parse().ok());
         assert_eq!(v6, None);
         assert_eq!(subnet_key(n, None), "10.244.1.0-24");
         let (n, v6) = parse_subnet_key("10.5.52.0-24&fc00::-64").unwrap();
@@ -411,7 +430,7 @@ mod tests {
         // flanneld's dual-stack key, as its pkg/subnet/fuzz_test.go and
         // pkg/subnet/etcd/fuzz_test.go seed it.
         let (n, v6) = parse_subnet_key("10.5.1.0-24&fc00::-64").unwrap();
-        assert_eq!(n, "10.5.1.0/24".parse().unwrap());
+        assert_eq!(n, "10.5.1.0/24".parse().ok());
         assert_eq!(v6, Some("fc00::/64".parse().unwrap()));
         for bad in [
             "10.244.1.0",
@@ -420,9 +439,41 @@ mod tests {
             "x-24",
             "10.244.1.0-24&zz-64",
             "",
+            // flannel's empty IPv4 subnet alone names no subnet at all.
+            "0.0.0.0-0",
         ] {
             assert!(parse_subnet_key(bad).is_err(), "{bad}");
         }
+    }
+
+    /// flanneld's IPv6-only key: `MakeSubnetKey` of its zero `IP4Net` (`StringSep` gives
+    /// `0.0.0.0-0`) and the IPv6 subnet (pkg/subnet/subnet.go).
+    #[test]
+    fn an_ipv6_only_key_as_flanneld_makes_it_has_no_ipv4_subnet() {
+        let (n, v6) = parse_subnet_key("0.0.0.0-0&fc00::-64").unwrap();
+        assert_eq!(n, None);
+        assert_eq!(v6, Some("fc00::/64".parse().unwrap()));
+        assert_eq!(subnet_key(n, v6), "0.0.0.0-0&fc00::-64");
+        let lease = Lease {
+            subnet: n,
+            ipv6_subnet: v6,
+            attrs: LeaseAttrs::from_json(
+                // What flanneld's vxlan newSubnetAttrs writes without an IPv4 device:
+                // PublicIP the zero ip.IP4, BackendData omitted (omitempty).
+                r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fc00::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}"#,
+            )
+            .unwrap(),
+            expiration: None,
+        };
+        assert_eq!(lease.key(), "0.0.0.0-0&fc00::-64");
+        // Its IPv4 side is no subnet: it overlaps no IPv4 lease, only its IPv6 subnet's.
+        let k = |s: &str| parse_subnet_key(s).unwrap();
+        assert!(!keys_overlap(k("10.244.1.0-24"), (n, v6)));
+        assert!(!keys_overlap(k("0.0.0.0-0&fc00:0:0:1::-64"), (n, v6)));
+        assert!(keys_overlap(k("10.244.1.0-24&fc00::-64"), (n, v6)));
+        // A peer needs an IPv4 subnet (for now): such a lease is refused by name.
+        let e = crate::lease::table::Peer::from_lease(&lease).unwrap_err();
+        assert_eq!(e, LeaseError::Ipv6Only("0.0.0.0-0&fc00::-64".into()));
     }
 
     #[test]

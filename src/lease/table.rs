@@ -83,6 +83,9 @@ impl Peer {
     /// with no BackendType is what flanneld's udp backend writes, so it is a udp peer, one
     /// that takes super-datagrams only if its BackendData says so (weft's).
     pub fn from_lease(lease: &Lease) -> Result<Peer, LeaseError> {
+        let subnet = lease
+            .subnet
+            .ok_or_else(|| LeaseError::Ipv6Only(lease.key()))?;
         let a = &lease.attrs;
         let (backend, vni, vtep_mac) = match a.backend_type.as_str() {
             backend_type::VXLAN => {
@@ -94,7 +97,7 @@ impl Peer {
             _ => (BackendKind::Other, 0, MacAddr::default()),
         };
         Ok(Peer {
-            subnet: lease.subnet,
+            subnet,
             public_ip: a.public_ip,
             backend,
             vni,
@@ -483,7 +486,7 @@ mod tests {
     fn the_peer_carries_whether_it_takes_super_datagrams() {
         let peer_of = |json: &str| {
             let lease = Lease {
-                subnet: "10.244.9.0/24".parse().unwrap(),
+                subnet: Some("10.244.9.0/24".parse().unwrap()),
                 ipv6_subnet: None,
                 attrs: super::super::LeaseAttrs::from_json(json).unwrap(),
                 expiration: None,

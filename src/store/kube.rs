@@ -200,7 +200,7 @@ pub fn node_lease(
         ipv6_subnet = v6;
     }
     Ok(Some(Lease {
-        subnet,
+        subnet: Some(subnet),
         ipv6_subnet,
         attrs,
         expiration: Some(now + KUBE_LEASE_TTL),
@@ -436,7 +436,7 @@ fn stored_lease(
         attrs.backend_v6_data = serde_json::to_value(data).unwrap_or_default();
     }
     Some(Lease {
-        subnet,
+        subnet: Some(subnet),
         ipv6_subnet,
         attrs,
         expiration: None,
@@ -660,7 +660,7 @@ impl KubeStore {
         &self,
         node: &Node,
         attrs: &LeaseAttrs,
-        (subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>),
+        (subnet, ipv6_subnet): crate::lease::SubnetPair,
         now: SystemTime,
     ) -> Result<Stored, StoreError> {
         let (effective, patch) = own_annotations(node, &self.keys, attrs);
@@ -845,7 +845,8 @@ impl LeaseStore for KubeStore {
                 .ok()
                 .flatten()
                 .or_else(|| stored_lease(&node, &self.keys, subnets));
-            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), subnets, now)?;
+            let pair = (Some(subnets.0), subnets.1);
+            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), pair, now)?;
             if self.opts.set_network_unavailable {
                 let p = network_available_patch(&Self::now_rfc3339());
                 self.rt.block_on(deadline(
@@ -964,7 +965,7 @@ mod tests {
         let l = node_lease(&flanneld_node(), &keys(), false, now)
             .unwrap()
             .unwrap();
-        assert_eq!(l.subnet, "10.244.3.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(l.subnet, "10.244.3.0/24".parse::<Ipv4Net>().ok());
         assert_eq!(l.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 3));
         assert_eq!(l.attrs.backend_type, "vxlan");
         let d = l.attrs.vxlan_data().unwrap();
@@ -1013,7 +1014,7 @@ mod tests {
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fc00::/64".into(), "10.244.9.0/24".into()]);
         assert_eq!(
             node_lease(&n, &keys(), false, now).unwrap().unwrap().subnet,
-            "10.244.9.0/24".parse::<Ipv4Net>().unwrap()
+            "10.244.9.0/24".parse::<Ipv4Net>().ok()
         );
     }
 

@@ -234,7 +234,7 @@ pub fn acquire(
         }
         let current = listed
             .iter()
-            .find(|s| s.lease.subnet == a.subnet && s.lease.ipv6_subnet == a.ipv6_subnet);
+            .find(|s| s.lease.subnet == Some(a.subnet) && s.lease.ipv6_subnet == a.ipv6_subnet);
         // Ours, or else a stale lease of ours (a v4-only one when EnableIPv6 came): its
         // backend data (the IPv4 VTEP MAC) carries over to the new pair.
         let mine = current
@@ -242,7 +242,7 @@ pub fn acquire(
             .filter(|l| l.attrs.public_ip == public_ip && !l.is_expired(now))
             .or(a.stale.first());
         let lease = Lease {
-            subnet: a.subnet,
+            subnet: Some(a.subnet),
             ipv6_subnet: a.ipv6_subnet,
             attrs: attrs(mine),
             expiration: match a.source {

@@ -176,7 +176,7 @@ pub fn lease_json(data: &[u8]) {
     if let Ok(a) = LeaseAttrs::from_json(text) {
         let again = LeaseAttrs::from_json(&a.to_json()).expect("our own JSON must parse");
         assert_eq!(again, a);
-        let subnet = "10.244.1.0/24".parse().unwrap_or_default();
+        let subnet = "10.244.1.0/24".parse().ok();
         let lease = Lease {
             subnet,
             ipv6_subnet: None,
