@@ -16,7 +16,7 @@ const BATCH: usize = 1024;
 
 fn peer(subnet: Ipv4Net, i: u32) -> Peer {
     Peer {
-        subnet,
+        subnet: Some(subnet),
         public_ip: Ipv4Addr::from(0xc000_0200 + i),
         backend: BackendKind::Vxlan,
         vni: 1,

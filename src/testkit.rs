@@ -16,7 +16,7 @@ use crate::wire::MacAddr;
 /// Node `i`'s lease as the table holds it.
 pub fn peer(i: u8, backend: BackendKind, vni: u32) -> Peer {
     Peer {
-        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap_or_default(),
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).ok(),
         public_ip: Ipv4Addr::new(192, 0, 2, i),
         backend,
         vni,

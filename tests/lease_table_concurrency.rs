@@ -24,7 +24,7 @@ fn present(i: u32, generation: u64) -> bool {
 
 fn peer(i: u32, tag: u32) -> Peer {
     Peer {
-        subnet: subnet(i),
+        subnet: Some(subnet(i)),
         public_ip: Ipv4Addr::from(tag),
         backend: BackendKind::Vxlan,
         vni: i,
@@ -71,7 +71,7 @@ fn whole_snapshots_are_never_torn() {
                                     g > 0 && present(i, g),
                                     "subnet {i} present in generation {g}"
                                 );
-                                assert!(p.subnet.contains(&dst));
+                                assert!(p.subnet.is_some_and(|s| s.contains(&dst)));
                                 assert_eq!(u32::from(p.public_ip) as u64, g, "torn snapshot");
                                 assert_eq!(p.vni, i);
                             }

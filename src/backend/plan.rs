@@ -122,11 +122,11 @@ struct Side {
 }
 
 impl Side {
-    /// `p`'s side in `family` (v4 when `v4`); `None` if its lease has no IPv6 side.
+    /// `p`'s side in `family` (v4 when `v4`); `None` if its lease has none.
     fn of(p: &Peer, v4: bool) -> Option<Side> {
         if v4 {
             return Some(Side {
-                subnet: IpNet::V4(p.subnet),
+                subnet: IpNet::V4(p.subnet?),
                 public_ip: IpAddr::V4(p.public_ip),
                 vni: p.vni,
                 mac: p.vtep_mac,
@@ -171,8 +171,13 @@ impl PeerRule {
         let mut plan = PeerPlan::default();
         for p in peers {
             let Some(side) = Side::of(p, v4) else {
-                let why = format!("no IPv6 route to {} at {}: its lease has no IPv6 subnet and PublicIPv6 (is its node dual-stack?)", p.subnet, p.public_ip);
-                plan.skipped.insert(IpNet::V4(p.subnet), why);
+                // A peer of the other family only: named under the subnet it has.
+                let (subnet, why) = match (p.subnet, p.v6) {
+                    (Some(sn), _) => (IpNet::V4(sn), format!("no IPv6 route to {sn} at {}: its lease has no IPv6 subnet and PublicIPv6 (is its node dual-stack?)", p.public_ip)),
+                    (None, Some(v6)) => (IpNet::V6(v6.subnet), format!("no IPv4 route to {} at {}: its lease has no IPv4 subnet (an IPv6-only node)", v6.subnet, v6.public_ip)),
+                    (None, None) => continue,
+                };
+                plan.skipped.insert(subnet, why);
                 continue;
             };
             if side.subnet == self.ours {
@@ -265,7 +270,7 @@ mod tests {
 
     fn peer(n: u8, backend: BackendKind, vni: u32) -> Peer {
         Peer {
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet: format!("10.244.{n}.0/24").parse().ok(),
             public_ip: Ipv4Addr::new(192, 0, 2, n),
             backend,
             vni,
@@ -303,7 +308,7 @@ mod tests {
     fn direct(n: u8) -> PeerRoute {
         let p = peer(n, BackendKind::Vxlan, 1);
         PeerRoute {
-            dst: p.subnet.into(),
+            dst: p.subnet.unwrap().into(),
             gateway: p.public_ip.into(),
             oif: UNDERLAY,
             onlink: false,

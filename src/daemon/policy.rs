@@ -90,6 +90,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether `lease` is a peer of our network: its IPv4 subnet inside it.
+    fn in_network(&self, lease: &Lease) -> bool {
+        lease.subnet.is_some_and(|s| self.network.contains(&s))
+    }
+
     /// A policy for our lease `ours` in `network`: renew `margin` before expiry, check the
     /// rules every `resync` (if there are rules) and the backend every `check_every`.
     pub fn new(
@@ -182,17 +187,14 @@ impl Policy {
                 }
                 let mut peers: Vec<Peer> = leases
                     .iter()
-                    .filter(|l| {
-                        !l.is_expired(now.wall)
-                            && l.subnet.is_some_and(|s| self.network.contains(&s))
-                    })
+                    .filter(|l| !l.is_expired(now.wall) && self.in_network(l))
                     .filter_map(|l| Peer::from_lease(l).ok())
                     .collect();
                 peers.sort_by_key(|p| p.subnet);
                 let me = &self.ours.lease;
                 self.present = peers
                     .iter()
-                    .any(|p| Some(p.subnet) == me.subnet && p.public_ip == me.attrs.public_ip);
+                    .any(|p| p.subnet == me.subnet && p.public_ip == me.attrs.public_ip);
                 if self.peers.as_ref() != Some(&peers) {
                     self.peers = Some(peers.clone());
                     out.push(Action::Publish(peers));

@@ -115,7 +115,7 @@ impl Running for StandIn {
     }
 
     fn peers_changed(&mut self, peers: &[Peer]) {
-        let subnets = peers.iter().map(|p| p.subnet).collect();
+        let subnets = peers.iter().filter_map(|p| p.subnet).collect();
         self.0.borrow_mut().updates.push(subnets);
     }
 
@@ -183,7 +183,12 @@ impl Rig {
     }
 
     fn table(&self) -> Vec<Ipv4Net> {
-        self.table.load().peers().iter().map(|p| p.subnet).collect()
+        self.table
+            .load()
+            .peers()
+            .iter()
+            .filter_map(|p| p.subnet)
+            .collect()
     }
 
     fn last_update(&self) -> Vec<Ipv4Net> {

@@ -40,7 +40,7 @@ const B_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 2, 1]);
 /// Node `n`'s vxlan peer: 10.244.n.0/24 at 192.0.2.n.
 fn peer(n: u8, public_ip: Ipv4Addr, vtep_mac: MacAddr) -> Peer {
     Peer {
-        subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+        subnet: format!("10.244.{n}.0/24").parse().ok(),
         public_ip,
         backend: BackendKind::Vxlan,
         vni: 1,
@@ -65,7 +65,7 @@ fn table() -> Snapshot {
 fn node_for(p: &Peer, csum: ChecksumMode) -> Node {
     Node {
         public_ip: p.public_ip,
-        subnet: p.subnet,
+        subnet: p.subnet.unwrap(),
         mtu: 1450,
         format: Format::Vxlan {
             vni: 1,
@@ -462,7 +462,7 @@ fn inbound_policy_drops_spoofing_and_strangers() {
     );
     // A destination that is not B's: not local.
     let c = Peer {
-        subnet: "10.244.3.0/24".parse().unwrap(),
+        subnet: "10.244.3.0/24".parse().ok(),
         public_ip: Ipv4Addr::new(192, 0, 2, 3),
         ..peer_b()
     };

@@ -119,18 +119,29 @@ fn respond_to(status: &Status, method: &str, path: &str) -> (u16, String) {
     }
 }
 
-/// The table as text: `subnet public-ip backend [vni mac]`.
+/// The table as text: `subnet public-ip backend [vni mac]`, a peer by its IPv4 side (its
+/// IPv6 side when it has no other).
 pub(crate) fn leases_text(table: &LeaseTable) -> String {
     let snap = table.load();
     let mut s = String::new();
     for p in snap.peers() {
+        let (subnet, public, vni, mac) = match (p.subnet, p.v6) {
+            (Some(sn), _) => (sn.to_string(), p.public_ip.to_string(), p.vni, p.vtep_mac),
+            (None, Some(v6)) => (
+                v6.subnet.to_string(),
+                v6.public_ip.to_string(),
+                v6.vni,
+                v6.vtep_mac,
+            ),
+            (None, None) => continue,
+        };
         let backend = match p.backend {
-            BackendKind::Vxlan => format!("vxlan vni={} mac={}", p.vni, p.vtep_mac),
+            BackendKind::Vxlan => format!("vxlan vni={vni} mac={mac}"),
             BackendKind::Udp => "udp".to_string(),
             BackendKind::HostGw => "host-gw".to_string(),
             BackendKind::Other => "other".to_string(),
         };
-        s.push_str(&format!("{} {} {}\n", p.subnet, p.public_ip, backend));
+        s.push_str(&format!("{subnet} {public} {backend}\n"));
     }
     s
 }

@@ -233,9 +233,12 @@ pub enum LeaseError {
     /// BackendData does not fit the backend type.
     #[error("lease BackendData is invalid: {0}")]
     BackendData(String),
-    /// An IPv6-only lease, where a peer needs an IPv4 subnet.
-    #[error("lease {0} has no IPv4 subnet (IPv6-only): weft forwards only networks with IPv4")]
-    Ipv6Only(String),
+    /// A lease no peer can be reached by: no IPv4 subnet, and no IPv6 subnet with a
+    /// `PublicIPv6`.
+    #[error(
+        "lease {0} has no IPv4 subnet and no IPv6 subnet with a PublicIPv6: nothing to route to"
+    )]
+    NoSide(String),
 }
 
 /// flannel's `MakeSubnetKey`: `10.244.1.0-24`, with `&<v6>-<len>` appended for dual stack;
@@ -471,9 +474,22 @@ mod tests {
         assert!(!keys_overlap(k("10.244.1.0-24"), (n, v6)));
         assert!(!keys_overlap(k("0.0.0.0-0&fc00:0:0:1::-64"), (n, v6)));
         assert!(keys_overlap(k("10.244.1.0-24&fc00::-64"), (n, v6)));
-        // A peer needs an IPv4 subnet (for now): such a lease is refused by name.
-        let e = crate::lease::table::Peer::from_lease(&lease).unwrap_err();
-        assert_eq!(e, LeaseError::Ipv6Only("0.0.0.0-0&fc00::-64".into()));
+        // A peer with only an IPv6 side, its VTEP from BackendV6Data.
+        let p = crate::lease::table::Peer::from_lease(&lease).unwrap();
+        assert_eq!(p.subnet, None);
+        let v6side = p.v6.expect("an IPv6 side");
+        assert_eq!(v6side.subnet, "fc00::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(v6side.public_ip, "fc00::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            (v6side.vni, v6side.vtep_mac.to_string()),
+            (1, "0e:00:00:00:00:01".into())
+        );
+        assert_eq!(p.key(), (None, v6));
+        // Without a PublicIPv6 it has no side at all: refused by name.
+        let mut bare = lease.clone();
+        bare.attrs.public_ipv6 = None;
+        let e = crate::lease::table::Peer::from_lease(&bare).unwrap_err();
+        assert_eq!(e, LeaseError::NoSide("0.0.0.0-0&fc00::-64".into()));
     }
 
     #[test]

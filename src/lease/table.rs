@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{backend_type, Lease, LeaseError};
+use super::{backend_type, Lease, LeaseError, SubnetPair};
 use crate::wire::MacAddr;
 
 /// The largest direct-index array (in slots) before the table falls back to hash maps.
@@ -41,8 +41,9 @@ pub enum BackendKind {
 /// What the packet path needs to know about one remote subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// The node's pod subnet.
-    pub subnet: Ipv4Net,
+    /// The node's IPv4 pod subnet (`None`: an IPv6-only node, whose `public_ip`,
+    /// `vni` and `vtep_mac` are then flanneld's zeros).
+    pub subnet: Option<Ipv4Net>,
     /// The node's underlay address.
     pub public_ip: Ipv4Addr,
     /// Its backend.
@@ -82,29 +83,48 @@ impl Peer {
     /// The peer a lease describes. A vxlan lease must carry valid `BackendData`; a lease
     /// with no BackendType is what flanneld's udp backend writes, so it is a udp peer, one
     /// that takes super-datagrams only if its BackendData says so (weft's).
+    ///
+    /// An IPv6-only lease (flanneld's `0.0.0.0-0&fc00::-64`, without `BackendData`) is a
+    /// peer without an IPv4 side; a lease with no side at all (no IPv4 subnet, and no
+    /// IPv6 subnet with a `PublicIPv6`) is refused.
     pub fn from_lease(lease: &Lease) -> Result<Peer, LeaseError> {
-        let subnet = lease
-            .subnet
-            .ok_or_else(|| LeaseError::Ipv6Only(lease.key()))?;
         let a = &lease.attrs;
-        let (backend, vni, vtep_mac) = match a.backend_type.as_str() {
-            backend_type::VXLAN => {
-                let d = a.vxlan_data()?;
-                (BackendKind::Vxlan, d.vni, d.vtep_mac)
-            }
-            "" | backend_type::UDP => (BackendKind::Udp, 0, MacAddr::default()),
-            backend_type::HOST_GW => (BackendKind::HostGw, 0, MacAddr::default()),
-            _ => (BackendKind::Other, 0, MacAddr::default()),
+        let backend = match a.backend_type.as_str() {
+            backend_type::VXLAN => BackendKind::Vxlan,
+            "" | backend_type::UDP => BackendKind::Udp,
+            backend_type::HOST_GW => BackendKind::HostGw,
+            _ => BackendKind::Other,
         };
+        // The IPv4 device's VNI and MAC, where the lease has an IPv4 side.
+        let (vni, vtep_mac) = match (backend, lease.subnet) {
+            (BackendKind::Vxlan, Some(_)) => {
+                let d = a.vxlan_data()?;
+                (d.vni, d.vtep_mac)
+            }
+            _ => (0, MacAddr::default()),
+        };
+        let v6 = PeerV6::from_lease(lease, backend)?;
+        if lease.subnet.is_none() && v6.is_none() {
+            return Err(LeaseError::NoSide(lease.key()));
+        }
         Ok(Peer {
-            subnet,
+            subnet: lease.subnet,
             public_ip: a.public_ip,
             backend,
             vni,
             vtep_mac,
             super_datagrams: a.takes_super_datagrams(),
-            v6: PeerV6::from_lease(lease, backend)?,
+            v6,
         })
+    }
+
+    /// The peer's place in the table: its IPv4 subnet, or an IPv6-only peer's IPv6 one
+    /// (so a node is one peer whichever key form its lease has).
+    pub fn key(&self) -> SubnetPair {
+        match self.subnet {
+            Some(sn) => (Some(sn), None),
+            None => (None, self.v6.map(|v| v.subnet)),
+        }
     }
 }
 
@@ -185,31 +205,37 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot of `peers` for a cluster `network`. When two peers have the same
-    /// subnet the later one wins.
+    /// key ([`Peer::key`]) the later one wins.
     pub fn build(
         network: Ipv4Net,
         peers: impl IntoIterator<Item = Peer>,
         generation: u64,
     ) -> Snapshot {
-        let mut by_subnet: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+        let mut by_key: BTreeMap<SubnetPair, Peer> = BTreeMap::new();
         for p in peers {
-            by_subnet.insert(p.subnet, p);
+            by_key.insert(p.key(), p);
         }
-        let peers: Vec<Peer> = by_subnet.into_values().collect();
-        let index = Self::direct_index(network, &peers).unwrap_or_else(|| {
+        let peers: Vec<Peer> = by_key.into_values().collect();
+        // The peers with an IPv4 side, and their place in `peers`.
+        let v4: Vec<(Ipv4Net, u32)> = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((p.subnet?, i as u32)))
+            .collect();
+        let index = Self::direct_index(network, &v4).unwrap_or_else(|| {
             let mut lens: BTreeMap<u8, U32Map> = BTreeMap::new();
-            for (i, p) in peers.iter().enumerate() {
-                lens.entry(p.subnet.prefix_len())
+            for &(sn, i) in &v4 {
+                lens.entry(sn.prefix_len())
                     .or_default()
-                    .insert(u32::from(p.subnet.network()), i as u32);
+                    .insert(u32::from(sn.network()), i);
             }
             Index::ByLen(lens.into_iter().rev().collect())
         });
         let mut by_public_ip = U32Map::default();
-        for (i, p) in peers.iter().enumerate() {
+        for &(_, i) in &v4 {
             by_public_ip
-                .entry(u32::from(p.public_ip))
-                .or_insert(i as u32);
+                .entry(u32::from(peers[i as usize].public_ip))
+                .or_insert(i);
         }
         let (index6, by_public_ipv6) = Self::v6_index(&peers);
         Snapshot {
@@ -260,11 +286,13 @@ impl Snapshot {
         self.peers.get(i as usize)
     }
 
-    fn direct_index(network: Ipv4Net, peers: &[Peer]) -> Option<Index> {
-        let len = peers
+    /// The flat array over `v4` (IPv4 subnets and their peers' places), where every one
+    /// has the same prefix length inside `network`.
+    fn direct_index(network: Ipv4Net, v4: &[(Ipv4Net, u32)]) -> Option<Index> {
+        let len = v4
             .first()
-            .map_or(network.prefix_len().clamp(24, 32), |p| {
-                p.subnet.prefix_len()
+            .map_or(network.prefix_len().clamp(24, 32), |(sn, _)| {
+                sn.prefix_len()
             });
         if len < network.prefix_len() {
             return None;
@@ -276,12 +304,12 @@ impl Snapshot {
         let mut slots = vec![NO_PEER; 1 << bits].into_boxed_slice();
         let base = u32::from(network.network());
         let shift = 32 - len as u32;
-        for (i, p) in peers.iter().enumerate() {
-            if p.subnet.prefix_len() != len || !network.contains(&p.subnet) {
+        for &(sn, i) in v4 {
+            if sn.prefix_len() != len || !network.contains(&sn) {
                 return None;
             }
-            let off = u32::from(p.subnet.network()) - base;
-            slots[(off.checked_shr(shift).unwrap_or(0)) as usize] = i as u32;
+            let off = u32::from(sn.network()) - base;
+            slots[(off.checked_shr(shift).unwrap_or(0)) as usize] = i;
         }
         Some(Index::Direct {
             base,
@@ -362,7 +390,7 @@ pub struct LeaseTable {
     network: Ipv4Net,
     current: ArcSwap<Snapshot>,
     /// The writers' working copy. Only writers take this lock; readers never see it.
-    pending: Mutex<BTreeMap<Ipv4Net, Peer>>,
+    pending: Mutex<BTreeMap<SubnetPair, Peer>>,
 }
 
 impl LeaseTable {
@@ -395,25 +423,25 @@ impl LeaseTable {
     pub fn replace_all(&self, peers: impl IntoIterator<Item = Peer>) -> u64 {
         let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         w.clear();
-        w.extend(peers.into_iter().map(|p| (p.subnet, p)));
+        w.extend(peers.into_iter().map(|p| (p.key(), p)));
         self.publish(&w)
     }
 
     /// Adds or changes one peer and publishes; returns the new generation.
     pub fn upsert(&self, peer: Peer) -> u64 {
         let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        w.insert(peer.subnet, peer);
+        w.insert(peer.key(), peer);
         self.publish(&w)
     }
 
-    /// Removes the peer of `subnet` and publishes; returns the new generation.
+    /// Removes the peer of IPv4 `subnet` and publishes; returns the new generation.
     pub fn remove(&self, subnet: Ipv4Net) -> u64 {
         let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        w.remove(&subnet);
+        w.remove(&(Some(subnet), None));
         self.publish(&w)
     }
 
-    fn publish(&self, w: &BTreeMap<Ipv4Net, Peer>) -> u64 {
+    fn publish(&self, w: &BTreeMap<SubnetPair, Peer>) -> u64 {
         let generation = self.current.load().generation + 1;
         let snap = Snapshot::build(self.network, w.values().copied(), generation);
         self.current.store(Arc::new(snap));
@@ -427,7 +455,7 @@ mod tests {
 
     fn peer(subnet: &str, host: u8) -> Peer {
         Peer {
-            subnet: subnet.parse().unwrap(),
+            subnet: subnet.parse().ok(),
             public_ip: Ipv4Addr::new(192, 0, 2, host),
             backend: BackendKind::Vxlan,
             vni: 1,
@@ -463,7 +491,10 @@ mod tests {
         ]);
         t.upsert(dual("10.244.4.0/24", 4, "fd00:10:244:2:8000::/65"));
         let s = t.load();
-        let at = |a: &str| s.lookup6(a.parse().unwrap()).map(|p| p.subnet.to_string());
+        let at = |a: &str| {
+            s.lookup6(a.parse().unwrap())
+                .map(|p| p.subnet.unwrap().to_string())
+        };
         assert_eq!(at("fd00:10:244:1::9").as_deref(), Some("10.244.1.0/24"));
         assert_eq!(at("fd00:10:244:2::9").as_deref(), Some("10.244.2.0/24"));
         assert_eq!(
@@ -480,6 +511,47 @@ mod tests {
         let s = t.load();
         assert!(s.lookup6("fd00:10:244:2::9".parse().unwrap()).is_none());
         assert!(s.by_public_ipv6("2001:db8::2".parse().unwrap()).is_none());
+    }
+
+    /// An IPv6-only node (flanneld's `0.0.0.0-0&...` lease: PublicIP 0.0.0.0, no
+    /// BackendData) beside IPv4 and dual-stack ones.
+    fn v6_only(v6: &str, host: u8) -> Peer {
+        Peer {
+            subnet: None,
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            vni: 0,
+            vtep_mac: MacAddr::default(),
+            ..dual("10.244.0.0/24", host, v6)
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_peer_is_found_by_its_ipv6_side_only() {
+        let t = LeaseTable::new("10.244.0.0/16".parse().unwrap());
+        t.replace_all([
+            dual("10.244.1.0/24", 1, "fd00:10:244:1::/64"),
+            v6_only("fd00:10:244:5::/64", 5),
+            peer("10.244.3.0/24", 3),
+        ]);
+        // Twice under its own key: still one peer.
+        t.upsert(v6_only("fd00:10:244:5::/64", 5));
+        let s = t.load();
+        assert_eq!(s.len(), 3);
+        // The IPv4 index holds the IPv4 sides alone (and stays the flat array).
+        assert!(s.is_direct());
+        assert_eq!(
+            s.lookup(ip("10.244.3.9")).and_then(|p| p.subnet),
+            "10.244.3.0/24".parse().ok()
+        );
+        assert!(s.lookup(ip("10.244.5.9")).is_none());
+        assert!(s.by_public_ip(Ipv4Addr::UNSPECIFIED).is_none());
+        let found = s.lookup6("fd00:10:244:5::9".parse().unwrap()).unwrap();
+        assert_eq!(found.subnet, None);
+        assert_eq!(
+            found.v6.unwrap().public_ip,
+            "2001:db8::5".parse::<Ipv6Addr>().unwrap()
+        );
+        assert!(s.by_public_ipv6("2001:db8::5".parse().unwrap()).is_some());
     }
 
     #[test]
@@ -577,7 +649,7 @@ mod tests {
                 let a = Ipv4Addr::from(0x0a00_0000 | (next() & 0x00ff_ffff));
                 let subnet = Ipv4Net::new(a, len).unwrap().trunc();
                 peers.push(Peer {
-                    subnet,
+                    subnet: Some(subnet),
                     ..peer("10.0.0.0/24", i)
                 });
             }
@@ -587,8 +659,10 @@ mod tests {
                 // Later duplicates win, as in build().
                 let mut best: Option<&Peer> = None;
                 for p in peers.iter() {
-                    if p.subnet.contains(&d)
-                        && best.is_none_or(|b| p.subnet.prefix_len() >= b.subnet.prefix_len())
+                    if p.subnet.unwrap().contains(&d)
+                        && best.is_none_or(|b| {
+                            p.subnet.unwrap().prefix_len() >= b.subnet.unwrap().prefix_len()
+                        })
                     {
                         best = Some(p);
                     }
