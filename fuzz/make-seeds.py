@@ -60,6 +60,8 @@ confs = [
     '{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.16.0.0","SubnetMax":"10.32.0.0","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"MTU":9000}}',
     '{"Network":"10.10.0.0/28"}',
     '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}',
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}',
+    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":124,"Backend":{"Type":"host-gw"}}',
 ]
 for i, c in enumerate(confs):
     write("net_conf", "conf-%d.json" % i, c.encode())

@@ -281,9 +281,14 @@ fn api_leases(c: &Cluster) -> Vec<weft::lease::Lease> {
         .iter()
         .filter_map(|n| {
             let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(n.clone()).unwrap();
-            weft::store::kube::node_lease(&n, &keys, false, std::time::SystemTime::now())
-                .ok()
-                .flatten()
+            weft::store::kube::node_lease(
+                &n,
+                &keys,
+                weft::store::kube::Families::IPV4,
+                std::time::SystemTime::now(),
+            )
+            .ok()
+            .flatten()
         })
         .collect()
 }

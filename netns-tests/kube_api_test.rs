@@ -395,7 +395,7 @@ fn the_kube_store_leases_dual_stack_nodes_and_refuses_ipv6_only_ones() {
     let got = weft::store::acquire(
         &mut s,
         &cfg,
-        "192.0.2.1".parse().unwrap(),
+        "192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap(),
         prev,
         now,
         0,
@@ -418,12 +418,12 @@ fn the_kube_store_leases_dual_stack_nodes_and_refuses_ipv6_only_ones() {
     assert_eq!(peer.key(), "10.244.2.0-24&fc00:0:0:2::-64");
     assert_eq!(peer.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
     assert_eq!(leases.len(), 2, "{leases:?}");
-    // An IPv6-only node of ours: refused, named.
+    // A node of ours with an IPv6 podCIDR alone, in a network with IPv4: refused, named.
     let mut s6 = kube_store(a, "n6", &conf);
     let e = weft::store::acquire(
         &mut s6,
         &cfg,
-        "192.0.2.6".parse().unwrap(),
+        "192.0.2.6".parse::<std::net::Ipv4Addr>().unwrap(),
         prev,
         now,
         0,
@@ -431,7 +431,7 @@ fn the_kube_store_leases_dual_stack_nodes_and_refuses_ipv6_only_ones() {
     );
     let e = e.unwrap_err().to_string();
     assert!(
-        e.contains("IPv6-only clusters are not supported by weft yet"),
+        e.contains("has no IPv4 podCIDR") && e.contains("EnableIPv4 false"),
         "{e}"
     );
     let _ = std::fs::remove_file(&conf);

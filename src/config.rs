@@ -75,6 +75,22 @@ impl BackendConfig {
 /// A checked network configuration, every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The IPv4 side, unless `EnableIPv4` is false (an IPv6-only network).
+    pub ipv4: Option<Ipv4Config>,
+    /// The IPv6 side, when `EnableIPv6` is true.
+    pub ipv6: Option<Ipv6Config>,
+    /// The backend.
+    pub backend: BackendConfig,
+    /// flannel's `EnableNFTables`: flanneld's nftables rules instead of its iptables ones.
+    pub enable_nftables: bool,
+    /// Non-fatal notes about the input (normalised values), for the log.
+    pub warnings: Vec<String>,
+}
+
+/// The IPv4 side of a network (every network but an IPv6-only one): flannel's `Network`,
+/// `SubnetLen`, `SubnetMin` and `SubnetMax`, every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Config {
     /// The cluster network.
     pub network: Ipv4Net,
     /// Prefix length of each node's subnet.
@@ -83,16 +99,6 @@ pub struct NetConfig {
     pub subnet_min: Ipv4Addr,
     /// The highest subnet address handed out.
     pub subnet_max: Ipv4Addr,
-    /// The backend.
-    pub backend: BackendConfig,
-    /// flannel's `EnableNFTables`: flanneld's nftables rules instead of its iptables ones.
-    pub enable_nftables: bool,
-    /// flannel's `EnableIPv4` (default true).
-    pub enable_ipv4: bool,
-    /// The IPv6 side, when `EnableIPv6` is true.
-    pub ipv6: Option<Ipv6Config>,
-    /// Non-fatal notes about the input (normalised values), for the log.
-    pub warnings: Vec<String>,
 }
 
 /// The IPv6 side of a dual-stack (or IPv6-only) network: flannel's `IPv6Network`,
@@ -117,10 +123,6 @@ pub struct ConfigError(pub String);
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
-
-/// weft's refusal of an IPv6-only network (EnableIPv4 false, EnableIPv6 true), which
-/// flanneld runs: the daemon's leases, tables and backends need an IPv4 side for now.
-const IPV6_ONLY_REFUSAL: &str = "EnableIPv4 false (an IPv6-only network) is not supported by weft yet; set EnableIPv4 to true (the default) and give an IPv4 Network beside IPv6Network, for a dual-stack network";
 
 /// An example IPv6Network for messages: a unique local range, as kube's dual-stack docs use.
 const IPV6_NETWORK_EXAMPLE: &str = "fd00:10:244::/56";
@@ -368,41 +370,125 @@ impl NetConfig {
         raw.check_address_families()?;
         let ipv4 = match raw.enable_ipv4 {
             Some(false) => None,
-            _ => Some(Self::ipv4_side(&raw, &mut warnings)?),
+            _ => Some(Ipv4Config::from_raw(&raw, &mut warnings)?),
         };
         let ipv6 = match raw.enable_ipv6 {
             Some(true) => Some(Ipv6Config::from_raw(&raw, &mut warnings)?),
             _ => None,
         };
-        let Some((network, subnet_len, subnet_min, subnet_max)) = ipv4 else {
-            return err(IPV6_ONLY_REFUSAL);
-        };
         let backend = Self::backend_section(raw.backend, &mut warnings)?;
         if ipv6.is_some() && matches!(backend, BackendConfig::Udp { .. }) {
-            return err("Backend.Type is udp with EnableIPv6 true: flannel's udp backend carries IPv4 only, so IPv6 pods would get addresses but no path; use \"vxlan\" or \"host-gw\" for a dual-stack network, or set EnableIPv6 to false");
+            return err("Backend.Type is udp with EnableIPv6 true: flannel's udp backend carries IPv4 only, so IPv6 pods would get addresses but no path; use \"vxlan\" or \"host-gw\" for a dual-stack or IPv6-only network, or set EnableIPv6 to false");
         }
         Ok(NetConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4,
+            ipv6,
             backend,
             enable_nftables: raw.enable_nftables.unwrap_or(false),
-            enable_ipv4: true,
-            ipv6,
             warnings,
         })
     }
 
-    /// Reads the IPv4 side (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`).
-    fn ipv4_side(
-        raw: &RawConfig,
+    /// The IPv4 network, if the network has an IPv4 side.
+    pub fn network(&self) -> Option<Ipv4Net> {
+        self.ipv4.as_ref().map(|c| c.network)
+    }
+
+    /// The networks, IPv4 first, for messages: `10.244.0.0/16`, `fd00::/56` or both.
+    pub fn networks_text(&self) -> String {
+        let v4 = self.ipv4.as_ref().map(|c| c.network.to_string());
+        let v6 = self.ipv6.as_ref().map(|c| c.network.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(" and ")
+    }
+    /// Reads the `Backend` section: absent means udp (with a warning), `null` is refused,
+    /// an object goes to [`NetConfig::backend`].
+    fn backend_section(
+        raw: Option<Option<RawBackend>>,
         warnings: &mut Vec<String>,
-    ) -> Result<(Ipv4Net, u8, Ipv4Addr, Ipv4Addr), ConfigError> {
+    ) -> Result<BackendConfig, ConfigError> {
+        if raw.is_none() {
+            warnings.push("no Backend in the network config: weft uses udp, the default in flanneld's code (pkg/subnet/config.go; its documentation says vxlan), so that it agrees with stock flanneld nodes; set \"Backend\":{\"Type\":\"vxlan\"} for the vxlan backend".to_string());
+        }
+        match raw {
+            // "Backend": null: flanneld reads a backend without a type.
+            Some(None) => err("Backend is null: set \"Backend\":{\"Type\":\"vxlan\"} (recommended), \"host-gw\" or \"udp\""),
+            Some(Some(b)) => Self::backend(Some(b)),
+            None => Self::backend(None),
+        }
+    }
+
+    fn backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
+        let Some(b) = raw else {
+            // flannel's documentation says vxlan, but flanneld's code (parseBackendType)
+            // picks udp when Backend is absent: a mixed cluster agrees only if weft does what
+            // stock flanneld does. The caller warns.
+            return Ok(BackendConfig::Udp {
+                port: crate::encap::udp::PORT_FLANNEL,
+            });
+        };
+        // flanneld lower-cases the type (pkg/backend/manager.go).
+        match b.backend_type.as_deref().unwrap_or("").to_ascii_lowercase().as_str() {
+            // flanneld fails too ("backend type  not supported"): say so, and how to fix it.
+            "" => err("Backend.Type is missing: set \"vxlan\" (recommended), \"host-gw\" or \"udp\""),
+            "vxlan" => Self::vxlan_backend(&b),
+            "host-gw" => Ok(BackendConfig::HostGw),
+            "udp" => Ok(BackendConfig::Udp {
+                port: backend_port(b.port, crate::encap::udp::PORT_FLANNEL)?,
+            }),
+            other => err(format!(
+                "Backend.Type {other:?} is not supported by weft: use \"vxlan\", \"host-gw\" or \"udp\""
+            )),
+        }
+    }
+
+    /// Reads the vxlan backend's keys: `VNI`, `GBP`, `Learning`, `MTU`, `Port` and
+    /// `DirectRouting`, in that order.
+    fn vxlan_backend(b: &RawBackend) -> Result<BackendConfig, ConfigError> {
+        let vni = match b.vni {
+            None | Some(0) => 1,
+            Some(v) if (1..=vxlan::VNI_MAX as i64).contains(&v) => v as u32,
+            Some(v) => {
+                return err(format!(
+                    "Backend.VNI {v} is out of range: a VNI is 24 bits (1-16777215)"
+                ))
+            }
+        };
+        if b.gbp == Some(true) {
+            return err("Backend.GBP is true: VXLAN group-based policy is not supported by weft; remove it or set it to false");
+        }
+        if b.learning == Some(true) {
+            return err("Backend.Learning is true: weft's VTEP has no MAC learning; set it to false (flannel's default)");
+        }
+        let mtu = match b.mtu {
+            None | Some(0) => None,
+            Some(m) if (68 + 50..=65535).contains(&m) => Some(m as u32),
+            Some(m) => {
+                return err(format!(
+                    "Backend.MTU {m} is out of range: it is the underlay MTU, 118-65535"
+                ))
+            }
+        };
+        Ok(BackendConfig::Vxlan {
+            vni,
+            port: backend_port(b.port, vxlan::PORT_LINUX)?,
+            mtu,
+            direct_routing: b.direct_routing == Some(true),
+        })
+    }
+}
+
+impl Ipv4Config {
+    /// Reads `Network`, `SubnetLen`, `SubnetMin` and `SubnetMax`, in that order.
+    fn from_raw(raw: &RawConfig, warnings: &mut Vec<String>) -> Result<Ipv4Config, ConfigError> {
         let network = Self::network(raw.network.as_deref(), warnings)?;
         let subnet_len = Self::subnet_len(raw.subnet_len, network)?;
         let (subnet_min, subnet_max) = Self::subnet_bounds(raw, network, subnet_len)?;
-        Ok((network, subnet_len, subnet_min, subnet_max))
+        Ok(Ipv4Config {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+        })
     }
 
     /// Reads `Network`: it must be a non-empty IPv4 CIDR that is not `0.0.0.0/0`. Host bits
@@ -493,82 +579,6 @@ impl NetConfig {
         Ok((subnet_min, subnet_max))
     }
 
-    /// Reads the `Backend` section: absent means udp (with a warning), `null` is refused,
-    /// an object goes to [`NetConfig::backend`].
-    fn backend_section(
-        raw: Option<Option<RawBackend>>,
-        warnings: &mut Vec<String>,
-    ) -> Result<BackendConfig, ConfigError> {
-        if raw.is_none() {
-            warnings.push("no Backend in the network config: weft uses udp, the default in flanneld's code (pkg/subnet/config.go; its documentation says vxlan), so that it agrees with stock flanneld nodes; set \"Backend\":{\"Type\":\"vxlan\"} for the vxlan backend".to_string());
-        }
-        match raw {
-            // "Backend": null: flanneld reads a backend without a type.
-            Some(None) => err("Backend is null: set \"Backend\":{\"Type\":\"vxlan\"} (recommended), \"host-gw\" or \"udp\""),
-            Some(Some(b)) => Self::backend(Some(b)),
-            None => Self::backend(None),
-        }
-    }
-
-    fn backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
-        let Some(b) = raw else {
-            // flannel's documentation says vxlan, but flanneld's code (parseBackendType)
-            // picks udp when Backend is absent: a mixed cluster agrees only if weft does what
-            // stock flanneld does. The caller warns.
-            return Ok(BackendConfig::Udp {
-                port: crate::encap::udp::PORT_FLANNEL,
-            });
-        };
-        // flanneld lower-cases the type (pkg/backend/manager.go).
-        match b.backend_type.as_deref().unwrap_or("").to_ascii_lowercase().as_str() {
-            // flanneld fails too ("backend type  not supported"): say so, and how to fix it.
-            "" => err("Backend.Type is missing: set \"vxlan\" (recommended), \"host-gw\" or \"udp\""),
-            "vxlan" => Self::vxlan_backend(&b),
-            "host-gw" => Ok(BackendConfig::HostGw),
-            "udp" => Ok(BackendConfig::Udp {
-                port: backend_port(b.port, crate::encap::udp::PORT_FLANNEL)?,
-            }),
-            other => err(format!(
-                "Backend.Type {other:?} is not supported by weft: use \"vxlan\", \"host-gw\" or \"udp\""
-            )),
-        }
-    }
-
-    /// Reads the vxlan backend's keys: `VNI`, `GBP`, `Learning`, `MTU`, `Port` and
-    /// `DirectRouting`, in that order.
-    fn vxlan_backend(b: &RawBackend) -> Result<BackendConfig, ConfigError> {
-        let vni = match b.vni {
-            None | Some(0) => 1,
-            Some(v) if (1..=vxlan::VNI_MAX as i64).contains(&v) => v as u32,
-            Some(v) => {
-                return err(format!(
-                    "Backend.VNI {v} is out of range: a VNI is 24 bits (1-16777215)"
-                ))
-            }
-        };
-        if b.gbp == Some(true) {
-            return err("Backend.GBP is true: VXLAN group-based policy is not supported by weft; remove it or set it to false");
-        }
-        if b.learning == Some(true) {
-            return err("Backend.Learning is true: weft's VTEP has no MAC learning; set it to false (flannel's default)");
-        }
-        let mtu = match b.mtu {
-            None | Some(0) => None,
-            Some(m) if (68 + 50..=65535).contains(&m) => Some(m as u32),
-            Some(m) => {
-                return err(format!(
-                    "Backend.MTU {m} is out of range: it is the underlay MTU, 118-65535"
-                ))
-            }
-        };
-        Ok(BackendConfig::Vxlan {
-            vni,
-            port: backend_port(b.port, vxlan::PORT_LINUX)?,
-            mtu,
-            direct_routing: b.direct_routing == Some(true),
-        })
-    }
-
     /// The number of subnets between SubnetMin and SubnetMax.
     pub fn subnet_count(&self) -> u64 {
         ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) as u64 >> (32 - self.subnet_len))
@@ -587,8 +597,8 @@ impl NetConfig {
 impl Ipv6Config {
     /// The IPv6 side of a `net-conf.json` document, checked as flanneld's
     /// CheckNetworkConfig checks it (`None` when EnableIPv6 is not true), whatever
-    /// EnableIPv4 says: it reads the IPv6-only networks that [`NetConfig::parse`] refuses
-    /// for now. Warnings (host bits masked) are dropped; `NetConfig::parse` keeps them.
+    /// EnableIPv4 and the backend say (flannel's own config tests read IPv6-only documents
+    /// without a Backend, which [`NetConfig::parse`] refuses as udp). Warnings (host bits masked) are dropped; `NetConfig::parse` keeps them.
     pub fn parse(json: &str) -> Result<Option<Ipv6Config>, ConfigError> {
         let raw = RawConfig::read_checked(json)?;
         match raw.enable_ipv6 {
@@ -734,15 +744,19 @@ mod tests {
         NetConfig::parse(s)
     }
 
+    fn v4(c: &NetConfig) -> &Ipv4Config {
+        c.ipv4.as_ref().expect("an IPv4 side")
+    }
+
     #[test]
     fn defaults_like_flannel() {
         let c = parse(
             r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(v4(&c).subnet_len, 24);
+        assert_eq!(v4(&c).subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(v4(&c).subnet_max, Ipv4Addr::new(10, 244, 255, 0));
         assert_eq!(
             c.backend,
             BackendConfig::Vxlan {
@@ -753,16 +767,16 @@ mod tests {
             }
         );
         assert_eq!(c.backend.pod_mtu(1500), 1450);
-        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(v4(&c).subnet_count(), 255);
 
         // Smaller than /22: prefix + 2.
         let c = parse(r#"{"Network":"10.10.0.0/24"}"#).unwrap();
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 10, 0, 64));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 10, 0, 192));
+        assert_eq!(v4(&c).subnet_len, 26);
+        assert_eq!(v4(&c).subnet_min, Ipv4Addr::new(10, 10, 0, 64));
+        assert_eq!(v4(&c).subnet_max, Ipv4Addr::new(10, 10, 0, 192));
         // /22 itself gets /24.
         assert_eq!(
-            parse(r#"{"Network":"10.10.0.0/22"}"#).unwrap().subnet_len,
+            v4(&parse(r#"{"Network":"10.10.0.0/22"}"#).unwrap()).subnet_len,
             24
         );
         // No Backend: udp, as flanneld's code (parseBackendType) picks, with a warning.
@@ -815,17 +829,17 @@ mod tests {
     #[test]
     fn explicit_bounds() {
         let c = parse(r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.16.0.0","SubnetMax":"10.32.0.0"}"#).unwrap();
-        assert_eq!(c.subnet_len, 20);
-        assert_eq!(c.subnet_count(), 257); // 10.16.0.0 ..= 10.32.0.0 in /20 steps
-        assert!(c.is_compatible("10.16.0.0/20".parse().unwrap()));
-        assert!(!c.is_compatible("10.16.0.0/24".parse().unwrap()));
-        assert!(!c.is_compatible("10.48.0.0/20".parse().unwrap()));
+        assert_eq!(v4(&c).subnet_len, 20);
+        assert_eq!(v4(&c).subnet_count(), 257); // 10.16.0.0 ..= 10.32.0.0 in /20 steps
+        assert!(v4(&c).is_compatible("10.16.0.0/20".parse().unwrap()));
+        assert!(!v4(&c).is_compatible("10.16.0.0/24".parse().unwrap()));
+        assert!(!v4(&c).is_compatible("10.48.0.0/20".parse().unwrap()));
     }
 
     #[test]
     fn host_bits_are_masked_with_a_warning() {
         let c = parse(r#"{"Network":"10.244.3.7/16","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.network(), Some("10.244.0.0/16".parse().unwrap()));
         assert_eq!(c.warnings.len(), 1);
     }
 
@@ -885,7 +899,7 @@ mod tests {
             ),
             (
                 r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
-                "EnableIPv4 false (an IPv6-only network) is not supported by weft yet",
+                "udp backend carries IPv4 only",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
@@ -923,8 +937,7 @@ mod tests {
     #[test]
     fn dual_stack_defaults_like_flannel() {
         let c = parse(DUAL).unwrap();
-        assert!(c.enable_ipv4);
-        assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.network(), Some("10.244.0.0/16".parse().unwrap()));
         let s = v6(&c);
         assert_eq!(s.network, "fd00:10:244::/56".parse().unwrap());
         assert_eq!(s.subnet_len, 64);
@@ -1041,14 +1054,14 @@ mod tests {
         let e = parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("udp"), "{e}");
-        // The IPv6 side is checked before the IPv6-only refusal, so its faults are named.
+        // An IPv6-only network's faults are named.
         let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":127}"#).unwrap_err();
         assert!(e.to_string().contains("IPv6SubnetLen 127"), "{e}");
     }
 
     /// flannel's pkg/subnet/config_test.go:51 TestIPv6ConfigDefaults (flannel cdf76059),
-    /// its input and expectations: an IPv6-only network flanneld takes. weft reads it as
-    /// flanneld does, and refuses to run it by name for now.
+    /// its input and expectations: an IPv6-only network flanneld takes. Its input has no
+    /// Backend, which is udp (IPv4 only), so weft's whole parse refuses it by name.
     #[test]
     fn flannel_test_ipv6_config_defaults() {
         let input = r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#;
@@ -1058,10 +1071,12 @@ mod tests {
         assert_eq!(c.subnet_max.to_string(), "fc00:0:0:ffff::");
         assert_eq!(c.subnet_len, 64);
         let e = parse(input).unwrap_err().to_string();
-        assert!(
-            e.contains("EnableIPv4 false (an IPv6-only network) is not supported by weft yet"),
-            "{e}"
-        );
+        assert!(e.contains("udp backend carries IPv4 only"), "{e}");
+        let vxlan = input.replace(" }", r#", "Backend": {"Type": "vxlan"} }"#);
+        let c = parse(&vxlan).unwrap();
+        assert_eq!(c.ipv4, None);
+        assert_eq!(c.networks_text(), "fc00::/48");
+        assert_eq!(v6(&c).subnet_max.to_string(), "fc00:0:0:ffff::");
     }
 
     /// flannel's pkg/subnet/config_test.go:107 TestIPv6ConfigOverrides (flannel cdf76059).

@@ -121,14 +121,22 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
     for w in &c.warnings {
         println!("warning: {w}");
     }
-    println!("Network    {}", c.network);
-    println!("SubnetLen  {}", c.subnet_len);
-    println!("SubnetMin  {}", c.subnet_min);
-    println!(
-        "SubnetMax  {}  ({} subnets)",
-        c.subnet_max,
-        c.subnet_count()
-    );
+    if let Some(v4) = &c.ipv4 {
+        println!("Network    {}", v4.network);
+        println!("SubnetLen  {}", v4.subnet_len);
+        println!("SubnetMin  {}", v4.subnet_min);
+        let n = v4.subnet_count();
+        println!("SubnetMax  {}  ({n} subnets)", v4.subnet_max);
+    } else {
+        println!("Network    none: IPv6-only (EnableIPv4 false)");
+    }
+    if let Some(v6) = &c.ipv6 {
+        println!("IPv6Network    {}", v6.network);
+        println!("IPv6SubnetLen  {}", v6.subnet_len);
+        println!("IPv6SubnetMin  {}", v6.subnet_min);
+        let n = v6.subnet_count();
+        println!("IPv6SubnetMax  {}  ({n} subnets)", v6.subnet_max);
+    }
     match c.backend {
         BackendConfig::Vxlan {
             vni,
@@ -164,6 +172,9 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
         None => NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
             .map_err(|e| e.to_string())?,
     };
+    let Some(network) = cfg.network() else {
+        return Err("weft demo simulates IPv4 pods: give it a config with an IPv4 Network".into());
+    };
     println!("== weft demo: the pure core alone, {nodes} simulated nodes, no devices (./scripts/demo runs a real cluster)");
     let (leases, local) = demo_cluster(&cfg, nodes, dir)?;
     println!(
@@ -174,7 +185,7 @@ fn demo(nodes: u8, config: Option<PathBuf>, dir: &std::path::Path) -> Result<(),
             .render()
     );
 
-    let table = LeaseTable::new(cfg.network);
+    let table = LeaseTable::new(network);
     table.replace_all(leases.iter().filter_map(|l| Peer::from_lease(l).ok()));
     let (n1, n2) = (&local[0], &local[1]);
     let snap = table.load();
@@ -211,16 +222,17 @@ fn demo_cluster(
         .map_err(|e| e.to_string())?;
         let mac = MacAddr::local_unicast([0x0e, 0x57, 0x45, 0x46, 0x54, i]);
         let attrs = userspace::lease_attrs(&cfg.backend, (public_ip, None), None, [mac, mac]);
+        let subnet = a.subnet.ok_or("an IPv4 network allocates IPv4 subnets")?;
         let lease = Lease {
-            subnet: Some(a.subnet),
+            subnet: Some(subnet),
             ipv6_subnet: None,
             attrs,
             expiration: Some(now + Duration::from_secs(86400)),
         };
         println!("node{i} {public_ip}: lease {} ({:?})", lease, a.source);
         let env = SubnetEnv {
-            network: cfg.network,
-            subnet: a.subnet,
+            network: cfg.network().ok_or("an IPv4 network")?,
+            subnet,
             ipv6_network: None,
             ipv6_subnet: None,
             mtu: cfg.backend.pod_mtu(1500),
@@ -232,7 +244,7 @@ fn demo_cluster(
         let format = userspace::format(&cfg.backend, &lease).map_err(|e| e.to_string())?;
         local.push(Node {
             public_ip,
-            subnet: a.subnet,
+            subnet,
             mtu: cfg.backend.pod_mtu(1500) as usize,
             format,
             udp_checksum: ChecksumMode::Full,
@@ -289,7 +301,9 @@ fn demo_icmp_replies(cfg: &NetConfig, snap: &Snapshot, n1: &Node, n2: &Node, buf
             "packet to an unleased subnet",
             icmp_echo(
                 pod_ip(n1, 2),
-                Ipv4Addr::from(u32::from(cfg.subnet_max) + 9),
+                cfg.ipv4.as_ref().map_or(Ipv4Addr::UNSPECIFIED, |c| {
+                    Ipv4Addr::from(u32::from(c.subnet_max).saturating_add(9))
+                }),
                 8,
                 false,
             ),

@@ -5,10 +5,15 @@
 //! field type, `net.ParseCIDR`'s addresses) and its vxlan backend's `VXLANConfig`, whose json
 //! tags are lower-case (`pkg/backend/vxlan/vxlan.go:159`).
 
-use weft::config::{BackendConfig, Ipv6Config, NetConfig};
+use weft::config::{BackendConfig, Ipv4Config, Ipv6Config, NetConfig};
 
 fn ok(json: &str) -> NetConfig {
     NetConfig::parse(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+}
+
+/// The IPv4 side of an accepted config.
+fn ok4(json: &str) -> Ipv4Config {
+    ok(json).ipv4.expect("an IPv4 side")
 }
 
 fn refused(json: &str, why: &str) {
@@ -19,7 +24,7 @@ fn refused(json: &str, why: &str) {
 /// config_test.go:21 TestConfigDefaults: `{ "network": "10.3.0.0/16" }`, a lower-case key.
 #[test]
 fn config_defaults() {
-    let c = ok(r#"{ "network": "10.3.0.0/16" }"#);
+    let c = ok4(r#"{ "network": "10.3.0.0/16" }"#);
     assert_eq!(c.network.to_string(), "10.3.0.0/16");
     assert_eq!(c.subnet_min.to_string(), "10.3.1.0");
     assert_eq!(c.subnet_max.to_string(), "10.3.255.0");
@@ -29,7 +34,7 @@ fn config_defaults() {
 /// config_test.go:81 TestConfigOverrides.
 #[test]
 fn config_overrides() {
-    let c = ok(
+    let c = ok4(
         r#"{ "Network": "10.3.0.0/16", "SubnetMin": "10.3.5.0", "SubnetMax": "10.3.8.0", "SubnetLen": 28 }"#,
     );
     assert_eq!(c.network.to_string(), "10.3.0.0/16");
@@ -106,7 +111,7 @@ fn null_is_read_per_field_type() {
     let c = ok(
         r#"{"Network":"10.244.0.0/16","SubnetLen":null,"EnableNFTables":null,"Backend":{"Type":"vxlan","VNI":null}}"#,
     );
-    assert_eq!(c.subnet_len, 24);
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_len, 24);
     assert!(matches!(c.backend, BackendConfig::Vxlan { vni: 1, .. }));
 }
 
@@ -154,7 +159,7 @@ fn flanneld_checks_weft_had_skipped() {
 #[test]
 fn the_last_of_repeated_keys_wins() {
     let c =
-        ok(r#"{"Network":"10.1.0.0/16","network":"10.3.0.0/16","SubnetLen":25,"SubnetLen":26}"#);
+        ok4(r#"{"Network":"10.1.0.0/16","network":"10.3.0.0/16","SubnetLen":25,"SubnetLen":26}"#);
     assert_eq!(c.network.to_string(), "10.3.0.0/16");
     assert_eq!(c.subnet_len, 26);
 }
@@ -163,7 +168,7 @@ fn the_last_of_repeated_keys_wins() {
 #[test]
 fn unknown_keys_are_named() {
     let c = ok(r#"{"Network":"10.3.0.0/16","SubnetLne":26,"Backend":{"Type":"vxlan","VIN":2}}"#);
-    assert_eq!(c.subnet_len, 24);
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_len, 24);
     for k in ["SubnetLne", "VIN"] {
         assert!(
             c.warnings
@@ -182,8 +187,8 @@ fn unknown_keys_are_named() {
 }
 
 /// config_test.go:51 TestIPv6ConfigDefaults: an IPv6-only config in lower-case keys, read
-/// with flanneld's defaults (the upstream expectations); weft cannot run an IPv6-only
-/// network yet and says so by name.
+/// with flanneld's defaults (the upstream expectations). Without a Backend it is udp,
+/// which carries IPv4 only: the whole config is refused by name; with vxlan it is taken.
 #[test]
 fn ipv6_config_defaults() {
     let json = r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#;
@@ -194,10 +199,10 @@ fn ipv6_config_defaults() {
     assert_eq!(c.subnet_min.to_string(), "fc00:0:0:1::");
     assert_eq!(c.subnet_max.to_string(), "fc00:0:0:ffff::");
     assert_eq!(c.subnet_len, 64);
-    refused(
-        json,
-        "EnableIPv4 false (an IPv6-only network) is not supported by weft yet",
-    );
+    refused(json, "udp backend carries IPv4 only");
+    let c = ok(&json.replace(" }", r#", "backend": {"type": "vxlan"} }"#));
+    assert_eq!(c.ipv4, None);
+    assert_eq!(c.ipv6.unwrap().subnet_max.to_string(), "fc00:0:0:ffff::");
 }
 
 /// config_test.go:107 TestIPv6ConfigOverrides.
@@ -211,7 +216,10 @@ fn ipv6_config_overrides() {
     assert_eq!(c.subnet_min.to_string(), "fc00:0:0:1::");
     assert_eq!(c.subnet_max.to_string(), "fc00:0:0:f::");
     assert_eq!(c.subnet_len, 124);
-    refused(json, "IPv6-only");
+    refused(json, "udp backend carries IPv4 only");
+    let c = ok(&json.replace(" }", r#", "Backend": {"Type": "host-gw"} }"#));
+    assert_eq!(c.ipv4, None);
+    assert_eq!(c.ipv6.unwrap().subnet_len, 124);
 }
 
 /// The same two configs made dual-stack (an IPv4 Network beside, EnableIPv4 left to its
@@ -221,8 +229,7 @@ fn dual_stack_versions_of_flannels_ipv6_cases() {
     let c = ok(
         r#"{ "network": "10.3.0.0/16", "enableIPv6": true, "ipv6Network": "fc00::/48", "backend": {"type": "vxlan"} }"#,
     );
-    assert!(c.enable_ipv4);
-    assert_eq!(c.network.to_string(), "10.3.0.0/16");
+    assert_eq!(c.network().unwrap().to_string(), "10.3.0.0/16");
     let v6 = c.ipv6.expect("EnableIPv6 is true");
     assert_eq!(v6.subnet_min.to_string(), "fc00:0:0:1::");
     assert_eq!(v6.subnet_max.to_string(), "fc00:0:0:ffff::");

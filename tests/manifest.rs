@@ -128,7 +128,7 @@ fn the_config_map_holds_kube_flannels_conflist_and_a_config_weft_accepts() {
         serde_json::from_str::<Value>(KUBE_FLANNEL_CONFLIST).unwrap()
     );
     let cfg = weft::config::NetConfig::parse(&data["net-conf.json"]).unwrap();
-    assert_eq!(cfg.network.to_string(), "10.244.0.0/16");
+    assert_eq!(cfg.network().unwrap().to_string(), "10.244.0.0/16");
 }
 
 /// Checks the pod mounts /run/weft (the hand-over socket's directory) from the host.

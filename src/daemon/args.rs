@@ -255,10 +255,16 @@ pub fn flanneld_env_aliases(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use clap::Parser;
 
     use super::*;
+
+    /// `weft run`'s flags from `flags`, as the command line gives them.
+    pub(crate) fn run_args(flags: &[&str]) -> RunArgs {
+        let argv = std::iter::once("weft").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).unwrap().run
+    }
 
     #[derive(Parser)]
     struct Cli {

@@ -1,7 +1,8 @@
 //! `weft run`: the node agent, as four named steps ([`run`]):
 //!
-//! - **prepare** ([`prepare`]): the underlay ([`find_underlay`]), the store and its network
-//!   config ([`open_store`], [`wait_config`]), the fail-closed guard route ([`fail_closed`]),
+//! - **prepare** ([`prepare`]): the store and its network config ([`open_store`],
+//!   [`wait_config`]), the underlay for the config's families ([`find_underlay`]), the
+//!   fail-closed guard route ([`fail_closed`]),
 //!   the backend ([`crate::backend::for_config`]) and the host checks, what an earlier run
 //!   left removed, then our lease ([`acquire_lease`]);
 //! - **start forwarding** ([`start_forwarding`]): the table from the store's leases, the
@@ -29,7 +30,7 @@ pub use error::Error;
 pub use underlay::{find_underlay, find_underlay_v6};
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -59,7 +60,7 @@ pub const BACKEND_CHECK: Duration = Duration::from_secs(1);
 /// A start-up or runtime result.
 type Result<T> = std::result::Result<T, Error>;
 
-/// Phase 2a: the lease store the flags select, seen only as a [`LeaseStore`].
+/// Phase 1a: the lease store the flags select, seen only as a [`LeaseStore`].
 pub fn open_store(args: &RunArgs) -> Result<Box<dyn LeaseStore>> {
     if let Some(o) = args.kube_options() {
         return Ok(Box::new(KubeStore::open(&o).map_err(Error::Store)?));
@@ -70,7 +71,7 @@ pub fn open_store(args: &RunArgs) -> Result<Box<dyn LeaseStore>> {
     })
 }
 
-/// Phase 2a: the public addresses an operator set for this node in the store (the kube
+/// Phase 1a: the public addresses an operator set for this node in the store (the kube
 /// store's `node-public-ip` and `node-public-ipv6` annotations) replace `--public-ip` and
 /// `--public-ipv6`, as flanneld's `GetStoredPublicIP` does before it picks the interface.
 /// A store it cannot ask leaves the flags as they are (flanneld logs and goes on); a
@@ -94,7 +95,7 @@ fn stored_public_ips(store: &dyn LeaseStore, args: &RunArgs) -> Result<RunArgs> 
     Ok(args)
 }
 
-/// Phase 2b: the network config, waiting while the store is not up or the config not
+/// Phase 1b: the network config, waiting while the store is not up or the config not
 /// written yet, as flanneld does.
 pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) -> Result<NetConfig> {
     loop {
@@ -162,19 +163,20 @@ pub fn acquire_lease(
     store: &mut dyn LeaseStore,
     cfg: &NetConfig,
     backend: &dyn Backend,
-    (public_ip, public_ipv6): (Ipv4Addr, Option<std::net::Ipv6Addr>),
+    owner: crate::lease::alloc::Owner,
     subnet_file: &std::path::Path,
     stop: &AtomicBool,
 ) -> Result<Acquired> {
     let previous = SubnetEnv::previous_subnet(subnet_file);
-    let attrs =
-        |ours: Option<&crate::lease::Lease>| backend.lease_attrs(public_ip, public_ipv6, ours);
+    let attrs = |ours: Option<&crate::lease::Lease>| {
+        backend.lease_attrs(owner.public_ip, owner.public_ipv6, ours)
+    };
     loop {
         let random = rand::random();
         match crate::store::acquire(
             store,
             cfg,
-            public_ip,
+            owner,
             crate::lease::alloc::Previous {
                 subnet: previous,
                 ipv6_subnet: SubnetEnv::previous_ipv6_subnet(subnet_file),
@@ -272,7 +274,7 @@ fn check_host(cfg: &NetConfig, args: &RunArgs, backend: &dyn Backend) -> Result<
     let tun = std::path::Path::new("/dev/net/tun");
     let br_netfilter = !cfg.enable_nftables && args.br_netfilter_check;
     let problem = br_netfilter
-        .then(|| crate::host::br_netfilter_problem(bridge, cfg.enable_ipv4, cfg.ipv6.is_some()))
+        .then(|| crate::host::br_netfilter_problem(bridge, cfg.ipv4.is_some(), cfg.ipv6.is_some()))
         .flatten()
         .or_else(|| {
             backend
@@ -287,14 +289,14 @@ fn check_host(cfg: &NetConfig, args: &RunArgs, backend: &dyn Backend) -> Result<
 /// started backend's to add); the IPv6 side when net-conf enables IPv6 and the lease has an
 /// IPv6 subnet.
 fn rules_plan(
-    cfg: &NetConfig,
+    node: &Node,
     args: &RunArgs,
     subnet: ipnet::Ipv4Net,
     ipv6_subnet: Option<ipnet::Ipv6Net>,
 ) -> crate::masq::Plan {
-    let ipv6 = cfg.ipv6.as_ref().zip(ipv6_subnet);
+    let ipv6 = node.cfg.ipv6.as_ref().zip(ipv6_subnet);
     crate::masq::Plan {
-        network: cfg.network,
+        network: node.network,
         subnet,
         ipv6: ipv6.map(|(v6, subnet)| crate::masq::V6Plan {
             network: v6.network,
@@ -441,7 +443,7 @@ fn listen_for_successor(
         pid: std::process::id(),
         version: crate::VERSION.to_string(),
         flags: crate::handover::flags_of(&format!("{args:#?}")),
-        network: node.cfg.network.to_string(),
+        network: node.network.to_string(),
         subnet: node.subnet.to_string(),
         shares: true,
     };
@@ -453,7 +455,7 @@ fn listen_for_successor(
 
 /// /healthz (and /metrics) first, as flanneld serves it before it waits for its config.
 fn serve_health(args: &RunArgs) -> Result<Arc<crate::health::Status>> {
-    let status = crate::health::Status::starting("choosing the underlay");
+    let status = crate::health::Status::starting("opening the store");
     for (what, ip, port) in [
         ("healthz", args.healthz_ip, args.healthz_port),
         ("metrics", args.metrics_ip, args.metrics_port),
@@ -472,6 +474,8 @@ struct Node {
     nl: Arc<Netlink>,
     underlay: Underlay,
     cfg: NetConfig,
+    /// The IPv4 network.
+    network: ipnet::Ipv4Net,
     backend: Box<dyn Backend>,
     pod_mtu: u32,
     ours: Stored,
@@ -491,7 +495,7 @@ impl Node {
             underlay: &self.underlay.name,
             local_ip: self.underlay.local_ip,
             public_ip: self.underlay.public_ip,
-            network: self.cfg.network,
+            network: self.network,
             v6: self
                 .underlay
                 .v6
@@ -507,7 +511,27 @@ impl Node {
     }
 }
 
-/// The underlay, the store and its config (a predecessor's network, if one runs), the
+/// The IPv4 network and the underlay for `cfg` (its IPv6 side too, when the network has
+/// IPv6); an IPv6-only network is refused here, by name, before anything is touched.
+fn underlay_for(
+    nl: &Netlink,
+    cfg: &NetConfig,
+    args: &RunArgs,
+) -> Result<(ipnet::Ipv4Net, Underlay)> {
+    let Some(network) = cfg.network() else {
+        let network = cfg.networks_text();
+        return Err(Error::Ipv6Only { network });
+    };
+    let mut underlay = find_underlay(nl, args)?;
+    if cfg.ipv6.is_some() {
+        let v6 = find_underlay_v6(nl, args, &underlay)?;
+        tracing::info!(local = %v6.local_ip, public = %v6.public_ip, "the underlay's IPv6 side");
+        underlay.v6 = Some(v6);
+    }
+    Ok((network, underlay))
+}
+
+/// The store and its config, the underlay (a predecessor's network, if one runs), the
 /// fail-closed guard, the backend and the host checks, then our lease.
 fn prepare(
     args: &RunArgs,
@@ -518,23 +542,19 @@ fn prepare(
     let nl = Arc::new(Netlink::new().map_err(Error::Netlink)?);
     let mut store = open_store(args)?;
     let args = &stored_public_ips(store.as_ref(), args)?;
-    let mut underlay = find_underlay(&nl, args)?;
     status.step("waiting for the network config");
     let cfg = wait_config(store.as_ref(), args, stop)?;
-    if cfg.ipv6.is_some() {
-        let v6 = find_underlay_v6(&nl, args, &underlay)?;
-        tracing::info!(local = %v6.local_ip, public = %v6.public_ip, "the underlay's IPv6 side");
-        underlay.v6 = Some(v6);
-    }
+    status.step("choosing the underlay");
+    let (network, underlay) = underlay_for(&nl, &cfg, args)?;
     if let Some(p) = predecessor {
         // Before anything is touched: a change of Network is refused, not adopted.
-        p.check_network(&cfg.network.to_string())?;
+        p.check_network(&network.to_string())?;
     }
     status.step("acquiring a lease");
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    fail_closed(&nl, cfg.network)?;
+    fail_closed(&nl, network)?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
     check_host(&cfg, args, backend.as_ref())?;
     adopt(&nl, backend.kernel_device().as_deref());
@@ -546,7 +566,10 @@ fn prepare(
             pod_mtu,
         });
     }
-    let public = (underlay.public_ip, underlay.v6.map(|v| v.public_ip));
+    let public = crate::lease::alloc::Owner {
+        public_ip: underlay.public_ip,
+        public_ipv6: underlay.v6.map(|v| v.public_ip),
+    };
     let acquired = acquire_lease(
         store.as_mut(),
         &cfg,
@@ -573,7 +596,8 @@ fn prepare(
     let node = Node {
         subnet,
         nl,
-        table: Arc::new(LeaseTable::new(cfg.network)),
+        network,
+        table: Arc::new(LeaseTable::new(network)),
         counters: Counters::with_workers(args.workers as usize),
         underlay,
         cfg,
@@ -605,10 +629,10 @@ fn start_forwarding(
     let (cfg, subnet) = (&node.cfg, node.subnet);
     let resync = Duration::from_secs(args.iptables_resync as u64);
     let mode = Mode::from_config(cfg.enable_nftables);
-    let mut plan = rules_plan(cfg, args, subnet, node.ours.lease.ipv6_subnet);
+    let mut plan = rules_plan(node, args, subnet, node.ours.lease.ipv6_subnet);
     let mut policy = Policy::new(
         node.ours.clone(),
-        cfg.network,
+        node.network,
         Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
         (crate::masq::wanted(&plan, mode) || args.ip_blackhole_route).then_some(resync),
         BACKEND_CHECK,
@@ -654,7 +678,7 @@ fn announce(
     status: &crate::health::Status,
 ) -> Result<()> {
     SubnetEnv {
-        network: node.cfg.network,
+        network: node.network,
         subnet: node.subnet,
         ipv6_network: node.cfg.ipv6.as_ref().map(|c| c.network),
         ipv6_subnet: node.ours.lease.ipv6_subnet,
@@ -673,7 +697,7 @@ fn announce(
     }
     tracing::info!(
         "forwarding {} with the {}; subnet.env at {}",
-        node.cfg.network,
+        node.cfg.networks_text(),
         running.describe(),
         args.subnet_file.display()
     );
@@ -720,7 +744,7 @@ fn shutdown(node: &Node, fwd: Forwarding, handed_over: bool) {
     } else {
         tracing::info!(
             "stopped; removed what the {backend} backend installed{rules}; lease {lease} and the fail-closed route for {} left in place",
-            node.cfg.network
+            node.network
         );
     }
 }

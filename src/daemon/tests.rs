@@ -313,3 +313,23 @@ fn a_broken_backend_is_restarted_with_the_current_peers() {
         "the new one gets the peers"
     );
 }
+
+/// An IPv6-only network is refused by name before any interface is looked at.
+#[test]
+fn an_ipv6_only_network_is_refused_by_name_before_the_underlay() {
+    let cfg = NetConfig::parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let Ok(nl) = crate::netlink::Netlink::new() else {
+        return; // no netlink socket here: nothing to show
+    };
+    // --iface names no interface: reaching the underlay would fail with another error.
+    let args = super::args::tests::run_args(&["--iface", "weft-no-such0"]);
+    let e = super::underlay_for(&nl, &cfg, &args).unwrap_err();
+    assert!(matches!(e, Error::Ipv6Only { .. }), "{e}");
+    assert!(
+        e.to_string().contains("IPv6Network fd00:10:244::/56"),
+        "{e}"
+    );
+}

@@ -1,4 +1,4 @@
-//! Phase 1, the underlay: which interface carries the tunnels, which of its addresses the
+//! Phase 2, the underlay: which interface carries the tunnels, which of its addresses the
 //! sockets bind, and which address the lease advertises, chosen as flanneld chooses
 //! (flannel's `main.go` and `pkg/ipmatch`):
 //!
@@ -238,7 +238,7 @@ pub(crate) fn route_to(ifs: &Interfaces, ip: Ipv4Addr) -> Option<(u32, Ipv4Addr)
     ifs.holder(src).map(|l| (l.index, src))
 }
 
-/// Phase 1: reads the interfaces and chooses the underlay from the flags.
+/// Phase 2: reads the interfaces and chooses the underlay from the flags.
 pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
     let ifs = Interfaces {
         links: nl.links().map_err(Error::Interfaces)?,
@@ -254,7 +254,7 @@ pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
     select(&ifs, &sel)
 }
 
-/// Phase 1b, when the network has IPv6: the underlay's IPv6 side ([`select_v6`]).
+/// Phase 2b, when the network has IPv6: the underlay's IPv6 side ([`select_v6`]).
 pub fn find_underlay_v6(nl: &Netlink, args: &RunArgs, underlay: &Underlay) -> Result<UnderlayV6> {
     let link = nl
         .link_by_name(&underlay.name)

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::Lease;
-use crate::config::{Ipv6Config, NetConfig};
+use crate::config::{Ipv4Config, Ipv6Config, NetConfig};
 
 /// flanneld picks at random among the first this-many free subnets.
 pub const RANDOM_POOL: usize = 100;
@@ -45,11 +45,42 @@ pub struct Previous {
     pub ipv6_subnet: Option<Ipv6Net>,
 }
 
+/// Whose lease is ours: flanneld's `findLeaseByIP` compares the IPv4 `PublicIP`. An
+/// IPv6-only node advertises `0.0.0.0` there, as every IPv6-only node does, so its own
+/// lease is the one with its `PublicIPv6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The `PublicIP` our lease carries (`0.0.0.0` on an IPv6-only node).
+    pub public_ip: Ipv4Addr,
+    /// The `PublicIPv6` our lease carries, if any.
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+impl From<Ipv4Addr> for Owner {
+    fn from(public_ip: Ipv4Addr) -> Owner {
+        Owner {
+            public_ip,
+            public_ipv6: None,
+        }
+    }
+}
+
+impl Owner {
+    /// True if `lease` is ours.
+    pub fn owns(&self, lease: &Lease) -> bool {
+        if self.public_ip.is_unspecified() {
+            self.public_ipv6.is_some() && lease.attrs.public_ipv6 == self.public_ipv6
+        } else {
+            lease.attrs.public_ip == self.public_ip
+        }
+    }
+}
+
 /// The outcome of an allocation: what the caller writes to the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Allocation {
-    /// The subnet to lease.
-    pub subnet: Ipv4Net,
+    /// The subnet to lease (`Some` exactly when `EnableIPv4`).
+    pub subnet: Option<Ipv4Net>,
     /// The IPv6 subnet to lease beside it (`Some` exactly when `EnableIPv6`).
     pub ipv6_subnet: Option<Ipv6Net>,
     /// How it was chosen.
@@ -91,7 +122,7 @@ pub enum AllocError {
 /// Chooses this node's subnet(s), as flanneld's `tryAcquireLease`:
 ///
 /// 1. a live lease or reservation whose PublicIP is ours (the IPv4 one: flanneld's
-///    `findLeaseByIP` never looks at PublicIPv6), if it fits the config in both families
+///    `findLeaseByIP` never looks at PublicIPv6; an IPv6-only node's, see [`Owner`]), if it fits the config in both families
 ///    (with `EnableIPv6` it must have an IPv6 subnet; without, it must have none). Leases
 ///    of ours that do not fit are returned in `stale`, to delete, and still block their
 ///    ranges in this round, as in flanneld: a v4-only lease of a cluster that turns
@@ -104,20 +135,21 @@ pub enum AllocError {
 /// 3. else, per family, walk SubnetMin..=SubnetMax, collect the first [`RANDOM_POOL`]
 ///    subnets no live lease overlaps, and take one at random (independent picks).
 ///
-/// Expired leases (expiration at or before `now`) count as free.
+/// Expired leases (expiration at or before `now`) count as free. An IPv6-only network
+/// (no IPv4 side) allocates an IPv6 subnet alone, and a dual-stack one both.
 pub fn allocate(
     cfg: &NetConfig,
     leases: &[Lease],
-    public_ip: Ipv4Addr,
+    owner: impl Into<Owner>,
     previous: Previous,
     now: SystemTime,
     random: u64,
 ) -> Result<Allocation, AllocError> {
     let live: Vec<&Lease> = leases.iter().filter(|l| !l.is_expired(now)).collect();
-    let (mine, stale) = own_lease(cfg, &live, public_ip);
-    if let Some((l, subnet)) = mine.and_then(|l| Some((l, l.subnet?))) {
+    let (mine, stale) = own_lease(cfg, &live, owner.into());
+    if let Some(l) = mine {
         return Ok(Allocation {
-            subnet,
+            subnet: l.subnet,
             ipv6_subnet: l.ipv6_subnet,
             source: Source::ExistingLease {
                 reservation: l.expiration.is_none(),
@@ -134,7 +166,10 @@ pub fn allocate(
             stale,
         });
     }
-    let subnet = random_free_subnet(cfg, &taken.v4, random)?;
+    let subnet = match &cfg.ipv4 {
+        Some(v4) => Some(random_free_subnet(v4, &taken.v4, random)?),
+        None => None,
+    };
     let ipv6_subnet = match &cfg.ipv6 {
         Some(v6) => Some(random_free_v6_subnet(v6, &taken.v6, mix(random))?),
         None => None,
@@ -150,7 +185,16 @@ pub fn allocate(
 /// True if `lease`'s subnets both fit the config (flanneld's `isSubnetConfigCompat` and
 /// `isIPv6SubnetConfigCompat`).
 fn fits(cfg: &NetConfig, lease: &Lease) -> bool {
-    lease.subnet.is_some_and(|sn| cfg.is_compatible(sn)) && v6_fits(cfg, lease.ipv6_subnet)
+    v4_fits(cfg, lease.subnet) && v6_fits(cfg, lease.ipv6_subnet)
+}
+
+/// With an IPv4 side, an IPv4 subnet that fits; without (IPv6-only), none at all.
+fn v4_fits(cfg: &NetConfig, sn: Option<Ipv4Net>) -> bool {
+    match (&cfg.ipv4, sn) {
+        (None, sn) => sn.is_none(),
+        (Some(c), Some(sn)) => c.is_compatible(sn),
+        (Some(_), None) => false,
+    }
 }
 
 /// flanneld's `isIPv6SubnetConfigCompat`: with `EnableIPv6`, an IPv6 subnet that fits;
@@ -177,11 +221,11 @@ fn v6_compatible(c: &Ipv6Config, sn: Ipv6Net) -> bool {
 fn own_lease<'a>(
     cfg: &NetConfig,
     live: &[&'a Lease],
-    public_ip: Ipv4Addr,
+    owner: Owner,
 ) -> (Option<&'a Lease>, Vec<Lease>) {
     let mut stale = Vec::new();
     let mut mine = None;
-    for &l in live.iter().filter(|l| l.attrs.public_ip == public_ip) {
+    for &l in live.iter().filter(|l| owner.owns(l)) {
         if !fits(cfg, l) {
             stale.push(l.clone());
         } else if mine.is_none() {
@@ -219,12 +263,18 @@ fn free_previous(
     cfg: &NetConfig,
     previous: Previous,
     taken: &Taken,
-) -> Option<(Ipv4Net, Option<Ipv6Net>)> {
-    let p = previous.subnet.filter(|&p| cfg.is_compatible(p))?;
-    let (lo, hi) = interval4(p);
-    if overlap_end(&taken.v4, lo, hi).is_some() {
-        return None;
-    }
+) -> Option<(Option<Ipv4Net>, Option<Ipv6Net>)> {
+    let p = match &cfg.ipv4 {
+        Some(c4) => {
+            let p = previous.subnet.filter(|&p| c4.is_compatible(p))?;
+            let (lo, hi) = interval4(p);
+            if overlap_end(&taken.v4, lo, hi).is_some() {
+                return None;
+            }
+            Some(p)
+        }
+        None => None,
+    };
     let Some(c6) = &cfg.ipv6 else {
         return Some((p, None));
     };
@@ -305,7 +355,7 @@ fn free_pool(min: u128, max: u128, host_bits: u32, taken: &[(u128, u128)]) -> Ve
 
 /// Step 3, IPv4: a random one of the first [`RANDOM_POOL`] free subnets.
 fn random_free_subnet(
-    cfg: &NetConfig,
+    cfg: &Ipv4Config,
     taken: &[(u128, u128)],
     random: u64,
 ) -> Result<Ipv4Net, AllocError> {
@@ -404,21 +454,21 @@ mod tests {
             lease("10.244.1.0/24", 2, later()),
         ];
         let a = with_previous(&c, &leases, "10.244.9.0/24");
-        assert_eq!(a.subnet, "10.244.7.0/24".parse().unwrap());
+        assert_eq!(a.subnet, "10.244.7.0/24".parse().ok());
         assert_eq!(a.source, Source::ExistingLease { reservation: false });
 
         let leases = vec![lease("10.244.1.0/24", 2, later())];
         let a = with_previous(&c, &leases, "10.244.9.0/24");
         assert_eq!(
             (a.subnet, a.source),
-            ("10.244.9.0/24".parse().unwrap(), Source::Previous)
+            ("10.244.9.0/24".parse().ok(), Source::Previous)
         );
 
         // The previous subnet is someone else's now: pick fresh, never steal it.
         let a = with_previous(&c, &leases, "10.244.1.0/24");
         assert_eq!(
             (a.subnet, a.source),
-            ("10.244.2.0/24".parse().unwrap(), Source::Fresh)
+            ("10.244.2.0/24".parse().ok(), Source::Fresh)
         );
         // A previous subnet that no longer fits the config is ignored.
         let a = with_previous(&c, &leases, "10.244.0.0/24");
@@ -451,7 +501,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(a.subnet, "10.244.2.0/24".parse().unwrap());
+        assert_eq!(a.subnet, "10.244.2.0/24".parse().ok());
         // An expired lease is free, and an expired lease of ours is not "ours".
         let expired = Some(now() - Duration::from_secs(1));
         let a = allocate(
@@ -468,7 +518,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (a.subnet, a.source),
-            ("10.244.1.0/24".parse().unwrap(), Source::Fresh)
+            ("10.244.1.0/24".parse().ok(), Source::Fresh)
         );
     }
 
@@ -491,7 +541,7 @@ mod tests {
         assert!(!"10.244.5.0/24"
             .parse::<Ipv4Net>()
             .unwrap()
-            .contains(&a.subnet));
+            .contains(&a.subnet.unwrap()));
     }
 
     #[test]
@@ -511,12 +561,13 @@ mod tests {
                 r.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             )
             .unwrap();
-            let third = u32::from(a.subnet.network());
+            let sn = a.subnet.unwrap();
+            let third = u32::from(sn.network());
             // Free subnets start at 10.0.11.0; the pool is 100 long: 10.0.11.0 ..= 10.0.110.0.
-            assert!((0x0a000b00..=0x0a006e00).contains(&third), "{}", a.subnet);
+            assert!((0x0a000b00..=0x0a006e00).contains(&third), "{sn}");
             assert!(leases
                 .iter()
-                .all(|l| !l.subnet.unwrap().contains(&a.subnet.network())));
+                .all(|l| !l.subnet.unwrap().contains(&sn.network())));
             seen.insert(a.subnet);
         }
         assert!(seen.len() > 50, "picks are spread: {}", seen.len());
@@ -547,7 +598,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(a.subnet, "10.244.16.0/24".parse().unwrap());
+        assert_eq!(a.subnet, "10.244.16.0/24".parse().ok());
     }
 
     #[test]
@@ -565,7 +616,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(a.subnet, "255.255.255.192/26".parse().unwrap());
+        assert_eq!(a.subnet, "255.255.255.192/26".parse().ok());
     }
 
     /// flanneld's IPv6 defaults for `"IPv6Network":"fc00::/48"` (flannel's
@@ -613,7 +664,7 @@ mod tests {
         ];
         let a = allocate(&c, &others, ME, Previous::default(), now(), 0).unwrap();
         assert_eq!(a.source, Source::Fresh);
-        assert_eq!(a.subnet, "10.244.3.0/24".parse().unwrap());
+        assert_eq!(a.subnet, "10.244.3.0/24".parse().ok());
         // A /64 of the first 100 free ones (fc00:0:0:3:: on), drawn apart from the IPv4 one.
         let n = a.ipv6_subnet.unwrap();
         assert_eq!(n.prefix_len(), 64);
@@ -626,7 +677,7 @@ mod tests {
         assert_eq!(
             (a.subnet, a.ipv6_subnet, a.source),
             (
-                "10.244.9.0/24".parse().unwrap(),
+                "10.244.9.0/24".parse().ok(),
                 v6("fc00:0:0:77::/64"),
                 Source::ExistingLease { reservation: false }
             )
@@ -663,7 +714,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(a.subnet.prefix_len(), 24);
+        assert_eq!(a.subnet.unwrap().prefix_len(), 24);
         assert_eq!(a.ipv6_subnet, v6("fc00:0:0:4::/64"));
         // Ours, IPv6-only in a network with IPv4: stale, as flanneld's
         // isSubnetConfigCompat finds it.
@@ -701,7 +752,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.stale, vec![old]);
         assert_eq!(a.source, Source::Fresh);
-        assert_eq!(a.subnet, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(a.subnet, "10.244.1.0/24".parse().ok());
         assert!(a.ipv6_subnet.is_some());
         let c4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
         let ds = lease6("10.244.0.0/24", "fc00:0:0:1::/64", 1, later());
@@ -745,7 +796,7 @@ mod tests {
         assert_eq!(
             (a.subnet, a.ipv6_subnet, a.source),
             (
-                "10.244.7.0/24".parse().unwrap(),
+                "10.244.7.0/24".parse().ok(),
                 v6("fc00:0:0:7::/64"),
                 Source::Previous
             )
@@ -846,5 +897,84 @@ mod tests {
             a.ipv6_subnet,
             v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126")
         );
+    }
+
+    /// A lease as flanneld v0.28 writes an IPv6-only node's (pkg/subnet/etcd/registry.go:
+    /// the key of a zero IP4Net, PublicIP 0.0.0.0, no BackendData), for public IPv6
+    /// 2001:db8::`host`.
+    fn flanneld_v6_only(key: &str, host: u8) -> Lease {
+        let (subnet, ipv6_subnet) = crate::lease::parse_subnet_key(key).unwrap();
+        let json = format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::{host:x}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{host:02x}"}}}}"#
+        );
+        Lease {
+            subnet,
+            ipv6_subnet,
+            attrs: LeaseAttrs::from_json(&json).unwrap(),
+            expiration: later(),
+        }
+    }
+
+    #[test]
+    fn ipv6_only_allocates_ipv6_alone_and_finds_its_lease_by_public_ipv6() {
+        let mut c = dual(r#"{"Network":"10.244.0.0/16"}"#);
+        c.ipv4 = None;
+        let me = Owner {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
+        };
+        let others = vec![
+            flanneld_v6_only("0.0.0.0-0&fc00:0:0:1::-64", 2),
+            flanneld_v6_only("0.0.0.0-0&fc00:0:0:2::-64", 3),
+        ];
+        // Fresh: an IPv6 subnet alone, past the taken ones; PublicIP 0.0.0.0 is not ours.
+        let a = allocate(&c, &others, me, Previous::default(), now(), 0).unwrap();
+        assert_eq!((a.subnet, a.source), (None, Source::Fresh));
+        let n = a.ipv6_subnet.unwrap();
+        assert!((3..=102).contains(&n.addr().segments()[3]), "{n}");
+        // Ours, by PublicIPv6, kept.
+        let mut leases = others.clone();
+        leases.push(flanneld_v6_only("0.0.0.0-0&fc00:0:0:9::-64", 1));
+        let a = allocate(&c, &leases, me, Previous::default(), now(), 0).unwrap();
+        assert_eq!(
+            (a.subnet, a.ipv6_subnet, a.source),
+            (
+                None,
+                v6("fc00:0:0:9::/64"),
+                Source::ExistingLease { reservation: false }
+            )
+        );
+        // subnet.env's IPv6 subnet, when free; with no IPv4 one (flanneld's IPv6-only file).
+        let p = Previous {
+            subnet: None,
+            ipv6_subnet: Some("fc00:0:0:7::1/64".parse().unwrap()),
+        };
+        let a = allocate(&c, &others, me, p, now(), 0).unwrap();
+        assert_eq!((a.subnet, a.ipv6_subnet), (None, v6("fc00:0:0:7::/64")));
+        assert_eq!(a.source, Source::Previous);
+        // A dual-stack lease of ours no longer fits an IPv6-only network: stale.
+        let mut mine = lease6("10.244.9.0/24", "fc00:0:0:9::/64", 1, later());
+        mine.attrs.public_ipv6 = me.public_ipv6;
+        let a = allocate(&c, &[mine.clone()], me, Previous::default(), now(), 0).unwrap();
+        assert_eq!(a.stale, vec![mine]);
+        assert_eq!((a.subnet, a.source), (None, Source::Fresh));
+        assert_ne!(
+            a.ipv6_subnet,
+            v6("fc00:0:0:9::/64"),
+            "the stale one blocks its range"
+        );
+        // In a dual-stack network an IPv6-only lease of ours is stale the other way.
+        let d = dual(r#"{"Network":"10.244.0.0/16"}"#);
+        let ours = flanneld_v6_only("0.0.0.0-0&fc00:0:0:9::-64", 1);
+        let me4 = Owner {
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            ..me
+        };
+        let a = allocate(&d, &[ours], me4, Previous::default(), now(), 0).unwrap();
+        assert!(
+            a.stale.is_empty(),
+            "found by its IPv4 PublicIP only, as flanneld"
+        );
+        assert!(a.subnet.is_some() && a.ipv6_subnet.is_some());
     }
 }

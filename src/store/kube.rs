@@ -11,8 +11,8 @@
 //! `public-ip`; `public-ip-overwrite` (set by an operator) replaces the advertised IP and
 //! `node-public-ip` is read in place of `--public-ip` at start ([`stored_public_ips`]).
 //! With `EnableIPv6` the IPv6 side has the same four: `backend-v6-data`, `public-ipv6`,
-//! `public-ipv6-overwrite`, `node-public-ipv6`. IPv6-only nodes (no IPv4 podCIDR) are not
-//! supported yet.
+//! `public-ipv6-overwrite`, `node-public-ipv6`. In an IPv6-only network (`EnableIPv4`
+//! false) only the IPv6 side is read and written, as flanneld does ([`Families`]).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::StoreError;
 use crate::config::NetConfig;
-use crate::lease::{Lease, LeaseAttrs, VxlanBackendData};
+use crate::lease::{Lease, LeaseAttrs, SubnetPair, VxlanBackendData};
 
 /// flanneld's default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -148,63 +148,125 @@ pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), Stri
     Ok((v4, v6))
 }
 
+/// The address families a network has, which decide what of a node [`node_lease`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// The network has IPv4 (`EnableIPv4`, the default).
+    pub ipv4: bool,
+    /// The network has IPv6 (`EnableIPv6`).
+    pub ipv6: bool,
+}
+
+impl Families {
+    /// IPv4 alone, the default.
+    pub const IPV4: Families = Families {
+        ipv4: true,
+        ipv6: false,
+    };
+    /// Both families.
+    pub const DUAL: Families = Families {
+        ipv4: true,
+        ipv6: true,
+    };
+    /// IPv6 alone (`EnableIPv4` false).
+    pub const IPV6: Families = Families {
+        ipv4: false,
+        ipv6: true,
+    };
+
+    /// The families of `cfg`.
+    pub fn of(cfg: &NetConfig) -> Families {
+        Families {
+            ipv4: cfg.ipv4.is_some(),
+            ipv6: cfg.ipv6.is_some(),
+        }
+    }
+}
+
 /// A node as a lease (flannel's `nodeToLease`): `Ok(None)` while its agent has not
-/// written `kube-subnet-manager: "true"` (flanneld ignores such nodes) or it has no IPv4
-/// pod CIDR (IPv6-only nodes are not supported yet); `Err` for malformed annotations or
-/// CIDRs (flanneld logs and skips the node). With `ipv6` (`EnableIPv6`) the IPv6 side is
-/// read too: the IPv6 pod CIDR, `public-ipv6` and `backend-v6-data`. flanneld skips a
-/// node that lacks one of them; weft keeps such a node as an IPv4-only lease (the absent
-/// parts `None`), so its IPv4 pods stay reachable, and refuses only malformed values.
+/// written `kube-subnet-manager: "true"` (flanneld ignores such nodes) or it lacks the
+/// pod CIDR of the network's first family (IPv4, or IPv6 in an IPv6-only network); `Err`
+/// for malformed annotations or CIDRs (flanneld logs and skips the node). Each family of
+/// `families` is read as flanneld reads it: IPv4 the pod CIDR, `public-ip` and
+/// `backend-data`; IPv6 the pod CIDR, `public-ipv6` and `backend-v6-data`. In a
+/// dual-stack network flanneld skips a node that lacks an IPv6 part; weft keeps it as an
+/// IPv4-only lease (the absent parts `None`), so its IPv4 pods stay reachable, and refuses
+/// only malformed values. An IPv6-only node's lease has flanneld's PublicIP 0.0.0.0.
 pub fn node_lease(
     node: &Node,
     keys: &Annotations,
-    ipv6: bool,
+    families: Families,
     now: SystemTime,
 ) -> Result<Option<Lease>, String> {
     if annotation(node, &keys.kube_managed) != Some("true") {
         return Ok(None);
     }
-    let (Some(subnet), v6) = pod_cidrs(node)? else {
-        return Ok(None);
+    let (v4, v6) = pod_cidrs(node)?;
+    let first_family_missing = if families.ipv4 {
+        v4.is_none()
+    } else {
+        v6.is_none()
     };
-    let name = node_name(node);
-    let ip = annotation(node, &keys.public_ip).unwrap_or_default();
-    let public_ip: Ipv4Addr = ip.parse().map_err(|_| {
-        format!(
-            "node {name}: {} {ip:?} is not an IPv4 address",
-            keys.public_ip
-        )
-    })?;
+    if first_family_missing {
+        return Ok(None);
+    }
     let mut attrs = LeaseAttrs {
-        public_ip,
+        public_ip: Ipv4Addr::UNSPECIFIED,
         public_ipv6: None,
         backend_type: annotation(node, &keys.backend_type)
             .unwrap_or_default()
             .to_string(),
-        backend_data: json_annotation(node, &keys.backend_data)?,
+        backend_data: serde_json::Value::Null,
         backend_v6_data: serde_json::Value::Null,
     };
-    let mut ipv6_subnet = None;
-    if ipv6 {
-        attrs.public_ipv6 = annotation(node, &keys.public_ipv6)
-            .map(|ip| {
-                ip.parse::<Ipv6Addr>().map_err(|_| {
-                    format!(
-                        "node {name}: {} {ip:?} is not an IPv6 address",
-                        keys.public_ipv6
-                    )
-                })
-            })
-            .transpose()?;
+    if families.ipv4 {
+        attrs.public_ip = node_public_ip(node, keys)?;
+        attrs.backend_data = json_annotation(node, &keys.backend_data)?;
+    }
+    if families.ipv6 {
+        attrs.public_ipv6 = node_public_ipv6(node, keys)?;
         attrs.backend_v6_data = json_annotation(node, &keys.backend_v6_data)?;
-        ipv6_subnet = v6;
+        if !families.ipv4 && attrs.public_ipv6.is_none() {
+            let key = &keys.public_ipv6;
+            return Err(format!(
+                "node {}: no {key} annotation in an IPv6-only network",
+                node_name(node)
+            ));
+        }
     }
     Ok(Some(Lease {
-        subnet: Some(subnet),
-        ipv6_subnet,
+        subnet: v4.filter(|_| families.ipv4),
+        ipv6_subnet: v6.filter(|_| families.ipv6),
         attrs,
         expiration: Some(now + KUBE_LEASE_TTL),
     }))
+}
+
+/// A node's `public-ip` annotation.
+fn node_public_ip(node: &Node, keys: &Annotations) -> Result<Ipv4Addr, String> {
+    let ip = annotation(node, &keys.public_ip).unwrap_or_default();
+    ip.parse().map_err(|_| {
+        format!(
+            "node {}: {} {ip:?} is not an IPv4 address",
+            node_name(node),
+            keys.public_ip
+        )
+    })
+}
+
+/// A node's `public-ipv6` annotation, if it has one.
+fn node_public_ipv6(node: &Node, keys: &Annotations) -> Result<Option<Ipv6Addr>, String> {
+    annotation(node, &keys.public_ipv6)
+        .map(|ip| {
+            ip.parse::<Ipv6Addr>().map_err(|_| {
+                format!(
+                    "node {}: {} {ip:?} is not an IPv6 address",
+                    node_name(node),
+                    keys.public_ipv6
+                )
+            })
+        })
+        .transpose()
 }
 
 /// A JSON annotation (backend data), `null` when absent.
@@ -224,48 +286,69 @@ pub fn own_subnets(
     node: &Node,
     cfg: &NetConfig,
     config_path: &Path,
-) -> Result<(Ipv4Net, Option<Ipv6Net>), StoreError> {
+) -> Result<SubnetPair, StoreError> {
     let name = node_name(node);
     let conf = config_path.display();
     let (v4, v6) = pod_cidrs(node).map_err(StoreError::Invalid)?;
-    let subnet = match (v4, v6) {
-        (Some(v4), _) if cfg.enable_ipv4 => v4,
-        (_, Some(_)) | (Some(_), None) => {
-            let cidrs: Vec<String> = (v4.iter().map(ToString::to_string))
-                .chain(v6.iter().map(ToString::to_string))
-                .collect();
-            return Err(StoreError::Invalid(format!(
-                "node {name}: IPv6-only clusters are not supported by weft yet (podCIDRs {cidrs:?}, EnableIPv4 {} in {conf}): give kube-controller-manager an IPv4 --cluster-cidr as well (dual-stack) and keep EnableIPv4 true",
-                cfg.enable_ipv4,
-            )));
-        }
-        (None, None) => {
-            return Err(StoreError::Missing(format!(
-                "node {name} pod cidr not assigned (waiting for kube-controller-manager)"
-            )))
-        }
-    };
-    if !cfg.network.contains(&subnet.network()) || subnet.prefix_len() < cfg.network.prefix_len() {
-        return Err(StoreError::Invalid(format!(
-            "node {name}: its podCIDR {subnet} is outside the Network {} of {conf} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)",
-            cfg.network
+    if v4.is_none() && v6.is_none() {
+        return Err(StoreError::Missing(format!(
+            "node {name} pod cidr not assigned (waiting for kube-controller-manager)"
         )));
     }
-    let Some(c6) = &cfg.ipv6 else {
-        return Ok((subnet, None));
+    let subnet = match &cfg.ipv4 {
+        None => None,
+        Some(c4) => {
+            let v4 = v4.ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "node {name} has no IPv4 podCIDR (only {v6:?}) but the network has IPv4 (EnableIPv4 is not false) in {conf}: give kube-controller-manager an IPv4 --cluster-cidr as well (dual-stack), or set EnableIPv4 false for an IPv6-only network"
+                ))
+            })?;
+            Some(pod_cidr_inside(
+                name, v4, c4.network, "podCIDR", "Network", &conf,
+            )?)
+        }
     };
-    let v6 = v6.ok_or_else(|| {
-        StoreError::Invalid(format!(
-            "node {name} has no IPv6 podCIDR (only {subnet}) but EnableIPv6 is true in {conf}: give kube-controller-manager an IPv6 --cluster-cidr as well (dual-stack), or set EnableIPv6 false"
-        ))
-    })?;
-    if !c6.network.contains(&v6.network()) || v6.prefix_len() < c6.network.prefix_len() {
-        return Err(StoreError::Invalid(format!(
-            "node {name}: its IPv6 podCIDR {v6} is outside the IPv6Network {} of {conf} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)",
-            c6.network
-        )));
+    let ipv6 = match &cfg.ipv6 {
+        None => None,
+        Some(c6) => {
+            let v6 = v6.ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "node {name} has no IPv6 podCIDR (only {v4:?}) but EnableIPv6 is true in {conf}: give kube-controller-manager an IPv6 --cluster-cidr as well (dual-stack), or set EnableIPv6 false"
+                ))
+            })?;
+            Some(pod_cidr_inside(
+                name,
+                v6,
+                c6.network,
+                "IPv6 podCIDR",
+                "IPv6Network",
+                &conf,
+            )?)
+        }
+    };
+    Ok((subnet, ipv6))
+}
+
+/// `cidr` if it lies inside `network` (a node's pod CIDR must be one of the network's
+/// subnets), else the refusal naming both.
+fn pod_cidr_inside<N: Copy + std::fmt::Display>(
+    name: &str,
+    cidr: N,
+    network: N,
+    what: &str,
+    field: &str,
+    conf: &dyn std::fmt::Display,
+) -> Result<N, StoreError>
+where
+    ipnet::IpNet: From<N>,
+{
+    let (c, n) = (ipnet::IpNet::from(cidr), ipnet::IpNet::from(network));
+    if n.contains(&c.network()) && c.prefix_len() >= n.prefix_len() {
+        return Ok(cidr);
     }
-    Ok((subnet, Some(v6)))
+    Err(StoreError::Invalid(format!(
+        "node {name}: its {what} {cidr} is outside the {field} {network} of {conf} (kube-controller-manager's --cluster-cidr and net-conf.json must agree)"
+    )))
 }
 
 /// The leases of `nodes` (see [`node_lease`]); malformed nodes are skipped, as flanneld
@@ -273,11 +356,11 @@ pub fn own_subnets(
 fn node_leases<'a>(
     nodes: impl Iterator<Item = &'a Node>,
     keys: &Annotations,
-    ipv6: bool,
+    families: Families,
     now: SystemTime,
 ) -> Vec<Lease> {
     nodes
-        .filter_map(|n| match node_lease(n, keys, ipv6, now) {
+        .filter_map(|n| match node_lease(n, keys, families, now) {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!("skipping {e}");
@@ -318,6 +401,15 @@ fn writes_v6(attrs: &LeaseAttrs) -> bool {
         }
 }
 
+/// Whether flanneld's `AcquireLease` writes `backend-data` and `public-ip` for `attrs`:
+/// always, but for vxlan (and wireguard) without IPv4 backend data, an IPv6-only node's.
+fn writes_v4(attrs: &LeaseAttrs) -> bool {
+    match attrs.backend_type.as_str() {
+        "vxlan" | "wireguard" => !attrs.backend_data.is_null(),
+        _ => true,
+    }
+}
+
 /// What our node's annotations must become for `attrs` (flannel's `AcquireLease`): the
 /// attributes actually advertised (`public-ip-overwrite` replaces the public IP,
 /// `public-ipv6-overwrite` the IPv6 one) and the merge patch of `metadata.annotations` to
@@ -338,10 +430,12 @@ pub fn own_annotations(
     // As flanneld: its udp backend acquires with no BackendType, so it writes "" here.
     let mut want = vec![
         (&keys.backend_type, attrs.backend_type.clone()),
-        (&keys.backend_data, data),
-        (&keys.public_ip, advertised.to_string()),
         (&keys.kube_managed, "true".to_string()),
     ];
+    if writes_v4(attrs) {
+        want.push((&keys.backend_data, data));
+        want.push((&keys.public_ip, advertised.to_string()));
+    }
     if let Some(ip6) = attrs.public_ipv6.filter(|_| writes_v6(attrs)) {
         let overwrite =
             annotation(node, &keys.public_ipv6_overwrite).and_then(|s| s.parse::<Ipv6Addr>().ok());
@@ -421,7 +515,7 @@ fn stored_address<A: std::str::FromStr>(
 fn stored_lease(
     node: &Node,
     keys: &Annotations,
-    (subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>),
+    (subnet, ipv6_subnet): SubnetPair,
 ) -> Option<Lease> {
     let mac = stored_mac(node, keys)?;
     let mut attrs = LeaseAttrs::vxlan(
@@ -436,7 +530,7 @@ fn stored_lease(
         attrs.backend_v6_data = serde_json::to_value(data).unwrap_or_default();
     }
     Some(Lease {
-        subnet: Some(subnet),
+        subnet,
         ipv6_subnet,
         attrs,
         expiration: None,
@@ -530,8 +624,9 @@ pub struct KubeStore {
     watching: bool,
     /// The node name found through our pod.
     resolved: std::sync::OnceLock<String>,
-    /// `EnableIPv6`, from the config `assigned` was given: peers' IPv6 sides are read.
-    ipv6: bool,
+    /// The network's families, from the config `assigned` was given: which sides of the
+    /// peers are read.
+    families: Families,
 }
 
 fn remote(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -604,7 +699,7 @@ impl KubeStore {
             seen_generation: u64::MAX,
             watching: false,
             resolved: std::sync::OnceLock::new(),
-            ipv6: false,
+            families: Families::IPV4,
         })
     }
 
@@ -776,10 +871,10 @@ impl LeaseStore for KubeStore {
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
         self.start_watch();
         let now = SystemTime::now();
-        let (keys, ipv6) = (&self.keys, self.ipv6);
+        let (keys, families) = (&self.keys, self.families);
         if let Some((leases, generation)) = self
             .watch
-            .synced(|c| node_leases(c.values(), keys, ipv6, now))
+            .synced(|c| node_leases(c.values(), keys, families, now))
         {
             self.seen_generation = generation;
             return Ok(leases);
@@ -789,7 +884,7 @@ impl LeaseStore for KubeStore {
             "list nodes",
             self.api.list(&ListParams::default()),
         ))?;
-        Ok(node_leases(list.items.iter(), &self.keys, ipv6, now))
+        Ok(node_leases(list.items.iter(), &self.keys, families, now))
     }
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
@@ -830,7 +925,7 @@ impl LeaseStore for KubeStore {
         attrs: &dyn Fn(Option<&Lease>) -> LeaseAttrs,
         now: SystemTime,
     ) -> Option<Result<Acquired, StoreError>> {
-        self.ipv6 = cfg.ipv6.is_some();
+        self.families = Families::of(cfg);
         Some((|| {
             let name = self.name()?;
             let node = self.own_node()?.ok_or_else(|| {
@@ -841,12 +936,11 @@ impl LeaseStore for KubeStore {
             // A podCIDR that does not parse or fit will not fix itself: refused, not retried.
             let subnets = own_subnets(&node, cfg, &self.opts.net_config_path)?;
             // The VTEP MACs survive restarts: our previous annotations are our lease.
-            let previous = node_lease(&node, &self.keys, self.ipv6, now)
+            let previous = node_lease(&node, &self.keys, self.families, now)
                 .ok()
                 .flatten()
                 .or_else(|| stored_lease(&node, &self.keys, subnets));
-            let pair = (Some(subnets.0), subnets.1);
-            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), pair, now)?;
+            let stored = self.ensure_own(&node, &attrs(previous.as_ref()), subnets, now)?;
             if self.opts.set_network_unavailable {
                 let p = network_available_patch(&Self::now_rfc3339());
                 self.rt.block_on(deadline(
@@ -962,7 +1056,7 @@ mod tests {
     #[test]
     fn a_flanneld_node_is_a_vxlan_lease() {
         let now = SystemTime::UNIX_EPOCH;
-        let l = node_lease(&flanneld_node(), &keys(), false, now)
+        let l = node_lease(&flanneld_node(), &keys(), Families::IPV4, now)
             .unwrap()
             .unwrap();
         assert_eq!(l.subnet, "10.244.3.0/24".parse::<Ipv4Net>().ok());
@@ -989,10 +1083,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove("flannel.alpha.coreos.com/kube-subnet-manager");
-        assert_eq!(node_lease(&n, &keys(), false, now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), Families::IPV4, now).unwrap(), None);
         let mut n = flanneld_node();
         n.spec = None;
-        assert_eq!(node_lease(&n, &keys(), false, now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), Families::IPV4, now).unwrap(), None);
         // flannel's fuzz seeds: none may panic; bad ones are errors.
         for (ip, cidr) in [
             ("not-an-ip", "10.244.1.0/24"),
@@ -1005,15 +1099,21 @@ mod tests {
             let s = n.spec.as_mut().unwrap();
             s.pod_cidr = Some(cidr.into());
             s.pod_cidrs = None;
-            assert!(node_lease(&n, &keys(), false, now).is_err(), "{ip} {cidr}");
+            assert!(
+                node_lease(&n, &keys(), Families::IPV4, now).is_err(),
+                "{ip} {cidr}"
+            );
         }
         // IPv6-only: no IPv4 lease; dual-stack: the IPv4 one.
         let mut n = flanneld_node();
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fc00::/64".into()]);
-        assert_eq!(node_lease(&n, &keys(), false, now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), Families::IPV4, now).unwrap(), None);
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fc00::/64".into(), "10.244.9.0/24".into()]);
         assert_eq!(
-            node_lease(&n, &keys(), false, now).unwrap().unwrap().subnet,
+            node_lease(&n, &keys(), Families::IPV4, now)
+                .unwrap()
+                .unwrap()
+                .subnet,
             "10.244.9.0/24".parse::<Ipv4Net>().ok()
         );
     }
@@ -1021,7 +1121,7 @@ mod tests {
     #[test]
     fn own_annotations_patch_only_what_differs_and_honour_the_overwrite() {
         let n = flanneld_node();
-        let lease = node_lease(&n, &keys(), false, SystemTime::UNIX_EPOCH)
+        let lease = node_lease(&n, &keys(), Families::IPV4, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         // A restart with the same attributes: nothing to patch, same bytes as flanneld's.
@@ -1066,7 +1166,7 @@ mod tests {
                 .unwrap()
                 .insert(k.clone(), v.as_str().unwrap().into());
         }
-        let l = node_lease(&n3, &keys(), false, SystemTime::UNIX_EPOCH)
+        let l = node_lease(&n3, &keys(), Families::IPV4, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         assert_eq!(l.attrs, udp);
@@ -1086,7 +1186,7 @@ mod tests {
             let annotations = n3.metadata.annotations.as_mut().unwrap();
             annotations.insert(k.clone(), v.as_str().unwrap().into());
         }
-        let l = node_lease(&n3, &keys(), false, SystemTime::UNIX_EPOCH)
+        let l = node_lease(&n3, &keys(), Families::IPV4, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         assert_eq!(l.attrs, weft_udp);
@@ -1165,7 +1265,7 @@ mod tests {
     #[test]
     fn a_dual_stack_flanneld_node_is_a_dual_stack_lease() {
         let now = SystemTime::UNIX_EPOCH;
-        let l = node_lease(&dual_stack_node(), &keys(), true, now)
+        let l = node_lease(&dual_stack_node(), &keys(), Families::DUAL, now)
             .unwrap()
             .unwrap();
         assert_eq!(l.key(), "10.244.4.0-24&fc00:0:0:4::-64");
@@ -1177,7 +1277,7 @@ mod tests {
             "0e:00:00:00:04:01"
         );
         // Without EnableIPv6 the IPv6 side is not read, as flanneld's nodeToLease.
-        let l4 = node_lease(&dual_stack_node(), &keys(), false, now)
+        let l4 = node_lease(&dual_stack_node(), &keys(), Families::IPV4, now)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -1189,28 +1289,33 @@ mod tests {
         let mut n = dual_stack_node();
         n.spec.as_mut().unwrap().pod_cidrs =
             Some(vec!["fc00:0:0:4::/64".into(), "10.244.4.0/24".into()]);
-        assert_eq!(node_lease(&n, &keys(), true, now).unwrap(), Some(l.clone()));
+        assert_eq!(
+            node_lease(&n, &keys(), Families::DUAL, now).unwrap(),
+            Some(l.clone())
+        );
         // A malformed public-ipv6 is an error with EnableIPv6 (flanneld: ParseIP6 fails),
         // and nobody's business without it.
         for bad in ["not-an-ip", "192.0.2.4"] {
             let mut n = dual_stack_node();
             set(&mut n, "public-ipv6", Some(bad));
-            let e = node_lease(&n, &keys(), true, now).unwrap_err();
+            let e = node_lease(&n, &keys(), Families::DUAL, now).unwrap_err();
             assert!(
                 e.contains("public-ipv6") && e.contains("not an IPv6 address"),
                 "{e}"
             );
-            assert!(node_lease(&n, &keys(), false, now).is_ok());
+            assert!(node_lease(&n, &keys(), Families::IPV4, now).is_ok());
         }
         let mut n = dual_stack_node();
         set(&mut n, "backend-v6-data", Some("{"));
-        assert!(node_lease(&n, &keys(), true, now).is_err());
+        assert!(node_lease(&n, &keys(), Families::DUAL, now).is_err());
         // A peer without an IPv6 side yet (flanneld would skip it whole): its IPv4 lease.
         let mut n = dual_stack_node();
         set(&mut n, "public-ipv6", None);
         set(&mut n, "backend-v6-data", None);
         n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.4.0/24".into()]);
-        let l = node_lease(&n, &keys(), true, now).unwrap().unwrap();
+        let l = node_lease(&n, &keys(), Families::DUAL, now)
+            .unwrap()
+            .unwrap();
         assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None));
         assert!(l.attrs.backend_v6_data.is_null());
         assert_eq!(
@@ -1224,7 +1329,7 @@ mod tests {
     #[test]
     fn own_annotations_write_the_ipv6_pair_as_flanneld() {
         let n = dual_stack_node();
-        let lease = node_lease(&n, &keys(), true, SystemTime::UNIX_EPOCH)
+        let lease = node_lease(&n, &keys(), Families::DUAL, SystemTime::UNIX_EPOCH)
             .unwrap()
             .unwrap();
         // What flanneld wrote, read back and written again: nothing to patch.
@@ -1287,8 +1392,8 @@ mod tests {
         let n = dual_stack_node();
         let v4: Ipv4Net = "10.244.4.0/24".parse().unwrap();
         let v6: Ipv6Net = "fc00:0:0:4::/64".parse().unwrap();
-        assert_eq!(own_subnets(&n, &ds, conf).unwrap(), (v4, Some(v6)));
-        assert_eq!(own_subnets(&n, &c4, conf).unwrap(), (v4, None));
+        assert_eq!(own_subnets(&n, &ds, conf).unwrap(), (Some(v4), Some(v6)));
+        assert_eq!(own_subnets(&n, &c4, conf).unwrap(), (Some(v4), None));
         let with_cidrs = |cidrs: &[&str]| {
             let mut n = dual_stack_node();
             let s = n.spec.as_mut().unwrap();
@@ -1297,19 +1402,23 @@ mod tests {
             n
         };
         let msg = |n: &Node, c: &NetConfig| own_subnets(n, c, conf).unwrap_err().to_string();
-        // IPv6-only: refused, named, for now.
-        let e = msg(&with_cidrs(&["fc00:0:0:4::/64"]), &ds);
-        assert!(
-            e.contains("IPv6-only clusters are not supported by weft yet"),
-            "{e}"
-        );
+        // IPv6-only: the IPv6 podCIDR alone, whatever else the node has; a node with
+        // no IPv4 podCIDR in a network with IPv4 is refused, named.
         let mut v6only = ds.clone();
-        v6only.enable_ipv4 = false;
-        let e = msg(&n, &v6only);
+        v6only.ipv4 = None;
+        let only6 = with_cidrs(&["fc00:0:0:4::/64"]);
+        assert_eq!(
+            own_subnets(&only6, &v6only, conf).unwrap(),
+            (None, Some(v6))
+        );
+        assert_eq!(own_subnets(&n, &v6only, conf).unwrap(), (None, Some(v6)));
+        let e = msg(&only6, &ds);
         assert!(
-            e.contains("IPv6-only clusters are not supported by weft yet"),
+            e.contains("has no IPv4 podCIDR") && e.contains("EnableIPv4 false"),
             "{e}"
         );
+        let e = msg(&with_cidrs(&["10.244.4.0/24"]), &v6only);
+        assert!(e.contains("has no IPv6 podCIDR"), "{e}");
         // EnableIPv6 but no IPv6 podCIDR; an IPv6 podCIDR outside IPv6Network.
         let e = msg(&with_cidrs(&["10.244.4.0/24"]), &ds);
         assert!(
@@ -1352,5 +1461,63 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// An IPv6-only node as flanneld v0.28's vxlan backend annotates it (pkg/subnet/kube
+    /// AcquireLease: no backend-data and no public-ip, its IPv4 BackendData being null).
+    fn flanneld_v6_only_node() -> Node {
+        serde_json::from_str(
+            r#"{
+              "apiVersion": "v1",
+              "kind": "Node",
+              "metadata": {
+                "name": "node-6",
+                "annotations": {
+                  "flannel.alpha.coreos.com/backend-type": "vxlan",
+                  "flannel.alpha.coreos.com/backend-v6-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:06:02\"}",
+                  "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                  "flannel.alpha.coreos.com/public-ipv6": "2001:db8::6"
+                }
+              },
+              "spec": {"podCIDR": "fc00:0:0:6::/64", "podCIDRs": ["fc00:0:0:6::/64"]}
+            }"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ipv6_only_nodes_are_read_and_annotated_as_flanneld() {
+        let now = SystemTime::UNIX_EPOCH;
+        let n = flanneld_v6_only_node();
+        let l = node_lease(&n, &keys(), Families::IPV6, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.key(), "0.0.0.0-0&fc00:0:0:6::-64");
+        assert_eq!(l.attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::6".parse().unwrap()));
+        assert_eq!(
+            l.attrs.vxlan_v6_data().unwrap().vtep_mac.to_string(),
+            "0e:00:00:00:06:02"
+        );
+        // Written back unchanged, nothing to patch: no public-ip, no backend-data.
+        let (eff, patch) = own_annotations(&n, &keys(), &l.attrs);
+        assert_eq!((eff, patch), (l.attrs.clone(), None));
+        // A dual-stack node in an IPv6-only network: its IPv6 side alone.
+        let l = node_lease(&dual_stack_node(), &keys(), Families::IPV6, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.key(), "0.0.0.0-0&fc00:0:0:4::-64");
+        assert!(l.attrs.backend_data.is_null());
+        // In networks with IPv4, an IPv6-only node is no lease (yet to get its IPv4 side).
+        assert_eq!(node_lease(&n, &keys(), Families::DUAL, now).unwrap(), None);
+        assert_eq!(node_lease(&n, &keys(), Families::IPV4, now).unwrap(), None);
+        // IPv6-only without public-ipv6: named, skipped.
+        let mut bare = n.clone();
+        set(&mut bare, "public-ipv6", None);
+        let e = node_lease(&bare, &keys(), Families::IPV6, now).unwrap_err();
+        assert!(
+            e.contains("no flannel.alpha.coreos.com/public-ipv6 annotation"),
+            "{e}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{ConfigError, NetConfig};
-use crate::lease::alloc::{allocate, AllocError, Previous, Source};
+use crate::lease::alloc::{allocate, AllocError, Owner, Previous, Source};
 use crate::lease::{Lease, LeaseAttrs};
 
 /// flanneld's lease TTL (`subnetTTL`).
@@ -193,14 +193,14 @@ pub trait LeaseStore: Send {
 /// does: list, choose ([`allocate`]: our own lease, else `previous`, else a random free
 /// subnet, of each family with `EnableIPv6`), then create the key only if no lease holds
 /// either subnet (or update ours only if unchanged); a lost race lists again, up to
-/// [`RACE_RETRIES`] times. Our own lease is found by `public_ip` alone, as flanneld's
-/// `findLeaseByIP` (the IPv6 address reaches the lease through `attrs`). `attrs` is given
-/// our existing lease, if one carries our public IP, so backend data such as the VTEP
-/// MACs survive.
+/// [`RACE_RETRIES`] times. Our own lease is found by `owner`'s public IP alone, as
+/// flanneld's `findLeaseByIP` (an IPv6-only node's by its public IPv6: [`Owner`]). `attrs`
+/// is given our existing lease, if one carries our public IP, so backend data such as the
+/// VTEP MACs survive.
 pub fn acquire(
     store: &mut dyn LeaseStore,
     cfg: &NetConfig,
-    public_ip: Ipv4Addr,
+    owner: impl Into<Owner>,
     previous: Previous,
     now: SystemTime,
     random: u64,
@@ -209,6 +209,7 @@ pub fn acquire(
     if let Some(assigned) = store.assigned(cfg, attrs, now) {
         return assigned;
     }
+    let owner = owner.into();
     let _lock = store.lock()?;
     // Subnets we failed to take (someone holds them, perhaps in a form we cannot read):
     // taken, for us, in the next rounds.
@@ -220,7 +221,7 @@ pub fn acquire(
         let a = allocate(
             cfg,
             &leases,
-            public_ip,
+            owner,
             previous,
             now,
             random.wrapping_add(attempt as u64),
@@ -234,15 +235,15 @@ pub fn acquire(
         }
         let current = listed
             .iter()
-            .find(|s| s.lease.subnet == Some(a.subnet) && s.lease.ipv6_subnet == a.ipv6_subnet);
+            .find(|s| s.lease.subnet == a.subnet && s.lease.ipv6_subnet == a.ipv6_subnet);
         // Ours, or else a stale lease of ours (a v4-only one when EnableIPv6 came): its
         // backend data (the IPv4 VTEP MAC) carries over to the new pair.
         let mine = current
             .map(|s| &s.lease)
-            .filter(|l| l.attrs.public_ip == public_ip && !l.is_expired(now))
+            .filter(|l| owner.owns(l) && !l.is_expired(now))
             .or(a.stale.first());
         let lease = Lease {
-            subnet: Some(a.subnet),
+            subnet: a.subnet,
             ipv6_subnet: a.ipv6_subnet,
             attrs: attrs(mine),
             expiration: match a.source {

@@ -142,6 +142,43 @@ pub fn net_conf(data: &[u8]) {
     let Ok(c) = NetConfig::parse(text) else {
         return;
     };
+    assert!(c.ipv4.is_some() || c.ipv6.is_some(), "{c:?}");
+    if let Some(v4) = &c.ipv4 {
+        ipv4_side_obeys_flannel(v4);
+    }
+    if let Some(v6) = &c.ipv6 {
+        assert!(v6.subnet_len <= 126 && v6.subnet_len >= v6.network.prefix_len() + 2);
+        assert!(
+            v6.subnet_min <= v6.subnet_max && v6.subnet_count() >= 1,
+            "{c:?}"
+        );
+    }
+    let now = SystemTime::UNIX_EPOCH;
+    let a = allocate(
+        &c,
+        &[],
+        Ipv4Addr::new(192, 0, 2, 1),
+        Default::default(),
+        now,
+        data.len() as u64,
+    )
+    .expect("an empty network must have a free subnet");
+    match (&c.ipv4, a.subnet) {
+        (Some(v4), Some(sn)) => assert!(v4.is_compatible(sn), "{a:?} for {c:?}"),
+        (None, None) => {}
+        _ => panic!("{a:?} for {c:?}: an IPv4 subnet exactly when the config has IPv4"),
+    }
+    match (&c.ipv6, a.ipv6_subnet) {
+        (Some(v6), Some(sn)) => assert!(v6.is_compatible(sn), "{a:?} for {c:?}"),
+        (None, None) => {}
+        _ => panic!("{a:?} for {c:?}: an IPv6 subnet exactly when the config has IPv6"),
+    }
+    let _ = c.backend.pod_mtu(1500);
+}
+
+/// flannel's rules for the IPv4 side: room for four subnets, bounds inside the network on
+/// subnet boundaries, at least one subnet.
+fn ipv4_side_obeys_flannel(c: &crate::config::Ipv4Config) {
     let plen = c.network.prefix_len();
     assert!(c.subnet_len <= 30 && c.subnet_len >= plen + 2, "{c:?}");
     assert!(
@@ -153,18 +190,6 @@ pub fn net_conf(data: &[u8]) {
     assert_eq!(u32::from(c.subnet_min) & mask, u32::from(c.subnet_min));
     assert_eq!(u32::from(c.subnet_max) & mask, u32::from(c.subnet_max));
     assert!(c.subnet_count() >= 1);
-    let now = SystemTime::UNIX_EPOCH;
-    let a = allocate(
-        &c,
-        &[],
-        Ipv4Addr::new(192, 0, 2, 1),
-        Default::default(),
-        now,
-        data.len() as u64,
-    )
-    .expect("an empty network must have a free subnet");
-    assert!(c.is_compatible(a.subnet), "{a:?} for {c:?}");
-    let _ = c.backend.pod_mtu(1500);
 }
 
 /// Lease JSON and subnet keys: parsing never panics, and what parses round-trips through
