@@ -98,7 +98,7 @@ fn kube_flannel_conflist_with_debians_plugins_sets_up_and_tears_down_pods() {
             .add(&id, &ns)
             .unwrap_or_else(|e| panic!("re-ADD failed: {e}")),
     );
-    assert_eq!(net, envs[1].subnet);
+    assert_eq!(Some(net), envs[1].subnet);
     let o = ns_run(
         &p1.ns,
         &["ping", "-c", "2", "-i", "0.2", "-W", "2", &ip.to_string()],
@@ -121,7 +121,7 @@ fn add_a_pod_per_node(
             .unwrap_or_else(|e| panic!("ADD failed: {e}"));
         let (ip, net) = pod_ip(&result);
         assert_eq!(
-            net,
+            Some(net),
             envs[i].subnet,
             "pod address {ip} outside node {}'s subnet",
             i + 1

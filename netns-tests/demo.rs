@@ -82,7 +82,7 @@ fn start_nodes(c: &mut Cluster) {
             "node{} 192.0.2.{}: subnet {} MTU {}, pod {} (CNI ADD: weft-cni -> bridge, host-local)",
             i + 1,
             i + 1,
-            env.subnet,
+            env.subnet.expect("an IPv4 subnet"),
             env.mtu,
             pod.ip
         );

@@ -472,3 +472,296 @@ fn a_dual_stack_kube_cluster_takes_both_pod_cidrs_and_writes_flanneds_v6_annotat
     );
     assert_all_reach(&c, 1450 - 28, mtu(&c, 0, "flannel-v6.1") - 48);
 }
+
+/// An IPv6-only vxlan network, flanneld's `EnableIPv4: false`.
+const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Registers node `i` with the API stand-in as kube-controller-manager registers an
+/// IPv6-only node (its IPv6 podCIDR alone, fd00:10:244:`i+1`::/64), with `annotations`.
+fn register_v6_only(c: &Cluster, i: usize, annotations: serde_json::Value) -> String {
+    let name = format!("n{}", i + 1);
+    let cidr = format!("fd00:10:244:{}::/64", i + 1);
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+    let (code, _) = c.kube("POST", "/api/v1/nodes", "application/json", &node);
+    assert_eq!(code, 201);
+    name
+}
+
+/// Node `k` set up as flanneld v0.28 sets up an IPv6-only vxlan node on the kube store
+/// (pkg/backend/vxlan with EnableIPv4 false): `flannel-v6.1` alone (local = its IPv6
+/// address, its subnet's first address as a /128), its Node annotated as `AcquireLease`
+/// annotates it then (backend-type, kube-subnet-manager, backend-v6-data and public-ipv6:
+/// no public-ip and no backend-data, its IPv4 BackendData being nil), and subnet.env
+/// without the IPv4 pair, as `WriteSubnetFile` writes it.
+fn flanneld_v6_only_kube_node(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
+    let ns = c.nodes[k].ns.clone();
+    let n = k + 1;
+    let mac6 = format!("0e:00:00:00:{n:02x}:06");
+    register_v6_only(
+        c,
+        k,
+        serde_json::json!({
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+            "flannel.alpha.coreos.com/backend-v6-data": format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#),
+            "flannel.alpha.coreos.com/public-ipv6": v6.to_string(),
+        }),
+    );
+    ip(&ns, &format!("link add flannel-v6.1 address {mac6} mtu 1450 type vxlan id 1 local {v6} dev eth0 dstport 8472 nolearning"));
+    let _ = try_in_ns(&ns, "sysctl -qw net.ipv6.conf.flannel-v6/1.accept_ra=0");
+    ip(
+        &ns,
+        &format!("addr add fd00:10:244:{n}::/128 dev flannel-v6.1"),
+    );
+    ip(&ns, "link set flannel-v6.1 up");
+    let env = format!("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
+    let file = c.nodes[k].subnet_file.clone();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, env).unwrap();
+}
+
+/// flanneld's vxlan programming on node `k` for every other node in the API, IPv6 only:
+/// per peer the neighbour, the FDB entry and the onlink route on `flannel-v6.1`, from the
+/// node's IPv6 podCIDR and the `public-ipv6` and `backend-v6-data` weft wrote.
+fn program_flanneld_v6_peers(c: &Cluster, k: usize) {
+    let ns = &c.nodes[k].ns;
+    let (code, list) = c.kube("GET", "/api/v1/nodes", "", &serde_json::Value::Null);
+    assert_eq!(code, 200);
+    for node in list["items"].as_array().unwrap() {
+        if node["metadata"]["name"] == format!("n{}", k + 1) {
+            continue;
+        }
+        let a = &node["metadata"]["annotations"];
+        let subnet = node["spec"]["podCIDRs"][0].as_str().unwrap();
+        let gw = subnet.split('/').next().unwrap();
+        let public = a["flannel.alpha.coreos.com/public-ipv6"].as_str().unwrap();
+        let data = a["flannel.alpha.coreos.com/backend-v6-data"]
+            .as_str()
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        let mac = data["VtepMAC"].as_str().unwrap();
+        ip(
+            ns,
+            &format!("neigh replace {gw} dev flannel-v6.1 lladdr {mac} nud permanent"),
+        );
+        let fdb = [
+            "bridge",
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            "flannel-v6.1",
+            "dst",
+            public,
+            "self",
+            "permanent",
+        ];
+        ns_sh(ns, &fdb);
+        ip(
+            ns,
+            &format!("route replace {subnet} via {gw} dev flannel-v6.1 onlink"),
+        );
+    }
+}
+
+/// A weft node of an IPv6-only kube cluster on `dataplane`, started as flanneld's kube
+/// subnet manager, its Node registered without annotations.
+fn weft_v6_only_kube_node(c: &mut Cluster, url: &str, conf: &str, dataplane: &str) -> usize {
+    let i = c.add_node(Kind::Weft);
+    v6_underlay(c, i);
+    let name = register_v6_only(c, i, serde_json::json!({}));
+    let args = [
+        "--kube-subnet-mgr",
+        "--kube-api-url",
+        url,
+        "--net-config-path",
+        conf,
+        "--dataplane",
+        dataplane,
+    ];
+    c.start_weft_env(i, &args, &[("NODE_NAME", &name)]);
+    i
+}
+
+/// An IPv6-only pod on node `i`, through kube-flannel.yml's conflist: its namespace and
+/// IPv6 address (an IPv4 one would be a fault).
+fn add_v6_only_pod(c: &mut Cluster, i: usize) -> (String, Ipv6Addr) {
+    let rt = harness::CniRuntime::kube_flannel(c, i);
+    let ns = c.add_ns(&format!("n{}p6", i + 1));
+    let result = rt
+        .add(&format!("{}-n{}p6", c.prefix, i + 1), &ns)
+        .unwrap_or_else(|e| panic!("CNI ADD on node {} failed: {e}", i + 1));
+    let ips = result["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 1, "an IPv6-only pod has one address: {result}");
+    let a = ips[0]["address"].as_str().unwrap();
+    let a: ipnet::Ipv6Net = a.parse().unwrap_or_else(|_| panic!("not IPv6: {result}"));
+    (ns, a.addr())
+}
+
+/// What weft wrote for an IPv6-only node: subnet.env without the IPv4 pair, and flanneld's
+/// IPv6-only annotations (no public-ip, no backend-data).
+fn assert_v6_only_node_as_flanneld(c: &Cluster, i: usize) {
+    let env = std::fs::read_to_string(&c.nodes[i].subnet_file).unwrap();
+    let want = format!("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n", i + 1);
+    assert_eq!(env, want);
+    let path = format!("/api/v1/nodes/n{}", i + 1);
+    let (code, node) = c.kube("GET", &path, "", &serde_json::Value::Null);
+    assert_eq!(code, 200);
+    let a = &node["metadata"]["annotations"];
+    let key = |k: &str| format!("flannel.alpha.coreos.com/{k}");
+    assert_eq!(a[key("public-ipv6")], format!("2001:db8::{}", i + 1), "{a}");
+    assert_eq!(a[key("backend-type")], "vxlan", "{a}");
+    assert!(
+        a[key("backend-v6-data")]
+            .as_str()
+            .unwrap()
+            .contains("VtepMAC"),
+        "{a}"
+    );
+    assert!(
+        a.get(key("public-ip")).is_none() && a.get(key("backend-data")).is_none(),
+        "{a}"
+    );
+}
+
+#[test]
+fn an_ipv6_only_kube_cluster_runs_weft_beside_a_flanneld_node() {
+    // The cluster's own (file store) config is not the kube nodes': theirs is `conf`.
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, V6_ONLY).unwrap();
+    let conf = conf.display().to_string();
+    let user = weft_v6_only_kube_node(&mut c, &url, &conf, "userspace");
+    let kernel = weft_v6_only_kube_node(&mut c, &url, &conf, "kernel");
+    let k = c.add_node(Kind::KernelVxlan);
+    let k6 = v6_underlay(&c, k);
+    flanneld_v6_only_kube_node(&mut c, k, k6);
+    for i in [user, kernel] {
+        assert_v6_only_node_as_flanneld(&c, i);
+    }
+    // Neither IPv4 device nor IPv4 route: the kernel dataplane has flannel-v6.1 alone.
+    let links = ns_sh(&c.nodes[kernel].ns, &["ip", "-o", "link", "show"]);
+    assert!(
+        links.contains("flannel-v6.1") && !links.contains("flannel.1"),
+        "{links}"
+    );
+    program_flanneld_v6_peers(&c, k);
+    let pods: Vec<(String, Ipv6Addr)> = (0..3).map(|i| add_v6_only_pod(&mut c, i)).collect();
+    wait_for(
+        "weft's routes to the flanneld node",
+        Duration::from_secs(10),
+        || {
+            let r = ns_sh(
+                &c.nodes[kernel].ns,
+                &["ip", "-6", "route", "show", "fd00:10:244:3::/64"],
+            );
+            r.contains("dev flannel-v6.1").then_some(())
+        },
+    );
+    // Every pod reaches every other, with the largest DF ping the IPv6 path holds.
+    let max6 = mtu(&c, k, "flannel-v6.1") - 48;
+    let cap = Capture::start(
+        &c.nodes[user].ns,
+        "eth0",
+        "udp port 8472",
+        &c.dir.join("v6only.pcap"),
+    );
+    for (a, _) in &pods {
+        for (_, b) in pods.iter().filter(|(n, _)| n != a) {
+            let ok = try_in_ns(a, &format!("ping -c 2 -i 0.2 -W 2 -M do -s {max6} {b}"));
+            assert!(ok.status.success(), "{a} -> {b} ({max6} bytes DF)");
+        }
+    }
+    let frames = cap.stop();
+    let outer = |t: [u8; 2]| {
+        frames
+            .iter()
+            .filter(|f| f.len() > 14 && f[12..14] == t)
+            .count()
+    };
+    assert!(
+        outer([0x86, 0xdd]) >= 8 && outer([0x08, 0x00]) == 0,
+        "{} frames",
+        frames.len()
+    );
+    assert_tcp_both_ways_v6(&pods[user], &pods[k]);
+}
+
+/// TCP both ways between two IPv6-only pods (namespace, address): iperf3 moves data.
+fn assert_tcp_both_ways_v6(a: &(String, Ipv6Addr), b: &(String, Ipv6Addr)) {
+    for (from, to) in [(a, b), (b, a)] {
+        let mut server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &to.0,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                &to.1.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let out = try_in_ns(&from.0, &format!("iperf3 -J -t 2 -c {}", to.1));
+        let _ = server.kill();
+        let _ = server.wait();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+        assert!(bytes > 1e6, "TCP {} -> {}: {bytes} bytes", from.1, to.1);
+    }
+}
+
+#[test]
+fn host_gw_runs_an_ipv6_only_kube_cluster() {
+    let v6_host_gw = V6_ONLY.replace("vxlan", "host-gw");
+    let mut c = Cluster::new(weft(), VXLAN);
+    let url = c.start_kube_api();
+    let conf = c.dir.join("net-conf.json");
+    std::fs::write(&conf, &v6_host_gw).unwrap();
+    let conf = conf.display().to_string();
+    for _ in 0..2 {
+        weft_v6_only_kube_node(&mut c, &url, &conf, "auto");
+    }
+    // host-gw's IPv6-only node writes public-ip "0.0.0.0" and backend-data "null" (its
+    // AcquireLease writes both for every backend but vxlan); its pods get the underlay MTU.
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(
+        env.starts_with("FLANNEL_IPV6_NETWORK=") && env.contains("FLANNEL_MTU=1500"),
+        "{env}"
+    );
+    let pods: Vec<(String, Ipv6Addr)> = (0..2).map(|i| add_v6_only_pod(&mut c, i)).collect();
+    wait_for(
+        "node 1's route to node 2's pods",
+        Duration::from_secs(10),
+        || {
+            let r = ns_sh(
+                &c.nodes[0].ns,
+                &["ip", "-6", "route", "show", "fd00:10:244:2::/64"],
+            );
+            r.contains("via 2001:db8::2 dev eth0").then_some(())
+        },
+    );
+    let v4 = ns_sh(&c.nodes[0].ns, &["ip", "-4", "route", "show"]);
+    assert!(
+        !v4.contains("10.244."),
+        "IPv4 pod routes on an IPv6-only node: {v4}"
+    );
+    for (from, to) in [(&pods[0], &pods[1]), (&pods[1], &pods[0])] {
+        let ok = try_in_ns(
+            &from.0,
+            &format!("ping -c 2 -i 0.2 -W 2 -M do -s 1452 {}", to.1),
+        );
+        assert!(
+            ok.status.success(),
+            "{} -> {} (1452 bytes DF)",
+            from.1,
+            to.1
+        );
+    }
+}

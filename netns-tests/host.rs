@@ -54,7 +54,11 @@ fn nftables_mode_needs_no_br_netfilter() {
     c.add_node(Kind::Weft);
     c.launcher = without("/proc/sys/net/bridge");
     let env = c.start_weft(0, &[]);
-    assert!(env.subnet.to_string().starts_with("10.244."));
+    assert!(env
+        .subnet
+        .expect("an IPv4 subnet")
+        .to_string()
+        .starts_with("10.244."));
 }
 
 #[test]

@@ -312,7 +312,8 @@ fn add_pod_through_installed_cni(
         .and_then(|a| a.parse::<ipnet::Ipv4Net>().ok())
         .unwrap_or_else(|| panic!("no address in {result}"))
         .addr();
-    assert!(env.subnet.contains(&ip), "{ip} not in {}", env.subnet);
+    let subnet = env.subnet.expect("an IPv4 subnet");
+    assert!(subnet.contains(&ip), "{ip} not in {subnet}");
     c.nodes[n1].pods.push(Pod {
         ns: pod_ns,
         ip,

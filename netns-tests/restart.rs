@@ -149,7 +149,7 @@ fn check_subnet_and_mac_kept(
 ) {
     let after = node_1_lease(c);
     assert_eq!(after.subnet, before.subnet, "the subnet changed");
-    assert_eq!(Some(env.subnet), before.subnet, "subnet.env changed");
+    assert_eq!(env.subnet, before.subnet, "subnet.env changed");
     assert_eq!(
         after.attrs.vxlan_data().unwrap().vtep_mac,
         before.attrs.vxlan_data().unwrap().vtep_mac,

@@ -267,8 +267,10 @@ const TAP: &str = "weft0-tx";
 /// A dual-stack node's plan: `--ip-masq`, forward rules, the TAP's accept.
 fn dual_stack() -> weft::masq::Plan {
     weft::masq::Plan {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: "10.244.1.0/24".parse().unwrap(),
+        ipv4: Some(weft::masq::V4Plan {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+        }),
         ipv6: Some(weft::masq::V6Plan {
             network: NET6.parse().unwrap(),
             subnet: SUB6.parse().unwrap(),
@@ -378,7 +380,10 @@ fn dual_stack_ip6tables_rules_are_flanneds_and_kept() {
         // Leftovers of a killed dual-stack run: both families' chains go.
         let leftover = |family| {
             let chains = match family {
-                4 => weft::masq::flannel_rules(plan.network, plan.subnet, true, true, true),
+                4 => {
+                    let v4 = plan.ipv4.unwrap();
+                    weft::masq::flannel_rules(v4.network, v4.subnet, true, true, true)
+                }
                 _ => {
                     let v6 = plan.ipv6.unwrap();
                     weft::masq::flannel_rules(v6.network, v6.subnet, true, true, true)

@@ -231,8 +231,8 @@ fn demo_cluster(
         };
         println!("node{i} {public_ip}: lease {} ({:?})", lease, a.source);
         let env = SubnetEnv {
-            network: cfg.network().ok_or("an IPv4 network")?,
-            subnet,
+            network: cfg.network(),
+            subnet: Some(subnet),
             ipv6_network: None,
             ipv6_subnet: None,
             mtu: cfg.backend.pod_mtu(1500),
@@ -244,7 +244,7 @@ fn demo_cluster(
         let format = userspace::format(&cfg.backend, &lease).map_err(|e| e.to_string())?;
         local.push(Node {
             public_ip,
-            subnet,
+            subnet: Some(subnet),
             mtu: cfg.backend.pod_mtu(1500) as usize,
             format,
             udp_checksum: ChecksumMode::Full,
@@ -258,7 +258,8 @@ fn demo_cluster(
 
 /// Pod address `h` in node `n`'s subnet.
 fn pod_ip(n: &Node, h: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(n.subnet.network()) + h)
+    let base = n.subnet.map_or(0, |s| u32::from(s.network()));
+    Ipv4Addr::from(base.wrapping_add(h))
 }
 
 /// A ping from a pod on node1 to a pod on node2: encapsulated by node1, shown on the

@@ -12,10 +12,11 @@ use ipnet::{Ipv4Net, Ipv6Net};
 /// The contents of subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// The cluster network (`FLANNEL_NETWORK`).
-    pub network: Ipv4Net,
+    /// The cluster network (`FLANNEL_NETWORK`); `None` in an IPv6-only network, whose
+    /// subnet.env flanneld writes without the IPv4 pair.
+    pub network: Option<Ipv4Net>,
     /// The node's subnet (`FLANNEL_SUBNET` is its first usable address with its length).
-    pub subnet: Ipv4Net,
+    pub subnet: Option<Ipv4Net>,
     /// The cluster's IPv6 network (`FLANNEL_IPV6_NETWORK`), when IPv6 is enabled.
     pub ipv6_network: Option<Ipv6Net>,
     /// The node's IPv6 subnet (`FLANNEL_IPV6_SUBNET` is its first address with its length).
@@ -45,16 +46,17 @@ pub enum SubnetEnvError {
 
 impl SubnetEnv {
     /// The file's text, in flanneld's order and spelling (pkg/subnet/subnet.go
-    /// WriteSubnetFile): each subnet as its first address with its length, the IPv6 pair
-    /// only when set.
+    /// WriteSubnetFile): each subnet as its first address with its length, each pair only
+    /// when set.
     pub fn render(&self) -> String {
-        let first = Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1));
-        let mut s = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
-            self.network,
-            first,
-            self.subnet.prefix_len()
-        );
+        let mut s = String::new();
+        if let Some(n) = self.network {
+            s += &format!("FLANNEL_NETWORK={n}\n");
+        }
+        if let Some(sn) = self.subnet {
+            let first = Ipv4Addr::from(u32::from(sn.network()).wrapping_add(1));
+            s += &format!("FLANNEL_SUBNET={first}/{}\n", sn.prefix_len());
+        }
         if let Some(n) = self.ipv6_network {
             s += &format!("FLANNEL_IPV6_NETWORK={n}\n");
         }
@@ -66,7 +68,8 @@ impl SubnetEnv {
     }
 
     /// Parses subnet.env text: `KEY=VALUE` lines; blank lines, `#` comments, `export `
-    /// prefixes, quotes and unknown keys are tolerated. The IPv6 keys are optional.
+    /// prefixes, quotes and unknown keys are tolerated. Either family's pair may be absent
+    /// (an IPv4-only or an IPv6-only network), not both, and neither may be half there.
     pub fn parse(text: &str) -> Result<SubnetEnv, SubnetEnvError> {
         let bad = |m: String| SubnetEnvError::Invalid(m);
         let (mut network, mut subnet, mut mtu, mut ipmasq) = (None, None, None, None);
@@ -101,9 +104,29 @@ impl SubnetEnv {
             }
         }
         let missing = |k: &str| bad(format!("{k} is missing"));
+        let pair = |a: bool, b: bool, ka: &str, kb: &str| match (a, b) {
+            (true, false) => Err(missing(kb)),
+            (false, true) => Err(missing(ka)),
+            _ => Ok(a),
+        };
+        let v4 = pair(
+            network.is_some(),
+            subnet.is_some(),
+            "FLANNEL_NETWORK",
+            "FLANNEL_SUBNET",
+        )?;
+        let v6 = pair(
+            ipv6_network.is_some(),
+            ipv6_subnet.is_some(),
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+        )?;
+        if !v4 && !v6 {
+            return Err(missing("FLANNEL_NETWORK (or FLANNEL_IPV6_NETWORK)"));
+        }
         Ok(SubnetEnv {
-            network: network.ok_or_else(|| missing("FLANNEL_NETWORK"))?,
-            subnet: subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?.trunc(),
+            network,
+            subnet: subnet.map(|s| s.trunc()),
             ipv6_network,
             ipv6_subnet,
             mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
@@ -181,8 +204,8 @@ mod tests {
 
     fn env() -> SubnetEnv {
         SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            network: "10.244.0.0/16".parse().ok(),
+            subnet: "10.244.1.0/24".parse().ok(),
             ipv6_network: None,
             ipv6_subnet: None,
             mtu: 1450,
@@ -279,6 +302,38 @@ mod tests {
             e.contains("FLANNEL_IPV6_SUBNET \"fc00:0:0:1::1\" is not an IPv6 CIDR"),
             "{e}"
         );
+    }
+
+    /// An IPv6-only node's file: flanneld's WriteSubnetFile (subnet.go:70) skips the IPv4
+    /// pair when EnableIPv4 is false. The values are those of flannel's CNI plugin test's
+    /// IPv6-only file (flannel_linux_test.go:76, which starts with an empty line), the
+    /// text WriteSubnetFile's format strings make of them.
+    #[test]
+    fn renders_and_reads_ipv6_only_like_flanneld() {
+        let want = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+        let e = SubnetEnv {
+            network: None,
+            subnet: None,
+            ipv6_network: "fc00::/48".parse().ok(),
+            ipv6_subnet: "fc00::/64".parse().ok(),
+            mtu: 1472,
+            ipmasq: true,
+        };
+        assert_eq!(e.render(), want);
+        assert_eq!(SubnetEnv::parse(want).unwrap(), e);
+        // Half a pair, or no pair at all: named.
+        let e = SubnetEnv::parse(
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("FLANNEL_IPV6_SUBNET is missing"));
+        let e = SubnetEnv::parse("FLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n");
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("FLANNEL_NETWORK (or FLANNEL_IPV6_NETWORK) is missing"));
     }
 
     /// flanneld's main_test.go (flannel cdf76059): ReadIP6CIDRFromSubnetFile takes a single

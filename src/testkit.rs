@@ -57,7 +57,7 @@ pub fn node(i: u8, vxlan: bool, vni: u32, udp_checksum: ChecksumMode) -> Node {
     };
     Node {
         public_ip: Ipv4Addr::new(192, 0, 2, i),
-        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap_or_default(),
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).ok(),
         mtu: if vxlan { 1450 } else { 1472 },
         format,
         udp_checksum,

@@ -216,8 +216,8 @@ impl Cluster {
     fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
         let network = self.network;
         let env = SubnetEnv {
-            network,
-            subnet,
+            network: Some(network),
+            subnet: Some(subnet),
             ipv6_network: None,
             ipv6_subnet: None,
             mtu,

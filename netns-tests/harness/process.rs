@@ -69,7 +69,8 @@ impl Cluster {
     pub fn start_weft_pair(&mut self) -> (Ipv4Net, Ipv4Net) {
         self.spawn_weft(0, &[]);
         self.spawn_weft(1, &[]);
-        (self.finish_start(0).subnet, self.finish_start(1).subnet)
+        let subnet = |env: SubnetEnv| env.subnet.expect("an IPv4 subnet");
+        (subnet(self.finish_start(0)), subnet(self.finish_start(1)))
     }
 
     /// As `start_weft`, with `env` added to weft's environment.
@@ -248,6 +249,7 @@ impl Cluster {
         SubnetEnv::read(&self.nodes[i].subnet_file)
             .expect("no subnet.env")
             .subnet
+            .expect("an IPv4 subnet")
     }
 
     /// GET `path` from node `i`'s healthz port, from inside its namespace.

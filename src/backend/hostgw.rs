@@ -38,35 +38,35 @@ impl Backend for HostGw {
     }
 
     fn start(&self, s: Setup<'_>) -> Result<Box<dyn Running>, Error> {
-        let rule = PeerRule {
-            ours: s.subnet.into(),
-            kind: BackendKind::HostGw,
-            vni: None,
-            direct_routing: true,
-            tunnel: Tunnel::None,
-            underlay: link_index(s.nl, s.underlay)?,
-            underlay_name: s.underlay.to_string(),
-        };
-        // Dual-stack: `<v6 subnet> via <PublicIPv6> dev <underlay>` per peer, as flanneld.
-        let v6 = s.lease.ipv6_subnet.map(|sn| PeerRule {
-            ours: sn.into(),
-            ..rule.clone()
-        });
-        let families = if v6.is_some() {
-            "PublicIP and PublicIPv6"
-        } else {
-            "public IP"
+        // `<subnet> via <PublicIP> dev <underlay>` per peer for each family we have (the
+        // IPv6 one via PublicIPv6), as flanneld.
+        let ours: Vec<ipnet::IpNet> = (s.subnet.map(Into::into).into_iter())
+            .chain(s.lease.ipv6_subnet.map(Into::into))
+            .collect();
+        let underlay = link_index(s.nl, s.underlay)?;
+        let rules: Vec<PeerRule> = ours
+            .into_iter()
+            .map(|ours| PeerRule {
+                ours,
+                kind: BackendKind::HostGw,
+                vni: None,
+                direct_routing: true,
+                tunnel: Tunnel::None,
+                underlay,
+                underlay_name: s.underlay.to_string(),
+            })
+            .collect();
+        let families = match (s.subnet, s.lease.ipv6_subnet) {
+            (Some(_), Some(_)) => "PublicIP and PublicIPv6",
+            (None, _) => "PublicIPv6",
+            _ => "public IP",
         };
         Ok(Box::new(Reconciled {
             describe: format!(
                 "host-gw backend: a route via each peer's {families} on {}",
                 s.underlay
             ),
-            reconciler: Reconciler::new(
-                s.nl,
-                [Some(rule), v6].into_iter().flatten().collect(),
-                "host-gw",
-            ),
+            reconciler: Reconciler::new(s.nl, rules, "host-gw"),
         }))
     }
 }

@@ -117,11 +117,36 @@ impl Family {
     }
 }
 
+/// The IPv4 device's family, unless the network is IPv6-only: `flannel.<VNI>` with the
+/// IPv4 underlay address as its `local`, the MAC of the lease's `BackendData`, and the
+/// subnet's first address.
+fn v4_family(s: &Setup<'_>, spec: &VxlanSpec) -> Result<Option<Family>, Error> {
+    let Some(subnet) = s.subnet else {
+        return Ok(None);
+    };
+    let mac = s
+        .lease
+        .attrs
+        .vxlan_data()
+        .map_err(|e| Error::OwnLease {
+            key: s.lease.key(),
+            detail: e.to_string(),
+        })?
+        .vtep_mac;
+    Ok(Some(Family {
+        spec: VxlanSpec {
+            mac,
+            ..spec.clone()
+        },
+        ours: subnet.into(),
+    }))
+}
+
 /// What VXLAN over IPv6 costs: outer IPv6 (40), UDP (8), VXLAN (8) and inner Ethernet
 /// (14), 20 bytes more than over IPv4.
 const V6_OVERHEAD: u32 = 70;
 
-/// The IPv6 device's family, in a dual-stack cluster: `flannel-v6.<VNI>` with the IPv6
+/// The IPv6 device's family, in a dual-stack or IPv6-only cluster: `flannel-v6.<VNI>` with the IPv6
 /// underlay address as its `local`, the MAC of the lease's `BackendV6Data`, and the IPv6
 /// subnet's first address. flanneld asks for the IPv4 device's MTU; the kernel clamps an
 /// IPv6 vxlan device to its underlay's MTU − 70 at creation (and refuses more later), so
@@ -177,30 +202,19 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     };
     let name = device_name(vni);
     let underlay = link_index(s.nl, s.underlay)?;
-    let mac = s
-        .lease
-        .attrs
-        .vxlan_data()
-        .map_err(|e| Error::OwnLease {
-            key: s.lease.key(),
-            detail: e.to_string(),
-        })?
-        .vtep_mac;
-    let v4 = Family {
-        spec: VxlanSpec {
-            name: name.clone(),
-            vni,
-            port,
-            underlay,
-            local: s.local_ip.into(),
-            mac,
-            mtu: s.pod_mtu,
-        },
-        ours: s.subnet.into(),
+    let spec = VxlanSpec {
+        name: name.clone(),
+        vni,
+        port,
+        underlay,
+        local: s.local_ip.into(),
+        mac: crate::wire::MacAddr([0; 6]),
+        mtu: s.pod_mtu,
     };
-    let v6 = v6_family(&s, &v4.spec)?;
+    let v4 = v4_family(&s, &spec)?;
+    let v6 = v6_family(&s, &spec)?;
     let rule = PeerRule {
-        ours: v4.ours,
+        ours: IpNet::V4(Default::default()),
         kind: BackendKind::Vxlan,
         vni: Some(vni),
         direct_routing,
@@ -209,12 +223,15 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         underlay_name: s.underlay.to_string(),
     };
     let (mut rules, mut links) = (Vec::new(), Vec::new());
-    let mut names = name.clone();
-    v4.start(s.nl, &rule, &mut rules, &mut links)?;
-    if let Some(v6) = v6 {
-        names = format!("{names} and {}", v6.spec.name);
-        v6.start(s.nl, &rule, &mut rules, &mut links)?;
+    let names: Vec<String> = [&v4, &v6]
+        .into_iter()
+        .flatten()
+        .map(|f| f.spec.name.clone())
+        .collect();
+    for family in [v4, v6].into_iter().flatten() {
+        family.start(s.nl, &rule, &mut rules, &mut links)?;
     }
+    let names = names.join(" and ");
     let mtus: Vec<String> = links.iter().map(|(_, l)| l.mtu.to_string()).collect();
     let mut reconciler = Reconciler::new(s.nl, rules, &name);
     for (index, link) in links {

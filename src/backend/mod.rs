@@ -57,9 +57,10 @@ pub struct Underlay {
     pub name: String,
     /// Its MTU.
     pub mtu: u32,
-    /// The interface address the sockets bind.
+    /// The interface's IPv4 address the sockets bind; `0.0.0.0` on an IPv6-only node.
     pub local_ip: Ipv4Addr,
-    /// This node's public IP: what the lease advertises (`--public-ip`, else `local_ip`).
+    /// This node's public IP: what the lease advertises (`--public-ip`, else `local_ip`);
+    /// `0.0.0.0` on an IPv6-only node, flanneld's PublicIP for such a node.
     pub public_ip: Ipv4Addr,
     /// Its IPv6 side, when the network has IPv6 enabled.
     pub v6: Option<UnderlayV6>,
@@ -81,20 +82,21 @@ pub struct Setup<'a> {
     pub nl: &'a Arc<Netlink>,
     /// The underlay interface's name.
     pub underlay: &'a str,
-    /// The underlay interface's address, which the sockets bind.
+    /// The underlay interface's IPv4 address, which the IPv4 sockets bind (`0.0.0.0` on an
+    /// IPv6-only node: it has none).
     pub local_ip: Ipv4Addr,
     /// This node's public address, as the lease advertises it (differs from `local_ip`
-    /// behind NAT).
+    /// behind NAT; `0.0.0.0` on an IPv6-only node, as flanneld advertises it then).
     pub public_ip: Ipv4Addr,
-    /// The cluster network.
-    pub network: Ipv4Net,
+    /// The cluster's IPv4 network (`None`: an IPv6-only network).
+    pub network: Option<Ipv4Net>,
     /// The IPv6 side, in a dual-stack cluster: the interface's IPv6 address and the
     /// cluster's IPv6 network (our IPv6 subnet is the lease's).
     pub v6: Option<(Ipv6Addr, Ipv6Net)>,
     /// Our lease, as stored.
     pub lease: &'a Lease,
-    /// Its IPv4 subnet.
-    pub subnet: Ipv4Net,
+    /// Its IPv4 subnet (`None`: an IPv6-only network).
+    pub subnet: Option<Ipv4Net>,
     /// The pod MTU ([`Backend::pod_mtu`] of the underlay's).
     pub pod_mtu: u32,
     /// The forwarding table, kept current by the daemon.

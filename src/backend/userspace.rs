@@ -25,7 +25,8 @@ pub const TUN_TXQUEUELEN: u32 = 5000;
 
 /// The lease attributes for `backend`: vxlan keeps the VTEP MAC of `ours` (our existing
 /// lease) or uses `new_mac`; udp is flanneld's (the public IP alone) plus the mark saying
-/// this node takes super-datagrams ([`crate::lease::SUPER_DATAGRAMS`]).
+/// this node takes super-datagrams ([`crate::lease::SUPER_DATAGRAMS`]). An IPv6-only
+/// node (public IP `0.0.0.0`) publishes no IPv4 `BackendData`, as flanneld's vxlan.
 pub fn lease_attrs(
     backend: &BackendConfig,
     (public_ip, public_ipv6): (Ipv4Addr, Option<Ipv6Addr>),
@@ -46,6 +47,9 @@ pub fn lease_attrs(
                 attrs.public_ipv6 = Some(v6);
                 attrs.backend_v6_data =
                     serde_json::to_value(VxlanBackendData { vni, vtep_mac }).unwrap_or_default();
+                if public_ip.is_unspecified() {
+                    attrs.backend_data = serde_json::Value::Null;
+                }
             }
             attrs
         }
@@ -61,14 +65,17 @@ pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
         BackendConfig::Vxlan { vni, port, .. } => Format::Vxlan {
             vni,
             port,
-            mac: lease
-                .attrs
-                .vxlan_data()
-                .map_err(|e| Error::OwnLease {
-                    key: lease.key(),
-                    detail: e.to_string(),
-                })?
-                .vtep_mac,
+            // An IPv6-only lease has no IPv4 data; its IPv6 MAC stands in (no IPv4 frame
+            // is ever built with it).
+            mac: match lease.subnet {
+                Some(_) => lease.attrs.vxlan_data(),
+                None => lease.attrs.vxlan_v6_data(),
+            }
+            .map_err(|e| Error::OwnLease {
+                key: lease.key(),
+                detail: e.to_string(),
+            })?
+            .vtep_mac,
             src_ports: LINUX_SRC_PORTS,
         },
         BackendConfig::Udp { port } => Format::Udp { port },
@@ -98,8 +105,8 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     let mut reconciler = Reconciler::new(s.nl, rules, "DirectRouting");
     // One route for the whole cluster network (of each family), as flannel's udp backend
     // has. From here on, dropping the reconciler removes the routes and the device.
-    reconciler.adopt_device(index, link_plan(&s, v6.as_ref()))?;
-    if let Some(v6) = &v6 {
+    reconciler.adopt_device(index, link_plan(&s, v6.as_ref())?)?;
+    if let Some(v6) = v6.as_ref().filter(|_| s.subnet.is_some()) {
         add_v6_address(&s, index, v6)?;
     }
     let injectors = tunnel_gso(&s, &mut offloads);
@@ -189,21 +196,31 @@ fn tun_ipv6(tun: &str, on: bool) {
     }
 }
 
-/// The TUN as the plan wants it: the pod MTU, our subnet's first address, a route for the
-/// cluster network of each family.
-fn link_plan(s: &Setup<'_>, v6: Option<&NodeV6>) -> LinkPlan {
-    let mut routes = vec![IpNet::V4(s.network)];
+/// The TUN as the plan wants it: the pod MTU, our subnet's first address (the IPv6
+/// subnet's on an IPv6-only node), a route for the cluster network of each family.
+fn link_plan(s: &Setup<'_>, v6: Option<&NodeV6>) -> Result<LinkPlan, Error> {
+    let mut routes: Vec<IpNet> = s.network.map(IpNet::V4).into_iter().collect();
     if let (Some((_, network6)), Some(_)) = (s.v6, v6) {
         routes.push(IpNet::V6(network6));
     }
-    LinkPlan {
+    let address = match (s.subnet, v6) {
+        (Some(sn), _) => sn.network().into(),
+        (None, Some(v6)) => v6.subnet.network().into(),
+        (None, None) => {
+            return Err(Error::Unsupported(format!(
+                "our lease {} has neither an IPv4 subnet nor an IPv6 side to forward",
+                s.lease.key()
+            )))
+        }
+    };
+    Ok(LinkPlan {
         name: s.dataplane.tun_name.clone(),
         mtu: s.pod_mtu,
         txqueuelen: TUN_TXQUEUELEN,
-        address: s.subnet.network().into(),
+        address,
         mac: None,
         routes,
-    }
+    })
 }
 
 /// Our IPv6 side in a dual-stack cluster (vxlan only: a dual-stack udp config is refused
@@ -252,29 +269,27 @@ fn node_v6(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Option<NodeV6>, Error> 
 /// update removes those an earlier run (host-gw, DirectRouting) left, which would shadow
 /// the TUN's route.
 fn peer_rules(cfg: &BackendConfig, s: &Setup<'_>) -> Result<Vec<PeerRule>, Error> {
-    let v4 = PeerRule {
-        ours: s.subnet.into(),
-        kind: BackendKind::Vxlan,
-        vni: None,
-        direct_routing: matches!(
-            cfg,
-            BackendConfig::Vxlan {
-                direct_routing: true,
-                ..
-            }
-        ),
-        tunnel: Tunnel::Tun,
-        underlay: link_index(s.nl, s.underlay)?,
-        underlay_name: s.underlay.to_string(),
-    };
-    let v6 = match (s.v6, s.lease.ipv6_subnet) {
-        (Some(_), Some(subnet)) => Some(PeerRule {
-            ours: subnet.into(),
-            ..v4.clone()
-        }),
-        _ => None,
-    };
-    Ok(std::iter::once(v4).chain(v6).collect())
+    let v6 = s.v6.and(s.lease.ipv6_subnet);
+    let ours = (s.subnet.map(IpNet::V4).into_iter()).chain(v6.map(IpNet::V6));
+    let underlay = link_index(s.nl, s.underlay)?;
+    let direct_routing = matches!(
+        cfg,
+        BackendConfig::Vxlan {
+            direct_routing: true,
+            ..
+        }
+    );
+    Ok(ours
+        .map(|ours| PeerRule {
+            ours,
+            kind: BackendKind::Vxlan,
+            vni: None,
+            direct_routing,
+            tunnel: Tunnel::Tun,
+            underlay,
+            underlay_name: s.underlay.to_string(),
+        })
+        .collect())
 }
 
 /// The predecessor's queues and sockets ([`adopt`]), else our own TUN queues (and the
@@ -465,7 +480,10 @@ impl Running for Forwarding {
 
     fn peers_changed(&mut self, peers: &[Peer]) {
         self.reconciler.update(peers);
-        let senders: Vec<Ipv4Addr> = peers.iter().map(|p| p.public_ip).collect();
+        // An IPv6-only peer's PublicIP is 0.0.0.0, which sends nothing.
+        let senders: Vec<Ipv4Addr> = (peers.iter().map(|p| p.public_ip))
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
         let senders6: Vec<Ipv6Addr> = peers.iter().filter_map(|p| Some(p.v6?.public_ip)).collect();
         self.dp.set_senders(&senders, &senders6);
     }

@@ -19,12 +19,6 @@ pub enum Error {
     /// No interface matches the selection flags; every attempt, then the interfaces.
     #[error("no underlay interface: {0}")]
     NoUnderlay(String),
-    /// An IPv6-only network (EnableIPv4 false): read, but not forwarded yet.
-    #[error("the network is IPv6-only (EnableIPv4 false, IPv6Network {network}): weft reads its config, leases and podCIDRs, but its backends do not forward an IPv6-only network yet; run it dual-stack (an IPv4 Network beside IPv6Network, EnableIPv4 true)")]
-    Ipv6Only {
-        /// The IPv6 network.
-        network: String,
-    },
     /// The underlay MTU leaves too little for pods.
     #[error("underlay {name} MTU {mtu} leaves only {pod_mtu} for pods; IPv4 needs 576")]
     MtuTooSmall {

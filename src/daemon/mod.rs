@@ -27,7 +27,7 @@ mod underlay;
 pub use crate::backend::{DataplaneChoice, Underlay};
 pub use args::{flanneld_env_aliases, RunArgs};
 pub use error::Error;
-pub use underlay::{find_underlay, find_underlay_v6};
+pub use underlay::{find_underlay, find_underlay_v6, find_underlay_v6_only};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -124,9 +124,9 @@ pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) ->
 /// route are gone and the guard answers "net unreachable" instead of letting pods' packets
 /// for other nodes follow the default route unencapsulated. It is never removed by `weft
 /// run` (`weft cleanup` removes it); guards for a network no longer configured are.
-pub fn fail_closed(nl: &Netlink, network: ipnet::Ipv4Net) -> Result<()> {
+pub fn fail_closed(nl: &Netlink, network: Option<ipnet::Ipv4Net>) -> Result<()> {
     for old in nl.guards().unwrap_or_default() {
-        if old != network {
+        if Some(old) != network {
             match nl.del_guard(old) {
                 Ok(()) => tracing::info!(
                     "removed the fail-closed route for {old}, no longer the cluster network"
@@ -135,6 +135,9 @@ pub fn fail_closed(nl: &Netlink, network: ipnet::Ipv4Net) -> Result<()> {
             }
         }
     }
+    let Some(network) = network else {
+        return Ok(());
+    };
     nl.replace_guard(network)
         .map_err(|source| Error::Guard { network, source })
 }
@@ -288,16 +291,11 @@ fn check_host(cfg: &NetConfig, args: &RunArgs, backend: &dyn Backend) -> Result<
 /// flanneld's traffic rules as this node wants them (the forward-from devices are the
 /// started backend's to add); the IPv6 side when net-conf enables IPv6 and the lease has an
 /// IPv6 subnet.
-fn rules_plan(
-    node: &Node,
-    args: &RunArgs,
-    subnet: ipnet::Ipv4Net,
-    ipv6_subnet: Option<ipnet::Ipv6Net>,
-) -> crate::masq::Plan {
-    let ipv6 = node.cfg.ipv6.as_ref().zip(ipv6_subnet);
+fn rules_plan(node: &Node, args: &RunArgs) -> crate::masq::Plan {
+    let ipv4 = node.network.zip(node.subnet);
+    let ipv6 = node.cfg.ipv6.as_ref().zip(node.ours.lease.ipv6_subnet);
     crate::masq::Plan {
-        network: node.network,
-        subnet,
+        ipv4: ipv4.map(|(network, subnet)| crate::masq::V4Plan { network, subnet }),
         ipv6: ipv6.map(|(v6, subnet)| crate::masq::V6Plan {
             network: v6.network,
             subnet,
@@ -369,7 +367,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(p) = predecessor.as_mut() {
         node.handoff.inherit(p.share()?);
     }
-    let subnet = node.subnet;
+    let subnet = node.first_subnet();
     let mut fwd = tracing::info_span!("start", %subnet)
         .in_scope(|| start_forwarding(&args, &node, store.as_mut(), &status))?;
     // What the first start did not adopt (a kernel dataplane's start) is not held open.
@@ -443,8 +441,8 @@ fn listen_for_successor(
         pid: std::process::id(),
         version: crate::VERSION.to_string(),
         flags: crate::handover::flags_of(&format!("{args:#?}")),
-        network: node.network.to_string(),
-        subnet: node.subnet.to_string(),
+        network: node.first_network.to_string(),
+        subnet: node.first_subnet().to_string(),
         shares: true,
     };
     let handoff = node.handoff.clone();
@@ -474,13 +472,16 @@ struct Node {
     nl: Arc<Netlink>,
     underlay: Underlay,
     cfg: NetConfig,
-    /// The IPv4 network.
-    network: ipnet::Ipv4Net,
+    /// The IPv4 network (`None`: an IPv6-only network).
+    network: Option<ipnet::Ipv4Net>,
+    /// The network of our first family (the IPv4 one, else the IPv6 one): what a
+    /// successor must have, and what our peers' leases lie in.
+    first_network: ipnet::IpNet,
     backend: Box<dyn Backend>,
     pod_mtu: u32,
     ours: Stored,
-    /// Our lease's IPv4 subnet.
-    subnet: ipnet::Ipv4Net,
+    /// Our lease's IPv4 subnet (`None` in an IPv6-only network).
+    subnet: Option<ipnet::Ipv4Net>,
     table: Arc<LeaseTable>,
     counters: Counters,
     /// The dataplane's queues and sockets, from a predecessor and for a successor.
@@ -488,6 +489,15 @@ struct Node {
 }
 
 impl Node {
+    /// Our subnet of the first family (the IPv4 one, else the IPv6 one), for logs and a
+    /// successor.
+    fn first_subnet(&self) -> String {
+        let l = &self.ours.lease;
+        (l.subnet.map(|s| s.to_string()))
+            .or(l.ipv6_subnet.map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
     /// Starts the backend (at start, and again after it broke).
     fn start_backend(&self, args: &RunArgs) -> Result<Box<dyn Running>> {
         let setup = Setup {
@@ -511,17 +521,21 @@ impl Node {
     }
 }
 
-/// The IPv4 network and the underlay for `cfg` (its IPv6 side too, when the network has
-/// IPv6); an IPv6-only network is refused here, by name, before anything is touched.
-fn underlay_for(
-    nl: &Netlink,
-    cfg: &NetConfig,
-    args: &RunArgs,
-) -> Result<(ipnet::Ipv4Net, Underlay)> {
-    let Some(network) = cfg.network() else {
-        let network = cfg.networks_text();
-        return Err(Error::Ipv6Only { network });
-    };
+/// The network of the first family and the underlay for `cfg`: chosen by its IPv4
+/// addresses, with its IPv6 side too when the network has IPv6, or by its IPv6 addresses
+/// alone in an IPv6-only network.
+fn underlay_for(nl: &Netlink, cfg: &NetConfig, args: &RunArgs) -> Result<(ipnet::IpNet, Underlay)> {
+    // NetConfig::parse refuses a config without a family; one built otherwise is named.
+    let network = cfg.first_network().ok_or_else(|| {
+        crate::backend::Error::Unsupported("the network config has no address family".into())
+    })?;
+    if cfg.ipv4.is_none() {
+        let underlay = find_underlay_v6_only(nl, args)?;
+        if let Some(v6) = &underlay.v6 {
+            tracing::info!(local = %v6.local_ip, public = %v6.public_ip, "an IPv6-only underlay");
+        }
+        return Ok((network, underlay));
+    }
     let mut underlay = find_underlay(nl, args)?;
     if cfg.ipv6.is_some() {
         let v6 = find_underlay_v6(nl, args, &underlay)?;
@@ -554,7 +568,7 @@ fn prepare(
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    fail_closed(&nl, network)?;
+    fail_closed(&nl, cfg.network())?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
     check_host(&cfg, args, backend.as_ref())?;
     adopt(&nl, backend.kernel_device().as_deref());
@@ -587,17 +601,13 @@ fn prepare(
         store = %store.describe(),
         "lease acquired"
     );
-    let subnet = acquired.stored.lease.subnet.ok_or_else(|| {
-        crate::backend::Error::Unsupported(format!(
-            "our lease {} has no IPv4 subnet: weft forwards only networks with IPv4",
-            acquired.stored.lease.key()
-        ))
-    })?;
     let node = Node {
-        subnet,
+        subnet: acquired.stored.lease.subnet,
         nl,
-        network,
-        table: Arc::new(LeaseTable::new(network)),
+        network: cfg.network(),
+        first_network: network,
+        // The IPv4 index's range: an IPv6-only node's table indexes no IPv4 peer.
+        table: Arc::new(LeaseTable::new(cfg.network().unwrap_or_default())),
         counters: Counters::with_workers(args.workers as usize),
         underlay,
         cfg,
@@ -626,13 +636,13 @@ fn start_forwarding(
     store: &mut dyn LeaseStore,
     status: &crate::health::Status,
 ) -> Result<Forwarding> {
-    let (cfg, subnet) = (&node.cfg, node.subnet);
+    let cfg = &node.cfg;
     let resync = Duration::from_secs(args.iptables_resync as u64);
     let mode = Mode::from_config(cfg.enable_nftables);
-    let mut plan = rules_plan(node, args, subnet, node.ours.lease.ipv6_subnet);
+    let mut plan = rules_plan(node, args);
     let mut policy = Policy::new(
         node.ours.clone(),
-        node.network,
+        node.first_network,
         Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60),
         (crate::masq::wanted(&plan, mode) || args.ip_blackhole_route).then_some(resync),
         BACKEND_CHECK,
@@ -657,7 +667,8 @@ fn start_forwarding(
     let rules = install_rules(&plan, mode)?;
     let blackhole = args.ip_blackhole_route.then(|| {
         let v6 = node.ours.lease.ipv6_subnet.map(ipnet::IpNet::V6);
-        let subnets = std::iter::once(subnet.into()).chain(v6).collect();
+        let v4 = node.subnet.map(ipnet::IpNet::V4);
+        let subnets = v4.into_iter().chain(v6).collect();
         BlackholeRoute::new(node.nl.clone(), subnets)
     });
     announce(args, node, running.as_ref(), status)?;
@@ -744,7 +755,7 @@ fn shutdown(node: &Node, fwd: Forwarding, handed_over: bool) {
     } else {
         tracing::info!(
             "stopped; removed what the {backend} backend installed{rules}; lease {lease} and the fail-closed route for {} left in place",
-            node.network
+            node.first_network
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::lease::{Lease, Peer};
 use crate::store::Stored;
@@ -74,7 +74,7 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Policy {
     ours: Stored,
-    network: Ipv4Net,
+    network: IpNet,
     margin: Duration,
     resync: Option<Duration>,
     next_resync: Option<Instant>,
@@ -90,16 +90,21 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Whether `lease` is a peer of our network: its IPv4 subnet inside it.
+    /// Whether `lease` is a peer of our network: its IPv4 subnet inside it (its IPv6 one in
+    /// an IPv6-only network).
     fn in_network(&self, lease: &Lease) -> bool {
-        lease.subnet.is_some_and(|s| self.network.contains(&s))
+        match self.network {
+            IpNet::V4(n) => lease.subnet.is_some_and(|s| n.contains(&s)),
+            IpNet::V6(n) => lease.ipv6_subnet.is_some_and(|s| n.contains(&s)),
+        }
     }
 
-    /// A policy for our lease `ours` in `network`: renew `margin` before expiry, check the
+    /// A policy for our lease `ours` in `network` (the IPv4 one, or the IPv6 one of an
+    /// IPv6-only network): renew `margin` before expiry, check the
     /// rules every `resync` (if there are rules) and the backend every `check_every`.
     pub fn new(
         ours: Stored,
-        network: Ipv4Net,
+        network: impl Into<IpNet>,
         margin: Duration,
         resync: Option<Duration>,
         check_every: Duration,
@@ -107,7 +112,7 @@ impl Policy {
     ) -> Policy {
         Policy {
             ours,
-            network,
+            network: network.into(),
             margin,
             resync,
             next_resync: resync.map(|r| now.mono + r),
@@ -292,7 +297,7 @@ pub(crate) mod tests {
         let ours = lease("10.244.1.0/24", 1, Some(now.wall + LEASE_TTL));
         let p = Policy::new(
             Stored::ours(ours.clone()),
-            "10.244.0.0/16".parse().unwrap(),
+            "10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap(),
             HOUR,
             Some(Duration::from_secs(5)),
             Duration::from_secs(1),
@@ -387,7 +392,7 @@ pub(crate) mod tests {
         let res = lease("10.244.1.0/24", 1, None);
         let mut p = Policy::new(
             Stored::ours(res.clone()),
-            "10.244.0.0/16".parse().unwrap(),
+            "10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap(),
             HOUR,
             None,
             Duration::from_secs(1),

@@ -29,27 +29,69 @@ use super::{Error, Result, RunArgs};
 use crate::backend::{Underlay, UnderlayV6};
 use crate::netlink::{Link, Netlink};
 
-/// The interfaces and IPv4 addresses of this namespace, as netlink lists them.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Interfaces {
+/// An address family the underlay is chosen in: IPv4, or IPv6 in an IPv6-only network.
+pub(crate) trait Family:
+    Copy + Eq + std::str::FromStr + std::fmt::Display + std::fmt::Debug
+{
+    /// The family's name in messages.
+    const NAME: &'static str;
+    /// The flag that advertises another address of the family.
+    const PUBLIC_FLAG: &'static str;
+}
+
+impl Family for Ipv4Addr {
+    const NAME: &'static str = "IPv4";
+    const PUBLIC_FLAG: &'static str = "--public-ip";
+}
+
+impl Family for Ipv6Addr {
+    const NAME: &'static str = "global IPv6";
+    const PUBLIC_FLAG: &'static str = "--public-ipv6";
+}
+
+/// The interfaces and the addresses of one family (IPv4, or IPv6 in an IPv6-only network)
+/// of this namespace, as netlink lists them.
+#[derive(Debug, Clone)]
+pub(crate) struct Interfaces<A = Ipv4Addr> {
     /// Every link, in index order.
     pub(crate) links: Vec<Link>,
     /// (link index, address), in the kernel's order (an interface's primary first).
-    pub(crate) addrs: Vec<(u32, Ipv4Addr)>,
-    /// The default route's interface, if any.
+    pub(crate) addrs: Vec<(u32, A)>,
+    /// The family's default route's interface, if any.
     pub(crate) default_link: Option<u32>,
 }
 
-impl Interfaces {
+impl<A> Default for Interfaces<A> {
+    fn default() -> Self {
+        Interfaces {
+            links: Vec::new(),
+            addrs: Vec::new(),
+            default_link: None,
+        }
+    }
+}
+
+impl<A> Default for Selection<A> {
+    fn default() -> Self {
+        Selection {
+            iface: Vec::new(),
+            iface_regex: Vec::new(),
+            can_reach: None,
+            public_ip: None,
+        }
+    }
+}
+
+impl<A: Family> Interfaces<A> {
     fn link(&self, index: u32) -> Option<&Link> {
         self.links.iter().find(|l| l.index == index)
     }
 
-    fn first_addr(&self, index: u32) -> Option<Ipv4Addr> {
+    fn first_addr(&self, index: u32) -> Option<A> {
         self.addrs.iter().find(|(i, _)| *i == index).map(|a| a.1)
     }
 
-    fn holder(&self, ip: Ipv4Addr) -> Option<&Link> {
+    fn holder(&self, ip: A) -> Option<&Link> {
         self.addrs
             .iter()
             .find(|(_, a)| *a == ip)
@@ -73,38 +115,64 @@ impl Interfaces {
     }
 }
 
-/// The selection flags.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Selection {
+/// The selection flags (the addresses of one family).
+#[derive(Debug, Clone)]
+pub(crate) struct Selection<A = Ipv4Addr> {
     /// `--iface`, in order.
     pub(crate) iface: Vec<String>,
     /// `--iface-regex`, in order.
     pub(crate) iface_regex: Vec<Regex>,
     /// `--iface-can-reach`, with the (interface, source address) the kernel would use to
     /// reach it, as looked up by [`route_to`].
-    pub(crate) can_reach: Option<(Ipv4Addr, Option<(u32, Ipv4Addr)>)>,
-    /// `--public-ip`.
-    pub(crate) public_ip: Option<Ipv4Addr>,
+    pub(crate) can_reach: Option<(A, Option<(u32, A)>)>,
+    /// `--public-ip` (`--public-ipv6` in an IPv6-only network).
+    pub(crate) public_ip: Option<A>,
 }
 
 /// Chooses the underlay from `ifs` as flanneld does (see the module documentation); the
 /// error lists every attempt and the interfaces there are.
 pub(crate) fn select(ifs: &Interfaces, sel: &Selection) -> Result<Underlay> {
-    let mut tried = Vec::new();
-    let chosen = pick(ifs, sel, &mut tried);
-    let Some((link, local_ip)) = chosen else {
-        return Err(Error::NoUnderlay(format!(
-            "{} (interfaces here: {})",
-            tried.join("; "),
-            ifs.summary()
-        )));
-    };
+    let (link, local_ip) = choose(ifs, sel)?;
     Ok(Underlay {
         name: link.name.clone(),
         mtu: link.mtu,
         local_ip,
         public_ip: sel.public_ip.unwrap_or(local_ip),
         v6: None,
+    })
+}
+
+/// The interface and address of `A`'s family `ifs` and `sel` choose.
+fn choose<'a, A: Family>(ifs: &'a Interfaces<A>, sel: &Selection<A>) -> Result<(&'a Link, A)> {
+    let mut tried = Vec::new();
+    pick(ifs, sel, &mut tried).ok_or_else(|| {
+        Error::NoUnderlay(format!(
+            "{} (interfaces here: {})",
+            tried.join("; "),
+            ifs.summary()
+        ))
+    })
+}
+
+/// An IPv6-only network's underlay, chosen as [`select`] chooses an IPv4 one but among
+/// global IPv6 addresses (flanneld's `LookupExtIface` for an IPv6 stack): `--iface` names
+/// an interface or one of its IPv6 addresses, `--iface-regex` matches either, else the
+/// interface holding `--public-ipv6`, else the IPv6 default route's. It has no IPv4 side:
+/// `0.0.0.0` stands for its addresses, as flanneld advertises PublicIP `0.0.0.0` then.
+pub(crate) fn select_v6_only(
+    ifs: &Interfaces<Ipv6Addr>,
+    sel: &Selection<Ipv6Addr>,
+) -> Result<Underlay> {
+    let (link, local_ip) = choose(ifs, sel)?;
+    Ok(Underlay {
+        name: link.name.clone(),
+        mtu: link.mtu,
+        local_ip: Ipv4Addr::UNSPECIFIED,
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        v6: Some(UnderlayV6 {
+            local_ip,
+            public_ip: sel.public_ip.unwrap_or(local_ip),
+        }),
     })
 }
 
@@ -145,40 +213,62 @@ pub(crate) fn select_v6(
     })
 }
 
-fn pick<'a>(
-    ifs: &'a Interfaces,
-    sel: &Selection,
+impl<A: Family> Interfaces<A> {
+    /// `l` with its first address of the family, or `None` with why in `tried`.
+    fn with_addr<'a>(
+        &'a self,
+        l: &'a Link,
+        what: &str,
+        tried: &mut Vec<String>,
+    ) -> Option<(&'a Link, A)> {
+        let found = self.first_addr(l.index).map(|a| (l, a));
+        if found.is_none() {
+            tried.push(format!(
+                "{what}: interface {} has no {} address",
+                l.name,
+                A::NAME
+            ));
+        }
+        found
+    }
+
+    /// The first `--iface` (a name, or an address of the family) that exists.
+    fn by_iface(&self, iface: &[String], tried: &mut Vec<String>) -> Option<(&Link, A)> {
+        for s in iface {
+            let what = format!("--iface {s}");
+            let found = match s.parse::<A>() {
+                Ok(ip) => match self.holder(ip) {
+                    Some(l) => Some((l, ip)),
+                    None => {
+                        tried.push(format!("{what}: no interface has this address"));
+                        None
+                    }
+                },
+                Err(_) => match self.links.iter().find(|l| l.name == *s) {
+                    Some(l) => self.with_addr(l, &what, tried),
+                    None => {
+                        tried.push(format!("{what}: no such interface"));
+                        None
+                    }
+                },
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+fn pick<'a, A: Family>(
+    ifs: &'a Interfaces<A>,
+    sel: &Selection<A>,
     tried: &mut Vec<String>,
-) -> Option<(&'a Link, Ipv4Addr)> {
-    let with_addr = |l: &'a Link, what: &str, tried: &mut Vec<String>| match ifs.first_addr(l.index)
-    {
-        Some(a) => Some((l, a)),
-        None => {
-            tried.push(format!("{what}: interface {} has no IPv4 address", l.name));
-            None
-        }
-    };
-    for s in &sel.iface {
-        let what = format!("--iface {s}");
-        let found = match s.parse::<Ipv4Addr>() {
-            Ok(ip) => match ifs.holder(ip) {
-                Some(l) => Some((l, ip)),
-                None => {
-                    tried.push(format!("{what}: no interface has this address"));
-                    None
-                }
-            },
-            Err(_) => match ifs.links.iter().find(|l| l.name == *s) {
-                Some(l) => with_addr(l, &what, tried),
-                None => {
-                    tried.push(format!("{what}: no such interface"));
-                    None
-                }
-            },
-        };
-        if found.is_some() {
-            return found;
-        }
+) -> Option<(&'a Link, A)> {
+    let with_addr =
+        |l: &'a Link, what: &str, tried: &mut Vec<String>| ifs.with_addr(l, what, tried);
+    if let Some(found) = ifs.by_iface(&sel.iface, tried) {
+        return Some(found);
     }
     for re in &sel.iface_regex {
         let what = format!("--iface-regex {re}");
@@ -206,8 +296,8 @@ fn pick<'a>(
     if !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.can_reach.is_some() {
         return None;
     }
-    if let Some(l) = sel.public_ip.and_then(|ip| ifs.holder(ip)) {
-        return with_addr(l, "--public-ip", tried).map(|(l, _)| (l, sel.public_ip.unwrap()));
+    if let Some((l, ip)) = sel.public_ip.and_then(|ip| Some((ifs.holder(ip)?, ip))) {
+        return with_addr(l, A::PUBLIC_FLAG, tried).map(|(l, _)| (l, ip));
     }
     match ifs.default_link.and_then(|i| ifs.link(i)) {
         Some(l) => with_addr(
@@ -252,6 +342,27 @@ pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
         public_ip: args.public_ip,
     };
     select(&ifs, &sel)
+}
+
+/// Phase 2, in an IPv6-only network: reads the interfaces and their global IPv6
+/// addresses and chooses the underlay from the flags ([`select_v6_only`]).
+/// `--iface-can-reach` takes an IPv4 address, so it is refused there, by name.
+pub fn find_underlay_v6_only(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
+    if let Some(ip) = args.iface_can_reach {
+        return Err(Error::NoUnderlay(format!("--iface-can-reach {ip} is an IPv4 address, and the network is IPv6-only (EnableIPv4 false): choose the interface with --iface or --iface-regex")));
+    }
+    let ifs = Interfaces {
+        links: nl.links().map_err(Error::Interfaces)?,
+        addrs: nl.ipv6_addrs().map_err(Error::Interfaces)?,
+        default_link: nl.default_route_link_v6().map_err(Error::Interfaces)?,
+    };
+    let sel = Selection {
+        iface: args.iface.clone(),
+        iface_regex: args.iface_regex.clone(),
+        can_reach: None,
+        public_ip: args.public_ipv6,
+    };
+    select_v6_only(&ifs, &sel)
 }
 
 /// Phase 2b, when the network has IPv6: the underlay's IPv6 side ([`select_v6`]).
@@ -452,5 +563,53 @@ mod tests {
         let elsewhere = e(select_v6(&addrs, &eth0, None, Some(Some(3))));
         assert!(elsewhere.contains("not by eth0"), "{elsewhere}");
         assert!(select_v6(&addrs, &eth0, None, Some(Some(2))).is_ok());
+    }
+
+    /// An IPv6-only network's underlay: flanneld's `LookupExtIface` for an IPv6 stack,
+    /// the same rules over global IPv6 addresses; no IPv4 side (0.0.0.0, as flanneld's
+    /// PublicIP then).
+    #[test]
+    fn an_ipv6_only_underlay_is_chosen_among_ipv6_addresses() {
+        let six = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let ifs = Interfaces {
+            links: host().links,
+            addrs: vec![(2, six("2001:db8::1")), (3, six("2001:db8:1::7"))],
+            default_link: Some(3),
+        };
+        let pick = |sel: Selection<Ipv6Addr>| {
+            let u = select_v6_only(&ifs, &sel).unwrap();
+            let v6 = u.v6.unwrap();
+            assert_eq!(
+                (u.local_ip, u.public_ip),
+                (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
+            );
+            (u.name, v6.local_ip, v6.public_ip)
+        };
+        // The IPv6 default route's interface.
+        let (eth1, a7) = ("eth1".to_string(), six("2001:db8:1::7"));
+        assert_eq!(pick(Selection::default()), (eth1.clone(), a7, a7));
+        // --iface by name and by IPv6 address; --iface-regex on an address.
+        let by = |iface: &[&str], regex: &[&str]| Selection {
+            iface: iface.iter().map(|s| s.to_string()).collect(),
+            iface_regex: regex.iter().map(|r| Regex::new(r).unwrap()).collect(),
+            ..Selection::default()
+        };
+        let (eth0, a1) = ("eth0".to_string(), six("2001:db8::1"));
+        assert_eq!(pick(by(&["eth0"], &[])), (eth0.clone(), a1, a1));
+        assert_eq!(pick(by(&["2001:db8::1"], &[])), (eth0.clone(), a1, a1));
+        assert_eq!(pick(by(&[], &["^2001:db8::"])), (eth0.clone(), a1, a1));
+        // --public-ipv6 of an interface chooses it; one of none is advertised as it is.
+        let public = |ip: &str| Selection {
+            public_ip: Some(six(ip)),
+            ..Selection::default()
+        };
+        assert_eq!(pick(public("2001:db8::1")), (eth0, a1, a1));
+        let nat = six("2001:db8:ff::9");
+        assert_eq!(pick(public("2001:db8:ff::9")), (eth1, a7, nat));
+        // An interface without a global IPv6 address, named.
+        let e = select_v6_only(&ifs, &by(&["bare0"], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bare0 has no global IPv6 address"), "{e}");
     }
 }

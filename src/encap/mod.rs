@@ -273,8 +273,8 @@ pub struct Node {
     /// Our underlay address (outer source).
     pub public_ip: Ipv4Addr,
     /// Our pod subnet (inbound destinations must lie in it); its network address is the
-    /// TUN address.
-    pub subnet: Ipv4Net,
+    /// TUN address. `None` on an IPv6-only node: every IPv4 packet is dropped.
+    pub subnet: Option<Ipv4Net>,
     /// The inner MTU budget: underlay MTU minus overhead (1450 for vxlan on 1500).
     pub mtu: usize,
     /// The wire format.
@@ -361,7 +361,7 @@ impl Node {
                 )
             }
         };
-        if peer.public_ip == self.public_ip || self.subnet.contains(&dst) {
+        if peer.public_ip == self.public_ip || self.subnet.is_some_and(|s| s.contains(&dst)) {
             return Outbound::Drop(DropReason::Loop);
         }
         if segment.is_some() && !peer.super_datagrams {
@@ -538,7 +538,7 @@ impl Node {
             Some(owner) if owner.public_ip == from => {}
             _ => return Inbound::Drop(DropReason::SpoofedSource),
         }
-        if !self.subnet.contains(&dst) {
+        if !self.subnet.is_some_and(|s| s.contains(&dst)) {
             return Inbound::Drop(DropReason::NotLocal);
         }
         if let Err(r) = ecn_decapsulate(outer_ecn, &mut buf[inner.clone()]) {

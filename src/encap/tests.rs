@@ -65,7 +65,7 @@ fn table() -> Snapshot {
 fn node_for(p: &Peer, csum: ChecksumMode) -> Node {
     Node {
         public_ip: p.public_ip,
-        subnet: p.subnet.unwrap(),
+        subnet: p.subnet,
         mtu: 1450,
         format: Format::Vxlan {
             vni: 1,

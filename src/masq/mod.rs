@@ -27,12 +27,12 @@ pub use nftables::Nftables;
 /// What flanneld's traffic manager installs for this node, whichever mode renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The cluster network.
-    pub network: Ipv4Net,
-    /// This node's subnet.
-    pub subnet: Ipv4Net,
-    /// The IPv6 side of a dual-stack node: the same rules for its IPv6 network and subnet
-    /// (ip6tables, or `table ip6 flannel-ipv6`). `None`: nothing IPv6 is installed.
+    /// The IPv4 side: the cluster network and this node's subnet (iptables, or `table ip
+    /// flannel-ipv4`). `None` on an IPv6-only node: nothing IPv4 is installed.
+    pub ipv4: Option<V4Plan>,
+    /// The IPv6 side of a dual-stack or IPv6-only node: the same rules for its IPv6
+    /// network and subnet (ip6tables, or `table ip6 flannel-ipv6`). `None`: nothing IPv6
+    /// is installed.
     pub ipv6: Option<V6Plan>,
     /// `--ip-masq`: the masquerade rules.
     pub masq: bool,
@@ -45,14 +45,20 @@ pub struct Plan {
     pub forward_from: Vec<String>,
 }
 
-/// The IPv6 networks of a dual-stack node's rules.
+/// The networks of one family's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct V6Plan {
-    /// The cluster's IPv6 network (`IPv6Network`).
-    pub network: Ipv6Net,
-    /// This node's IPv6 subnet.
-    pub subnet: Ipv6Net,
+pub struct SidePlan<N> {
+    /// The cluster's network of the family (`Network`, `IPv6Network`).
+    pub network: N,
+    /// This node's subnet of the family.
+    pub subnet: N,
 }
+
+/// The IPv4 networks of a node's rules.
+pub type V4Plan = SidePlan<Ipv4Net>;
+
+/// The IPv6 networks of a dual-stack or IPv6-only node's rules.
+pub type V6Plan = SidePlan<Ipv6Net>;
 
 /// An address family, as each mode names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,10 +161,11 @@ impl IptablesStack {
     /// What `plan` wants of iptables and, for a dual-stack plan, of ip6tables.
     fn new(plan: &Plan) -> IptablesStack {
         let (masq, random_fully, forward) = (plan.masq, plan.random_fully, plan.forward);
-        let mut families = vec![(
-            Family::Ipv4,
-            flannel_rules(plan.network, plan.subnet, masq, random_fully, forward),
-        )];
+        let mut families = Vec::new();
+        if let Some(v4) = plan.ipv4 {
+            let chains = flannel_rules(v4.network, v4.subnet, masq, random_fully, forward);
+            families.push((Family::Ipv4, chains));
+        }
         if let Some(v6) = plan.ipv6 {
             let chains = flannel_rules(v6.network, v6.subnet, masq, random_fully, forward);
             families.push((Family::Ipv6, chains));
@@ -308,8 +315,10 @@ mod tests {
 
     fn plan(masq: bool, forward: bool, ipv6: bool) -> Plan {
         Plan {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            ipv4: Some(V4Plan {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.1.0/24".parse().unwrap(),
+            }),
             ipv6: ipv6.then(|| V6Plan {
                 network: "fd00:10:244::/56".parse().unwrap(),
                 subnet: "fd00:10:244:1::/64".parse().unwrap(),

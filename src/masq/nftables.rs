@@ -58,7 +58,7 @@ impl Side {
     /// The side of `plan` in the table of `family` (`ip`, `ip6`), if the plan has it.
     fn of(plan: &Plan, family: &str) -> Option<Side> {
         if family == Family::Ipv4.nft() {
-            Some(Side::new(plan.network, plan.subnet))
+            plan.ipv4.map(|v4| Side::new(v4.network, v4.subnet))
         } else {
             plan.ipv6.map(|v6| Side::new(v6.network, v6.subnet))
         }

@@ -2,8 +2,10 @@ use super::*;
 
 fn plan(masq: bool, forward: bool) -> Plan {
     Plan {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: "10.244.1.0/24".parse().unwrap(),
+        ipv4: Some(super::super::V4Plan {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+        }),
         ipv6: None,
         masq,
         random_fully: true,
