@@ -399,6 +399,19 @@ fn kube_dual_stack_node(c: &mut Cluster, url: &str, conf: &str, stored: bool) ->
         "spec": {"podCIDR": v4, "podCIDRs": [v4, v6]}});
     let (code, _) = c.kube("POST", "/api/v1/nodes", "application/json", &node);
     assert_eq!(code, 201);
+    start_kube_weft(c, i, &name, (url, conf), "kernel");
+    i
+}
+
+/// Starts weft on node `i` (Node `name`) as flanneld's kube subnet manager, with the API
+/// at `url` and the net-conf.json at `conf`, on `dataplane`.
+fn start_kube_weft(
+    c: &mut Cluster,
+    i: usize,
+    name: &str,
+    (url, conf): (&str, &str),
+    dataplane: &str,
+) {
     let args = [
         "--kube-subnet-mgr",
         "--kube-api-url",
@@ -406,18 +419,15 @@ fn kube_dual_stack_node(c: &mut Cluster, url: &str, conf: &str, stored: bool) ->
         "--net-config-path",
         conf,
         "--dataplane",
-        "kernel",
+        dataplane,
     ];
-    c.start_weft_env(i, &args, &[("NODE_NAME", &name)]);
-    i
+    c.start_weft_env(i, &args, &[("NODE_NAME", name)]);
 }
 
 #[test]
 fn a_dual_stack_kube_cluster_takes_both_pod_cidrs_and_writes_flanneds_v6_annotations() {
     let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, VXLAN).unwrap();
+    let (url, conf) = c.start_kube_api_with(VXLAN);
     let conf = conf.display().to_string();
     for k in 0..2 {
         // Node 2's operator chose its public addresses by annotation.
@@ -459,18 +469,20 @@ fn a_dual_stack_kube_cluster_takes_both_pod_cidrs_and_writes_flanneds_v6_annotat
     // ... and the IPv6 device carries that MAC.
     let d = ns_sh(&c.nodes[0].ns, &["ip", "link", "show", "flannel-v6.1"]);
     assert!(d.contains(&mac6), "{mac6} not on {d}");
+    wait_v6_route(&c, 0, "fd00:10:244:2::/64", "dev flannel-v6.1");
+    assert_all_reach(&c, 1450 - 28, mtu(&c, 0, "flannel-v6.1") - 48);
+}
+
+/// Waits until node `i`'s route to `subnet` (`ip -6 route show`) contains `want`.
+fn wait_v6_route(c: &Cluster, i: usize, subnet: &str, want: &str) {
     wait_for(
-        "node 1's IPv6 route to node 2",
+        &format!("node {}'s route to {subnet}", i + 1),
         Duration::from_secs(10),
         || {
-            let r = ns_sh(
-                &c.nodes[0].ns,
-                &["ip", "-6", "route", "show", "fd00:10:244:2::/64"],
-            );
-            r.contains("dev flannel-v6.1").then_some(())
+            let r = ns_sh(&c.nodes[i].ns, &["ip", "-6", "route", "show", subnet]);
+            r.contains(want).then_some(())
         },
     );
-    assert_all_reach(&c, 1450 - 28, mtu(&c, 0, "flannel-v6.1") - 48);
 }
 
 /// An IPv6-only vxlan network, flanneld's `EnableIPv4: false`.
@@ -572,16 +584,7 @@ fn weft_v6_only_kube_node(c: &mut Cluster, url: &str, conf: &str, dataplane: &st
     let i = c.add_node(Kind::Weft);
     v6_underlay(c, i);
     let name = register_v6_only(c, i, serde_json::json!({}));
-    let args = [
-        "--kube-subnet-mgr",
-        "--kube-api-url",
-        url,
-        "--net-config-path",
-        conf,
-        "--dataplane",
-        dataplane,
-    ];
-    c.start_weft_env(i, &args, &[("NODE_NAME", &name)]);
+    start_kube_weft(c, i, &name, (url, conf), dataplane);
     i
 }
 
@@ -630,9 +633,7 @@ fn assert_v6_only_node_as_flanneld(c: &Cluster, i: usize) {
 fn an_ipv6_only_kube_cluster_runs_weft_beside_a_flanneld_node() {
     // The cluster's own (file store) config is not the kube nodes': theirs is `conf`.
     let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, V6_ONLY).unwrap();
+    let (url, conf) = c.start_kube_api_with(V6_ONLY);
     let conf = conf.display().to_string();
     let user = weft_v6_only_kube_node(&mut c, &url, &conf, "userspace");
     let kernel = weft_v6_only_kube_node(&mut c, &url, &conf, "kernel");
@@ -650,17 +651,7 @@ fn an_ipv6_only_kube_cluster_runs_weft_beside_a_flanneld_node() {
     );
     program_flanneld_v6_peers(&c, k);
     let pods: Vec<(String, Ipv6Addr)> = (0..3).map(|i| add_v6_only_pod(&mut c, i)).collect();
-    wait_for(
-        "weft's routes to the flanneld node",
-        Duration::from_secs(10),
-        || {
-            let r = ns_sh(
-                &c.nodes[kernel].ns,
-                &["ip", "-6", "route", "show", "fd00:10:244:3::/64"],
-            );
-            r.contains("dev flannel-v6.1").then_some(())
-        },
-    );
+    wait_v6_route(&c, kernel, "fd00:10:244:3::/64", "dev flannel-v6.1");
     // Every pod reaches every other, with the largest DF ping the IPv6 path holds.
     let max6 = mtu(&c, k, "flannel-v6.1") - 48;
     let cap = Capture::start(
@@ -721,9 +712,7 @@ fn assert_tcp_both_ways_v6(a: &(String, Ipv6Addr), b: &(String, Ipv6Addr)) {
 fn host_gw_runs_an_ipv6_only_kube_cluster() {
     let v6_host_gw = V6_ONLY.replace("vxlan", "host-gw");
     let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, &v6_host_gw).unwrap();
+    let (url, conf) = c.start_kube_api_with(&v6_host_gw);
     let conf = conf.display().to_string();
     for _ in 0..2 {
         weft_v6_only_kube_node(&mut c, &url, &conf, "auto");
@@ -736,17 +725,7 @@ fn host_gw_runs_an_ipv6_only_kube_cluster() {
         "{env}"
     );
     let pods: Vec<(String, Ipv6Addr)> = (0..2).map(|i| add_v6_only_pod(&mut c, i)).collect();
-    wait_for(
-        "node 1's route to node 2's pods",
-        Duration::from_secs(10),
-        || {
-            let r = ns_sh(
-                &c.nodes[0].ns,
-                &["ip", "-6", "route", "show", "fd00:10:244:2::/64"],
-            );
-            r.contains("via 2001:db8::2 dev eth0").then_some(())
-        },
-    );
+    wait_v6_route(&c, 0, "fd00:10:244:2::/64", "via 2001:db8::2 dev eth0");
     let v4 = ns_sh(&c.nodes[0].ns, &["ip", "-4", "route", "show"]);
     assert!(
         !v4.contains("10.244."),

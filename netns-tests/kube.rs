@@ -243,9 +243,7 @@ fn every_call_made_is_granted(c: &Cluster) {
 #[test]
 fn a_kube_cluster_forwards_writes_flanneld_annotations_and_follows_node_deletion() {
     let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, VXLAN).unwrap();
+    let (url, conf) = c.start_kube_api_with(VXLAN);
     let started = start_three_kube_nodes(&mut c, &url, &conf);
     let added = an_added_node_comes_and_goes(&c);
 
@@ -429,9 +427,7 @@ fn an_api_outage_under_iperf3(c: &Cluster) -> f64 {
 #[test]
 fn a_flanneld_annotated_node_interoperates_and_an_api_outage_loses_nothing() {
     let mut c = Cluster::new(weft(), VXLAN);
-    let url = c.start_kube_api();
-    let conf = c.dir.join("net-conf.json");
-    std::fs::write(&conf, VXLAN).unwrap();
+    let (url, conf) = c.start_kube_api_with(VXLAN);
     kube_node(&mut c, &url, &conf);
     a_node_waits_for_its_pod_cidr(&mut c, &url, &conf);
     a_flanneld_node_joins(&mut c);

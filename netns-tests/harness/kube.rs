@@ -34,6 +34,15 @@ impl Cluster {
         "http://192.0.2.250:6443".into()
     }
 
+    /// [`Cluster::start_kube_api`], and `net_conf` written where the nodes'
+    /// `--net-config-path` will read it (kube-flannel.yml's ConfigMap): its URL and path.
+    pub fn start_kube_api_with(&mut self, net_conf: &str) -> (String, std::path::PathBuf) {
+        let url = self.start_kube_api();
+        let conf = self.dir.join("net-conf.json");
+        fs::write(&conf, net_conf).unwrap();
+        (url, conf)
+    }
+
     /// One request to the kube API stand-in, from its namespace, as kubectl or
     /// kube-controller-manager would send it: (status code, JSON body).
     pub fn kube(
