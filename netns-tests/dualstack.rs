@@ -643,6 +643,17 @@ fn an_ipv6_only_kube_cluster_runs_weft_beside_a_flanneld_node() {
     for i in [user, kernel] {
         assert_v6_only_node_as_flanneld(&c, i);
     }
+    // The fail-closed guard is the IPv6 network's; none for IPv4.
+    let guards = ns_sh(
+        &c.nodes[user].ns,
+        &["ip", "-6", "route", "show", "proto", "87"],
+    );
+    assert!(guards.contains("unreachable fd00:10:244::/56"), "{guards}");
+    let v4 = ns_sh(
+        &c.nodes[user].ns,
+        &["ip", "-4", "route", "show", "proto", "87"],
+    );
+    assert!(v4.trim().is_empty(), "{v4}");
     // Neither IPv4 device nor IPv4 route: the kernel dataplane has flannel-v6.1 alone.
     let links = ns_sh(&c.nodes[kernel].ns, &["ip", "-o", "link", "show"]);
     assert!(

@@ -400,6 +400,16 @@ impl NetConfig {
         self.network().map(ipnet::IpNet::V4).or(v6)
     }
 
+    /// The networks, IPv4 first.
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        let v6 = self.ipv6.as_ref().map(|c| ipnet::IpNet::V6(c.network));
+        self.network()
+            .map(ipnet::IpNet::V4)
+            .into_iter()
+            .chain(v6)
+            .collect()
+    }
+
     /// The networks, IPv4 first, for messages: `10.244.0.0/16`, `fd00::/56` or both.
     pub fn networks_text(&self) -> String {
         let v4 = self.ipv4.as_ref().map(|c| c.network.to_string());

@@ -8,7 +8,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
@@ -717,24 +717,27 @@ impl Netlink {
         })
     }
 
-    /// The guard message for `dst`: unreachable, weft's protocol, the guard metric.
-    fn guard_message(dst: Ipv4Net) -> rtnetlink::packet_route::route::RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
+    /// The guard message for `dst` (either family): unreachable, weft's protocol, the
+    /// guard metric.
+    fn guard_message(dst: IpNet) -> io::Result<rtnetlink::packet_route::route::RouteMessage> {
+        Ok(RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
+            .map_err(|e| io::Error::other(format!("guard route {dst}: {e}")))?
             .kind(RouteType::Unreachable)
             .protocol(RouteProtocol::Other(GUARD_PROTO))
             .priority(GUARD_METRIC)
-            .build()
+            .build())
     }
 
     /// Adds (or keeps) the fail-closed guard for `dst`: `unreachable dst proto 87 metric
     /// 4000000000`. It outlives weft on purpose: while no weft runs, pods' packets for
     /// `dst` get "net unreachable" instead of following the default route unencapsulated.
-    pub fn replace_guard(&self, dst: Ipv4Net) -> io::Result<()> {
+    pub fn replace_guard(&self, dst: IpNet) -> io::Result<()> {
+        let msg = Self::guard_message(dst)?;
         self.rt.block_on(async {
             self.handle
                 .route()
-                .add(Self::guard_message(dst))
+                .add(msg)
                 .replace()
                 .execute()
                 .await
@@ -769,29 +772,21 @@ impl Netlink {
         })
     }
 
-    /// The destinations of weft's guard routes.
-    pub fn guards(&self) -> io::Result<Vec<Ipv4Net>> {
+    /// The destinations of weft's guard routes, both families.
+    pub fn guards(&self) -> io::Result<Vec<IpNet>> {
         Ok(self
-            .list_v4_routes()?
+            .list_routes()?
             .into_iter()
             .filter(|r| r.guard)
-            .filter_map(|r| match r.dst {
-                IpNet::V4(d) => Some(d),
-                IpNet::V6(_) => None,
-            })
+            .map(|r| r.dst)
             .collect())
     }
 
     /// Deletes the guard for `dst`, if present.
-    pub fn del_guard(&self, dst: Ipv4Net) -> io::Result<()> {
+    pub fn del_guard(&self, dst: IpNet) -> io::Result<()> {
+        let msg = Self::guard_message(dst)?;
         self.rt.block_on(async {
-            match self
-                .handle
-                .route()
-                .del(Self::guard_message(dst))
-                .execute()
-                .await
-            {
+            match self.handle.route().del(msg).execute().await {
                 Ok(()) => Ok(()),
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
                 Err(e) => Err(nl_err("delete guard route", e)),

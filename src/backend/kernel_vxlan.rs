@@ -231,9 +231,11 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
     for family in [v4, v6].into_iter().flatten() {
         family.start(s.nl, &rule, &mut rules, &mut links)?;
     }
+    // The log label: the first device's name (flannel-v6.<VNI> on an IPv6-only node).
+    let label = names.first().cloned().unwrap_or(name);
     let names = names.join(" and ");
     let mtus: Vec<String> = links.iter().map(|(_, l)| l.mtu.to_string()).collect();
-    let mut reconciler = Reconciler::new(s.nl, rules, &name);
+    let mut reconciler = Reconciler::new(s.nl, rules, &label);
     for (index, link) in links {
         // From here on, dropping the reconciler deletes the device.
         reconciler.adopt_device(index, link)?;

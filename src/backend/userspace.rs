@@ -415,11 +415,13 @@ fn open_queues(d: &DataplaneSettings, offloads: &mut Offloads) -> Result<Vec<Tun
 /// get super-packets whole is decided per packet ([`crate::lease::Peer::super_datagrams`]):
 /// flanneld's udp proxy gets them split.
 fn tunnel_gso(s: &Setup<'_>, offloads: &mut Offloads) -> Vec<Injector> {
-    // Behind NAT (--public-ip is not the interface's address) a NAT router rewrites the
+    // Behind NAT (--public-ip or --public-ipv6 is not the interface's address) a NAT router rewrites the
     // outer headers of every frame, and the super-frames tunnel GSO hands the kernel do
     // not survive it: measured, a NATed node's pod TCP out fell to 0.00 Gbit/s with it
     // and ran at 5 Gbit/s without (iface_by_ip_and_a_public_ip_behind_nat_...).
-    if offloads.tunnel_gso && s.public_ip != s.local_ip {
+    let nat6 =
+        (s.v6.zip(s.lease.attrs.public_ipv6)).is_some_and(|((local, _), public)| local != public);
+    if offloads.tunnel_gso && (s.public_ip != s.local_ip || nat6) {
         tracing::info!(
             public_ip = %s.public_ip,
             local_ip = %s.local_ip,

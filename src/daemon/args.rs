@@ -30,7 +30,7 @@ pub struct RunArgs {
     pub iface_can_reach: Option<Ipv4Addr>,
     /// The IP the lease advertises to other nodes (default: the underlay interface's
     /// address); may be no local address at all, for a node behind NAT.
-    #[arg(long, env = "WEFT_PUBLIC_IP")]
+    #[arg(long, env = "WEFT_PUBLIC_IP", value_parser = parse_public_ip)]
     pub public_ip: Option<Ipv4Addr>,
     /// The IPv6 address the lease advertises (`PublicIPv6`) when the network has IPv6
     /// (default: the underlay interface's first global IPv6 address).
@@ -225,6 +225,16 @@ impl RunArgs {
     }
 }
 
+/// `--public-ip`: an IPv4 address other than 0.0.0.0, which stands for "no IPv4 side"
+/// in a lease (an IPv6-only node's PublicIP) and cannot be advertised.
+fn parse_public_ip(s: &str) -> std::result::Result<Ipv4Addr, String> {
+    match s.parse::<Ipv4Addr>() {
+        Ok(ip) if ip.is_unspecified() => Err("0.0.0.0 is no address to advertise; give the node's public IPv4 address, or leave --public-ip out".into()),
+        Ok(ip) => Ok(ip),
+        Err(e) => Err(format!("{e}: give an IPv4 address such as 192.0.2.1")),
+    }
+}
+
 fn parse_regex(s: &str) -> std::result::Result<regex::Regex, String> {
     regex::Regex::new(s).map_err(|e| format!("not a valid regex: {e}"))
 }
@@ -295,5 +305,10 @@ pub(crate) mod tests {
             .run;
         assert!(!a.udp_gso && a.cpu_affinity && a.ip_masq);
         assert!(Cli::try_parse_from(["weft", "--udp-gro=maybe"]).is_err());
+        // 0.0.0.0 marks an IPv6-only lease: never advertised as an address.
+        let e = Cli::try_parse_from(["weft", "--public-ip", "0.0.0.0"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no address to advertise"), "{e}");
     }
 }

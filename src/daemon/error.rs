@@ -49,8 +49,8 @@ pub enum Error {
     /// The fail-closed guard route could not be installed.
     #[error("cannot install the fail-closed route for {network} (pods' packets would leave unencapsulated while weft is down): {source}")]
     Guard {
-        /// The cluster network.
-        network: ipnet::Ipv4Net,
+        /// The cluster network (of either family).
+        network: ipnet::IpNet,
         /// Why.
         source: std::io::Error,
     },

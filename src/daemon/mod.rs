@@ -81,6 +81,10 @@ fn stored_public_ips(store: &dyn LeaseStore, args: &RunArgs) -> Result<RunArgs> 
     match store.stored_public_ips() {
         Ok((v4, v6)) => {
             if let Some(ip) = v4 {
+                if ip.is_unspecified() {
+                    let why = "node-public-ip 0.0.0.0 is no address to advertise: correct or remove the annotation";
+                    return Err(Error::Store(crate::store::StoreError::Invalid(why.into())));
+                }
                 tracing::info!(%ip, "the node's node-public-ip annotation replaces --public-ip");
                 args.public_ip = Some(ip);
             }
@@ -118,15 +122,16 @@ pub fn wait_config(store: &dyn LeaseStore, args: &RunArgs, stop: &AtomicBool) ->
     }
 }
 
-/// Phase 3: the fail-closed guard. `unreachable <network>` at a metric far above the
+/// Phase 3: the fail-closed guards. `unreachable <network>`, for the network of each
+/// family, at a metric far above the
 /// TUN's route (see [`crate::netlink::GUARD_METRIC`]): while weft forwards, the TUN's route
 /// wins; while no weft runs (stopped, crashed, `kill -9`, mid-upgrade) the TUN and its
 /// route are gone and the guard answers "net unreachable" instead of letting pods' packets
 /// for other nodes follow the default route unencapsulated. It is never removed by `weft
 /// run` (`weft cleanup` removes it); guards for a network no longer configured are.
-pub fn fail_closed(nl: &Netlink, network: Option<ipnet::Ipv4Net>) -> Result<()> {
+pub fn fail_closed(nl: &Netlink, networks: &[ipnet::IpNet]) -> Result<()> {
     for old in nl.guards().unwrap_or_default() {
-        if Some(old) != network {
+        if !networks.contains(&old) {
             match nl.del_guard(old) {
                 Ok(()) => tracing::info!(
                     "removed the fail-closed route for {old}, no longer the cluster network"
@@ -135,17 +140,17 @@ pub fn fail_closed(nl: &Netlink, network: Option<ipnet::Ipv4Net>) -> Result<()> 
             }
         }
     }
-    let Some(network) = network else {
-        return Ok(());
-    };
-    nl.replace_guard(network)
-        .map_err(|source| Error::Guard { network, source })
+    for &network in networks {
+        nl.replace_guard(network)
+            .map_err(|source| Error::Guard { network, source })?;
+    }
+    Ok(())
 }
 
 /// `weft cleanup`: removes every fail-closed guard route, and whatever a stopped or
 /// crashed weft left (peer routes, `flannel.*` vxlan devices, flanneld's iptables and
 /// nftables rules); returns the guards' networks and a line per other removal.
-pub fn cleanup() -> std::io::Result<(Vec<ipnet::Ipv4Net>, Vec<String>)> {
+pub fn cleanup() -> std::io::Result<(Vec<ipnet::IpNet>, Vec<String>)> {
     let nl = Netlink::new()?;
     let guards = nl.guards()?;
     for g in &guards {
@@ -568,7 +573,7 @@ fn prepare(
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    fail_closed(&nl, cfg.network())?;
+    fail_closed(&nl, &cfg.networks())?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
     check_host(&cfg, args, backend.as_ref())?;
     adopt(&nl, backend.kernel_device().as_deref());

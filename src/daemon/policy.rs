@@ -90,6 +90,23 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether our lease is among `leases`, live: the same subnet and public IP (an
+    /// IPv6-only lease, whose IPv4 side is none and 0.0.0.0 for every node, by its IPv6
+    /// subnet and public IPv6).
+    fn finds_ours(&self, leases: &[Lease], now: Now) -> bool {
+        let me = &self.ours.lease;
+        let owner = crate::lease::alloc::Owner {
+            public_ip: me.attrs.public_ip,
+            public_ipv6: me.attrs.public_ipv6,
+        };
+        leases.iter().any(|l| {
+            !l.is_expired(now.wall)
+                && l.subnet == me.subnet
+                && (me.subnet.is_some() || l.ipv6_subnet == me.ipv6_subnet)
+                && owner.owns(l)
+        })
+    }
+
     /// Whether `lease` is a peer of our network: its IPv4 subnet inside it (its IPv6 one in
     /// an IPv6-only network).
     fn in_network(&self, lease: &Lease) -> bool {
@@ -195,11 +212,8 @@ impl Policy {
                     .filter(|l| !l.is_expired(now.wall) && self.in_network(l))
                     .filter_map(|l| Peer::from_lease(l).ok())
                     .collect();
-                peers.sort_by_key(|p| p.subnet);
-                let me = &self.ours.lease;
-                self.present = peers
-                    .iter()
-                    .any(|p| p.subnet == me.subnet && p.public_ip == me.attrs.public_ip);
+                peers.sort_by_key(|p| p.key());
+                self.present = self.finds_ours(&leases, now);
                 if self.peers.as_ref() != Some(&peers) {
                     self.peers = Some(peers.clone());
                     out.push(Action::Publish(peers));
@@ -384,6 +398,34 @@ pub(crate) mod tests {
         p.on(now, Event::Leases(Ok(vec![])));
         assert!(p.on(now, Event::Tick).contains(&Action::Renew));
         assert_eq!(p.on(now, Event::Renewed(Ok(None))), vec![Action::Revoked]);
+    }
+
+    /// An IPv6-only lease: every one has no IPv4 subnet and PublicIP 0.0.0.0, so ours is
+    /// told from another node's by its IPv6 subnet and PublicIPv6.
+    #[test]
+    fn a_missing_ipv6_only_lease_is_missed_though_other_ipv6_only_nodes_remain() {
+        let (now, _, _) = start();
+        let v6only = |n: u8| {
+            let mut l = lease("10.244.1.0/24", n, Some(now.wall + LEASE_TTL));
+            l.subnet = None;
+            l.ipv6_subnet = format!("fd00:10:244:{n}::/64").parse().ok();
+            l.attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+            l.attrs.public_ipv6 = format!("2001:db8::{n}").parse().ok();
+            l.attrs.backend_v6_data = std::mem::take(&mut l.attrs.backend_data);
+            l
+        };
+        let ours = v6only(1);
+        let network: ipnet::IpNet = "fd00:10:244::/56".parse().unwrap();
+        let mut p = Policy::new(Stored::ours(ours.clone()), network, HOUR, None, HOUR, now);
+        let peers = p.on(now, Event::Leases(Ok(vec![ours, v6only(2)])));
+        assert!(
+            matches!(&peers[..], [Action::Publish(p)] if p.len() == 2),
+            "{peers:?}"
+        );
+        assert!(!p.on(now, Event::Tick).contains(&Action::Renew));
+        // Ours deleted, another IPv6-only node's left: ours is missed.
+        p.on(now, Event::Leases(Ok(vec![v6only(2)])));
+        assert!(p.on(now, Event::Tick).contains(&Action::Renew));
     }
 
     #[test]

@@ -426,7 +426,10 @@ pub fn own_annotations(
         annotation(node, &keys.public_ip_overwrite).and_then(|s| s.parse::<Ipv4Addr>().ok());
     let advertised = overwrite.unwrap_or(attrs.public_ip);
     let mut effective = attrs.clone();
-    effective.public_ip = advertised;
+    // An IPv6-only node's PublicIP stays 0.0.0.0, as every node reads it (node_lease).
+    if !attrs.public_ip.is_unspecified() {
+        effective.public_ip = advertised;
+    }
     // As flanneld: its udp backend acquires with no BackendType, so it writes "" here.
     let mut want = vec![
         (&keys.backend_type, attrs.backend_type.clone()),
