@@ -446,13 +446,21 @@ fn bad_flags_and_configs_are_refused_with_a_reason() {
     let ns = c.nodes[0].ns.clone();
     let dir = c.lease_dir().display().to_string();
     let w = weft().display().to_string();
+    // The underlay is chosen after the config is read (it says which families), as
+    // flanneld chooses it: a bad --iface shows with a good config.
+    let good = c.dir.join("good-leases");
+    let store = weft::store::file::FileStore::open(&good).unwrap();
+    store
+        .write_config(r#"{"Network":"10.244.0.0/16"}"#)
+        .unwrap();
+    let good = good.display().to_string();
     let cases: [(Vec<&str>, &str); 4] = [
         (
             vec!["run", "--lease-dir", &dir, "--iface", "eth0"],
             "SubnetLen 31 is too long",
         ),
         (
-            vec!["run", "--lease-dir", &dir, "--iface", "nosuch0"],
+            vec!["run", "--lease-dir", &good, "--iface", "nosuch0"],
             "--iface nosuch0: no such interface",
         ),
         (
@@ -482,7 +490,7 @@ fn bad_flags_and_configs_are_refused_with_a_reason() {
         );
     }
     // The same through the environment, as WEFT_<FLAG>.
-    let lease_dir = format!("WEFT_LEASE_DIR={dir}");
+    let lease_dir = format!("WEFT_LEASE_DIR={good}");
     let o = ns_run(&ns, &["env", "WEFT_IFACE=nosuch1", &lease_dir, &w, "run"]);
     assert!(out(&o).contains("--iface nosuch1"), "{}", out(&o));
     // And as flanneld's FLANNELD_<FLAG>, which a flanneld unit file sets.

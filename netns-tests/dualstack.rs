@@ -755,3 +755,132 @@ fn host_gw_runs_an_ipv6_only_kube_cluster() {
         );
     }
 }
+
+/// A lease as flanneld v0.28 writes an IPv6-only node's into etcd (pkg/subnet/etcd: the
+/// key of its zero IP4Net, `0.0.0.0-0&<v6>-64`; PublicIP `0.0.0.0`, no BackendData), and
+/// node `k` set up as flanneld sets up that node: `flannel-v6.1` alone, subnet.env without
+/// the IPv4 pair.
+fn flanneld_v6_only_etcd_node(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
+    let n = k + 1;
+    let mac6 = format!("0e:00:00:00:{n:02x}:06");
+    let key = format!("{ETCD_PREFIX}/subnets/0.0.0.0-0&fd00:10:244:{n}::-64");
+    let value = format!(
+        r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{v6}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+    );
+    let etcd = c.etcd.as_ref().expect("an etcd cluster");
+    let grant = etcd.ctl(&["lease", "grant", "86400"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    etcd.ctl(&["put", &format!("--lease={id}"), &key, &value]);
+    let ns = c.nodes[k].ns.clone();
+    ip(&ns, &format!("link add flannel-v6.1 address {mac6} mtu 1450 type vxlan id 1 local {v6} dev eth0 dstport 8472 nolearning"));
+    let _ = try_in_ns(&ns, "sysctl -qw net.ipv6.conf.flannel-v6/1.accept_ra=0");
+    ip(
+        &ns,
+        &format!("addr add fd00:10:244:{n}::/128 dev flannel-v6.1"),
+    );
+    ip(&ns, "link set flannel-v6.1 up");
+    let env = format!("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
+    let file = c.nodes[k].subnet_file.clone();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, env).unwrap();
+}
+
+/// weft's leases in etcd, read raw: (key, value) of every IPv6-only one but flanneld's.
+fn weft_v6_only_leases(c: &Cluster) -> Vec<(String, serde_json::Value)> {
+    let prefix = format!("{ETCD_PREFIX}/subnets/");
+    (c.etcd.as_ref().unwrap().get_prefix(&prefix).into_iter())
+        .map(|(k, v)| {
+            (
+                k[prefix.len()..].to_string(),
+                serde_json::from_str(&v).unwrap(),
+            )
+        })
+        .filter(|(_, v): &(String, serde_json::Value)| v["PublicIPv6"] != "2001:db8::3")
+        .collect()
+}
+
+/// flanneld's vxlan programming on node `k` for every other IPv6-only lease in etcd.
+fn program_flanneld_v6_etcd_peers(c: &Cluster, k: usize) {
+    let ns = &c.nodes[k].ns;
+    for (key, v) in weft_v6_only_leases(c) {
+        let (_, v6) = key.split_once('&').expect("an IPv6-only key");
+        let subnet = v6.replace('-', "/");
+        let gw = subnet.split('/').next().unwrap();
+        let mac = v["BackendV6Data"]["VtepMAC"].as_str().unwrap();
+        let public = v["PublicIPv6"].as_str().unwrap();
+        ip(
+            ns,
+            &format!("neigh replace {gw} dev flannel-v6.1 lladdr {mac} nud permanent"),
+        );
+        let fdb = [
+            "bridge",
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            "flannel-v6.1",
+            "dst",
+            public,
+            "self",
+            "permanent",
+        ];
+        ns_sh(ns, &fdb);
+        ip(
+            ns,
+            &format!("route replace {subnet} via {gw} dev flannel-v6.1 onlink"),
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_only_etcd_cluster_keys_leases_as_flanneld_and_a_restart_keeps_its_own() {
+    let mut c = Cluster::with_etcd(weft(), VXLAN);
+    c.etcd()
+        .ctl(&["put", &format!("{ETCD_PREFIX}/config"), V6_ONLY]);
+    // flanneld's node first, so that weft's allocation steers clear of its subnet.
+    for kind in [Kind::Weft, Kind::Weft, Kind::KernelVxlan] {
+        let i = c.add_node(kind);
+        v6_underlay(&c, i);
+    }
+    let k = 2;
+    flanneld_v6_only_etcd_node(&mut c, k, "2001:db8::3".parse().unwrap());
+    for (i, dataplane) in [(0, "userspace"), (1, "kernel")] {
+        c.start_weft(i, &["--dataplane", dataplane]);
+    }
+    // weft's leases in flanneld's IPv6-only words.
+    let leases = weft_v6_only_leases(&c);
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for (key, v) in &leases {
+        assert!(key.starts_with("0.0.0.0-0&fd00:10:244:"), "{key}");
+        assert_eq!(v["PublicIP"], "0.0.0.0", "{v}");
+        assert!(
+            v.get("BackendData").is_none() && v["BackendV6Data"]["VNI"] == 1,
+            "{v}"
+        );
+    }
+    program_flanneld_v6_etcd_peers(&c, k);
+    let pods: Vec<(String, Ipv6Addr)> = (0..3).map(|i| add_v6_only_pod(&mut c, i)).collect();
+    let own = |c: &Cluster| {
+        let leases = weft_v6_only_leases(c);
+        leases
+            .into_iter()
+            .find(|(_, v)| v["PublicIPv6"] == "2001:db8::1")
+            .unwrap()
+            .0
+    };
+    let before = own(&c);
+    // kill -9, subnet.env gone: only the lease's PublicIPv6 can say which is ours (every
+    // IPv6-only lease, flanneld's too, has PublicIP 0.0.0.0).
+    c.kill_weft(0);
+    std::fs::remove_file(&c.nodes[0].subnet_file).unwrap();
+    c.start_weft(0, &["--dataplane", "userspace"]);
+    assert_eq!(own(&c), before, "the restart took another subnet");
+    assert_eq!(weft_v6_only_leases(&c).len(), 2);
+    wait_v6_route(&c, 1, "fd00:10:244:3::/64", "dev flannel-v6.1");
+    for (a, _) in &pods {
+        for (_, b) in pods.iter().filter(|(n, _)| n != a) {
+            let ok = try_in_ns(a, &format!("ping -c 2 -i 0.2 -W 2 {b}"));
+            assert!(ok.status.success(), "{a} -> {b}");
+        }
+    }
+}
