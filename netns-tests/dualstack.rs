@@ -508,7 +508,6 @@ fn register_v6_only(c: &Cluster, i: usize, annotations: serde_json::Value) -> St
 /// no public-ip and no backend-data, its IPv4 BackendData being nil), and subnet.env
 /// without the IPv4 pair, as `WriteSubnetFile` writes it.
 fn flanneld_v6_only_kube_node(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
-    let ns = c.nodes[k].ns.clone();
     let n = k + 1;
     let mac6 = format!("0e:00:00:00:{n:02x}:06");
     register_v6_only(
@@ -521,17 +520,7 @@ fn flanneld_v6_only_kube_node(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
             "flannel.alpha.coreos.com/public-ipv6": v6.to_string(),
         }),
     );
-    ip(&ns, &format!("link add flannel-v6.1 address {mac6} mtu 1450 type vxlan id 1 local {v6} dev eth0 dstport 8472 nolearning"));
-    let _ = try_in_ns(&ns, "sysctl -qw net.ipv6.conf.flannel-v6/1.accept_ra=0");
-    ip(
-        &ns,
-        &format!("addr add fd00:10:244:{n}::/128 dev flannel-v6.1"),
-    );
-    ip(&ns, "link set flannel-v6.1 up");
-    let env = format!("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
-    let file = c.nodes[k].subnet_file.clone();
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, env).unwrap();
+    flanneld_v6_only_device(c, k, v6, &mac6);
 }
 
 /// flanneld's vxlan programming on node `k` for every other node in the API, IPv6 only:
@@ -547,34 +536,13 @@ fn program_flanneld_v6_peers(c: &Cluster, k: usize) {
         }
         let a = &node["metadata"]["annotations"];
         let subnet = node["spec"]["podCIDRs"][0].as_str().unwrap();
-        let gw = subnet.split('/').next().unwrap();
         let public = a["flannel.alpha.coreos.com/public-ipv6"].as_str().unwrap();
         let data = a["flannel.alpha.coreos.com/backend-v6-data"]
             .as_str()
             .unwrap();
         let data: serde_json::Value = serde_json::from_str(data).unwrap();
         let mac = data["VtepMAC"].as_str().unwrap();
-        ip(
-            ns,
-            &format!("neigh replace {gw} dev flannel-v6.1 lladdr {mac} nud permanent"),
-        );
-        let fdb = [
-            "bridge",
-            "fdb",
-            "append",
-            mac,
-            "dev",
-            "flannel-v6.1",
-            "dst",
-            public,
-            "self",
-            "permanent",
-        ];
-        ns_sh(ns, &fdb);
-        ip(
-            ns,
-            &format!("route replace {subnet} via {gw} dev flannel-v6.1 onlink"),
-        );
+        program_flanneld_v6_peer(ns, subnet, mac, public);
     }
 }
 
@@ -771,18 +739,7 @@ fn flanneld_v6_only_etcd_node(c: &mut Cluster, k: usize, v6: Ipv6Addr) {
     let grant = etcd.ctl(&["lease", "grant", "86400"]);
     let id = grant.split_whitespace().nth(1).unwrap().to_string();
     etcd.ctl(&["put", &format!("--lease={id}"), &key, &value]);
-    let ns = c.nodes[k].ns.clone();
-    ip(&ns, &format!("link add flannel-v6.1 address {mac6} mtu 1450 type vxlan id 1 local {v6} dev eth0 dstport 8472 nolearning"));
-    let _ = try_in_ns(&ns, "sysctl -qw net.ipv6.conf.flannel-v6/1.accept_ra=0");
-    ip(
-        &ns,
-        &format!("addr add fd00:10:244:{n}::/128 dev flannel-v6.1"),
-    );
-    ip(&ns, "link set flannel-v6.1 up");
-    let env = format!("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
-    let file = c.nodes[k].subnet_file.clone();
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, env).unwrap();
+    flanneld_v6_only_device(c, k, v6, &mac6);
 }
 
 /// weft's leases in etcd, read raw: (key, value) of every IPv6-only one but flanneld's.
@@ -799,36 +756,60 @@ fn weft_v6_only_leases(c: &Cluster) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// Node `k`'s side of a flanneld IPv6-only vxlan node (pkg/backend/vxlan with EnableIPv4
+/// false): `flannel-v6.1` alone (local = `v6`, MAC `mac6`, its subnet's first address as a
+/// /128), and subnet.env without the IPv4 pair, as `WriteSubnetFile` writes it.
+fn flanneld_v6_only_device(c: &Cluster, k: usize, v6: Ipv6Addr, mac6: &str) {
+    let (ns, n) = (&c.nodes[k].ns, k + 1);
+    ip(ns, &format!("link add flannel-v6.1 address {mac6} mtu 1450 type vxlan id 1 local {v6} dev eth0 dstport 8472 nolearning"));
+    let _ = try_in_ns(ns, "sysctl -qw net.ipv6.conf.flannel-v6/1.accept_ra=0");
+    ip(
+        ns,
+        &format!("addr add fd00:10:244:{n}::/128 dev flannel-v6.1"),
+    );
+    ip(ns, "link set flannel-v6.1 up");
+    let env = format!("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
+    let file = &c.nodes[k].subnet_file;
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, env).unwrap();
+}
+
+/// flanneld's vxlan programming in `ns` for one IPv6 peer: the neighbour, the FDB entry and
+/// the onlink route on `flannel-v6.1`.
+fn program_flanneld_v6_peer(ns: &str, subnet: &str, mac: &str, public: &str) {
+    let gw = subnet.split('/').next().unwrap();
+    ip(
+        ns,
+        &format!("neigh replace {gw} dev flannel-v6.1 lladdr {mac} nud permanent"),
+    );
+    let fdb = [
+        "bridge",
+        "fdb",
+        "append",
+        mac,
+        "dev",
+        "flannel-v6.1",
+        "dst",
+        public,
+        "self",
+        "permanent",
+    ];
+    ns_sh(ns, &fdb);
+    ip(
+        ns,
+        &format!("route replace {subnet} via {gw} dev flannel-v6.1 onlink"),
+    );
+}
+
 /// flanneld's vxlan programming on node `k` for every other IPv6-only lease in etcd.
 fn program_flanneld_v6_etcd_peers(c: &Cluster, k: usize) {
     let ns = &c.nodes[k].ns;
     for (key, v) in weft_v6_only_leases(c) {
         let (_, v6) = key.split_once('&').expect("an IPv6-only key");
         let subnet = v6.replace('-', "/");
-        let gw = subnet.split('/').next().unwrap();
         let mac = v["BackendV6Data"]["VtepMAC"].as_str().unwrap();
         let public = v["PublicIPv6"].as_str().unwrap();
-        ip(
-            ns,
-            &format!("neigh replace {gw} dev flannel-v6.1 lladdr {mac} nud permanent"),
-        );
-        let fdb = [
-            "bridge",
-            "fdb",
-            "append",
-            mac,
-            "dev",
-            "flannel-v6.1",
-            "dst",
-            public,
-            "self",
-            "permanent",
-        ];
-        ns_sh(ns, &fdb);
-        ip(
-            ns,
-            &format!("route replace {subnet} via {gw} dev flannel-v6.1 onlink"),
-        );
+        program_flanneld_v6_peer(ns, &subnet, mac, public);
     }
 }
 
