@@ -825,9 +825,23 @@ fn an_ipv6_only_etcd_cluster_keys_leases_as_flanneld_and_a_restart_keeps_its_own
     }
     let k = 2;
     flanneld_v6_only_etcd_node(&mut c, k, "2001:db8::3".parse().unwrap());
-    for (i, dataplane) in [(0, "userspace"), (1, "kernel")] {
-        c.start_weft(i, &["--dataplane", dataplane]);
-    }
+    c.start_weft(0, &["--dataplane", "userspace"]);
+    // The node ran dual-stack before: its flannel.1 is left over, and goes at start.
+    let left = format!(
+        "link add flannel.1 type vxlan id 1 local {} dev eth0 dstport 8472 nolearning",
+        c.nodes[1].ip
+    );
+    ip(&c.nodes[1].ns, &left);
+    // The underlay found by the route to an IPv6 address, as flanneld's --iface-can-reach.
+    c.start_weft(
+        1,
+        &["--dataplane", "kernel", "--iface-can-reach", "2001:db8::3"],
+    );
+    let links = ns_sh(&c.nodes[1].ns, &["ip", "-o", "link", "show"]);
+    assert!(
+        links.contains("flannel-v6.1") && !links.contains("flannel.1"),
+        "{links}"
+    );
     // weft's leases in flanneld's IPv6-only words.
     let leases = weft_v6_only_leases(&c);
     assert_eq!(leases.len(), 2, "{leases:?}");
@@ -849,12 +863,22 @@ fn an_ipv6_only_etcd_cluster_keys_leases_as_flanneld_and_a_restart_keeps_its_own
             .unwrap()
             .0
     };
+    assert!(
+        leases.iter().any(|(_, v)| v["PublicIPv6"] == "2001:db8::2"),
+        "--iface-can-reach 2001:db8::3 chose another address: {leases:?}"
+    );
     let before = own(&c);
     // kill -9, subnet.env gone: only the lease's PublicIPv6 can say which is ours (every
     // IPv6-only lease, flanneld's too, has PublicIP 0.0.0.0).
     c.kill_weft(0);
     std::fs::remove_file(&c.nodes[0].subnet_file).unwrap();
-    c.start_weft(0, &["--dataplane", "userspace"]);
+    // Restarted choosing its underlay by the route to an IPv4 address: it names the
+    // interface, whose global IPv6 address is the node's (flanneld's LookupExtIface).
+    let reach = c.nodes[k].ip.to_string();
+    c.start_weft(
+        0,
+        &["--dataplane", "userspace", "--iface-can-reach", &reach],
+    );
     assert_eq!(own(&c), before, "the restart took another subnet");
     assert_eq!(weft_v6_only_leases(&c).len(), 2);
     wait_v6_route(&c, 1, "fd00:10:244:3::/64", "dev flannel-v6.1");

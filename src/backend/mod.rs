@@ -149,10 +149,12 @@ pub trait Backend {
         false
     }
 
-    /// The kernel device it forwards through and adopts from an earlier run, if any (the
-    /// start-up removal of what earlier runs left spares it).
-    fn kernel_device(&self) -> Option<String> {
-        None
+    /// The kernel devices it forwards through, one per address family the network has
+    /// (`ipv4`, `ipv6`), and adopts from an earlier run (the start-up removal of what
+    /// earlier runs left spares them, and only them).
+    fn kernel_devices(&self, ipv4: bool, ipv6: bool) -> Vec<String> {
+        let _ = (ipv4, ipv6);
+        Vec::new()
     }
 }
 
@@ -307,11 +309,17 @@ impl Backend for Encap {
         self.dataplane == DataplaneChoice::Userspace
     }
 
-    fn kernel_device(&self) -> Option<String> {
+    fn kernel_devices(&self, ipv4: bool, ipv6: bool) -> Vec<String> {
         match (self.cfg, self.dataplane) {
-            (_, DataplaneChoice::Userspace) => None,
-            (BackendConfig::Vxlan { vni, .. }, _) => Some(kernel_vxlan::device_name(vni)),
-            _ => None,
+            (_, DataplaneChoice::Userspace) => Vec::new(),
+            (BackendConfig::Vxlan { vni, .. }, _) => [
+                ipv4.then(|| kernel_vxlan::device_name(vni)),
+                ipv6.then(|| kernel_vxlan::device_name_v6(vni)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -336,18 +344,16 @@ impl Backend for Encap {
 /// flanneld's this node ran before): their routes to peers' subnets would shadow the TUN's
 /// route for the whole cluster network, and a device holds the VXLAN port. Called once at
 /// start, before any backend programs anything, sparing `spare` (the kernel dataplane's
-/// own device, which it adopts when it is made as it would make it); returns a line per
-/// removal. Peer routes are not touched here: every backend's
-/// [`routes::RouteSet`] adopts those of an earlier run that it still wants and removes the
-/// rest, so host-gw pods keep forwarding across a crash and restart.
-pub fn remove_leftover_devices(nl: &Netlink, spare: Option<&str>) -> std::io::Result<Vec<String>> {
+/// own devices, which it adopts when they are made as it would make them: a family the
+/// network no longer has loses its device); returns a line per removal. Peer routes are
+/// not touched here: every backend's [`routes::RouteSet`] adopts those of an earlier run
+/// that it still wants and removes the rest, so host-gw pods keep forwarding across a
+/// crash and restart.
+pub fn remove_leftover_devices(nl: &Netlink, spare: &[String]) -> std::io::Result<Vec<String>> {
     let mut done = Vec::new();
     for l in nl.links()? {
-        // The kernel dataplane's IPv6 twin, `flannel-v6.<VNI>`, is spared with it.
-        let spared = spare
-            .is_some_and(|s| l.name == s || l.name == s.replacen("flannel.", "flannel-v6.", 1));
         let ours = l.name.starts_with("flannel.") || l.name.starts_with("flannel-v6.");
-        if ours && l.kind.as_deref() == Some("vxlan") && !spared {
+        if ours && l.kind.as_deref() == Some("vxlan") && !spare.contains(&l.name) {
             nl.del_link(l.index)?;
             done.push(format!("vxlan device {}", l.name));
         }
@@ -362,7 +368,7 @@ pub fn remove_leftovers(nl: &Netlink) -> std::io::Result<Vec<String>> {
         nl.del_peer_route(&r)?;
         done.push(format!("route {r}"));
     }
-    done.extend(remove_leftover_devices(nl, None)?);
+    done.extend(remove_leftover_devices(nl, &[])?);
     Ok(done)
 }
 

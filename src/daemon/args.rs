@@ -24,10 +24,10 @@ pub struct RunArgs {
     /// repeatable, the first match wins.
     #[arg(long, env = "WEFT_IFACE_REGEX", value_parser = parse_regex)]
     pub iface_regex: Vec<regex::Regex>,
-    /// Use the interface (and address) the kernel routes this IP through, after --iface and
-    /// --iface-regex.
+    /// Use the interface (and address) the kernel routes this IP (IPv4 or IPv6) through,
+    /// after --iface and --iface-regex.
     #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<std::net::IpAddr>,
     /// The IP the lease advertises to other nodes (default: the underlay interface's
     /// address); may be no local address at all, for a node behind NAT.
     #[arg(long, env = "WEFT_PUBLIC_IP", value_parser = parse_public_ip)]
@@ -265,13 +265,13 @@ pub fn flanneld_env_aliases(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use clap::Parser;
 
     use super::*;
 
     /// `weft run`'s flags from `flags`, as the command line gives them.
-    pub(crate) fn run_args(flags: &[&str]) -> RunArgs {
+    fn run_args(flags: &[&str]) -> RunArgs {
         let argv = std::iter::once("weft").chain(flags.iter().copied());
         Cli::try_parse_from(argv).unwrap().run
     }
@@ -280,6 +280,16 @@ pub(crate) mod tests {
     struct Cli {
         #[command(flatten)]
         run: RunArgs,
+    }
+
+    /// flanneld's `--iface-can-reach` takes an address of either family.
+    #[test]
+    fn iface_can_reach_takes_either_family() {
+        for a in ["192.0.2.3", "2001:db8::3"] {
+            let got = run_args(&["--iface-can-reach", a]).iface_can_reach;
+            assert_eq!(got, Some(a.parse().unwrap()));
+        }
+        assert!(Cli::try_parse_from(["weft", "--iface-can-reach", "eth0"]).is_err());
     }
 
     #[test]

@@ -206,9 +206,9 @@ pub fn acquire_lease(
 /// Phase 3b: a vxlan device an earlier run left (a crash, or a change of backend or
 /// dataplane) is removed before this run's backend programs anything, so its routes cannot
 /// shadow the TUN's and it does not hold the VXLAN port; `spare`, the kernel dataplane's
-/// own device, is left for it to adopt. The backend's route set adopts or removes the
+/// own devices (one per family the network has), are left for it to adopt. The backend's route set adopts or removes the
 /// earlier run's peer routes.
-fn adopt(nl: &Netlink, spare: Option<&str>) {
+fn adopt(nl: &Netlink, spare: &[String]) {
     match backend::remove_leftover_devices(nl, spare) {
         Ok(done) => {
             for d in done {
@@ -576,7 +576,10 @@ fn prepare(
     fail_closed(&nl, &cfg.networks())?;
     let backend = backend::for_config(&cfg.backend, args.dataplane, &underlay)?;
     check_host(&cfg, args, backend.as_ref())?;
-    adopt(&nl, backend.kernel_device().as_deref());
+    adopt(
+        &nl,
+        &backend.kernel_devices(cfg.ipv4.is_some(), cfg.ipv6.is_some()),
+    );
     let pod_mtu = backend.pod_mtu(underlay.mtu);
     if pod_mtu < 576 {
         return Err(Error::MtuTooSmall {

@@ -21,7 +21,7 @@
 //! `--iface`, `--iface-regex` or `--iface-can-reach` the IPv6 default route must leave by
 //! the same interface as the IPv4 one. `--public-ipv6` is what the lease advertises.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use regex::Regex;
 
@@ -37,16 +37,30 @@ pub(crate) trait Family:
     const NAME: &'static str;
     /// The flag that advertises another address of the family.
     const PUBLIC_FLAG: &'static str;
+    /// `ip` if it is of this family.
+    fn of(ip: IpAddr) -> Option<Self>;
 }
 
 impl Family for Ipv4Addr {
     const NAME: &'static str = "IPv4";
     const PUBLIC_FLAG: &'static str = "--public-ip";
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 impl Family for Ipv6Addr {
     const NAME: &'static str = "global IPv6";
     const PUBLIC_FLAG: &'static str = "--public-ipv6";
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
 }
 
 /// The interfaces and the addresses of one family (IPv4, or IPv6 in an IPv6-only network)
@@ -115,6 +129,10 @@ impl<A: Family> Interfaces<A> {
     }
 }
 
+/// `--iface-can-reach`'s target, and the (interface index, source address) of the route to
+/// it, if there is one.
+pub(crate) type CanReach = (IpAddr, Option<(u32, IpAddr)>);
+
 /// The selection flags (the addresses of one family).
 #[derive(Debug, Clone)]
 pub(crate) struct Selection<A = Ipv4Addr> {
@@ -122,9 +140,9 @@ pub(crate) struct Selection<A = Ipv4Addr> {
     pub(crate) iface: Vec<String>,
     /// `--iface-regex`, in order.
     pub(crate) iface_regex: Vec<Regex>,
-    /// `--iface-can-reach`, with the (interface, source address) the kernel would use to
-    /// reach it, as looked up by [`route_to`].
-    pub(crate) can_reach: Option<(A, Option<(u32, A)>)>,
+    /// `--iface-can-reach` (of either family), with the (interface, source address) the
+    /// kernel would use to reach it, as looked up by [`route_to`].
+    pub(crate) can_reach: Option<CanReach>,
     /// `--public-ip` (`--public-ipv6` in an IPv6-only network).
     pub(crate) public_ip: Option<A>,
 }
@@ -288,8 +306,9 @@ fn pick<'a, A: Family>(
     }
     if let Some((target, route)) = sel.can_reach {
         let what = format!("--iface-can-reach {target}");
-        match route.and_then(|(i, src)| Some((ifs.link(i)?, src))) {
-            Some(found) => return Some(found),
+        match route.and_then(|(i, src)| Some((ifs.link(i)?, A::of(src)))) {
+            Some((l, Some(src))) => return Some((l, src)),
+            Some((l, None)) => return with_addr(l, &what, tried),
             None => tried.push(format!("{what}: no route to it")),
         }
     }
@@ -316,16 +335,39 @@ fn pick<'a, A: Family>(
 }
 
 /// The interface index and source address the kernel would use to reach `ip`: a UDP socket
-/// connected to it (nothing is sent) reports the source address routing chose, and the
-/// interface holding that address is the one `ip route get` names in the usual case.
-pub(crate) fn route_to(ifs: &Interfaces, ip: Ipv4Addr) -> Option<(u32, Ipv4Addr)> {
-    let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-    s.connect(SocketAddrV4::new(ip, 9)).ok()?;
-    let src = match s.local_addr().ok()?.ip() {
-        std::net::IpAddr::V4(a) => a,
-        std::net::IpAddr::V6(_) => return None,
+/// of `ip`'s family connected to it (nothing is sent) reports the source address routing
+/// chose, and the interface holding that address (among `v4` and `v6`, (link index,
+/// address) as netlink lists them) is the one `ip route get` names in the usual case. As
+/// flanneld's `GetInterfaceBySpecificIPRouting`, the target may be of the other family than
+/// the underlay's: it then names the interface, and the address is that interface's first
+/// of the underlay's family.
+pub(crate) fn route_to(
+    v4: &[(u32, Ipv4Addr)],
+    v6: &[(u32, Ipv6Addr)],
+    ip: IpAddr,
+) -> Option<(u32, IpAddr)> {
+    let any: IpAddr = match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    ifs.holder(src).map(|l| (l.index, src))
+    let s = UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    s.connect(SocketAddr::new(ip, 9)).ok()?;
+    let src = s.local_addr().ok()?.ip();
+    let index = match src {
+        IpAddr::V4(a) => v4.iter().find(|(_, x)| *x == a).map(|x| x.0),
+        IpAddr::V6(a) => v6.iter().find(|(_, x)| *x == a).map(|x| x.0),
+    };
+    index.map(|i| (i, src))
+}
+
+/// `--iface-can-reach`, looked up ([`route_to`]).
+fn can_reach(nl: &Netlink, args: &RunArgs) -> Result<Option<CanReach>> {
+    let Some(ip) = args.iface_can_reach else {
+        return Ok(None);
+    };
+    let v4 = nl.ipv4_addrs().map_err(Error::Interfaces)?;
+    let v6 = nl.ipv6_addrs().map_err(Error::Interfaces)?;
+    Ok(Some((ip, route_to(&v4, &v6, ip))))
 }
 
 /// Phase 2: reads the interfaces and chooses the underlay from the flags.
@@ -338,7 +380,7 @@ pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
     let sel = Selection {
         iface: args.iface.clone(),
         iface_regex: args.iface_regex.clone(),
-        can_reach: args.iface_can_reach.map(|ip| (ip, route_to(&ifs, ip))),
+        can_reach: can_reach(nl, args)?,
         public_ip: args.public_ip,
     };
     select(&ifs, &sel)
@@ -346,11 +388,7 @@ pub fn find_underlay(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
 
 /// Phase 2, in an IPv6-only network: reads the interfaces and their global IPv6
 /// addresses and chooses the underlay from the flags ([`select_v6_only`]).
-/// `--iface-can-reach` takes an IPv4 address, so it is refused there, by name.
 pub fn find_underlay_v6_only(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
-    if let Some(ip) = args.iface_can_reach {
-        return Err(Error::NoUnderlay(format!("--iface-can-reach {ip} is an IPv4 address, and the network is IPv6-only (EnableIPv4 false): choose the interface with --iface or --iface-regex")));
-    }
     let ifs = Interfaces {
         links: nl.links().map_err(Error::Interfaces)?,
         addrs: nl.ipv6_addrs().map_err(Error::Interfaces)?,
@@ -359,7 +397,7 @@ pub fn find_underlay_v6_only(nl: &Netlink, args: &RunArgs) -> Result<Underlay> {
     let sel = Selection {
         iface: args.iface.clone(),
         iface_regex: args.iface_regex.clone(),
-        can_reach: None,
+        can_reach: can_reach(nl, args)?,
         public_ip: args.public_ipv6,
     };
     select_v6_only(&ifs, &sel)
@@ -465,13 +503,27 @@ mod tests {
     #[test]
     fn can_reach_and_the_defaults() {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let any = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut s = Selection {
-            can_reach: Some((ip("192.0.2.99"), Some((2, ip("192.0.2.51"))))),
+            can_reach: Some((any("192.0.2.99"), Some((2, any("192.0.2.51"))))),
             ..Selection::default()
         };
         assert_eq!(
             chosen(&s),
             ("eth0".into(), ip("192.0.2.51"), ip("192.0.2.51"))
+        );
+        // An IPv6 target names the interface (as flanneld's RouteGet), whose first IPv4
+        // address is the underlay's.
+        s.can_reach = Some((any("2001:db8::99"), Some((2, any("2001:db8::1")))));
+        assert_eq!(
+            chosen(&s),
+            ("eth0".into(), ip("192.0.2.1"), ip("192.0.2.1"))
+        );
+        s.can_reach = Some((any("2001:db8::99"), Some((4, any("2001:db8:4::1")))));
+        let e = select(&host(), &s).unwrap_err().to_string();
+        assert!(
+            e.contains("--iface-can-reach 2001:db8::99: interface bare0 has no IPv4 address"),
+            "{e}"
         );
         // Nothing asked: the default route's interface.
         assert_eq!(chosen(&Selection::default()).0, "eth1");
@@ -603,9 +655,27 @@ mod tests {
             public_ip: Some(six(ip)),
             ..Selection::default()
         };
-        assert_eq!(pick(public("2001:db8::1")), (eth0, a1, a1));
+        assert_eq!(pick(public("2001:db8::1")), (eth0.clone(), a1, a1));
         let nat = six("2001:db8:ff::9");
         assert_eq!(pick(public("2001:db8:ff::9")), (eth1, a7, nat));
+        // --iface-can-reach: an IPv6 target gives the route's source address; an IPv4 one
+        // names the interface, whose first global IPv6 address is taken (flanneld's
+        // LookupExtIface for an IPv6 stack).
+        let reach = |target: &str, route: (u32, &str)| Selection {
+            can_reach: Some((
+                target.parse().unwrap(),
+                Some((route.0, route.1.parse().unwrap())),
+            )),
+            ..Selection::default()
+        };
+        let a2 = six("2001:db8::2");
+        let two = Interfaces {
+            addrs: vec![(2, a1), (2, a2), (3, a7)],
+            ..ifs.clone()
+        };
+        let u = select_v6_only(&two, &reach("2001:db8::99", (2, "2001:db8::2"))).unwrap();
+        assert_eq!((u.name.as_str(), u.v6.unwrap().local_ip), ("eth0", a2));
+        assert_eq!(pick(reach("192.0.2.99", (2, "192.0.2.1"))), (eth0, a1, a1));
         // An interface without a global IPv6 address, named.
         let e = select_v6_only(&ifs, &by(&["bare0"], &[]))
             .unwrap_err()
