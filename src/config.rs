@@ -9,6 +9,9 @@ use serde_json::Value;
 use crate::gojson;
 use crate::wire::vxlan;
 
+pub mod wireguard;
+pub use wireguard::WireguardConfig;
+
 /// The backend weft runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendConfig {
@@ -32,6 +35,8 @@ pub enum BackendConfig {
         /// UDP port, both ends (default 8285).
         port: u16,
     },
+    /// flannel's wireguard backend: pod packets encrypted between nodes.
+    Wireguard(WireguardConfig),
 }
 
 impl BackendConfig {
@@ -41,6 +46,7 @@ impl BackendConfig {
             BackendConfig::Vxlan { .. } => crate::lease::backend_type::VXLAN,
             BackendConfig::Udp { .. } => crate::lease::backend_type::UDP,
             BackendConfig::HostGw => crate::lease::backend_type::HOST_GW,
+            BackendConfig::Wireguard(_) => crate::lease::backend_type::WIREGUARD,
         }
     }
 
@@ -50,6 +56,7 @@ impl BackendConfig {
             BackendConfig::Vxlan { .. } => crate::encap::VXLAN_OVERHEAD as u32,
             BackendConfig::Udp { .. } => crate::encap::UDP_OVERHEAD as u32,
             BackendConfig::HostGw => 0,
+            BackendConfig::Wireguard(_) => wireguard::OVERHEAD,
         }
     }
 
@@ -57,6 +64,7 @@ impl BackendConfig {
     pub fn port(&self) -> Option<u16> {
         match *self {
             BackendConfig::Vxlan { port, .. } | BackendConfig::Udp { port } => Some(port),
+            BackendConfig::Wireguard(ref w) => Some(w.listen_port),
             BackendConfig::HostGw => None,
         }
     }
@@ -66,6 +74,7 @@ impl BackendConfig {
     pub fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
         let base = match *self {
             BackendConfig::Vxlan { mtu: Some(m), .. } => m,
+            BackendConfig::Wireguard(WireguardConfig { mtu: Some(m), .. }) => m,
             _ => underlay_mtu,
         };
         base.saturating_sub(self.overhead())
@@ -163,6 +172,11 @@ const BACKEND_FIELDS: &[&str] = &[
     "GBP",
     "Learning",
     "DirectRouting",
+    "ListenPort",
+    "ListenPortV6",
+    "PSK",
+    "PersistentKeepaliveInterval",
+    "Mode",
 ];
 
 /// net-conf.json as flanneld's `json.Unmarshal` fills its struct: keys in any case, `null`
@@ -195,6 +209,12 @@ struct RawBackend {
     gbp: Option<bool>,
     direct_routing: Option<bool>,
     learning: Option<bool>,
+    listen_port: Option<i64>,
+    listen_port_v6: Option<i64>,
+    psk: Option<String>,
+    /// Seconds: flanneld reads a `time.Duration` (an integer) and multiplies it by a second.
+    keepalive: Option<i64>,
+    mode: Option<String>,
     unknown: Vec<String>,
 }
 
@@ -306,6 +326,11 @@ impl RawBackend {
             gbp: gojson::boolean("Backend.GBP", f("GBP"))?,
             direct_routing: gojson::boolean("Backend.DirectRouting", f("DirectRouting"))?,
             learning: gojson::boolean("Backend.Learning", f("Learning"))?,
+            listen_port: int("ListenPort")?,
+            listen_port_v6: int("ListenPortV6")?,
+            psk: gojson::string("Backend.PSK", f("PSK"))?,
+            keepalive: int("PersistentKeepaliveInterval")?,
+            mode: gojson::string("Backend.Mode", f("Mode"))?,
             unknown: o.unknown(BACKEND_FIELDS),
         })
     }
@@ -376,7 +401,8 @@ impl NetConfig {
             Some(true) => Some(Ipv6Config::from_raw(&raw, &mut warnings)?),
             _ => None,
         };
-        let backend = Self::backend_section(raw.backend, &mut warnings)?;
+        let families = (ipv4.is_some(), ipv6.is_some());
+        let backend = Self::backend_section(raw.backend, families, &mut warnings)?;
         if ipv6.is_some() && matches!(backend, BackendConfig::Udp { .. }) {
             return err("Backend.Type is udp with EnableIPv6 true: flannel's udp backend carries IPv4 only, so IPv6 pods would get addresses but no path; use \"vxlan\" or \"host-gw\" for a dual-stack or IPv6-only network, or set EnableIPv6 to false");
         }
@@ -420,6 +446,7 @@ impl NetConfig {
     /// an object goes to [`NetConfig::backend`].
     fn backend_section(
         raw: Option<Option<RawBackend>>,
+        families: (bool, bool),
         warnings: &mut Vec<String>,
     ) -> Result<BackendConfig, ConfigError> {
         if raw.is_none() {
@@ -428,12 +455,16 @@ impl NetConfig {
         match raw {
             // "Backend": null: flanneld reads a backend without a type.
             Some(None) => err("Backend is null: set \"Backend\":{\"Type\":\"vxlan\"} (recommended), \"host-gw\" or \"udp\""),
-            Some(Some(b)) => Self::backend(Some(b)),
-            None => Self::backend(None),
+            Some(Some(b)) => Self::backend(Some(b), families),
+            None => Self::backend(None, families),
         }
     }
 
-    fn backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
+    /// Reads a backend object; `families` is (IPv4, IPv6): which the network has.
+    fn backend(
+        raw: Option<RawBackend>,
+        (ipv4, ipv6): (bool, bool),
+    ) -> Result<BackendConfig, ConfigError> {
         let Some(b) = raw else {
             // flannel's documentation says vxlan, but flanneld's code (parseBackendType)
             // picks udp when Backend is absent: a mixed cluster agrees only if weft does what
@@ -451,6 +482,7 @@ impl NetConfig {
             "udp" => Ok(BackendConfig::Udp {
                 port: backend_port(b.port, crate::encap::udp::PORT_FLANNEL)?,
             }),
+            "wireguard" => Ok(BackendConfig::Wireguard(wireguard::read(&b, ipv4, ipv6)?)),
             other => err(format!(
                 "Backend.Type {other:?} is not supported by weft: use \"vxlan\", \"host-gw\" or \"udp\""
             )),

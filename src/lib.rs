@@ -30,6 +30,7 @@ pub mod subnet_env;
 pub mod teardown;
 #[doc(hidden)]
 pub mod testkit;
+pub mod wg;
 pub mod wire;
 
 /// weft's version, as `weft --version` prints it.

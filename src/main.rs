@@ -137,27 +137,41 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
         let n = v6.subnet_count();
         println!("IPv6SubnetMax  {}  ({n} subnets)", v6.subnet_max);
     }
-    match c.backend {
-        BackendConfig::Vxlan {
-            vni,
-            port,
-            mtu,
-            direct_routing,
-        } => {
-            println!(
-                "Backend    vxlan VNI {vni} port {port}{}{}",
-                mtu.map(|m| format!(" MTU {m}")).unwrap_or_default(),
-                if direct_routing { " DirectRouting" } else { "" }
-            )
-        }
-        BackendConfig::Udp { port } => println!("Backend    udp port {port}"),
-        BackendConfig::HostGw => println!("Backend    host-gw (routes via each node's public IP)"),
-    }
+    println!("Backend    {}", describe_backend(&c.backend));
     println!(
         "pod MTU    {} on a 1500-byte underlay",
         c.backend.pod_mtu(1500)
     );
     Ok(())
+}
+
+/// `weft check-config`'s line for the backend.
+fn describe_backend(b: &BackendConfig) -> String {
+    match *b {
+        BackendConfig::Vxlan {
+            vni,
+            port,
+            mtu,
+            direct_routing,
+        } => format!(
+            "vxlan VNI {vni} port {port}{}{}",
+            mtu.map(|m| format!(" MTU {m}")).unwrap_or_default(),
+            if direct_routing { " DirectRouting" } else { "" }
+        ),
+        BackendConfig::Udp { port } => format!("udp port {port}"),
+        BackendConfig::HostGw => "host-gw (routes via each node's public IP)".into(),
+        BackendConfig::Wireguard(w) => format!(
+            "wireguard ListenPort {} ListenPortV6 {} Mode {:?}{}{}{} (not runnable yet: weft's WireGuard dataplane is not in this version)",
+            w.listen_port,
+            w.listen_port_v6,
+            w.mode,
+            w.mtu.map(|m| format!(" MTU {m}")).unwrap_or_default(),
+            if w.psk.is_some() { " PSK" } else { "" },
+            w.keepalive
+                .map(|k| format!(" keepalive {k} s"))
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 fn hex(b: &[u8]) -> String {

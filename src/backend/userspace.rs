@@ -55,6 +55,14 @@ pub fn lease_attrs(
         }
         BackendConfig::Udp { .. } => LeaseAttrs::weft_udp(public_ip),
         BackendConfig::HostGw => super::hostgw::HostGw.lease_attrs(public_ip, public_ipv6, ours),
+        // Never asked: `for_config` gives wireguard no encapsulation backend.
+        BackendConfig::Wireguard(_) => LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type: crate::lease::backend_type::WIREGUARD.into(),
+            backend_data: serde_json::Value::Null,
+            backend_v6_data: serde_json::Value::Null,
+        },
     }
 }
 
@@ -82,6 +90,11 @@ pub fn format(backend: &BackendConfig, lease: &Lease) -> Result<Format, Error> {
         BackendConfig::HostGw => {
             return Err(Error::Unsupported(
                 "host-gw has no userspace dataplane: it forwards by kernel routes".into(),
+            ))
+        }
+        BackendConfig::Wireguard(_) => {
+            return Err(Error::Unsupported(
+                "wireguard has no encapsulation format: it encrypts".into(),
             ))
         }
     })

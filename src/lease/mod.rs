@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod table;
+pub mod wireguard;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -23,6 +24,8 @@ pub mod backend_type {
     pub const UDP: &str = "udp";
     /// The host-gw backend (no BackendData).
     pub const HOST_GW: &str = "host-gw";
+    /// The wireguard backend.
+    pub const WIREGUARD: &str = "wireguard";
 }
 
 /// The mark a weft udp node puts in its lease's `BackendData`, `{"SuperDatagrams":true}`:

@@ -176,7 +176,12 @@ pub fn net_conf(data: &[u8]) {
         (None, None) => {}
         _ => panic!("{a:?} for {c:?}: an IPv6 subnet exactly when the config has IPv6"),
     }
-    let _ = c.backend.pod_mtu(1500);
+    let mtu = c.backend.pod_mtu(1500);
+    if let crate::config::BackendConfig::Wireguard(w) = c.backend {
+        // flanneld's 80 bytes off the MTU; ports flanneld can advertise.
+        assert_eq!(mtu + 80, w.mtu.unwrap_or(1500), "{c:?}");
+        assert!(w.listen_port != 0 && w.listen_port_v6 != 0, "{c:?}");
+    }
 }
 
 /// flannel's rules for the IPv4 side: room for four subnets, bounds inside the network on
@@ -213,6 +218,14 @@ pub fn lease_json(data: &[u8]) {
         };
         if let Ok(p) = Peer::from_lease(&lease) {
             assert_eq!(p.public_ip, lease.attrs.public_ip);
+        }
+        // A wireguard side that reads has a key that writes back as it was read.
+        for v6 in [false, true] {
+            if let Ok(w) = lease.attrs.wireguard_data(v6) {
+                let k = crate::wg::Key::parse(&w.public_key.to_base64()).unwrap();
+                assert_eq!(k, w.public_key);
+                assert_ne!(w.port, Some(0));
+            }
         }
     }
     if let Ok((v4, v6)) = parse_subnet_key(text) {
