@@ -78,9 +78,11 @@ pub(super) fn read(b: &RawBackend, ipv4: bool, ipv6: bool) -> Result<WireguardCo
     let keepalive = match b.keepalive {
         None | Some(0) => None,
         Some(s) if (1..=65535).contains(&s) => Some(s as u16),
-        Some(s) => return err(format!(
+        Some(s) => {
+            return err(format!(
             "Backend.PersistentKeepaliveInterval {s} is out of range: seconds, 0 (none) to 65535"
-        )),
+        ))
+        }
     };
     let mode = mode(b.mode.as_deref(), ipv4, ipv6)?;
     if mode == Mode::Separate && ipv4 && ipv6 && listen_port == listen_port_v6 {
