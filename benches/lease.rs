@@ -23,6 +23,7 @@ fn peer(subnet: Ipv4Net, i: u32) -> Peer {
         vtep_mac: MacAddr::default(),
         super_datagrams: true,
         v6: None,
+        wg: None,
     }
 }
 

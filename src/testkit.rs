@@ -29,6 +29,7 @@ pub fn peer(i: u8, backend: BackendKind, vni: u32) -> Peer {
             vni,
             vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
         }),
+        wg: None,
     }
 }
 

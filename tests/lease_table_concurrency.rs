@@ -31,6 +31,7 @@ fn peer(i: u32, tag: u32) -> Peer {
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
         super_datagrams: true,
         v6: None,
+        wg: None,
     }
 }
 

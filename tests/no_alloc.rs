@@ -66,6 +66,7 @@ fn peer(i: u8, backend: BackendKind) -> Peer {
         vtep_mac: MacAddr([0x0e, 0, 0, 0, i, 1]),
         super_datagrams: true,
         v6: None,
+        wg: None,
     }
 }
 

@@ -252,6 +252,7 @@ fn kind_name(kind: BackendKind) -> &'static str {
         BackendKind::Vxlan => backend_type::VXLAN,
         BackendKind::Udp => "udp",
         BackendKind::HostGw => backend_type::HOST_GW,
+        BackendKind::Wireguard => backend_type::WIREGUARD,
         BackendKind::Other => "known",
     }
 }
@@ -277,6 +278,7 @@ mod tests {
             vtep_mac: MacAddr([2, 0, 0, 0, 0, n]),
             super_datagrams: true,
             v6: None,
+            wg: None,
         }
     }
 

@@ -47,6 +47,7 @@ fn peer(n: u8, public_ip: Ipv4Addr, vtep_mac: MacAddr) -> Peer {
         vtep_mac,
         super_datagrams: true,
         v6: None,
+        wg: None,
     }
 }
 

@@ -139,6 +139,7 @@ pub(crate) fn leases_text(table: &LeaseTable) -> String {
             BackendKind::Vxlan => format!("vxlan vni={vni} mac={mac}"),
             BackendKind::Udp => "udp".to_string(),
             BackendKind::HostGw => "host-gw".to_string(),
+            BackendKind::Wireguard => "wireguard".to_string(),
             BackendKind::Other => "other".to_string(),
         };
         s.push_str(&format!("{subnet} {public} {backend}\n"));

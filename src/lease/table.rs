@@ -34,7 +34,9 @@ pub enum BackendKind {
     Udp,
     /// flannel's host-gw: reached by a plain route via its public IP.
     HostGw,
-    /// Anything else (wireguard, ipip, ...): weft cannot reach it.
+    /// flannel's wireguard: reached through an encrypted tunnel to its public key.
+    Wireguard,
+    /// Anything else (ipip, ...): weft cannot reach it.
     Other,
 }
 
@@ -62,6 +64,47 @@ pub struct Peer {
     /// Its IPv6 side, in a dual-stack cluster: set when its lease holds an IPv6 subnet and
     /// a `PublicIPv6` (and, for vxlan, a well-formed `BackendV6Data`).
     pub v6: Option<PeerV6>,
+    /// Its WireGuard side (wireguard only): its public key and ports.
+    pub wg: Option<WgPeer>,
+}
+
+/// A wireguard peer's key and ports, as its lease publishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WgPeer {
+    /// Its public key (one for both families, as flanneld's).
+    pub public_key: crate::wg::Key,
+    /// Its IPv4 port (`BackendData.Port`); `None` when absent or 0: use our own.
+    pub port: Option<u16>,
+    /// Its IPv6 port (`BackendV6Data.Port`); `None` when absent or 0.
+    pub port_v6: Option<u16>,
+}
+
+impl WgPeer {
+    /// The wireguard side of `lease`: the key from `BackendData` when the lease has an
+    /// IPv4 subnet, else from `BackendV6Data` (flanneld reads them in that order); a lease
+    /// without a usable key is refused by name.
+    fn from_lease(lease: &Lease) -> Result<WgPeer, LeaseError> {
+        let a = &lease.attrs;
+        let v4 = lease.subnet.map(|_| a.wireguard_data(false)).transpose()?;
+        let v6 = match (lease.ipv6_subnet, &a.backend_v6_data) {
+            (Some(_), d) if !d.is_null() => Some(a.wireguard_data(true)?),
+            _ => None,
+        };
+        let public_key = match (v4, v6) {
+            (Some(d), _) | (None, Some(d)) => d.public_key,
+            (None, None) => {
+                return Err(LeaseError::BackendData(format!(
+                    "wireguard lease {} carries no public key (BackendData, BackendV6Data)",
+                    lease.key()
+                )))
+            }
+        };
+        Ok(WgPeer {
+            public_key,
+            port: v4.and_then(|d| d.port),
+            port_v6: v6.and_then(|d| d.port),
+        })
+    }
 }
 
 /// The IPv6 side of a peer: its IPv6 pod subnet, reached over the IPv6 underlay (flanneld
@@ -93,6 +136,7 @@ impl Peer {
             backend_type::VXLAN => BackendKind::Vxlan,
             "" | backend_type::UDP => BackendKind::Udp,
             backend_type::HOST_GW => BackendKind::HostGw,
+            backend_type::WIREGUARD => BackendKind::Wireguard,
             _ => BackendKind::Other,
         };
         // The IPv4 device's VNI and MAC, where the lease has an IPv4 side.
@@ -107,6 +151,10 @@ impl Peer {
         if lease.subnet.is_none() && v6.is_none() {
             return Err(LeaseError::NoSide(lease.key()));
         }
+        let wg = match backend {
+            BackendKind::Wireguard => Some(WgPeer::from_lease(lease)?),
+            _ => None,
+        };
         Ok(Peer {
             subnet: lease.subnet,
             public_ip: a.public_ip,
@@ -115,6 +163,7 @@ impl Peer {
             vtep_mac,
             super_datagrams: a.takes_super_datagrams(),
             v6,
+            wg,
         })
     }
 
@@ -462,6 +511,7 @@ mod tests {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, host, 1]),
             super_datagrams: true,
             v6: None,
+            wg: None,
         }
     }
 
@@ -582,6 +632,63 @@ mod tests {
             r#"{"PublicIP":"192.0.2.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:09:01"}}"#,
         );
         assert!(vxlan.super_datagrams);
+    }
+
+    /// flanneld's wireguard leases (`newSubnetAttrs`: one key, a port per family): dual-
+    /// stack, IPv6-only (`0.0.0.0-0&...`, PublicIP 0.0.0.0, BackendV6Data alone), and one
+    /// from before ports were published; a lease without a key is refused by name.
+    #[test]
+    fn a_wireguard_peer_carries_its_key_and_ports() {
+        let key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        let lease = |v4: bool, json: String| Lease {
+            subnet: v4.then(|| "10.244.9.0/24".parse().unwrap()),
+            ipv6_subnet: Some("fd00:10:244:9::/64".parse().unwrap()),
+            attrs: super::super::LeaseAttrs::from_json(&json).unwrap(),
+            expiration: None,
+        };
+        let dual = format!(
+            r#"{{"PublicIP":"192.0.2.9","PublicIPv6":"2001:db8::9","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+        );
+        let p = Peer::from_lease(&lease(true, dual)).unwrap();
+        let wg = p.wg.unwrap();
+        assert_eq!(p.backend, BackendKind::Wireguard);
+        assert_eq!(wg.public_key.to_base64(), key);
+        assert_eq!((wg.port, wg.port_v6), (Some(51820), Some(51821)));
+        assert_eq!(
+            p.v6.unwrap().public_ip,
+            "2001:db8::9".parse::<Ipv6Addr>().unwrap()
+        );
+        let v6_only = format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::9","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+        );
+        let wg = Peer::from_lease(&lease(false, v6_only))
+            .unwrap()
+            .wg
+            .unwrap();
+        assert_eq!((wg.port, wg.port_v6), (None, Some(51821)));
+        let old = format!(
+            r#"{{"PublicIP":"192.0.2.9","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}"}}}}"#
+        );
+        assert_eq!(
+            Peer::from_lease(&lease(true, old))
+                .unwrap()
+                .wg
+                .unwrap()
+                .port,
+            None
+        );
+        let keyless =
+            r#"{"PublicIP":"192.0.2.9","BackendType":"wireguard","BackendData":{"Port":51820}}"#;
+        let e = Peer::from_lease(&lease(true, keyless.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PublicKey"), "{e}");
+        let v6_keyless =
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::9","BackendType":"wireguard"}"#;
+        let e = Peer::from_lease(&lease(false, v6_keyless.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no public key"), "{e}");
     }
 
     #[test]
