@@ -7,7 +7,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use weft::wg::{Action, Key, Node, PeerId};
+use weft::testkit::wg::{packet, Pair};
+use weft::wg::{Action, Node, PeerId};
 
 const LEN: usize = 1400;
 
@@ -50,44 +51,18 @@ fn aead(c: &mut Criterion) {
 
 /// Two nodes with an established session: (a, b, a's id for b).
 fn established() -> (Node, Node, PeerId) {
-    let (ka, kb) = (Key([1; 32]), Key([2; 32]));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
-        "192.0.2.1:51820".parse().unwrap(),
-        "192.0.2.2:51820".parse().unwrap(),
-    );
-    let (mut a, mut b) = (Node::new(&ka), Node::new(&kb));
-    let ab = a.set_peer(&kb.public(), None, None, Some(b_addr));
-    b.set_peer(&ka.public(), None, None, Some(a_addr));
+    let mut pair = Pair::new();
     let mut out = vec![0u8; 2048];
-    let Action::Send(_, init) = a.send(ab, &packet(), &mut out) else {
-        panic!()
-    };
-    let init = init.to_vec();
-    let Action::Send(_, resp) = b.receive(a_addr, &init, &mut out).1 else {
-        panic!()
-    };
-    let resp = resp.to_vec();
-    a.receive(b_addr, &resp, &mut out);
-    let Action::Send(_, first) = a.flush(ab, &mut out) else {
-        panic!()
-    };
-    let first = first.to_vec();
-    b.receive(a_addr, &first, &mut out);
-    (a, b, ab)
-}
-
-fn packet() -> Vec<u8> {
-    let mut p = vec![0u8; LEN];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
-    p
+    let first = pair.handshake(&packet(LEN), true, &mut out).unwrap();
+    pair.b.receive(pair.a_addr, &first, &mut out);
+    (pair.a, pair.b, pair.ab)
 }
 
 fn node(c: &mut Criterion) {
     let mut g = c.benchmark_group("wg_node");
     g.throughput(Throughput::Bytes(LEN as u64));
     let (mut a, mut b, ab) = established();
-    let p = packet();
+    let p = packet(LEN);
     let mut out = vec![0u8; 2048];
     g.bench_function("send_1400", |bn| {
         bn.iter(|| match a.send(ab, black_box(&p), &mut out) {

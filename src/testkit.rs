@@ -4,6 +4,7 @@
 //! with 2001:db8::`i` and fd00:10:244:`i`::/64 (the IPv6 vectors' addresses, same MAC).
 
 pub mod fuzz;
+pub mod wg;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
