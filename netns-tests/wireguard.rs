@@ -170,3 +170,152 @@ fn a_psk_that_differs_gets_nothing_through() {
     assert!(!ok);
     assert!(ping.contains(" 0 received"), "{ping}");
 }
+
+const WG_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#;
+
+/// Node `k` set up as flanneld v0.28 sets up a wireguard node (`pkg/backend/wireguard`),
+/// with wireguard-go for the module this kernel lacks: its lease in etcd in flanneld's
+/// words (`newSubnetAttrs`), subnet.env as `WriteSubnetFile` writes it (MTU 1500 - 80),
+/// `flannel-wg` holding 10.244.<n>.0/32 with MTU 1420 and a scope-link route for the
+/// Network. Returns its public key.
+fn flanneld_wireguard_node(c: &mut Cluster, k: usize) -> String {
+    let n = k + 1;
+    let (private, public) = wg_keys();
+    let key = c.dir.join(format!("wgkey-{n}"));
+    std::fs::write(&key, &private).unwrap();
+    let ns = c.nodes[k].ns.clone();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns, "wireguard-go", "flannel-wg"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "wireguard-go did not start");
+    harness::in_ns(
+        &ns,
+        &format!(
+            "wg set flannel-wg private-key {} listen-port 51820",
+            key.display()
+        ),
+    );
+    ip(&ns, &format!("addr add 10.244.{n}.0/32 dev flannel-wg"));
+    ip(&ns, "link set flannel-wg mtu 1420 up");
+    ip(&ns, "route add 10.244.0.0/16 dev flannel-wg scope link");
+    let value = format!(
+        r#"{{"PublicIP":"192.0.2.{n}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#
+    );
+    let etcd = c.etcd.as_ref().expect("an etcd cluster");
+    let grant = etcd.ctl(&["lease", "grant", "86400"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    let lkey = format!("{}/subnets/10.244.{n}.0-24", harness::ETCD_PREFIX);
+    etcd.ctl(&["put", &format!("--lease={id}"), &lkey, &value]);
+    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
+    let file = c.nodes[k].subnet_file.clone();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, env).unwrap();
+    public
+}
+
+/// flanneld's peer programming on node `k` (`addPeer`): for every other lease in etcd,
+/// read raw, a peer with its public key, its subnet as allowed IPs, PublicIP:Port.
+fn program_flanneld_wg_peers(c: &Cluster, k: usize) {
+    let prefix = format!("{}/subnets/", harness::ETCD_PREFIX);
+    let ns = &c.nodes[k].ns;
+    for (key, v) in c.etcd.as_ref().unwrap().get_prefix(&prefix) {
+        let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+        let ip_ = v["PublicIP"].as_str().unwrap();
+        if ip_ == c.nodes[k].ip.to_string() {
+            continue;
+        }
+        let subnet = key[prefix.len()..].replace('-', "/");
+        let data = &v["BackendData"];
+        let set = format!(
+            "wg set flannel-wg peer {} allowed-ips {subnet} endpoint {ip_}:{}",
+            data["PublicKey"].as_str().unwrap(),
+            data["Port"]
+        );
+        harness::in_ns(ns, &set);
+    }
+}
+
+/// Two weft wireguard nodes and one set up as flanneld: every pod reaches every other with
+/// the largest DF ping the 1420-byte path holds, TCP runs between weft and flanneld's pods,
+/// and the underlay carries nothing but WireGuard messages on port 51820 (beside the
+/// store's own traffic, to etcd's port 2379).
+#[test]
+fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
+    let _sock = UapiSocket;
+    let mut c = Cluster::with_etcd(weft(), WG_CONF);
+    for _ in 0..2 {
+        let i = c.add_node(harness::Kind::Weft);
+        let key = c.dir.join(format!("wgkey-{}", i + 1));
+        let key = key.to_str().unwrap().to_string();
+        c.start_weft_env(i, &[], &[("WIREGUARD_KEY_FILE", &key)]);
+    }
+    let k = c.add_node(harness::Kind::Weft);
+    let flanneld_key = flanneld_wireguard_node(&mut c, k);
+    program_flanneld_wg_peers(&c, k);
+    for i in 0..3 {
+        c.add_pod(i, None);
+    }
+    // weft's leases in flanneld's words, and weft's devices as flanneld's.
+    let flanneld_ip = c.nodes[k].ip;
+    let ours: Vec<_> = c
+        .leases()
+        .into_iter()
+        .filter(|l| l.attrs.public_ip != flanneld_ip)
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    for l in &ours {
+        assert_eq!(l.attrs.backend_type, "wireguard", "{l:?}");
+        assert_eq!(l.attrs.backend_data["Port"], 51820, "{l:?}");
+        assert_eq!(
+            l.attrs.backend_data["PublicKey"].as_str().map(str::len),
+            Some(44),
+            "{l:?}"
+        );
+    }
+    let link = ns_sh(&c.nodes[0].ns, &["ip", "-d", "link", "show", "flannel-wg"]);
+    assert!(link.contains("mtu 1420"), "{link}");
+    let route = ns_sh(&c.nodes[0].ns, &["ip", "route", "show", "10.244.0.0/16"]);
+    assert!(route.contains("10.244.0.0/16 dev flannel-wg"), "{route}");
+    let cap = harness::Capture::start(
+        &c.nodes[0].ns.clone(),
+        "eth0",
+        "ip and not port 2379",
+        &c.dir.join("wg.pcap"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let pods = c.pods();
+    for (a, b) in [(0, 2), (2, 0), (0, 1)] {
+        let big = format!("ping -c 1 -W 2 -M do -s {} {}", 1420 - 28, pods[b].ip);
+        let o = harness::try_in_ns(&pods[a].ns, &big);
+        assert!(o.status.success(), "DF ping {a} -> {b}");
+    }
+    let t = harness::iperf3(&pods[0], &pods[2], 2, None);
+    assert!(t.bps > 0.0, "no TCP between weft and flanneld's pods");
+    let frames = cap.stop();
+    assert!(frames.len() > 20, "{} frames", frames.len());
+    for f in &frames {
+        let ip_ = &f[14..];
+        assert_eq!(ip_[9], 17, "not UDP on the underlay: {f:?}");
+        let udp = &ip_[(ip_[0] & 15) as usize * 4..];
+        let ports = [
+            u16::from_be_bytes([udp[0], udp[1]]),
+            u16::from_be_bytes([udp[2], udp[3]]),
+        ];
+        assert_eq!(ports, [51820, 51820], "{f:?}");
+        assert!(
+            (1..=4).contains(&udp[8]) && udp[9..12] == [0, 0, 0],
+            "not WireGuard: {f:?}"
+        );
+    }
+    let show = ns_sh(
+        &c.nodes[k].ns,
+        &["wg", "show", "flannel-wg", "latest-handshakes"],
+    );
+    assert!(
+        !show.contains("\t0\n") && !flanneld_key.is_empty(),
+        "{show}"
+    );
+}

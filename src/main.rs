@@ -161,7 +161,7 @@ fn describe_backend(b: &BackendConfig) -> String {
         BackendConfig::Udp { port } => format!("udp port {port}"),
         BackendConfig::HostGw => "host-gw (routes via each node's public IP)".into(),
         BackendConfig::Wireguard(w) => format!(
-            "wireguard ListenPort {} ListenPortV6 {} Mode {:?}{}{}{} (not runnable yet: weft's WireGuard dataplane is not in this version)",
+            "wireguard ListenPort {} ListenPortV6 {} Mode {:?}{}{}{} (weft: userspace, IPv4 networks)",
             w.listen_port,
             w.listen_port_v6,
             w.mode,

@@ -24,6 +24,7 @@ pub mod plan;
 pub(crate) mod reconcile;
 pub(crate) mod routes;
 pub mod userspace;
+pub mod wireguard;
 
 pub use error::Error;
 
@@ -210,8 +211,8 @@ pub fn for_config(
     dataplane: DataplaneChoice,
     underlay: &Underlay,
 ) -> Result<Box<dyn Backend>, Error> {
-    if let BackendConfig::Wireguard(_) = cfg {
-        return Err(Error::Unsupported(WIREGUARD_NOT_YET.into()));
+    if let BackendConfig::Wireguard(w) = *cfg {
+        return wireguard_backend(w, dataplane, underlay);
     }
     if underlay.v6.is_some() {
         return dual_stack(cfg, dataplane, underlay);
@@ -235,15 +236,30 @@ pub fn for_config(
         (BackendConfig::Udp { .. }, _) => DataplaneChoice::Userspace,
         (BackendConfig::Vxlan { .. }, d) => d,
         (BackendConfig::Wireguard(_), _) => {
-            return Err(Error::Unsupported(WIREGUARD_NOT_YET.into()))
+            return Err(Error::Unsupported(WIREGUARD_V4_ONLY.into()))
         }
     };
     Ok(Box::new(Encap::new(cfg, dataplane)))
 }
 
-/// Why a wireguard config is refused at start in this version: what is built of it (the
-/// config, the key file, the lease data) is read as flanneld's, the dataplane is not yet.
-const WIREGUARD_NOT_YET: &str = "Backend.Type wireguard: weft reads flanneld's wireguard configuration and key file, but its userspace WireGuard dataplane is not in this version yet; use Backend.Type vxlan for now";
+/// [`for_config`] for wireguard: userspace, IPv4 (what is built so far); the kernel's
+/// wireguard device and IPv6 are refused by name.
+fn wireguard_backend(
+    w: crate::config::WireguardConfig,
+    dataplane: DataplaneChoice,
+    underlay: &Underlay,
+) -> Result<Box<dyn Backend>, Error> {
+    if dataplane == DataplaneChoice::Kernel {
+        return Err(Error::Unsupported("--dataplane kernel with Backend.Type wireguard: weft does not program the kernel's wireguard device (and this kernel may have no module); use --dataplane userspace or auto".into()));
+    }
+    if underlay.v6.is_some() || underlay.public_ip.is_unspecified() {
+        return Err(Error::Unsupported(WIREGUARD_V4_ONLY.into()));
+    }
+    Ok(Box::new(wireguard::Wireguard::new(w)?))
+}
+
+/// Why a wireguard config with IPv6 is refused in this version.
+const WIREGUARD_V4_ONLY: &str = "Backend.Type wireguard with EnableIPv6: weft's WireGuard carries IPv4 networks only in this version; set EnableIPv6 to false, or use Backend.Type vxlan";
 
 /// [`for_config`] for a dual-stack network: host-gw, and vxlan in the kernel (flanneld's
 /// two devices) or in userspace (IPv6 pods over the IPv6 underlay from weft's workers).
@@ -269,7 +285,7 @@ fn dual_stack(
             "EnableIPv6 with Backend.Type udp: flanneld's udp backend carries IPv4 only (dual-stack works with vxlan and host-gw); use Backend.Type vxlan, or set EnableIPv6 to false".into(),
         )),
         (BackendConfig::Vxlan { .. }, _) => Ok(Box::new(Encap::new(cfg, dataplane))),
-        (BackendConfig::Wireguard(_), _) => Err(Error::Unsupported(WIREGUARD_NOT_YET.into())),
+        (BackendConfig::Wireguard(_), _) => Err(Error::Unsupported(WIREGUARD_V4_ONLY.into())),
     }
 }
 
@@ -446,25 +462,25 @@ mod tests {
         assert!(e.contains("NAT") && e.contains("vxlan"), "{e}");
     }
 
-    /// What is built of wireguard is its configuration; `weft run` refuses it, by name,
-    /// until the dataplane is, on every dataplane and family.
+    /// wireguard runs in userspace over IPv4; the kernel's device and IPv6 are refused by
+    /// name (before any key file is touched).
     #[test]
-    fn wireguard_is_refused_by_name_until_its_dataplane_is_built() {
+    fn wireguard_refuses_the_kernel_dataplane_and_ipv6_by_name() {
         let cfg = crate::config::NetConfig::parse(
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
         )
         .unwrap();
         let mut u = underlay([192, 0, 2, 1]);
-        for dp in [DataplaneChoice::Userspace, DataplaneChoice::Kernel] {
-            let e = refusal(cfg.backend, dp, &u);
-            assert!(
-                e.contains("Backend.Type wireguard") && e.contains("vxlan"),
-                "{e}"
-            );
-            u.v6 = Some(UnderlayV6 {
-                local_ip: "2001:db8::1".parse().unwrap(),
-                public_ip: "2001:db8::1".parse().unwrap(),
-            });
-        }
+        let e = refusal(cfg.backend, DataplaneChoice::Kernel, &u);
+        assert!(
+            e.contains("--dataplane kernel") && e.contains("userspace"),
+            "{e}"
+        );
+        u.v6 = Some(UnderlayV6 {
+            local_ip: "2001:db8::1".parse().unwrap(),
+            public_ip: "2001:db8::1".parse().unwrap(),
+        });
+        let e = refusal(cfg.backend, DataplaneChoice::Userspace, &u);
+        assert!(e.contains("EnableIPv6") && e.contains("vxlan"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ mod outbound;
 mod sys;
 mod tun;
 mod tx;
+pub(crate) mod wg;
 mod worker;
 
 use std::io;

@@ -1,0 +1,243 @@
+//! The WireGuard dataplane's I/O: one thread moving packets between the `flannel-wg` TUN
+//! and one UDP socket through the sans-IO [`Node`]. Outbound, a packet's destination picks
+//! the peer whose subnet holds it; inbound, a decrypted packet reaches the TUN only if its
+//! source lies in the subnet of the peer it came from (WireGuard's allowed IPs, which
+//! boringtun's `Tunn` leaves to its caller). Timers run every quarter second; the
+//! handshake rate limit restarts every second. The peers come from the store
+//! ([`WgPeers`]), applied between polls.
+//!
+//! First stage: one thread, one packet per system call, IPv4; the workers, batching and
+//! UDP GSO/GRO of the VXLAN dataplane come next.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::TunQueue;
+use crate::lease::Peer;
+use crate::wg::{Action, Key, Node, PeerId};
+
+const TUN: Token = Token(0);
+const UDP: Token = Token(1);
+const TICK: Duration = Duration::from_millis(250);
+
+/// The live peers, handed from the store's thread to the dataplane's: the newest list
+/// replaces any the dataplane has not taken yet.
+#[derive(Default, Clone)]
+pub(crate) struct WgPeers(Arc<Mutex<Option<Vec<Peer>>>>);
+
+impl WgPeers {
+    /// Offers `peers` (our own lease may be among them: it is left out by key).
+    pub(crate) fn offer(&self, peers: &[Peer]) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(peers.to_vec());
+        }
+    }
+
+    fn take(&self) -> Option<Vec<Peer>> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// What every peer shares: the PSK and keepalive of the config, and our port (a peer's
+/// lease without one means ours, as flanneld reads it).
+#[derive(Clone, Copy)]
+pub(crate) struct PeerSettings {
+    /// The network's preshared key.
+    pub(crate) psk: Option<Key>,
+    /// Seconds between keepalives.
+    pub(crate) keepalive: Option<u16>,
+    /// Our listening port.
+    pub(crate) port: u16,
+}
+
+/// The thread's state.
+pub(crate) struct WgLoop {
+    tun: TunQueue,
+    sock: UdpSocket,
+    node: Node,
+    settings: PeerSettings,
+    peers: WgPeers,
+    /// Per peer key: the endpoint its lease gave (a lease change re-sets the peer; a
+    /// roam does not) and its subnet.
+    configured: HashMap<[u8; 32], (SocketAddr, Ipv4Net, PeerId)>,
+    /// Subnet -> peer, for outbound lookups.
+    routes: Vec<(Ipv4Net, PeerId)>,
+    out: Vec<u8>,
+}
+
+impl WgLoop {
+    /// A loop over `tun` and `sock` for the node with key `private`.
+    pub(crate) fn new(
+        tun: TunQueue,
+        sock: UdpSocket,
+        private: &Key,
+        settings: PeerSettings,
+        peers: WgPeers,
+    ) -> io::Result<WgLoop> {
+        sock.set_nonblocking(true)?;
+        Ok(WgLoop {
+            tun,
+            sock,
+            node: Node::new(private),
+            settings,
+            peers,
+            configured: HashMap::new(),
+            routes: Vec::new(),
+            out: vec![0u8; 65536 + 64],
+        })
+    }
+
+    /// Runs until `stop` is set.
+    pub(crate) fn run(mut self, stop: &AtomicBool) -> io::Result<()> {
+        let mut poll = Poll::new()?;
+        let (tun_fd, sock_fd) = (self.tun.as_raw_fd(), self.sock.as_raw_fd());
+        poll.registry()
+            .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
+        let mut events = Events::with_capacity(8);
+        let mut buf = vec![0u8; 65536];
+        let (mut last_tick, mut last_reset) = (Instant::now(), Instant::now());
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(p) = self.peers.take() {
+                self.apply(&p);
+            }
+            match poll.poll(&mut events, Some(TICK)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => r?,
+            }
+            self.drain_tun(&mut buf);
+            self.drain_udp(&mut buf);
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                last_reset = Instant::now();
+                self.node.reset_rate_limit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the node's peers the wireguard leases of `peers`, but ours.
+    fn apply(&mut self, peers: &[Peer]) {
+        let ours = self.node.public_key();
+        let mut seen = Vec::new();
+        for p in peers {
+            let (Some(wg), Some(subnet)) = (p.wg, p.subnet) else {
+                continue;
+            };
+            if wg.public_key == ours {
+                continue;
+            }
+            let port = wg.port.unwrap_or(self.settings.port);
+            let endpoint = SocketAddr::new(IpAddr::V4(p.public_ip), port);
+            seen.push(wg.public_key.0);
+            match self.configured.get(&wg.public_key.0) {
+                Some((e, s, _)) if *e == endpoint && *s == subnet => continue,
+                _ => {}
+            }
+            let s = self.settings;
+            let id = self
+                .node
+                .set_peer(&wg.public_key, s.psk, s.keepalive, Some(endpoint));
+            tracing::info!(%subnet, %endpoint, "wireguard: peer {}", wg.public_key.to_base64());
+            self.configured
+                .insert(wg.public_key.0, (endpoint, subnet, id));
+        }
+        let gone: Vec<[u8; 32]> = self
+            .configured
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.node.remove_peer(&Key(k));
+            if let Some((_, subnet, _)) = self.configured.remove(&k) {
+                tracing::info!(%subnet, "wireguard: peer removed");
+            }
+        }
+        self.routes = self
+            .configured
+            .values()
+            .map(|(_, s, id)| (*s, *id))
+            .collect();
+    }
+
+    fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerId> {
+        self.routes
+            .iter()
+            .filter(|(s, _)| s.contains(&dst))
+            .max_by_key(|(s, _)| s.prefix_len())
+            .map(|(_, id)| *id)
+    }
+
+    fn drain_tun(&mut self, buf: &mut [u8]) {
+        while let Ok(n) = self.tun.recv(buf) {
+            let p = &buf[..n];
+            if n < 20 || p[0] >> 4 != 4 {
+                continue;
+            }
+            let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+            let Some(id) = self.peer_for(dst) else {
+                continue;
+            };
+            let act = self.node.send(id, p, &mut self.out);
+            send(&self.sock, act);
+        }
+    }
+
+    fn drain_udp(&mut self, buf: &mut [u8]) {
+        while let Ok((n, from)) = self.sock.recv_from(buf) {
+            let (id, act) = self.node.receive(from, &buf[..n], &mut self.out);
+            match act {
+                Action::Deliver(p) => {
+                    if id.is_some_and(|id| allowed(&self.routes, id, p)) {
+                        let _ = self.tun.send(p);
+                    }
+                }
+                other => send(&self.sock, other),
+            }
+            let Some(id) = id else { continue };
+            loop {
+                match self.node.flush(id, &mut self.out) {
+                    Action::Nothing | Action::Dropped(_) => break,
+                    other => send(&self.sock, other),
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let ids: Vec<PeerId> = self.routes.iter().map(|(_, id)| *id).collect();
+        for id in ids {
+            let act = self.node.tick(id, &mut self.out);
+            send(&self.sock, act);
+        }
+    }
+}
+
+/// Whether decrypted packet `p` from peer `id` comes from an address that peer holds.
+fn allowed(routes: &[(Ipv4Net, PeerId)], id: PeerId, p: &[u8]) -> bool {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return false;
+    }
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    routes.iter().any(|(s, i)| *i == id && s.contains(&src))
+}
+
+fn send(sock: &UdpSocket, act: Action<'_>) {
+    if let Action::Send(to, d) = act {
+        let _ = sock.send_to(d, to);
+    }
+}
