@@ -118,8 +118,14 @@ impl Backend for Wireguard {
             port,
         };
         let peers = WgPeers::default();
-        let wl =
-            WgLoop::new(tun, sock, &self.key, settings, peers.clone()).map_err(Error::Dataplane)?;
+        let wl = WgLoop::new(
+            tun,
+            sock,
+            &self.key,
+            settings,
+            (peers.clone(), s.table.clone()),
+        )
+        .map_err(Error::Dataplane)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()

@@ -1,7 +1,8 @@
 //! The WireGuard dataplane's I/O: one thread moving packets between the `flannel-wg` TUN
-//! and one UDP socket through the sans-IO [`Node`]. Outbound, a packet's destination picks
-//! the peer whose subnet holds it; inbound, a decrypted packet reaches the TUN only if its
-//! source lies in the subnet of the peer it came from (WireGuard's allowed IPs, which
+//! and one UDP socket through the sans-IO [`Node`]. Outbound, a packet's destination is
+//! looked up in the lock-free lease table, as the VXLAN workers look it up, and its peer's
+//! key names the tunnel; inbound, a decrypted packet reaches the TUN only if its source
+//! lies in the subnet of the peer it came from (WireGuard's allowed IPs, which
 //! boringtun's `Tunn` leaves to its caller). Timers run every quarter second; the
 //! handshake rate limit restarts every second. The peers come from the store
 //! ([`WgPeers`]), applied between polls.
@@ -9,7 +10,7 @@
 //! First stage: one thread, one packet per system call, IPv4; the workers, batching and
 //! UDP GSO/GRO of the VXLAN dataplane come next.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -22,7 +23,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::TunQueue;
-use crate::lease::Peer;
+use crate::lease::{LeaseTable, Peer};
 use crate::wg::{Action, Key, Node, PeerId};
 
 const TUN: Token = Token(0);
@@ -69,8 +70,10 @@ pub(crate) struct WgLoop {
     /// Per peer key: the endpoint its lease gave (a lease change re-sets the peer; a
     /// roam does not) and its subnet.
     configured: HashMap<[u8; 32], (SocketAddr, Ipv4Net, PeerId)>,
-    /// Subnet -> peer, for outbound lookups.
-    routes: Vec<(Ipv4Net, PeerId)>,
+    /// The forwarding table, for outbound lookups.
+    table: Arc<LeaseTable>,
+    /// Each peer's subnet, by its id, for the inbound source check.
+    subnets: Vec<Option<Ipv4Net>>,
     out: Vec<u8>,
 }
 
@@ -81,7 +84,7 @@ impl WgLoop {
         sock: UdpSocket,
         private: &Key,
         settings: PeerSettings,
-        peers: WgPeers,
+        (peers, table): (WgPeers, Arc<LeaseTable>),
     ) -> io::Result<WgLoop> {
         sock.set_nonblocking(true)?;
         Ok(WgLoop {
@@ -91,7 +94,8 @@ impl WgLoop {
             settings,
             peers,
             configured: HashMap::new(),
-            routes: Vec::new(),
+            table,
+            subnets: Vec::new(),
             out: vec![0u8; 65536 + 64],
         })
     }
@@ -132,7 +136,7 @@ impl WgLoop {
     /// Makes the node's peers the wireguard leases of `peers`, but ours.
     fn apply(&mut self, peers: &[Peer]) {
         let ours = self.node.public_key();
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for p in peers {
             let (Some(wg), Some(subnet)) = (p.wg, p.subnet) else {
                 continue;
@@ -142,7 +146,7 @@ impl WgLoop {
             }
             let port = wg.port.unwrap_or(self.settings.port);
             let endpoint = SocketAddr::new(IpAddr::V4(p.public_ip), port);
-            seen.push(wg.public_key.0);
+            seen.insert(wg.public_key.0);
             match self.configured.get(&wg.public_key.0) {
                 Some((e, s, _)) if *e == endpoint && *s == subnet => continue,
                 _ => {}
@@ -158,7 +162,7 @@ impl WgLoop {
         let gone: Vec<[u8; 32]> = self
             .configured
             .keys()
-            .filter(|k| !seen.contains(k))
+            .filter(|k| !seen.contains(*k))
             .copied()
             .collect();
         for k in gone {
@@ -167,19 +171,19 @@ impl WgLoop {
                 tracing::info!(%subnet, "wireguard: peer removed");
             }
         }
-        self.routes = self
-            .configured
-            .values()
-            .map(|(_, s, id)| (*s, *id))
-            .collect();
+        self.subnets.clear();
+        for (_, subnet, id) in self.configured.values() {
+            if self.subnets.len() <= *id {
+                self.subnets.resize(*id + 1, None);
+            }
+            self.subnets[*id] = Some(*subnet);
+        }
     }
 
+    /// The tunnel to `dst`: the table's peer for it, by its key.
     fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerId> {
-        self.routes
-            .iter()
-            .filter(|(s, _)| s.contains(&dst))
-            .max_by_key(|(s, _)| s.prefix_len())
-            .map(|(_, id)| *id)
+        let key = self.table.load().lookup(dst)?.wg?.public_key;
+        self.node.peer(&key)
     }
 
     fn drain_tun(&mut self, buf: &mut [u8]) {
@@ -202,7 +206,7 @@ impl WgLoop {
             let (id, act) = self.node.receive(from, &buf[..n], &mut self.out);
             match act {
                 Action::Deliver(p) => {
-                    if id.is_some_and(|id| allowed(&self.routes, id, p)) {
+                    if id.is_some_and(|id| allowed(&self.subnets, id, p)) {
                         let _ = self.tun.send(p);
                     }
                 }
@@ -219,7 +223,7 @@ impl WgLoop {
     }
 
     fn tick(&mut self) {
-        let ids: Vec<PeerId> = self.routes.iter().map(|(_, id)| *id).collect();
+        let ids: Vec<PeerId> = self.configured.values().map(|(_, _, id)| *id).collect();
         for id in ids {
             let act = self.node.tick(id, &mut self.out);
             send(&self.sock, act);
@@ -228,12 +232,16 @@ impl WgLoop {
 }
 
 /// Whether decrypted packet `p` from peer `id` comes from an address that peer holds.
-fn allowed(routes: &[(Ipv4Net, PeerId)], id: PeerId, p: &[u8]) -> bool {
+fn allowed(subnets: &[Option<Ipv4Net>], id: PeerId, p: &[u8]) -> bool {
     if p.len() < 20 || p[0] >> 4 != 4 {
         return false;
     }
     let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    routes.iter().any(|(s, i)| *i == id && s.contains(&src))
+    subnets
+        .get(id)
+        .copied()
+        .flatten()
+        .is_some_and(|s| s.contains(&src))
 }
 
 fn send(sock: &UdpSocket, act: Action<'_>) {
