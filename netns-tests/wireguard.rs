@@ -236,19 +236,14 @@ fn program_flanneld_wg_peers(c: &Cluster, k: usize) {
     }
 }
 
-/// Two weft wireguard nodes and one set up as flanneld: every pod reaches every other with
-/// the largest DF ping the 1420-byte path holds, TCP runs between weft and flanneld's pods,
-/// and the underlay carries nothing but WireGuard messages on port 51820 (beside the
-/// store's own traffic, to etcd's port 2379).
-#[test]
-fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
-    let _sock = UapiSocket;
+/// Two weft wireguard nodes (their keys in `wgkey-1`, `wgkey-2` of the cluster's
+/// directory) and one set up as flanneld, a pod on each; (the cluster, the flanneld
+/// node's index, its public key).
+fn wireguard_cluster() -> (Cluster, usize, String) {
     let mut c = Cluster::with_etcd(weft(), WG_CONF);
     for _ in 0..2 {
         let i = c.add_node(harness::Kind::Weft);
-        let key = c.dir.join(format!("wgkey-{}", i + 1));
-        let key = key.to_str().unwrap().to_string();
-        c.start_weft_env(i, &[], &[("WIREGUARD_KEY_FILE", &key)]);
+        start_wg_weft(&mut c, i);
     }
     let k = c.add_node(harness::Kind::Weft);
     let flanneld_key = flanneld_wireguard_node(&mut c, k);
@@ -256,6 +251,38 @@ fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
     for i in 0..3 {
         c.add_pod(i, None);
     }
+    (c, k, flanneld_key)
+}
+
+/// Starts weft on node `i` with its key file in the cluster's directory.
+fn start_wg_weft(c: &mut Cluster, i: usize) {
+    let key = key_file(c, i);
+    c.start_weft_env(i, &[], &[("WIREGUARD_KEY_FILE", key.to_str().unwrap())]);
+}
+
+fn key_file(c: &Cluster, i: usize) -> std::path::PathBuf {
+    c.dir.join(format!("wgkey-{}", i + 1))
+}
+
+/// The public key node `i`'s lease publishes.
+fn published_key(c: &Cluster, i: usize) -> String {
+    let ip_ = c.nodes[i].ip;
+    let l = c.leases().into_iter().find(|l| l.attrs.public_ip == ip_);
+    let l = l.unwrap_or_else(|| panic!("no lease for node {}", i + 1));
+    l.attrs.backend_data["PublicKey"]
+        .as_str()
+        .expect("a PublicKey")
+        .to_string()
+}
+
+/// Two weft wireguard nodes and one set up as flanneld: every pod reaches every other with
+/// the largest DF ping the 1420-byte path holds, TCP runs between weft and flanneld's pods,
+/// and the underlay carries nothing but WireGuard messages on port 51820 (beside the
+/// store's own traffic, to etcd's port 2379).
+#[test]
+fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
+    let _sock = UapiSocket;
+    let (c, k, flanneld_key) = wireguard_cluster();
     // weft's leases in flanneld's words, and weft's devices as flanneld's.
     let flanneld_ip = c.nodes[k].ip;
     let ours: Vec<_> = c
@@ -317,5 +344,135 @@ fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
     assert!(
         !show.contains("\t0\n") && !flanneld_key.is_empty(),
         "{show}"
+    );
+}
+
+/// The flood: `wg_flood` on the flanneld node sends 20 000 handshake initiations a second
+/// (from keys that are no peer's) at weft's node 1 for 6 seconds, while node 2's pod
+/// pings node 1's; (ping's output, the flooder's report).
+fn flood_while_pinging(c: &Cluster, k: usize, target_key: &str) -> (String, String) {
+    let exe = profile_dir().join("examples/wg_flood");
+    let target = format!("{}:51820", c.nodes[0].ip);
+    let flooder = Command::new("ip")
+        .args(["netns", "exec", &c.nodes[k].ns])
+        .arg(&exe)
+        .args(["--target", &target, "--peer", target_key])
+        .args(["--rate", "20000", "--seconds", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wg_flood (cargo build --examples)");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pods = c.pods();
+    let ping = format!("ping -c 40 -i 0.1 -W 1 {}", pods[0].ip);
+    let o = harness::try_in_ns(&pods[1].ns, &ping);
+    let f = flooder.wait_with_output().unwrap();
+    (
+        harness::output_text(&o),
+        String::from_utf8_lossy(&f.stdout).to_string(),
+    )
+}
+
+/// The number before `word` in `text` (`40 received` -> 40).
+fn count_before(text: &str, word: &str) -> u64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let i = words.iter().position(|w| w.trim_matches(',') == word);
+    i.and_then(|i| words.get(i.checked_sub(1)?)?.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {text}"))
+}
+
+/// weft keeps its key across a restart (the same public key in its lease, the key file
+/// still mode 0400) and its peers, weft and flanneld, reach it again; then a flood of
+/// handshake initiations from strangers is answered with cookie replies, counted in
+/// /metrics, while an established peer's pings keep coming through.
+#[test]
+fn the_key_survives_a_restart_and_a_flood_of_initiations_gets_cookies_not_the_tunnel() {
+    use std::os::unix::fs::PermissionsExt;
+    let _sock = UapiSocket;
+    let (mut c, k, _) = wireguard_cluster();
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let before = published_key(&c, 0);
+    assert!(c.stop_weft(0), "weft did not exit cleanly");
+    start_wg_weft(&mut c, 0);
+    assert_eq!(published_key(&c, 0), before, "a new key after the restart");
+    let mode = std::fs::metadata(key_file(&c, 0))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o400, "the key file's mode");
+    let pods = c.pods();
+    for b in [1, 2] {
+        let o = harness::try_in_ns(&pods[0].ns, &format!("ping -c 3 -W 2 {}", pods[b].ip));
+        assert!(
+            o.status.success(),
+            "node 1 -> {}: {}",
+            b + 1,
+            harness::output_text(&o)
+        );
+    }
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "after the restart: {failed:#?}");
+    let m0 = c.metrics(0);
+    assert!(m0["weft_wireguard_handshakes_total"] >= 2, "{m0:?}");
+    let (ping, flood) = flood_while_pinging(&c, k, &before);
+    eprintln!("{ping}\n{flood}");
+    let m1 = c.metrics(0);
+    let d = |name: &str| m1[name] - m0[name];
+    let received = count_before(&ping, "received");
+    assert!(
+        received >= 36,
+        "the established peer lost its traffic: {ping}"
+    );
+    assert!(count_before(&flood, "cookie") > 0, "{flood}");
+    assert!(d("weft_wireguard_cookie_replies_total") > 1000, "{m1:?}");
+    assert!(
+        d("weft_wireguard_drops_total{reason=\"unknown_peer\"}") > 0,
+        "initiations under the limit are refused as from no peer: {m1:?}"
+    );
+    harness::figure(&format!(
+        "wireguard flood: {} initiations in 6 s, {} cookie replies, pings {received}/40",
+        count_before(&flood, "initiations"),
+        d("weft_wireguard_cookie_replies_total")
+    ));
+}
+
+/// A TCP stream from weft's pod to flanneld's that runs 130 seconds crosses a rekey
+/// (WireGuard renews a session's keys after 120): the stream keeps its connection, data
+/// moves in every second, and both sides show the new handshake.
+#[test]
+fn a_stream_keeps_its_connection_across_a_rekey() {
+    let _sock = UapiSocket;
+    let (c, k, _) = wireguard_cluster();
+    let failed = c.ping_all();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let h0 = c.metrics(0)["weft_wireguard_handshakes_total"];
+    let pods = c.pods();
+    let v = harness::iperf3_json(&pods[0], &pods[2], &["-t", "130", "-i", "1", "-b", "20M"])
+        .expect("the stream broke");
+    let per_second = harness::iperf3_per_second(&v);
+    assert!(per_second.len() >= 129, "{per_second:?}");
+    let idle: Vec<usize> = (0..per_second.len())
+        .filter(|&i| per_second[i] <= 0.0)
+        .collect();
+    assert!(idle.is_empty(), "seconds without data: {idle:?}");
+    let h1 = c.metrics(0)["weft_wireguard_handshakes_total"];
+    assert!(h1 > h0, "no rekey in 130 s: handshakes {h0} -> {h1}");
+    let show = ns_sh(
+        &c.nodes[k].ns,
+        &["wg", "show", "flannel-wg", "latest-handshakes"],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key0 = published_key(&c, 0);
+    let line = show
+        .lines()
+        .find(|l| l.starts_with(&key0))
+        .expect("node 1's peer");
+    let at: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        now.saturating_sub(at) < 60,
+        "flanneld's last handshake with node 1 is old: {show}"
     );
 }

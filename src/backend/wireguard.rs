@@ -124,6 +124,7 @@ impl Backend for Wireguard {
             &self.key,
             settings,
             (peers.clone(), s.table.clone()),
+            s.dataplane.counters.worker(0),
         )
         .map_err(Error::Dataplane)?;
         let stop = Arc::new(AtomicBool::new(false));

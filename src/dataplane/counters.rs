@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::encap::DropReason;
+use crate::wg::Drop as WgDrop;
 
 /// One worker's counters, alone on its cache lines.
 #[repr(align(64))]
@@ -36,6 +37,12 @@ pub struct WorkerCounters {
     pub tunnel_gso_frames: AtomicU64,
     /// Drops by reason, indexed by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// WireGuard datagrams dropped, by reason, indexed by [`WgDrop::index`].
+    pub wg_drops: [AtomicU64; WgDrop::COUNT],
+    /// Cookie replies sent to handshake initiations while under load.
+    pub wg_cookie_replies: AtomicU64,
+    /// WireGuard sessions established (the first with a peer, then every rekey).
+    pub wg_handshakes: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -77,6 +84,12 @@ pub struct Totals {
     pub tunnel_gso_frames: u64,
     /// Drops by reason.
     pub drops: [u64; DropReason::COUNT],
+    /// See [`WorkerCounters::wg_drops`].
+    pub wg_drops: [u64; WgDrop::COUNT],
+    /// See [`WorkerCounters::wg_cookie_replies`].
+    pub wg_cookie_replies: u64,
+    /// See [`WorkerCounters::wg_handshakes`].
+    pub wg_handshakes: u64,
 }
 
 /// All workers' counters.
@@ -116,6 +129,11 @@ impl Counters {
             for (d, s) in t.drops.iter_mut().zip(&w.drops) {
                 *d += s.load(Relaxed);
             }
+            for (d, s) in t.wg_drops.iter_mut().zip(&w.wg_drops) {
+                *d += s.load(Relaxed);
+            }
+            t.wg_cookie_replies += w.wg_cookie_replies.load(Relaxed);
+            t.wg_handshakes += w.wg_handshakes.load(Relaxed);
         }
         t
     }
@@ -125,82 +143,83 @@ impl Totals {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn prometheus(&self, leases: usize) -> String {
         let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in lines {
-                let _ = writeln!(s, "{name}{labels} {v}");
-            }
-        };
         let dir = |d: &str| format!("{{direction=\"{d}\"}}");
         metric(
-            "weft_packets_total",
-            "counter",
+            &mut s,
+            ("weft_packets_total", "counter"),
             "Inner packets forwarded: tx = TUN to underlay, rx = underlay to TUN.",
             &[(dir("tx"), self.tx_packets), (dir("rx"), self.rx_packets)],
         );
         metric(
-            "weft_bytes_total",
-            "counter",
+            &mut s,
+            ("weft_bytes_total", "counter"),
             "Inner bytes forwarded.",
             &[(dir("tx"), self.tx_bytes), (dir("rx"), self.rx_bytes)],
         );
-        let drops: Vec<_> = DropReason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.as_str()),
-                    self.drops[r.index()],
-                )
-            })
-            .collect();
+        let drops = by_reason(DropReason::ALL.map(|r| (r.as_str(), self.drops[r.index()])));
         metric(
-            "weft_drops_total",
-            "counter",
+            &mut s,
+            ("weft_drops_total", "counter"),
             "Packets dropped, by reason.",
             &drops,
         );
+        let singles = [
+            ("weft_icmp_sent_total", "ICMP errors sent back to pods.", self.icmp_sent),
+            ("weft_icmp_ratelimited_total", "ICMP errors not sent: the per-destination or node-wide rate limit (the kernel's icmp_ratelimit and icmp_msgs_per_sec) said no.", self.icmp_ratelimited),
+            ("weft_socket_drops_total", "Datagrams the kernel dropped before weft read them: from senders that hold no lease (the sender filter), or for a full receive buffer.", self.socket_drops),
+            ("weft_send_errors_total", "Failed underlay sends.", self.send_errors),
+            ("weft_tun_write_errors_total", "Failed TUN writes.", self.tun_write_errors),
+            ("weft_tunnel_gso_frames_total", "TSO super-packets sent whole, for the kernel's UDP-tunnel GSO to segment.", self.tunnel_gso_frames),
+        ];
+        for (name, help, v) in singles {
+            metric(&mut s, (name, "counter"), help, &[(String::new(), v)]);
+        }
+        self.wireguard(&mut s);
         metric(
-            "weft_icmp_sent_total",
-            "counter",
-            "ICMP errors sent back to pods.",
-            &[(String::new(), self.icmp_sent)],
-        );
-        metric(
-            "weft_icmp_ratelimited_total",
-            "counter",
-            "ICMP errors not sent: the per-destination or node-wide rate limit (the kernel's icmp_ratelimit and icmp_msgs_per_sec) said no.",
-            &[(String::new(), self.icmp_ratelimited)],
-        );
-        metric(
-            "weft_socket_drops_total",
-            "counter",
-            "Datagrams the kernel dropped before weft read them: from senders that hold no lease (the sender filter), or for a full receive buffer.",
-            &[(String::new(), self.socket_drops)],
-        );
-        metric(
-            "weft_send_errors_total",
-            "counter",
-            "Failed underlay sends.",
-            &[(String::new(), self.send_errors)],
-        );
-        metric(
-            "weft_tun_write_errors_total",
-            "counter",
-            "Failed TUN writes.",
-            &[(String::new(), self.tun_write_errors)],
-        );
-        metric(
-            "weft_tunnel_gso_frames_total",
-            "counter",
-            "TSO super-packets sent whole, for the kernel's UDP-tunnel GSO to segment.",
-            &[(String::new(), self.tunnel_gso_frames)],
-        );
-        metric(
-            "weft_leases",
-            "gauge",
+            &mut s,
+            ("weft_leases", "gauge"),
             "Leases in the forwarding table.",
             &[(String::new(), leases as u64)],
         );
         s
     }
+
+    /// The wireguard backend's own counters.
+    fn wireguard(&self, s: &mut String) {
+        let drops = by_reason(WgDrop::ALL.map(|r| (r.as_str(), self.wg_drops[r.index()])));
+        metric(
+            s,
+            ("weft_wireguard_drops_total", "counter"),
+            "WireGuard datagrams dropped, by reason (the wireguard backend).",
+            &drops,
+        );
+        metric(
+            s,
+            ("weft_wireguard_cookie_replies_total", "counter"),
+            "Handshake initiations answered with a cookie reply: over the rate limit, without a valid cookie.",
+            &[(String::new(), self.wg_cookie_replies)],
+        );
+        metric(
+            s,
+            ("weft_wireguard_handshakes_total", "counter"),
+            "WireGuard sessions established with peers (the first, then one per rekey).",
+            &[(String::new(), self.wg_handshakes)],
+        );
+    }
+}
+
+/// Appends one metric: its help, its type, a line per label set.
+fn metric(s: &mut String, (name, kind): (&str, &str), help: &str, lines: &[(String, u64)]) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in lines {
+        let _ = writeln!(s, "{name}{labels} {v}");
+    }
+}
+
+/// `{reason="…"}` label sets.
+fn by_reason<const N: usize>(values: [(&str, u64); N]) -> Vec<(String, u64)> {
+    values
+        .iter()
+        .map(|(r, v)| (format!("{{reason=\"{r}\"}}"), *v))
+        .collect()
 }

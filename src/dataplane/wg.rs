@@ -22,7 +22,9 @@ use ipnet::Ipv4Net;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::counters::WorkerCounters;
 use super::TunQueue;
+use crate::encap::DropReason;
 use crate::lease::{LeaseTable, Peer};
 use crate::wg::{Action, Key, Node, PeerId};
 
@@ -74,6 +76,10 @@ pub(crate) struct WgLoop {
     table: Arc<LeaseTable>,
     /// Each peer's subnet, by its id, for the inbound source check.
     subnets: Vec<Option<Ipv4Net>>,
+    /// Per peer id: how long ago its session was established, at the last tick (a
+    /// smaller figure now is a new session).
+    sessions: Vec<Option<Duration>>,
+    counters: Arc<WorkerCounters>,
     out: Vec<u8>,
 }
 
@@ -85,6 +91,7 @@ impl WgLoop {
         private: &Key,
         settings: PeerSettings,
         (peers, table): (WgPeers, Arc<LeaseTable>),
+        counters: Arc<WorkerCounters>,
     ) -> io::Result<WgLoop> {
         sock.set_nonblocking(true)?;
         Ok(WgLoop {
@@ -96,6 +103,8 @@ impl WgLoop {
             configured: HashMap::new(),
             table,
             subnets: Vec::new(),
+            sessions: Vec::new(),
+            counters,
             out: vec![0u8; 65536 + 64],
         })
     }
@@ -194,29 +203,37 @@ impl WgLoop {
             }
             let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
             let Some(id) = self.peer_for(dst) else {
+                WorkerCounters::drop(&self.counters, DropReason::NoLease);
                 continue;
             };
             let act = self.node.send(id, p, &mut self.out);
-            send(&self.sock, act);
+            if matches!(act, Action::Send(..)) {
+                WorkerCounters::add(&self.counters.tx_packets, 1);
+                WorkerCounters::add(&self.counters.tx_bytes, n as u64);
+            }
+            send(&self.sock, &self.counters, act);
         }
     }
 
     fn drain_udp(&mut self, buf: &mut [u8]) {
         while let Ok((n, from)) = self.sock.recv_from(buf) {
             let (id, act) = self.node.receive(from, &buf[..n], &mut self.out);
-            match act {
-                Action::Deliver(p) => {
-                    if id.is_some_and(|id| allowed(&self.subnets, id, p)) {
-                        let _ = self.tun.send(p);
-                    }
+            let c = &self.counters;
+            match (id, act) {
+                (Some(id), Action::Deliver(p)) => {
+                    deliver(&self.tun, c, allowed(&self.subnets, id, p), p)
                 }
-                other => send(&self.sock, other),
+                (None, Action::Send(to, m)) => {
+                    WorkerCounters::add(&c.wg_cookie_replies, 1);
+                    let _ = self.sock.send_to(m, to);
+                }
+                (_, other) => send(&self.sock, &self.counters, other),
             }
             let Some(id) = id else { continue };
             loop {
                 match self.node.flush(id, &mut self.out) {
                     Action::Nothing | Action::Dropped(_) => break,
-                    other => send(&self.sock, other),
+                    other => send(&self.sock, &self.counters, other),
                 }
             }
         }
@@ -226,8 +243,51 @@ impl WgLoop {
         let ids: Vec<PeerId> = self.configured.values().map(|(_, _, id)| *id).collect();
         for id in ids {
             let act = self.node.tick(id, &mut self.out);
-            send(&self.sock, act);
+            send(&self.sock, &self.counters, act);
+            self.count_session(id);
         }
+    }
+
+    /// Counts a session established with peer `id` since the last tick.
+    fn count_session(&mut self, id: PeerId) {
+        if self.sessions.len() <= id {
+            self.sessions.resize(id + 1, None);
+        }
+        let now = self.node.last_handshake(id);
+        let new = match (self.sessions[id], now) {
+            (None, Some(_)) => true,
+            (Some(before), Some(now)) => now < before,
+            (_, None) => false,
+        };
+        if new {
+            WorkerCounters::add(&self.counters.wg_handshakes, 1);
+        }
+        self.sessions[id] = now;
+    }
+}
+
+/// Does what `act` says with the socket, counting a drop.
+fn send(sock: &UdpSocket, c: &WorkerCounters, act: Action<'_>) {
+    match act {
+        Action::Send(to, d) => {
+            if sock.send_to(d, to).is_err() {
+                WorkerCounters::add(&c.send_errors, 1);
+            }
+        }
+        Action::Dropped(r) => WorkerCounters::add(&c.wg_drops[r.index()], 1),
+        Action::Deliver(_) | Action::Nothing => {}
+    }
+}
+
+/// Writes decrypted packet `p` to the TUN if its source is `ok`, counting either way.
+fn deliver(tun: &TunQueue, c: &WorkerCounters, ok: bool, p: &[u8]) {
+    if !ok {
+        c.drop(DropReason::SpoofedSource);
+    } else if tun.send(p).is_ok() {
+        WorkerCounters::add(&c.rx_packets, 1);
+        WorkerCounters::add(&c.rx_bytes, p.len() as u64);
+    } else {
+        WorkerCounters::add(&c.tun_write_errors, 1);
     }
 }
 
@@ -242,10 +302,4 @@ fn allowed(subnets: &[Option<Ipv4Net>], id: PeerId, p: &[u8]) -> bool {
         .copied()
         .flatten()
         .is_some_and(|s| s.contains(&src))
-}
-
-fn send(sock: &UdpSocket, act: Action<'_>) {
-    if let Action::Send(to, d) = act {
-        let _ = sock.send_to(d, to);
-    }
 }

@@ -42,6 +42,35 @@ pub enum Drop {
 }
 
 impl Drop {
+    /// Number of reasons (size of a counter array).
+    pub const COUNT: usize = 6;
+    /// Every reason, in counter order.
+    pub const ALL: [Drop; Self::COUNT] = [
+        Drop::Malformed,
+        Drop::Forged,
+        Drop::Replay,
+        Drop::UnknownPeer,
+        Drop::UnderLoad,
+        Drop::Refused,
+    ];
+
+    /// Position in [`Drop::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The Prometheus label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::Forged => "forged",
+            Drop::Replay => "replay",
+            Drop::UnknownPeer => "unknown_peer",
+            Drop::UnderLoad => "under_load",
+            Drop::Refused => "refused",
+        }
+    }
+
     fn of(e: &WireGuardError) -> Drop {
         use WireGuardError as E;
         match e {
@@ -124,7 +153,10 @@ impl Node {
             psk.map(|k| k.0),
             keepalive,
             id as u32,
-            Some(self.limiter.clone()),
+            // The tunnel's own limiter (10 initiations a second for this peer, reset by
+            // its timers): handing it the node's would count every initiation twice,
+            // once in `route` and once in `decapsulate`, halving the node's budget.
+            None,
         );
         self.slots[id] = Some(Peer {
             key: *key,
@@ -179,7 +211,8 @@ impl Node {
     }
 
     /// Handles datagram `datagram` from `from`, writing into `out` (as large as the largest
-    /// datagram); returns the peer it came from, when it authenticated, and the action.
+    /// datagram); returns the peer it came from, when it authenticated, and the action. A
+    /// [`Action::Send`] with no peer is a cookie reply: the node is under load.
     /// After an action that sends, call [`Node::flush`] for that peer: a completed handshake
     /// releases the packets queued while it ran.
     pub fn receive<'a>(
@@ -197,7 +230,7 @@ impl Node {
             return (None, Action::Dropped(Drop::UnknownPeer));
         };
         let r = p.tunn.decapsulate(Some(from.ip()), datagram, out);
-        if !matches!(r, TunnResult::Err(_)) {
+        if authenticated(&r) {
             p.endpoint = Some(from);
         }
         (Some(id), Self::to_action(p.endpoint, r))
@@ -221,6 +254,11 @@ impl Node {
         };
         let r = p.tunn.update_timers(out);
         Self::to_action(p.endpoint, r)
+    }
+
+    /// How long ago peer `id`'s current session was established (`None`: no session).
+    pub fn last_handshake(&self, id: PeerId) -> Option<std::time::Duration> {
+        self.slots.get(id)?.as_ref()?.tunn.stats().0
     }
 
     /// Starts a new second of the handshake rate limit: call once a second.
@@ -278,6 +316,18 @@ impl Node {
                 Action::Deliver(b)
             }
         }
+    }
+}
+
+/// Whether `r` shows that the datagram came from the peer: it decrypted, or it was a
+/// handshake message the peer's key verified. A cookie reply (the tunnel's own limiter
+/// under load) proves nothing, so a replayed initiation from elsewhere does not move the
+/// peer's endpoint.
+fn authenticated(r: &TunnResult<'_>) -> bool {
+    match r {
+        TunnResult::Err(_) => false,
+        TunnResult::WriteToNetwork(b) => b.first() != Some(&3),
+        _ => true,
     }
 }
 
@@ -443,6 +493,75 @@ mod tests {
         assert_eq!(b.endpoint(ba), Some(addr("192.0.2.1:51820")));
         b.receive(moved, &data, &mut out);
         assert_eq!(b.endpoint(ba), Some(moved));
+    }
+
+    #[test]
+    fn a_flood_of_initiations_gets_cookies_and_the_established_peer_keeps_its_traffic() {
+        let (mut a, mut b, ab, _) = established();
+        let mut c = Node::new(&Key::generate().unwrap());
+        let cb = c.set_peer(&b.public_key(), None, None, Some(addr("192.0.2.2:51820")));
+        let mut out = vec![0u8; 2048];
+        let Action::Send(_, init) = c.send(cb, &packet(60, 3), &mut out) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        let flooder = addr("198.51.100.7:1000");
+        let (mut unknown, mut cookies) = (0, 0);
+        for _ in 0..2 * HANDSHAKES_PER_SECOND {
+            match b.receive(flooder, &init, &mut out) {
+                (None, Action::Dropped(Drop::UnknownPeer)) => unknown += 1,
+                (None, Action::Send(to, m)) if to == flooder && m[0] == 3 => cookies += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // The budget is counted once per initiation: a's, in `established`, took one.
+        assert_eq!(unknown, HANDSHAKES_PER_SECOND - 1);
+        assert_eq!(cookies, HANDSHAKES_PER_SECOND + 1, "then only cookies");
+        let Action::Send(_, d) = a.send(ab, &packet(90, 4), &mut out) else {
+            panic!()
+        };
+        let d = d.to_vec();
+        assert!(matches!(
+            b.receive(addr("192.0.2.1:51820"), &d, &mut out),
+            (Some(_), Action::Deliver(p)) if p.len() == 90
+        ));
+        // boringtun restarts the count only a second after the last restart.
+        std::thread::sleep(std::time::Duration::from_millis(1010));
+        b.reset_rate_limit();
+        assert_eq!(
+            b.receive(flooder, &init, &mut out).1,
+            Action::Dropped(Drop::UnknownPeer),
+            "a new second, a new budget"
+        );
+    }
+
+    #[test]
+    fn a_replayed_initiation_never_moves_the_endpoint_even_under_the_peer_s_limit() {
+        let (mut a, mut b, _) = {
+            let (a, b, ab, _) = pair(None);
+            (a, b, ab)
+        };
+        let ab = a.peers().next().unwrap().0;
+        let mut out = vec![0u8; 2048];
+        let Action::Send(_, init) = a.send(ab, &packet(60, 1), &mut out) else {
+            panic!()
+        };
+        let init = init.to_vec();
+        let (home, moved) = (addr("192.0.2.1:51820"), addr("198.51.100.9:40000"));
+        assert!(matches!(
+            b.receive(home, &init, &mut out),
+            (Some(_), Action::Send(..))
+        ));
+        let ba = b.peers().next().unwrap().0;
+        let mut cookie = false;
+        for _ in 0..20 {
+            if let (_, Action::Send(_, m)) = b.receive(moved, &init, &mut out) {
+                cookie |= m[0] == 3;
+            }
+        }
+        assert!(cookie, "the peer's own limit answered with a cookie");
+        assert_eq!(b.endpoint(ba), Some(home));
+        assert!(b.last_handshake(ba).is_none(), "no session before data");
     }
 
     #[test]
