@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use harness::{iperf3_json_family, ns_run, Cluster, Iperf, Kind, Pod};
 
-const MODES: [&str; 11] = [
+const MODES: [&str; 14] = [
     "host-gw",
     "kernel-vxlan",
     "weft-vxlan",
@@ -31,6 +31,30 @@ const MODES: [&str; 11] = [
     "kernel-vxlan6",
     "weft-vxlan6",
     "weft-kernel-vxlan6",
+    "weft-wireguard",
+    "wireguard-go",
+    "boringtun",
+];
+
+/// The modes a plain run measures: all but `boringtun`, which needs boringtun-cli from
+/// crates.io (`--wireguard` or `--modes` name it, and `netns-tests/bench` installs it).
+fn default_modes() -> Vec<String> {
+    MODES
+        .iter()
+        .filter(|m| **m != "boringtun")
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// `--wireguard`: weft's wireguard backend beside the stock userspace WireGuards set up as
+/// flanneld sets up flannel-wg, and beside weft vxlan.
+const WIREGUARD_MODES: [&str; 4] = ["weft-wireguard", "boringtun", "wireguard-go", "weft-vxlan"];
+
+/// weft's wireguard against the stock userspace peers and against weft vxlan.
+const WG_BASELINES: [(&str, &str); 3] = [
+    ("weft-wireguard", "boringtun"),
+    ("weft-wireguard", "wireguard-go"),
+    ("weft-wireguard", "weft-vxlan"),
 ];
 
 /// IPv6 pods over the IPv6 underlay, in a dual-stack cluster: kernel vxlan as flanneld sets
@@ -89,9 +113,10 @@ struct Opts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..] [--weft-args '...'] [--out DIR]\n\
+        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--out DIR]\n\
          \x20      netns-tests/bench --flood [--flood-mbit M] [--flood-to ADDR:PORT] [--quick] [--repeats N] [--seconds S] [--out DIR]\n\
-         modes: {}; defaults: 3 repeats of 5 s, out target/bench; --flood: the garbage-flood lab,\n\
+         modes: {}; defaults: all but boringtun, 3 repeats of 5 s, out target/bench;\n\
+         --wireguard: weft-wireguard, boringtun, wireguard-go, weft-vxlan; --flood: the garbage-flood lab,\n\
          3 rounds of a quiet then a flooded 5 s stream per setup, {} Mbit/s (WEFT_TEST_FLOOD_MBIT),\n\
          aimed at the node unless --flood-to (WEFT_TEST_FLOOD_TO) names a control target",
         MODES.join(","),
@@ -105,7 +130,7 @@ fn opts() -> Opts {
         repeats: 3,
         seconds: 5,
         out: PathBuf::from("target/bench"),
-        modes: MODES.iter().map(|s| s.to_string()).collect(),
+        modes: default_modes(),
         weft_args: Vec::new(),
         flood: false,
         flood_mbit: harness::flood_mbit(),
@@ -123,6 +148,7 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = val().parse().unwrap_or_else(|_| usage()),
             "--out" => o.out = val().into(),
             "--modes" => o.modes = val().split(',').map(String::from).collect(),
+            "--wireguard" => o.modes = WIREGUARD_MODES.map(String::from).to_vec(),
             "--weft-args" => o.weft_args = val().split_whitespace().map(String::from).collect(),
             "--flood" => o.flood = true,
             "--flood-mbit" => o.flood_mbit = val(),
@@ -143,6 +169,7 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
     let backend = match mode {
         "weft-udp" | "flannel-udp" | "weft-flannel-udp" => "udp",
         "weft-host-gw" => "host-gw",
+        "weft-wireguard" => "wireguard",
         _ => "vxlan",
     };
     // weft's nodes get the subnets the hand-made modes use (10.244.1.0/24 and 10.244.2.0/24),
@@ -183,6 +210,8 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
                 c.program_flannel_udp_peers(i);
             }
         }
+        "wireguard-go" | "boringtun" => stock_wireguard_nodes(&mut c, mode),
+        "weft-wireguard" => weft_wireguard_nodes(&mut c, &args),
         "weft-flannel-udp" => {
             // flannel's lease first (10.244.2.0/24), so weft takes the other (10.244.1.0/24).
             c.add_node(Kind::Weft);
@@ -208,6 +237,43 @@ fn build(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster, 
         &["ping", "-c", "3", "-i", "0.2", "-W", "2", &b.ip.to_string()],
     );
     (c, a, b)
+}
+
+/// Two weft wireguard nodes, each with its own key file (they share this host's
+/// /run/flannel/wgkey otherwise).
+fn weft_wireguard_nodes(c: &mut Cluster, args: &[&str]) {
+    for i in 0..2 {
+        c.add_node(Kind::Weft);
+        let key = c.dir.join(format!("wgkey-{}", i + 1));
+        let key = key.to_str().unwrap_or_default().to_string();
+        c.start_weft_env(i, args, &[("WIREGUARD_KEY_FILE", &key)]);
+    }
+    c.wait_converged();
+}
+
+/// Two nodes set up as flanneld sets up a wireguard node, with a stock userspace
+/// WireGuard (`mode`: wireguard-go or boringtun-cli) for the module this kernel lacks.
+/// Their devices are named `flannel-wg1` and `flannel-wg2`: both nodes share this host's
+/// /var/run/wireguard, where each keeps a control socket by its device's name.
+fn stock_wireguard_nodes(c: &mut Cluster, mode: &str) {
+    let stock = if mode == "boringtun" {
+        harness::Stock::Boringtun
+    } else {
+        harness::Stock::WireguardGo
+    };
+    let subnet = |i: usize| format!("10.244.{}.0/24", i + 1);
+    let dev = |i: usize| format!("flannel-wg{}", i + 1);
+    let mut keys = Vec::new();
+    for i in 0..2 {
+        c.add_node(Kind::HostGw);
+        let s = subnet(i).parse().unwrap();
+        keys.push(c.start_stock_wg_node(i, s, (stock, &dev(i))));
+    }
+    for i in 0..2 {
+        let j = 1 - i;
+        let endpoint = format!("{}:51820", c.nodes[j].ip);
+        harness::stock_wg_peer(&c.nodes[i].ns, &dev(i), &keys[j], &subnet(j), &endpoint);
+    }
 }
 
 /// A dual-stack two-node cluster for an IPv6 mode: both nodes set up as flanneld sets up
@@ -255,6 +321,7 @@ fn build6(mode: &str, weft: &std::path::Path, weft_args: &[String]) -> (Cluster,
 type Samples = BTreeMap<&'static str, Vec<f64>>;
 
 fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
+    let _sockets = harness::UapiSockets(vec!["flannel-wg1".to_string(), "flannel-wg2".to_string()]);
     let (c, a, b) = build(mode, weft, &o.weft_args);
     let t = o.seconds.to_string();
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
@@ -586,6 +653,13 @@ fn main() {
     ratio_table(
         "weft's udp backend against flannel's own udp proxy (above 1.00: weft moves more)",
         &UDP_BASELINES,
+        &o.modes,
+        &get,
+        &samples,
+    );
+    ratio_table(
+        "weft's wireguard against stock userspace WireGuard (target 3x boringtun) and weft vxlan (target 0.5x)",
+        &WG_BASELINES,
         &o.modes,
         &get,
         &samples,

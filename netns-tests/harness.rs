@@ -57,6 +57,8 @@ pub mod netns;
 pub mod process;
 #[path = "harness/traffic.rs"]
 pub mod traffic;
+#[path = "harness/wg.rs"]
+pub mod wg;
 
 // Each target uses its own part of the harness: re-exports it leaves unused are fine.
 #[allow(unused_imports)]
@@ -84,6 +86,8 @@ pub use process::{example_beside, rss_kb, weft_next_to_exe};
 pub use traffic::{
     iperf3, iperf3_json, iperf3_json_family, iperf3_per_second, udp_source_seen, Iperf,
 };
+#[allow(unused_imports)]
+pub use wg::{stock_wg_device, stock_wg_peer, wg_keys, Stock, UapiSockets};
 
 /// The weft binary cargo built for this test. cargo tells integration tests and benches
 /// where it is (`CARGO_BIN_EXE_weft`), not examples (`cargo build --all-targets` also

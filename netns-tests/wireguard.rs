@@ -12,45 +12,28 @@ mod harness;
 use std::process::Command;
 
 use harness::preflight::profile_dir;
-use harness::{ip, ns_sh, weft, Cluster};
-
-/// A key pair from `wg genkey | wg pubkey`: (private, public), base64.
-fn wg_keys() -> (String, String) {
-    let private = harness::sh(&["wg", "genkey"]).trim().to_string();
-    let out = Command::new("sh")
-        .args(["-c", &format!("echo {private} | wg pubkey")])
-        .output()
-        .unwrap();
-    (
-        private,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
+use harness::{ns_sh, stock_wg_device, stock_wg_peer, weft, wg_keys, Cluster, Stock, UapiSockets};
 
 /// Starts wireguard-go on `ns` as flanneld would have `flannel-wg` there: key `private`,
 /// port 51820, peer `peer` (with `psk`) for 10.244.1.0/24 at 192.0.2.1:51820, address
 /// 10.244.2.0/32, MTU 1420, route 10.244.0.0/16 scope link.
 fn stock_node(c: &Cluster, ns: &str, private: &str, peer: &str, psk: Option<&str>) {
     let key = c.dir.join("wgkey-b");
-    std::fs::write(&key, private).unwrap();
-    let mut set = format!(
-        "wg set flannel-wg private-key {} listen-port 51820 peer {peer} allowed-ips 10.244.1.0/24 endpoint 192.0.2.1:51820",
-        key.display()
+    stock_wg_device(
+        Stock::WireguardGo,
+        ns,
+        DEV,
+        (private, &key),
+        "10.244.2.0/32",
     );
+    let mut set =
+        format!("wg set {DEV} peer {peer} allowed-ips 10.244.1.0/24 endpoint 192.0.2.1:51820");
     if let Some(p) = psk {
         let f = c.dir.join("psk-b");
         std::fs::write(&f, p).unwrap();
         set += &format!(" preshared-key {}", f.display());
     }
-    let status = Command::new("ip")
-        .args(["netns", "exec", ns, "wireguard-go", "flannel-wg"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "wireguard-go did not start");
     harness::in_ns(ns, &set);
-    ip(ns, "addr add 10.244.2.0/32 dev flannel-wg");
-    ip(ns, "link set flannel-wg mtu 1420 up");
-    ip(ns, "route add 10.244.0.0/16 dev flannel-wg scope link");
 }
 
 /// Runs the probe on `ns` (key `private`, the stock peer's `peer`, `psk`) while the stock
@@ -121,22 +104,19 @@ fn probe(
     )
 }
 
-/// wireguard-go's control socket, which outlives the process the cluster kills: removed
-/// on every exit path.
-struct UapiSocket;
+/// flanneld's device name; its control socket is removed on every exit path.
+const DEV: &str = "flannel-wg";
 
-impl Drop for UapiSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file("/var/run/wireguard/flannel-wg.sock");
-    }
+fn uapi_socket() -> UapiSockets {
+    UapiSockets(vec![DEV.to_string()])
 }
 
 /// Two hosts on the underlay: weft's probe on 192.0.2.1, wireguard-go on 192.0.2.2.
-fn two_hosts() -> (UapiSocket, Cluster, [String; 2]) {
+fn two_hosts() -> (UapiSockets, Cluster, [String; 2]) {
     let mut c = Cluster::new(weft(), harness::DUAL_STACK_VXLAN);
     let a = c.add_host("wga", 1);
     let b = c.add_host("wgb", 2);
-    (UapiSocket, c, [a, b])
+    (uapi_socket(), c, [a, b])
 }
 
 #[test]
@@ -182,23 +162,9 @@ fn flanneld_wireguard_node(c: &mut Cluster, k: usize) -> String {
     let n = k + 1;
     let (private, public) = wg_keys();
     let key = c.dir.join(format!("wgkey-{n}"));
-    std::fs::write(&key, &private).unwrap();
     let ns = c.nodes[k].ns.clone();
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns, "wireguard-go", "flannel-wg"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "wireguard-go did not start");
-    harness::in_ns(
-        &ns,
-        &format!(
-            "wg set flannel-wg private-key {} listen-port 51820",
-            key.display()
-        ),
-    );
-    ip(&ns, &format!("addr add 10.244.{n}.0/32 dev flannel-wg"));
-    ip(&ns, "link set flannel-wg mtu 1420 up");
-    ip(&ns, "route add 10.244.0.0/16 dev flannel-wg scope link");
+    let address = format!("10.244.{n}.0/32");
+    stock_wg_device(Stock::WireguardGo, &ns, DEV, (&private, &key), &address);
     let value = format!(
         r#"{{"PublicIP":"192.0.2.{n}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#
     );
@@ -227,12 +193,9 @@ fn program_flanneld_wg_peers(c: &Cluster, k: usize) {
         }
         let subnet = key[prefix.len()..].replace('-', "/");
         let data = &v["BackendData"];
-        let set = format!(
-            "wg set flannel-wg peer {} allowed-ips {subnet} endpoint {ip_}:{}",
-            data["PublicKey"].as_str().unwrap(),
-            data["Port"]
-        );
-        harness::in_ns(ns, &set);
+        let endpoint = format!("{ip_}:{}", data["Port"]);
+        let public = data["PublicKey"].as_str().unwrap();
+        stock_wg_peer(ns, DEV, public, &subnet, &endpoint);
     }
 }
 
@@ -281,7 +244,7 @@ fn published_key(c: &Cluster, i: usize) -> String {
 /// store's own traffic, to etcd's port 2379).
 #[test]
 fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
-    let _sock = UapiSocket;
+    let _sock = uapi_socket();
     let (c, k, flanneld_key) = wireguard_cluster();
     // weft's leases in flanneld's words, and weft's devices as flanneld's.
     let flanneld_ip = c.nodes[k].ip;
@@ -387,7 +350,7 @@ fn count_before(text: &str, word: &str) -> u64 {
 #[test]
 fn the_key_survives_a_restart_and_a_flood_of_initiations_gets_cookies_not_the_tunnel() {
     use std::os::unix::fs::PermissionsExt;
-    let _sock = UapiSocket;
+    let _sock = uapi_socket();
     let (mut c, k, _) = wireguard_cluster();
     let failed = c.ping_all();
     assert!(failed.is_empty(), "{failed:#?}");
@@ -441,7 +404,7 @@ fn the_key_survives_a_restart_and_a_flood_of_initiations_gets_cookies_not_the_tu
 /// moves in every second, and both sides show the new handshake.
 #[test]
 fn a_stream_keeps_its_connection_across_a_rekey() {
-    let _sock = UapiSocket;
+    let _sock = uapi_socket();
     let (c, k, _) = wireguard_cluster();
     let failed = c.ping_all();
     assert!(failed.is_empty(), "{failed:#?}");

@@ -213,7 +213,7 @@ impl Cluster {
     /// For a node without weft: its subnet.env and flanneld's masquerading and FORWARD rules,
     /// as flanneld run with `--ip-masq` (kube-flannel.yml) writes and installs them, so its pods
     /// come up through the CNI plugin like every other node's.
-    fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
+    pub fn publish_static(&mut self, i: usize, subnet: Ipv4Net, mtu: u32) {
         let network = self.network;
         let env = SubnetEnv {
             network: Some(network),

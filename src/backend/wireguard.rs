@@ -19,7 +19,8 @@ use super::plan::LinkPlan;
 use super::reconcile::{link_index, Reconciler};
 use super::{Backend, Error, Health, Running, Setup};
 use crate::config::WireguardConfig;
-use crate::dataplane::wg::{PeerSettings, WgLoop, WgPeers};
+use crate::dataplane::wg::{PeerSettings, WgLoop, WgOffloads, WgPeers};
+use crate::dataplane::TunQueue;
 use crate::lease::{Lease, LeaseAttrs, Peer};
 use crate::wg::Key;
 
@@ -93,12 +94,8 @@ impl Backend for Wireguard {
                 s.local_ip
             ))
         })?;
-        let tun = crate::dataplane::open_tun(DEVICE, 1, false)
-            .map_err(|source| Error::Tun {
-                name: DEVICE.into(),
-                source,
-            })?
-            .remove(0);
+        let mut offloads = s.dataplane.offloads;
+        let tun = open_tun(&mut offloads.tun)?;
         let index = link_index(s.nl, DEVICE)?;
         let mut reconciler = Reconciler::new(s.nl, Vec::new(), "wireguard");
         reconciler.adopt_device(
@@ -124,7 +121,14 @@ impl Backend for Wireguard {
             &self.key,
             settings,
             (peers.clone(), s.table.clone()),
-            s.dataplane.counters.worker(0),
+            (
+                s.dataplane.counters.worker(0),
+                WgOffloads {
+                    tun: offloads.tun,
+                    gso: offloads.gso,
+                    mtu: s.pod_mtu as usize,
+                },
+            ),
         )
         .map_err(Error::Dataplane)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -145,6 +149,24 @@ impl Backend for Wireguard {
             port,
         }))
     }
+}
+
+/// `flannel-wg`, with the virtio-net header and TSO if `offload` and the kernel has them
+/// (else without, and `offload` says so).
+fn open_tun(offload: &mut bool) -> Result<TunQueue, Error> {
+    let r = match crate::dataplane::open_tun(DEVICE, 1, *offload) {
+        Err(e) if *offload => {
+            tracing::warn!(error = %e, "wireguard: TUN offloads unavailable; continuing without them");
+            *offload = false;
+            crate::dataplane::open_tun(DEVICE, 1, false)
+        }
+        r => r,
+    };
+    let mut queues = r.map_err(|source| Error::Tun {
+        name: DEVICE.into(),
+        source,
+    })?;
+    Ok(queues.remove(0))
 }
 
 /// The running wireguard dataplane; dropping it stops the thread and removes the device.

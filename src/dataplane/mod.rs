@@ -16,6 +16,7 @@ mod sys;
 mod tun;
 mod tx;
 pub(crate) mod wg;
+mod wg_batch;
 mod worker;
 
 use std::io;

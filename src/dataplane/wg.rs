@@ -7,8 +7,10 @@
 //! handshake rate limit restarts every second. The peers come from the store
 //! ([`WgPeers`]), applied between polls.
 //!
-//! First stage: one thread, one packet per system call, IPv4; the workers, batching and
-//! UDP GSO/GRO of the VXLAN dataplane come next.
+//! One thread, IPv4. With the TUN's offloads a TSO super-packet is read whole, cut, and
+//! its encrypted segments leave in one `UDP_SEGMENT` send; decrypted TCP segments are
+//! merged into one TUN write ([`super::wg_batch`]). Several workers and UDP GRO on the
+//! receive side come next.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -23,6 +25,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::counters::WorkerCounters;
+use super::wg_batch::{Batch, TunSide};
 use super::TunQueue;
 use crate::encap::DropReason;
 use crate::lease::{LeaseTable, Peer};
@@ -31,6 +34,8 @@ use crate::wg::{Action, Key, Node, PeerId};
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
 const TICK: Duration = Duration::from_millis(250);
+/// Reads from either side before the other gets its turn.
+const READS_PER_ROUND: usize = 64;
 
 /// The live peers, handed from the store's thread to the dataplane's: the newest list
 /// replaces any the dataplane has not taken yet.
@@ -81,6 +86,19 @@ pub(crate) struct WgLoop {
     sessions: Vec<Option<Duration>>,
     counters: Arc<WorkerCounters>,
     out: Vec<u8>,
+    batch: Batch,
+    tun_side: TunSide,
+}
+
+/// The offloads the loop uses, from the dataplane's settings.
+#[derive(Clone, Copy)]
+pub(crate) struct WgOffloads {
+    /// The TUN has the virtio-net header and TSO.
+    pub(crate) tun: bool,
+    /// `UDP_SEGMENT` sends.
+    pub(crate) gso: bool,
+    /// The pods' MTU.
+    pub(crate) mtu: usize,
 }
 
 impl WgLoop {
@@ -91,7 +109,7 @@ impl WgLoop {
         private: &Key,
         settings: PeerSettings,
         (peers, table): (WgPeers, Arc<LeaseTable>),
-        counters: Arc<WorkerCounters>,
+        (counters, offloads): (Arc<WorkerCounters>, WgOffloads),
     ) -> io::Result<WgLoop> {
         sock.set_nonblocking(true)?;
         Ok(WgLoop {
@@ -106,6 +124,8 @@ impl WgLoop {
             sessions: Vec::new(),
             counters,
             out: vec![0u8; 65536 + 64],
+            batch: Batch::new(offloads.gso),
+            tun_side: TunSide::new(offloads.tun, offloads.mtu),
         })
     }
 
@@ -118,18 +138,21 @@ impl WgLoop {
         poll.registry()
             .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; 65536 + 64];
         let (mut last_tick, mut last_reset) = (Instant::now(), Instant::now());
+        let mut busy = false;
         while !stop.load(Ordering::Relaxed) {
             if let Some(p) = self.peers.take() {
                 self.apply(&p);
             }
-            match poll.poll(&mut events, Some(TICK)) {
+            // Events are edge-triggered: a side left with more to read is read again
+            // without waiting.
+            let wait = if busy { Duration::ZERO } else { TICK };
+            match poll.poll(&mut events, Some(wait)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => r?,
             }
-            self.drain_tun(&mut buf);
-            self.drain_udp(&mut buf);
+            busy = self.drain_tun(&mut buf) | self.drain_udp(&mut buf);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
@@ -195,39 +218,69 @@ impl WgLoop {
         self.node.peer(&key)
     }
 
-    fn drain_tun(&mut self, buf: &mut [u8]) {
-        while let Ok(n) = self.tun.recv(buf) {
-            let p = &buf[..n];
-            if n < 20 || p[0] >> 4 != 4 {
-                continue;
-            }
-            let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-            let Some(id) = self.peer_for(dst) else {
-                WorkerCounters::drop(&self.counters, DropReason::NoLease);
-                continue;
+    /// Reads and encrypts what the TUN holds; true if it may hold more (the round's
+    /// reads ran out first).
+    fn drain_tun(&mut self, buf: &mut [u8]) -> bool {
+        let mut more = true;
+        for _ in 0..READS_PER_ROUND {
+            let Ok(n) = self.tun.recv(buf) else {
+                more = false;
+                break;
             };
-            let act = self.node.send(id, p, &mut self.out);
-            if matches!(act, Action::Send(..)) {
-                WorkerCounters::add(&self.counters.tx_packets, 1);
-                WorkerCounters::add(&self.counters.tx_bytes, n as u64);
+            let k = self.tun_side.split(&mut buf[..n]);
+            for i in 0..k {
+                self.encrypt(i);
             }
-            send(&self.sock, &self.counters, act);
+        }
+        self.batch.flush(&self.sock, &self.counters);
+        more
+    }
+
+    /// Encrypts segment `i` of the last TUN read into the batch.
+    fn encrypt(&mut self, i: usize) {
+        let p = &self.tun_side.segs[i][..self.tun_side.sizes[i]];
+        if p.len() < 20 || p[0] >> 4 != 4 {
+            return;
+        }
+        let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+        let Some(id) = self.peer_for(dst) else {
+            WorkerCounters::drop(&self.counters, DropReason::NoLease);
+            return;
+        };
+        let len = p.len();
+        let mut data = None;
+        match self.node.send(id, p, self.batch.slot()) {
+            // Transport data joins the batch; a handshake message leaves now.
+            Action::Send(to, d) if d.first() == Some(&4) => data = Some((to, d.len())),
+            other => send(&self.sock, &self.counters, other),
+        }
+        if let Some((to, n)) = data {
+            WorkerCounters::add(&self.counters.tx_packets, 1);
+            WorkerCounters::add(&self.counters.tx_bytes, len as u64);
+            self.batch.commit(&self.sock, &self.counters, to, n);
         }
     }
 
-    fn drain_udp(&mut self, buf: &mut [u8]) {
-        while let Ok((n, from)) = self.sock.recv_from(buf) {
+    /// Receives and decrypts what the socket holds; true if it may hold more.
+    fn drain_udp(&mut self, buf: &mut [u8]) -> bool {
+        let mut more = true;
+        for _ in 0..READS_PER_ROUND {
+            let Ok((n, from)) = self.sock.recv_from(buf) else {
+                more = false;
+                break;
+            };
             let (id, act) = self.node.receive(from, &buf[..n], &mut self.out);
             let c = &self.counters;
             match (id, act) {
-                (Some(id), Action::Deliver(p)) => {
-                    deliver(&self.tun, c, allowed(&self.subnets, id, p), p)
+                (Some(id), Action::Deliver(p)) if allowed(&self.subnets, id, p) => {
+                    self.tun_side.deliver(&self.tun, c, p)
                 }
+                (Some(_), Action::Deliver(_)) => WorkerCounters::drop(c, DropReason::SpoofedSource),
                 (None, Action::Send(to, m)) => {
                     WorkerCounters::add(&c.wg_cookie_replies, 1);
                     let _ = self.sock.send_to(m, to);
                 }
-                (_, other) => send(&self.sock, &self.counters, other),
+                (_, other) => send(&self.sock, c, other),
             }
             let Some(id) = id else { continue };
             loop {
@@ -237,6 +290,8 @@ impl WgLoop {
                 }
             }
         }
+        self.tun_side.flush(&self.tun, &self.counters);
+        more
     }
 
     fn tick(&mut self) {
@@ -276,18 +331,6 @@ fn send(sock: &UdpSocket, c: &WorkerCounters, act: Action<'_>) {
         }
         Action::Dropped(r) => WorkerCounters::add(&c.wg_drops[r.index()], 1),
         Action::Deliver(_) | Action::Nothing => {}
-    }
-}
-
-/// Writes decrypted packet `p` to the TUN if its source is `ok`, counting either way.
-fn deliver(tun: &TunQueue, c: &WorkerCounters, ok: bool, p: &[u8]) {
-    if !ok {
-        c.drop(DropReason::SpoofedSource);
-    } else if tun.send(p).is_ok() {
-        WorkerCounters::add(&c.rx_packets, 1);
-        WorkerCounters::add(&c.rx_bytes, p.len() as u64);
-    } else {
-        WorkerCounters::add(&c.tun_write_errors, 1);
     }
 }
 

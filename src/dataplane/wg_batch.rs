@@ -1,0 +1,177 @@
+//! The WireGuard dataplane's batching, as the VXLAN workers batch: a TSO super-packet read
+//! from the TUN is cut into its segments ([`gso::split_read`]), each encrypted into the
+//! next slot of a [`Batch`], and the batch leaves in one `UDP_SEGMENT` sendmsg (the kernel
+//! cuts it into datagrams); decrypted TCP segments are merged by the [`Coalescer`] into
+//! one TUN write. Without offloads (an old kernel, `WEFT_TUN_OFFLOAD=false`,
+//! `WEFT_UDP_GSO=false`) the same code moves one packet per system call.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use super::counters::WorkerCounters;
+use super::sys;
+use super::TunQueue;
+use crate::encap::DropReason;
+use crate::offload::gro::Coalescer;
+use crate::offload::gso;
+use crate::wire::ipv4;
+
+/// The most bytes one batch carries: a UDP datagram's payload (the kernel's GSO limit).
+const BATCH_BYTES: usize = 65_000;
+/// The most datagrams one `UDP_SEGMENT` send may carry (the kernel's `UDP_MAX_SEGMENTS`).
+const BATCH_SEGMENTS: usize = 64;
+/// Room for one datagram past the batch: the largest packet and WireGuard's 32 bytes.
+const SLOT: usize = 65_536 + 64;
+
+/// Encrypted datagrams to one address, back to back: all of one length but the last,
+/// which may be shorter, as `UDP_SEGMENT` wants them.
+pub(crate) struct Batch {
+    buf: Vec<u8>,
+    used: usize,
+    seg: usize,
+    n: usize,
+    to: Option<SocketAddr>,
+    closed: bool,
+    max: usize,
+}
+
+impl Batch {
+    /// An empty batch of up to 64 datagrams with `gso`, else of one.
+    pub(crate) fn new(gso: bool) -> Batch {
+        Batch {
+            buf: vec![0; BATCH_BYTES + SLOT],
+            used: 0,
+            seg: 0,
+            n: 0,
+            to: None,
+            closed: false,
+            max: if gso { BATCH_SEGMENTS } else { 1 },
+        }
+    }
+
+    /// Where the next datagram is written.
+    pub(crate) fn slot(&mut self) -> &mut [u8] {
+        &mut self.buf[self.used..]
+    }
+
+    /// Takes the `len` bytes just written to [`Batch::slot`] for `to`: appended, or, when
+    /// they cannot join (another address, a longer datagram, a full batch), sent after
+    /// what is held.
+    pub(crate) fn commit(
+        &mut self,
+        sock: &UdpSocket,
+        c: &WorkerCounters,
+        to: SocketAddr,
+        len: usize,
+    ) {
+        let joins = self.n > 0
+            && self.to == Some(to)
+            && !self.closed
+            && len <= self.seg
+            && self.used + len <= BATCH_BYTES;
+        if self.n > 0 && !joins {
+            let at = self.used;
+            self.flush(sock, c);
+            self.buf.copy_within(at..at + len, 0);
+        }
+        if self.n == 0 {
+            (self.seg, self.to, self.closed) = (len, Some(to), false);
+        } else if len < self.seg {
+            self.closed = true;
+        }
+        self.used += len;
+        self.n += 1;
+        if self.n >= self.max {
+            self.flush(sock, c);
+        }
+    }
+
+    /// Sends what is held.
+    pub(crate) fn flush(&mut self, sock: &UdpSocket, c: &WorkerCounters) {
+        let Some(to) = self.to.take() else {
+            return;
+        };
+        let segment = (self.n > 1).then_some(self.seg as u16);
+        let iov = [io::IoSlice::new(&self.buf[..self.used])];
+        if sys::send_segments(sock, to, &iov, segment, 0).is_err() {
+            WorkerCounters::add(&c.send_errors, self.n as u64);
+        }
+        (self.used, self.n) = (0, 0);
+    }
+}
+
+/// The TUN side: how reads are cut and writes merged, by whether the device carries the
+/// virtio-net header.
+pub(crate) struct TunSide {
+    /// Whether the TUN has the virtio-net header (and TSO).
+    pub(crate) offload: bool,
+    /// The segments of the last read, and their lengths.
+    pub(crate) segs: Vec<Vec<u8>>,
+    pub(crate) sizes: Vec<usize>,
+    co: Box<Coalescer>,
+}
+
+impl TunSide {
+    /// Buffers for packets of up to `mtu` bytes.
+    pub(crate) fn new(offload: bool, mtu: usize) -> TunSide {
+        let n = if offload { 128 } else { 1 };
+        TunSide {
+            offload,
+            segs: (0..n).map(|_| vec![0; mtu.max(1500) + 64]).collect(),
+            sizes: vec![0; n],
+            co: Box::new(Coalescer::new()),
+        }
+    }
+
+    /// Cuts the read `rd` into `segs`: how many packets it held (0: a read the kernel
+    /// should not have made, dropped).
+    pub(crate) fn split(&mut self, rd: &mut [u8]) -> usize {
+        if !self.offload {
+            let Some(dst) = self.segs[0].get_mut(..rd.len()) else {
+                return 0;
+            };
+            dst.copy_from_slice(rd);
+            self.sizes[0] = rd.len();
+            return 1;
+        }
+        if rd.len() < tun_rs::VIRTIO_NET_HDR_LEN {
+            return 0;
+        }
+        let (vh, pkt) = rd.split_at_mut(tun_rs::VIRTIO_NET_HDR_LEN);
+        gso::split_read(vh, pkt, &mut self.segs, &mut self.sizes, 0).unwrap_or(0)
+    }
+
+    /// Writes decrypted IPv4 packet `p` (its source already checked): merged with its
+    /// flow's neighbours when the TUN takes super-packets, else alone.
+    pub(crate) fn deliver(&mut self, tun: &TunQueue, c: &WorkerCounters, p: &[u8]) {
+        let Ok(ip) = ipv4::Packet::new_checked(p) else {
+            c.drop(DropReason::MalformedInner);
+            return;
+        };
+        if !ip.verify_checksum() {
+            c.drop(DropReason::InnerChecksum);
+            return;
+        }
+        WorkerCounters::add(&c.rx_packets, 1);
+        WorkerCounters::add(&c.rx_bytes, p.len() as u64);
+        if !self.offload {
+            write(tun, c, p);
+        } else if !self.co.push(p) {
+            self.flush(tun, c);
+            self.co.push(p);
+        }
+    }
+
+    /// Writes the merged packet held, if any.
+    pub(crate) fn flush(&mut self, tun: &TunQueue, c: &WorkerCounters) {
+        if let Some(bytes) = self.co.flush() {
+            write(tun, c, bytes);
+        }
+    }
+}
+
+fn write(tun: &TunQueue, c: &WorkerCounters, p: &[u8]) {
+    if tun.send(p).is_err() {
+        WorkerCounters::add(&c.tun_write_errors, 1);
+    }
+}
