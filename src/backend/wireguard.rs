@@ -126,7 +126,9 @@ impl Backend for Wireguard {
                 WgOffloads {
                     tun: offloads.tun,
                     gso: offloads.gso,
+                    gro: offloads.gro,
                     mtu: s.pod_mtu as usize,
+                    socket_buffer: s.dataplane.tuning.socket_buffer,
                 },
             ),
         )

@@ -9,8 +9,8 @@
 //!
 //! One thread, IPv4. With the TUN's offloads a TSO super-packet is read whole, cut, and
 //! its encrypted segments leave in one `UDP_SEGMENT` send; decrypted TCP segments are
-//! merged into one TUN write ([`super::wg_batch`]). Several workers and UDP GRO on the
-//! receive side come next.
+//! merged into one TUN write ([`super::wg_batch`]); with `UDP_GRO` one read returns a
+//! flow's datagrams back to back. Several workers come next.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -25,11 +25,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::counters::WorkerCounters;
+use super::sys;
 use super::wg_batch::{Batch, TunSide};
 use super::TunQueue;
 use crate::encap::DropReason;
 use crate::lease::{LeaseTable, Peer};
-use crate::wg::{Action, Key, Node, PeerId};
+use crate::offload::gro;
+use crate::wg::{Action, Drop as WgDrop, Key, Node, PeerId};
 
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
@@ -97,8 +99,34 @@ pub(crate) struct WgOffloads {
     pub(crate) tun: bool,
     /// `UDP_SEGMENT` sends.
     pub(crate) gso: bool,
+    /// `UDP_GRO` receives.
+    pub(crate) gro: bool,
     /// The pods' MTU.
     pub(crate) mtu: usize,
+    /// The socket's buffers, each way, in bytes.
+    pub(crate) socket_buffer: u32,
+}
+
+/// One `recvmmsg`'s buffers (each message possibly a GRO batch), allocated once.
+struct RxBufs {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<sys::RecvMeta>,
+}
+
+impl RxBufs {
+    fn new() -> RxBufs {
+        let none = sys::RecvMeta {
+            len: 0,
+            from: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            stride: 0,
+            truncated: false,
+            tos: 0,
+        };
+        RxBufs {
+            bufs: (0..sys::RECV_BATCH).map(|_| vec![0; 65536]).collect(),
+            meta: vec![none; sys::RECV_BATCH],
+        }
+    }
 }
 
 impl WgLoop {
@@ -112,6 +140,16 @@ impl WgLoop {
         (counters, offloads): (Arc<WorkerCounters>, WgOffloads),
     ) -> io::Result<WgLoop> {
         sock.set_nonblocking(true)?;
+        if let Err(e) =
+            sys::force_buffers(&sock, offloads.socket_buffer.min(i32::MAX as u32) as i32)
+        {
+            tracing::warn!("wireguard: cannot size socket buffers: {e}");
+        }
+        if offloads.gro {
+            if let Err(e) = sys::enable_udp_gro(&sock) {
+                tracing::warn!("wireguard: UDP GRO unavailable ({e}); one datagram per read");
+            }
+        }
         Ok(WgLoop {
             tun,
             sock,
@@ -139,6 +177,7 @@ impl WgLoop {
             .register(&mut SourceFd(&sock_fd), UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
         let mut buf = vec![0u8; 65536 + 64];
+        let mut rx = RxBufs::new();
         let (mut last_tick, mut last_reset) = (Instant::now(), Instant::now());
         let mut busy = false;
         while !stop.load(Ordering::Relaxed) {
@@ -152,7 +191,7 @@ impl WgLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => r?,
             }
-            busy = self.drain_tun(&mut buf) | self.drain_udp(&mut buf);
+            busy = self.drain_tun(&mut buf) | self.drain_udp(&mut rx);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
@@ -262,36 +301,54 @@ impl WgLoop {
     }
 
     /// Receives and decrypts what the socket holds; true if it may hold more.
-    fn drain_udp(&mut self, buf: &mut [u8]) -> bool {
+    fn drain_udp(&mut self, rx: &mut RxBufs) -> bool {
         let mut more = true;
         for _ in 0..READS_PER_ROUND {
-            let Ok((n, from)) = self.sock.recv_from(buf) else {
-                more = false;
-                break;
+            let got = match sys::recv_many(&self.sock, &mut rx.bufs, 0, &mut rx.meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    more = false;
+                    break;
+                }
             };
-            let (id, act) = self.node.receive(from, &buf[..n], &mut self.out);
-            let c = &self.counters;
-            match (id, act) {
-                (Some(id), Action::Deliver(p)) if allowed(&self.subnets, id, p) => {
-                    self.tun_side.deliver(&self.tun, c, p)
+            for (buf, meta) in rx.bufs.iter().zip(&rx.meta).take(got) {
+                if meta.truncated {
+                    WorkerCounters::add(&self.counters.wg_drops[WgDrop::Malformed.index()], 1);
+                    continue;
                 }
-                (Some(_), Action::Deliver(_)) => WorkerCounters::drop(c, DropReason::SpoofedSource),
-                (None, Action::Send(to, m)) => {
-                    WorkerCounters::add(&c.wg_cookie_replies, 1);
-                    let _ = self.sock.send_to(m, to);
-                }
-                (_, other) => send(&self.sock, c, other),
-            }
-            let Some(id) = id else { continue };
-            loop {
-                match self.node.flush(id, &mut self.out) {
-                    Action::Nothing | Action::Dropped(_) => break,
-                    other => send(&self.sock, &self.counters, other),
+                for d in gro::datagrams(meta.len, meta.stride) {
+                    self.receive(meta.from, &buf[d]);
                 }
             }
         }
         self.tun_side.flush(&self.tun, &self.counters);
         more
+    }
+
+    /// Handles one datagram from `from`: delivers what it decrypts to, answers what it
+    /// asks, and sends what a completed handshake released.
+    fn receive(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let (id, act) = self.node.receive(from, datagram, &mut self.out);
+        let c = &self.counters;
+        match (id, act) {
+            (Some(id), Action::Deliver(p)) if allowed(&self.subnets, id, p) => {
+                self.tun_side.deliver(&self.tun, c, p)
+            }
+            (Some(_), Action::Deliver(_)) => WorkerCounters::drop(c, DropReason::SpoofedSource),
+            (None, Action::Send(to, m)) => {
+                WorkerCounters::add(&c.wg_cookie_replies, 1);
+                let _ = self.sock.send_to(m, to);
+            }
+            (_, other) => send(&self.sock, c, other),
+        }
+        let Some(id) = id else { return };
+        loop {
+            match self.node.flush(id, &mut self.out) {
+                Action::Nothing | Action::Dropped(_) => break,
+                other => send(&self.sock, &self.counters, other),
+            }
+        }
     }
 
     fn tick(&mut self) {
