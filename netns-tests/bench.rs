@@ -246,7 +246,13 @@ fn weft_wireguard_nodes(c: &mut Cluster, args: &[&str]) {
         c.add_node(Kind::Weft);
         let key = c.dir.join(format!("wgkey-{}", i + 1));
         let key = key.to_str().unwrap_or_default().to_string();
-        c.start_weft_env(i, args, &[("WIREGUARD_KEY_FILE", &key)]);
+        let uapi = c.dir.join(format!("uapi-{}", i + 1));
+        let uapi = uapi.to_str().unwrap_or_default().to_string();
+        c.start_weft_env(
+            i,
+            args,
+            &[("WIREGUARD_KEY_FILE", &key), ("WEFT_WG_UAPI_DIR", &uapi)],
+        );
     }
     c.wait_converged();
 }

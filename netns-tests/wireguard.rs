@@ -217,10 +217,66 @@ fn wireguard_cluster() -> (Cluster, usize, String) {
     (c, k, flanneld_key)
 }
 
-/// Starts weft on node `i` with its key file in the cluster's directory.
+/// Starts weft on node `i` with its key file and its UAPI socket's directory in the
+/// cluster's directory (the nodes share this host's /var/run/wireguard otherwise).
 fn start_wg_weft(c: &mut Cluster, i: usize) {
     let key = key_file(c, i);
-    c.start_weft_env(i, &[], &[("WIREGUARD_KEY_FILE", key.to_str().unwrap())]);
+    let uapi = uapi_dir(c, i);
+    c.start_weft_env(
+        i,
+        &[],
+        &[
+            ("WIREGUARD_KEY_FILE", key.to_str().unwrap()),
+            ("WEFT_WG_UAPI_DIR", uapi.to_str().unwrap()),
+        ],
+    );
+}
+
+fn uapi_dir(c: &Cluster, i: usize) -> std::path::PathBuf {
+    c.dir.join(format!("uapi-{}", i + 1))
+}
+
+/// Runs `wg <args>` on weft's node `i` as an operator would, its UAPI directory mounted
+/// where wireguard-tools looks (/var/run/wireguard), in a mount namespace of its own.
+fn wg_on_weft(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    let dir = uapi_dir(c, i);
+    let mount = format!(
+        "mkdir -p /var/run/wireguard && mount --bind {} /var/run/wireguard",
+        dir.display()
+    );
+    let mut argv = harness::after_private_mount(&mount);
+    argv.push("wg".into());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    harness::ns_run(&c.nodes[i].ns, &argv)
+}
+
+/// `wg show flannel-wg dump` on weft's node 1 lists its key and port, and a peer for each
+/// other node with its lease's endpoint and subnet, a handshake and bytes received; `wg
+/// set` is refused (the store owns the peers).
+fn check_wg_show(c: &Cluster, k: usize, flanneld_key: &str) {
+    let o = wg_on_weft(c, 0, &["show", "flannel-wg", "dump"]);
+    let dump = harness::output_text(&o);
+    assert!(o.status.success(), "wg show: {dump}");
+    let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines[0][1], published_key(c, 0), "{dump}");
+    assert_eq!(lines[0][2], "51820", "{dump}");
+    assert_eq!(lines.len(), 3, "two peers: {dump}");
+    let peer = lines.iter().find(|l| l[0] == flanneld_key).expect(&dump);
+    assert_eq!(peer[2], format!("{}:51820", c.nodes[k].ip), "{dump}");
+    assert_eq!(peer[3], format!("10.244.{}.0/24", k + 1), "{dump}");
+    assert_ne!(peer[4], "0", "no handshake: {dump}");
+    assert_ne!(peer[5], "0", "nothing received: {dump}");
+    let (_, stranger) = wg_keys();
+    let set = [
+        "set",
+        "flannel-wg",
+        "peer",
+        &stranger,
+        "allowed-ips",
+        "10.244.9.0/24",
+    ];
+    assert!(!wg_on_weft(c, 0, &set).status.success(), "wg set was taken");
 }
 
 fn key_file(c: &Cluster, i: usize) -> std::path::PathBuf {
@@ -300,6 +356,7 @@ fn weft_wireguard_nodes_and_a_flanneld_wireguard_node_reach_each_other() {
             "not WireGuard: {f:?}"
         );
     }
+    check_wg_show(&c, k, &flanneld_key);
     let show = ns_sh(
         &c.nodes[k].ns,
         &["wg", "show", "flannel-wg", "latest-handshakes"],

@@ -20,6 +20,7 @@ use super::reconcile::{link_index, Reconciler};
 use super::{Backend, Error, Health, Running, Setup};
 use crate::config::WireguardConfig;
 use crate::dataplane::wg::{PeerSettings, WgLoop, WgOffloads, WgPeers};
+use crate::dataplane::wg_uapi::{Published, UapiSocket};
 use crate::dataplane::TunQueue;
 use crate::lease::{Lease, LeaseAttrs, Peer};
 use crate::wg::Key;
@@ -115,12 +116,14 @@ impl Backend for Wireguard {
             port,
         };
         let peers = WgPeers::default();
+        let published = Published::default();
+        let uapi = uapi_socket(&published);
         let wl = WgLoop::new(
             tun,
             sock,
             &self.key,
             settings,
-            (peers.clone(), s.table.clone()),
+            (peers.clone(), s.table.clone(), published),
             (
                 s.dataplane.counters.worker(0),
                 WgOffloads {
@@ -149,7 +152,24 @@ impl Backend for Wireguard {
             stop,
             thread: Some(thread),
             port,
+            _uapi: uapi,
         }))
+    }
+}
+
+/// The UAPI socket for `wg show` (in `$WEFT_WG_UAPI_DIR`, else /var/run/wireguard), or
+/// none, with a warning: operators lose `wg show`, not the tunnel.
+fn uapi_socket(published: &Published) -> Option<UapiSocket> {
+    let dir = std::env::var_os("WEFT_WG_UAPI_DIR").map_or_else(
+        || crate::dataplane::wg_uapi::DIR.into(),
+        std::path::PathBuf::from,
+    );
+    match UapiSocket::start(&dir, DEVICE, published.clone()) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::warn!(error = %e, "wireguard: no UAPI socket, so `wg show` will not see {DEVICE}");
+            None
+        }
     }
 }
 
@@ -178,6 +198,8 @@ struct WgRunning {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     port: u16,
+    /// The UAPI socket, if it could be had; removed after the thread stops.
+    _uapi: Option<UapiSocket>,
 }
 
 impl Running for WgRunning {

@@ -17,6 +17,7 @@ mod tun;
 mod tx;
 pub(crate) mod wg;
 mod wg_batch;
+pub(crate) mod wg_uapi;
 mod worker;
 
 use std::io;

@@ -18,19 +18,21 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::counters::WorkerCounters;
 use super::sys;
 use super::wg_batch::{Batch, TunSide};
+use super::wg_uapi::Published;
 use super::TunQueue;
 use crate::encap::DropReason;
 use crate::lease::{LeaseTable, Peer};
 use crate::offload::gro;
+use crate::wg::uapi::{Device, PeerState};
 use crate::wg::{Action, Drop as WgDrop, Key, Node, PeerId};
 
 const TUN: Token = Token(0);
@@ -90,6 +92,10 @@ pub(crate) struct WgLoop {
     out: Vec<u8>,
     batch: Batch,
     tun_side: TunSide,
+    /// Our key, for the UAPI socket.
+    private: Key,
+    /// What the UAPI socket answers from, refreshed every tick.
+    published: Published,
 }
 
 /// The offloads the loop uses, from the dataplane's settings.
@@ -136,7 +142,7 @@ impl WgLoop {
         sock: UdpSocket,
         private: &Key,
         settings: PeerSettings,
-        (peers, table): (WgPeers, Arc<LeaseTable>),
+        (peers, table, published): (WgPeers, Arc<LeaseTable>, Published),
         (counters, offloads): (Arc<WorkerCounters>, WgOffloads),
     ) -> io::Result<WgLoop> {
         sock.set_nonblocking(true)?;
@@ -162,6 +168,8 @@ impl WgLoop {
             sessions: Vec::new(),
             counters,
             out: vec![0u8; 65536 + 64],
+            private: *private,
+            published,
             batch: Batch::new(offloads.gso),
             tun_side: TunSide::new(offloads.tun, offloads.mtu),
         })
@@ -358,6 +366,38 @@ impl WgLoop {
             send(&self.sock, &self.counters, act);
             self.count_session(id);
         }
+        self.publish();
+    }
+
+    /// Refreshes what the UAPI socket answers (`wg show`).
+    fn publish(&self) {
+        let now = SystemTime::now();
+        let peers = self
+            .configured
+            .iter()
+            .map(|(key, (_, subnet, id))| {
+                let (tx_bytes, rx_bytes) = self.node.traffic(*id);
+                PeerState {
+                    public_key: Key(*key),
+                    psk: self.settings.psk,
+                    endpoint: self.node.endpoint(*id),
+                    last_handshake: self
+                        .node
+                        .last_handshake(*id)
+                        .and_then(|d| now.checked_sub(d)),
+                    tx_bytes,
+                    rx_bytes,
+                    keepalive: self.settings.keepalive,
+                    allowed_ips: vec![IpNet::V4(*subnet)],
+                }
+            })
+            .collect();
+        let dev = Device {
+            private_key: Some(self.private),
+            listen_port: self.settings.port,
+            peers,
+        };
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = dev;
     }
 
     /// Counts a session established with peer `id` since the last tick.

@@ -213,7 +213,11 @@ mod tests {
         // and one past the batch's byte limit, start new sends.
         let mut lens = vec![1200, 1200, 1200, 700, 1300, 100];
         lens.extend(std::iter::repeat_n(1400, 60));
-        let want: Vec<(usize, u8)> = lens.iter().enumerate().map(|(i, &l)| (l, i as u8)).collect();
+        let want: Vec<(usize, u8)> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (l, i as u8))
+            .collect();
         for gso in [true, false] {
             assert_eq!(through(gso, &lens), want, "gso {gso}");
         }

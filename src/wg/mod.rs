@@ -11,6 +11,7 @@
 pub mod key;
 pub mod keyfile;
 pub mod tunnel;
+pub mod uapi;
 
 pub use key::{Key, KeyError};
 pub use tunnel::{Action, Drop, Node, PeerId};

@@ -261,6 +261,17 @@ impl Node {
         self.slots.get(id)?.as_ref()?.tunn.stats().0
     }
 
+    /// Peer `id`'s bytes on the wire: (sent, received).
+    pub fn traffic(&self, id: PeerId) -> (u64, u64) {
+        self.slots
+            .get(id)
+            .and_then(Option::as_ref)
+            .map_or((0, 0), |p| {
+                let (_, tx, rx, ..) = p.tunn.stats();
+                (tx as u64, rx as u64)
+            })
+    }
+
     /// Starts a new second of the handshake rate limit: call once a second.
     pub fn reset_rate_limit(&self) {
         self.limiter.reset_count();
