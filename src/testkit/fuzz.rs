@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gro_datagrams", gro_datagrams),
     ("virtio_split", virtio_split),
     ("wg_receive", wg_receive),
+    ("wg_uapi", wg_uapi),
 ];
 
 fn node(i: u8, vxlan: bool) -> Node {
@@ -456,6 +457,25 @@ pub fn wg_receive(data: &[u8]) {
             }
             _ => {}
         }
+    }
+}
+
+/// The UAPI socket's request parser (what `wg` sends to `flannel-wg.sock`): any bytes
+/// never panic; each request taken ends at its first empty line, within the input, and
+/// its answer ends as the protocol's do (`errno=N`, an empty line).
+pub fn wg_uapi(data: &[u8]) {
+    use crate::wg::uapi;
+    let dev = uapi::Device::default();
+    let mut input = data.to_vec();
+    while let Ok(Some((req, used))) = uapi::parse(&input) {
+        assert!(
+            (7..=input.len()).contains(&used),
+            "took {used} of {}",
+            input.len()
+        );
+        assert_eq!(&input[used - 2..used], b"\n\n");
+        assert!(uapi::respond(&req, &dev).ends_with("\n\n"));
+        input.drain(..used);
     }
 }
 
