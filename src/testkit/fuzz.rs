@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_split", virtio_split),
     ("wg_receive", wg_receive),
     ("wg_uapi", wg_uapi),
+    ("wg_parse", wg_parse),
 ];
 
 fn node(i: u8, vxlan: bool) -> Node {
@@ -460,6 +461,34 @@ pub fn wg_receive(data: &[u8]) {
     }
 }
 
+/// WireGuard's message parsers alone, as any datagram from the network meets them: the
+/// node's routing of it (boringtun's parsers of the four message types, the MAC1 check and
+/// the rate limiter, an initiation's decryption of its sender's key, the receiver index),
+/// on one node kept for the whole run (the handshake state machine is `wg_receive`'s:
+/// this target builds nothing per input, so it runs fast enough for its campaign). Only a
+/// configured peer is routed to; a cookie reply is 64 bytes of type 3 addressed to the
+/// message's sender index.
+pub fn wg_parse(data: &[u8]) {
+    use crate::wg::{Key, Node};
+    thread_local! {
+        static NODE: Node = {
+            let mut pair = super::wg::Pair::new();
+            pair.b.set_peer(&Key([3; 32]).public(), None, None, None);
+            pair.b
+        };
+    }
+    let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+    let mut out = [0u8; 256];
+    NODE.with(|node| match node.classify(from, data, &mut out) {
+        Ok(id) => assert!(node.peers().any(|(p, _)| p == id), "routed to no peer"),
+        Err(Ok(n)) => {
+            assert_eq!((n, out[0]), (64, 3), "not a cookie reply");
+            assert_eq!(out[4..8], data[4..8], "a cookie for another sender");
+        }
+        Err(Err(_)) => {}
+    });
+}
+
 /// The UAPI socket's request parser (what `wg` sends to `flannel-wg.sock`): any bytes
 /// never panic; each request taken ends at its first empty line, within the input, and
 /// its answer ends as the protocol's do (`errno=N`, an empty line).
@@ -482,6 +511,21 @@ pub fn wg_uapi(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `wg_parse`'s seeds reach past the parsers: the genuine initiation (from a Pair's
+    /// node a, which the target's node b has as a peer) is routed to that peer after its
+    /// MAC1 and its sender's key are checked, and its data messages by their index.
+    #[test]
+    fn wg_parse_seeds_reach_the_peer_lookup() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/wg_parse");
+        let node = super::super::wg::Pair::new().b;
+        let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let mut out = [0u8; 256];
+        for seed in ["genuine-initiation", "genuine-data"] {
+            let data = std::fs::read(dir.join(seed)).unwrap();
+            assert_eq!(node.classify(from, &data, &mut out), Ok(0), "{seed}");
+        }
+    }
 
     /// The kernel's own VXLAN payloads (the committed seeds made from its captures over
     /// either underlay) reach the TUN through the family's coalescer: the target exercises both

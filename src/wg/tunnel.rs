@@ -285,6 +285,21 @@ impl Node {
             .filter_map(|(i, p)| Some((i, &p.as_ref()?.key)))
     }
 
+    /// What [`Node::route`] makes of `datagram` alone, changing nothing but the rate
+    /// limiter's count (for the parser fuzz target): the peer it is for, or the cookie
+    /// reply written to `out` (its length), or why it is dropped.
+    pub(crate) fn classify(
+        &self,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<PeerId, Result<usize, Drop>> {
+        self.route(from, datagram, out).map_err(|r| match r {
+            Routed::Cookie(n) => Ok(n),
+            Routed::Drop(d) => Err(d),
+        })
+    }
+
     /// Which peer `datagram` is for: by its receiver index, or for an initiation by the
     /// static key it carries, once the limiter has checked its MACs and the load.
     fn route(&self, from: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Result<PeerId, Routed> {
