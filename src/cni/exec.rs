@@ -74,9 +74,12 @@ pub fn run_env(
         .spawn()
         .map_err(|e| io("cannot run", e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(config)
-            .map_err(|e| io("cannot write the config to", e))?;
+        match stdin.write_all(config) {
+            // A plugin need not read its stdin: the CNI skel gives VERSION an empty one,
+            // so a plugin that already exited closed the pipe. What it printed counts.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => r.map_err(|e| io("cannot write the config to", e))?,
+        }
     }
     let out = child.wait_with_output().map_err(|e| io("lost", e))?;
     if out.status.success() {
@@ -115,6 +118,27 @@ mod tests {
         let e = find(&path, "ptp").unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
         assert!(e.msg.contains("\"ptp\"") && e.msg.contains(&path[0]), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A plugin that exits without reading its config (as the CNI skel's VERSION does)
+    /// still answers: a config larger than the pipe holds makes the write fail for sure.
+    #[test]
+    fn a_plugin_that_never_reads_its_config_still_answers() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("weft-cni-noread-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("noread");
+        std::fs::write(
+            &p,
+            "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let big = vec![b' '; 1 << 20];
+        let out = run(&p, "VERSION", &big).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("1.0.0"));
+        assert_eq!(versions(&p).unwrap(), ["1.0.0"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
