@@ -12,67 +12,19 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use harness::{
-    ip, ns_sh, program_flanneld_peers, start_flanneld_dual_stack, try_in_ns, v6_underlay, wait_for,
-    weft, Capture, Cluster, Kind, Pod, ETCD_PREFIX,
+    assert_all_reach, ip, iperf3_v6, ns_sh, pings, program_flanneld_peers,
+    start_flanneld_dual_stack, try_in_ns, v6_underlay, wait_for, weft, Capture, Cluster, Kind, Pod,
+    ETCD_PREFIX,
 };
 
 const VXLAN: &str = harness::DUAL_STACK_VXLAN;
 const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
-
-/// One ping from `from` to `to` (an address of either family), `size` bytes of payload
-/// with don't-fragment set; whether it was answered.
-fn pings(from: &Pod, to: &str, size: u32) -> bool {
-    try_in_ns(
-        &from.ns,
-        &format!("ping -c 2 -i 0.2 -W 2 -M do -s {size} {to}"),
-    )
-    .status
-    .success()
-}
 
 /// The MTU of `dev` on node `i`.
 fn mtu(c: &Cluster, i: usize, dev: &str) -> u32 {
     let j = ns_sh(&c.nodes[i].ns, &["ip", "-j", "link", "show", dev]);
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     v[0]["mtu"].as_u64().unwrap() as u32
-}
-
-/// Bytes of a 3 s iperf3 TCP stream from `from` to `to`'s IPv6 address.
-fn iperf3_v6(from: &Pod, to: &Pod) -> f64 {
-    let to6 = to.ip6.unwrap().to_string();
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-B", &to6])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    let out = try_in_ns(&from.ns, &format!("iperf3 -J -t 3 -c {to6}"));
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
-}
-
-/// Checks that every pod reaches every other over IPv4 and IPv6, with the largest
-/// don't-fragment ping that fits each family's path (`max4`, `max6` payload bytes).
-fn assert_all_reach(c: &Cluster, max4: u32, max6: u32) {
-    let pods = c.pods();
-    for a in &pods {
-        for b in pods.iter().filter(|b| b.ip != a.ip) {
-            assert!(
-                pings(a, &b.ip.to_string(), max4),
-                "{} -> {} (IPv4, {max4} bytes DF)",
-                a.ip,
-                b.ip
-            );
-            let b6 = b.ip6.expect("a dual-stack pod").to_string();
-            assert!(
-                pings(a, &b6, max6),
-                "{:?} -> {b6} (IPv6, {max6} bytes DF)",
-                a.ip6
-            );
-        }
-    }
 }
 
 /// A weft node (node 0, on `dataplane`) and a flanneld-style dual-stack node (node 1),

@@ -73,7 +73,10 @@ pub use command::{
     try_in_ns, wait_for, wait_for_exit, words,
 };
 #[allow(unused_imports)]
-pub use dual::{program_flanneld_peers, start_flanneld_dual_stack, v6_underlay, DUAL_STACK_VXLAN};
+pub use dual::{
+    assert_all_reach, iperf3_v6, pings, program_flanneld_peers, start_flanneld_dual_stack,
+    v6_underlay, DUAL_STACK_VXLAN,
+};
 #[allow(unused_imports)]
 pub use etcd::{Etcd, ETCD_PREFIX};
 #[allow(unused_imports)]
@@ -87,7 +90,9 @@ pub use traffic::{
     iperf3, iperf3_json, iperf3_json_family, iperf3_per_second, udp_source_seen, Iperf,
 };
 #[allow(unused_imports)]
-pub use wg::{stock_wg_device, stock_wg_peer, wg_keys, Stock, UapiSockets};
+pub use wg::{
+    stock_wg_device, stock_wg_device_as, stock_wg_peer, wg_keys, Stock, StockDevice, UapiSockets,
+};
 
 /// The weft binary cargo built for this test. cargo tells integration tests and benches
 /// where it is (`CARGO_BIN_EXE_weft`), not examples (`cargo build --all-targets` also

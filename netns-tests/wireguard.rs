@@ -12,7 +12,10 @@ mod harness;
 use std::process::Command;
 
 use harness::preflight::profile_dir;
-use harness::{ns_sh, stock_wg_device, stock_wg_peer, weft, wg_keys, Cluster, Stock, UapiSockets};
+use harness::{
+    ns_sh, stock_wg_device, stock_wg_device_as, stock_wg_peer, weft, wg_keys, Cluster, Stock,
+    StockDevice, UapiSockets,
+};
 
 /// Starts wireguard-go on `ns` as flanneld would have `flannel-wg` there: key `private`,
 /// port 51820, peer `peer` (with `psk`) for 10.244.1.0/24 at 192.0.2.1:51820, address
@@ -168,16 +171,22 @@ fn flanneld_wireguard_node(c: &mut Cluster, k: usize) -> String {
     let value = format!(
         r#"{{"PublicIP":"192.0.2.{n}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#
     );
-    let etcd = c.etcd.as_ref().expect("an etcd cluster");
-    let grant = etcd.ctl(&["lease", "grant", "86400"]);
-    let id = grant.split_whitespace().nth(1).unwrap().to_string();
-    let lkey = format!("{}/subnets/10.244.{n}.0-24", harness::ETCD_PREFIX);
-    etcd.ctl(&["put", &format!("--lease={id}"), &lkey, &value]);
+    put_flanneld_lease(c, &format!("10.244.{n}.0-24"), &value);
     let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
     let file = c.nodes[k].subnet_file.clone();
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, env).unwrap();
     public
+}
+
+/// Puts `value` under subnet key `key` in etcd with a day's TTL, as flanneld's
+/// `AcquireLease` does.
+fn put_flanneld_lease(c: &Cluster, key: &str, value: &str) {
+    let etcd = c.etcd.as_ref().expect("an etcd cluster");
+    let grant = etcd.ctl(&["lease", "grant", "86400"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    let lkey = format!("{}/subnets/{key}", harness::ETCD_PREFIX);
+    etcd.ctl(&["put", &format!("--lease={id}"), &lkey, value]);
 }
 
 /// flanneld's peer programming on node `k` (`addPeer`): for every other lease in etcd,
@@ -494,5 +503,290 @@ fn a_stream_keeps_its_connection_across_a_rekey() {
     assert!(
         now.saturating_sub(at) < 60,
         "flanneld's last handshake with node 1 is old: {show}"
+    );
+}
+
+/// separate mode's IPv6 device.
+const DEV6: &str = "flannel-wg-v6";
+
+/// A dual-stack wireguard net-conf.json in `mode`.
+fn wg_dual(mode: &str) -> String {
+    format!(
+        r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"wireguard","Mode":"{mode}"}}}}"#
+    )
+}
+
+/// Node `k` set up as flanneld v0.28 sets up a dual-stack wireguard node: in separate mode
+/// (`one` false) `flannel-wg` on 51820 with 10.244.<n>.0/32 and `flannel-wg-v6` on 51821
+/// with fd00:10:244:<n>::/128, else one `flannel-wg` on 51820 with both; each with a
+/// scope-link route for its Networks and MTU 1420 (wireguard-go for the missing module).
+/// Its lease as `newSubnetAttrs` writes it (ListenPortV6 in BackendV6Data in every mode),
+/// subnet.env as `WriteSubnetFile`. Returns its public key.
+fn flanneld_dual_wg_node(c: &mut Cluster, k: usize, one: bool) -> String {
+    let n = k + 1;
+    let v6 = harness::v6_underlay(c, k);
+    let (private, public) = wg_keys();
+    let ns = c.nodes[k].ns.clone();
+    let (a4, a6) = (format!("10.244.{n}.0/32"), format!("fd00:10:244:{n}::/128"));
+    const R4: &str = "10.244.0.0/16";
+    const R6: &str = "fd00:10:244::/56";
+    let key = c.dir.join(format!("wgkey-{n}"));
+    let (both, only4, only6) = ([a4.as_str(), &a6], [a4.as_str()], [a6.as_str()]);
+    let devices = if one {
+        vec![(
+            DEV,
+            StockDevice {
+                port: 51820,
+                addresses: &both,
+                routes: &[R4, R6],
+            },
+        )]
+    } else {
+        vec![
+            (
+                DEV,
+                StockDevice {
+                    port: 51820,
+                    addresses: &only4,
+                    routes: &[R4],
+                },
+            ),
+            (
+                DEV6,
+                StockDevice {
+                    port: 51821,
+                    addresses: &only6,
+                    routes: &[R6],
+                },
+            ),
+        ]
+    };
+    for (dev, plan) in &devices {
+        stock_wg_device_as(Stock::WireguardGo, &ns, dev, (&private, &key), plan);
+    }
+    let value = format!(
+        r#"{{"PublicIP":"192.0.2.{n}","PublicIPv6":"{v6}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}},"BackendV6Data":{{"PublicKey":"{public}","Port":51821}}}}"#
+    );
+    put_flanneld_lease(c, &format!("10.244.{n}.0-24&fd00:10:244:{n}::-64"), &value);
+    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
+    let file = c.nodes[k].subnet_file.clone();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, env).unwrap();
+    public
+}
+
+/// flanneld's `handleSubnetEvents` on node `k` for every other lease, read raw from etcd:
+/// in separate mode a peer on each device (its IPv4 subnet at PublicIP:Port, its IPv6
+/// subnet at [PublicIPv6]:BackendV6Data.Port); in ipv6 mode one peer on `flannel-wg`
+/// with both subnets at [PublicIPv6]:BackendV6Data.Port.
+fn program_flanneld_dual_wg_peers(c: &Cluster, k: usize, one: bool) {
+    let prefix = format!("{}/subnets/", harness::ETCD_PREFIX);
+    let ns = &c.nodes[k].ns;
+    for (key, v) in c.etcd.as_ref().unwrap().get_prefix(&prefix) {
+        let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+        if v["PublicIP"] == c.nodes[k].ip.to_string() {
+            continue;
+        }
+        let (s4, s6) = key[prefix.len()..]
+            .split_once('&')
+            .expect("a dual-stack key");
+        let (s4, s6) = (s4.replace('-', "/"), s6.replace('-', "/"));
+        let public = v["BackendV6Data"]["PublicKey"].as_str().unwrap();
+        let ep4 = format!(
+            "{}:{}",
+            v["PublicIP"].as_str().unwrap(),
+            v["BackendData"]["Port"]
+        );
+        let ep6 = format!(
+            "[{}]:{}",
+            v["PublicIPv6"].as_str().unwrap(),
+            v["BackendV6Data"]["Port"]
+        );
+        if one {
+            stock_wg_peer(ns, DEV, public, &format!("{s4},{s6}"), &ep6);
+        } else {
+            stock_wg_peer(ns, DEV, public, &s4, &ep4);
+            stock_wg_peer(ns, DEV6, public, &s6, &ep6);
+        }
+    }
+}
+
+/// Two weft nodes and one set up as flanneld in a dual-stack wireguard network in `mode`
+/// (the flanneld node's lease is in etcd before weft's nodes start), a pod on each:
+/// (the cluster, the flanneld node's index, its public key).
+fn dual_wireguard_cluster(mode: &str) -> (Cluster, usize, String) {
+    let mut c = Cluster::with_etcd(weft(), &wg_dual(mode));
+    for _ in 0..2 {
+        let i = c.add_node(harness::Kind::Weft);
+        harness::v6_underlay(&c, i);
+    }
+    let k = c.add_node(harness::Kind::Weft);
+    let one = mode != "separate";
+    let flanneld_key = flanneld_dual_wg_node(&mut c, k, one);
+    for i in 0..2 {
+        start_wg_weft(&mut c, i);
+    }
+    program_flanneld_dual_wg_peers(&c, k, one);
+    for i in 0..3 {
+        let pod = c.add_pod(i, None);
+        assert!(pod.ip6.is_some(), "a pod without IPv6: {pod:?}");
+    }
+    (c, k, flanneld_key)
+}
+
+/// The outer family (4 or 6), UDP ports and UDP payload of an Ethernet frame captured on
+/// the underlay, which must be UDP.
+fn outer_udp(f: &[u8]) -> (u8, [u16; 2], &[u8]) {
+    let (family, udp) = match f[12..14] {
+        [0x08, 0x00] => {
+            let ip_ = &f[14..];
+            assert_eq!(ip_[9], 17, "not UDP on the underlay: {f:?}");
+            (4, &ip_[(ip_[0] & 15) as usize * 4..])
+        }
+        [0x86, 0xdd] => {
+            assert_eq!(f[14 + 6], 17, "not UDP on the underlay: {f:?}");
+            (6, &f[14 + 40..])
+        }
+        _ => panic!("neither IPv4 nor IPv6 on the underlay: {f:?}"),
+    };
+    let port = |i: usize| u16::from_be_bytes([udp[i], udp[i + 1]]);
+    (family, [port(0), port(2)], &udp[8..])
+}
+
+/// Every pod reaches every other in both families with the largest DF ping the 1420-byte
+/// devices hold, TCP runs both ways between weft's and flanneld's pods over IPv6 and one
+/// way over IPv4, and node 1's underlay carries only WireGuard messages: per outer family,
+/// the ports `ports` says ((family, port); 0 for a family that must not appear).
+fn assert_dual_traffic(c: &Cluster, k: usize, ports: [(u8, u16); 2]) {
+    let cap = harness::Capture::start(
+        &c.nodes[0].ns.clone(),
+        "eth0",
+        "udp and not port 2379",
+        &c.dir.join("wg-dual.pcap"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    harness::assert_all_reach(c, 1420 - 28, 1420 - 48);
+    let pods = c.pods();
+    for (a, b) in [(0, k), (k, 0)] {
+        let bytes = harness::iperf3_v6(&pods[a], &pods[b]);
+        assert!(bytes > 0.0, "no TCP over IPv6 from pod {a} to pod {b}");
+    }
+    assert!(
+        harness::iperf3(&pods[0], &pods[k], 2, None).bps > 0.0,
+        "no TCP over IPv4"
+    );
+    let frames = cap.stop();
+    let mut seen = [0usize; 2];
+    for f in &frames {
+        let (family, p, payload) = outer_udp(f);
+        let want = ports
+            .iter()
+            .find(|(fam, _)| *fam == family)
+            .map(|(_, p)| *p);
+        assert_eq!(
+            Some([p[0], p[0]]),
+            want.map(|w| [w, w]),
+            "IPv{family} {f:?}"
+        );
+        assert_eq!(p[0], p[1], "{f:?}");
+        assert!(
+            (1..=4).contains(&payload[0]) && payload[1..4] == [0, 0, 0],
+            "not WireGuard: {f:?}"
+        );
+        seen[usize::from(family == 6)] += 1;
+    }
+    for (i, (family, port)) in ports.iter().enumerate() {
+        let n = seen[usize::from(*family == 6)];
+        assert!(
+            *port == 0 || n > 20,
+            "{n} IPv{family} frames (ports {ports:?}, #{i})"
+        );
+    }
+}
+
+/// The line of `wg show <dev> dump` on weft's node 1 for the peer with key `peer`, after
+/// checking the device's own line (its port).
+fn weft_dump_peer(c: &Cluster, dev: &str, port: u16, peer: &str) -> Vec<String> {
+    let o = wg_on_weft(c, 0, &["show", dev, "dump"]);
+    let dump = harness::output_text(&o);
+    assert!(o.status.success(), "wg show {dev}: {dump}");
+    let lines: Vec<Vec<String>> = dump
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect();
+    assert_eq!(lines[0][2], port.to_string(), "{dump}");
+    assert_eq!(lines.len(), 3, "two peers: {dump}");
+    let line = lines.iter().find(|l| l[0] == peer).expect(&dump);
+    assert_ne!(line[4], "0", "no handshake: {dump}");
+    line.clone()
+}
+
+/// Dual-stack, separate mode (flanneld's default): IPv4 pods cross `flannel-wg` over the
+/// IPv4 underlay on 51820, IPv6 pods `flannel-wg-v6` over the IPv6 underlay on 51821,
+/// between two weft nodes and a node set up as flanneld sets one up.
+#[test]
+fn dual_stack_separate_mode_carries_each_family_on_its_own_device_and_port() {
+    let _sock = UapiSockets(vec![DEV.into(), DEV6.into()]);
+    let (c, k, flanneld_key) = dual_wireguard_cluster("separate");
+    let flanneld_ip = c.nodes[k].ip;
+    for l in c
+        .leases()
+        .iter()
+        .filter(|l| l.attrs.public_ip != flanneld_ip)
+    {
+        let a = &l.attrs;
+        assert!(a.public_ipv6.is_some() && l.ipv6_subnet.is_some(), "{l:?}");
+        assert_eq!(a.backend_data["Port"], 51820, "{l:?}");
+        assert_eq!(a.backend_v6_data["Port"], 51821, "{l:?}");
+        assert_eq!(a.backend_data["PublicKey"], a.backend_v6_data["PublicKey"]);
+    }
+    let ns = &c.nodes[0].ns;
+    let v6dev = ns_sh(ns, &["ip", "-6", "addr", "show", "dev", DEV6]);
+    assert!(
+        v6dev.contains("mtu 1420") && v6dev.contains("/128 scope global"),
+        "{v6dev}"
+    );
+    let r6 = ns_sh(ns, &["ip", "-6", "route", "show", "fd00:10:244::/56"]);
+    assert!(r6.contains(&format!("dev {DEV6}")), "{r6}");
+    assert_dual_traffic(&c, k, [(4, 51820), (6, 51821)]);
+    let v6 = weft_dump_peer(&c, DEV6, 51821, &flanneld_key);
+    assert_eq!(v6[2], format!("[2001:db8::{}]:51821", k + 1), "{v6:?}");
+    assert_eq!(v6[3], format!("fd00:10:244:{}::/64", k + 1), "{v6:?}");
+    let v4 = weft_dump_peer(&c, DEV, 51820, &flanneld_key);
+    assert_eq!(v4[3], format!("10.244.{}.0/24", k + 1), "{v4:?}");
+}
+
+/// Dual-stack, `Mode: "ipv6"`: one device, `flannel-wg`, carries both families, every
+/// peer reached over the IPv6 underlay on the one port it listens on, which weft's lease
+/// publishes in BackendV6Data too (flanneld publishes ListenPortV6 there).
+#[test]
+fn dual_stack_ipv6_mode_carries_both_families_on_one_device_over_ipv6() {
+    let _sock = UapiSockets(vec![DEV.into()]);
+    let (c, k, flanneld_key) = dual_wireguard_cluster("ipv6");
+    let flanneld_ip = c.nodes[k].ip;
+    for l in c
+        .leases()
+        .iter()
+        .filter(|l| l.attrs.public_ip != flanneld_ip)
+    {
+        assert_eq!(l.attrs.backend_data["Port"], 51820, "{l:?}");
+        assert_eq!(l.attrs.backend_v6_data["Port"], 51820, "{l:?}");
+    }
+    let ns = &c.nodes[0].ns;
+    let dev = ns_sh(ns, &["ip", "addr", "show", "dev", DEV]);
+    assert!(
+        dev.contains("/32 scope global") && dev.contains("/128 scope global"),
+        "{dev}"
+    );
+    let links = ns_sh(ns, &["ip", "link", "show"]);
+    assert!(!links.contains(DEV6), "{links}");
+    assert_dual_traffic(&c, k, [(6, 51820), (4, 0)]);
+    let peer = weft_dump_peer(&c, DEV, 51820, &flanneld_key);
+    assert_eq!(peer[2], format!("[2001:db8::{}]:51820", k + 1), "{peer:?}");
+    let n = k + 1;
+    assert_eq!(
+        peer[3],
+        format!("10.244.{n}.0/24,fd00:10:244:{n}::/64"),
+        "{peer:?}"
     );
 }

@@ -10,7 +10,7 @@ use crate::gojson;
 use crate::wire::vxlan;
 
 pub mod wireguard;
-pub use wireguard::WireguardConfig;
+pub use wireguard::{Mode as WireguardMode, WireguardConfig};
 
 /// The backend weft runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 
 use std::net::Ipv6Addr;
 
-use super::cluster::Cluster;
+use std::time::Duration;
+
+use super::cluster::{Cluster, Pod};
 use super::command::{ip, ns_sh, try_in_ns};
 use super::etcd::ETCD_PREFIX;
 
@@ -126,6 +128,55 @@ pub fn program_flanneld_peers(c: &Cluster, k: usize) {
             ip(
                 ns,
                 &format!("route replace {subnet} via {gw} dev {dev} onlink"),
+            );
+        }
+    }
+}
+
+/// Bytes of a 3 s iperf3 TCP stream from `from` to `to`'s IPv6 address.
+pub fn iperf3_v6(from: &Pod, to: &Pod) -> f64 {
+    let to6 = to.ip6.unwrap().to_string();
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &to.ns, "iperf3", "-s", "-1", "-B", &to6])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let out = try_in_ns(&from.ns, &format!("iperf3 -J -t 3 -c {to6}"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
+}
+
+/// One ping from `from` to `to` (an address of either family), `size` bytes of payload
+/// with don't-fragment set; whether it was answered.
+pub fn pings(from: &Pod, to: &str, size: u32) -> bool {
+    try_in_ns(
+        &from.ns,
+        &format!("ping -c 2 -i 0.2 -W 2 -M do -s {size} {to}"),
+    )
+    .status
+    .success()
+}
+
+/// Checks that every pod reaches every other over IPv4 and IPv6, with the largest
+/// don't-fragment ping that fits each family's path (`max4`, `max6` payload bytes).
+pub fn assert_all_reach(c: &Cluster, max4: u32, max6: u32) {
+    let pods = c.pods();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            assert!(
+                pings(a, &b.ip.to_string(), max4),
+                "{} -> {} (IPv4, {max4} bytes DF)",
+                a.ip,
+                b.ip
+            );
+            let b6 = b.ip6.expect("a dual-stack pod").to_string();
+            assert!(
+                pings(a, &b6, max6),
+                "{:?} -> {b6} (IPv6, {max6} bytes DF)",
+                a.ip6
             );
         }
     }

@@ -42,33 +42,59 @@ pub fn stock_wg_device(
     (private, key): (&str, &Path),
     address: &str,
 ) {
+    let plan = StockDevice {
+        port: 51820,
+        addresses: &[address],
+        routes: &["10.244.0.0/16"],
+    };
+    stock_wg_device_as(stock, ns, dev, (private, key), &plan);
+}
+
+/// What flanneld's `createWGDev` and `Configure`/`ConfigureV6` give a device: its port,
+/// its addresses (`<subnet>.0/32`, `<v6 subnet>/128`) and a scope-link route per Network.
+pub struct StockDevice<'a> {
+    /// `ListenPort` (or `ListenPortV6`).
+    pub port: u16,
+    /// Its addresses, with their prefix lengths.
+    pub addresses: &'a [&'a str],
+    /// The Networks it routes.
+    pub routes: &'a [&'a str],
+}
+
+/// [`stock_wg_device`] with the port, addresses and routes of `plan`.
+pub fn stock_wg_device_as(
+    stock: Stock,
+    ns: &str,
+    dev: &str,
+    (private, key): (&str, &Path),
+    plan: &StockDevice<'_>,
+) {
     std::fs::write(key, private).unwrap();
+    let mut cmd = Command::new("ip");
     match stock {
-        Stock::WireguardGo => {
-            let status = Command::new("ip")
-                .args(["netns", "exec", ns, "wireguard-go", dev])
-                .status()
-                .expect("wireguard-go");
-            assert!(status.success(), "wireguard-go did not start");
-        }
-        Stock::Boringtun => {
-            let status = Command::new("ip")
-                .args(["netns", "exec", ns, "boringtun-cli", dev])
-                .args(["--disable-drop-privileges"])
-                .env("WG_LOG_LEVEL", "error")
-                .status()
-                .expect("boringtun-cli (cargo install boringtun-cli)");
-            assert!(status.success(), "boringtun-cli did not start");
-        }
-    }
+        Stock::WireguardGo => cmd.args(["netns", "exec", ns, "wireguard-go", dev]),
+        Stock::Boringtun => cmd
+            .args(["netns", "exec", ns, "boringtun-cli", dev])
+            .args(["--disable-drop-privileges"])
+            .env("WG_LOG_LEVEL", "error"),
+    };
+    let status = cmd
+        .status()
+        .expect("wireguard-go, or boringtun-cli (cargo install boringtun-cli)");
+    assert!(status.success(), "{stock:?} did not start");
     let set = format!(
-        "wg set {dev} private-key {} listen-port 51820",
-        key.display()
+        "wg set {dev} private-key {} listen-port {}",
+        key.display(),
+        plan.port
     );
     in_ns(ns, &set);
-    ip(ns, &format!("addr add {address} dev {dev}"));
+    for a in plan.addresses {
+        ip(ns, &format!("addr add {a} dev {dev}"));
+    }
     ip(ns, &format!("link set {dev} mtu 1420 up"));
-    ip(ns, &format!("route add 10.244.0.0/16 dev {dev} scope link"));
+    for r in plan.routes {
+        ip(ns, &format!("route add {r} dev {dev} scope link"));
+    }
 }
 
 /// flanneld's `addPeer`: on device `dev` in `ns`, the peer with `public` key, `subnet` as

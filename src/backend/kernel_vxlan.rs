@@ -108,7 +108,7 @@ impl Family {
                 name: self.spec.name,
                 mtu: self.spec.mtu,
                 txqueuelen: TXQUEUELEN,
-                address: subnet_address(self.ours),
+                addresses: vec![subnet_address(self.ours)],
                 mac: Some(self.spec.mac),
                 routes: Vec::new(),
             },

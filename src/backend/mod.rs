@@ -24,6 +24,7 @@ pub mod plan;
 pub(crate) mod reconcile;
 pub(crate) mod routes;
 pub mod userspace;
+pub mod wg_plan;
 pub mod wireguard;
 
 pub use error::Error;
@@ -212,7 +213,7 @@ pub fn for_config(
     underlay: &Underlay,
 ) -> Result<Box<dyn Backend>, Error> {
     if let BackendConfig::Wireguard(w) = *cfg {
-        return wireguard_backend(w, dataplane, underlay);
+        return wireguard_backend(w, dataplane);
     }
     if underlay.v6.is_some() {
         return dual_stack(cfg, dataplane, underlay);
@@ -235,31 +236,22 @@ pub fn for_config(
         }
         (BackendConfig::Udp { .. }, _) => DataplaneChoice::Userspace,
         (BackendConfig::Vxlan { .. }, d) => d,
-        (BackendConfig::Wireguard(_), _) => {
-            return Err(Error::Unsupported(WIREGUARD_V4_ONLY.into()))
-        }
+        (BackendConfig::Wireguard(w), _) => return wireguard_backend(w, dataplane),
     };
     Ok(Box::new(Encap::new(cfg, dataplane)))
 }
 
-/// [`for_config`] for wireguard: userspace, IPv4 (what is built so far); the kernel's
-/// wireguard device and IPv6 are refused by name.
+/// [`for_config`] for wireguard, in either family or both: userspace; the kernel's
+/// wireguard device is refused by name.
 fn wireguard_backend(
     w: crate::config::WireguardConfig,
     dataplane: DataplaneChoice,
-    underlay: &Underlay,
 ) -> Result<Box<dyn Backend>, Error> {
     if dataplane == DataplaneChoice::Kernel {
         return Err(Error::Unsupported("--dataplane kernel with Backend.Type wireguard: weft does not program the kernel's wireguard device (and this kernel may have no module); use --dataplane userspace or auto".into()));
     }
-    if underlay.v6.is_some() || underlay.public_ip.is_unspecified() {
-        return Err(Error::Unsupported(WIREGUARD_V4_ONLY.into()));
-    }
     Ok(Box::new(wireguard::Wireguard::new(w)?))
 }
-
-/// Why a wireguard config with IPv6 is refused in this version.
-const WIREGUARD_V4_ONLY: &str = "Backend.Type wireguard with EnableIPv6: weft's WireGuard carries IPv4 networks only in this version; set EnableIPv6 to false, or use Backend.Type vxlan";
 
 /// [`for_config`] for a dual-stack network: host-gw, and vxlan in the kernel (flanneld's
 /// two devices) or in userspace (IPv6 pods over the IPv6 underlay from weft's workers).
@@ -285,7 +277,7 @@ fn dual_stack(
             "EnableIPv6 with Backend.Type udp: flanneld's udp backend carries IPv4 only (dual-stack works with vxlan and host-gw); use Backend.Type vxlan, or set EnableIPv6 to false".into(),
         )),
         (BackendConfig::Vxlan { .. }, _) => Ok(Box::new(Encap::new(cfg, dataplane))),
-        (BackendConfig::Wireguard(_), _) => Err(Error::Unsupported(WIREGUARD_V4_ONLY.into())),
+        (BackendConfig::Wireguard(w), _) => wireguard_backend(w, dataplane),
     }
 }
 
@@ -465,7 +457,7 @@ mod tests {
     /// wireguard runs in userspace over IPv4; the kernel's device and IPv6 are refused by
     /// name (before any key file is touched).
     #[test]
-    fn wireguard_refuses_the_kernel_dataplane_and_ipv6_by_name() {
+    fn wireguard_refuses_the_kernel_dataplane_by_name_in_either_family() {
         let cfg = crate::config::NetConfig::parse(
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
         )
@@ -480,7 +472,9 @@ mod tests {
             local_ip: "2001:db8::1".parse().unwrap(),
             public_ip: "2001:db8::1".parse().unwrap(),
         });
-        let e = refusal(cfg.backend, DataplaneChoice::Userspace, &u);
-        assert!(e.contains("EnableIPv6") && e.contains("vxlan"), "{e}");
+        // Dual-stack goes the same way (userspace is accepted: it would make the key file,
+        // so the netns tests start it).
+        let e = refusal(cfg.backend, DataplaneChoice::Kernel, &u);
+        assert!(e.contains("--dataplane kernel"), "{e}");
     }
 }

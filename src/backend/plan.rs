@@ -32,9 +32,10 @@ pub struct LinkPlan {
     pub mtu: u32,
     /// Its transmit queue length.
     pub txqueuelen: u32,
-    /// The address it holds, as a host route (`<subnet>.0/32`, or the IPv6 subnet's
-    /// first address as a /128, as flanneld gives its devices).
-    pub address: IpAddr,
+    /// The addresses it holds, each as a host route (`<subnet>.0/32`, the IPv6 subnet's
+    /// first address as a /128, as flanneld gives its devices; a device carrying both
+    /// families, as WireGuard's one device outside separate mode, holds both).
+    pub addresses: Vec<IpAddr>,
     /// The MAC it must keep (the lease's VTEP MAC), if it has one.
     pub mac: Option<MacAddr>,
     /// Routes out of it (the userspace dataplane's routes for the whole network, of each

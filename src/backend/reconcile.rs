@@ -69,10 +69,10 @@ impl Reconciler {
             source,
         };
         let mut guard = LinkGuard::new(self.nl.clone(), index, true);
-        let host = if plan.address.is_ipv4() { 32 } else { 128 };
-        self.nl
-            .add_addr(index, plan.address, host)
-            .map_err(configure)?;
+        for &a in &plan.addresses {
+            let host = if a.is_ipv4() { 32 } else { 128 };
+            self.nl.add_addr(index, a, host).map_err(configure)?;
+        }
         self.nl
             .set_mtu_up(index, plan.mtu, plan.txqueuelen)
             .map_err(configure)?;

@@ -230,7 +230,7 @@ fn link_plan(s: &Setup<'_>, v6: Option<&NodeV6>) -> Result<LinkPlan, Error> {
         name: s.dataplane.tun_name.clone(),
         mtu: s.pod_mtu,
         txqueuelen: TUN_TXQUEUELEN,
-        address,
+        addresses: vec![address],
         mac: None,
         routes,
     })

@@ -16,7 +16,7 @@ mod sys;
 mod tun;
 mod tx;
 pub(crate) mod wg;
-mod wg_batch;
+pub(crate) mod wg_batch;
 pub(crate) mod wg_uapi;
 mod worker;
 

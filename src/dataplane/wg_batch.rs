@@ -14,7 +14,7 @@ use super::TunQueue;
 use crate::encap::DropReason;
 use crate::offload::gro::Coalescer;
 use crate::offload::gso;
-use crate::wire::ipv4;
+use crate::wire::{ipv4, ipv6};
 
 /// The most bytes one batch carries: a UDP datagram's payload (the kernel's GSO limit).
 const BATCH_BYTES: usize = 65_000;
@@ -22,6 +22,36 @@ const BATCH_BYTES: usize = 65_000;
 const BATCH_SEGMENTS: usize = 64;
 /// Room for one datagram past the batch: the largest packet and WireGuard's 32 bytes.
 const SLOT: usize = 65_536 + 64;
+
+/// A device's UDP sockets: one per underlay family it reaches peers over, on its port.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    /// The IPv4 one.
+    pub(crate) v4: Option<UdpSocket>,
+    /// The IPv6 one.
+    pub(crate) v6: Option<UdpSocket>,
+}
+
+impl Sockets {
+    /// The socket that reaches `to`.
+    pub(crate) fn to(&self, to: &SocketAddr) -> Option<&UdpSocket> {
+        match to {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
+
+    /// Sends `d` to `to` from the socket of its family.
+    pub(crate) fn send_to(&self, d: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let no = || io::Error::from(io::ErrorKind::AddrNotAvailable);
+        self.to(&to).ok_or_else(no)?.send_to(d, to)
+    }
+
+    /// Both, IPv4's first, where present.
+    pub(crate) fn each(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+}
 
 /// Encrypted datagrams to one address, back to back: all of one length but the last,
 /// which may be shorter, as `UDP_SEGMENT` wants them.
@@ -59,7 +89,7 @@ impl Batch {
     /// what is held.
     pub(crate) fn commit(
         &mut self,
-        sock: &UdpSocket,
+        sock: &Sockets,
         c: &WorkerCounters,
         to: SocketAddr,
         len: usize,
@@ -87,13 +117,16 @@ impl Batch {
     }
 
     /// Sends what is held.
-    pub(crate) fn flush(&mut self, sock: &UdpSocket, c: &WorkerCounters) {
+    pub(crate) fn flush(&mut self, socks: &Sockets, c: &WorkerCounters) {
         let Some(to) = self.to.take() else {
             return;
         };
         let segment = (self.n > 1).then_some(self.seg as u16);
         let iov = [io::IoSlice::new(&self.buf[..self.used])];
-        if sys::send_segments(sock, to, &iov, segment, 0).is_err() {
+        let sent = socks
+            .to(&to)
+            .map(|sock| sys::send_segments(sock, to, &iov, segment, 0));
+        if !matches!(sent, Some(Ok(_))) {
             WorkerCounters::add(&c.send_errors, self.n as u64);
         }
         (self.used, self.n) = (0, 0);
@@ -141,15 +174,11 @@ impl TunSide {
         gso::split_read(vh, pkt, &mut self.segs, &mut self.sizes, 0).unwrap_or(0)
     }
 
-    /// Writes decrypted IPv4 packet `p` (its source already checked): merged with its
-    /// flow's neighbours when the TUN takes super-packets, else alone.
+    /// Writes decrypted packet `p` (its source already checked): merged with its flow's
+    /// neighbours when the TUN takes super-packets (TCP and UDP over IPv4), else alone.
     pub(crate) fn deliver(&mut self, tun: &TunQueue, c: &WorkerCounters, p: &[u8]) {
-        let Ok(ip) = ipv4::Packet::new_checked(p) else {
-            c.drop(DropReason::MalformedInner);
-            return;
-        };
-        if !ip.verify_checksum() {
-            c.drop(DropReason::InnerChecksum);
+        if let Err(reason) = check_inner(p) {
+            c.drop(reason);
             return;
         }
         WorkerCounters::add(&c.rx_packets, 1);
@@ -170,6 +199,20 @@ impl TunSide {
     }
 }
 
+/// A decrypted packet's header: a whole IPv4 header with its checksum right, or a whole
+/// IPv6 header within the packet.
+fn check_inner(p: &[u8]) -> Result<(), DropReason> {
+    match p.first().map(|b| b >> 4) {
+        Some(4) => match ipv4::Packet::new_checked(p) {
+            Ok(ip) if ip.verify_checksum() => Ok(()),
+            Ok(_) => Err(DropReason::InnerChecksum),
+            Err(_) => Err(DropReason::MalformedInner),
+        },
+        Some(6) if ipv6::Packet::new_checked(p).is_ok() => Ok(()),
+        _ => Err(DropReason::MalformedInner),
+    }
+}
+
 fn write(tun: &TunQueue, c: &WorkerCounters, p: &[u8]) {
     if tun.send(p).is_err() {
         WorkerCounters::add(&c.tun_write_errors, 1);
@@ -184,7 +227,10 @@ mod tests {
     /// loopback; returns what arrived, as (length, fill) per datagram.
     fn through(gso: bool, lens: &[usize]) -> Vec<(usize, u8)> {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = Sockets {
+            v4: Some(UdpSocket::bind("127.0.0.1:0").unwrap()),
+            v6: None,
+        };
         let to = rx.local_addr().unwrap();
         let c = WorkerCounters::default();
         let mut b = Batch::new(gso);
