@@ -12,7 +12,7 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use harness::{
-    assert_all_reach, ip, iperf3_v6, ns_sh, pings, program_flanneld_peers,
+    add_v6_only_pod, assert_all_reach, ip, iperf3_v6, ns_sh, pings, program_flanneld_peers,
     start_flanneld_dual_stack, try_in_ns, v6_underlay, wait_for, weft, Capture, Cluster, Kind, Pod,
     ETCD_PREFIX,
 };
@@ -506,21 +506,6 @@ fn weft_v6_only_kube_node(c: &mut Cluster, url: &str, conf: &str, dataplane: &st
     let name = register_v6_only(c, i, serde_json::json!({}));
     start_kube_weft(c, i, &name, (url, conf), dataplane);
     i
-}
-
-/// An IPv6-only pod on node `i`, through kube-flannel.yml's conflist: its namespace and
-/// IPv6 address (an IPv4 one would be a fault).
-fn add_v6_only_pod(c: &mut Cluster, i: usize) -> (String, Ipv6Addr) {
-    let rt = harness::CniRuntime::kube_flannel(c, i);
-    let ns = c.add_ns(&format!("n{}p6", i + 1));
-    let result = rt
-        .add(&format!("{}-n{}p6", c.prefix, i + 1), &ns)
-        .unwrap_or_else(|e| panic!("CNI ADD on node {} failed: {e}", i + 1));
-    let ips = result["ips"].as_array().unwrap();
-    assert_eq!(ips.len(), 1, "an IPv6-only pod has one address: {result}");
-    let a = ips[0]["address"].as_str().unwrap();
-    let a: ipnet::Ipv6Net = a.parse().unwrap_or_else(|_| panic!("not IPv6: {result}"));
-    (ns, a.addr())
 }
 
 /// What weft wrote for an IPv6-only node: subnet.env without the IPv4 pair, and flanneld's

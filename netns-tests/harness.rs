@@ -74,8 +74,8 @@ pub use command::{
 };
 #[allow(unused_imports)]
 pub use dual::{
-    assert_all_reach, iperf3_v6, pings, program_flanneld_peers, start_flanneld_dual_stack,
-    v6_underlay, DUAL_STACK_VXLAN,
+    add_v6_only_pod, assert_all_reach, iperf3_v6, pings, program_flanneld_peers,
+    start_flanneld_dual_stack, v6_underlay, DUAL_STACK_VXLAN,
 };
 #[allow(unused_imports)]
 pub use etcd::{Etcd, ETCD_PREFIX};

@@ -790,3 +790,57 @@ fn dual_stack_ipv6_mode_carries_both_families_on_one_device_over_ipv6() {
         "{peer:?}"
     );
 }
+
+/// IPv6-only (`EnableIPv4` false): separate mode makes `flannel-wg-v6` alone, the lease
+/// is flanneld's IPv6-only one (key `0.0.0.0-0&<v6>`, PublicIP 0.0.0.0, no BackendData,
+/// the key and ListenPortV6 in BackendV6Data), and two weft nodes' pods reach each other
+/// with the largest DF ping over the IPv6 underlay.
+#[test]
+fn an_ipv6_only_network_runs_on_flannel_wg_v6_alone() {
+    let conf = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard"}}"#;
+    // The harness's own addressing wants an IPv4 Network; the nodes read etcd's config.
+    let mut c = Cluster::with_etcd(weft(), &wg_dual("separate"));
+    c.etcd()
+        .ctl(&["put", &format!("{}/config", harness::ETCD_PREFIX), conf]);
+    for _ in 0..2 {
+        let i = c.add_node(harness::Kind::Weft);
+        harness::v6_underlay(&c, i);
+        start_wg_weft(&mut c, i);
+    }
+    let prefix = format!("{}/subnets/", harness::ETCD_PREFIX);
+    let leases = c.etcd.as_ref().unwrap().get_prefix(&prefix);
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for (key, v) in &leases {
+        assert!(
+            key[prefix.len()..].starts_with("0.0.0.0-0&fd00:10:244:"),
+            "{key}"
+        );
+        let v: serde_json::Value = serde_json::from_str(v).unwrap();
+        assert_eq!(v["PublicIP"], "0.0.0.0", "{v}");
+        assert!(v.get("BackendData").is_none(), "{v}");
+        assert_eq!(v["BackendV6Data"]["Port"], 51821, "{v}");
+        assert_eq!(
+            v["BackendV6Data"]["PublicKey"].as_str().map(str::len),
+            Some(44)
+        );
+    }
+    let links = ns_sh(&c.nodes[0].ns, &["ip", "-o", "link", "show"]);
+    assert!(
+        links.contains(DEV6) && !links.contains(&format!("{DEV}:")),
+        "{links}"
+    );
+    let pods: Vec<_> = (0..2)
+        .map(|i| harness::add_v6_only_pod(&mut c, i))
+        .collect();
+    for (a, b) in [(0, 1), (1, 0)] {
+        let ping = format!("ping -c 2 -i 0.2 -W 2 -M do -s {} {}", 1420 - 48, pods[b].1);
+        let o = harness::try_in_ns(&pods[a].0, &ping);
+        assert!(
+            o.status.success(),
+            "{} -> {}: {}",
+            pods[a].1,
+            pods[b].1,
+            harness::output_text(&o)
+        );
+    }
+}

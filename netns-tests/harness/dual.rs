@@ -181,3 +181,18 @@ pub fn assert_all_reach(c: &Cluster, max4: u32, max6: u32) {
         }
     }
 }
+
+/// An IPv6-only pod on node `i`, through kube-flannel.yml's conflist: its namespace and
+/// IPv6 address (an IPv4 one would be a fault).
+pub fn add_v6_only_pod(c: &mut Cluster, i: usize) -> (String, Ipv6Addr) {
+    let rt = super::CniRuntime::kube_flannel(c, i);
+    let ns = c.add_ns(&format!("n{}p6", i + 1));
+    let result = rt
+        .add(&format!("{}-n{}p6", c.prefix, i + 1), &ns)
+        .unwrap_or_else(|e| panic!("CNI ADD on node {} failed: {e}", i + 1));
+    let ips = result["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 1, "an IPv6-only pod has one address: {result}");
+    let a = ips[0]["address"].as_str().unwrap();
+    let a: ipnet::Ipv6Net = a.parse().unwrap_or_else(|_| panic!("not IPv6: {result}"));
+    (ns, a.addr())
+}
