@@ -5,6 +5,7 @@
 //! - the time a node that is already running takes to see all N (the watch under a burst),
 //! - the time from starting a new node to its first full table,
 //! - the memory it costs (resident set of a weft node before and after the N leases),
+//! - its CPU over 30 s while nothing changes,
 //! - the delay from one lease write (and one delete) in etcd to a node's table.
 //!
 //! Parts that must reach etcd or a node's health port run this same binary again inside
@@ -173,6 +174,9 @@ fn main() {
     let burst = wait_lines(&c, 1, n + 1, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
     let rss_after = harness::rss_kb(pid2);
+    let cpu0 = harness::cpu_seconds(pid2);
+    std::thread::sleep(Duration::from_secs(30));
+    let idle = (harness::cpu_seconds(pid2) - cpu0) / 30.0 * 100.0;
 
     // A new node: from process start to a table with every lease.
     let t = Instant::now();
@@ -194,6 +198,7 @@ fn main() {
          running node saw all {n} {:.0} ms after the last write\n\
          new node: subnet.env after {:.0} ms, first full table ({} leases) after {:.0} ms from start\n\
          memory: running node RSS {rss_before} kB with 1 lease -> {rss_after} kB with {} ({:.0} bytes per lease); new node RSS {rss_new} kB\n\
+         idle CPU of the running node over 30 s with nothing changing: {idle:.2} % of one vCPU\n\
          one lease write -> table (30 samples, includes one /leases fetch of the whole table): {lat}",
         burst.as_secs_f64() * 1e3,
         env_written.as_secs_f64() * 1e3,
@@ -204,5 +209,8 @@ fn main() {
     );
     println!("{report}");
     let _ = std::fs::create_dir_all("target/bench");
-    let _ = std::fs::write("target/bench/etcd-scale.txt", format!("{report}\n"));
+    let _ = std::fs::write(
+        format!("target/bench/etcd-scale-{n}.txt"),
+        format!("{report}\n"),
+    );
 }

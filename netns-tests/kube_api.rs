@@ -3,7 +3,8 @@
 //! crates.io). It serves the subset weft and flanneld use, answering as the real server
 //! does (shapes from the Kubernetes API reference: `NodeList`, `WatchEvent`, `Status`):
 //!
-//! - `GET /api/v1/nodes`: a `NodeList` with the current `metadata.resourceVersion`;
+//! - `GET /api/v1/nodes[?limit=N[&continue=TOKEN]]`: a `NodeList` with the current
+//!   `metadata.resourceVersion`, or a page of it with a `continue` token;
 //! - `GET /api/v1/nodes?watch=true&resourceVersion=RV[&allowWatchBookmarks=true]
 //!   [&timeoutSeconds=T]`: a chunked stream of `{"type":…,"object":…}` lines: the changes
 //!   after RV (no RV or "0": `ADDED` for every node first), `BOOKMARK`s while idle when
@@ -265,14 +266,54 @@ impl Server {
         )
     }
 
-    fn list(&self) -> Value {
+    /// A `NodeList`: all nodes, or with `limit` a page of them in name order, with a
+    /// `continue` token while more remain (as the real server pages lists). The token
+    /// carries the first page's resourceVersion, which every page reports: a client that
+    /// watches from it after the last page sees every change made while it paged (the
+    /// real server serves the pages from a snapshot at that version; replaying the
+    /// changes instead comes to the same). A token older than the last compaction gets
+    /// 410 `Expired`, as the real server's.
+    fn list(&self, query: &BTreeMap<String, String>) -> (u16, Value) {
         let st = self.lock();
-        json!({
-            "kind": "NodeList",
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": st.rv.to_string()},
-            "items": st.nodes.values().cloned().collect::<Vec<_>>(),
-        })
+        let limit = query.get("limit").and_then(|v| v.parse::<usize>().ok());
+        let token = query.get("continue").filter(|t| !t.is_empty());
+        let (rv, after) = match token.and_then(|t| t.split_once('/')) {
+            Some((rv, after)) => (rv.parse().unwrap_or(0), Some(after.to_string())),
+            None if token.is_some() => {
+                return (
+                    400,
+                    status(400, "BadRequest", "invalid continue token", None),
+                )
+            }
+            None => (st.rv, None),
+        };
+        if rv < st.compacted {
+            let m =
+                "The provided continue parameter is too old to display a consistent list result.";
+            return (410, status(410, "Expired", m, None));
+        }
+        let from = match &after {
+            Some(a) => std::ops::Bound::Excluded(a.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut rest = st.nodes.range((from, std::ops::Bound::Unbounded));
+        let items: Vec<Value> = rest
+            .by_ref()
+            .take(limit.filter(|l| *l > 0).unwrap_or(usize::MAX))
+            .map(|(_, n)| n.clone())
+            .collect();
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if rest.next().is_some() {
+            let last = items
+                .last()
+                .and_then(|n| n["metadata"]["name"].as_str())
+                .unwrap_or("");
+            meta["continue"] = format!("{rv}/{last}").into();
+        }
+        (
+            200,
+            json!({"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}),
+        )
     }
 
     /// Answers `GET /api/v1/nodes`: a NodeList, or None once a watch streamed to `out` ended.
@@ -294,7 +335,7 @@ impl Server {
             self.watch(out, from, bookmarks, timeout);
             return None;
         }
-        Some((200, self.list()))
+        Some(self.list(query))
     }
 
     /// Stores a pod posted to namespace `ns` as given (`POST .../namespaces/NS/pods`).
@@ -499,7 +540,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     let query = q
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), percent_decoded(v)))
         .collect();
     Some(Request {
         method,
@@ -508,6 +549,33 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
         content_type,
         body,
     })
+}
+
+/// A query value with its `%XX` escapes (and `+`) decoded, as the real server reads it.
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(c)) => {
+                out.push(c);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond(out: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {

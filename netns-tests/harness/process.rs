@@ -47,6 +47,18 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU seconds of process `pid` so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 (utime, stime), counted after the command's closing parenthesis.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
 impl Cluster {
     /// Starts weft on node `i` with extra flags and waits for its subnet.env and /healthz.
     pub fn start_weft(&mut self, i: usize, extra: &[&str]) -> SubnetEnv {

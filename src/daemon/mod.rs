@@ -396,6 +396,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             status: &status,
         },
         backend_problem: None,
+        last_read: None,
     };
     let outcome = control.run(&stop);
     shutdown(&node, fwd, handed_over.load(Ordering::SeqCst));
@@ -792,6 +793,19 @@ pub(crate) struct ControlLoop<'a> {
     pub(crate) kept: Kept<'a>,
     /// What the last backend check left wrong, for /healthz.
     pub(crate) backend_problem: Option<String>,
+    /// The store's state when the leases were last read, to read them again only when
+    /// it changed.
+    pub(crate) last_read: Option<LastRead>,
+}
+
+/// What made the last leases read current: the store's generation and reachability, and
+/// the earliest time a lease read then expires. While all three hold the leases would
+/// read the same, so a round costs the same whatever their number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastRead {
+    generation: u64,
+    reachable: bool,
+    next_expiry: Option<SystemTime>,
 }
 
 impl ControlLoop<'_> {
@@ -806,15 +820,10 @@ impl ControlLoop<'_> {
 
     /// One round at `now`: the leases and a tick into the policy, its actions carried out.
     pub(crate) fn step(&mut self, now: Now) -> Result<()> {
-        // A store answering from its cache while unreachable counts as an outage: the
-        // table stays on the last leases and /healthz measures the outage.
-        let leases = match self.store.leases() {
-            Ok(_) if !self.store.reachable() => {
-                Err(format!("{} is unreachable", self.store.describe()))
-            }
-            r => r.map_err(|e| e.to_string()),
-        };
-        let mut events = VecDeque::from([Event::Leases(leases), Event::Tick]);
+        let mut events = VecDeque::from([Event::Tick]);
+        if let Some(leases) = self.read_leases(now) {
+            events.push_front(Event::Leases(leases));
+        }
         while let Some(ev) = events.pop_front() {
             for action in self.policy.on(now, ev) {
                 events.extend(self.perform(now, action)?);
@@ -824,6 +833,43 @@ impl ControlLoop<'_> {
         let status = self.kept.status;
         status.set_problem(problem.or_else(|| self.backend_problem.clone()));
         Ok(())
+    }
+
+    /// The leases, unless the store says they are what they were at the last read (and
+    /// none has expired since): then `None`, and nothing is read.
+    fn read_leases(
+        &mut self,
+        now: Now,
+    ) -> Option<std::result::Result<Vec<crate::lease::Lease>, String>> {
+        let reachable = self.store.reachable();
+        let generation = self.store.generation();
+        let same = |r: &LastRead| {
+            Some(r.generation) == generation
+                && r.reachable == reachable
+                && r.next_expiry.is_none_or(|t| now.wall < t)
+        };
+        if self.last_read.as_ref().is_some_and(same) {
+            return None;
+        }
+        // A store answering from its cache while unreachable counts as an outage: the
+        // table stays on the last leases and /healthz measures the outage.
+        let leases = match self.store.leases() {
+            Ok(_) if !reachable => Err(format!("{} is unreachable", self.store.describe())),
+            r => r.map_err(|e| e.to_string()),
+        };
+        self.last_read = match (&leases, generation) {
+            (Ok(l), Some(generation)) => Some(LastRead {
+                generation,
+                reachable,
+                next_expiry: l
+                    .iter()
+                    .filter_map(|l| l.expiration)
+                    .filter(|t| *t > now.wall)
+                    .min(),
+            }),
+            _ => None,
+        };
+        Some(leases)
     }
 
     /// Carries out one action: the event it leads to, if any.

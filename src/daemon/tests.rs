@@ -31,6 +31,10 @@ struct MemStore {
     leases: Vec<Stored>,
     down: bool,
     renewals_fail: bool,
+    /// What `generation` answers (`None`: a store that cannot tell).
+    generation: Option<u64>,
+    /// How many times `leases` was called.
+    reads: usize,
 }
 
 impl MemStore {
@@ -50,7 +54,12 @@ impl LeaseStore for MemStore {
         unreachable!("the control loop never reads the config")
     }
 
+    fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
+        self.reads += 1;
         self.outage()?;
         Ok(self.leases.iter().map(|s| s.lease.clone()).collect())
     }
@@ -133,6 +142,7 @@ struct Rig {
     status: std::sync::Arc<Status>,
     seen: Rc<RefCell<Seen>>,
     now: Now,
+    last_read: Option<super::LastRead>,
 }
 
 impl Rig {
@@ -155,6 +165,7 @@ impl Rig {
             status: Status::starting("test"),
             seen,
             now,
+            last_read: None,
         }
     }
 
@@ -178,8 +189,11 @@ impl Rig {
                 status: &self.status,
             },
             backend_problem: None,
+            last_read: self.last_read,
         };
-        control.step(self.now)
+        let r = control.step(self.now);
+        self.last_read = control.last_read;
+        r
     }
 
     fn table(&self) -> Vec<Ipv4Net> {
@@ -329,4 +343,33 @@ fn iface_can_reach_asks_the_kernels_routing_in_either_family() {
     if std::net::UdpSocket::bind("[::1]:0").is_ok() {
         assert_eq!(super::underlay::route_to(&v4, &v6, lo6), Some((1, lo6)));
     }
+}
+
+#[test]
+fn leases_are_read_again_only_when_the_store_changed_or_one_expired() {
+    let mut r = Rig::new();
+    r.store.generation = Some(1);
+    r.step(Duration::ZERO).unwrap();
+    assert_eq!((r.store.reads, r.table()), (1, subnets(&[1])));
+    // Nothing changes: nothing is read, however long.
+    for _ in 0..20 {
+        r.step(Duration::from_millis(250)).unwrap();
+    }
+    assert_eq!(r.store.reads, 1);
+    // A change the store counts is read at the next round.
+    let expires = r.now.wall + HOUR;
+    r.put(lease(2, expires));
+    r.store.generation = Some(2);
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!((r.store.reads, r.table()), (2, subnets(&[1, 2])));
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!(r.store.reads, 2);
+    // Lease 2 expiring changes what the table holds though the store did not change.
+    r.step(HOUR).unwrap();
+    assert_eq!((r.store.reads, r.table()), (3, subnets(&[1])));
+    // A store that cannot tell is read every round.
+    r.store.generation = None;
+    r.step(Duration::from_millis(250)).unwrap();
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!(r.store.reads, 5);
 }

@@ -788,6 +788,10 @@ impl LeaseStore for EtcdStore {
         self.list_stored()
     }
 
+    fn generation(&self) -> Option<u64> {
+        self.watch.generation()
+    }
+
     fn reachable(&self) -> bool {
         self.watch.reachable()
     }

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 
+use super::kube_node::NodeView;
 use super::StoreError;
 use crate::config::NetConfig;
 use crate::lease::{Lease, LeaseAttrs, SubnetPair, VxlanBackendData};
@@ -59,6 +60,13 @@ pub struct Annotations {
 }
 
 impl Annotations {
+    /// The prefix every key starts with (`flannel.alpha.coreos.com/`).
+    pub fn prefix(&self) -> &str {
+        self.backend_type
+            .strip_suffix("backend-type")
+            .unwrap_or(&self.backend_type)
+    }
+
     /// The keys under `prefix`, validated as flanneld validates it: an FQDN, then at most
     /// one `/` and a name of lowercase letters, digits, `_` and `-`. A prefix without `/`
     /// gets one; one with a name after `/` gets `-` (`org.com/x` -> `org.com/x-backend-type`).
@@ -104,30 +112,23 @@ fn annotations(node: &Node) -> Option<&BTreeMap<String, String>> {
     node.metadata.annotations.as_ref()
 }
 
-fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
-    annotations(node)?
-        .get(key)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+fn annotation<'a>(node: &'a impl NodeView, key: &str) -> Option<&'a str> {
+    node.annotation(key).filter(|v| !v.is_empty())
 }
 
 /// The node's name, for messages.
-pub fn node_name(node: &Node) -> &str {
-    node.metadata.name.as_deref().unwrap_or("<unnamed>")
+pub fn node_name(node: &impl NodeView) -> &str {
+    node.name().unwrap_or("<unnamed>")
 }
 
 /// The node's pod CIDRs by family, `(IPv4, IPv6)`: `spec.podCIDRs` (one, or two for
 /// dual-stack) or else `spec.podCIDR`, as flanneld reads them (the first of a family
 /// wins); `(None, None)` when none is assigned yet.
-pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
-    let spec = node.spec.as_ref();
-    let cidrs: Vec<&str> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
-        Some(v) if !v.is_empty() => v.iter().map(String::as_str).collect(),
-        _ => spec
-            .and_then(|s| s.pod_cidr.as_deref())
-            .filter(|c| !c.is_empty())
-            .into_iter()
-            .collect(),
+pub fn pod_cidrs(node: &impl NodeView) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
+    let (list, single) = node.cidrs();
+    let cidrs: Vec<&str> = match list {
+        v if !v.is_empty() => v.iter().map(String::as_str).collect(),
+        _ => single.filter(|c| !c.is_empty()).into_iter().collect(),
     };
     if cidrs.len() > 2 {
         return Err(format!(
@@ -193,7 +194,7 @@ impl Families {
 /// IPv4-only lease (the absent parts `None`), so its IPv4 pods stay reachable, and refuses
 /// only malformed values. An IPv6-only node's lease has flanneld's PublicIP 0.0.0.0.
 pub fn node_lease(
-    node: &Node,
+    node: &impl NodeView,
     keys: &Annotations,
     families: Families,
     now: SystemTime,
@@ -243,7 +244,7 @@ pub fn node_lease(
 }
 
 /// A node's `public-ip` annotation.
-fn node_public_ip(node: &Node, keys: &Annotations) -> Result<Ipv4Addr, String> {
+fn node_public_ip(node: &impl NodeView, keys: &Annotations) -> Result<Ipv4Addr, String> {
     let ip = annotation(node, &keys.public_ip).unwrap_or_default();
     ip.parse().map_err(|_| {
         format!(
@@ -255,7 +256,7 @@ fn node_public_ip(node: &Node, keys: &Annotations) -> Result<Ipv4Addr, String> {
 }
 
 /// A node's `public-ipv6` annotation, if it has one.
-fn node_public_ipv6(node: &Node, keys: &Annotations) -> Result<Option<Ipv6Addr>, String> {
+fn node_public_ipv6(node: &impl NodeView, keys: &Annotations) -> Result<Option<Ipv6Addr>, String> {
     annotation(node, &keys.public_ipv6)
         .map(|ip| {
             ip.parse::<Ipv6Addr>().map_err(|_| {
@@ -270,7 +271,7 @@ fn node_public_ipv6(node: &Node, keys: &Annotations) -> Result<Option<Ipv6Addr>,
 }
 
 /// A JSON annotation (backend data), `null` when absent.
-fn json_annotation(node: &Node, key: &str) -> Result<serde_json::Value, String> {
+fn json_annotation(node: &impl NodeView, key: &str) -> Result<serde_json::Value, String> {
     match annotation(node, key) {
         None => Ok(serde_json::Value::Null),
         Some(s) => serde_json::from_str(s)
@@ -353,8 +354,8 @@ where
 
 /// The leases of `nodes` (see [`node_lease`]); malformed nodes are skipped, as flanneld
 /// skips them.
-fn node_leases<'a>(
-    nodes: impl Iterator<Item = &'a Node>,
+pub(crate) fn node_leases<'a, N: NodeView + 'a>(
+    nodes: impl Iterator<Item = &'a N>,
     keys: &Annotations,
     families: Families,
     now: SystemTime,
@@ -567,6 +568,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 
+use super::kube_node::{CompactNode, SlimNode};
 use super::watch::{Cache, Watch, RETRY};
 use super::{Acquired, LeaseStore, Stored};
 
@@ -575,6 +577,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Watches end after this (the server's own limit is higher); a new one follows.
 const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// Nodes per page of a list: a 5,000-node list is ten answers of at most a few MB, never
+/// one buffer of the whole cluster.
+const PAGE: u32 = 500;
 
 /// flanneld's kube flags.
 #[derive(Debug, Clone)]
@@ -607,7 +613,7 @@ pub const API_CALLS: &[(&str, &str)] = &[
 ];
 
 /// The nodes as last listed and watched, by name.
-type Nodes = BTreeMap<String, Node>;
+type Nodes = BTreeMap<String, CompactNode>;
 
 impl Cache for Nodes {
     fn len(&self) -> usize {
@@ -618,7 +624,7 @@ impl Cache for Nodes {
 /// The kube subnet manager: leases are nodes (see the module documentation).
 pub struct KubeStore {
     rt: tokio::runtime::Runtime,
-    api: Api<Node>,
+    api: Api<SlimNode>,
     opts: KubeOptions,
     keys: Annotations,
     url: String,
@@ -710,8 +716,9 @@ impl KubeStore {
         if std::mem::replace(&mut self.watching, true) {
             return;
         }
+        let prefix = self.keys.prefix().to_string();
         self.rt
-            .spawn(watch_loop(self.api.clone(), self.watch.clone()));
+            .spawn(watch_loop(self.api.clone(), self.watch.clone(), prefix));
     }
 
     /// Our node's name: NODE_NAME, else the `spec.nodeName` of our pod (looked up once).
@@ -742,10 +749,11 @@ impl KubeStore {
     /// Our node, `None` if the API has no such node.
     fn own_node(&self) -> Result<Option<Node>, StoreError> {
         let name = self.name()?;
-        self.rt.block_on(deadline(
+        let node = self.rt.block_on(deadline(
             &format!("get node {name}"),
             self.api.get_opt(&name),
-        ))
+        ))?;
+        Ok(node.map(|n| n.keep_prefixed(self.keys.prefix())))
     }
 
     fn now_rfc3339() -> String {
@@ -779,20 +787,35 @@ impl KubeStore {
     }
 }
 
+/// Every node, listed in pages of [`PAGE`], each kept as [`SlimNode::keep_prefixed`]
+/// makes it; and the list's resourceVersion, to watch from.
+async fn list_nodes(api: &Api<SlimNode>, prefix: &str) -> Result<(Nodes, String), StoreError> {
+    let (mut nodes, mut token) = (Nodes::new(), None::<String>);
+    loop {
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(t) = &token {
+            params = params.continue_token(t);
+        }
+        let page = deadline("list nodes", api.list(&params)).await?;
+        nodes.extend(page.items.into_iter().filter_map(|n| n.compact(prefix)));
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(t) => token = Some(t),
+            None => return Ok((nodes, page.metadata.resource_version.unwrap_or_default())),
+        }
+    }
+}
+
 /// Lists the nodes, then watches from the list's resourceVersion; a 410 (or any break)
 /// lists again. While the API server is away the cache keeps the last nodes.
-async fn watch_loop(api: Api<Node>, watch: Arc<Watch<Nodes>>) {
+async fn watch_loop(api: Api<SlimNode>, watch: Arc<Watch<Nodes>>, prefix: String) {
     let mut rv: Option<String> = None;
     loop {
         let from = match rv.take() {
             Some(from) => from,
-            None => match deadline("list nodes", api.list(&ListParams::default())).await {
-                Ok(list) => {
-                    let from = list.metadata.resource_version.clone().unwrap_or_default();
-                    let nodes = list.items.into_iter();
-                    let named = nodes.filter_map(|n| Some((n.metadata.name.clone()?, n)));
+            None => match list_nodes(&api, &prefix).await {
+                Ok((nodes, from)) => {
                     watch.listed(|c| {
-                        *c = named.collect();
+                        *c = nodes;
                         true
                     });
                     from
@@ -804,13 +827,17 @@ async fn watch_loop(api: Api<Node>, watch: Arc<Watch<Nodes>>) {
                 }
             },
         };
-        rv = follow(&api, &watch, from).await;
+        rv = follow(&api, &watch, (from, &prefix)).await;
     }
 }
 
 /// Follows one watch from `from` into the cache: the resourceVersion to watch again from
 /// when the server ends it, or `None` to list again.
-async fn follow(api: &Api<Node>, watch: &Watch<Nodes>, from: String) -> Option<String> {
+async fn follow(
+    api: &Api<SlimNode>,
+    watch: &Watch<Nodes>,
+    (from, prefix): (String, &str),
+) -> Option<String> {
     let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
     let mut stream = match deadline("watch nodes", api.watch(&params, &from)).await {
         Ok(s) => s.boxed(),
@@ -824,8 +851,8 @@ async fn follow(api: &Api<Node>, watch: &Watch<Nodes>, from: String) -> Option<S
     loop {
         match stream.try_next().await {
             Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
-                rv = n.metadata.resource_version.clone().unwrap_or(rv);
-                if let Some(name) = n.metadata.name.clone() {
+                rv = n.0.metadata.resource_version.clone().unwrap_or(rv);
+                if let Some((name, n)) = n.compact(prefix) {
                     watch.update(|c| {
                         c.insert(name, n);
                         true
@@ -833,6 +860,7 @@ async fn follow(api: &Api<Node>, watch: &Watch<Nodes>, from: String) -> Option<S
                 }
             }
             Ok(Some(WatchEvent::Deleted(n))) => {
+                let n = n.0;
                 rv = n.metadata.resource_version.clone().unwrap_or(rv);
                 if let Some(name) = n.metadata.name.as_deref() {
                     watch.update(|c| c.remove(name).is_some());
@@ -875,19 +903,19 @@ impl LeaseStore for KubeStore {
         self.start_watch();
         let now = SystemTime::now();
         let (keys, families) = (&self.keys, self.families);
-        if let Some((leases, generation)) = self
-            .watch
-            .synced(|c| node_leases(c.values(), keys, families, now))
-        {
+        let read = |c: &Nodes| node_leases(c.values(), keys, families, now);
+        // Before the watch's first listing, wait for it rather than list twice.
+        if self.watch.generation().is_none() {
+            self.watch.wait_change(0, CALL_TIMEOUT);
+        }
+        if let Some((leases, generation)) = self.watch.synced(read) {
             self.seen_generation = generation;
             return Ok(leases);
         }
-        // Before the watch's first listing: list directly.
-        let list = self.rt.block_on(deadline(
-            "list nodes",
-            self.api.list(&ListParams::default()),
-        ))?;
-        Ok(node_leases(list.items.iter(), &self.keys, families, now))
+        // The watch has not listed yet: list directly.
+        let prefix = self.keys.prefix();
+        let (nodes, _) = self.rt.block_on(list_nodes(&self.api, prefix))?;
+        Ok(read(&nodes))
     }
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
@@ -974,6 +1002,10 @@ impl LeaseStore for KubeStore {
                 .cloned()
                 .unwrap_or_else(|| self.opts.node_name.clone())
         )
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.watch.generation()
     }
 
     fn reachable(&self) -> bool {

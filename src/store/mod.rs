@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod file;
 pub mod kube;
+pub mod kube_node;
 pub(crate) mod watch;
 
 use std::net::Ipv4Addr;
@@ -177,6 +178,13 @@ pub trait LeaseStore: Send {
     /// Stores that cannot tell just sleep.
     fn wait_change(&mut self, timeout: Duration) {
         std::thread::sleep(timeout);
+    }
+
+    /// A number that changes whenever [`LeaseStore::leases`] would answer differently
+    /// (but for leases expiring with time), so the daemon reads them only then; `None`
+    /// (the default) where the store cannot tell: read every round.
+    fn generation(&self) -> Option<u64> {
+        None
     }
 
     /// Where the store lives, for messages.

@@ -81,6 +81,13 @@ impl<C: Cache> Watch<C> {
         s.synced.then(|| (f(&s.cache), s.generation))
     }
 
+    /// The cache's generation, once the first listing arrived: it changes with every
+    /// change a waiter must see.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        let s = self.lock();
+        s.synced.then_some(s.generation)
+    }
+
     /// Changes the cache from an answer of the server (which is therefore reachable);
     /// `f` says whether anything a waiter must see changed.
     pub(crate) fn update(&self, f: impl FnOnce(&mut C) -> bool) {
