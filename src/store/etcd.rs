@@ -51,6 +51,9 @@ pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 /// Deadline for one request (a list of 5,000 leases takes a few milliseconds).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the client pings etcd over HTTP/2 (see `connect_options`).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 /// How many times `create` lists and tries again when another key was created between its
 /// listing and its transaction (a subnet it did not want, most often).
 const CREATE_TRIES: usize = 5;
@@ -122,8 +125,11 @@ impl EtcdOptions {
     fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            // HTTP/2 pings notice a peer that vanished without closing the connection.
-            .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
+            // HTTP/2 pings notice a peer that vanished without closing the connection. Not
+            // more often than etcd's --grpc-keepalive-min-time (5 s by default): a client
+            // pinging faster gets GOAWAY "too_many_pings", and its watch breaks every few
+            // seconds (it did, at 3 s: an outage logged and every lease re-read each 12 s).
+            .with_keep_alive(KEEPALIVE_EVERY, Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             // A token expires (etcd's simple tokens after 5 idle minutes, or a restart):
