@@ -63,11 +63,6 @@ fn table(port: u16) -> String {
     out
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Inside a node namespace: write/delete leases and time them into the node's table.
 fn phase(which: &str, url: &str) {
     let mut s = store(url);
@@ -105,34 +100,17 @@ fn phase(which: &str, url: &str) {
             }
             println!(
                 "add median {:.1} ms, p90 {:.1} ms, max {:.1} ms (median {:.1} ms after etcd acknowledged the write); delete median {:.1} ms, max {:.1} ms; one /leases fetch alone {:.1} ms",
-                percentile(&mut add, 0.5),
-                percentile(&mut add, 0.9),
-                percentile(&mut add, 1.0),
-                percentile(&mut after_put, 0.5),
-                percentile(&mut del, 0.5),
-                percentile(&mut del, 1.0),
-                percentile(&mut fetch, 0.5)
+                harness::percentile(&mut add, 0.5),
+                harness::percentile(&mut add, 0.9),
+                harness::percentile(&mut add, 1.0),
+                harness::percentile(&mut after_put, 0.5),
+                harness::percentile(&mut del, 0.5),
+                harness::percentile(&mut del, 1.0),
+                harness::percentile(&mut fetch, 0.5)
             );
         }
         _ => panic!("unknown phase {which}"),
     }
-}
-
-fn in_ns(ns: &str, phase: &str, env: &[(&str, String)]) -> String {
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns])
-        .arg(std::env::current_exe().unwrap())
-        .env("WEFT_SCALE_PHASE", phase);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{phase} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 fn wait_lines(c: &Cluster, i: usize, want: usize, limit: Duration) -> Duration {
@@ -169,7 +147,7 @@ fn main() {
         v
     };
     let ns1 = c.nodes[0].ns.clone();
-    let fill = in_ns(&ns1, "fill", &env(vec![("WEFT_SCALE_N", n.to_string())]));
+    let fill = harness::run_phase(&ns1, "fill", &env(vec![("WEFT_SCALE_N", n.to_string())]));
     let fill_ms: u64 = fill.split_whitespace().nth(2).unwrap().parse().unwrap();
     let burst = wait_lines(&c, 1, n + 1, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
@@ -187,7 +165,7 @@ fn main() {
     let pid1 = c.nodes[0].child.as_ref().unwrap().id();
     let rss_new = harness::rss_kb(pid1);
 
-    let lat = in_ns(
+    let lat = harness::run_phase(
         &ns1,
         "latency",
         &env(vec![("WEFT_SCALE_PORT", c.nodes[0].healthz.to_string())]),

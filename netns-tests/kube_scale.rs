@@ -90,11 +90,6 @@ fn table(port: u16) -> String {
     http(&format!("127.0.0.1:{port}"), "GET", "/leases", "").1
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Inside a namespace: fill the API, time one plain list, or time changes into a node's
 /// table.
 fn phase(which: &str) {
@@ -154,29 +149,12 @@ fn latency() {
     }
     println!(
         "add median {:.1} ms, p99 {:.1} ms; delete median {:.1} ms, p99 {:.1} ms; one /leases fetch alone {:.1} ms",
-        percentile(&mut add, 0.5),
-        percentile(&mut add, 0.99),
-        percentile(&mut del, 0.5),
-        percentile(&mut del, 0.99),
-        percentile(&mut fetch, 0.5)
+        harness::percentile(&mut add, 0.5),
+        harness::percentile(&mut add, 0.99),
+        harness::percentile(&mut del, 0.5),
+        harness::percentile(&mut del, 0.99),
+        harness::percentile(&mut fetch, 0.5)
     );
-}
-
-fn in_ns(ns: &str, phase: &str, env: &[(&str, String)]) -> String {
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns])
-        .arg(std::env::current_exe().unwrap())
-        .env("WEFT_SCALE_PHASE", phase);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{phase} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 /// The API calls the stand-in logged from `client`, counted by verb.
@@ -232,7 +210,7 @@ fn main() {
     let mut c = Cluster::new(Path::new(&weft), CONF);
     let (_, conf) = c.start_kube_api_with(CONF);
     let api_ns = format!("{}-api", c.prefix);
-    let fill = in_ns(&api_ns, "fill", &[("WEFT_SCALE_N", n.to_string())]);
+    let fill = harness::run_phase(&api_ns, "fill", &[("WEFT_SCALE_N", n.to_string())]);
     let f: Vec<u64> = fill
         .split_whitespace()
         .skip(2)
@@ -246,7 +224,7 @@ fn main() {
         201
     );
     let ns = c.nodes[0].ns.clone();
-    let list = in_ns(&ns, "list", &[]);
+    let list = harness::run_phase(&ns, "list", &[]);
     let list_ms: f64 = list.split_whitespace().last().unwrap().parse().unwrap();
 
     let to_table = start_and_fill_table(&mut c, &conf, n);
@@ -256,7 +234,7 @@ fn main() {
     let cpu0 = harness::cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs(30));
     let idle = (harness::cpu_seconds(pid) - cpu0) / 30.0 * 100.0;
-    let lat = in_ns(
+    let lat = harness::run_phase(
         &ns,
         "latency",
         &[("WEFT_SCALE_PORT", c.nodes[0].healthz.to_string())],

@@ -59,3 +59,29 @@ pub fn machine_busy_seconds() -> f64 {
         .sum();
     busy / 100.0
 }
+
+/// The `p` quantile (0 to 1) of `v`, by nearest rank; `v` is sorted in place.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs this same binary again inside namespace `ns` as `WEFT_SCALE_PHASE=phase` with
+/// `env` (the scale benches' parts that must reach a server or a node's health port from
+/// its namespace); its trimmed stdout. Panics, with its stderr, if it fails.
+pub fn run_phase(ns: &str, phase: &str, env: &[(&str, String)]) -> String {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .env("WEFT_SCALE_PHASE", phase);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{phase} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
