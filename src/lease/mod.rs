@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::MacAddr;
 
-pub use table::{LeaseTable, Peer, PeerV6, Snapshot};
+pub use table::{peer_key, LeaseTable, Peer, PeerChanges, PeerV6, Snapshot};
 
 /// flannel's backend type names.
 pub mod backend_type {

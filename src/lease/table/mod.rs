@@ -1,14 +1,17 @@
 //! The lock-free lease table: subnet -> peer, read by every packet.
 //!
 //! Readers load an immutable [`Snapshot`] through `arc-swap` (a few atomic operations, no
-//! lock, no allocation); a writer builds a whole new snapshot and publishes it with one
-//! atomic swap, so a reader sees either the old table or the new one, never a mix.
+//! lock, no allocation); a writer patches a copy of the current snapshot (the changed
+//! peers' index entries, see `patch`) and publishes it with one atomic swap, so a reader
+//! sees either the old table or the new one, never a mix.
 //!
 //! Lookup is O(1) in the usual case, where every lease has the same prefix length (flannel
 //! gives each node one `SubnetLen` subnet): the destination's offset in the cluster
 //! network, shifted by the host bits, indexes a flat array. Otherwise (mixed lengths, after
 //! a SubnetLen change, or reservations of other sizes) it is a longest-prefix match over
 //! one hash map per distinct prefix length, longest first.
+
+mod patch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -20,6 +23,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{backend_type, Lease, LeaseError, SubnetPair};
 use crate::wire::MacAddr;
+use patch::Writer;
 
 /// The largest direct-index array (in slots) before the table falls back to hash maps.
 const MAX_DIRECT_SLOTS: usize = 1 << 20;
@@ -170,10 +174,33 @@ impl Peer {
     /// The peer's place in the table: its IPv4 subnet, or an IPv6-only peer's IPv6 one
     /// (so a node is one peer whichever key form its lease has).
     pub fn key(&self) -> SubnetPair {
-        match self.subnet {
-            Some(sn) => (Some(sn), None),
-            None => (None, self.v6.map(|v| v.subnet)),
-        }
+        peer_key((self.subnet, self.v6.map(|v| v.subnet)))
+    }
+}
+
+/// The table place of a lease with subnets `pair` (IPv4, IPv6): its IPv4 subnet, or an
+/// IPv6-only lease's IPv6 one, as [`Peer::key`].
+pub fn peer_key(pair: SubnetPair) -> SubnetPair {
+    match pair {
+        (Some(sn), _) => (Some(sn), None),
+        (None, v6) => (None, v6),
+    }
+}
+
+/// Peers added or changed, and the places ([`Peer::key`]) of peers gone: one change of
+/// the live set, applied to the table without reading the rest of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    /// Peers added or changed.
+    pub put: Vec<Peer>,
+    /// The keys of peers gone.
+    pub gone: Vec<SubnetPair>,
+}
+
+impl PeerChanges {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.gone.is_empty()
     }
 }
 
@@ -226,7 +253,7 @@ type U32Map = HashMap<u32, u32, BuildHasherDefault<U32Hasher>>;
 /// IPv6 keys (masked subnets, public addresses) -> peer index.
 type U128Map = HashMap<u128, u32, BuildHasherDefault<U32Hasher>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Index {
     /// Every peer has prefix length `len` inside `network`: slot = offset >> (32 - len).
     Direct {
@@ -240,10 +267,22 @@ enum Index {
 }
 
 /// One published, immutable version of the table.
-#[derive(Debug)]
+///
+/// Peers sit in slots that keep their place while they live, so a change of the live set
+/// is a patch of a copy of the previous snapshot ([`LeaseTable::apply`]): a few index
+/// entries per changed peer and one copy of the flat arrays, never a rebuild of the
+/// whole set.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     generation: u64,
+    network: Ipv4Net,
+    /// Peers by slot. A slot a removal freed keeps its old peer, which no index points
+    /// at, until a put takes it again: the packet path reads a slot with one bounds check,
+    /// as from a plain array.
     peers: Vec<Peer>,
+    /// Which slots hold a live peer (for [`Snapshot::peers`]; lookups never need it).
+    live: Vec<bool>,
+    len: usize,
     index: Index,
     by_public_ip: U32Map,
     /// The peers' IPv6 subnets: (prefix length, masked address -> peer), longest first
@@ -260,18 +299,40 @@ impl Snapshot {
         peers: impl IntoIterator<Item = Peer>,
         generation: u64,
     ) -> Snapshot {
-        let mut by_key: BTreeMap<SubnetPair, Peer> = BTreeMap::new();
-        for p in peers {
-            by_key.insert(p.key(), p);
-        }
-        let peers: Vec<Peer> = by_key.into_values().collect();
-        // The peers with an IPv4 side, and their place in `peers`.
-        let v4: Vec<(Ipv4Net, u32)> = peers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| Some((p.subnet?, i as u32)))
+        Self::build_with(&mut Writer::default(), network, peers, generation)
+    }
+
+    /// [`Snapshot::build`], with the writer's side kept in `w` (which starts empty).
+    fn build_with(
+        w: &mut Writer,
+        network: Ipv4Net,
+        peers: impl IntoIterator<Item = Peer>,
+        generation: u64,
+    ) -> Snapshot {
+        let mut s = Snapshot {
+            generation,
+            network,
+            peers: Vec::new(),
+            live: Vec::new(),
+            len: 0,
+            index: Self::index_of(network, &[], &[]),
+            by_public_ip: U32Map::default(),
+            index6: Vec::new(),
+            by_public_ipv6: U128Map::default(),
+        };
+        let put = peers.into_iter().collect();
+        s.patch(w, &PeerChanges { put, gone: vec![] });
+        s
+    }
+
+    /// The IPv4 index over the `live` ones of `peers` (by slot): the flat array when
+    /// every IPv4 subnet has one prefix length inside `network`, else one map per length.
+    fn index_of(network: Ipv4Net, peers: &[Peer], live: &[bool]) -> Index {
+        let v4: Vec<(Ipv4Net, u32)> = (peers.iter().zip(live).enumerate())
+            .filter(|(_, (_, live))| **live)
+            .filter_map(|(i, (p, _))| Some((p.subnet?, i as u32)))
             .collect();
-        let index = Self::direct_index(network, &v4).unwrap_or_else(|| {
+        Self::direct_index(network, &v4).unwrap_or_else(|| {
             let mut lens: BTreeMap<u8, U32Map> = BTreeMap::new();
             for &(sn, i) in &v4 {
                 lens.entry(sn.prefix_len())
@@ -279,43 +340,12 @@ impl Snapshot {
                     .insert(u32::from(sn.network()), i);
             }
             Index::ByLen(lens.into_iter().rev().collect())
-        });
-        let mut by_public_ip = U32Map::default();
-        for &(_, i) in &v4 {
-            by_public_ip
-                .entry(u32::from(peers[i as usize].public_ip))
-                .or_insert(i);
-        }
-        let (index6, by_public_ipv6) = Self::v6_index(&peers);
-        Snapshot {
-            generation,
-            peers,
-            index,
-            by_public_ip,
-            index6,
-            by_public_ipv6,
-        }
+        })
     }
 
-    /// The IPv6 lookups: by subnet (one map per prefix length, longest first) and by
-    /// public IPv6 address (the peer with the lowest IPv4 subnet, if several).
-    fn v6_index(peers: &[Peer]) -> (Vec<(u8, U128Map)>, U128Map) {
-        let mut lens: BTreeMap<u8, U128Map> = BTreeMap::new();
-        let mut by_public = U128Map::default();
-        for (i, v6) in peers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| Some((i, p.v6?)))
-        {
-            lens.entry(v6.subnet.prefix_len())
-                .or_default()
-                .entry(u128::from(v6.subnet.network()))
-                .or_insert(i as u32);
-            by_public
-                .entry(u128::from(v6.public_ip))
-                .or_insert(i as u32);
-        }
-        (lens.into_iter().rev().collect(), by_public)
+    #[inline]
+    fn at(&self, slot: u32) -> Option<&Peer> {
+        self.peers.get(slot as usize)
     }
 
     /// The peer whose IPv6 subnet holds `dst` (longest prefix wins).
@@ -324,18 +354,18 @@ impl Snapshot {
         let d = u128::from(dst);
         self.index6.iter().find_map(|(len, m)| {
             let mask = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
-            m.get(&(d & mask)).and_then(|&i| self.peers.get(i as usize))
+            m.get(&(d & mask)).and_then(|&i| self.at(i))
         })
     }
 
-    /// A peer whose lease carries `public_ip` as its `PublicIPv6`.
+    /// A peer whose lease carries `public_ip` as its `PublicIPv6` (the one with the
+    /// lowest key, if several).
     #[inline]
     pub fn by_public_ipv6(&self, public_ip: Ipv6Addr) -> Option<&Peer> {
-        let i = *self.by_public_ipv6.get(&u128::from(public_ip))?;
-        self.peers.get(i as usize)
+        self.at(*self.by_public_ipv6.get(&u128::from(public_ip))?)
     }
 
-    /// The flat array over `v4` (IPv4 subnets and their peers' places), where every one
+    /// The flat array over `v4` (IPv4 subnets and their peers' slots), where every one
     /// has the same prefix length inside `network`.
     fn direct_index(network: Ipv4Net, v4: &[(Ipv4Net, u32)]) -> Option<Index> {
         let len = v4
@@ -350,22 +380,18 @@ impl Snapshot {
         if bits > 20 || (1usize << bits) > MAX_DIRECT_SLOTS {
             return None;
         }
-        let mut slots = vec![NO_PEER; 1 << bits].into_boxed_slice();
-        let base = u32::from(network.network());
-        let shift = 32 - len as u32;
+        let mut index = Index::Direct {
+            base: u32::from(network.network()),
+            net_mask: u32::from(network.netmask()),
+            shift: 32 - len as u32,
+            slots: vec![NO_PEER; 1 << bits].into_boxed_slice(),
+        };
         for &(sn, i) in v4 {
-            if sn.prefix_len() != len || !network.contains(&sn) {
+            if !index.set(sn, i) {
                 return None;
             }
-            let off = u32::from(sn.network()) - base;
-            slots[(off.checked_shr(shift).unwrap_or(0)) as usize] = i;
         }
-        Some(Index::Direct {
-            base,
-            net_mask: u32::from(network.netmask()),
-            shift,
-            slots,
-        })
+        Some(index)
     }
 
     /// The peer whose subnet holds `dst` (longest prefix wins).
@@ -397,29 +423,32 @@ impl Snapshot {
                 found
             }
         };
-        self.peers.get(i as usize)
+        self.at(i)
     }
 
-    /// A peer whose lease carries `public_ip` (the one with the lowest subnet, if several).
+    /// A peer whose lease carries `public_ip` (the one with the lowest key, if several).
     #[inline]
     pub fn by_public_ip(&self, public_ip: Ipv4Addr) -> Option<&Peer> {
-        let i = *self.by_public_ip.get(&u32::from(public_ip))?;
-        self.peers.get(i as usize)
+        self.at(*self.by_public_ip.get(&u32::from(public_ip))?)
     }
 
-    /// All peers, ordered by subnet.
-    pub fn peers(&self) -> &[Peer] {
-        &self.peers
+    /// All peers, ordered by key ([`Peer::key`]): a sort, for reports, not the packet
+    /// path.
+    pub fn peers(&self) -> Vec<&Peer> {
+        let live = self.peers.iter().zip(&self.live).filter(|(_, l)| **l);
+        let mut v: Vec<&Peer> = live.map(|(p, _)| p).collect();
+        v.sort_unstable_by_key(|p| p.key());
+        v
     }
 
     /// How many peers the snapshot holds.
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.len
     }
 
     /// True when there are no peers.
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.len == 0
     }
 
     /// The publish counter of this snapshot (0 for the first).
@@ -438,8 +467,9 @@ impl Snapshot {
 pub struct LeaseTable {
     network: Ipv4Net,
     current: ArcSwap<Snapshot>,
-    /// The writers' working copy. Only writers take this lock; readers never see it.
-    pending: Mutex<BTreeMap<SubnetPair, Peer>>,
+    /// The writers' side (where each peer sits). Only writers take this lock; readers
+    /// never see it.
+    writer: Mutex<Writer>,
 }
 
 impl LeaseTable {
@@ -448,7 +478,7 @@ impl LeaseTable {
         LeaseTable {
             network,
             current: ArcSwap::from_pointee(Snapshot::build(network, [], 0)),
-            pending: Mutex::new(BTreeMap::new()),
+            writer: Mutex::new(Writer::default()),
         }
     }
 
@@ -470,31 +500,42 @@ impl LeaseTable {
 
     /// Replaces the whole table (after a full list from the store) and publishes it.
     pub fn replace_all(&self, peers: impl IntoIterator<Item = Peer>) -> u64 {
-        let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        w.clear();
-        w.extend(peers.into_iter().map(|p| (p.key(), p)));
-        self.publish(&w)
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        *w = Writer::default();
+        let generation = self.current.load().generation + 1;
+        let snap = Snapshot::build_with(&mut w, self.network, peers, generation);
+        self.current.store(Arc::new(snap));
+        generation
     }
 
     /// Adds or changes one peer and publishes; returns the new generation.
     pub fn upsert(&self, peer: Peer) -> u64 {
-        let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        w.insert(peer.key(), peer);
-        self.publish(&w)
+        self.apply(&PeerChanges {
+            put: vec![peer],
+            gone: vec![],
+        })
+    }
+
+    /// Applies one change of the live set (gone first, then put) to a copy of the
+    /// current snapshot and publishes it; returns the new generation. It costs the
+    /// changed peers' index entries and one copy of the snapshot's flat arrays, whatever
+    /// the table's size (`benches/lease.rs`, `lease_change`).
+    pub fn apply(&self, changes: &PeerChanges) -> u64 {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Snapshot::clone(&self.current.load());
+        next.generation += 1;
+        next.patch(&mut w, changes);
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        generation
     }
 
     /// Removes the peer of IPv4 `subnet` and publishes; returns the new generation.
     pub fn remove(&self, subnet: Ipv4Net) -> u64 {
-        let mut w = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        w.remove(&(Some(subnet), None));
-        self.publish(&w)
-    }
-
-    fn publish(&self, w: &BTreeMap<SubnetPair, Peer>) -> u64 {
-        let generation = self.current.load().generation + 1;
-        let snap = Snapshot::build(self.network, w.values().copied(), generation);
-        self.current.store(Arc::new(snap));
-        generation
+        self.apply(&PeerChanges {
+            put: vec![],
+            gone: vec![(Some(subnet), None)],
+        })
     }
 }
 
@@ -736,6 +777,84 @@ mod tests {
         assert_eq!(s.lookup(ip("10.1.3.5")).unwrap().public_ip, ip("192.0.2.1"));
         assert_eq!(s.lookup(ip("10.9.0.9")).unwrap().public_ip, ip("192.0.2.4"));
         assert!(s.lookup(ip("10.2.0.1")).is_none());
+    }
+
+    /// A random peer from a small space, so that keys, public addresses and IPv6
+    /// subnets collide: IPv4 /24s (or /26s when `mixed`), some IPv6-only.
+    fn random_peer(r: u32, mixed: bool) -> Peer {
+        let len = if mixed && r.is_multiple_of(7) { 26 } else { 24 };
+        let a = Ipv4Addr::from(0x0a00_0000 | ((r >> 8) % 64) << 8);
+        let v6 = PeerV6 {
+            subnet: format!("fd00:{:x}::/64", (r >> 4) % 6).parse().unwrap(),
+            public_ip: format!("2001:db8::{:x}", (r >> 12) % 5).parse().unwrap(),
+            vni: 1,
+            vtep_mac: MacAddr::default(),
+        };
+        Peer {
+            subnet: (!r.is_multiple_of(11)).then(|| Ipv4Net::new(a, len).unwrap().trunc()),
+            public_ip: Ipv4Addr::new(192, 0, 2, ((r >> 16) % 6) as u8),
+            vni: r >> 20,
+            v6: (!r.is_multiple_of(3) || r.is_multiple_of(11)).then_some(v6),
+            ..peer("10.0.0.0/24", 1)
+        }
+    }
+
+    /// Every lookup `a` answers as `b` does, for the addresses these peers use.
+    fn same_answers(a: &Snapshot, b: &Snapshot, probes: &[Peer]) {
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.peers(), b.peers());
+        for p in probes {
+            if let Some(sn) = p.subnet {
+                let d = Ipv4Addr::from(u32::from(sn.network()) + 1);
+                assert_eq!(a.lookup(d), b.lookup(d), "{d}");
+            }
+            assert_eq!(a.by_public_ip(p.public_ip), b.by_public_ip(p.public_ip));
+            if let Some(v6) = p.v6 {
+                let d = Ipv6Addr::from(u128::from(v6.subnet.network()) + 1);
+                assert_eq!(a.lookup6(d), b.lookup6(d), "{d}");
+                let ip = v6.public_ip;
+                assert_eq!(a.by_public_ipv6(ip), b.by_public_ipv6(ip), "{ip}");
+            }
+        }
+    }
+
+    #[test]
+    fn patching_agrees_with_building_the_same_set_afresh() {
+        let net: Ipv4Net = "10.0.0.0/16".parse().unwrap();
+        let mut x: u32 = 0x9e37_79b9;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..8 {
+            let mixed = round % 2 == 1;
+            let t = LeaseTable::new(net);
+            let mut model: BTreeMap<SubnetPair, Peer> = BTreeMap::new();
+            let mut probes = Vec::new();
+            for _ in 0..150 {
+                let mut ch = PeerChanges::default();
+                for _ in 0..next() % 4 {
+                    let p = random_peer(next(), mixed);
+                    ch.put.push(p);
+                    probes.push(p);
+                }
+                for _ in 0..next() % 3 {
+                    ch.gone.push(random_peer(next(), mixed).key());
+                }
+                for k in &ch.gone {
+                    model.remove(k);
+                }
+                model.extend(ch.put.iter().map(|p| (p.key(), *p)));
+                t.apply(&ch);
+                let fresh = Snapshot::build(net, model.values().copied(), 0);
+                same_answers(&t.load(), &fresh, &probes);
+            }
+            assert!(model.len() > 20, "the table grew ({})", model.len());
+            // One prefix length throughout: the flat array all along.
+            assert_eq!(t.load().is_direct(), !mixed);
+        }
     }
 
     #[test]
