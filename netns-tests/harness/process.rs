@@ -47,6 +47,20 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether the node whose health port is `port` (on this namespace's loopback) has a
+/// lease holding pod address `addr` in its table: one `GET /leases/<addr>`, which costs
+/// the node one lookup however large its table is.
+pub fn table_holds(port: u16, addr: std::net::IpAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = write!(s, "GET /leases/{addr} HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")
+}
+
 /// User plus system CPU seconds of process `pid` so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

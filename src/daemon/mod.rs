@@ -46,6 +46,7 @@ use crate::quiet::Quiet;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
+use crate::store::LeaseRead;
 use crate::store::{Acquired, LeaseStore, Stored};
 use crate::subnet_env::SubnetEnv;
 use policy::{Action, Event, Now, Policy};
@@ -822,7 +823,7 @@ impl ControlLoop<'_> {
     pub(crate) fn step(&mut self, now: Now) -> Result<()> {
         let mut events = VecDeque::from([Event::Tick]);
         if let Some(leases) = self.read_leases(now) {
-            events.push_front(Event::Leases(leases));
+            events.push_front(leases);
         }
         while let Some(ev) = events.pop_front() {
             for action in self.policy.on(now, ev) {
@@ -835,41 +836,49 @@ impl ControlLoop<'_> {
         Ok(())
     }
 
-    /// The leases, unless the store says they are what they were at the last read (and
-    /// none has expired since): then `None`, and nothing is read.
-    fn read_leases(
-        &mut self,
-        now: Now,
-    ) -> Option<std::result::Result<Vec<crate::lease::Lease>, String>> {
+    /// The leases, or what changed in them since the last read, unless the store says
+    /// they are what they were at the last read (and none has expired since): then
+    /// `None`, and nothing is read.
+    fn read_leases(&mut self, now: Now) -> Option<Event> {
         let reachable = self.store.reachable();
-        let generation = self.store.generation();
-        let same = |r: &LastRead| {
-            Some(r.generation) == generation
-                && r.reachable == reachable
-                && r.next_expiry.is_none_or(|t| now.wall < t)
-        };
-        if self.last_read.as_ref().is_some_and(same) {
+        let current =
+            |r: &LastRead| r.reachable == reachable && r.next_expiry.is_none_or(|t| now.wall < t);
+        let since = self.last_read.filter(current).map(|r| r.generation);
+        if since.is_some() && since == self.store.generation() {
             return None;
         }
         // A store answering from its cache while unreachable counts as an outage: the
         // table stays on the last leases and /healthz measures the outage.
-        let leases = match self.store.leases() {
+        let read = match self.store.read(since) {
             Ok(_) if !reachable => Err(format!("{} is unreachable", self.store.describe())),
             r => r.map_err(|e| e.to_string()),
         };
-        self.last_read = match (&leases, generation) {
-            (Ok(l), Some(generation)) => Some(LastRead {
+        let expiring = |l: &[crate::lease::Lease]| {
+            (l.iter().filter_map(|l| l.expiration))
+                .filter(|t| *t > now.wall)
+                .min()
+        };
+        let last = |generation: Option<u64>, next_expiry| {
+            generation.map(|generation| LastRead {
                 generation,
                 reachable,
-                next_expiry: l
-                    .iter()
-                    .filter_map(|l| l.expiration)
-                    .filter(|t| *t > now.wall)
-                    .min(),
-            }),
-            _ => None,
+                next_expiry,
+            })
         };
-        Some(leases)
+        let (event, last_read) = match read {
+            Ok((LeaseRead::All(l), g)) => {
+                let next = expiring(&l);
+                (Event::Leases(Ok(l)), last(g, next))
+            }
+            Ok((LeaseRead::Changed(ch), g)) => {
+                let before = self.last_read.and_then(|r| r.next_expiry);
+                let next = expiring(&ch.put).into_iter().chain(before).min();
+                (Event::LeaseChanges(ch), last(g, next))
+            }
+            Err(e) => (Event::Leases(Err(e)), None),
+        };
+        self.last_read = last_read;
+        Some(event)
     }
 
     /// Carries out one action: the event it leads to, if any.
@@ -880,6 +889,17 @@ impl ControlLoop<'_> {
                 self.kept.table.replace_all(peers.iter().copied());
                 if let Some(r) = self.running.as_mut() {
                     r.peers_changed(&peers);
+                }
+            }
+            Action::Patch(changes) => {
+                tracing::debug!(
+                    put = changes.put.len(),
+                    gone = changes.gone.len(),
+                    "forwarding table changed"
+                );
+                self.kept.table.apply(&changes);
+                if let Some(r) = self.running.as_mut() {
+                    r.peers_changed(&self.policy.peers());
                 }
             }
             Action::Renew => {
@@ -935,7 +955,7 @@ fn check_backend(
             *running = None;
             match start() {
                 Ok(mut r) => {
-                    r.peers_changed(policy.peers());
+                    r.peers_changed(&policy.peers());
                     tracing::info!("forwarding again with the {}", r.describe());
                     *running = Some(r);
                     None

@@ -2,12 +2,13 @@
 //! said, it answers with actions (publish a table, renew, repair the rules, warn, stop).
 //! The control loop performs them; the decisions are unit-tested here with a fake clock.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 
-use crate::lease::{Lease, Peer};
-use crate::store::Stored;
+use crate::lease::{peer_key, Lease, Peer, PeerChanges, SubnetPair};
+use crate::store::{LeaseChanges, Stored};
 
 /// flanneld retries a failed renewal every minute.
 pub const RENEW_RETRY: Duration = Duration::from_secs(60);
@@ -46,6 +47,8 @@ pub enum Event {
     Tick,
     /// The store listed these leases, or could not be read.
     Leases(Result<Vec<Lease>, String>),
+    /// These leases changed since the last read (the rest are as they were).
+    LeaseChanges(LeaseChanges),
     /// A renewal finished: the lease as stored now, `None` if it was revoked, or why it
     /// failed.
     Renewed(Result<Option<Stored>, String>),
@@ -56,6 +59,8 @@ pub enum Event {
 pub enum Action {
     /// Publish these peers (sorted) to the forwarding table: the live set changed.
     Publish(Vec<Peer>),
+    /// Apply this change to the forwarding table: some peers changed, the rest did not.
+    Patch(PeerChanges),
     /// Renew [`Policy::lease`] in the store.
     Renew,
     /// Check (and repair) the iptables rules.
@@ -70,6 +75,11 @@ pub enum Action {
     Revoked,
 }
 
+/// A lease's place in the table ([`peer_key`] of its subnets).
+fn lease_key(l: &Lease) -> SubnetPair {
+    peer_key((l.subnet, l.ipv6_subnet))
+}
+
 /// The lease policy of a running node.
 #[derive(Debug)]
 pub struct Policy {
@@ -81,7 +91,8 @@ pub struct Policy {
     check_every: Duration,
     next_check: Instant,
     next_renew: Instant,
-    peers: Option<Vec<Peer>>,
+    /// The live peers last published, by [`Peer::key`].
+    peers: Option<BTreeMap<SubnetPair, Peer>>,
     present: bool,
     store_down_since: Option<Instant>,
     /// When renewals began to fail (reads may still work: a read-only or full lease
@@ -94,17 +105,67 @@ impl Policy {
     /// IPv6-only lease, whose IPv4 side is none and 0.0.0.0 for every node, by its IPv6
     /// subnet and public IPv6).
     fn finds_ours(&self, leases: &[Lease], now: Now) -> bool {
+        leases.iter().any(|l| self.is_ours(l, now))
+    }
+
+    /// Whether `l` is our lease, live (see [`Policy::finds_ours`]).
+    fn is_ours(&self, l: &Lease, now: Now) -> bool {
         let me = &self.ours.lease;
         let owner = crate::lease::alloc::Owner {
             public_ip: me.attrs.public_ip,
             public_ipv6: me.attrs.public_ipv6,
         };
-        leases.iter().any(|l| {
-            !l.is_expired(now.wall)
-                && l.subnet == me.subnet
-                && (me.subnet.is_some() || l.ipv6_subnet == me.ipv6_subnet)
-                && owner.owns(l)
-        })
+        !l.is_expired(now.wall) && self.our_key() == lease_key(l) && owner.owns(l)
+    }
+
+    /// Our lease's place in the table.
+    fn our_key(&self) -> SubnetPair {
+        lease_key(&self.ours.lease)
+    }
+
+    /// The peer `lease` makes, if it is live, in our network and readable.
+    fn live_peer(&self, lease: &Lease, now: Now) -> Option<Peer> {
+        (!lease.is_expired(now.wall) && self.in_network(lease))
+            .then(|| Peer::from_lease(lease).ok())
+            .flatten()
+    }
+
+    /// Notes that a read worked: the end of an outage, if one was on.
+    fn readable_again(&mut self, out: &mut Vec<Action>) {
+        if self.store_down_since.take().is_some() {
+            out.push(Action::Info("leases readable again".into()));
+        }
+    }
+
+    /// Applies `ch` to the live peers: what changed in them (nothing when every changed
+    /// lease makes the peer it made before).
+    fn apply(&mut self, ch: &LeaseChanges, now: Now) -> PeerChanges {
+        let mut peers = self.peers.take().unwrap_or_default();
+        let mut out = PeerChanges::default();
+        let ours = self.our_key();
+        for k in ch.gone.iter().map(|pair| peer_key(*pair)) {
+            self.present &= k != ours;
+            if peers.remove(&k).is_some() {
+                out.gone.push(k);
+            }
+        }
+        for l in &ch.put {
+            let k = lease_key(l);
+            if k == ours {
+                self.present = self.is_ours(l, now);
+            }
+            match self.live_peer(l, now) {
+                Some(p) if peers.get(&k) == Some(&p) => {}
+                Some(p) => {
+                    peers.insert(k, p);
+                    out.put.push(p);
+                }
+                None if peers.remove(&k).is_some() => out.gone.push(k),
+                None => {}
+            }
+        }
+        self.peers = Some(peers);
+        out
     }
 
     /// Whether `lease` is a peer of our network: its IPv4 subnet inside it (its IPv6 one in
@@ -148,9 +209,12 @@ impl Policy {
         &self.ours
     }
 
-    /// The live peers last published.
-    pub fn peers(&self) -> &[Peer] {
-        self.peers.as_deref().unwrap_or(&[])
+    /// The live peers last published, sorted by [`Peer::key`].
+    pub fn peers(&self) -> Vec<Peer> {
+        self.peers
+            .iter()
+            .flat_map(|m| m.values().copied())
+            .collect()
     }
 
     /// What is wrong, for `/healthz`: the store unreachable (reads or renewals failing)
@@ -204,19 +268,22 @@ impl Policy {
                 }
             }
             Event::Leases(Ok(leases)) => {
-                if self.store_down_since.take().is_some() {
-                    out.push(Action::Info("leases readable again".into()));
-                }
-                let mut peers: Vec<Peer> = leases
-                    .iter()
-                    .filter(|l| !l.is_expired(now.wall) && self.in_network(l))
-                    .filter_map(|l| Peer::from_lease(l).ok())
+                self.readable_again(&mut out);
+                let peers: BTreeMap<SubnetPair, Peer> = (leases.iter())
+                    .filter_map(|l| self.live_peer(l, now))
+                    .map(|p| (p.key(), p))
                     .collect();
-                peers.sort_by_key(|p| p.key());
                 self.present = self.finds_ours(&leases, now);
                 if self.peers.as_ref() != Some(&peers) {
-                    self.peers = Some(peers.clone());
-                    out.push(Action::Publish(peers));
+                    out.push(Action::Publish(peers.values().copied().collect()));
+                    self.peers = Some(peers);
+                }
+            }
+            Event::LeaseChanges(ch) => {
+                self.readable_again(&mut out);
+                let changes = self.apply(&ch, now);
+                if !changes.is_empty() {
+                    out.push(Action::Patch(changes));
                 }
             }
             Event::Renewed(Ok(Some(l))) => {
@@ -318,6 +385,66 @@ pub(crate) mod tests {
             now,
         );
         (now, p, ours)
+    }
+
+    #[test]
+    fn a_change_patches_only_the_peers_it_changes() {
+        let (now, mut p, ours) = start();
+        let two = lease("10.244.2.0/24", 2, None);
+        let three = lease("10.244.3.0/24", 3, None);
+        p.on(now, Event::Leases(Ok(vec![ours.clone(), two.clone()])));
+        let peer = |l: &Lease| Peer::from_lease(l).unwrap();
+        let change = |put: Vec<Lease>, gone: Vec<&Lease>| {
+            Event::LeaseChanges(LeaseChanges {
+                put,
+                gone: gone.iter().map(|l| (l.subnet, l.ipv6_subnet)).collect(),
+            })
+        };
+        // A new node, and one whose lease moved to another public IP.
+        let moved = lease("10.244.2.0/24", 9, None);
+        let a = p.on(now, change(vec![three.clone(), moved.clone()], vec![]));
+        let put = vec![peer(&three), peer(&moved)];
+        assert_eq!(a, vec![Action::Patch(PeerChanges { put, gone: vec![] })]);
+        // The same lease again, and one outside the network: nothing to do.
+        let outside = lease("10.9.0.0/24", 4, None);
+        assert_eq!(
+            p.on(now, change(vec![three.clone(), outside], vec![])),
+            vec![]
+        );
+        // A lease turned unreadable (an unknown backend's lease with bad data) is gone.
+        let mut broken = three.clone();
+        broken.attrs.backend_data = serde_json::json!({"VNI": "x"});
+        let gone3 = vec![peer(&three).key()];
+        let a = p.on(now, change(vec![broken], vec![]));
+        assert_eq!(
+            a,
+            vec![Action::Patch(PeerChanges {
+                put: vec![],
+                gone: gone3
+            })]
+        );
+        // A deletion; the peers stay sorted by subnet.
+        let a = p.on(now, change(vec![], vec![&moved]));
+        let gone2 = vec![peer(&moved).key()];
+        assert_eq!(
+            a,
+            vec![Action::Patch(PeerChanges {
+                put: vec![],
+                gone: gone2
+            })]
+        );
+        assert_eq!(p.peers(), vec![peer(&ours)]);
+        // Our own lease deleted: renewed at once (it is missing), as after a full read.
+        let a = p.on(now, change(vec![], vec![&ours]));
+        let gone1 = vec![peer(&ours).key()];
+        assert_eq!(
+            a,
+            vec![Action::Patch(PeerChanges {
+                put: vec![],
+                gone: gone1
+            })]
+        );
+        assert!(p.on(now, Event::Tick).contains(&Action::Renew));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::backend::{Health, Running};
 use crate::config::NetConfig;
 use crate::health::Status;
 use crate::lease::{Lease, LeaseTable, Peer};
-use crate::store::{LeaseStore, StoreError, Stored, LEASE_TTL};
+use crate::store::{LeaseChanges, LeaseRead, LeaseStore, StoreError, Stored, LEASE_TTL};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -35,6 +35,9 @@ struct MemStore {
     generation: Option<u64>,
     /// How many times `leases` was called.
     reads: usize,
+    /// A change log of one entry: the changes since that generation (a store that keeps
+    /// a log answers `read` with them).
+    log: Option<(u64, LeaseChanges)>,
 }
 
 impl MemStore {
@@ -56,6 +59,15 @@ impl LeaseStore for MemStore {
 
     fn generation(&self) -> Option<u64> {
         self.generation
+    }
+
+    fn read(&mut self, since: Option<u64>) -> Result<(LeaseRead, Option<u64>), StoreError> {
+        match &self.log {
+            Some((from, ch)) if since == Some(*from) => {
+                Ok((LeaseRead::Changed(ch.clone()), self.generation))
+            }
+            _ => Ok((LeaseRead::All(self.leases()?), self.generation)),
+        }
     }
 
     fn leases(&mut self) -> Result<Vec<Lease>, StoreError> {
@@ -372,4 +384,53 @@ fn leases_are_read_again_only_when_the_store_changed_or_one_expired() {
     r.step(Duration::from_millis(250)).unwrap();
     r.step(Duration::from_millis(250)).unwrap();
     assert_eq!(r.store.reads, 5);
+}
+
+#[test]
+fn a_store_that_logs_changes_patches_the_table_and_reads_all_only_when_it_must() {
+    let mut r = Rig::new();
+    r.store.generation = Some(1);
+    r.step(Duration::ZERO).unwrap();
+    assert_eq!((r.store.reads, r.table()), (1, subnets(&[1])));
+    // Node 2 appears: read as a change, not a full read.
+    let two = lease(2, r.now.wall + HOUR);
+    r.put(two.clone());
+    r.store.log = Some((
+        1,
+        LeaseChanges {
+            put: vec![two.clone()],
+            gone: vec![],
+        },
+    ));
+    r.store.generation = Some(2);
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!((r.store.reads, r.table()), (1, subnets(&[1, 2])));
+    assert_eq!(r.last_update(), subnets(&[1, 2]), "the backend hears it");
+    // Node 2 gone.
+    r.store.remove(&two).unwrap();
+    let gone = vec![(two.subnet, two.ipv6_subnet)];
+    r.store.log = Some((2, LeaseChanges { put: vec![], gone }));
+    r.store.generation = Some(3);
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!((r.store.reads, r.table()), (1, subnets(&[1])));
+    // A change the log no longer reaches is a full read.
+    let three = lease(3, r.now.wall + HOUR);
+    r.put(three.clone());
+    r.store.log = None;
+    r.store.generation = Some(4);
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!((r.store.reads, r.table()), (2, subnets(&[1, 3])));
+    // A lease put by a change expires: a full read drops it.
+    r.store.log = Some((
+        4,
+        LeaseChanges {
+            put: vec![three],
+            gone: vec![],
+        },
+    ));
+    r.store.generation = Some(5);
+    r.step(Duration::from_millis(250)).unwrap();
+    assert_eq!(r.store.reads, 2);
+    r.step(HOUR).unwrap();
+    assert_eq!((r.store.reads, r.table()), (3, subnets(&[1])));
 }

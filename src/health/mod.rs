@@ -1,6 +1,7 @@
 //! `--healthz-port` and `--metrics-port`: `/healthz` and `/readyz` (as flanneld serves
 //! them), `/metrics` (Prometheus text: weft's counters and the standard `process_*`
-//! metrics), and `/leases` (the forwarding table, one lease per line). What each path
+//! metrics), `/leases` (the forwarding table, one lease per line) and `/leases/<address>`
+//! (the one lease a packet to that pod address would use). What each path
 //! answers is decided here, without I/O; [`server`] serves it.
 
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,8 @@ const UNAVAILABLE: u16 = 503;
 ///   with the reason while something is wrong: a worker thread died and the dataplane could
 ///   not be recreated, or the store has been unreachable longer than the renew margin.
 /// - `/readyz`: 200 `ok` only while forwarding with nothing wrong; else 503 with why.
-/// - `/metrics`, `/leases`: once forwarding (503 before).
+/// - `/metrics`, `/leases`, `/leases/<address>`: once forwarding (503 before); the last
+///   answers 404 when no lease holds the address.
 #[derive(Default)]
 pub(crate) struct Status {
     inner: Mutex<Inner>,
@@ -84,6 +86,15 @@ impl Status {
 
     /// The status code and body for `path`.
     pub(crate) fn respond(&self, path: &str) -> (u16, String) {
+        if path == "/leases" || path.starts_with("/leases/") {
+            // The table is read outside the lock: the control loop reports through it.
+            let table = self.lock().forwarding.as_ref().map(|(_, t)| t.clone());
+            return match (table, path.strip_prefix("/leases/")) {
+                (None, _) => (UNAVAILABLE, "starting\n".to_string()),
+                (Some(t), None) => (OK, leases_text(&t)),
+                (Some(t), Some(addr)) => lease_for(&t, addr),
+            };
+        }
         let i = self.lock();
         match path {
             "/healthz" | "/readyz" => match (&i.problem, &i.starting) {
@@ -92,19 +103,19 @@ impl Status {
                 (None, Some(s)) => (UNAVAILABLE, format!("not ready: starting: {s}\n")),
                 (None, None) => (OK, "ok\n".to_string()),
             },
-            "/metrics" | "/leases" => match &i.forwarding {
-                Some((counters, table)) if path == "/metrics" => {
+            "/metrics" => match &i.forwarding {
+                Some((counters, table)) => {
                     let mut text = counters.totals().prometheus(table.load().len());
                     text.push_str(&self.renewals_text());
                     text.push_str(&process::prometheus());
                     (OK, text)
                 }
-                Some((_, table)) => (OK, leases_text(table)),
                 None => (UNAVAILABLE, "starting\n".to_string()),
             },
             _ => (
                 404,
-                "not found; try /healthz, /readyz, /metrics or /leases\n".to_string(),
+                "not found; try /healthz, /readyz, /metrics, /leases or /leases/<pod address>\n"
+                    .to_string(),
             ),
         }
     }
@@ -124,27 +135,49 @@ fn respond_to(status: &Status, method: &str, path: &str) -> (u16, String) {
 pub(crate) fn leases_text(table: &LeaseTable) -> String {
     let snap = table.load();
     let mut s = String::new();
-    for p in snap.peers() {
-        let (subnet, public, vni, mac) = match (p.subnet, p.v6) {
-            (Some(sn), _) => (sn.to_string(), p.public_ip.to_string(), p.vni, p.vtep_mac),
-            (None, Some(v6)) => (
-                v6.subnet.to_string(),
-                v6.public_ip.to_string(),
-                v6.vni,
-                v6.vtep_mac,
-            ),
-            (None, None) => continue,
-        };
-        let backend = match p.backend {
-            BackendKind::Vxlan => format!("vxlan vni={vni} mac={mac}"),
-            BackendKind::Udp => "udp".to_string(),
-            BackendKind::HostGw => "host-gw".to_string(),
-            BackendKind::Wireguard => "wireguard".to_string(),
-            BackendKind::Other => "other".to_string(),
-        };
-        s.push_str(&format!("{subnet} {public} {backend}\n"));
+    for line in snap.peers().iter().filter_map(|p| lease_line(p, false)) {
+        s.push_str(&line);
     }
     s
+}
+
+/// `/leases/<address>`: the line of the peer a packet to that pod address goes to (its
+/// IPv6 side for an IPv6 address), 404 when none holds it: one lookup, whatever the
+/// table's size.
+fn lease_for(table: &LeaseTable, addr: &str) -> (u16, String) {
+    let snap = table.load();
+    let peer = match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => snap.lookup(a).map(|p| (p, false)),
+        Ok(std::net::IpAddr::V6(a)) => snap.lookup6(a).map(|p| (p, true)),
+        Err(_) => return (400, format!("{addr:?} is not an IP address\n")),
+    };
+    match peer.and_then(|(p, v6)| lease_line(p, v6)) {
+        Some(line) => (OK, line),
+        None => (404, format!("no lease holds {addr}\n")),
+    }
+}
+
+/// One peer as a `/leases` line: its IPv4 side (its IPv6 side when `v6` or when it has no
+/// other).
+fn lease_line(p: &crate::lease::Peer, v6: bool) -> Option<String> {
+    let (subnet, public, vni, mac) = match (p.subnet, p.v6) {
+        (Some(sn), _) if !v6 => (sn.to_string(), p.public_ip.to_string(), p.vni, p.vtep_mac),
+        (_, Some(v6)) => (
+            v6.subnet.to_string(),
+            v6.public_ip.to_string(),
+            v6.vni,
+            v6.vtep_mac,
+        ),
+        _ => return None,
+    };
+    let backend = match p.backend {
+        BackendKind::Vxlan => format!("vxlan vni={vni} mac={mac}"),
+        BackendKind::Udp => "udp".to_string(),
+        BackendKind::HostGw => "host-gw".to_string(),
+        BackendKind::Wireguard => "wireguard".to_string(),
+        BackendKind::Other => "other".to_string(),
+    };
+    Some(format!("{subnet} {public} {backend}\n"))
 }
 
 #[cfg(test)]
@@ -204,5 +237,41 @@ mod tests {
             text.contains("weft_lease_renewals_total{result=\"error\"} 2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_lease_is_found_by_pod_address_in_either_family() {
+        use crate::testkit::peer;
+        let s = Status::starting("x");
+        assert_eq!(s.respond("/leases/10.244.3.7").0, UNAVAILABLE);
+        let table = Arc::new(LeaseTable::new("10.244.0.0/16".parse().unwrap()));
+        table.replace_all([peer(3, BackendKind::Vxlan, 1), peer(4, BackendKind::Udp, 0)]);
+        s.forwarding(Counters::with_workers(1), table);
+        assert_eq!(
+            s.respond("/leases/10.244.3.7"),
+            (
+                OK,
+                "10.244.3.0/24 192.0.2.3 vxlan vni=1 mac=0e:00:00:00:03:01\n".into()
+            )
+        );
+        assert_eq!(
+            s.respond("/leases/fd00:10:244:3::9"),
+            (
+                OK,
+                "fd00:10:244:3::/64 2001:db8::3 vxlan vni=1 mac=0e:00:00:00:03:01\n".into()
+            )
+        );
+        assert_eq!(
+            s.respond("/leases/10.244.4.1").1,
+            "10.244.4.0/24 192.0.2.4 udp\n"
+        );
+        assert_eq!(s.respond("/leases/10.244.5.1").0, 404);
+        assert_eq!(
+            s.respond("/leases/fd00:10:244:4::1").0,
+            404,
+            "udp peer has no v6 side"
+        );
+        assert_eq!(s.respond("/leases/nonsense").0, 400);
+        assert_eq!(s.respond("/leases").1.lines().count(), 2);
     }
 }

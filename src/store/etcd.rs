@@ -31,15 +31,15 @@
 //! block on it with a deadline. Everything that is not I/O ([`LeaseCache`], key and value
 //! decoding) is plain code, unit-tested without etcd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::watch::{Cache, Watch, RETRY};
-use super::{LeaseStore, StoreError, Stored, LEASE_TTL};
+use super::{LeaseChanges, LeaseRead, LeaseStore, StoreError, Stored, LEASE_TTL};
 use crate::config::NetConfig;
-use crate::lease::{keys_overlap, parse_subnet_key, Lease, LeaseAttrs};
+use crate::lease::{keys_overlap, parse_subnet_key, Lease, LeaseAttrs, SubnetPair};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
     TlsOptions, Txn, TxnOp, WatchOptions,
@@ -179,6 +179,8 @@ pub struct LeaseCache {
     entries: BTreeMap<String, Entry>,
     revision: i64,
     generation: u64,
+    /// The keys whose leases changed since [`LeaseCache::take_touched`] last ran.
+    touched: Vec<String>,
 }
 
 /// Decodes one key-value under `subnets_prefix`: flannel's subnet key and lease JSON.
@@ -212,6 +214,33 @@ impl LeaseCache {
             entries: BTreeMap::new(),
             revision: 0,
             generation: 0,
+            touched: Vec::new(),
+        }
+    }
+
+    /// The keys whose leases changed since the last call (a listing counts as no key: it
+    /// replaces everything).
+    pub fn take_touched(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The lease under `key` (a full etcd key), as [`LeaseCache::leases`] gives it.
+    pub fn lease(&self, key: &str) -> Option<Lease> {
+        self.entries
+            .get(key)
+            .map(|e| self.read(e, SystemTime::now()))
+    }
+
+    /// The subnets a full etcd key under the cache's prefix names, if it names any.
+    pub fn subnets_of(&self, key: &str) -> Option<SubnetPair> {
+        parse_subnet_key(key.strip_prefix(&self.subnets_prefix)?).ok()
+    }
+
+    fn read(&self, e: &Entry, now: SystemTime) -> Lease {
+        Lease {
+            // Refreshed on every read: etcd deletes a key when its lease runs out.
+            expiration: (e.etcd_lease != 0).then_some(now + LEASE_TTL),
+            ..e.lease.clone()
         }
     }
 
@@ -252,6 +281,7 @@ impl LeaseCache {
             self.entries = fresh;
             self.generation += 1;
         }
+        self.touched.clear();
         self.revision = revision;
     }
 
@@ -291,12 +321,16 @@ impl LeaseCache {
         match self.entry(key, value, etcd_lease, mod_revision) {
             Some((name, e)) => {
                 let changed = self.entries.get(&name).map(|o| &o.lease) != Some(&e.lease);
-                self.entries.insert(name, e);
-                self.generation += changed as u64;
+                self.entries.insert(name.clone(), e);
+                if changed {
+                    self.generation += 1;
+                    self.touched.push(name);
+                }
             }
             None => {
                 if self.entries.remove(&name).is_some() {
                     self.generation += 1;
+                    self.touched.push(name);
                 }
             }
         }
@@ -310,6 +344,7 @@ impl LeaseCache {
             if e.mod_revision < revision {
                 self.entries.remove(name.as_ref());
                 self.generation += 1;
+                self.touched.push(name.into_owned());
             }
         }
         self.revision = self.revision.max(revision);
@@ -323,15 +358,7 @@ impl LeaseCache {
     /// The readable leases, by subnet.
     pub fn leases(&self) -> Vec<Lease> {
         let now = SystemTime::now();
-        let mut v: Vec<Lease> = self
-            .entries
-            .values()
-            .map(|e| Lease {
-                // Refreshed on every read: etcd deletes a key when its lease runs out.
-                expiration: (e.etcd_lease != 0).then_some(now + LEASE_TTL),
-                ..e.lease.clone()
-            })
-            .collect();
+        let mut v: Vec<Lease> = self.entries.values().map(|e| self.read(e, now)).collect();
         v.sort_by_key(|l| l.subnet);
         v
     }
@@ -661,11 +688,11 @@ impl EtcdStore {
     }
 }
 
-/// Whether `f` changed what the cache's leases are.
-fn changed(c: &mut LeaseCache, f: impl FnOnce(&mut LeaseCache)) -> bool {
-    let before = c.generation();
+/// The keys whose leases `f` changed.
+fn changed(c: &mut LeaseCache, f: impl FnOnce(&mut LeaseCache)) -> Vec<String> {
+    c.take_touched();
     f(c);
-    c.generation() != before
+    c.take_touched()
 }
 
 /// What the watch task does after a watch stream ends.
@@ -690,7 +717,11 @@ async fn watch_loop(mut c: Client, prefix: String, watch: Arc<Watch<LeaseCache>>
                     let kvs = resp.kvs().iter();
                     let entries =
                         kvs.map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision()));
-                    watch.listed(|cache| changed(cache, |cache| cache.reset(entries, rev)));
+                    watch.listed(|cache| {
+                        let before = cache.generation();
+                        cache.reset(entries, rev);
+                        cache.generation() != before
+                    });
                 }
                 Err(e) => {
                     watch.offline(&e.to_string());
@@ -798,6 +829,33 @@ impl LeaseStore for EtcdStore {
         self.watch.generation()
     }
 
+    fn read(&mut self, since: Option<u64>) -> Result<(LeaseRead, Option<u64>), StoreError> {
+        let changed = |c: &LeaseCache, keys: &BTreeSet<&str>| {
+            let mut ch = LeaseChanges::default();
+            for k in keys {
+                match c.lease(k) {
+                    Some(l) => ch.put.push(l),
+                    // The key names the subnets (an entry with an unreadable key never
+                    // was one: nothing to remove).
+                    None => ch.gone.extend(c.subnets_of(k)),
+                }
+            }
+            ch
+        };
+        if let Some((ch, g)) = since.and_then(|s| self.watch.changed_since(s, changed)) {
+            self.seen_generation = g;
+            return Ok((LeaseRead::Changed(ch), Some(g)));
+        }
+        self.start_watch();
+        match self.watch.synced(|c| c.leases()) {
+            Some((leases, g)) => {
+                self.seen_generation = g;
+                Ok((LeaseRead::All(leases), Some(g)))
+            }
+            None => Ok((LeaseRead::All(self.leases()?), None)),
+        }
+    }
+
     fn reachable(&self) -> bool {
         self.watch.reachable()
     }
@@ -898,6 +956,36 @@ mod tests {
         c.put(&b, V1.as_bytes(), 0, 11);
         assert_eq!(c.leases()[0].attrs.public_ip, Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(c.revision(), 11);
+    }
+
+    #[test]
+    fn changed_keys_are_named_once_each_and_name_their_subnets() {
+        let mut c = LeaseCache::new(P);
+        let (a, d) = (k("10.244.1.0-24"), k("10.5.1.0-24&fc00::-64"));
+        c.reset([(a.as_slice(), V1.as_bytes(), 7, 5)], 9);
+        assert!(c.take_touched().is_empty(), "a listing names no key");
+        let name = |k: &[u8]| String::from_utf8(k.to_vec()).unwrap();
+        // Changed, replayed (no change), then deleted.
+        c.put(&a, V2.as_bytes(), 7, 10);
+        c.put(&a, V2.as_bytes(), 7, 10);
+        c.put(
+            &d,
+            br#"{"PublicIP":"192.168.0.1","PublicIPv6":"fc00::1"}"#,
+            8,
+            11,
+        );
+        assert_eq!(c.take_touched(), [name(&a), name(&d)]);
+        assert_eq!(
+            c.lease(&name(&a)).unwrap().attrs.public_ip,
+            Ipv4Addr::new(192, 0, 2, 2)
+        );
+        c.delete(&d, 12);
+        assert_eq!(c.take_touched(), [name(&d)]);
+        assert!(c.lease(&name(&d)).is_none());
+        let pair = c.subnets_of(&name(&d)).unwrap();
+        assert_eq!(pair.0, "10.5.1.0/24".parse().ok());
+        assert_eq!(pair.1, "fc00::/64".parse().ok());
+        assert_eq!(c.subnets_of("/elsewhere/10.5.1.0-24"), None);
     }
 
     #[test]

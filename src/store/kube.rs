@@ -14,7 +14,7 @@
 //! `public-ipv6-overwrite`, `node-public-ipv6`. In an IPv6-only network (`EnableIPv4`
 //! false) only the IPv6 side is read and written, as flanneld does ([`Families`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::SystemTime;
@@ -361,14 +361,22 @@ pub(crate) fn node_leases<'a, N: NodeView + 'a>(
     now: SystemTime,
 ) -> Vec<Lease> {
     nodes
-        .filter_map(|n| match node_lease(n, keys, families, now) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!("skipping {e}");
-                None
-            }
-        })
+        .filter_map(|n| readable_lease(n, keys, families, now))
         .collect()
+}
+
+/// The node's lease, if it has a readable one (an unreadable one is skipped, logged at
+/// debug).
+fn readable_lease(
+    node: &impl NodeView,
+    keys: &Annotations,
+    families: Families,
+    now: SystemTime,
+) -> Option<Lease> {
+    node_lease(node, keys, families, now).unwrap_or_else(|e| {
+        tracing::debug!("skipping {e}");
+        None
+    })
 }
 
 /// `backend-data` as flanneld writes it: Go's `json.Marshal` of the backend's data (keys
@@ -570,7 +578,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 
 use super::kube_node::{CompactNode, SlimNode};
 use super::watch::{Cache, Watch, RETRY};
-use super::{Acquired, LeaseStore, Stored};
+use super::{Acquired, LeaseChanges, LeaseRead, LeaseStore, Stored};
 
 /// How long one API call may take before it counts as a failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -630,6 +638,9 @@ pub struct KubeStore {
     url: String,
     watch: Arc<Watch<Nodes>>,
     seen_generation: u64,
+    /// The subnets of the lease each node had at the control loop's last read
+    /// ([`LeaseStore::read`]), to name those of a node deleted since.
+    reported: HashMap<String, SubnetPair>,
     watching: bool,
     /// The node name found through our pod.
     resolved: std::sync::OnceLock<String>,
@@ -706,6 +717,7 @@ impl KubeStore {
             watch: Watch::new(Nodes::new(), format!("kube API at {url}"), "node(s)"),
             url,
             seen_generation: u64::MAX,
+            reported: HashMap::new(),
             watching: false,
             resolved: std::sync::OnceLock::new(),
             families: Families::IPV4,
@@ -805,6 +817,27 @@ async fn list_nodes(api: &Api<SlimNode>, prefix: &str) -> Result<(Nodes, String)
     }
 }
 
+/// The changes of the nodes `named` (each with its lease now, if it has one) against
+/// the subnets `reported` at the last read, which they update: a lease gone, or moved
+/// to other subnets, is gone.
+fn changes(
+    reported: &mut HashMap<String, SubnetPair>,
+    named: Vec<(String, Option<Lease>)>,
+) -> LeaseChanges {
+    let mut ch = LeaseChanges::default();
+    for (name, lease) in named {
+        let now = lease.as_ref().map(|l| (l.subnet, l.ipv6_subnet));
+        if let Some(before) = reported.remove(&name).filter(|b| Some(*b) != now) {
+            ch.gone.push(before);
+        }
+        if let (Some(l), Some(pair)) = (lease, now) {
+            reported.insert(name, pair);
+            ch.put.push(l);
+        }
+    }
+    ch
+}
+
 /// Lists the nodes, then watches from the list's resourceVersion; a 410 (or any break)
 /// lists again. While the API server is away the cache keeps the last nodes.
 async fn watch_loop(api: Api<SlimNode>, watch: Arc<Watch<Nodes>>, prefix: String) {
@@ -853,9 +886,13 @@ async fn follow(
             Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
                 rv = n.0.metadata.resource_version.clone().unwrap_or(rv);
                 if let Some((name, n)) = n.compact(prefix) {
-                    watch.update(|c| {
-                        c.insert(name, n);
-                        true
+                    // kubelet's status updates change nothing weft keeps: not a change.
+                    watch.update(|c| match c.get(&name) == Some(&n) {
+                        true => Vec::new(),
+                        false => {
+                            c.insert(name.clone(), n);
+                            vec![name]
+                        }
                     });
                 }
             }
@@ -863,7 +900,10 @@ async fn follow(
                 let n = n.0;
                 rv = n.metadata.resource_version.clone().unwrap_or(rv);
                 if let Some(name) = n.metadata.name.as_deref() {
-                    watch.update(|c| c.remove(name).is_some());
+                    watch.update(|c| match c.remove(name) {
+                        Some(_) => vec![name.to_string()],
+                        None => Vec::new(),
+                    });
                 }
             }
             Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
@@ -920,6 +960,42 @@ impl LeaseStore for KubeStore {
 
     fn list(&mut self) -> Result<Vec<Stored>, StoreError> {
         Ok(self.leases()?.into_iter().map(Stored::ours).collect())
+    }
+
+    fn read(&mut self, since: Option<u64>) -> Result<(LeaseRead, Option<u64>), StoreError> {
+        self.start_watch();
+        if self.watch.generation().is_none() {
+            self.watch.wait_change(0, CALL_TIMEOUT);
+        }
+        let (keys, families, now) = (&self.keys, self.families, SystemTime::now());
+        let named = |c: &Nodes, names: &BTreeSet<&str>| -> Vec<(String, Option<Lease>)> {
+            let lease = |n: &str| readable_lease(c.get(n)?, keys, families, now);
+            names.iter().map(|n| (n.to_string(), lease(n))).collect()
+        };
+        if let Some((named, g)) = since.and_then(|s| self.watch.changed_since(s, named)) {
+            self.seen_generation = g;
+            return Ok((
+                LeaseRead::Changed(changes(&mut self.reported, named)),
+                Some(g),
+            ));
+        }
+        let all = |c: &Nodes| -> Vec<(String, Lease)> {
+            let lease =
+                |(n, node)| Some((String::clone(n), readable_lease(node, keys, families, now)?));
+            c.iter().filter_map(lease).collect()
+        };
+        let Some((named, g)) = self.watch.synced(all) else {
+            self.reported.clear();
+            return Ok((LeaseRead::All(self.leases()?), None));
+        };
+        self.seen_generation = g;
+        self.reported = (named.iter())
+            .map(|(n, l)| (n.clone(), (l.subnet, l.ipv6_subnet)))
+            .collect();
+        Ok((
+            LeaseRead::All(named.into_iter().map(|(_, l)| l).collect()),
+            Some(g),
+        ))
     }
 
     fn create(&mut self, _lease: &Lease) -> Result<Option<Stored>, StoreError> {
@@ -1086,6 +1162,35 @@ mod tests {
         ] {
             assert!(Annotations::new(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_node_changed_since_the_last_read_is_put_and_a_deleted_one_named_gone() {
+        let now = SystemTime::UNIX_EPOCH;
+        let read = |n: &Node| node_lease(n, &keys(), Families::IPV4, now).unwrap();
+        let first = read(&flanneld_node()).unwrap();
+        let pair = |l: &Lease| (l.subnet, l.ipv6_subnet);
+        let mut reported = HashMap::new();
+        let name = || "node-3".to_string();
+        let ch = changes(&mut reported, vec![(name(), Some(first.clone()))]);
+        assert_eq!((ch.put, ch.gone), (vec![first.clone()], vec![]));
+        // The node got another podCIDR: the old subnets are gone, the new lease put.
+        let mut moved = flanneld_node();
+        moved.spec.as_mut().unwrap().pod_cidr = Some("10.244.9.0/24".into());
+        moved.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.9.0/24".into()]);
+        let second = read(&moved).unwrap();
+        let ch = changes(&mut reported, vec![(name(), Some(second.clone()))]);
+        assert_eq!(
+            (ch.put, ch.gone),
+            (vec![second.clone()], vec![pair(&first)])
+        );
+        // Deleted (or no longer a flannel node): gone by the subnets last reported.
+        let ch = changes(&mut reported, vec![(name(), None)]);
+        assert_eq!((ch.put, ch.gone), (vec![], vec![pair(&second)]));
+        // A node never reported and still without a lease changes nothing.
+        let ch = changes(&mut reported, vec![("other".into(), None)]);
+        assert_eq!(ch, LeaseChanges::default());
+        assert!(reported.is_empty());
     }
 
     #[test]

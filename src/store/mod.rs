@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{ConfigError, NetConfig};
 use crate::lease::alloc::{allocate, AllocError, Owner, Previous, Source};
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::{Lease, LeaseAttrs, SubnetPair};
 
 /// flanneld's lease TTL (`subnetTTL`).
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -119,6 +119,24 @@ impl StoreLock {
     }
 }
 
+/// What changed in a store's leases between two of its generations.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LeaseChanges {
+    /// Leases added or changed.
+    pub put: Vec<Lease>,
+    /// The subnets (IPv4, IPv6, as the lease held them) of leases gone.
+    pub gone: Vec<SubnetPair>,
+}
+
+/// The leases as the control loop reads them ([`LeaseStore::read`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseRead {
+    /// Every readable lease, as [`LeaseStore::leases`].
+    All(Vec<Lease>),
+    /// Only what changed since the read asked about.
+    Changed(LeaseChanges),
+}
+
 /// A place where leases live and are watched. Stores provide primitives (list, create if
 /// absent, update if unchanged, remove); the allocation loop over them is one function,
 /// [`acquire`], and renewal is [`renew`].
@@ -185,6 +203,16 @@ pub trait LeaseStore: Send {
     /// (the default) where the store cannot tell: read every round.
     fn generation(&self) -> Option<u64> {
         None
+    }
+
+    /// The leases for the control loop, and the generation they are current at: what
+    /// changed since `since` (a generation this method returned) where the store keeps a
+    /// change log reaching back that far, else all of them (the default: `leases`).
+    /// Only the control loop calls it, so a store may remember what it answered (to name
+    /// the subnets of leases gone).
+    fn read(&mut self, _since: Option<u64>) -> Result<(LeaseRead, Option<u64>), StoreError> {
+        let generation = self.generation();
+        Ok((LeaseRead::All(self.leases()?), generation))
     }
 
     /// Where the store lives, for messages.
