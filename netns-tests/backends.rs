@@ -150,6 +150,21 @@ fn clean_stop_keeps_host_gw_routes_until_cleanup(c: &mut Cluster) {
     );
 }
 
+/// The far node's lease (`key`, skipped: no route reaches 203.0.113.9 directly) moves to
+/// 192.0.2.3, on our layer-2 network: a route appears; moved back, it goes, skipped
+/// again. The kernel is asked about the one address that changed, not every peer's.
+fn far_lease_moves_onto_our_subnet_and_away(c: &mut Cluster, key: &str) {
+    let dst = "10.244.199.0/24";
+    let lease =
+        |ip: &str| format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#);
+    c.etcd().ctl(&["put", key, &lease("192.0.2.3")]);
+    wait_route(c, 0, dst, "via the moved node", |r| {
+        r.starts_with(&format!("{dst} via 192.0.2.3 dev eth0"))
+    });
+    c.etcd().ctl(&["put", key, &lease("203.0.113.9")]);
+    wait_route(c, 0, dst, "gone with the move back", str::is_empty);
+}
+
 #[test]
 fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     let mut c = Cluster::with_etcd(weft(), HOST_GW);
@@ -201,6 +216,7 @@ fn host_gw_routes_follow_the_leases_as_flanneld_makes_them() {
     // A lease removed takes its route with it.
     c.etcd().ctl(&["del", &key]);
     wait_route(&c, 0, fsub, "gone", str::is_empty);
+    far_lease_moves_onto_our_subnet_and_away(&mut c, &far_key);
 
     crash_then_restart_adopts_host_gw_routes(&mut c, &key, fsub, &s2);
     clean_stop_keeps_host_gw_routes_until_cleanup(&mut c);
@@ -353,6 +369,44 @@ fn removed_kernel_state_comes_back(c: &Cluster, ns: &str, s2: &str, gw2: &str) {
     );
 }
 
+/// The flanneld node's lease `l` changed in place (its VTEP MAC, as a re-made flannel.1
+/// gets) replaces node 1's ARP and FDB entries for it, the old MAC's FDB entry gone; the
+/// lease removed takes its route and entries; written back, they return. Each is one
+/// peer's change, applied without re-planning the others.
+fn kernel_entries_follow_the_lease(c: &Cluster, ns: &str, l: &weft::lease::Lease) {
+    let subnet = l.subnet.expect("an IPv4 lease");
+    let (dst, gw) = (subnet.to_string(), subnet.network().to_string());
+    let (old_mac, new_mac) = (vtep_mac(l), "0e:00:00:00:77:01");
+    let mut moved = l.clone();
+    moved.attrs.backend_data["VtepMAC"] = new_mac.into();
+    c.put_lease(&moved);
+    let entries = || {
+        let arp = ns_sh(ns, &["ip", "neigh", "show", "dev", "flannel.1", &gw]);
+        let fdb = ns_sh(ns, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        (arp, fdb)
+    };
+    wait_for(
+        "the new VTEP MAC's entries",
+        Duration::from_secs(10),
+        || {
+            let (arp, fdb) = entries();
+            let fdb_new = fdb.contains(&format!("{new_mac} dst 192.0.2.3 self permanent"));
+            (arp.contains(new_mac) && fdb_new && !fdb.contains(&old_mac)).then_some(())
+        },
+    );
+    let store = weft::store::file::FileStore::open(c.lease_dir()).unwrap();
+    std::fs::remove_file(store.lease_path(&moved)).unwrap();
+    wait_route(c, 0, &dst, "gone with its lease", str::is_empty);
+    wait_for("its entries gone", Duration::from_secs(10), || {
+        let (arp, fdb) = entries();
+        (arp.is_empty() && !fdb.contains(new_mac)).then_some(())
+    });
+    c.put_lease(l);
+    // Entries go in before the route: once it is back, both are there.
+    wait_route(c, 0, &dst, "back with its lease", |r| !r.is_empty());
+    check_kernel_peer_entries(c, ns, l, &gw);
+}
+
 /// kill -9 on node 1: the device outlives weft; the restart adopts it (the same device,
 /// not a new one), forwards on, and keeps lease `l1`'s VTEP MAC.
 fn kill_9_restart_adopts_flannel_1(c: &mut Cluster, ns: &str, s2: &str, l1: &weft::lease::Lease) {
@@ -447,6 +501,7 @@ fn kernel_dataplane_joins_userspace_and_flanneld_nodes() {
     let s2 = l2.subnet.expect("an IPv4 lease").to_string();
     let gw2 = l2.subnet.expect("an IPv4 lease").network().to_string();
     removed_kernel_state_comes_back(&c, &ns, &s2, &gw2);
+    kernel_entries_follow_the_lease(&c, &ns, &lease("192.0.2.3"));
     kill_9_restart_adopts_flannel_1(&mut c, &ns, &s2, &l1);
     clean_stop_keeps_flannel_1_until_cleanup(&mut c, &ns);
 }

@@ -6,7 +6,11 @@
 //! - the time from starting a new node to its first full table,
 //! - the memory it costs (resident set of a weft node before and after the N leases),
 //! - its CPU over 30 s while nothing changes,
-//! - the delay from one lease write (and one delete) in etcd to a node's table.
+//! - the delay from one lease write (and one delete) in etcd to a node's table, and on
+//!   the kernel's vxlan to the peer's route in the kernel.
+//!
+//! `WEFT_SCALE_ARGS` adds flags to the weft nodes: `--dataplane kernel` measures the
+//! kernel's vxlan, where every lease is a route, a neighbour and an FDB entry.
 //!
 //! Parts that must reach etcd or a node's health port run this same binary again inside
 //! the node's namespace (`WEFT_SCALE_PHASE`). Not a test: nothing is asserted.
@@ -79,6 +83,7 @@ fn phase(which: &str, url: &str) {
             let port: u16 = std::env::var("WEFT_SCALE_PORT").unwrap().parse().unwrap();
             let (mut add, mut del, mut fetch, mut after_put) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (routed, mut in_kernel) = (kernel_route(), Vec::new());
             for _ in 0..30 {
                 let t = Instant::now();
                 std::hint::black_box(table(port));
@@ -93,10 +98,24 @@ fn phase(which: &str, url: &str) {
                 while !harness::table_holds(port, addr) {}
                 add.push(t.elapsed().as_secs_f64() * 1e3);
                 after_put.push(written.elapsed().as_secs_f64() * 1e3);
+                if let Some(r) = &routed {
+                    while !r(addr) {}
+                    in_kernel.push(t.elapsed().as_secs_f64() * 1e3);
+                }
                 let t = Instant::now();
                 s.delete(&l).unwrap();
                 while harness::table_holds(port, addr) {}
                 del.push(t.elapsed().as_secs_f64() * 1e3);
+                if let Some(r) = &routed {
+                    while r(addr) {}
+                }
+            }
+            if !in_kernel.is_empty() {
+                print!(
+                    "in the kernel (its route via flannel.1) median {:.1} ms, max {:.1} ms; ",
+                    harness::percentile(&mut in_kernel, 0.5),
+                    harness::percentile(&mut in_kernel, 1.0)
+                );
             }
             println!(
                 "add median {:.1} ms, p90 {:.1} ms, max {:.1} ms (median {:.1} ms after etcd acknowledged the write); delete median {:.1} ms, max {:.1} ms; one fetch of the whole /leases {:.1} ms",
@@ -111,6 +130,42 @@ fn phase(which: &str, url: &str) {
         }
         _ => panic!("unknown phase {which}"),
     }
+}
+
+/// On a node with the kernel's vxlan (`WEFT_SCALE_ARGS="--dataplane kernel"`): whether
+/// the kernel routes an address via `flannel.1` (one `RTM_GETROUTE` lookup, not a dump).
+fn kernel_route() -> Option<impl Fn(std::net::IpAddr) -> bool> {
+    use futures_util::TryStreamExt;
+    use rtnetlink::packet_route::route::RouteAttribute;
+    let dev: u32 = std::fs::read_to_string("/sys/class/net/flannel.1/ifindex")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let handle = rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        handle
+    });
+    Some(move |addr: std::net::IpAddr| {
+        let std::net::IpAddr::V4(a) = addr else {
+            return false;
+        };
+        let req = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build();
+        rt.block_on(async {
+            let mut s = handle.route().get(req).execute();
+            let Ok(Some(m)) = s.try_next().await else {
+                return false;
+            };
+            m.attributes.contains(&RouteAttribute::Oif(dev))
+        })
+    })
 }
 
 fn wait_lines(c: &Cluster, i: usize, want: usize, limit: Duration) -> Duration {
@@ -136,7 +191,9 @@ fn main() {
     c.add_node(Kind::Weft);
     c.add_node(Kind::Weft);
     // Node 2 runs before the leases arrive.
-    c.start_weft(1, &[]);
+    let extra = harness::scale_args();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    c.start_weft(1, &extra);
     let pid2 = c.nodes[1].child.as_ref().unwrap().id();
     std::thread::sleep(Duration::from_secs(1));
     let rss_before = harness::rss_kb(pid2);
@@ -158,7 +215,7 @@ fn main() {
 
     // A new node: from process start to a table with every lease.
     let t = Instant::now();
-    c.start_weft(0, &[]);
+    c.start_weft(0, &extra);
     let env_written = t.elapsed();
     wait_lines(&c, 0, n + 2, Duration::from_secs(120));
     let first_full = t.elapsed();

@@ -80,7 +80,7 @@ pub use dual::{
 #[allow(unused_imports)]
 pub use etcd::{Etcd, ETCD_PREFIX};
 #[allow(unused_imports)]
-pub use figures::{figure, machine_busy_seconds, median, percentile, run_phase};
+pub use figures::{figure, machine_busy_seconds, median, percentile, run_phase, scale_args};
 #[allow(unused_imports)]
 pub use flood::{flood_mbit, Flood, FloodCounts};
 #[allow(unused_imports)]

@@ -10,6 +10,8 @@
 //! - node added (and annotated) -> in its table, and node deleted -> gone (30 samples),
 //! - the API requests it made (lists, watches, gets, patches), from the stand-in's log.
 //!
+//! `WEFT_SCALE_ARGS` adds flags to the weft node (`--dataplane kernel`, say).
+//!
 //! Parts that must reach the API or the node's health port run this same binary again
 //! inside a namespace (`WEFT_SCALE_PHASE`). Not a test: nothing is asserted.
 
@@ -179,13 +181,15 @@ fn requests(log: &Path, client: &str) -> String {
 fn start_and_fill_table(c: &mut Cluster, conf: &Path, n: usize) -> f64 {
     let conf_s = conf.display().to_string();
     let url = format!("http://{API}");
-    let args = [
+    let extra_args = harness::scale_args();
+    let mut args = vec![
         "--kube-subnet-mgr",
         "--kube-api-url",
         &url,
         "--net-config-path",
         &conf_s,
     ];
+    args.extend(extra_args.iter().map(String::as_str));
     let t = Instant::now();
     // WEFT_SCALE_ENV="K=V ..." adds to the node's environment (allocator experiments).
     let extra = std::env::var("WEFT_SCALE_ENV").unwrap_or_default();

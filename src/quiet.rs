@@ -31,6 +31,14 @@ impl<K: PartialEq> Quiet<K> {
         true
     }
 
+    /// Whether the condition holds (was reported and has not ended).
+    pub fn holds(&self) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The condition ended: true if it had been reported, so the caller logs the recovery.
     pub fn clear(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,6 +85,31 @@ impl<K: Ord + Clone> QuietSet<K> {
         self.last = holding;
         fresh
     }
+
+    /// As [`news`](Self::news) for the keys in `within` only: the condition holds, among
+    /// them, for exactly `now`'s keys (all of which are in `within`); the other keys keep
+    /// their state. What a change of a few peers needs, without the others.
+    pub fn news_within<'a, V>(
+        &mut self,
+        within: &BTreeSet<K>,
+        now: impl IntoIterator<Item = (&'a K, V)>,
+    ) -> Vec<(&'a K, V)>
+    where
+        K: 'a,
+    {
+        let was: BTreeSet<K> = within.intersection(&self.last).cloned().collect();
+        for k in within {
+            self.last.remove(k);
+        }
+        let mut fresh = Vec::new();
+        for (k, v) in now {
+            if !was.contains(k) {
+                fresh.push((k, v));
+            }
+            self.last.insert(k.clone());
+        }
+        fresh
+    }
 }
 
 #[cfg(test)]
@@ -106,5 +139,23 @@ mod tests {
             [(&1, "a")],
             "1 went and came back"
         );
+    }
+
+    #[test]
+    fn news_within_some_keys_leaves_the_others_as_they_were() {
+        let mut s = QuietSet::default();
+        s.news([(&1, "a"), (&2, "b"), (&3, "c")]);
+        let within = BTreeSet::from([2, 4]);
+        assert_eq!(s.news_within(&within, [(&4, "d")]), [(&4, "d")]);
+        assert!(
+            s.news([(&1, "a"), (&3, "c"), (&4, "d")]).is_empty(),
+            "1 and 3 untouched, 2 ended, 4 begun"
+        );
+        let within = BTreeSet::from([1]);
+        assert!(
+            s.news_within(&within, [(&1, "a")]).is_empty(),
+            "1 still holds"
+        );
+        assert_eq!(s.news([(&2, "b")]), [(&2, "b")], "2 is news again");
     }
 }

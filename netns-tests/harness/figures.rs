@@ -85,3 +85,11 @@ pub fn run_phase(ns: &str, phase: &str, env: &[(&str, String)]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// `$WEFT_SCALE_ARGS`, split on white space: flags the scale benches add to the node they
+/// measure (`--dataplane kernel`, say, to measure the kernel's vxlan with every peer's
+/// route, neighbour and FDB entry).
+pub fn scale_args() -> Vec<String> {
+    let extra = std::env::var("WEFT_SCALE_ARGS").unwrap_or_default();
+    extra.split_whitespace().map(str::to_string).collect()
+}

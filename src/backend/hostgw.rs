@@ -1,7 +1,8 @@
 //! flannel's host-gw: no encapsulation, no device. Each peer's subnet is routed via its
 //! public IP out of the underlay (`ip route replace 10.244.2.0/24 via 192.0.2.2 dev eth0`),
-//! as flanneld's `RouteNetwork` does, kept in step with the leases and checked every second
-//! (flanneld's route check loop: a deleted route comes back). The lease says
+//! as flanneld's `RouteNetwork` does, kept in step with the leases and checked within a
+//! second of the kernel reporting a change to one (flanneld's route check loop: a deleted
+//! route comes back). The lease says
 //! `"BackendType":"host-gw"` and has no BackendData; pods get the underlay's MTU.
 
 use std::net::{Ipv4Addr, Ipv6Addr};

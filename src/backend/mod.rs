@@ -14,7 +14,7 @@
 //!
 //! Each backend says what it wants of the kernel as a plan ([`plan`]: a [`plan::PeerRule`]
 //! for the peers, a [`plan::LinkPlan`] for its device), and one reconciler (`reconcile`)
-//! applies it, checks it every second and repairs it, for every backend alike. The daemon sees a backend only through [`Backend`] and [`Running`];
+//! applies it, checks it and repairs it, for every backend alike. The daemon sees a backend only through [`Backend`] and [`Running`];
 //! [`for_config`] is the one place one is chosen.
 
 mod error;
@@ -23,6 +23,7 @@ pub mod kernel_vxlan;
 pub mod plan;
 pub(crate) mod reconcile;
 pub(crate) mod routes;
+mod senders;
 pub mod userspace;
 pub mod wg_plan;
 pub mod wireguard;
@@ -37,7 +38,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use crate::config::BackendConfig;
 use crate::dataplane::counters::Counters;
 use crate::dataplane::{Offloads, Tuning};
-use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer};
+use crate::lease::{Lease, LeaseAttrs, LeaseTable, Peer, PeerChanges};
 use crate::netlink::Netlink;
 use crate::wire::MacAddr;
 
@@ -167,6 +168,15 @@ pub trait Running {
 
     /// The live peers changed (already published to the table; our own lease among them).
     fn peers_changed(&mut self, _peers: &[Peer]) {}
+
+    /// The live peers changed by `changes` alone (already applied to the table); `peers`
+    /// gives all of them, for a backend that needs the whole set. By default that whole set
+    /// goes to [`peers_changed`](Self::peers_changed); a backend that can apply the change
+    /// alone does, so a change costs what it changed, not the cluster's size.
+    fn peers_patched(&mut self, changes: &PeerChanges, peers: &dyn Fn() -> Vec<Peer>) {
+        let _ = changes;
+        self.peers_changed(&peers());
+    }
 
     /// Devices whose traffic the kernel forwards on weft's behalf (the userspace
     /// dataplane's injection TAP), for flanneld's FORWARD accepts.

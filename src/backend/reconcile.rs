@@ -1,18 +1,23 @@
 //! The one reconciler: makes the kernel hold what a backend's plan wants, and keeps it so.
 //!
 //! Every backend hands its [`PeerRule`] and, where it forwards through a device, the device
-//! and its [`LinkPlan`] to a [`Reconciler`]. On each lease change [`Reconciler::update`]
-//! plans and applies (tunnel entries first, so the kernel never ARPs for an onlink gateway,
-//! then the routes); [`Reconciler::check`], every second, puts back what someone undid: a
-//! device set down, its MAC rewritten, its routes, entries or peer routes removed. A device
-//! deleted or replaced is beyond repair in place: the backend is restarted. Dropping the
-//! reconciler removes the peer routes, then the device (the kernel takes its entries along).
+//! and its [`LinkPlan`] to a [`Reconciler`]. [`Reconciler::update`] plans for all the peers
+//! and applies (tunnel entries first, so the kernel never ARPs for an onlink gateway, then
+//! the routes); a lease change is a patch of the peers it touches ([`Reconciler::patch`]: a
+//! few requests, whatever the number of peers). [`Reconciler::check`], each second, reads
+//! the kernel's notifications (`crate::netlink::events`); when one says something it keeps
+//! was changed (or some were lost), it reads the kernel's tables and puts back what someone
+//! undid: a device set down, its MAC rewritten, its routes, entries or peer routes removed.
+//! A device deleted or replaced is beyond repair in place: the backend is restarted.
+//! Dropping the reconciler removes the peer routes, then the device (the kernel takes its
+//! entries along).
 //!
 //! A dual-stack backend gives it one rule per family and, for the kernel's vxlan, one
 //! device per family: one route set holds both families' peer routes, so a start's first
 //! update adopts or removes what an earlier run left of either.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -20,9 +25,11 @@ use ipnet::IpNet;
 use super::plan::{subnet_address, Entry, LinkPlan, PeerPlan, PeerRule};
 use super::routes::{Reach, RouteSet};
 use super::{Error, Health, Running};
-use crate::lease::Peer;
+use crate::lease::{Peer, PeerChanges, SubnetPair};
+use crate::netlink::events::{Change, Events};
 use crate::netlink::{LinkGuard, Netlink};
 use crate::quiet::{Quiet, QuietSet};
+use crate::wire::MacAddr;
 
 /// A device weft made and the state it wants on it.
 struct Device {
@@ -39,6 +46,15 @@ pub(crate) struct Reconciler {
     rules: Vec<PeerRule>,
     label: String,
     entries: BTreeMap<IpNet, Entry>,
+    /// Each planned peer's subnets by its key ([`Peer::key`]): what a patch that puts or
+    /// removes it touches.
+    planned: BTreeMap<SubnetPair, Vec<IpNet>>,
+    /// The planned FDB entries, (device, MAC) -> destination, to judge notifications.
+    fdb: BTreeMap<(u32, MacAddr), IpAddr>,
+    /// The kernel's notifications (`None` where they could not be had: every check looks).
+    events: Option<Events>,
+    /// Whether the last look found everything as planned and nothing failed since.
+    settled: bool,
     skipped: QuietSet<IpNet>,
     /// Peer routes that could not be programmed, logged once until they can.
     failing: Quiet<String>,
@@ -56,6 +72,10 @@ impl Reconciler {
             rules,
             label: label.to_string(),
             entries: BTreeMap::new(),
+            planned: BTreeMap::new(),
+            fdb: BTreeMap::new(),
+            events: open_events(label),
+            settled: false,
             skipped: QuietSet::default(),
             failing: Quiet::new(),
         }
@@ -88,17 +108,50 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Plans for the live `peers` and makes the kernel match.
+    /// Plans for the live `peers` (all of them) and makes the kernel match: one dump of the
+    /// peer routes, and of the main table where a rule asks which peers are direct.
     pub(crate) fn update(&mut self, peers: &[Peer]) {
-        let needs_reach = self.rules.iter().any(PeerRule::needs_reach);
-        let reach = needs_reach.then(|| Reach::read(&self.nl));
+        let reach = self.needs_reach().then(|| Reach::read(&self.nl));
+        let plan = self.plan(peers, reach.as_ref());
+        self.planned = peers.iter().map(|p| (p.key(), subnets_of(p))).collect();
+        self.apply(plan);
+    }
+
+    /// Plans for the peers `changes` puts and removes the state of those it says are gone,
+    /// leaving every other peer's as it is: no dump, a few requests per peer changed,
+    /// whatever the number of peers. (Two leases claiming one IPv6 subnet, which the
+    /// table refuses, may leave it unrouted here until the next full update.)
+    pub(crate) fn patch(&mut self, changes: &PeerChanges) {
+        let mut touched = BTreeSet::new();
+        let keys = changes.put.iter().map(Peer::key);
+        for key in changes.gone.iter().copied().chain(keys) {
+            touched.extend(self.planned.remove(&key).unwrap_or_default());
+        }
+        for p in &changes.put {
+            let subnets = subnets_of(p);
+            touched.extend(subnets.iter().copied());
+            self.planned.insert(p.key(), subnets);
+        }
+        let plan = {
+            let reach = self.needs_reach().then(|| Reach::ask(&self.nl));
+            self.plan(&changes.put, reach.as_ref())
+        };
+        self.apply_within(&touched, plan);
+    }
+
+    fn needs_reach(&self) -> bool {
+        self.rules.iter().any(PeerRule::needs_reach)
+    }
+
+    /// Every rule's plan for `peers`, as one.
+    fn plan(&self, peers: &[Peer], reach: Option<&Reach>) -> PeerPlan {
         let mut plan = PeerPlan::default();
         for rule in &self.rules {
             let underlay = rule.underlay;
-            let on_link = |ip| reach.as_ref().is_some_and(|r| r.direct(ip, underlay));
+            let on_link = |ip| reach.is_some_and(|r| r.direct(ip, underlay));
             plan.merge(rule.plan(peers, &on_link));
         }
-        self.apply(plan);
+        plan
     }
 
     fn apply(&mut self, plan: PeerPlan) {
@@ -112,15 +165,46 @@ impl Reconciler {
             }
         }
         for (sn, e) in &plan.entries {
-            if self.entries.get(sn) == Some(e) {
-                continue;
-            }
-            if let Err(err) = program_entry(&self.nl, *sn, e) {
-                tracing::warn!(%sn, error = %err, "{label}: cannot program the tunnel entries (retried by the check)");
+            if self.entries.get(sn) != Some(e) && !program_entry_or_warn(&self.nl, *sn, e, label) {
+                self.settled = false;
             }
         }
         self.entries = plan.entries;
-        match self.routes.set(plan.routes) {
+        self.fdb = (self.entries.values())
+            .map(|e| ((e.device, e.mac), e.public_ip))
+            .collect();
+        let done = self.routes.set(plan.routes);
+        self.routes_done(done);
+    }
+
+    /// [`apply`](Self::apply) for the subnets in `touched` only (`plan` is theirs).
+    fn apply_within(&mut self, touched: &BTreeSet<IpNet>, plan: PeerPlan) {
+        for (subnet, why) in self.skipped.news_within(touched, plan.skipped.iter()) {
+            tracing::warn!(%subnet, "{why}");
+        }
+        let label = &self.label;
+        for sn in touched {
+            let (old, new) = (self.entries.remove(sn), plan.entries.get(sn).copied());
+            if old != new {
+                if let Some(e) = &old {
+                    remove_entry(&self.nl, *sn, e, label);
+                    self.fdb.remove(&(e.device, e.mac));
+                }
+                if let Some(e) = &new {
+                    self.settled &= program_entry_or_warn(&self.nl, *sn, e, label);
+                    self.fdb.insert((e.device, e.mac), e.public_ip);
+                }
+            }
+            self.entries.extend(new.map(|e| (*sn, e)));
+        }
+        let done = self.routes.patch(touched, plan.routes);
+        self.routes_done(done);
+    }
+
+    /// Logs what programming the peer routes did, or its error once until it is fixed.
+    fn routes_done(&mut self, done: Result<Vec<String>, String>) {
+        let label = &self.label;
+        match done {
             Ok(changes) => {
                 self.failing.clear();
                 for c in changes {
@@ -128,6 +212,7 @@ impl Reconciler {
                 }
             }
             Err(e) => {
+                self.settled = false;
                 if self.failing.report(e.clone()) {
                     tracing::warn!(error = %e, "{label}: cannot program the peer routes (retried on each change and check; a tunnelled backend's packets for those peers take the tunnel meanwhile)");
                 }
@@ -138,24 +223,105 @@ impl Reconciler {
     /// Puts back what someone undid; a device deleted, replaced, or that cannot be set up
     /// again is [`Health::Broken`].
     pub(crate) fn check(&mut self) -> Health {
+        if !self.disturbed() {
+            return Health::Fine;
+        }
+        let (health, settled) = self.full_check();
+        self.settled = settled;
+        health
+    }
+
+    /// Whether the kernel's notifications since the last check say something this keeps
+    /// was changed (or were lost), or the last look left something to look at again;
+    /// always, where notifications could not be had.
+    fn disturbed(&mut self) -> bool {
+        let Some(events) = self.events.as_mut() else {
+            return true;
+        };
+        let changes = events.drain();
+        let mut disturbed = !self.settled;
+        for c in &changes {
+            disturbed = disturbed || self.disturbs(c);
+        }
+        disturbed
+    }
+
+    /// Whether `c` may have undone what this keeps: a change to one of its devices or its
+    /// underlay, its route deleted or replaced by another, its entry deleted or given
+    /// another address. What it did itself (its entries and routes as planned, those of
+    /// peers gone) is not.
+    fn disturbs(&self, c: &Change) -> bool {
+        let ours = |i: u32| self.devices.iter().any(|d| d.guard.index() == i);
+        let underlay = |i: u32| self.rules.iter().any(|r| r.underlay == i);
+        match c {
+            Change::Lost => true,
+            Change::Link(i) | Change::AddressGone(i) => ours(*i) || underlay(*i),
+            Change::Route {
+                gone,
+                dst,
+                oif,
+                peer,
+            } => {
+                let device_route = self
+                    .devices
+                    .iter()
+                    .any(|d| oif == &Some(d.guard.index()) && d.guard.routes().contains(dst));
+                match self.routes.wanted(dst) {
+                    Some(w) => (peer.as_ref() == Some(w)) == *gone,
+                    None => *gone && device_route,
+                }
+            }
+            Change::Neighbour {
+                gone,
+                index,
+                bridge,
+                ip,
+                mac,
+            } => {
+                let wanted = match bridge {
+                    // An FDB entry: its MAC is the key, the destination the value.
+                    true => self.fdb.get(&(*index, *mac)).map(|d| d == ip),
+                    false => self.neighbour_mac(*index, *ip).map(|m| m == *mac),
+                };
+                ours(*index) && wanted.is_some_and(|same| same == *gone)
+            }
+        }
+    }
+
+    /// The MAC planned for the neighbour `ip` on device `index`, if any.
+    fn neighbour_mac(&self, index: u32, ip: IpAddr) -> Option<MacAddr> {
+        let (lo, hi) = (
+            IpNet::new(ip, 0).ok()?,
+            IpNet::new(ip, max_prefix(ip)).ok()?,
+        );
+        let mut at = self.entries.range(lo..=hi);
+        at.find(|(_, e)| e.device == index).map(|(_, e)| e.mac)
+    }
+
+    /// Looks at everything: what was repaired, and whether all is as planned (nothing to
+    /// look at again until something changes).
+    fn full_check(&mut self) -> (Health, bool) {
         let mut fixed = Vec::new();
         for device in &self.devices {
             match self.check_device(device) {
                 Ok(Some(f)) => fixed.extend(f),
                 // Netlink itself failing says nothing about the device: look again later.
-                Ok(None) => return Health::Fine,
-                Err(broken) => return Health::Broken(broken),
+                Ok(None) => return (Health::Fine, false),
+                Err(broken) => return (Health::Broken(broken), false),
             }
         }
         fixed.extend(self.fix_macs());
-        fixed.extend(self.restore_entries());
+        let mut restored = true;
+        fixed.extend(self.restore_entries(&mut restored));
         if let Health::Repaired(r) = self.routes.check(&self.label) {
             fixed.push(r);
         }
+        // After a repair, look once more: it settles when a look finds all in place.
+        let settled = restored && fixed.is_empty() && !self.routes.failing();
         if fixed.is_empty() {
-            Health::Fine
+            (Health::Fine, settled)
         } else {
-            Health::Repaired(fixed.join("; "))
+            (Health::Repaired(fixed.join("; ")), settled)
         }
     }
 
@@ -216,7 +382,7 @@ impl Reconciler {
     }
 
     /// Tunnel entries someone deleted or changed, put back: a line per repair.
-    fn restore_entries(&self) -> Vec<String> {
+    fn restore_entries(&self, restored: &mut bool) -> Vec<String> {
         let mut fixed = Vec::new();
         for d in &self.devices {
             let index = d.guard.index();
@@ -232,6 +398,7 @@ impl Reconciler {
                 self.nl.neighbours(index, false),
                 self.nl.neighbours(index, true),
             ) else {
+                *restored = false;
                 continue;
             };
             for (sn, e) in mine {
@@ -243,6 +410,7 @@ impl Reconciler {
                     Ok(()) => fixed.push(format!("restored the neighbour/FDB entries for {sn}")),
                     // Retried on the next check; said once a second at debug, not warn.
                     Err(err) => {
+                        *restored = false;
                         tracing::debug!(%sn, error = %err, "cannot restore the entries yet")
                     }
                 }
@@ -269,12 +437,46 @@ impl Running for Reconciled {
         self.reconciler.update(peers);
     }
 
+    fn peers_patched(&mut self, changes: &PeerChanges, _peers: &dyn Fn() -> Vec<Peer>) {
+        self.reconciler.patch(changes);
+    }
+
     fn check(&mut self) -> Health {
         self.reconciler.check()
     }
 
     fn outlives_process(&self) -> bool {
         true
+    }
+}
+
+/// A peer's subnets, each family's: what its plan is keyed by.
+fn subnets_of(p: &Peer) -> Vec<IpNet> {
+    let v6 = p.v6.map(|v| IpNet::V6(v.subnet));
+    p.subnet.map(IpNet::V4).into_iter().chain(v6).collect()
+}
+
+/// Programs one peer's entries: whether it could (else it is logged, and the check retries).
+fn program_entry_or_warn(nl: &Netlink, sn: IpNet, e: &Entry, label: &str) -> bool {
+    let done = program_entry(nl, sn, e);
+    if let Err(err) = &done {
+        tracing::warn!(%sn, error = %err, "{label}: cannot program the tunnel entries (retried by the check)");
+    }
+    done.is_ok()
+}
+
+/// The notifications the checks wait for, or `None` (then every check looks).
+fn open_events(label: &str) -> Option<Events> {
+    Events::open()
+        .map_err(|e| tracing::info!(error = %e, "{label}: no netlink notifications; the check reads the kernel's tables every time"))
+        .ok()
+}
+
+fn max_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
     }
 }
 

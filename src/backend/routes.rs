@@ -5,7 +5,7 @@
 //! routes (unicast, `proto 87`) exactly that: missing ones are added, changed ones replaced,
 //! ones for leases that went away, or left by a crashed weft, removed. `check` does the
 //! same against what is there now, so a route someone deleted comes back (flanneld's route
-//! check loop, every second here instead of every ten). Dropping the set removes its routes.
+//! check loop, here within a second of a notification instead of every ten). Dropping the set removes its routes.
 //!
 //! [`Reach`] is flanneld's `ip.DirectRouting`: a peer is on our layer-2 network
 //! when the kernel's route to its public IP has no gateway.
@@ -45,6 +45,56 @@ impl RouteSet {
     ) -> Result<Vec<String>, String> {
         self.want = routes.into_iter().map(|r| (r.dst, r)).collect();
         self.sync()
+    }
+
+    /// Wants, for the destinations in `touched` only, exactly `routes` (all of them in
+    /// `touched`), and programs what that changes, without reading the kernel's table: a
+    /// change of a few peers costs a few requests. Returns a line per change, or the first
+    /// netlink error (the next [`check`](Self::check) retries).
+    pub(crate) fn patch(
+        &mut self,
+        touched: &BTreeSet<IpNet>,
+        routes: impl IntoIterator<Item = PeerRoute>,
+    ) -> Result<Vec<String>, String> {
+        let mut new: BTreeMap<IpNet, PeerRoute> = routes.into_iter().map(|r| (r.dst, r)).collect();
+        let mut changed = Vec::new();
+        let mut first_err = None;
+        for dst in touched {
+            let (old, want) = (self.want.remove(dst), new.remove(dst));
+            let done = match (&old, &want) {
+                (Some(o), Some(w)) if o == w => Ok(None),
+                (_, Some(w)) => self
+                    .nl
+                    .replace_peer_route(w)
+                    .map(|()| Some(format!("route {w}"))),
+                (Some(o), None) => self
+                    .nl
+                    .del_peer_route(o)
+                    .map(|()| Some(format!("removed route {o}"))),
+                (None, None) => Ok(None),
+            };
+            match done {
+                Ok(line) => changed.extend(line),
+                Err(e) => {
+                    first_err.get_or_insert(e.to_string());
+                }
+            }
+            self.want.extend(want.map(|w| (w.dst, w)));
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+
+    /// The route wanted to `dst`, if any.
+    pub(crate) fn wanted(&self, dst: &IpNet) -> Option<&PeerRoute> {
+        self.want.get(dst)
+    }
+
+    /// Whether the last attempt to program or restore the routes failed.
+    pub(crate) fn failing(&self) -> bool {
+        self.failing.holds()
     }
 
     /// For [`Running::check`](super::Running::check): puts back what someone removed or
@@ -125,18 +175,34 @@ impl Drop for RouteSet {
 /// our layer-2 network, so a plain route via its address works (flanneld's
 /// `ip.DirectRouting`, which host-gw needs for every peer and DirectRouting tests per peer).
 ///
-/// One route dump answers for every peer of an update: build a [`Reach`] and ask it.
-pub(crate) struct Reach(Option<crate::netlink::Routing>);
+/// For all the peers at once, one route dump answers every one ([`Reach::read`]); for a
+/// change of a few, the kernel is asked per address ([`Reach::ask`]), so a change costs
+/// what it changed, not a dump of every peer's route.
+pub(crate) enum Reach<'a> {
+    /// The main table, read once (`None`: unreadable, so no peer is reached directly: the
+    /// tunnel, or no route, until the next update).
+    Table(Option<crate::netlink::Routing>),
+    /// The kernel, asked per address (an error counts as not direct).
+    Ask(&'a Netlink),
+}
 
-impl Reach {
-    /// Reads the main table once (an unreadable table makes every peer unreachable
-    /// directly: the tunnel, or no route, until the next update).
-    pub(crate) fn read(nl: &Netlink) -> Reach {
-        Reach(nl.routing().ok())
+impl Reach<'_> {
+    /// Reads the main table once.
+    pub(crate) fn read(nl: &Netlink) -> Reach<'static> {
+        Reach::Table(nl.routing().ok())
+    }
+
+    /// Asks the kernel for each address.
+    pub(crate) fn ask(nl: &Netlink) -> Reach<'_> {
+        Reach::Ask(nl)
     }
 
     /// True when `ip` is reached without a gateway out of `underlay`.
     pub(crate) fn direct(&self, ip: IpAddr, underlay: u32) -> bool {
-        matches!(self.0.as_ref().and_then(|r| r.route_to(ip)), Some((None, Some(oif))) if oif == underlay)
+        let route = match self {
+            Reach::Table(t) => t.as_ref().and_then(|r| r.route_to(ip)),
+            Reach::Ask(nl) => nl.route_get(ip).ok().flatten(),
+        };
+        matches!(route, Some((None, Some(oif))) if oif == underlay)
     }
 }

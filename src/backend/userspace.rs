@@ -9,13 +9,14 @@ use ipnet::IpNet;
 
 use super::plan::{LinkPlan, PeerRule, Tunnel};
 use super::reconcile::{link_index, Reconciler};
+use super::senders::Senders;
 use super::{Backend, DataplaneSettings, Error, Health, Running, Setup};
 use crate::config::BackendConfig;
 use crate::dataplane::inject::{self, Injector};
 use crate::dataplane::{open_tun, Dataplane, Descriptors, Offloads, TunQueue};
 use crate::encap::{Format, Node, NodeV6, LINUX_SRC_PORTS, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
 use crate::lease::table::BackendKind;
-use crate::lease::{Lease, LeaseAttrs, Peer, VxlanBackendData};
+use crate::lease::{Lease, LeaseAttrs, Peer, PeerChanges, VxlanBackendData};
 use crate::wire::udp::ChecksumMode;
 use crate::wire::MacAddr;
 
@@ -175,6 +176,7 @@ pub(crate) fn start(cfg: &BackendConfig, s: Setup<'_>) -> Result<Box<dyn Running
         tun_name: d.tun_name.clone(),
         dp,
         reconciler,
+        senders: Senders::default(),
         ipv6_gate,
     }))
 }
@@ -480,6 +482,8 @@ struct Forwarding {
     forwarded_from: Vec<String>,
     dp: Dataplane,
     reconciler: Reconciler,
+    /// The peers' public addresses, for the sender filter.
+    senders: Senders,
     /// Whether IPv6 super-packets may use tunnel GSO, kept with the node's IPv6 forwarding.
     ipv6_gate: Option<inject::Ipv6Gate>,
 }
@@ -495,12 +499,15 @@ impl Running for Forwarding {
 
     fn peers_changed(&mut self, peers: &[Peer]) {
         self.reconciler.update(peers);
-        // An IPv6-only peer's PublicIP is 0.0.0.0, which sends nothing.
-        let senders: Vec<Ipv4Addr> = (peers.iter().map(|p| p.public_ip))
-            .filter(|ip| !ip.is_unspecified())
-            .collect();
-        let senders6: Vec<Ipv6Addr> = peers.iter().filter_map(|p| Some(p.v6?.public_ip)).collect();
-        self.dp.set_senders(&senders, &senders6);
+        self.senders.reset(peers);
+        self.dp.set_senders(&self.senders.v4(), &self.senders.v6());
+    }
+
+    fn peers_patched(&mut self, changes: &PeerChanges, _peers: &dyn Fn() -> Vec<Peer>) {
+        self.reconciler.patch(changes);
+        if self.senders.patch(changes) {
+            self.dp.set_senders(&self.senders.v4(), &self.senders.v6());
+        }
     }
 
     fn yield_to_successor(&mut self) {

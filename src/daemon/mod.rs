@@ -899,7 +899,8 @@ impl ControlLoop<'_> {
                 );
                 self.kept.table.apply(&changes);
                 if let Some(r) = self.running.as_mut() {
-                    r.peers_changed(&self.policy.peers());
+                    let policy = &self.policy;
+                    r.peers_patched(&changes, &|| policy.peers());
                 }
             }
             Action::Renew => {

@@ -80,6 +80,21 @@ fn lease_key(l: &Lease) -> SubnetPair {
     peer_key((l.subnet, l.ipv6_subnet))
 }
 
+/// What changed from the live peers `old` to `new`: those added or changed, and the
+/// places of those gone (one pass over both, in key order).
+fn difference(old: &BTreeMap<SubnetPair, Peer>, new: &BTreeMap<SubnetPair, Peer>) -> PeerChanges {
+    let put = (new.iter())
+        .filter(|(k, p)| old.get(k) != Some(p))
+        .map(|(_, p)| *p)
+        .collect();
+    let gone = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .copied()
+        .collect();
+    PeerChanges { put, gone }
+}
+
 /// The lease policy of a running node.
 #[derive(Debug)]
 pub struct Policy {
@@ -236,6 +251,24 @@ impl Policy {
         })
     }
 
+    /// Every lease, read: the first read publishes the live peers; later ones (a store
+    /// without a change log, a watch that fell behind, a lease expiring) only what they
+    /// changed.
+    fn read_all(&mut self, leases: &[Lease], now: Now) -> Option<Action> {
+        let peers: BTreeMap<SubnetPair, Peer> = (leases.iter())
+            .filter_map(|l| self.live_peer(l, now))
+            .map(|p| (p.key(), p))
+            .collect();
+        self.present = self.finds_ours(leases, now);
+        let action = match &self.peers {
+            None => Some(Action::Publish(peers.values().copied().collect())),
+            Some(old) if old != &peers => Some(Action::Patch(difference(old, &peers))),
+            Some(_) => None,
+        };
+        self.peers = Some(peers);
+        action
+    }
+
     /// Feeds one event; returns what to do, in order.
     pub fn on(&mut self, now: Now, ev: Event) -> Vec<Action> {
         let mut out = Vec::new();
@@ -269,15 +302,7 @@ impl Policy {
             }
             Event::Leases(Ok(leases)) => {
                 self.readable_again(&mut out);
-                let peers: BTreeMap<SubnetPair, Peer> = (leases.iter())
-                    .filter_map(|l| self.live_peer(l, now))
-                    .map(|p| (p.key(), p))
-                    .collect();
-                self.present = self.finds_ours(&leases, now);
-                if self.peers.as_ref() != Some(&peers) {
-                    out.push(Action::Publish(peers.values().copied().collect()));
-                    self.peers = Some(peers);
-                }
+                out.extend(self.read_all(&leases, now));
             }
             Event::LeaseChanges(ch) => {
                 self.readable_again(&mut out);
@@ -448,7 +473,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn publishes_live_peers_only_when_they_change() {
+    fn publishes_live_peers_first_then_only_what_changed() {
         let (now, mut p, ours) = start();
         let other = lease("10.244.2.0/24", 2, Some(now.wall + HOUR));
         let expired = lease("10.244.3.0/24", 3, Some(now.wall - HOUR));
@@ -463,11 +488,22 @@ pub(crate) mod tests {
         assert_eq!(p.on(now, Event::Leases(Ok(all))), vec![]);
         // The other node's lease expires: a new table without it.
         let later = now.after(2 * HOUR);
-        let a = p.on(later, Event::Leases(Ok(vec![ours.clone(), other])));
-        assert_eq!(
-            a,
-            vec![Action::Publish(vec![Peer::from_lease(&ours).unwrap()])]
-        );
+        let a = p.on(later, Event::Leases(Ok(vec![ours.clone(), other.clone()])));
+        let gone = vec![Peer::from_lease(&other).unwrap().key()];
+        assert_eq!(a, vec![Action::Patch(PeerChanges { put: vec![], gone })]);
+        // It is renewed, and another node's changes: only those two are put.
+        let mut moved = lease("10.244.5.0/24", 5, None);
+        let a = p.on(later, Event::Leases(Ok(vec![ours.clone(), moved.clone()])));
+        assert_eq!(a.len(), 1);
+        moved.attrs.public_ip = "192.0.2.55".parse().unwrap();
+        let renewed = lease("10.244.2.0/24", 2, Some(later.wall + HOUR));
+        let all = vec![ours, moved.clone(), renewed.clone()];
+        let put = vec![
+            Peer::from_lease(&renewed).unwrap(),
+            Peer::from_lease(&moved).unwrap(),
+        ];
+        let a = p.on(later, Event::Leases(Ok(all)));
+        assert_eq!(a, vec![Action::Patch(PeerChanges { put, gone: vec![] })]);
     }
 
     #[test]

@@ -24,6 +24,8 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::wire::MacAddr;
 
+pub(crate) mod events;
+
 /// The route protocol number marking weft's fail-closed guard routes (`ip route` shows
 /// `proto 87`), so weft and `weft cleanup` find their own and nobody else's.
 pub(crate) const GUARD_PROTO: u8 = 87;
@@ -526,16 +528,8 @@ impl Netlink {
     pub fn peer_routes(&self) -> io::Result<Vec<PeerRoute>> {
         Ok(self
             .list_routes()?
-            .into_iter()
-            .filter(|r| r.peer)
-            .filter_map(|r| {
-                Some(PeerRoute {
-                    dst: r.dst,
-                    gateway: r.gateway?,
-                    oif: r.oif?,
-                    onlink: r.onlink,
-                })
-            })
+            .iter()
+            .filter_map(RouteInfo::as_peer)
             .collect())
     }
 
@@ -545,6 +539,34 @@ impl Netlink {
     /// without a gateway means the address is on a connected subnet.
     pub fn route_to(&self, ip: IpAddr) -> io::Result<Option<(Option<IpAddr>, Option<u32>)>> {
         Ok(self.routing()?.route_to(ip))
+    }
+
+    /// The kernel's own answer for `ip` (`RTM_GETROUTE`, flanneld's `RouteGet`): the
+    /// (gateway, interface) of the route it would take; `None` if it has none. One lookup,
+    /// not a dump: what a change of a few peers asks, whatever the table's size.
+    pub fn route_get(&self, ip: IpAddr) -> io::Result<Option<(Option<IpAddr>, Option<u32>)>> {
+        let req = match ip {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        self.rt.block_on(async {
+            let mut s = self.handle.route().get(req).execute();
+            match s.try_next().await {
+                Ok(m) => Ok(m
+                    .and_then(|m| RouteInfo::read(&m))
+                    .map(|r| (r.gateway, r.oif))),
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::ENETUNREACH, -libc::EHOSTUNREACH].contains(&e.raw_code()) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(nl_err(&format!("route to {ip}"), e)),
+            }
+        })
     }
 
     /// The main table's unicast routes (weft's own peer routes left out), read once, to
@@ -696,20 +718,7 @@ impl Netlink {
                 if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
                     continue;
                 }
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some((*v).into()),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
-                        Some((*v).into())
-                    }
-                    _ => None,
-                });
-                let mac = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => {
-                        <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr)
-                    }
-                    _ => None,
-                });
-                if let (Some(ip), Some(mac)) = (ip, mac) {
+                if let (Some(ip), Some(mac)) = neighbour_of(&m) {
                     out.push((ip, mac));
                 }
             }
@@ -795,6 +804,28 @@ impl Netlink {
     }
 }
 
+/// A neighbour (or FDB) entry's destination and link-layer address, where it has them.
+fn neighbour_of(m: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAddr>) {
+    let ip = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some((*v).into()),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some((*v).into()),
+        // An FDB entry's (AF_BRIDGE) destination: the parser leaves it as bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    });
+    let mac = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => {
+            <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr)
+        }
+        _ => None,
+    });
+    (ip, mac)
+}
+
 /// A snapshot of the main table, from [`Netlink::routing`].
 pub struct Routing(Vec<RouteInfo>);
 
@@ -823,6 +854,17 @@ struct RouteInfo {
 }
 
 impl RouteInfo {
+    /// The route as weft's peer route, if it is one.
+    fn as_peer(&self) -> Option<PeerRoute> {
+        self.peer.then_some(())?;
+        Some(PeerRoute {
+            dst: self.dst,
+            gateway: self.gateway?,
+            oif: self.oif?,
+            onlink: self.onlink,
+        })
+    }
+
     /// The route `m` describes; `None` for one weft cannot read (an unknown family).
     fn read(m: &rtnetlink::packet_route::route::RouteMessage) -> Option<RouteInfo> {
         let h = &m.header;
