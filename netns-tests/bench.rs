@@ -5,13 +5,17 @@
 //! and ping, each figure the median of repeated runs, weft's as ratios to kernel vxlan and
 //! host-gw from the same run; weft's kernel backends also against the plain baseline of the
 //! same kernel path, which they must equal, and weft udp against flannel's proxy. Writes a
-//! table, `bench …` lines, JSON and an SVG chart. Run as root: `netns-tests/bench` (see
-//! `--help`). `--flood` runs the garbage-flood lab instead (see `flood_lab.rs`).
+//! table, `bench …` lines, JSON and an SVG chart. Besides the bulk figures, the
+//! request/response ones (`latency.rs`): TCP_RR and ping p50/p99, idle and under a stream.
+//! Run as root: `netns-tests/bench` (see `--help`). `--flood` runs the garbage-flood lab
+//! instead (see `flood_lab.rs`).
 
 #[path = "flood_lab.rs"]
 mod flood_lab;
 #[path = "harness.rs"]
 mod harness;
+#[path = "latency.rs"]
+mod latency;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -83,7 +87,7 @@ const UDP_BASELINES: [(&str, &str); 2] = [
 ];
 
 /// (key, label, unit, higher is better)
-const METRICS: [(&str, &str, &str, bool); 8] = [
+const METRICS: [(&str, &str, &str, bool); 15] = [
     ("tcp1_gbps", "TCP 1 stream", "Gbit/s", true),
     ("tcp4_gbps", "TCP 4 streams", "Gbit/s", true),
     (
@@ -96,6 +100,23 @@ const METRICS: [(&str, &str, &str, bool); 8] = [
     ("udp64_kpps", "UDP 64 B rate", "kpps", true),
     ("udp64_loss_pct", "UDP 64 B loss", "%", false),
     ("rtt_us", "ping RTT", "µs", false),
+    ("rr_tps", "TCP_RR, 1 B each way", "tx/s", true),
+    ("rr_p50_us", "TCP_RR p50", "µs", false),
+    ("rr_p99_us", "TCP_RR p99", "µs", false),
+    ("ping_p50_us", "ping p50, idle", "µs", false),
+    ("ping_p99_us", "ping p99, idle", "µs", false),
+    (
+        "ping_load_p50_us",
+        "ping p50, under a TCP stream",
+        "µs",
+        false,
+    ),
+    (
+        "ping_load_p99_us",
+        "ping p99, under a TCP stream",
+        "µs",
+        false,
+    ),
     ("cpu_s_per_gb", "CPU per GB (TCP 1)", "s/GB", false),
 ];
 
@@ -392,6 +413,7 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
         {
             push("rtt_us", avg * 1000.0);
         }
+        latency::measure(&a, &b, &dst, v6, o.seconds, &mut push);
     }
     drop(c);
     samples
@@ -604,18 +626,13 @@ fn ratio_table(
 }
 
 fn main() {
+    if let Ok(p) = std::env::var("WEFT_BENCH_PHASE") {
+        return latency::phase(&p);
+    }
     let o = opts();
     let weft = harness::weft_next_to_exe();
     if o.flood {
-        let lab = flood_lab::LabOpts {
-            rounds: o.repeats,
-            seconds: o.seconds,
-            mbit: o.flood_mbit.clone(),
-            to: o.flood_to.clone(),
-            out: o.out.clone(),
-        };
-        flood_lab::run(&weft, &lab);
-        return;
+        return flood(&o, &weft);
     }
     let mut results: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
     let mut all: BTreeMap<String, Samples> = BTreeMap::new();
@@ -680,6 +697,18 @@ fn main() {
     println!();
     bench_lines(&o.modes, &get, &samples);
     write_outputs(&o, &results, &all);
+}
+
+/// `--flood`: the garbage-flood lab instead of the bench.
+fn flood(o: &Opts, weft: &std::path::Path) {
+    let lab = flood_lab::LabOpts {
+        rounds: o.repeats,
+        seconds: o.seconds,
+        mbit: o.flood_mbit.clone(),
+        to: o.flood_to.clone(),
+        out: o.out.clone(),
+    };
+    flood_lab::run(weft, &lab);
 }
 
 /// One `bench mode=… metric=…` line per mode and metric, with the ratios to kernel vxlan
