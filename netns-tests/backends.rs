@@ -346,17 +346,64 @@ fn check_kernel_peer_entries(c: &Cluster, ns: &str, l: &weft::lease::Lease, gw: 
     });
 }
 
-/// What someone removes on node 1 comes back: the route to `s2`, the ARP entry for `gw2`,
-/// the device itself; the pods reach each other again.
+/// What someone removes or changes on node 1 comes back: the route to `s2` (deleted, or
+/// replaced by another), the ARP entry for `gw2` (deleted, or made dynamic), the device
+/// itself; a stray peer route goes; the pods reach each other again. Each is seen through
+/// the kernel's notifications, not a dump every second.
 fn removed_kernel_state_comes_back(c: &Cluster, ns: &str, s2: &str, gw2: &str) {
     ns_sh(ns, &["ip", "route", "del", s2]);
     wait_route(c, 0, s2, "restored", |r| r.contains("dev flannel.1"));
+    // Replaced in place (one RTM_NEWROUTE, no deletion): weft's comes back.
+    let onlink = ["dev", "flannel.1", "onlink", "proto", "static"];
+    let mut replace = vec!["ip", "route", "replace", s2, "via", gw2];
+    replace.extend(onlink);
+    ns_sh(ns, &replace);
+    wait_route(c, 0, s2, "weft's again", |r| r.contains("proto 87"));
+    // A peer route weft does not want (an earlier weft's, say) goes.
+    let stray = "10.244.250.0/24";
+    let mut add = vec!["ip", "route", "add", stray, "via", "10.244.250.0"];
+    add.extend(&onlink[..3]);
+    add.extend(["proto", "87"]);
+    ns_sh(ns, &add);
+    wait_route(c, 0, stray, "removed", str::is_empty);
     ns_sh(ns, &["ip", "neigh", "del", gw2, "dev", "flannel.1"]);
     wait_for("the ARP entry restored", Duration::from_secs(10), || {
         ns_sh(ns, &["ip", "neigh", "show", "dev", "flannel.1", gw2])
             .contains("PERMANENT")
             .then_some(())
     });
+    // Made dynamic, same MAC: permanent again.
+    let arp = ns_sh(ns, &["ip", "neigh", "show", "dev", "flannel.1", gw2]);
+    let mac = arp
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    ns_sh(
+        ns,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            gw2,
+            "lladdr",
+            &mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "reachable",
+        ],
+    );
+    wait_for(
+        "the ARP entry permanent again",
+        Duration::from_secs(10),
+        || {
+            ns_sh(ns, &["ip", "neigh", "show", "dev", "flannel.1", gw2])
+                .contains("PERMANENT")
+                .then_some(())
+        },
+    );
     ns_sh(ns, &["ip", "link", "del", "flannel.1"]);
     wait_route(c, 0, s2, "back after the device was deleted", |r| {
         r.contains("dev flannel.1")

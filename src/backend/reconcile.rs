@@ -46,9 +46,9 @@ pub(crate) struct Reconciler {
     rules: Vec<PeerRule>,
     label: String,
     entries: BTreeMap<IpNet, Entry>,
-    /// Each planned peer's subnets by its key ([`Peer::key`]): what a patch that puts or
-    /// removes it touches.
-    planned: BTreeMap<SubnetPair, Vec<IpNet>>,
+    /// The planned peers by key ([`Peer::key`]): their subnets are what a patch that puts
+    /// or removes one touches.
+    planned: BTreeMap<SubnetPair, Peer>,
     /// The planned FDB entries, (device, MAC) -> destination, to judge notifications.
     fdb: BTreeMap<(u32, MacAddr), IpAddr>,
     /// The kernel's notifications (`None` where they could not be had: every check looks).
@@ -102,7 +102,7 @@ impl Reconciler {
         self.devices.push(Device { guard, plan });
         // As flanneld (#1795): the MAC after link-up must be the one the lease publishes
         // (systemd's MACAddressPolicy may rewrite it).
-        for fixed in self.fix_macs() {
+        for fixed in self.fix_macs(&mut true) {
             tracing::warn!("{fixed}");
         }
         Ok(())
@@ -113,7 +113,7 @@ impl Reconciler {
     pub(crate) fn update(&mut self, peers: &[Peer]) {
         let reach = self.needs_reach().then(|| Reach::read(&self.nl));
         let plan = self.plan(peers, reach.as_ref());
-        self.planned = peers.iter().map(|p| (p.key(), subnets_of(p))).collect();
+        self.planned = peers.iter().map(|p| (p.key(), *p)).collect();
         self.apply(plan);
     }
 
@@ -125,12 +125,11 @@ impl Reconciler {
         let mut touched = BTreeSet::new();
         let keys = changes.put.iter().map(Peer::key);
         for key in changes.gone.iter().copied().chain(keys) {
-            touched.extend(self.planned.remove(&key).unwrap_or_default());
+            touched.extend(self.planned.remove(&key).iter().flat_map(subnets_of));
         }
         for p in &changes.put {
-            let subnets = subnets_of(p);
-            touched.extend(subnets.iter().copied());
-            self.planned.insert(p.key(), subnets);
+            touched.extend(subnets_of(p));
+            self.planned.insert(p.key(), *p);
         }
         let plan = {
             let reach = self.needs_reach().then(|| Reach::ask(&self.nl));
@@ -183,6 +182,9 @@ impl Reconciler {
             tracing::warn!(%subnet, "{why}");
         }
         let label = &self.label;
+        // Every removal before any programming: a node that moved to another subnet keeps
+        // its MAC, and its old FDB entry is the new one's too.
+        let mut programs = Vec::new();
         for sn in touched {
             let (old, new) = (self.entries.remove(sn), plan.entries.get(sn).copied());
             if old != new {
@@ -190,12 +192,13 @@ impl Reconciler {
                     remove_entry(&self.nl, *sn, e, label);
                     self.fdb.remove(&(e.device, e.mac));
                 }
-                if let Some(e) = &new {
-                    self.settled &= program_entry_or_warn(&self.nl, *sn, e, label);
-                    self.fdb.insert((e.device, e.mac), e.public_ip);
-                }
+                programs.extend(new.map(|e| (*sn, e)));
             }
             self.entries.extend(new.map(|e| (*sn, e)));
+        }
+        for (sn, e) in programs {
+            self.settled &= program_entry_or_warn(&self.nl, sn, &e, label);
+            self.fdb.insert((e.device, e.mac), e.public_ip);
         }
         let done = self.routes.patch(touched, plan.routes);
         self.routes_done(done);
@@ -226,6 +229,12 @@ impl Reconciler {
         if !self.disturbed() {
             return Health::Fine;
         }
+        if self.needs_reach() {
+            // Which peers a plain route reaches may have changed with the underlay: plan
+            // them all again, as a start does.
+            let peers: Vec<Peer> = self.planned.values().copied().collect();
+            self.update(&peers);
+        }
         let (health, settled) = self.full_check();
         self.settled = settled;
         health
@@ -255,20 +264,20 @@ impl Reconciler {
         let underlay = |i: u32| self.rules.iter().any(|r| r.underlay == i);
         match c {
             Change::Lost => true,
-            Change::Link(i) | Change::AddressGone(i) => ours(*i) || underlay(*i),
+            Change::Link(i) | Change::Address(i) => ours(*i) || underlay(*i),
             Change::Route {
                 gone,
                 dst,
                 oif,
                 peer,
             } => {
-                let device_route = self
-                    .devices
-                    .iter()
-                    .any(|d| oif == &Some(d.guard.index()) && d.guard.routes().contains(dst));
-                match self.routes.wanted(dst) {
-                    Some(w) => (peer.as_ref() == Some(w)) == *gone,
-                    None => *gone && device_route,
+                let device = self.devices.iter().find(|d| d.guard.routes().contains(dst));
+                match (self.routes.wanted(dst), device) {
+                    // Ours deleted, or another put in its place.
+                    (Some(w), _) => (peer.as_ref() == Some(w)) == *gone,
+                    (None, Some(d)) => (oif == &Some(d.guard.index())) == *gone,
+                    // A peer route it does not want (an earlier weft's): to be removed.
+                    (None, None) => !*gone && peer.is_some(),
                 }
             }
             Change::Neighbour {
@@ -277,13 +286,16 @@ impl Reconciler {
                 bridge,
                 ip,
                 mac,
+                permanent,
             } => {
                 let wanted = match bridge {
                     // An FDB entry: its MAC is the key, the destination the value.
                     true => self.fdb.get(&(*index, *mac)).map(|d| d == ip),
                     false => self.neighbour_mac(*index, *ip).map(|m| m == *mac),
                 };
-                ours(*index) && wanted.is_some_and(|same| same == *gone)
+                // Ours deleted, re-pointed, or no longer permanent.
+                let undone = |same: bool| same == *gone || (same && !permanent);
+                ours(*index) && wanted.is_some_and(undone)
             }
         }
     }
@@ -310,8 +322,8 @@ impl Reconciler {
                 Err(broken) => return (Health::Broken(broken), false),
             }
         }
-        fixed.extend(self.fix_macs());
         let mut restored = true;
+        fixed.extend(self.fix_macs(&mut restored));
         fixed.extend(self.restore_entries(&mut restored));
         if let Health::Repaired(r) = self.routes.check(&self.label) {
             fixed.push(r);
@@ -347,7 +359,10 @@ impl Reconciler {
             fixed.push(format!("{name} was set down: set it up"));
         }
         for &r in guard.routes() {
-            if !self.nl.has_route(r, link.index).unwrap_or(true) {
+            let Ok(present) = self.nl.has_route(r, link.index) else {
+                return Ok(None);
+            };
+            if !present {
                 self.nl.replace_route(r, link.index).map_err(|e| {
                     format!("the route to {r} via {name} was removed and cannot be restored: {e}")
                 })?;
@@ -357,28 +372,38 @@ impl Reconciler {
         Ok(Some(fixed))
     }
 
-    /// Puts the plans' MACs back where something changed them: what was done.
-    fn fix_macs(&self) -> Vec<String> {
-        self.devices
-            .iter()
-            .filter_map(|d| self.fix_mac(d))
+    /// Puts the plans' MACs back where something changed them: what was done. A MAC
+    /// that cannot be read clears `read`.
+    fn fix_macs(&self, read: &mut bool) -> Vec<String> {
+        (self.devices.iter())
+            .filter_map(|d| {
+                self.fix_mac(d).unwrap_or_else(|()| {
+                    *read = false;
+                    None
+                })
+            })
             .collect()
     }
 
     /// Puts `d`'s planned MAC back if something changed it: what was done, if anything.
-    fn fix_mac(&self, d: &Device) -> Option<String> {
-        let (index, name, mac) = (d.guard.index(), &d.plan.name, d.plan.mac?);
-        let link = self.nl.link_by_index(index).ok()??;
+    fn fix_mac(&self, d: &Device) -> Result<Option<String>, ()> {
+        let (index, name) = (d.guard.index(), &d.plan.name);
+        let Some(mac) = d.plan.mac else {
+            return Ok(None);
+        };
+        let Some(link) = self.nl.link_by_index(index).map_err(|_| ())? else {
+            return Ok(None);
+        };
         if link.mac == Some(mac) {
-            return None;
+            return Ok(None);
         }
         let got = link.mac.map(|m| m.to_string()).unwrap_or_default();
-        Some(match self.nl.set_mac(index, mac) {
+        Ok(Some(match self.nl.set_mac(index, mac) {
             Ok(()) => format!("{name}'s MAC was {got}, not the lease's VtepMAC {mac}: set it back"),
             Err(e) => format!(
                 "{name}'s MAC is {got}, not the lease's VtepMAC {mac}, and cannot be set: {e}"
             ),
-        })
+        }))
     }
 
     /// Tunnel entries someone deleted or changed, put back: a line per repair.

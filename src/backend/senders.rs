@@ -33,19 +33,21 @@ impl Senders {
     /// Applies `changes`: whether the filter must be programmed again (an address came or
     /// went, and the filter lists them, or did before).
     pub(crate) fn patch(&mut self, changes: &PeerChanges) -> bool {
-        let listed = self.listable();
-        let mut moved = false;
+        let before = self.listable();
+        let mut moved = (false, false);
+        let mut or = |(a, b): (bool, bool)| moved = (moved.0 || a, moved.1 || b);
         for key in &changes.gone {
-            moved |= self.remove(key);
+            or(self.remove(key));
         }
         for p in &changes.put {
             if self.of.get(&p.key()) == Some(&addresses(p)) {
                 continue;
             }
-            moved |= self.remove(&p.key());
-            moved |= self.put(p);
+            or(self.remove(&p.key()));
+            or(self.put(p));
         }
-        moved && (listed || self.listable())
+        let after = self.listable();
+        (moved.0 && (before.0 || after.0)) || (moved.1 && (before.1 || after.1))
     }
 
     /// The distinct IPv4 senders.
@@ -58,28 +60,33 @@ impl Senders {
         self.v6.keys().copied().collect()
     }
 
-    /// Whether the filter lists either family's senders (past both limits it is lifted).
-    fn listable(&self) -> bool {
-        self.v4.len() <= MAX_SENDERS || self.v6.len() <= MAX_SENDERS_V6
+    /// Whether the filter lists each family's senders (IPv4, IPv6); past its limit, a
+    /// family's filter is lifted, and a change among them changes nothing.
+    fn listable(&self) -> (bool, bool) {
+        (
+            self.v4.len() <= MAX_SENDERS,
+            self.v6.len() <= MAX_SENDERS_V6,
+        )
     }
 
-    /// Counts `p`'s addresses: whether one is new.
-    fn put(&mut self, p: &Peer) -> bool {
+    /// Counts `p`'s addresses: whether one is new, per family.
+    fn put(&mut self, p: &Peer) -> (bool, bool) {
         let (v4, v6) = addresses(p);
         self.of.insert(p.key(), (v4, v6));
         let new4 = v4.is_some_and(|ip| count_in(&mut self.v4, ip));
         let new6 = v6.is_some_and(|ip| count_in(&mut self.v6, ip));
-        new4 || new6
+        (new4, new6)
     }
 
-    /// Forgets the peer at `key`: whether one of its addresses is no longer anyone's.
-    fn remove(&mut self, key: &SubnetPair) -> bool {
+    /// Forgets the peer at `key`: whether one of its addresses is no longer anyone's,
+    /// per family.
+    fn remove(&mut self, key: &SubnetPair) -> (bool, bool) {
         let Some((v4, v6)) = self.of.remove(key) else {
-            return false;
+            return (false, false);
         };
         let gone4 = v4.is_some_and(|ip| count_out(&mut self.v4, ip));
         let gone6 = v6.is_some_and(|ip| count_out(&mut self.v6, ip));
-        gone4 || gone6
+        (gone4, gone6)
     }
 }
 
@@ -168,14 +175,14 @@ mod tests {
         let mut one = vxlan(7);
         one.v6 = None;
         one.public_ip = Ipv4Addr::new(203, 0, 113, 7);
-        // No IPv6 sender at all: that family is listable, so the change is programmed.
-        assert!(s.patch(&put(vec![one])));
+        assert!(!s.patch(&put(vec![one])), "IPv4's filter is lifted");
+        one.v6 = vxlan(7).v6;
+        assert!(s.patch(&put(vec![one])), "IPv6's lists its first sender");
         s.v6 = (0..=MAX_SENDERS_V6 as u16)
             .map(|i| (Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, i), 1))
             .collect();
-        let mut other = one;
+        let mut other = vxlan(8);
         other.public_ip = Ipv4Addr::new(203, 0, 113, 8);
-        other.v6 = vxlan(7).v6;
         assert!(!s.patch(&put(vec![other])), "both families past the limits");
     }
 }

@@ -19,7 +19,7 @@ use rtnetlink::constants::{
     RTMGRP_NEIGH,
 };
 use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
-use rtnetlink::packet_route::neighbour::NeighbourMessage;
+use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
@@ -33,8 +33,9 @@ use crate::wire::MacAddr;
 pub(crate) enum Change {
     /// The link with this index was added, changed (up, down, MAC, name) or deleted.
     Link(u32),
-    /// An address was removed from the link with this index (its routes go with it).
-    AddressGone(u32),
+    /// An address was added to or removed from the link with this index (its routes come
+    /// or go with it, without notifications of their own).
+    Address(u32),
     /// A route of the main table was added or replaced (`gone`: deleted).
     Route {
         gone: bool,
@@ -44,13 +45,14 @@ pub(crate) enum Change {
         peer: Option<PeerRoute>,
     },
     /// A neighbour entry (`bridge`: an FDB entry, `ip` its destination) on the link
-    /// `index` was added or changed (`gone`: deleted).
+    /// `index` was added or changed (`gone`: deleted); `permanent`: its state says so.
     Neighbour {
         gone: bool,
         index: u32,
         bridge: bool,
         ip: IpAddr,
         mac: MacAddr,
+        permanent: bool,
     },
     /// The kernel dropped notifications: anything may have changed.
     Lost,
@@ -63,7 +65,7 @@ pub(crate) struct Events {
 }
 
 /// What the kernel may queue for a check, a second's worth of a busy node's changes.
-const RECEIVE_BUFFER: usize = 1 << 20;
+const RECEIVE_BUFFER: libc::c_int = 1 << 20;
 
 impl Events {
     /// Subscribes, in the current network namespace.
@@ -122,10 +124,15 @@ pub(crate) fn parse_datagram(mut bytes: &[u8], out: &mut Vec<Change>) {
         };
         let (msg, rest) = bytes.split_at(len.clamp(1, bytes.len()));
         bytes = rest;
-        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
-            if let NetlinkPayload::InnerMessage(m) = m.payload {
-                out.extend(change_of(m));
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
+            Ok(m) => {
+                if let NetlinkPayload::InnerMessage(m) = m.payload {
+                    out.extend(change_of(m));
+                }
             }
+            // Unreadable (a link kind the parser does not know, say): it may have been
+            // one that mattered.
+            Err(_) => out.push(Change::Lost),
         }
     }
 }
@@ -135,7 +142,7 @@ fn change_of(m: RouteNetlinkMessage) -> Option<Change> {
     use RouteNetlinkMessage as M;
     Some(match m {
         M::NewLink(l) | M::DelLink(l) => Change::Link(l.header.index),
-        M::DelAddress(a) => Change::AddressGone(a.header.index),
+        M::NewAddress(a) | M::DelAddress(a) => Change::Address(a.header.index),
         M::NewRoute(r) => route_change(&r, false)?,
         M::DelRoute(r) => route_change(&r, true)?,
         M::NewNeighbour(n) => neighbour_change(&n, false)?,
@@ -167,6 +174,7 @@ fn neighbour_change(n: &NeighbourMessage, gone: bool) -> Option<Change> {
         bridge: n.header.family == AddressFamily::Bridge,
         ip: ip?,
         mac: mac?,
+        permanent: n.header.state == NeighbourState::Permanent,
     })
 }
 
@@ -208,6 +216,7 @@ mod tests {
         let mut n = NeighbourMessage::default();
         n.header.family = family;
         n.header.ifindex = 7;
+        n.header.state = NeighbourState::Permanent;
         n.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::from(
                 IpAddr::V4(ip),
@@ -255,14 +264,16 @@ mod tests {
                     index: 7,
                     bridge: false,
                     ip: dst.network(),
-                    mac
+                    mac,
+                    permanent: true,
                 },
                 Change::Neighbour {
                     gone: true,
                     index: 7,
                     bridge: true,
                     ip: "192.0.2.2".parse().unwrap(),
-                    mac
+                    mac,
+                    permanent: true,
                 },
                 Change::Link(7),
             ]
