@@ -14,7 +14,10 @@ use harness::{
     iperf3, ns_run, ns_sh, try_in_ns, wait_for, weft, Capture, Cluster, Kind, Pod, ETCD_PREFIX,
 };
 
-const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+/// weft's nodes take subnets below 10.244.100.0 (flanneld's `SubnetMax`), so the leases
+/// this file writes by hand above it, after they start, never land on one of theirs.
+const HOST_GW: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.99.0","Backend":{"Type":"host-gw"}}"#;
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const UDP: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
 const DIRECT: &str =

@@ -163,20 +163,39 @@ const WG_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard
 /// Network. Returns its public key.
 fn flanneld_wireguard_node(c: &mut Cluster, k: usize) -> String {
     let n = k + 1;
+    let sn = flanneld_octet(c, n);
     let (private, public) = wg_keys();
     let key = c.dir.join(format!("wgkey-{n}"));
     let ns = c.nodes[k].ns.clone();
-    let address = format!("10.244.{n}.0/32");
+    let address = format!("10.244.{sn}.0/32");
     stock_wg_device(Stock::WireguardGo, &ns, DEV, (&private, &key), &address);
     let value = format!(
         r#"{{"PublicIP":"192.0.2.{n}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#
     );
-    put_flanneld_lease(c, &format!("10.244.{n}.0-24"), &value);
-    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
+    put_flanneld_lease(c, &format!("10.244.{sn}.0-24"), &value);
+    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{sn}.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
     let file = c.nodes[k].subnet_file.clone();
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, env).unwrap();
     public
+}
+
+/// The third octet of the subnet a flanneld node `n` takes: `n` (10.244.<n>.0/24,
+/// fd00:10:244:<n>::/64) unless a weft node already holds it (weft picks its subnet at
+/// random), else a free one: writing over a weft node's lease would take it away.
+fn flanneld_octet(c: &Cluster, n: usize) -> usize {
+    let taken: Vec<usize> = (c.leases().iter())
+        .flat_map(|l| {
+            let v4 = l.subnet.map(|s| s.network().octets()[2] as usize);
+            v4.into_iter()
+                .chain(l.ipv6_subnet.map(|s| s.network().segments()[3] as usize))
+        })
+        .collect();
+    let free = |x: &usize| !taken.contains(x);
+    std::iter::once(n)
+        .chain(200..=254)
+        .find(free)
+        .expect("a free subnet")
 }
 
 /// Puts `value` under subnet key `key` in etcd with a day's TTL, as flanneld's
@@ -524,10 +543,14 @@ fn wg_dual(mode: &str) -> String {
 /// subnet.env as `WriteSubnetFile`. Returns its public key.
 fn flanneld_dual_wg_node(c: &mut Cluster, k: usize, one: bool) -> String {
     let n = k + 1;
+    let sn = flanneld_octet(c, n);
     let v6 = harness::v6_underlay(c, k);
     let (private, public) = wg_keys();
     let ns = c.nodes[k].ns.clone();
-    let (a4, a6) = (format!("10.244.{n}.0/32"), format!("fd00:10:244:{n}::/128"));
+    let (a4, a6) = (
+        format!("10.244.{sn}.0/32"),
+        format!("fd00:10:244:{sn}::/128"),
+    );
     const R4: &str = "10.244.0.0/16";
     const R6: &str = "fd00:10:244::/56";
     let key = c.dir.join(format!("wgkey-{n}"));
@@ -567,8 +590,12 @@ fn flanneld_dual_wg_node(c: &mut Cluster, k: usize, one: bool) -> String {
     let value = format!(
         r#"{{"PublicIP":"192.0.2.{n}","PublicIPv6":"{v6}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}},"BackendV6Data":{{"PublicKey":"{public}","Port":51821}}}}"#
     );
-    put_flanneld_lease(c, &format!("10.244.{n}.0-24&fd00:10:244:{n}::-64"), &value);
-    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{n}.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{n}::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
+    put_flanneld_lease(
+        c,
+        &format!("10.244.{sn}.0-24&fd00:10:244:{sn}::-64"),
+        &value,
+    );
+    let env = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{sn}.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:{sn}::1/64\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n");
     let file = c.nodes[k].subnet_file.clone();
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, env).unwrap();
@@ -783,10 +810,17 @@ fn dual_stack_ipv6_mode_carries_both_families_on_one_device_over_ipv6() {
     assert_dual_traffic(&c, k, [(6, 51820), (4, 0)]);
     let peer = weft_dump_peer(&c, DEV, 51820, &flanneld_key);
     assert_eq!(peer[2], format!("[2001:db8::{}]:51820", k + 1), "{peer:?}");
-    let n = k + 1;
+    let flanneld = c
+        .leases()
+        .into_iter()
+        .find(|l| l.attrs.public_ip == c.nodes[k].ip);
+    let sn = flanneld
+        .and_then(|l| l.subnet)
+        .expect("the flanneld node's lease");
+    let sn = sn.network().octets()[2];
     assert_eq!(
         peer[3],
-        format!("10.244.{n}.0/24,fd00:10:244:{n}::/64"),
+        format!("10.244.{sn}.0/24,fd00:10:244:{sn}::/64"),
         "{peer:?}"
     );
 }
