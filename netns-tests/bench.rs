@@ -87,7 +87,7 @@ const UDP_BASELINES: [(&str, &str); 2] = [
 ];
 
 /// (key, label, unit, higher is better)
-const METRICS: [(&str, &str, &str, bool); 15] = [
+const METRICS: [(&str, &str, &str, bool); 17] = [
     ("tcp1_gbps", "TCP 1 stream", "Gbit/s", true),
     ("tcp4_gbps", "TCP 4 streams", "Gbit/s", true),
     (
@@ -106,6 +106,12 @@ const METRICS: [(&str, &str, &str, bool); 15] = [
     ("ping_p50_us", "ping p50, idle", "µs", false),
     ("ping_p99_us", "ping p99, idle", "µs", false),
     (
+        "ping_cpu_pct",
+        "weft's CPU, idle pings",
+        "% of a vCPU",
+        false,
+    ),
+    (
         "ping_load_p50_us",
         "ping p50, under a TCP stream",
         "µs",
@@ -118,6 +124,12 @@ const METRICS: [(&str, &str, &str, bool); 15] = [
         false,
     ),
     ("cpu_s_per_gb", "CPU per GB (TCP 1)", "s/GB", false),
+    (
+        "idle_cpu_pct",
+        "a weft node's CPU, no traffic",
+        "% of a vCPU",
+        false,
+    ),
 ];
 
 struct Opts {
@@ -130,13 +142,18 @@ struct Opts {
     flood: bool,
     flood_mbit: String,
     flood_to: Option<String>,
+    /// `--latency-only`: only the request/response figures (for A/B runs of a lever).
+    latency_only: bool,
+    /// How long a weft node's CPU is measured with no traffic (30 s; 3 with `--quick`).
+    idle_seconds: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--out DIR]\n\
+        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--latency-only] [--out DIR]\n\
          \x20      netns-tests/bench --flood [--flood-mbit M] [--flood-to ADDR:PORT] [--quick] [--repeats N] [--seconds S] [--out DIR]\n\
          modes: {}; defaults: all but boringtun, 3 repeats of 5 s, out target/bench;\n\
+         --latency-only: only TCP_RR and the pings (A/B runs of a latency lever);\n\
          --wireguard: weft-wireguard, boringtun, wireguard-go, weft-vxlan; --flood: the garbage-flood lab,\n\
          3 rounds of a quiet then a flooded 5 s stream per setup, {} Mbit/s (WEFT_TEST_FLOOD_MBIT),\n\
          aimed at the node unless --flood-to (WEFT_TEST_FLOOD_TO) names a control target",
@@ -156,6 +173,8 @@ fn opts() -> Opts {
         flood: false,
         flood_mbit: harness::flood_mbit(),
         flood_to: std::env::var("WEFT_TEST_FLOOD_TO").ok(),
+        latency_only: false,
+        idle_seconds: 30,
     };
     let mut a = std::env::args().skip(1);
     while let Some(arg) = a.next() {
@@ -164,6 +183,7 @@ fn opts() -> Opts {
             "--quick" => {
                 o.repeats = 1;
                 o.seconds = 2;
+                o.idle_seconds = 3;
             }
             "--repeats" => o.repeats = val().parse().unwrap_or_else(|_| usage()),
             "--seconds" => o.seconds = val().parse().unwrap_or_else(|_| usage()),
@@ -174,6 +194,7 @@ fn opts() -> Opts {
             "--flood" => o.flood = true,
             "--flood-mbit" => o.flood_mbit = val(),
             "--flood-to" => o.flood_to = Some(val()),
+            "--latency-only" => o.latency_only = true,
             _ => usage(),
         }
     }
@@ -354,6 +375,7 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut push = |k: &'static str, v: f64| samples.entry(k).or_default().push(v);
     let v6 = is_v6(mode);
+    let weft_pids = weft_pids(&c);
     let dst = match (v6, b.ip6) {
         (true, Some(ip6)) => ip6.to_string(),
         _ => b.ip.to_string(),
@@ -369,6 +391,10 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
     };
     for r in 0..o.repeats {
         eprintln!("bench: {mode}: run {}/{}", r + 1, o.repeats);
+        if o.latency_only {
+            latency::measure((&a, &b), &dst, v6, o.seconds, &weft_pids, &mut push);
+            continue;
+        }
         let cpu0 = harness::machine_busy_seconds();
         if let Some(v) = run(&["-t", &t, "-O", "1"]) {
             let cpu = harness::machine_busy_seconds() - cpu0;
@@ -403,20 +429,57 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
             push("udp64_kpps", sent_pps * (1.0 - s.loss / 100.0) / 1e3);
             push("udp64_loss_pct", s.loss);
         }
-        let p = ns_run(&a.ns, &["ping", "-c", "20", "-i", "0.05", "-q", &dst]);
-        let text = String::from_utf8_lossy(&p.stdout);
-        if let Some(avg) = text
-            .split(" = ")
-            .nth(1)
-            .and_then(|s| s.split('/').nth(1))
-            .and_then(|s| s.parse::<f64>().ok())
-        {
-            push("rtt_us", avg * 1000.0);
+        if let Some(us) = average_rtt_us(&a, &dst) {
+            push("rtt_us", us);
         }
-        latency::measure(&a, &b, &dst, v6, o.seconds, &mut push);
+        latency::measure((&a, &b), &dst, v6, o.seconds, &weft_pids, &mut push);
+    }
+    if let Some(pct) = (!o.latency_only)
+        .then(|| idle_cpu(&c, o.idle_seconds))
+        .flatten()
+    {
+        push("idle_cpu_pct", pct);
     }
     drop(c);
     samples
+}
+
+/// The average of 20 pings from `a` to `dst`, 50 ms apart, in µs.
+fn average_rtt_us(a: &Pod, dst: &str) -> Option<f64> {
+    let p = ns_run(&a.ns, &["ping", "-c", "20", "-i", "0.05", "-q", dst]);
+    let text = String::from_utf8_lossy(&p.stdout);
+    let avg_ms = text
+        .split(" = ")
+        .nth(1)?
+        .split('/')
+        .nth(1)?
+        .parse::<f64>()
+        .ok()?;
+    Some(avg_ms * 1000.0)
+}
+
+/// The weft processes of `c`.
+fn weft_pids(c: &Cluster) -> Vec<u32> {
+    c.nodes
+        .iter()
+        .filter_map(|n| n.child.as_ref())
+        .map(|ch| ch.id())
+        .collect()
+}
+
+/// The busiest weft node's CPU over `seconds` with no traffic, in % of one vCPU; `None`
+/// where no weft runs.
+fn idle_cpu(c: &Cluster, seconds: u64) -> Option<f64> {
+    let pids = weft_pids(c);
+    if pids.is_empty() {
+        return None;
+    }
+    let before: Vec<u64> = pids.iter().map(|&p| harness::cpu_ns(p)).collect();
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    pids.iter()
+        .zip(before)
+        .map(|(&p, b)| 100.0 * harness::cpu_ns(p).saturating_sub(b) as f64 / 1e9 / seconds as f64)
+        .reduce(f64::max)
 }
 
 /// Every repeat's values, per mode and metric (a failed run as null).

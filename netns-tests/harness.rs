@@ -84,7 +84,7 @@ pub use figures::{figure, machine_busy_seconds, median, percentile, run_phase, s
 #[allow(unused_imports)]
 pub use flood::{flood_mbit, Flood, FloodCounts};
 #[allow(unused_imports)]
-pub use process::{cpu_seconds, example_beside, rss_kb, table_holds, weft_next_to_exe};
+pub use process::{cpu_ns, cpu_seconds, example_beside, rss_kb, table_holds, weft_next_to_exe};
 #[allow(unused_imports)]
 pub use traffic::{
     iperf3, iperf3_json, iperf3_json_family, iperf3_per_second, udp_source_seen, Iperf,

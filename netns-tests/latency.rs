@@ -6,8 +6,9 @@
 //!   transactions per second and each transaction's time, p50 and p99. The server and
 //!   client are this same bench binary run again inside the pods' namespaces
 //!   (`WEFT_BENCH_PHASE=rr-server` / `rr-client`).
-//! - **ping**, p50 and p99 of 100 echoes 10 ms apart with the path idle, and of 50 while
-//!   an iperf3 TCP stream runs the same way (latency under load).
+//! - **ping**, p50 and p99 of 100 echoes 10 ms apart with the path idle, with weft's CPU
+//!   meanwhile (what its workers' spinning costs), and of 50 while an iperf3 TCP
+//!   stream runs the same way (latency under load).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -183,13 +184,13 @@ pub fn ping(a: &Pod, dst: &str, count: u32, interval: &str) -> Option<Rtt> {
 }
 
 /// Every latency figure of one repeat, from pod `a` to `b` at `dst`: TCP_RR for
-/// `seconds`, ping idle and under load.
+/// `seconds`, ping idle (with the CPU of the `weft` processes meanwhile) and under load.
 pub fn measure(
-    a: &Pod,
-    b: &Pod,
+    (a, b): (&Pod, &Pod),
     dst: &str,
     v6: bool,
     seconds: u32,
+    weft: &[u32],
     push: &mut dyn FnMut(&'static str, f64),
 ) {
     if let Some(r) = tcp_rr(a, b, dst, seconds) {
@@ -197,7 +198,17 @@ pub fn measure(
         push("rr_p50_us", r.p50_us);
         push("rr_p99_us", r.p99_us);
     }
+    let cpu = || weft.iter().map(|&p| harness::cpu_ns(p)).sum::<u64>();
+    let (cpu0, t0) = (cpu(), Instant::now());
     if let Some(r) = ping(a, dst, 100, "0.01") {
+        // What 100 echoes a second cost weft (both nodes): what its workers spin.
+        if !weft.is_empty() {
+            let ns = cpu().saturating_sub(cpu0) as f64;
+            push(
+                "ping_cpu_pct",
+                100.0 * ns / 1e9 / t0.elapsed().as_secs_f64(),
+            );
+        }
         push("ping_p50_us", r.p50_us);
         push("ping_p99_us", r.p99_us);
     }
