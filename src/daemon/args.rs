@@ -108,11 +108,27 @@ pub struct RunArgs {
     /// cores, pinning did not help (see docs/performance.md, "How weft moves data").
     #[arg(long, env = "WEFT_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub cpu_affinity: bool,
-    /// Keep polling this many microseconds after the last packet before sleeping (0: off).
-    /// Measured on two cores with tunnel GSO: 10 beat 0, 20 and 50 on one TCP stream, CPU
-    /// per GB and ping RTT (docs/performance.md, "How weft moves data").
-    #[arg(long, env = "WEFT_BUSY_POLL_US", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    /// How a worker keeps polling after a burst before it sleeps: `adaptive` spins for
+    /// twice what recent round trips took (at least 10 µs, at most --busy-poll-us),
+    /// `fixed` for --busy-poll-us, `off` not at all (docs/performance.md, "Latency").
+    #[arg(long, env = "WEFT_BUSY_POLL", value_enum, default_value_t = crate::dataplane::poll::Spin::Adaptive)]
+    pub busy_poll: crate::dataplane::poll::Spin,
+    /// The longest spin after a burst, in microseconds (0: never spin).
+    #[arg(long, env = "WEFT_BUSY_POLL_US", default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub busy_poll_us: u32,
+    /// Each worker's socket takes the datagrams the kernel receives on the worker's CPU
+    /// (`SO_INCOMING_CPU`, Linux 6.2+), instead of the group's hash.
+    #[arg(long, env = "WEFT_UDP_INCOMING_CPU", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub udp_incoming_cpu: bool,
+    /// The time slice each worker asks the scheduler for, in microseconds (EEVDF, Linux
+    /// 6.12+; 0: the kernel's default): a shorter one preempts a busy pod sooner when a
+    /// packet wakes the worker.
+    #[arg(long, env = "WEFT_WORKER_SLICE_US", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub worker_slice_us: u32,
+    /// Yield the CPU between polls while spinning, so a pod or another worker woken on
+    /// the same CPU runs at once.
+    #[arg(long, env = "WEFT_BUSY_POLL_YIELD", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub busy_poll_yield: bool,
     /// Underlay UDP socket buffers, each way, in bytes (SO_RCVBUFFORCE/SO_SNDBUFFORCE).
     #[arg(long, env = "WEFT_SOCKET_BUFFER", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(65536..=(1 << 30)))]
     pub socket_buffer: u32,

@@ -240,7 +240,14 @@ fn dataplane_settings(
         },
         tuning: Tuning {
             pin: args.cpu_affinity,
-            busy_poll_us: args.busy_poll_us,
+            incoming_cpu: args.udp_incoming_cpu,
+            slice_us: args.worker_slice_us,
+            poll: crate::dataplane::poll::SpinPolicy {
+                spin: args.busy_poll,
+                floor: std::time::Duration::from_micros(10),
+                cap: std::time::Duration::from_micros(args.busy_poll_us.into()),
+                yield_cpu: args.busy_poll_yield,
+            },
             socket_buffer: args.socket_buffer,
             sender_filter: args.udp_sender_filter,
         },

@@ -12,6 +12,7 @@ pub(crate) mod filter;
 mod inbound;
 pub(crate) mod inject;
 mod outbound;
+pub(crate) mod poll;
 mod sys;
 mod tun;
 mod tx;

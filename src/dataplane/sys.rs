@@ -76,6 +76,59 @@ pub(super) fn enable_udp_gro(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
+/// `struct sched_attr` of sched_setattr(2), its first version (56 bytes).
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Asks the scheduler (EEVDF, Linux 6.12+) for `slice` as the calling thread's time slice,
+/// staying `SCHED_OTHER` at its nice level: a thread with a shorter slice gets an earlier
+/// deadline when it wakes, so it preempts a CPU-bound task at once instead of waiting out
+/// that task's slice. Older kernels ignore the request.
+pub(super) fn set_thread_slice(slice: std::time::Duration) -> io::Result<()> {
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice: 0,
+        priority: 0,
+        runtime: slice.as_nanos().min(u64::MAX as u128) as u64,
+        deadline: 0,
+        period: 0,
+        util_min: 0,
+        util_max: 0,
+    };
+    // SAFETY: pid 0 is the calling thread; `attr` is a sched_attr of the size it says,
+    // on our stack for the duration of the call, which only reads it.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SO_INCOMING_CPU = cpu`: in a `SO_REUSEPORT` group (Linux 6.2+), datagrams the kernel
+/// receives on `cpu` go to this socket; the group's hash chooses for the other CPUs.
+pub(super) fn set_incoming_cpu(fd: &impl AsRawFd, cpu: usize) -> io::Result<()> {
+    setsockopt_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_INCOMING_CPU,
+        cpu as libc::c_int,
+    )
+}
+
 /// Attaches `prog` to `fd`'s `SO_REUSEPORT` group, choosing the socket each datagram
 /// goes to (`SO_ATTACH_REUSEPORT_CBPF`; see [`super::filter::successor_steering`]).
 pub(super) fn attach_reuseport_filter(

@@ -20,7 +20,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::tun::TunQueue;
 use mio::unix::SourceFd;
@@ -29,6 +29,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::counters::WorkerCounters;
 use super::inbound::RxBuffers;
 use super::outbound::TxBuffers;
+use super::poll::{Last, Poller, SpinPolicy};
 use super::SourceSockets;
 use crate::encap::Node;
 use crate::lease::LeaseTable;
@@ -67,8 +68,13 @@ pub struct Offloads {
 pub struct Tuning {
     /// Pin worker i to CPU i.
     pub pin: bool,
-    /// Microseconds to keep polling without sleeping after the last packet (0: never spin).
-    pub busy_poll_us: u32,
+    /// Each worker's sockets take the datagrams the kernel receives on its CPU
+    /// (`SO_INCOMING_CPU`), so the wake-up is local.
+    pub incoming_cpu: bool,
+    /// The time slice a worker asks the scheduler for, in microseconds (0: the kernel's).
+    pub slice_us: u32,
+    /// How long to keep polling after a burst before sleeping ([`super::poll`]).
+    pub poll: SpinPolicy,
     /// Underlay socket buffer size, each way, in bytes.
     pub socket_buffer: u32,
     /// Drop datagrams from senders that hold no lease in the kernel, before they reach a
@@ -128,22 +134,101 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Worker `index`'s CPU (the `index`th of those it may use): pinned to it with
+    /// `pin`, and with `incoming_cpu` its sockets take what the kernel receives on it.
+    fn place(&self, index: usize) {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let Some(core) = cores.get(index % cores.len().max(1)) else {
+            return;
+        };
+        if self.tuning.pin && !core_affinity::set_for_current(*core) {
+            tracing::warn!("cannot pin worker {index} to CPU {}", core.id);
+        }
+        if self.tuning.incoming_cpu {
+            for s in std::iter::once(&self.sock).chain(&self.sock6) {
+                if let Err(e) = super::sys::set_incoming_cpu(s, core.id) {
+                    tracing::warn!(error = %e, "cannot set SO_INCOMING_CPU on worker {index}'s socket");
+                }
+            }
+        }
+    }
+}
+
 /// Was the source drained (it said WouldBlock)?
 pub(super) type Drained = bool;
+
+/// What the kernel has dropped for a worker's sockets (its sender filter, a full buffer),
+/// read once a second for /metrics. The socket's counter starts at 0 with the socket; the
+/// shared counter outlives recreated dataplanes, so it gets the differences (from what the
+/// socket counted before: a predecessor's, when it passed us the socket).
+struct DropsRead {
+    at: Instant,
+    seen: u32,
+}
+
+impl DropsRead {
+    fn new(seen: u32) -> DropsRead {
+        DropsRead {
+            at: Instant::now(),
+            seen,
+        }
+    }
+
+    fn maybe_read(&mut self, w: &Worker) {
+        if self.at.elapsed() >= Duration::from_secs(1) {
+            self.at = Instant::now();
+            let d = w.socket_drops();
+            WorkerCounters::add(&w.counters.socket_drops, d.wrapping_sub(self.seen) as u64);
+            self.seen = d;
+        }
+    }
+}
+
+impl Worker {
+    /// Drains both sides until each has said WouldBlock (edge-triggered). Returns what the
+    /// burst ended with, or `None` if it moved nothing.
+    fn drain(&mut self, tx: &mut TxBuffers, rx: &mut RxBuffers) -> Option<Last> {
+        let moved = |w: &Worker| {
+            let c = &w.counters;
+            (
+                c.tx_packets.load(Ordering::Relaxed),
+                c.rx_packets.load(Ordering::Relaxed),
+            )
+        };
+        let mut last = None;
+        loop {
+            let before = moved(self);
+            let tun_done = self.tun_to_underlay(tx);
+            let mut udp_done = self.underlay_to_tun(rx, false);
+            if self.sock6.is_some() {
+                udp_done &= self.underlay_to_tun(rx, true);
+            }
+            let after = moved(self);
+            if after.1 != before.1 {
+                last = Some(Last::Delivered);
+            } else if after.0 != before.0 {
+                last = Some(Last::Sent);
+            }
+            if tun_done && udp_done {
+                return last;
+            }
+        }
+    }
+}
 
 impl Worker {
     /// Runs until `stop` is set. Returns an error only if polling itself fails.
     pub(super) fn run(mut self, index: usize) -> io::Result<()> {
-        // A worker only reads and writes the descriptors it was handed.
-        crate::privilege::drop_all_in_this_thread();
-        if self.tuning.pin {
-            let cores = core_affinity::get_core_ids().unwrap_or_default();
-            if let Some(core) = cores.get(index % cores.len().max(1)) {
-                if !core_affinity::set_for_current(*core) {
-                    tracing::warn!("cannot pin worker {index} to CPU {}", core.id);
-                }
+        if self.tuning.slice_us > 0 {
+            let slice = Duration::from_micros(self.tuning.slice_us.into());
+            if let Err(e) = super::sys::set_thread_slice(slice) {
+                tracing::warn!(error = %e, "cannot set the worker's time slice");
             }
         }
+        // A worker only reads and writes the descriptors it was handed.
+        crate::privilege::drop_all_in_this_thread();
+        self.place(index);
         let mut poll = Poll::new()?;
         let (tun_fd, sock_fd) = (self.tun.as_raw_fd(), self.sock.as_raw_fd());
         poll.registry()
@@ -157,52 +242,38 @@ impl Worker {
         let mut events = Events::with_capacity(8);
         let mut tx = TxBuffers::new();
         let mut rx = RxBuffers::new(self.offloads.tun, self.offloads.udp_coalesce);
-        let busy = Duration::from_micros(self.tuning.busy_poll_us as u64);
-        let mut idle_since: Option<std::time::Instant> = None;
-        let mut drops_read = std::time::Instant::now();
-        // The socket's counter starts at 0 with the socket; the shared counter outlives
-        // recreated dataplanes, so it gets the differences (from what the socket counted
-        // before: a predecessor's, when it passed us the socket).
-        let mut drops_seen: u32 = self.socket_drops();
+        let mut poller = Poller::new(self.tuning.poll);
+        let mut spin_until: Option<Instant> = None;
+        let mut drops = DropsRead::new(self.socket_drops());
         while !self.stop.load(Ordering::Relaxed) && !self.tun_dead.load(Ordering::Relaxed) {
-            // What the kernel dropped for this socket (its sender filter, a full buffer),
-            // read once a second for /metrics.
-            if drops_read.elapsed() >= Duration::from_secs(1) {
-                drops_read = std::time::Instant::now();
-                let d = self.socket_drops();
-                WorkerCounters::add(
-                    &self.counters.socket_drops,
-                    d.wrapping_sub(drops_seen) as u64,
-                );
-                drops_seen = d;
-            }
-            // Optionally spin (non-blocking polls) for a while before sleeping: a sleeping
-            // worker costs a wake-up (an IPI and a halt exit on a VM) per burst.
-            let timeout = match idle_since {
-                Some(t) if t.elapsed() < busy => Some(Duration::ZERO),
-                _ => Some(POLL_TIMEOUT),
+            drops.maybe_read(&self);
+            // Spin (non-blocking polls) until the policy's deadline, then sleep: a sleeping
+            // worker costs a wake-up per packet that finds it asleep ([`super::poll`]).
+            let spinning = spin_until.is_some_and(|t| Instant::now() < t);
+            let timeout = if spinning {
+                Duration::ZERO
+            } else {
+                POLL_TIMEOUT
             };
-            if let Err(e) = poll.poll(&mut events, timeout) {
+            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
-            if events.is_empty() && timeout == Some(Duration::ZERO) {
-                std::hint::spin_loop();
+            if events.is_empty() {
+                if spinning && poller.yields() {
+                    std::thread::yield_now();
+                } else if spinning {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
-            // Drain both sides until each has said WouldBlock (edge-triggered).
-            let (mut tun_done, mut udp_done) = (false, false);
-            let mut udp6_done = self.sock6.is_none();
-            while !(tun_done && udp_done && udp6_done) {
-                tun_done = self.tun_to_underlay(&mut tx);
-                udp_done = self.underlay_to_tun(&mut rx, false);
-                if self.sock6.is_some() {
-                    udp6_done = self.underlay_to_tun(&mut rx, true);
-                }
+            poller.woke(Instant::now());
+            if let Some(last) = self.drain(&mut tx, &mut rx) {
+                let now = Instant::now();
+                spin_until = Some(now + poller.burst_ended(now, last));
             }
-            idle_since = (!busy.is_zero()).then(std::time::Instant::now);
         }
         Ok(())
     }
