@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// (`SO_INCOMING_CPU`, Linux 6.2+), instead of the group's hash.
     #[arg(long, env = "WEFT_UDP_INCOMING_CPU", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub udp_incoming_cpu: bool,
+    /// The TUN gives each packet to the queue of the CPU that sent it (worker i's queue
+    /// for CPU i; an eBPF steering program, needs CAP_BPF) instead of by flow hash.
+    #[arg(long, env = "WEFT_TUN_CPU_STEERING", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub tun_cpu_steering: bool,
     /// The time slice each worker asks the scheduler for, in microseconds (EEVDF, Linux
     /// 6.12+; 0: the kernel's default): a shorter one preempts a busy pod sooner when a
     /// packet wakes the worker.

@@ -242,6 +242,7 @@ fn dataplane_settings(
             pin: args.cpu_affinity,
             incoming_cpu: args.udp_incoming_cpu,
             slice_us: args.worker_slice_us,
+            tun_cpu_steering: args.tun_cpu_steering,
             poll: crate::dataplane::poll::SpinPolicy {
                 spin: args.busy_poll,
                 floor: std::time::Duration::from_micros(10),

@@ -336,6 +336,11 @@ impl Dataplane {
             offloads.gro,
             tuning.socket_buffer,
         )?;
+        if tuning.tun_cpu_steering {
+            if let Some(Err(e)) = io.tun.first().map(sys::steer_tun_by_cpu) {
+                tracing::warn!(error = %e, "cannot steer the TUN's queues by CPU; its flow hash chooses");
+            }
+        }
         // Offered once every worker runs: a start that fails half-way offers nothing.
         let offered = offer(&io.tun_name, offloads.tun, &io.tun, [&socks, &socks6]);
         let src_ports = Arc::new(match node.format {

@@ -71,6 +71,9 @@ pub struct Tuning {
     /// Each worker's sockets take the datagrams the kernel receives on its CPU
     /// (`SO_INCOMING_CPU`), so the wake-up is local.
     pub incoming_cpu: bool,
+    /// The TUN hands each packet to queue `cpu mod queues`, where `cpu` sent it (an eBPF
+    /// steering program), instead of by flow hash.
+    pub tun_cpu_steering: bool,
     /// The time slice a worker asks the scheduler for, in microseconds (0: the kernel's).
     pub slice_us: u32,
     /// How long to keep polling after a burst before sleeping ([`super::poll`]).
