@@ -107,7 +107,7 @@ const METRICS: [(&str, &str, &str, bool); 17] = [
     ("ping_p99_us", "ping p99, idle", "µs", false),
     (
         "ping_cpu_pct",
-        "weft's CPU, idle pings",
+        "node agents' CPU, idle pings",
         "% of a vCPU",
         false,
     ),
@@ -126,7 +126,7 @@ const METRICS: [(&str, &str, &str, bool); 17] = [
     ("cpu_s_per_gb", "CPU per GB (TCP 1)", "s/GB", false),
     (
         "idle_cpu_pct",
-        "a weft node's CPU, no traffic",
+        "a node agent's CPU, no traffic",
         "% of a vCPU",
         false,
     ),
@@ -458,7 +458,8 @@ fn average_rtt_us(a: &Pod, dst: &str) -> Option<f64> {
     Some(avg_ms * 1000.0)
 }
 
-/// The weft processes of `c`.
+/// The node agents of `c`: weft, or flanneld's udp proxy in the flannel-udp modes (none
+/// where the kernel alone forwards).
 fn weft_pids(c: &Cluster) -> Vec<u32> {
     c.nodes
         .iter()
@@ -467,8 +468,8 @@ fn weft_pids(c: &Cluster) -> Vec<u32> {
         .collect()
 }
 
-/// The busiest weft node's CPU over `seconds` with no traffic, in % of one vCPU; `None`
-/// where no weft runs.
+/// The busiest node agent's CPU over `seconds` with no traffic, in % of one vCPU; `None`
+/// where none runs.
 fn idle_cpu(c: &Cluster, seconds: u64) -> Option<f64> {
     let pids = weft_pids(c);
     if pids.is_empty() {

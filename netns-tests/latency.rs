@@ -184,7 +184,7 @@ pub fn ping(a: &Pod, dst: &str, count: u32, interval: &str) -> Option<Rtt> {
 }
 
 /// Every latency figure of one repeat, from pod `a` to `b` at `dst`: TCP_RR for
-/// `seconds`, ping idle (with the CPU of the `weft` processes meanwhile) and under load.
+/// `seconds`, ping idle (with the CPU of the node agents `weft` meanwhile) and under load.
 pub fn measure(
     (a, b): (&Pod, &Pod),
     dst: &str,
