@@ -170,7 +170,7 @@ pub(super) fn steer_tun_by_cpu(queue: &impl AsRawFd) -> io::Result<()> {
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
     let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let prog_fd: libc::c_int = std::os::fd::AsRawFd::as_raw_fd(&prog);
+    let prog_fd: libc::c_int = prog.as_raw_fd();
     // TUNSETSTEERINGEBPF = _IOR('T', 224, int); the device keeps its own reference.
     const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
     // SAFETY: `queue` is a live TUN descriptor; the argument points to a c_int on our

@@ -135,9 +135,7 @@ impl Worker {
             .filter_map(|s| super::sys::socket_drops(s).ok())
             .fold(0u32, u32::wrapping_add)
     }
-}
 
-impl Worker {
     /// Worker `index`'s CPU (the `index`th of those it may use): pinned to it with
     /// `pin`, and with `incoming_cpu` its sockets take what the kernel receives on it.
     fn place(&self, index: usize) {
