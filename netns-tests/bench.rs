@@ -146,14 +146,17 @@ struct Opts {
     latency_only: bool,
     /// How long a weft node's CPU is measured with no traffic (30 s; 3 with `--quick`).
     idle_seconds: u64,
+    /// `--halt-poll-ns`: the guest's halt polling for the run (put back after).
+    halt_poll_ns: Option<u64>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--latency-only] [--out DIR]\n\
+        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--latency-only] [--halt-poll-ns N] [--out DIR]\n\
          \x20      netns-tests/bench --flood [--flood-mbit M] [--flood-to ADDR:PORT] [--quick] [--repeats N] [--seconds S] [--out DIR]\n\
          modes: {}; defaults: all but boringtun, 3 repeats of 5 s, out target/bench;\n\
          --latency-only: only TCP_RR and the pings (A/B runs of a latency lever);\n\
+         --halt-poll-ns N: a VM guest's idle polling (haltpoll guest_halt_poll_ns) for the run, put back after;\n\
          --wireguard: weft-wireguard, boringtun, wireguard-go, weft-vxlan; --flood: the garbage-flood lab,\n\
          3 rounds of a quiet then a flooded 5 s stream per setup, {} Mbit/s (WEFT_TEST_FLOOD_MBIT),\n\
          aimed at the node unless --flood-to (WEFT_TEST_FLOOD_TO) names a control target",
@@ -175,6 +178,7 @@ fn opts() -> Opts {
         flood_to: std::env::var("WEFT_TEST_FLOOD_TO").ok(),
         latency_only: false,
         idle_seconds: 30,
+        halt_poll_ns: None,
     };
     let mut a = std::env::args().skip(1);
     while let Some(arg) = a.next() {
@@ -195,6 +199,7 @@ fn opts() -> Opts {
             "--flood-mbit" => o.flood_mbit = val(),
             "--flood-to" => o.flood_to = Some(val()),
             "--latency-only" => o.latency_only = true,
+            "--halt-poll-ns" => o.halt_poll_ns = Some(val().parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -695,6 +700,14 @@ fn main() {
     }
     let o = opts();
     let weft = harness::weft_next_to_exe();
+    let _halt_poll = o.halt_poll_ns.map(|ns| {
+        harness::HaltPoll::set(ns).unwrap_or_else(|e| {
+            eprintln!("bench: --halt-poll-ns: {e}");
+            std::process::exit(2)
+        })
+    });
+    let idle_states = harness::idle_states();
+    eprintln!("bench: {idle_states}");
     if o.flood {
         return flood(&o, &weft);
     }
@@ -726,7 +739,7 @@ fn main() {
     };
 
     println!(
-        "\n== bench: {} repeat(s) of {} s, medians; weft args: {:?}",
+        "\n== bench: {} repeat(s) of {} s, medians; weft args: {:?}; {idle_states}",
         o.repeats, o.seconds, o.weft_args
     );
     median_table(&o.modes, &get, &samples);
@@ -760,7 +773,7 @@ fn main() {
     );
     println!();
     bench_lines(&o.modes, &get, &samples);
-    write_outputs(&o, &results, &all);
+    write_outputs(&o, &idle_states, &results, &all);
 }
 
 /// `--flood`: the garbage-flood lab instead of the bench.
@@ -805,6 +818,7 @@ fn bench_lines(
 /// Writes `bench.json` (medians and every repeat's value) and `bench.svg` into `o.out`.
 fn write_outputs(
     o: &Opts,
+    idle_states: &str,
     results: &BTreeMap<String, BTreeMap<&'static str, f64>>,
     all: &BTreeMap<String, Samples>,
 ) {
@@ -813,6 +827,7 @@ fn write_outputs(
         "repeats": o.repeats,
         "seconds": o.seconds,
         "weft_args": o.weft_args,
+        "idle_states": idle_states,
         "samples": samples_json(all),
         "results": results
             .iter()

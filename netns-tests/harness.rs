@@ -24,7 +24,8 @@
 //! - [`etcd`]: a real etcd server and etcdctl; [`kube`]: the kube-apiserver stand-in;
 //! - [`cni`]: the container runtime's side of CNI;
 //! - [`traffic`]: iperf3 and UDP probes; [`flood`]: a garbage flood and its counts;
-//! - [`capture`]: tcpdump captures; [`figures`]: figures and their statistics.
+//! - [`capture`]: tcpdump captures; [`figures`]: figures and their statistics;
+//! - [`idle`]: the host's CPU idle states, which set what a wake-up costs.
 
 #![allow(dead_code)]
 
@@ -47,6 +48,8 @@ pub mod etcd;
 pub mod figures;
 #[path = "harness/flood.rs"]
 pub mod flood;
+#[path = "harness/idle.rs"]
+pub mod idle;
 #[path = "harness/kernel_nodes.rs"]
 pub mod kernel_nodes;
 #[path = "harness/kube.rs"]
@@ -83,6 +86,8 @@ pub use etcd::{Etcd, ETCD_PREFIX};
 pub use figures::{figure, machine_busy_seconds, median, percentile, run_phase, scale_args};
 #[allow(unused_imports)]
 pub use flood::{flood_mbit, Flood, FloodCounts};
+#[allow(unused_imports)]
+pub use idle::{idle_states, HaltPoll};
 #[allow(unused_imports)]
 pub use process::{cpu_ns, cpu_seconds, example_beside, rss_kb, table_holds, weft_next_to_exe};
 #[allow(unused_imports)]
