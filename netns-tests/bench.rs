@@ -694,18 +694,24 @@ fn ratio_table(
     }
 }
 
+/// `--halt-poll-ns`: the guest's halt polling set until the guard drops; refused (exit 2)
+/// where the host has no `haltpoll` cpuidle driver.
+fn halt_poll(ns: Option<u64>) -> Option<harness::HaltPoll> {
+    ns.map(|ns| {
+        harness::HaltPoll::set(ns).unwrap_or_else(|e| {
+            eprintln!("bench: --halt-poll-ns: {e}");
+            std::process::exit(2)
+        })
+    })
+}
+
 fn main() {
     if let Ok(p) = std::env::var("WEFT_BENCH_PHASE") {
         return latency::phase(&p);
     }
     let o = opts();
     let weft = harness::weft_next_to_exe();
-    let _halt_poll = o.halt_poll_ns.map(|ns| {
-        harness::HaltPoll::set(ns).unwrap_or_else(|e| {
-            eprintln!("bench: --halt-poll-ns: {e}");
-            std::process::exit(2)
-        })
-    });
+    let _halt_poll = halt_poll(o.halt_poll_ns);
     let idle_states = harness::idle_states();
     eprintln!("bench: {idle_states}");
     if o.flood {
