@@ -148,15 +148,17 @@ struct Opts {
     idle_seconds: u64,
     /// `--halt-poll-ns`: the guest's halt polling for the run (put back after).
     halt_poll_ns: Option<u64>,
+    ping_interval: String,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--latency-only] [--halt-poll-ns N] [--out DIR]\n\
+        "usage: netns-tests/bench [--quick] [--repeats N] [--seconds S] [--modes a,b,..|--wireguard] [--weft-args '...'] [--latency-only] [--halt-poll-ns N] [--ping-interval S] [--out DIR]\n\
          \x20      netns-tests/bench --flood [--flood-mbit M] [--flood-to ADDR:PORT] [--quick] [--repeats N] [--seconds S] [--out DIR]\n\
          modes: {}; defaults: all but boringtun, 3 repeats of 5 s, out target/bench;\n\
          --latency-only: only TCP_RR and the pings (A/B runs of a latency lever);\n\
          --halt-poll-ns N: a VM guest's idle polling (haltpoll guest_halt_poll_ns) for the run, put back after;\n\
+         --ping-interval S: seconds between the 100 idle pings (default 0.01, at most 1);\n\
          --wireguard: weft-wireguard, boringtun, wireguard-go, weft-vxlan; --flood: the garbage-flood lab,\n\
          3 rounds of a quiet then a flooded 5 s stream per setup, {} Mbit/s (WEFT_TEST_FLOOD_MBIT),\n\
          aimed at the node unless --flood-to (WEFT_TEST_FLOOD_TO) names a control target",
@@ -179,6 +181,7 @@ fn opts() -> Opts {
         latency_only: false,
         idle_seconds: 30,
         halt_poll_ns: None,
+        ping_interval: "0.01".into(),
     };
     let mut a = std::env::args().skip(1);
     while let Some(arg) = a.next() {
@@ -200,10 +203,16 @@ fn opts() -> Opts {
             "--flood-to" => o.flood_to = Some(val()),
             "--latency-only" => o.latency_only = true,
             "--halt-poll-ns" => o.halt_poll_ns = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--ping-interval" => o.ping_interval = val(),
             _ => usage(),
         }
     }
-    if o.repeats == 0 || o.seconds == 0 || o.modes.iter().any(|m| !MODES.contains(&m.as_str())) {
+    let interval = o.ping_interval.parse::<f64>().unwrap_or(0.0);
+    if o.repeats == 0
+        || o.seconds == 0
+        || !(interval > 0.0 && interval <= 1.0)
+        || o.modes.iter().any(|m| !MODES.contains(&m.as_str()))
+    {
         usage();
     }
     o
@@ -394,10 +403,14 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
             }
         }
     };
+    let plan = latency::Plan {
+        seconds: o.seconds,
+        ping_interval: &o.ping_interval,
+    };
     for r in 0..o.repeats {
         eprintln!("bench: {mode}: run {}/{}", r + 1, o.repeats);
         if o.latency_only {
-            latency::measure((&a, &b), &dst, v6, o.seconds, &weft_pids, &mut push);
+            latency::measure((&a, &b), &dst, v6, &plan, &weft_pids, &mut push);
             continue;
         }
         let cpu0 = harness::machine_busy_seconds();
@@ -437,7 +450,7 @@ fn measure(mode: &str, o: &Opts, weft: &std::path::Path) -> Samples {
         if let Some(us) = average_rtt_us(&a, &dst) {
             push("rtt_us", us);
         }
-        latency::measure((&a, &b), &dst, v6, o.seconds, &weft_pids, &mut push);
+        latency::measure((&a, &b), &dst, v6, &plan, &weft_pids, &mut push);
     }
     if let Some(pct) = (!o.latency_only)
         .then(|| idle_cpu(&c, o.idle_seconds))
@@ -745,8 +758,8 @@ fn main() {
     };
 
     println!(
-        "\n== bench: {} repeat(s) of {} s, medians; weft args: {:?}; {idle_states}",
-        o.repeats, o.seconds, o.weft_args
+        "\n== bench: {} repeat(s) of {} s, medians; weft args: {:?}; idle pings {} s apart; {idle_states}",
+        o.repeats, o.seconds, o.weft_args, o.ping_interval
     );
     median_table(&o.modes, &get, &samples);
     ratio_table(
@@ -834,6 +847,7 @@ fn write_outputs(
         "seconds": o.seconds,
         "weft_args": o.weft_args,
         "idle_states": idle_states,
+        "ping_interval_s": o.ping_interval.parse::<f64>().ok(),
         "samples": samples_json(all),
         "results": results
             .iter()

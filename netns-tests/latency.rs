@@ -183,24 +183,31 @@ pub fn ping(a: &Pod, dst: &str, count: u32, interval: &str) -> Option<Rtt> {
     })
 }
 
-/// Every latency figure of one repeat, from pod `a` to `b` at `dst`: TCP_RR for
-/// `seconds`, ping idle (with the CPU of the node agents `weft` meanwhile) and under load.
+/// What one repeat's latency figures run: TCP_RR for `seconds`, and 100 idle pings
+/// `ping_interval` seconds apart (`ping -i`; the bench's default 0.01).
+pub struct Plan<'a> {
+    pub seconds: u32,
+    pub ping_interval: &'a str,
+}
+
+/// Every latency figure of one repeat, from pod `a` to `b` at `dst`: TCP_RR, ping idle
+/// (with the CPU of the node agents `weft` meanwhile) and under load.
 pub fn measure(
     (a, b): (&Pod, &Pod),
     dst: &str,
     v6: bool,
-    seconds: u32,
+    plan: &Plan,
     weft: &[u32],
     push: &mut dyn FnMut(&'static str, f64),
 ) {
-    if let Some(r) = tcp_rr(a, b, dst, seconds) {
+    if let Some(r) = tcp_rr(a, b, dst, plan.seconds) {
         push("rr_tps", r.tps);
         push("rr_p50_us", r.p50_us);
         push("rr_p99_us", r.p99_us);
     }
     let cpu = || weft.iter().map(|&p| harness::cpu_ns(p)).sum::<u64>();
     let (cpu0, t0) = (cpu(), Instant::now());
-    if let Some(r) = ping(a, dst, 100, "0.01") {
+    if let Some(r) = ping(a, dst, 100, plan.ping_interval) {
         // What 100 echoes a second cost weft (both nodes): what its workers spin.
         if !weft.is_empty() {
             let ns = cpu().saturating_sub(cpu0) as f64;
