@@ -133,6 +133,11 @@ pub struct RunArgs {
     /// the same CPU runs at once.
     #[arg(long, env = "WEFT_BUSY_POLL_YIELD", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub busy_poll_yield: bool,
+    /// A burst that moved at least this many bytes, in packets of 1 KB or more on average,
+    /// is bulk: an adaptive spin sleeps after it at once (0: no burst is bulk;
+    /// docs/performance.md, "Latency").
+    #[arg(long, env = "WEFT_BUSY_POLL_BULK_BYTES", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=(1 << 30)))]
+    pub busy_poll_bulk_bytes: u32,
     /// Underlay UDP socket buffers, each way, in bytes (SO_RCVBUFFORCE/SO_SNDBUFFORCE).
     #[arg(long, env = "WEFT_SOCKET_BUFFER", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(65536..=(1 << 30)))]
     pub socket_buffer: u32,

@@ -248,6 +248,7 @@ fn dataplane_settings(
                 floor: std::time::Duration::from_micros(10),
                 cap: std::time::Duration::from_micros(args.busy_poll_us.into()),
                 yield_cpu: args.busy_poll_yield,
+                bulk_bytes: args.busy_poll_bulk_bytes.into(),
             },
             socket_buffer: args.socket_buffer,
             sender_filter: args.udp_sender_filter,

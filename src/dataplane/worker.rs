@@ -29,7 +29,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::counters::WorkerCounters;
 use super::inbound::RxBuffers;
 use super::outbound::TxBuffers;
-use super::poll::{Last, Poller, SpinPolicy};
+use super::poll::{Last, Moved, Poller, SpinPolicy};
 use super::SourceSockets;
 use crate::encap::Node;
 use crate::lease::LeaseTable;
@@ -188,8 +188,8 @@ impl DropsRead {
 
 impl Worker {
     /// Drains both sides until each has said WouldBlock (edge-triggered). Returns what the
-    /// burst ended with, or `None` if it moved nothing.
-    fn drain(&mut self, tx: &mut TxBuffers, rx: &mut RxBuffers) -> Option<Last> {
+    /// burst ended with and what it moved, or `None` if it moved nothing.
+    fn drain(&mut self, tx: &mut TxBuffers, rx: &mut RxBuffers) -> Option<(Last, Moved)> {
         let moved = |w: &Worker| {
             let c = &w.counters;
             (
@@ -197,6 +197,11 @@ impl Worker {
                 c.rx_packets.load(Ordering::Relaxed),
             )
         };
+        let bytes = |w: &Worker| {
+            let c = &w.counters;
+            c.tx_bytes.load(Ordering::Relaxed) + c.rx_bytes.load(Ordering::Relaxed)
+        };
+        let (start, packets0) = (bytes(self), moved(self));
         let mut last = None;
         loop {
             let before = moved(self);
@@ -212,7 +217,12 @@ impl Worker {
                 last = Some(Last::Sent);
             }
             if tun_done && udp_done {
-                return last;
+                let packets = (after.0 - packets0.0) + (after.1 - packets0.1);
+                let m = Moved {
+                    bytes: bytes(self).wrapping_sub(start),
+                    packets,
+                };
+                return last.map(|l| (l, m));
             }
         }
     }
@@ -271,9 +281,9 @@ impl Worker {
                 continue;
             }
             poller.woke(Instant::now());
-            if let Some(last) = self.drain(&mut tx, &mut rx) {
+            if let Some((last, m)) = self.drain(&mut tx, &mut rx) {
                 let now = Instant::now();
-                spin_until = Some(now + poller.burst_ended(now, last));
+                spin_until = Some(now + poller.burst_ended(now, last, m));
             }
         }
         Ok(())
