@@ -20,11 +20,13 @@
 //!   (a ping's reply delivered to its pod, whose next request is 10 ms away).
 //!
 //! Idle, no burst ends, so nothing spins. A bulk burst (one that moved at least
-//! `bulk_bytes` in full-size packets, such as a TSO super-packet) is followed by no spin at all, and its gap is
-//! not learned: a stream's next 64 KB is worth no wake-up saved, and spinning for it was
-//! measured as CPU per GB spent for nothing (docs/performance.md). While spinning the worker yields its CPU between polls,
-//! so a pod or a peer worker woken on the same vCPU runs at once instead of waiting for
-//! the spin to end (measured: without yielding, a 200 µs spin made an idle ping slower).
+//! `bulk_bytes` in full-size packets, such as a TSO super-packet) is followed by no spin
+//! at all, and its gap is not learned: a stream's next 64 KB is worth no wake-up saved,
+//! and spinning for it was measured as CPU per GB spent for nothing (docs/performance.md).
+//!
+//! While spinning the worker yields its CPU between polls, so a pod or a peer worker
+//! woken on the same vCPU runs at once instead of waiting for the spin to end (measured:
+//! without yielding, a 200 µs spin made an idle ping slower).
 
 use std::time::{Duration, Instant};
 
@@ -60,15 +62,15 @@ pub struct SpinPolicy {
     pub cap: Duration,
     /// Yield the CPU between polls while spinning (`--busy-poll-yield`).
     pub yield_cpu: bool,
-    /// A burst that moved at least this many inner bytes, in packets of [`FULL_SIZE`] on
+    /// A burst that moved at least this many inner bytes, in packets of `FULL_SIZE` (1 KB) on
     /// average, is bulk (`--busy-poll-bulk-bytes`; 0: none is): an adaptive policy sleeps
     /// after it at once and learns nothing from the gap that follows.
     pub bulk_bytes: u64,
 }
 
 /// The average packet size from which a large burst is bulk. A flood of small datagrams
-/// is not: its worker is bound by packets, not bytes, and measured, it delivered 13 % less
-/// when its bursts slept at once.
+/// is not: its worker is bound by packets, not bytes, and measured, it delivered 13-14 %
+/// less when its bursts slept at once.
 pub(crate) const FULL_SIZE: u64 = 1024;
 
 /// What one burst moved, in inner bytes and wire packets.
