@@ -148,6 +148,7 @@ struct Opts {
     idle_seconds: u64,
     /// `--halt-poll-ns`: the guest's halt polling for the run (put back after).
     halt_poll_ns: Option<u64>,
+    /// `--ping-interval`: seconds between the idle pings, as `ping -i` takes it.
     ping_interval: String,
 }
 

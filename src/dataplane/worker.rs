@@ -217,10 +217,9 @@ impl Worker {
                 last = Some(Last::Sent);
             }
             if tun_done && udp_done {
-                let packets = (after.0 - packets0.0) + (after.1 - packets0.1);
                 let m = Moved {
                     bytes: bytes(self).wrapping_sub(start),
-                    packets,
+                    packets: after.0.wrapping_sub(packets0.0) + after.1.wrapping_sub(packets0.1),
                 };
                 return last.map(|l| (l, m));
             }
