@@ -141,6 +141,13 @@ fn hand_over_losslessly(c: &mut Cluster, p1: &Pod, p2: &Pod, extra: &[&str], wha
         &seen,
     );
     assert!(clean, "the old weft did not exit 0:\n{}", log(c));
+    // The old weft has exited: the successor's hand-over socket is still there, for the
+    // next one (the old one's exit once removed it, its inode number reused).
+    assert!(
+        socket_of(c, 0).exists(),
+        "the successor's hand-over socket is gone:\n{}",
+        log(c)
+    );
     assert_eq!(seen.sent, seen.received, "pings lost: {seen:?}\n{}", log(c));
     assert!(
         seen.gap_ms <= 100.0,

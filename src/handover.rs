@@ -497,15 +497,24 @@ impl Predecessor {
     }
 }
 
-/// This process's hand-over socket; dropping it removes the socket file, unless a
-/// successor's has replaced it.
+/// This process's hand-over socket; dropping it removes the socket file, unless the node
+/// was handed over (the path is the successor's now) or another socket has replaced it.
 pub struct Listener {
     path: PathBuf,
     inode: u64,
+    handed_over: Arc<AtomicBool>,
+    /// The listening socket, held open until the file is dealt with: while it is open its
+    /// inode cannot be freed, so a successor's socket at the path cannot get the same
+    /// number. (Closed first, ext4 gives the next bind the number just freed, and an inode
+    /// comparison would take the successor's socket for ours and remove it.)
+    _socket: UnixListener,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        if self.handed_over.load(Ordering::SeqCst) {
+            return;
+        }
         if std::fs::metadata(&self.path).is_ok_and(|m| m.st_ino() == self.inode) {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -531,6 +540,8 @@ pub fn listen(
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(socket)?;
     let inode = std::fs::metadata(&path).map_err(socket)?.st_ino();
+    let held = listener.try_clone().map_err(socket)?;
+    let handed = handed_over.clone();
     std::thread::Builder::new()
         .name("weft-handover".into())
         .spawn(move || {
@@ -549,7 +560,12 @@ pub fn listen(
             }
         })
         .map_err(socket)?;
-    Ok(Listener { path, inode })
+    Ok(Listener {
+        path,
+        inode,
+        handed_over: handed,
+        _socket: held,
+    })
 }
 
 /// Answers `share`: the offer's descriptors with their header, or (when they cannot be
@@ -717,7 +733,54 @@ mod tests {
             "it took the node without our descriptors"
         );
         drop(l);
-        assert!(!socket_path(&dir).exists());
+        // The path is the successor's now, for it to listen at: not removed.
+        assert!(socket_path(&dir).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A listener and a successor that takes the node and then listens at the same path.
+    fn taken(dir: &Path) -> (Listener, Arc<AtomicBool>) {
+        let identity = Identity {
+            pid: 9,
+            ..Identity::default()
+        };
+        let stop = Arc::<AtomicBool>::default();
+        let l = listen(dir, identity, stop.clone(), Arc::default(), Arc::default()).unwrap();
+        let p = find(dir, &BTreeMap::new(), &[]).unwrap().unwrap();
+        p.take(false).unwrap();
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (l, stop)
+    }
+
+    #[test]
+    fn a_handed_over_listener_leaves_the_successors_socket_in_place() {
+        let dir = std::env::temp_dir().join(format!("weft-relisten-{}", std::process::id()));
+        let (old, _) = taken(&dir);
+        // The old listener's thread has returned (its accept loop closed its socket): give
+        // it the time to, as a busy host would, before the successor listens.
+        std::thread::sleep(Duration::from_millis(50));
+        let new = listen(
+            &dir,
+            Identity::default(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| m.st_ino()).ok();
+        assert_ne!(ino(&socket_path(&dir)), Some(old.inode), "an inode reused");
+        drop(old);
+        assert_eq!(
+            ino(&socket_path(&dir)),
+            Some(new.inode),
+            "the successor's socket removed"
+        );
+        // A third weft finds the successor.
+        assert!(find(&dir, &BTreeMap::new(), &[]).unwrap().is_some());
+        drop(new);
+        assert!(!socket_path(&dir).exists(), "a stopped weft's socket left");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

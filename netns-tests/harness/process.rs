@@ -14,6 +14,25 @@ use super::cluster::{Cluster, Kind};
 use super::command::{ns_run, run, wait_for};
 use super::preflight;
 
+/// Each thread of process `pid`: its name, state and where in the kernel it waits
+/// (`wchan`), one a line: what a hung process was doing.
+fn threads_of(pid: u32) -> String {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut lines = Vec::new();
+    for t in dir.flatten() {
+        let p = t.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // The state follows the name's closing parenthesis.
+        let state = stat.rsplit_once(") ").map(|(_, r)| &r[..1]).unwrap_or("?");
+        lines.push(format!("{} {state} {}", read("comm").trim(), read("wchan")));
+    }
+    lines.sort();
+    lines.join("\n")
+}
+
 /// The weft binary next to the running example (target/<profile>/examples/x -> ../weft).
 pub fn weft_next_to_exe() -> PathBuf {
     let weft = preflight::profile_dir().join("weft");
@@ -142,10 +161,21 @@ impl Cluster {
         let mut old = self.nodes[i].child.take().expect("weft is not running");
         let t0 = Instant::now();
         self.spawn_beside(i, extra, &[]);
-        let st = wait_for("the old weft to exit", Duration::from_secs(30), || {
-            old.try_wait().ok().flatten()
-        });
-        (st.success(), t0.elapsed())
+        let deadline = t0 + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = old.try_wait() {
+                return (st.success(), t0.elapsed());
+            }
+            if Instant::now() > deadline {
+                let threads = threads_of(old.id());
+                let successor = self.nodes[i].child.as_mut().map(|c| c.try_wait());
+                let _ = old.kill();
+                let _ = old.wait();
+                let log = fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+                panic!("timed out after 30 s waiting for the old weft to exit; its threads (name state wchan):\n{threads}\nthe successor: {successor:?}\nthe node's log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts a weft on node `i` beside whatever runs there and waits for it to exit;
