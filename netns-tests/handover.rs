@@ -141,10 +141,10 @@ fn hand_over_losslessly(c: &mut Cluster, p1: &Pod, p2: &Pod, extra: &[&str], wha
         &seen,
     );
     assert!(clean, "the old weft did not exit 0:\n{}", log(c));
-    // The old weft has exited: the successor's hand-over socket is still there, for the
-    // next one (the old one's exit once removed it, its inode number reused).
+    // The old weft has exited: the successor still listens at the hand-over socket, for
+    // the next one (the old one's exit once removed it, its inode number reused).
     assert!(
-        socket_of(c, 0).exists(),
+        std::os::unix::net::UnixStream::connect(socket_of(c, 0)).is_ok(),
         "the successor's hand-over socket is gone:\n{}",
         log(c)
     );

@@ -31,7 +31,13 @@
 //!    ([`crate::teardown::keep_state`]);
 //! 4. successor: `take shared` (it reads the passed descriptors: the predecessor just
 //!    stops) or `take` (it opened its own: the predecessor steers its sockets to them and
-//!    drains its own first); predecessor: `leaving`, then it stops.
+//!    drains its own first); predecessor: `leaving`, then it stops. A predecessor already
+//!    stopping on its own (SIGTERM) answers `stopping` instead and stops as it would have:
+//!    one of the two wins ([`Handoff::close`]), never both.
+//!
+//! The path is the successor's from its `take` on: the predecessor leaves it in place, and
+//! a weft that stops on its own removes it only while it still holds its own socket open
+//! (so no other socket there can share its inode number).
 //!
 //! A socket nobody listens on (a weft killed with -9) is stale: removed, and the start
 //! goes on. A predecessor that accepts and does not answer within [`ANSWER`] is left
@@ -43,7 +49,7 @@ use std::os::fd::OwnedFd;
 use std::os::linux::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +80,12 @@ pub enum Error {
         path: PathBuf,
         /// The wait.
         secs: u64,
+    },
+    /// The running weft was stopping on its own when asked to hand over.
+    #[error("weft (pid {pid}) was already stopping when asked to hand the node over, and refused: it stops as it would without a successor")]
+    Stopping {
+        /// The running weft's pid.
+        pid: u32,
     },
     /// The running weft answered something else than weft's hand-over.
     #[error("{path}: not a weft hand-over answer ({detail}); the process there is left alone")]
@@ -200,7 +212,18 @@ pub struct Handoff {
     adopted: AtomicBool,
     /// The successor reads ours.
     successor_shares: AtomicBool,
+    /// Where this process stands: [`SERVING`], [`HANDED_OVER`] or [`CLOSING`]. One
+    /// switch out of serving wins: a successor's `take` and this process's own stop
+    /// cannot both (a `take` answered while the stop tears down what it adopted).
+    state: AtomicU8,
 }
+
+/// Forwarding, and a successor's `take` would be granted.
+const SERVING: u8 = 0;
+/// A successor took the node: what runs is its now.
+const HANDED_OVER: u8 = 1;
+/// Stopping on its own: a `take` is refused.
+const CLOSING: u8 = 2;
 
 impl Handoff {
     /// What a successor will be passed (the running dataplane's descriptors), or nothing.
@@ -229,6 +252,30 @@ impl Handoff {
     /// Whether this process reads its predecessor's descriptors.
     pub fn adopted(&self) -> bool {
         self.adopted.load(Ordering::SeqCst)
+    }
+
+    /// Grants a successor's `take`, unless this process already stops.
+    fn hand_over(&self) -> bool {
+        self.state
+            .compare_exchange(SERVING, HANDED_OVER, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// This process stops: every `take` from now on is refused. Returns whether a
+    /// successor took the node first (then the devices, routes and rules are its).
+    pub fn close(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(SERVING, CLOSING, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => false,
+            Err(now) => now == HANDED_OVER,
+        }
+    }
+
+    /// Whether a successor took the node.
+    pub fn handed_over(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == HANDED_OVER
     }
 
     /// Whether the successor reads this process's descriptors (then nothing needs
@@ -490,6 +537,11 @@ impl Predecessor {
             "\"take\""
         })?;
         let line = self.receive(ANSWER)?;
+        if line == "\"stopping\"" {
+            return Err(Error::Stopping {
+                pid: self.identity.pid,
+            });
+        }
         if line != "\"leaving\"" {
             return Err(self.garbled(format!("answered {line:?} to take")));
         }
@@ -502,7 +554,7 @@ impl Predecessor {
 pub struct Listener {
     path: PathBuf,
     inode: u64,
-    handed_over: Arc<AtomicBool>,
+    handoff: Arc<Handoff>,
     /// The listening socket, held open until the file is dealt with: while it is open its
     /// inode cannot be freed, so a successor's socket at the path cannot get the same
     /// number. (Closed first, ext4 gives the next bind the number just freed, and an inode
@@ -512,7 +564,9 @@ pub struct Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.handed_over.load(Ordering::SeqCst) {
+        // Closing first: a `take` arriving from here on is refused, so the path cannot
+        // become a successor's between the check and the removal.
+        if self.handoff.close() {
             return;
         }
         if std::fs::metadata(&self.path).is_ok_and(|m| m.st_ino() == self.inode) {
@@ -522,12 +576,11 @@ impl Drop for Listener {
 }
 
 /// Listens for a successor from a thread: passes it `handoff`'s offer when asked; on its
-/// `take`, sets `handed_over` then `stop`.
+/// `take` (granted unless [`Handoff::close`] came first), sets `stop`.
 pub fn listen(
     state_dir: &Path,
     identity: Identity,
     stop: Arc<AtomicBool>,
-    handed_over: Arc<AtomicBool>,
     handoff: Arc<Handoff>,
 ) -> Result<Listener, Error> {
     let path = socket_path(state_dir);
@@ -541,7 +594,7 @@ pub fn listen(
     let listener = UnixListener::bind(&path).map_err(socket)?;
     let inode = std::fs::metadata(&path).map_err(socket)?.st_ino();
     let held = listener.try_clone().map_err(socket)?;
-    let handed = handed_over.clone();
+    let kept = handoff.clone();
     std::thread::Builder::new()
         .name("weft-handover".into())
         .spawn(move || {
@@ -550,7 +603,6 @@ pub fn listen(
             for conn in listener.incoming().flatten() {
                 match serve(conn, &identity, &handoff) {
                     Ok(true) => {
-                        handed_over.store(true, Ordering::SeqCst);
                         stop.store(true, Ordering::SeqCst);
                         return;
                     }
@@ -563,7 +615,7 @@ pub fn listen(
     Ok(Listener {
         path,
         inode,
-        handed_over: handed,
+        handoff: kept,
         _socket: held,
     })
 }
@@ -618,8 +670,21 @@ fn serve(conn: UnixStream, identity: &Identity, handoff: &Handoff) -> std::io::R
             "\"share\"" if n > 0 => share(r.get_ref(), handoff, hello.pid)?,
             take @ ("\"take\"" | "\"take shared\"") => {
                 let shares = take.contains("shared");
+                // Before the switch: a stop that sees it handed over reads this.
                 handoff.successor_shares.store(shares, Ordering::SeqCst);
-                r.get_mut().write_all(b"\"leaving\"\n")?;
+                if !handoff.hand_over() {
+                    r.get_mut().write_all(b"\"stopping\"\n")?;
+                    tracing::info!(
+                        pid = hello.pid,
+                        "a successor asked for the node while this weft stops: refused"
+                    );
+                    return Ok(false);
+                }
+                // Granted: the successor forwards from its `take` on, whether or not it
+                // hears the answer, so this process stops either way.
+                if let Err(e) = r.get_mut().write_all(b"\"leaving\"\n") {
+                    tracing::warn!(pid = hello.pid, error = %e, "the successor did not hear `leaving`; stopping for it all the same");
+                }
                 tracing::info!(
                     pid = hello.pid,
                     on_our_queues = shares,
@@ -701,19 +766,12 @@ mod tests {
             subnet: "10.244.3.0/24".into(),
             shares: true,
         };
-        let (stop, handed) = (Arc::default(), Arc::<AtomicBool>::default());
+        let stop = Arc::<AtomicBool>::default();
         let handoff = Arc::new(Handoff::default());
-        let l = listen(
-            &dir,
-            identity,
-            Arc::clone(&stop),
-            handed.clone(),
-            handoff.clone(),
-        )
-        .unwrap();
+        let l = listen(&dir, identity, Arc::clone(&stop), handoff.clone()).unwrap();
         let e = find(&dir, &args(4, "x"), &[]).err().unwrap().to_string();
         assert!(e.contains("--workers (4, running: 2)"), "{e}");
-        assert!(!handed.load(Ordering::SeqCst));
+        assert!(!handoff.handed_over());
         let p = find(&dir, &ours, &[])
             .unwrap()
             .expect("the listener answers");
@@ -727,7 +785,7 @@ mod tests {
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(handed.load(Ordering::SeqCst));
+        assert!(handoff.handed_over());
         assert!(
             !handoff.successor_shares(),
             "it took the node without our descriptors"
@@ -745,7 +803,7 @@ mod tests {
             ..Identity::default()
         };
         let stop = Arc::<AtomicBool>::default();
-        let l = listen(dir, identity, stop.clone(), Arc::default(), Arc::default()).unwrap();
+        let l = listen(dir, identity, stop.clone(), Arc::default()).unwrap();
         let p = find(dir, &BTreeMap::new(), &[]).unwrap().unwrap();
         p.take(false).unwrap();
         while !stop.load(Ordering::SeqCst) {
@@ -757,20 +815,16 @@ mod tests {
     #[test]
     fn a_handed_over_listener_leaves_the_successors_socket_in_place() {
         let dir = std::env::temp_dir().join(format!("weft-relisten-{}", std::process::id()));
-        let (old, _) = taken(&dir);
+        let (mut old, _) = taken(&dir);
         // The old listener's thread has returned (its accept loop closed its socket): give
         // it the time to, as a busy host would, before the successor listens.
         std::thread::sleep(Duration::from_millis(50));
-        let new = listen(
-            &dir,
-            Identity::default(),
-            Arc::default(),
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let new = listen(&dir, Identity::default(), Arc::default(), Arc::default()).unwrap();
         let ino = |p: &Path| std::fs::metadata(p).map(|m| m.st_ino()).ok();
         assert_ne!(ino(&socket_path(&dir)), Some(old.inode), "an inode reused");
+        // As if the number had been reused (the held socket prevents that on ext4; other
+        // filesystems never reuse at once): handed over, the old listener still leaves it.
+        old.inode = new.inode;
         drop(old);
         assert_eq!(
             ino(&socket_path(&dir)),
@@ -780,6 +834,24 @@ mod tests {
         // A third weft finds the successor.
         assert!(find(&dir, &BTreeMap::new(), &[]).unwrap().is_some());
         drop(new);
+        assert!(!socket_path(&dir).exists(), "a stopped weft's socket left");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_take_after_the_stop_began_is_refused_and_the_stop_removes_its_socket() {
+        let dir = std::env::temp_dir().join(format!("weft-closing-{}", std::process::id()));
+        let (stop, handoff) = (Arc::<AtomicBool>::default(), Arc::new(Handoff::default()));
+        let l = listen(&dir, Identity::default(), stop.clone(), handoff.clone()).unwrap();
+        let p = find(&dir, &BTreeMap::new(), &[]).unwrap().unwrap();
+        // SIGTERM: the daemon's stop claims the node before the successor's take.
+        assert!(!handoff.close(), "not handed over");
+        let e = p.take(false).unwrap_err().to_string();
+        assert!(e.contains("stopping"), "{e}");
+        assert!(!handoff.handed_over() && !stop.load(Ordering::SeqCst));
+        // Still not handed over, however often asked.
+        assert!(!handoff.close());
+        drop(l);
         assert!(!socket_path(&dir).exists(), "a stopped weft's socket left");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -797,14 +869,7 @@ mod tests {
         };
         let handoff = Arc::new(Handoff::default());
         handoff.offer(offer);
-        let l = listen(
-            dir,
-            identity,
-            Arc::default(),
-            Arc::default(),
-            handoff.clone(),
-        )
-        .unwrap();
+        let l = listen(dir, identity, Arc::default(), handoff.clone()).unwrap();
         let p = find(dir, &BTreeMap::new(), &[]).unwrap().unwrap();
         (l, handoff, p)
     }

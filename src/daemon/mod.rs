@@ -391,8 +391,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(p) = predecessor {
         take_over(p, node.handoff.adopted());
     }
-    let handed_over = Arc::new(AtomicBool::new(false));
-    let _listener = listen_for_successor(&args, &node, &stop, &handed_over);
+    let _listener = listen_for_successor(&args, &node, &stop);
     let start = || node.start_backend(&args);
     let control = ControlLoop {
         store: store.as_mut(),
@@ -409,7 +408,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         last_read: None,
     };
     let outcome = control.run(&stop);
-    shutdown(&node, fwd, handed_over.load(Ordering::SeqCst));
+    // From here a successor's `take` is refused, unless it came first.
+    let handed_over = node.handoff.close();
+    shutdown(&node, fwd, handed_over);
     outcome
 }
 
@@ -451,7 +452,6 @@ fn listen_for_successor(
     args: &RunArgs,
     node: &Node,
     stop: &Arc<AtomicBool>,
-    handed_over: &Arc<AtomicBool>,
 ) -> Option<crate::handover::Listener> {
     let identity = crate::handover::Identity {
         pid: std::process::id(),
@@ -462,7 +462,7 @@ fn listen_for_successor(
         shares: true,
     };
     let handoff = node.handoff.clone();
-    crate::handover::listen(&args.state_dir, identity, stop.clone(), handed_over.clone(), handoff)
+    crate::handover::listen(&args.state_dir, identity, stop.clone(), handoff)
         .inspect_err(|e| tracing::warn!(error = %e, "no hand-over socket: a restart of this node will not be seamless"))
         .ok()
 }
